@@ -1,0 +1,32 @@
+# Build, run and test releasestatus. Only Node.js and npm need to be present:
+# `npm ci` brings the pinned Bun and the dev tools.
+PORT ?= 8080
+TAG ?= releasestatus
+RS_HOST ?= 127.0.0.1
+BUN := node_modules/.bin/bun
+SOURCES := $(wildcard *.ts) package.json
+BUILD_FLAGS := --compile --minify --no-compile-autoload-dotenv --no-compile-autoload-bunfig
+
+.PHONY: run build test check clean
+
+run: releasestatus
+	RS_PORT=$(PORT) RS_HOST=$(RS_HOST) ./releasestatus
+
+build: releasestatus
+
+releasestatus: $(SOURCES) $(BUN)
+	$(BUN) build $(BUILD_FLAGS) --outfile $@ index.ts
+
+$(BUN): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+test: releasestatus
+	$(BUN) test
+
+check: $(BUN)
+	node_modules/.bin/tsc --noEmit
+	node_modules/.bin/biome check .
+
+clean:
+	rm -rf releasestatus releasestatus.exe dist coverage artifacts

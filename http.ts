@@ -1,0 +1,379 @@
+// The HTTP face of the lock: the original's four endpoints (answering 1 or 0),
+// plus /renew, /status, /history and /healthz. Handlers parse and check the
+// request, call one transition, and format its outcome; the rules live elsewhere.
+import { createHash, timingSafeEqual } from "node:crypto";
+import type { Server } from "bun";
+import { type Config, MAX_TTL_SECONDS } from "./config.ts";
+import { lock, startOrWait, transact } from "./lock.ts";
+import type { Log } from "./log.ts";
+import {
+  block,
+  describeBlock,
+  describeEvent,
+  describeRelease,
+  type Event,
+  iso,
+  type Outcome,
+  type Reason,
+  type Refusal,
+  refuse,
+  renew,
+  stop,
+  UNKNOWN_USER,
+  unblock,
+} from "./release.ts";
+
+export const MAX_TEXT = 200; // characters in a name or reason
+const MAX_URL = 8192; // bytes in a request's URL
+
+const HTTP_STATUS: Record<Reason, number> = {
+  running: 200,
+  blocked: 200,
+  queued: 200,
+  "not-running": 200,
+  "not-blocked": 200,
+  "wrong-id": 200,
+  timeout: 200,
+  invalid: 400,
+  unauthorized: 401,
+  forbidden: 403,
+  "not-found": 404,
+  "method-not-allowed": 405,
+  "too-large": 414,
+  storage: 503,
+  "shutting-down": 503,
+};
+
+const PLAIN = "text/plain; charset=utf-8";
+const SECURITY_HEADERS = { "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store" };
+
+/** Counts kept for /metrics; refusals are counted, not each stored. */
+export const counts = { started: 0, refused: {} as Partial<Record<Reason, number>> };
+
+/** A request that is itself wrong: answered 400 with reason `invalid`, changing nothing. */
+class Invalid extends Error {}
+
+type Params = Map<string, string>;
+/** What a successful change tells the caller beyond its 1. */
+type Success = { message: string; releaseId?: number };
+type Handler = (req: Request, server: Server<undefined>) => Response | Promise<Response>;
+
+export function startServer(cfg: Config, log: Log): Server<undefined> {
+  const tokenDigest = cfg.token === null ? null : sha256(cfg.token);
+
+  // Refuses state changes sent cross-site by a browser, and, when a token is set, without it.
+  function guard(req: Request): Refusal | null {
+    const site = req.headers.get("sec-fetch-site");
+    const origin = req.headers.get("origin");
+    if ((site && site !== "same-origin" && site !== "none") || (origin && !sameOrigin(origin, req)))
+      return refuse("forbidden", "state changes are not accepted from other web sites");
+    if (tokenDigest === null) return null;
+    const auth = req.headers.get("authorization") ?? "";
+    const given = auth.startsWith("Bearer ") ? auth.slice(7) : "";
+    if (!timingSafeEqual(sha256(given), tokenDigest))
+      return refuse("unauthorized", "a valid token is required: send the header 'Authorization: Bearer <token>'");
+    return null;
+  }
+
+  // Wraps a state-changing endpoint: guard, parse, run, answer; a bad parameter is 400 invalid.
+  const mutation =
+    (
+      act: (p: Params, req: Request, server: Server<undefined>) => Outcome | Promise<Outcome>,
+      describe: (o: Outcome) => Success,
+    ): Handler =>
+    (req, server) => {
+      const denied = guard(req);
+      if (denied) return answer(req, denied);
+      const run = (p: Params | Refusal): Response | Promise<Response> => {
+        if (p instanceof Map === false) return answer(req, p);
+        let outcome: Outcome | Promise<Outcome>;
+        try {
+          outcome = act(p, req, server);
+        } catch (e) {
+          if (!(e instanceof Invalid)) throw e;
+          return answer(req, refuse("invalid", e.message));
+        }
+        return outcome instanceof Promise
+          ? outcome.then((o) => answer(req, o, describe(o)))
+          : answer(req, outcome, describe(outcome));
+      };
+      const params = readParams(req);
+      return params instanceof Promise ? params.then(run) : run(params);
+    };
+
+  const handleStart = mutation(
+    (p, req, server) => {
+      const holder = { name: text(p, "name"), reason: text(p, "reason") };
+      const ttlSeconds = whole(p, "ttl", 1, MAX_TTL_SECONDS) ?? cfg.ttlSeconds;
+      const wait = whole(p, "wait", 0, cfg.maxWaitSeconds) ?? 0;
+      if (wait > 0) server.timeout(req, 0); // a waiter may sit quietly for up to RS_MAX_WAIT
+      const outcome = startOrWait({ ...holder, ttlSeconds }, wait, req.signal);
+      const count = (o: Outcome) => {
+        if (o.ok) counts.started++;
+        else {
+          counts.refused[o.reason] = (counts.refused[o.reason] ?? 0) + 1;
+          log.refusal(o.reason, `refused a start by ${holder.name || UNKNOWN_USER}: ${o.message}`);
+        }
+        return o;
+      };
+      return outcome instanceof Promise ? outcome.then(count) : count(outcome);
+    },
+    (o) =>
+      o.ok && o.next.release
+        ? { message: describeRelease(o.next.release), releaseId: o.next.release.id }
+        : { message: "" },
+  );
+
+  const handleStop = mutation(
+    (p) => {
+      const id = whole(p, "id", 1, Number.MAX_SAFE_INTEGER);
+      const name = text(p, "name");
+      return transact((s, now) => stop(s, id, name, now));
+    },
+    () => ({ message: "the release is over" }),
+  );
+
+  const handleRenew = mutation(
+    (p) => {
+      const id = whole(p, "id", 1, Number.MAX_SAFE_INTEGER);
+      if (id === null) throw new Invalid("id is required: pass the release id from X-Release-Id, e.g. /renew?id=42");
+      const ttl = whole(p, "ttl", 1, MAX_TTL_SECONDS) ?? cfg.ttlSeconds;
+      if (ttl === null)
+        throw new Invalid(
+          `ttl is required (the daemon has no RS_TTL): a whole number of seconds from 1 to ${MAX_TTL_SECONDS}`,
+        );
+      return transact((s, now) => renew(s, id, ttl, now));
+    },
+    (o) => ({
+      message: o.ok && o.next.release?.expiresAt ? `the lease now ends at ${iso(o.next.release.expiresAt)}` : "",
+    }),
+  );
+
+  const handleBlock = mutation(
+    (p) => {
+      const holder = { name: text(p, "name"), reason: text(p, "reason") };
+      return transact((s, now) => block(s, holder, now));
+    },
+    (o) => ({ message: o.ok && o.next.block ? describeBlock(o.next.block) : "" }),
+  );
+
+  const handleUnblock = mutation(
+    (p) => {
+      const name = text(p, "name");
+      return transact((s, now) => unblock(s, name, now));
+    },
+    () => ({ message: "releasing is open again" }),
+  );
+
+  function handleStatus(req: Request): Response {
+    if (wantsJson(req)) return Response.json(statusJson(), { headers: SECURITY_HEADERS });
+    return new Response(statusText(), { headers: { ...SECURITY_HEADERS, "Content-Type": PLAIN } });
+  }
+
+  function handleHistory(req: Request): Response {
+    const p = readQuery(req);
+    if (!(p instanceof Map)) return answer(req, p);
+    let limit: number;
+    try {
+      limit = whole(p, "limit", 1, 1000) ?? 50;
+    } catch (e) {
+      return answer(req, refuse("invalid", (e as Error).message));
+    }
+    const events = lock.store?.history(limit) ?? [];
+    if (wantsJson(req)) return Response.json({ events: events.map(eventJson) }, { headers: SECURITY_HEADERS });
+    const lines = events.map((e) => `${iso(e.at)}  ${e.kind.padEnd(10)}  ${describeEvent(e)}\n`);
+    return new Response(lines.join(""), { headers: { ...SECURITY_HEADERS, "Content-Type": PLAIN } });
+  }
+
+  function handleHealth(): Response {
+    const [status, body] = lock.closing
+      ? [503, "shutting down\n"]
+      : lock.healthy
+        ? [200, "ok\n"]
+        : [503, "storage failing: the release state cannot be saved; see the daemon's log\n"];
+    return new Response(body, { status, headers: { ...SECURITY_HEADERS, "Content-Type": PLAIN } });
+  }
+
+  const routes = {
+    "/start": { GET: handleStart, POST: handleStart },
+    "/stop": { GET: handleStop, POST: handleStop },
+    "/renew": { GET: handleRenew, POST: handleRenew },
+    "/block": { GET: handleBlock, POST: handleBlock },
+    "/unblock": { GET: handleUnblock, POST: handleUnblock },
+    "/status": { GET: handleStatus },
+    "/history": { GET: handleHistory },
+    "/healthz": { GET: handleHealth },
+  };
+
+  return Bun.serve({
+    port: cfg.port,
+    hostname: cfg.host,
+    development: false,
+    maxRequestBodySize: 64 * 1024,
+    routes,
+    // Anything the routes did not take: a wrong method on a known path, or an unknown path.
+    fetch(req) {
+      const path = new URL(req.url).pathname;
+      const known = routes[path as keyof typeof routes];
+      if (!known) return answer(req, refuse("not-found", `there is no ${path}; see the README for the endpoints`));
+      const allow = [...Object.keys(known), "HEAD"].join(", ");
+      const res = answer(req, refuse("method-not-allowed", `${req.method} is not allowed on ${path}; use ${allow}`));
+      res.headers.set("Allow", allow);
+      return res;
+    },
+    error(e) {
+      log.error(`internal error while answering a request: ${e.message}`);
+      return new Response("0\n", { status: 500, headers: { ...SECURITY_HEADERS, "Content-Type": PLAIN } });
+    },
+  });
+}
+
+/** Formats an outcome as the original did (body 1 or 0), or as JSON when asked. */
+function answer(req: Request, o: Outcome, success: Success = { message: "" }): Response {
+  const status = o.ok ? 200 : HTTP_STATUS[o.reason];
+  const headers: Record<string, string> = { ...SECURITY_HEADERS };
+  const releaseId = o.ok ? success.releaseId : undefined;
+  if (releaseId !== undefined) headers["X-Release-Id"] = String(releaseId);
+  if (!o.ok) {
+    headers["X-Reason"] = headerSafe(o.message);
+    headers["X-Reason-Code"] = o.reason;
+    if (o.reason === "unauthorized") headers["WWW-Authenticate"] = "Bearer";
+  }
+  if (!wantsJson(req))
+    return new Response(o.ok ? "1\n" : "0\n", { status, headers: { ...headers, "Content-Type": PLAIN } });
+  const body = {
+    ok: o.ok,
+    reason: o.ok ? null : o.reason,
+    message: o.ok ? success.message : o.message,
+    ...(releaseId !== undefined ? { releaseId } : {}),
+    status: statusJson(),
+  };
+  return Response.json(body, { status, headers });
+}
+
+export function statusJson() {
+  const { release, block } = lock.state;
+  return {
+    running: release !== null,
+    blocked: block !== null,
+    release: release && {
+      id: release.id,
+      name: release.name,
+      reason: release.reason,
+      startedAt: iso(release.startedAt),
+      expiresAt: release.expiresAt === null ? null : iso(release.expiresAt),
+    },
+    block: block && { name: block.name, reason: block.reason, since: iso(block.since) },
+    queue: lock.queue.map((w) => ({ name: w.name, reason: w.reason, since: iso(w.since) })),
+    lastReleaseId: lock.state.lastId,
+    healthy: lock.healthy,
+    store: lock.store?.description ?? null,
+  };
+}
+
+function statusText(): string {
+  const now = Date.now();
+  const { release, block } = lock.state;
+  const lines = [
+    release
+      ? `running: ${describeRelease(release)}, for ${duration(now - release.startedAt)}${release.expiresAt === null ? "" : `; lease ends ${iso(release.expiresAt)}`}`
+      : "idle: no release is running",
+  ];
+  if (block) lines.push(`blocked: ${describeBlock(block)}`);
+  if (lock.queue.length)
+    lines.push(
+      `waiting: ${lock.queue.map((w, i) => `${i + 1}. ${w.name || UNKNOWN_USER} since ${iso(w.since)}`).join(", ")}`,
+    );
+  return `${lines.join("\n")}\n`;
+}
+
+const eventJson = (e: Event) => ({
+  at: iso(e.at),
+  kind: e.kind,
+  releaseId: e.releaseId,
+  name: e.name,
+  reason: e.reason,
+  message: describeEvent(e),
+});
+
+export function duration(ms: number): string {
+  const s = Math.max(0, Math.floor(ms / 1000));
+  const [h, m, sec] = [Math.floor(s / 3600), Math.floor((s % 3600) / 60), s % 60];
+  return h ? `${h}h ${m}m` : m ? `${m}m ${sec}s` : `${sec}s`;
+}
+
+// ---- request parsing ----
+
+const wantsJson = (req: Request) =>
+  /[?&]format=json(&|$)/.test(req.url) || (req.headers.get("accept") ?? "").includes("application/json");
+
+/** The query string, plus a form body on POST; a Refusal when it cannot be decoded. */
+function readParams(req: Request): Params | Refusal | Promise<Params | Refusal> {
+  const query = readQuery(req);
+  const form = (req.headers.get("content-type") ?? "").startsWith("application/x-www-form-urlencoded");
+  if (req.method !== "POST" || !form || !(query instanceof Map)) return query;
+  return req.text().then((body) => {
+    const fromBody = parsePairs(body);
+    if (!(fromBody instanceof Map)) return fromBody;
+    for (const [k, v] of fromBody) if (!query.has(k)) query.set(k, v);
+    return query;
+  });
+}
+
+function readQuery(req: Request): Params | Refusal {
+  const url = req.url;
+  if (url.length > MAX_URL) return refuse("too-large", `the URL is longer than ${MAX_URL} bytes`);
+  const q = url.indexOf("?");
+  return q < 0 ? new Map() : parsePairs(url.slice(q + 1));
+}
+
+// Strict percent-decoding: broken escapes and invalid UTF-8 are refused, not replaced.
+function parsePairs(s: string): Params | Refusal {
+  const params: Params = new Map();
+  for (const pair of s.split("&")) {
+    if (!pair) continue;
+    const eq = pair.indexOf("=");
+    try {
+      const key = decode(eq < 0 ? pair : pair.slice(0, eq));
+      if (!params.has(key)) params.set(key, decode(eq < 0 ? "" : pair.slice(eq + 1)));
+    } catch {
+      return refuse(
+        "invalid",
+        "the query string has a broken %-escape or invalid UTF-8: percent-encode parameters as UTF-8",
+      );
+    }
+  }
+  return params;
+}
+
+const decode = (s: string) => (s.includes("%") || s.includes("+") ? decodeURIComponent(s.replaceAll("+", " ")) : s);
+
+function text(p: Params, key: string): string {
+  const value = (p.get(key) ?? "").trim();
+  if ([...value].length > MAX_TEXT) throw new Invalid(`${key} is longer than ${MAX_TEXT} characters: shorten it`);
+  if (/[\p{Cc}\p{Cs}\u2028\u2029]/u.test(value))
+    throw new Invalid(`${key} has control characters (such as a newline): send plain text`);
+  return value;
+}
+
+function whole(p: Params, key: string, min: number, max: number): number | null {
+  const raw = p.get(key);
+  if (raw === undefined || raw === "") return null;
+  const n = Number(raw);
+  if (!/^\d+$/.test(raw) || n < min || n > max)
+    throw new Invalid(`${key}=${raw.slice(0, 40)} is not valid: expected a whole number from ${min} to ${max}`);
+  return n;
+}
+
+function sameOrigin(origin: string, req: Request): boolean {
+  try {
+    return new URL(origin).host === req.headers.get("host");
+  } catch {
+    return false;
+  }
+}
+
+const sha256 = (s: string) => createHash("sha256").update(s).digest();
+
+// Header values must be Latin-1; names may not be, so percent-encode anything outside printable ASCII.
+const headerSafe = (s: string) => s.replace(/[^\x20-\x7e]/gu, (c) => encodeURIComponent(c));

@@ -1,0 +1,133 @@
+// releasestatus: a small daemon that lets only one QA release run at a time.
+// Deploy scripts ask it over HTTP whether they may release; a person can block
+// all releases. This file reads the command line and starts the daemon; the
+// rules are in release.ts, storage in store.ts, the endpoints in http.ts.
+import { type Config, ConfigError, readConfig } from "./config.ts";
+import { startServer } from "./http.ts";
+import { closeLock, lock, onCommit, openLock } from "./lock.ts";
+import { createLog, type Log } from "./log.ts";
+import pkg from "./package.json" with { type: "json" };
+import { describeBlock, describeEvent, describeRelease } from "./release.ts";
+import { openSqliteStore, StoreOpenError } from "./store.ts";
+
+const USAGE = `releasestatus ${pkg.version}: lets only one QA release run at a time.
+
+Usage:
+  RS_PORT=8080 releasestatus      run the daemon
+  releasestatus healthcheck       exit 0 if the daemon on RS_PORT is healthy (for containers)
+  releasestatus --help | --version
+
+Settings (environment):
+  RS_PORT           port to listen on (required, 1-65535)
+  RS_HOST           address to listen on (default 0.0.0.0, all interfaces)
+  RS_DB             SQLite file for state and history (default releasestatus.db; :memory: keeps nothing)
+  RS_HISTORY_LIMIT  events kept in the history (default 10000)
+  RS_TTL            lease in seconds for a start without ttl= (default: releases never expire)
+  RS_MAX_WAIT       longest wait= allowed, in seconds (default 3600)
+  RS_TOKEN          token that state changes must send as 'Authorization: Bearer <token>'
+  RS_TOKEN_FILE     file holding the token (instead of RS_TOKEN)
+  RS_LOG_FORMAT     text (default) or json
+
+Endpoints: /start /stop /block /unblock /renew /status /history /healthz (see the README).
+`;
+
+const EXIT_USAGE = 2;
+
+async function main(argv: string[]): Promise<number> {
+  const [command] = argv;
+  if (command === "--help" || command === "-h" || command === "help") return print(USAGE);
+  if (command === "--version" || command === "-v") return print(`releasestatus ${pkg.version}\n`);
+  if (command === "healthcheck") return healthcheck();
+  if (command !== undefined && command !== "serve")
+    return fail(`unknown command ${JSON.stringify(command)}: run 'releasestatus --help' to see the commands`);
+  let cfg: Config;
+  try {
+    cfg = readConfig(process.env);
+  } catch (e) {
+    if (e instanceof ConfigError) return fail(e.message);
+    throw e;
+  }
+  return serve(cfg);
+}
+
+function serve(cfg: Config): Promise<number> | number {
+  const log = createLog(cfg.logFormat);
+  let store: ReturnType<typeof openSqliteStore>;
+  try {
+    store = openSqliteStore(cfg.db, cfg.historyLimit);
+  } catch (e) {
+    if (e instanceof StoreOpenError) return fail(e.message);
+    throw e;
+  }
+  openLock(store, (e) => log.error(`could not save the release state to ${store.description}: ${e.message}`));
+  onCommit(({ events }) => {
+    for (const e of events)
+      log.info(describeEvent(e), { event: e.kind, releaseId: e.releaseId, name: e.name, reason: e.reason });
+  });
+  logRestored(log);
+
+  let server: ReturnType<typeof startServer>;
+  try {
+    server = startServer(cfg, log);
+  } catch (e) {
+    store.close();
+    return fail(`cannot listen on ${cfg.host}:${cfg.port}: ${(e as Error).message}`);
+  }
+  log.info(`releasestatus ${pkg.version} listening on ${cfg.host}:${server.port}, state in ${store.description}`);
+  if (cfg.token === null)
+    log.warn("no RS_TOKEN is set: anyone who can reach this port can start, stop and block releases");
+
+  return new Promise((resolve) => {
+    let stopping = false;
+    const shutdown = async (signal: string) => {
+      if (stopping) return;
+      stopping = true;
+      log.info(`${signal} received: answering waiters, finishing requests in flight, then exiting`);
+      closeLock();
+      const force = setTimeout(() => server.stop(true), 2000); // a client that will not finish is cut
+      await server.stop();
+      clearTimeout(force);
+      store.close();
+      log.info("stopped");
+      resolve(0);
+    };
+    process.on("SIGTERM", () => shutdown("SIGTERM"));
+    process.on("SIGINT", () => shutdown("SIGINT"));
+  });
+}
+
+function logRestored(log: Log) {
+  const { release, block } = lock.state;
+  if (!release && !block) return;
+  const parts = [
+    release ? describeRelease(release) : "no release running",
+    block ? describeBlock(block) : "releasing open",
+  ];
+  log.info(`restored: ${parts.join("; ")}`, { event: "restored" });
+}
+
+// For a container's HEALTHCHECK: distroless images have no curl, so the binary asks itself.
+async function healthcheck(): Promise<number> {
+  const port = process.env.RS_PORT || "8080";
+  try {
+    const res = await fetch(`http://127.0.0.1:${port}/healthz`, { signal: AbortSignal.timeout(3000) });
+    process.stdout.write(`${res.status} ${await res.text()}`);
+    return res.ok ? 0 : 1;
+  } catch (e) {
+    process.stderr.write(`releasestatus healthcheck: cannot reach 127.0.0.1:${port}: ${(e as Error).message}\n`);
+    return 1;
+  }
+}
+
+function print(text: string): number {
+  process.stdout.write(text);
+  return 0;
+}
+
+function fail(message: string): number {
+  process.stderr.write(`releasestatus: ${message}\n`);
+  return EXIT_USAGE;
+}
+
+process.exitCode = await main(process.argv.slice(2));
+process.exit();

@@ -1,0 +1,59 @@
+// Log lines on stdout that read as documentation: one per state change, and
+// refusals too, but rate-limited so a flood of them can neither fill a disk
+// nor slow the daemon.
+
+export type LogFormat = "text" | "json";
+type Fields = Record<string, string | number | boolean | null>;
+
+const REFUSALS_PER_SECOND = 5; // logged one by one; the rest are counted
+const SUMMARY_EVERY_MS = 10_000;
+
+export function createLog(format: LogFormat) {
+  const write = (level: "info" | "warn" | "error", msg: string, fields: Fields = {}) => {
+    const time = new Date().toISOString();
+    const line =
+      format === "json"
+        ? JSON.stringify({ time, level, msg, ...fields })
+        : `${time} ${level === "info" ? "" : `${level}: `}${msg}`;
+    process.stdout.write(`${line}\n`);
+  };
+
+  let windowStart = 0;
+  let inWindow = 0;
+  let suppressed: Record<string, number> = {};
+  let summaryTimer: Timer | null = null;
+  const summarise = () => {
+    const counts = Object.entries(suppressed);
+    const total = counts.reduce((n, [, c]) => n + c, 0);
+    const detail = counts.map(([r, c]) => `${r}: ${c}`).join(", ");
+    write(
+      "info",
+      `refused ${total} more requests in the last ${SUMMARY_EVERY_MS / 1000}s without logging each (${detail})`,
+      {
+        event: "refusals-suppressed",
+        count: total,
+      },
+    );
+    suppressed = {};
+    summaryTimer = null;
+  };
+
+  return {
+    info: (msg: string, fields?: Fields) => write("info", msg, fields),
+    warn: (msg: string, fields?: Fields) => write("warn", msg, fields),
+    error: (msg: string, fields?: Fields) => write("error", msg, fields),
+    refusal(reason: string, msg: string, fields: Fields = {}) {
+      const now = Date.now();
+      if (now - windowStart >= 1000) {
+        windowStart = now;
+        inWindow = 0;
+      }
+      if (++inWindow <= REFUSALS_PER_SECOND) return write("info", msg, { event: "refused", reason, ...fields });
+      suppressed[reason] = (suppressed[reason] ?? 0) + 1;
+      summaryTimer ??= setTimeout(summarise, SUMMARY_EVERY_MS);
+      summaryTimer.unref();
+    },
+  };
+}
+
+export type Log = ReturnType<typeof createLog>;
