@@ -1,0 +1,93 @@
+// Starts the real compiled binary for tests, on a free loopback port, and
+// stops it again. Every suite that speaks HTTP goes through here.
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import type { Subprocess } from "bun";
+
+export const BINARY = resolve(import.meta.dir, "..", "releasestatus");
+
+export type Daemon = {
+  url: string;
+  port: number;
+  proc: Subprocess<"ignore", "pipe", "pipe">;
+  output: () => string; // stdout and stderr so far
+  get: (path: string, init?: RequestInit) => Promise<Response>;
+  body: (path: string, init?: RequestInit) => Promise<string>;
+  stop: (signal?: NodeJS.Signals) => Promise<number>;
+};
+
+export function freePort(): number {
+  const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+  const port = probe.port;
+  probe.stop(true);
+  return port;
+}
+
+export const tempDir = (prefix = "rs-test-") => mkdtempSync(join(tmpdir(), prefix));
+
+/** Runs the binary with `env` (RS_PORT and RS_HOST are filled in) and waits until it answers. */
+export async function startDaemon(env: Record<string, string> = {}, opts: { port?: number; cwd?: string } = {}): Promise<Daemon> {
+  const port = opts.port ?? freePort();
+  const cwd = opts.cwd ?? tempDir();
+  const proc = Bun.spawn([BINARY], {
+    cwd,
+    env: { PATH: process.env.PATH ?? "", RS_PORT: String(port), RS_HOST: "127.0.0.1", RS_DB: ":memory:", ...env },
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  let text = "";
+  const drain = async (stream: ReadableStream<Uint8Array>) => {
+    const decoder = new TextDecoder();
+    for await (const chunk of stream) text += decoder.decode(chunk, { stream: true });
+  };
+  const drained = Promise.all([drain(proc.stdout), drain(proc.stderr)]);
+  const url = `http://127.0.0.1:${port}`;
+  const daemon: Daemon = {
+    url,
+    port,
+    proc,
+    output: () => text,
+    get: (path, init) => fetch(url + path, init),
+    body: async (path, init) => (await fetch(url + path, init)).text(),
+    stop: async (signal = "SIGTERM") => {
+      proc.kill(signal);
+      const code = await proc.exited;
+      await drained;
+      return code;
+    },
+  };
+  for (let i = 0; i < 200; i++) {
+    if (proc.exitCode !== null) {
+      await drained;
+      throw new Error(`releasestatus exited with ${proc.exitCode} before answering:\n${text}`);
+    }
+    try {
+      const res = await fetch(`${url}/healthz`);
+      await res.text();
+      return daemon;
+    } catch {
+      await Bun.sleep(25);
+    }
+  }
+  proc.kill("SIGKILL");
+  throw new Error(`releasestatus did not answer on ${url} within 5 s:\n${text}`);
+}
+
+/** Runs the binary to completion (for start-up errors and subcommands). */
+export async function runBinary(args: string[], env: Record<string, string> = {}) {
+  const proc = Bun.spawn([BINARY, ...args], {
+    cwd: tempDir(),
+    env: { PATH: process.env.PATH ?? "", ...env },
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const [stdout, stderr, code] = await Promise.all([
+    new Response(proc.stdout).text(),
+    new Response(proc.stderr).text(),
+    proc.exited,
+  ]);
+  return { stdout, stderr, code };
+}
