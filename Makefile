@@ -7,7 +7,7 @@ BUN := node_modules/.bin/bun
 SOURCES := $(wildcard *.ts) package.json
 BUILD_FLAGS := --compile --minify --no-compile-autoload-dotenv --no-compile-autoload-bunfig
 
-.PHONY: run build test check clean
+.PHONY: run build test test-storage check clean
 
 run: releasestatus
 	RS_PORT=$(PORT) RS_HOST=$(RS_HOST) ./releasestatus
@@ -23,6 +23,10 @@ $(BUN): package.json package-lock.json
 
 test: releasestatus
 	$(BUN) test
+
+# Needs root: mounts a small tmpfs and fills it to prove a full disk changes nothing.
+test-storage: releasestatus
+	$(BUN) test ./test/storage.e2e.ts
 
 check: $(BUN)
 	node_modules/.bin/tsc --noEmit

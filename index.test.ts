@@ -33,7 +33,9 @@ describe("/start", () => {
     expect(res.status).toBe(200);
     expect(await res.text()).toBe("0\n");
     expect(res.headers.get("x-reason-code")).toBe("running");
-    expect(res.headers.get("x-reason")).toMatch(/^release #\d+ by sion \(v2\.3\.1\) running since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
+    expect(res.headers.get("x-reason")).toMatch(
+      /^release #\d+ by sion \(v2\.3\.1\) running since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/,
+    );
   });
 
   test("is refused while releasing is blocked", async () => {
@@ -231,7 +233,11 @@ describe("the log", () => {
 describe("start-up", () => {
   const cases: [string, Record<string, string>, RegExp][] = [
     ["missing RS_PORT", {}, /RS_PORT is not set/],
-    ["non-numeric RS_PORT", { RS_PORT: "http" }, /RS_PORT="http" is not valid: expected a whole number from 1 to 65535/],
+    [
+      "non-numeric RS_PORT",
+      { RS_PORT: "http" },
+      /RS_PORT="http" is not valid: expected a whole number from 1 to 65535/,
+    ],
     ["RS_PORT out of range", { RS_PORT: "70000" }, /RS_PORT="70000" is not valid/],
     ["RS_PORT zero", { RS_PORT: "0" }, /RS_PORT="0" is not valid/],
     ["a bad RS_LOG_FORMAT", { RS_PORT: "8080", RS_LOG_FORMAT: "xml" }, /RS_LOG_FORMAT="xml" is not valid/],

@@ -72,6 +72,10 @@ export function openSqliteStore(path: string, historyLimit: number): Store {
   } catch (e) {
     ownership?.close();
     if (e instanceof StoreOpenError) throw e;
+    if (/not a database|malformed|corrupt/i.test((e as Error).message))
+      throw new StoreOpenError(
+        `${where} is not a releasestatus database, or is damaged: point RS_DB at another file, or restore it from a backup; it was left as it is`,
+      );
     throw new StoreOpenError(`cannot use ${where} as the releasestatus database: ${(e as Error).message}`);
   }
   const q = {

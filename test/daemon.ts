@@ -27,7 +27,10 @@ export function freePort(): number {
 export const tempDir = (prefix = "rs-test-") => mkdtempSync(join(tmpdir(), prefix));
 
 /** Runs the binary with `env` (RS_PORT and RS_HOST are filled in) and waits until it answers. */
-export async function startDaemon(env: Record<string, string> = {}, opts: { port?: number; cwd?: string } = {}): Promise<Daemon> {
+export async function startDaemon(
+  env: Record<string, string> = {},
+  opts: { port?: number; cwd?: string } = {},
+): Promise<Daemon> {
   const port = opts.port ?? freePort();
   const cwd = opts.cwd ?? tempDir();
   const proc = Bun.spawn([BINARY], {
