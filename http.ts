@@ -82,6 +82,8 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
       describe: (o: Outcome) => Success,
     ): Handler =>
     (req, server) => {
+      // Bun answers HEAD with the GET handler; a HEAD must never change state.
+      if (req.method === "HEAD") return notAllowed(req, new URL(req.url).pathname as keyof typeof routes);
       const denied = guard(req);
       if (denied) return answer(req, denied);
       const run = (p: Params | Refusal): Response | Promise<Response> => {
@@ -205,6 +207,14 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     "/healthz": { GET: handleHealth },
   };
 
+  function notAllowed(req: Request, path: keyof typeof routes): Response {
+    const methods = Object.keys(routes[path]);
+    const allow = (methods.includes("POST") ? methods : [...methods, "HEAD"]).join(", ");
+    const res = answer(req, refuse("method-not-allowed", `${req.method} is not allowed on ${path}; use ${allow}`));
+    res.headers.set("Allow", allow);
+    return res;
+  }
+
   return Bun.serve({
     port: cfg.port,
     hostname: cfg.host,
@@ -214,12 +224,9 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     // Anything the routes did not take: a wrong method on a known path, or an unknown path.
     fetch(req) {
       const path = new URL(req.url).pathname;
-      const known = routes[path as keyof typeof routes];
-      if (!known) return answer(req, refuse("not-found", `there is no ${path}; see the README for the endpoints`));
-      const allow = [...Object.keys(known), "HEAD"].join(", ");
-      const res = answer(req, refuse("method-not-allowed", `${req.method} is not allowed on ${path}; use ${allow}`));
-      res.headers.set("Allow", allow);
-      return res;
+      if (!(path in routes))
+        return answer(req, refuse("not-found", `there is no ${path}; see the README for the endpoints`));
+      return notAllowed(req, path as keyof typeof routes);
     },
     error(e) {
       log.error(`internal error while answering a request: ${e.message}`);
