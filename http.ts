@@ -320,6 +320,8 @@ function readParams(req: Request): Params | Refusal | Promise<Params | Refusal> 
   const form = (req.headers.get("content-type") ?? "").startsWith("application/x-www-form-urlencoded");
   if (req.method !== "POST" || !form || !(query instanceof Map)) return query;
   return req.text().then((body) => {
+    // A client that went away mid-body never hears an answer: it must not be granted anything.
+    if (req.signal.aborted) return refuse("invalid", "the request body was cut short");
     const fromBody = parsePairs(body);
     if (!(fromBody instanceof Map)) return fromBody;
     for (const [k, v] of fromBody) if (!query.has(k)) query.set(k, v);
