@@ -4,10 +4,10 @@ PORT ?= 8080
 TAG ?= releasestatus
 RS_HOST ?= 127.0.0.1
 BUN := node_modules/.bin/bun
-SOURCES := $(wildcard *.ts) package.json
+SOURCES := $(wildcard *.ts) page.html package.json
 BUILD_FLAGS := --compile --minify --no-compile-autoload-dotenv --no-compile-autoload-bunfig
 
-.PHONY: run build test test-storage check clean
+.PHONY: run build test test-storage test-browser test-metrics check clean
 
 run: releasestatus
 	RS_PORT=$(PORT) RS_HOST=$(RS_HOST) ./releasestatus
@@ -27,6 +27,14 @@ test: releasestatus
 # Needs root: mounts a small tmpfs and fills it to prove a full disk changes nothing.
 test-storage: releasestatus
 	$(BUN) test ./test/storage.e2e.ts
+
+# Needs Debian's chromium; screenshots land in artifacts/ (not committed).
+test-browser: releasestatus
+	$(BUN) test ./test/page.e2e.ts
+
+# Needs promtool (Debian's prometheus package) to parse the exposition.
+test-metrics: releasestatus
+	$(BUN) test ./test/metrics.e2e.ts
 
 check: $(BUN)
 	node_modules/.bin/tsc --noEmit

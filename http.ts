@@ -4,8 +4,10 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import type { Server } from "bun";
 import { type Config, MAX_TTL_SECONDS } from "./config.ts";
-import { lock, startOrWait, transact } from "./lock.ts";
+import { lock, onCommit, startOrWait, transact } from "./lock.ts";
 import type { Log } from "./log.ts";
+import { countStart, estimate, renderMetrics } from "./metrics.ts";
+import pageText from "./page.html" with { type: "text" };
 import {
   block,
   describeBlock,
@@ -47,9 +49,6 @@ const HTTP_STATUS: Record<Reason, number> = {
 const PLAIN = "text/plain; charset=utf-8";
 const SECURITY_HEADERS = { "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store" };
 
-/** Counts kept for /metrics; refusals are counted, not each stored. */
-export const counts = { started: 0, refused: {} as Partial<Record<Reason, number>> };
-
 /** A request that is itself wrong: answered 400 with reason `invalid`, changing nothing. */
 class Invalid extends Error {}
 
@@ -60,6 +59,7 @@ type Handler = (req: Request, server: Server<undefined>) => Response | Promise<R
 
 export function startServer(cfg: Config, log: Log): Server<undefined> {
   const tokenDigest = cfg.token === null ? null : sha256(cfg.token);
+  tokenRequired = tokenDigest !== null;
 
   // Refuses state changes sent cross-site by a browser, and, when a token is set, without it.
   function guard(req: Request): Refusal | null {
@@ -78,47 +78,43 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
   // Wraps a state-changing endpoint: guard, parse, run, answer; a bad parameter is 400 invalid.
   const mutation =
     (
+      name: string,
       act: (p: Params, req: Request, server: Server<undefined>) => Outcome | Promise<Outcome>,
       describe: (o: Outcome) => Success,
     ): Handler =>
     (req, server) => {
       // Bun answers HEAD with the GET handler; a HEAD must never change state.
       if (req.method === "HEAD") return notAllowed(req, new URL(req.url).pathname as keyof typeof routes);
+      const respond = (o: Outcome) => {
+        if (name === "start") countStart(o);
+        if (!o.ok) log.refusal(o.reason, `refused ${name}: ${o.message}`, { reason: o.reason });
+        return answer(req, o, describe(o));
+      };
       const denied = guard(req);
-      if (denied) return answer(req, denied);
+      if (denied) return respond(denied);
       const run = (p: Params | Refusal): Response | Promise<Response> => {
-        if (p instanceof Map === false) return answer(req, p);
+        if (p instanceof Map === false) return respond(p);
         let outcome: Outcome | Promise<Outcome>;
         try {
           outcome = act(p, req, server);
         } catch (e) {
           if (!(e instanceof Invalid)) throw e;
-          return answer(req, refuse("invalid", e.message));
+          return respond(refuse("invalid", e.message));
         }
-        return outcome instanceof Promise
-          ? outcome.then((o) => answer(req, o, describe(o)))
-          : answer(req, outcome, describe(outcome));
+        return outcome instanceof Promise ? outcome.then(respond) : respond(outcome);
       };
       const params = readParams(req);
       return params instanceof Promise ? params.then(run) : run(params);
     };
 
   const handleStart = mutation(
+    "start",
     (p, req, server) => {
       const holder = { name: text(p, "name"), reason: text(p, "reason") };
       const ttlSeconds = whole(p, "ttl", 1, MAX_TTL_SECONDS) ?? cfg.ttlSeconds;
       const wait = whole(p, "wait", 0, cfg.maxWaitSeconds) ?? 0;
       if (wait > 0) server.timeout(req, 0); // a waiter may sit quietly for up to RS_MAX_WAIT
-      const outcome = startOrWait({ ...holder, ttlSeconds }, wait, req.signal);
-      const count = (o: Outcome) => {
-        if (o.ok) counts.started++;
-        else {
-          counts.refused[o.reason] = (counts.refused[o.reason] ?? 0) + 1;
-          log.refusal(o.reason, `refused a start by ${holder.name || UNKNOWN_USER}: ${o.message}`);
-        }
-        return o;
-      };
-      return outcome instanceof Promise ? outcome.then(count) : count(outcome);
+      return startOrWait({ ...holder, ttlSeconds }, wait, req.signal);
     },
     (o) =>
       o.ok && o.next.release
@@ -127,6 +123,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
   );
 
   const handleStop = mutation(
+    "stop",
     (p) => {
       const id = whole(p, "id", 1, Number.MAX_SAFE_INTEGER);
       const name = text(p, "name");
@@ -136,6 +133,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
   );
 
   const handleRenew = mutation(
+    "renew",
     (p) => {
       const id = whole(p, "id", 1, Number.MAX_SAFE_INTEGER);
       if (id === null) throw new Invalid("id is required: pass the release id from X-Release-Id, e.g. /renew?id=42");
@@ -152,6 +150,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
   );
 
   const handleBlock = mutation(
+    "block",
     (p) => {
       const holder = { name: text(p, "name"), reason: text(p, "reason") };
       return transact((s, now) => block(s, holder, now));
@@ -160,6 +159,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
   );
 
   const handleUnblock = mutation(
+    "unblock",
     (p) => {
       const name = text(p, "name");
       return transact((s, now) => unblock(s, name, now));
@@ -196,7 +196,43 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     return new Response(body, { status, headers: { ...SECURITY_HEADERS, "Content-Type": PLAIN } });
   }
 
+  function handleMetrics(): Response {
+    const body = renderMetrics(lock.state, lock.queue.length, lock.healthy);
+    return new Response(body, {
+      headers: { ...SECURITY_HEADERS, "Content-Type": "text/plain; version=0.0.4; charset=utf-8" },
+    });
+  }
+
+  // Server-Sent Events: a snapshot on connect, then one event per change, for the page and `curl -N`.
+  function handleEvents(req: Request, server: Server<undefined>): Response {
+    server.timeout(req, 0); // a stream is quiet between changes; Bun would cut it after 10 s
+    let listener: EventStream | null = null;
+    const stream = new ReadableStream<Uint8Array>({
+      start(controller) {
+        listener = controller;
+        eventStreams.add(controller);
+        controller.enqueue(sse("status", { status: statusJson() }, "retry: 1000\n"));
+      },
+      cancel() {
+        if (listener) eventStreams.delete(listener);
+      },
+    });
+    return new Response(stream, {
+      headers: { ...SECURITY_HEADERS, "Content-Type": "text/event-stream; charset=utf-8", "X-Accel-Buffering": "no" },
+    });
+  }
+
+  function handlePage(): Response {
+    return new Response(page, {
+      headers: { ...SECURITY_HEADERS, ...PAGE_HEADERS, "Content-Type": "text/html; charset=utf-8" },
+    });
+  }
+
+  onCommit(({ events }) => broadcast("change", { events: events.map(eventJson), status: statusJson() }));
+  setInterval(() => broadcast(null, null), 15_000).unref(); // a comment now and then keeps proxies from closing idle streams
+
   const routes = {
+    "/": { GET: handlePage },
     "/start": { GET: handleStart, POST: handleStart },
     "/stop": { GET: handleStop, POST: handleStop },
     "/renew": { GET: handleRenew, POST: handleRenew },
@@ -205,6 +241,8 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     "/status": { GET: handleStatus },
     "/history": { GET: handleHistory },
     "/healthz": { GET: handleHealth },
+    "/metrics": { GET: handleMetrics },
+    "/events": { GET: handleEvents },
   };
 
   function notAllowed(req: Request, path: keyof typeof routes): Response {
@@ -234,6 +272,61 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     },
   });
 }
+
+// bun-types declares .html imports as HTML bundles; with type "text" Bun embeds the file as a string.
+const page = pageText as unknown as string;
+
+// ---- live events ----
+
+type EventStream = ReadableStreamDefaultController<Uint8Array>;
+const eventStreams = new Set<EventStream>();
+const encoder = new TextEncoder();
+
+const sse = (event: string, data: unknown, prefix = "") =>
+  encoder.encode(`${prefix}event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+
+function broadcast(event: string | null, data: unknown) {
+  const frame = event === null ? encoder.encode(": keep-alive\n\n") : sse(event, data);
+  for (const stream of eventStreams) {
+    try {
+      stream.enqueue(frame);
+    } catch {
+      eventStreams.delete(stream); // the client went away
+    }
+  }
+}
+
+/** At shutdown: end every event stream, so that the server can finish. */
+export function closeEventStreams(): void {
+  for (const stream of eventStreams) {
+    try {
+      stream.close();
+    } catch {}
+  }
+  eventStreams.clear();
+}
+
+// The page's inline script and style are allowed by their hashes, and nothing else is.
+const inlineHash = (tag: string) => {
+  const body = new RegExp(`<${tag}>([\\s\\S]*?)</${tag}>`).exec(page)?.[1] ?? "";
+  return `'sha256-${createHash("sha256").update(body).digest("base64")}'`;
+};
+const PAGE_HEADERS = {
+  "Content-Security-Policy": [
+    "default-src 'none'",
+    `script-src ${inlineHash("script")}`,
+    `style-src ${inlineHash("style")}`,
+    "connect-src 'self'",
+    "img-src 'self' data:",
+    "base-uri 'none'",
+    "form-action 'none'",
+    "frame-ancestors 'none'",
+  ].join("; "),
+  "X-Frame-Options": "DENY",
+  "Referrer-Policy": "no-referrer",
+};
+
+let tokenRequired = false; // told to the page, so it asks for the token before the first change
 
 /** Formats an outcome as the original did (body 1 or 0), or as JSON when asked. */
 function answer(req: Request, o: Outcome, success: Success = { message: "" }): Response {
@@ -273,6 +366,8 @@ export function statusJson() {
     block: block && { name: block.name, reason: block.reason, since: iso(block.since) },
     queue: lock.queue.map((w) => ({ name: w.name, reason: w.reason, since: iso(w.since) })),
     lastReleaseId: lock.state.lastId,
+    estimate: estimate(release),
+    tokenRequired,
     healthy: lock.healthy,
     store: lock.store?.description ?? null,
   };
@@ -294,7 +389,7 @@ function statusText(): string {
   return `${lines.join("\n")}\n`;
 }
 
-const eventJson = (e: Event) => ({
+export const eventJson = (e: Event) => ({
   at: iso(e.at),
   kind: e.kind,
   releaseId: e.releaseId,

@@ -3,9 +3,10 @@
 // all releases. This file reads the command line and starts the daemon; the
 // rules are in release.ts, storage in store.ts, the endpoints in http.ts.
 import { type Config, ConfigError, readConfig } from "./config.ts";
-import { startServer } from "./http.ts";
+import { closeEventStreams, startServer } from "./http.ts";
 import { closeLock, lock, onCommit, openLock } from "./lock.ts";
 import { createLog, type Log } from "./log.ts";
+import { learnFromHistory, observe } from "./metrics.ts";
 import pkg from "./package.json" with { type: "json" };
 import { describeBlock, describeEvent, describeRelease } from "./release.ts";
 import { openSqliteStore, StoreOpenError } from "./store.ts";
@@ -28,7 +29,8 @@ Settings (environment):
   RS_TOKEN_FILE     file holding the token (instead of RS_TOKEN)
   RS_LOG_FORMAT     text (default) or json
 
-Endpoints: /start /stop /block /unblock /renew /status /history /healthz (see the README).
+Endpoints: /start /stop /block /unblock /renew /status /history /healthz /metrics /events, and a page at /
+(see the README).
 `;
 
 const EXIT_USAGE = 2;
@@ -60,6 +62,8 @@ function serve(cfg: Config): Promise<number> | number {
     throw e;
   }
   openLock(store, (e) => log.error(`could not save the release state to ${store.description}: ${e.message}`));
+  learnFromHistory(store.history(1000));
+  onCommit(observe);
   onCommit(({ events }) => {
     for (const e of events)
       log.info(describeEvent(e), { event: e.kind, releaseId: e.releaseId, name: e.name, reason: e.reason });
@@ -84,6 +88,7 @@ function serve(cfg: Config): Promise<number> | number {
       stopping = true;
       log.info(`${signal} received: answering waiters, finishing requests in flight, then exiting`);
       closeLock();
+      closeEventStreams();
       const force = setTimeout(() => server.stop(true), 2000); // a client that will not finish is cut
       await server.stop();
       clearTimeout(force);
