@@ -2,6 +2,7 @@
 // Deploy scripts ask it over HTTP whether they may release; a person can block
 // all releases. This file reads the command line and starts the daemon; the
 // rules are in release.ts, storage in store.ts, the endpoints in http.ts.
+import { healthcheck, run, status } from "./client.ts";
 import { type Config, ConfigError, readConfig } from "./config.ts";
 import { closeEventStreams, startServer } from "./http.ts";
 import { closeLock, lock, onCommit, openLock } from "./lock.ts";
@@ -15,6 +16,10 @@ const USAGE = `releasestatus ${pkg.version}: lets only one QA release run at a t
 
 Usage:
   RS_PORT=8080 releasestatus      run the daemon
+  releasestatus run [options] -- COMMAND [ARGS...]
+                                  hold the release while COMMAND runs (see run --help)
+  releasestatus status [--url URL] [--json]
+                                  print the server's status
   releasestatus healthcheck       exit 0 if the daemon on RS_PORT is healthy (for containers)
   releasestatus --help | --version
 
@@ -40,6 +45,8 @@ async function main(argv: string[]): Promise<number> {
   if (command === "--help" || command === "-h" || command === "help") return print(USAGE);
   if (command === "--version" || command === "-v") return print(`releasestatus ${pkg.version}\n`);
   if (command === "healthcheck") return healthcheck();
+  if (command === "run") return run(argv.slice(1));
+  if (command === "status") return status(argv.slice(1));
   if (command !== undefined && command !== "serve")
     return fail(`unknown command ${JSON.stringify(command)}: run 'releasestatus --help' to see the commands`);
   let cfg: Config;
@@ -109,19 +116,6 @@ function logRestored(log: Log) {
     block ? describeBlock(block) : "releasing open",
   ];
   log.info(`restored: ${parts.join("; ")}`, { event: "restored" });
-}
-
-// For a container's HEALTHCHECK: distroless images have no curl, so the binary asks itself.
-async function healthcheck(): Promise<number> {
-  const port = process.env.RS_PORT || "8080";
-  try {
-    const res = await fetch(`http://127.0.0.1:${port}/healthz`, { signal: AbortSignal.timeout(3000) });
-    process.stdout.write(`${res.status} ${await res.text()}`);
-    return res.ok ? 0 : 1;
-  } catch (e) {
-    process.stderr.write(`releasestatus healthcheck: cannot reach 127.0.0.1:${port}: ${(e as Error).message}\n`);
-    return 1;
-  }
 }
 
 function print(text: string): number {

@@ -1,0 +1,196 @@
+// `releasestatus run` and `status`: the compiled binary as both server and client.
+import { afterEach, describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { BINARY, type Daemon, freePort, startDaemon, tempDir } from "./daemon.ts";
+
+const daemons: Daemon[] = [];
+async function server(env: Record<string, string> = {}) {
+  const d = await startDaemon(env);
+  daemons.push(d);
+  return d;
+}
+afterEach(async () => {
+  for (const d of daemons.splice(0)) {
+    d.proc.kill("SIGCONT");
+    if (d.proc.exitCode === null) await d.stop("SIGKILL");
+  }
+});
+
+/** Starts `releasestatus ARGS` against `d`; the caller awaits `done`. */
+function client(d: Daemon | null, args: string[], env: Record<string, string> = {}) {
+  const proc = Bun.spawn([BINARY, ...args], {
+    env: { PATH: process.env.PATH ?? "", USER: "tester", ...(d ? { RS_URL: d.url } : {}), ...env },
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const done = Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]).then(
+    ([stdout, stderr, code]) => ({ stdout, stderr, code }),
+  );
+  return { proc, done };
+}
+const status = async (d: Daemon) => (await d.get("/status?format=json")).json();
+const kinds = async (d: Daemon) =>
+  (await (await d.get("/history?format=json")).json()).events.map((e: { kind: string }) => e.kind);
+async function until(check: () => Promise<boolean>, what: string) {
+  for (let i = 0; i < 500; i++) {
+    if (await check()) return;
+    await Bun.sleep(20);
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+describe("releasestatus run", () => {
+  test("runs a command that succeeds while holding the release, with RS_RELEASE_ID, then stops it", async () => {
+    const d = await server();
+    const out = join(tempDir(), "id");
+    const { done } = client(d, ["run", "--reason", "v2.3.1", "--", "sh", "-c", `echo "$RS_RELEASE_ID" > ${out}`]);
+    const { code } = await done;
+    expect(code).toBe(0);
+    expect(readFileSync(out, "utf8")).toBe("1\n");
+    const { events } = await (await d.get("/history?format=json")).json();
+    expect(events.map((e: { kind: string }) => e.kind)).toEqual(["stopped", "started"]);
+    expect(events[1]).toMatchObject({ name: "tester", reason: "v2.3.1", releaseId: 1 });
+    expect((await status(d)).running).toBe(false);
+  });
+
+  test("a command that fails gives back its own exit code, and the release is stopped", async () => {
+    const d = await server();
+    const { code } = await client(d, ["run", "--", "sh", "-c", "exit 3"]).done;
+    expect(code).toBe(3);
+    expect((await status(d)).running).toBe(false);
+  });
+
+  test("SIGINT to the wrapper is forwarded to the command, and the release is stopped", async () => {
+    const d = await server();
+    const c = client(d, ["run", "--", "sleep", "30"]);
+    await until(async () => (await status(d)).running, "the release to start");
+    await Bun.sleep(200);
+    c.proc.kill("SIGINT");
+    const { code } = await c.done;
+    expect(code).toBe(130); // sleep died of SIGINT
+    expect((await status(d)).running).toBe(false);
+    expect((await kinds(d))[0]).toBe("stopped");
+  });
+
+  test("a command killed outright still has its release stopped", async () => {
+    const d = await server();
+    const pidFile = join(tempDir(), "pid");
+    const c = client(d, ["run", "--", "sh", "-c", `echo $$ > ${pidFile}; exec sleep 30`]);
+    await until(async () => (await status(d)).running && readFileSync(pidFile, "utf8").length > 0, "the command");
+    process.kill(Number(readFileSync(pidFile, "utf8")), "SIGKILL");
+    expect((await c.done).code).toBe(137);
+    expect((await status(d)).running).toBe(false);
+  });
+
+  test("a command that outlives several lease periods keeps the release, renewed", async () => {
+    const d = await server();
+    const { code } = await client(d, ["run", "--ttl", "1", "--", "sleep", "3.5"]).done;
+    expect(code).toBe(0);
+    const history = await kinds(d);
+    expect(history).not.toContain("expired");
+    expect(history.filter((k: string) => k === "renewed").length).toBeGreaterThanOrEqual(3);
+    expect(history[0]).toBe("stopped");
+  });
+
+  test("a lease stopped on the server by its id: the command gets SIGTERM and run exits 70", async () => {
+    const d = await server();
+    const marker = join(tempDir(), "term");
+    const c = client(d, [
+      "run",
+      "--ttl",
+      "3",
+      "--",
+      "sh",
+      "-c",
+      `trap 'echo got-sigterm > ${marker}; exit 143' TERM; sleep 30 >/dev/null 2>&1 & wait`,
+    ]);
+    await until(async () => (await status(d)).running, "the release to start");
+    await d.body("/stop?id=1");
+    const { code, stderr } = await c.done;
+    expect(code).toBe(70);
+    expect(stderr).toContain("lost release #1");
+    expect(readFileSync(marker, "utf8")).toBe("got-sigterm\n");
+  });
+
+  test("a server unreachable until the lease would have ended: the command gets SIGTERM", async () => {
+    const d = await server();
+    const c = client(d, ["run", "--ttl", "2", "--", "sleep", "30"]);
+    await until(async () => (await status(d)).running, "the release to start");
+    d.proc.kill("SIGSTOP"); // the server hangs: renewals time out
+    const { code, stderr } = await c.done;
+    d.proc.kill("SIGCONT");
+    expect(code).toBe(70);
+    expect(stderr).toContain("no renewal reached the server for 2s");
+  });
+
+  test("a second run while one holds the release exits 75 at once, with the reason", async () => {
+    const d = await server();
+    await d.body("/start?name=sion");
+    const { code, stderr } = await client(d, ["run", "--", "true"]).done;
+    expect(code).toBe(75);
+    expect(stderr).toMatch(/^releasestatus run: not releasing \(running\): release #1 by sion running since .+\n$/);
+  });
+
+  test("with --wait a second run waits its turn, then runs", async () => {
+    const d = await server();
+    const first = client(d, ["run", "--name", "first", "--", "sleep", "1"]);
+    await until(async () => (await status(d)).running, "the first release");
+    const second = client(d, ["run", "--name", "second", "--wait", "30", "--", "true"]);
+    expect((await first.done).code).toBe(0);
+    expect((await second.done).code).toBe(0);
+    const { events } = await (await d.get("/history?format=json")).json();
+    const starts = events.filter((e: { kind: string }) => e.kind === "started").map((e: { name: string }) => e.name);
+    expect(starts).toEqual(["second", "first"]);
+  });
+
+  test("a server that cannot be reached exits 69", async () => {
+    const { code, stderr } = await client(null, ["run", "--url", `http://127.0.0.1:${freePort()}`, "--", "true"]).done;
+    expect(code).toBe(69);
+    expect(stderr).toContain("cannot reach http://127.0.0.1:");
+  });
+
+  test("the token comes from RS_TOKEN or --token-file", async () => {
+    const d = await server({ RS_TOKEN: "run-token" });
+    expect((await client(d, ["run", "--", "true"]).done).code).toBe(69);
+    expect((await client(d, ["run", "--", "true"], { RS_TOKEN: "run-token" }).done).code).toBe(0);
+    const file = join(tempDir(), "token");
+    await Bun.write(file, "run-token\n");
+    expect((await client(d, ["run", "--token-file", file, "--", "true"]).done).code).toBe(0);
+  });
+
+  test("a wrong command line exits 64 with a clear message", async () => {
+    const noCommand = await client(null, ["run", "--name", "x"]).done;
+    expect(noCommand.code).toBe(64);
+    expect(noCommand.stderr).toContain("no command given");
+    const badTtl = await client(null, ["run", "--ttl", "0", "--", "true"]).done;
+    expect(badTtl.stderr).toContain("--ttl 0 is not valid");
+    const help = await client(null, ["run", "--help"]).done;
+    expect(help.code).toBe(0);
+    expect(help.stdout).toContain("Usage: releasestatus run");
+  });
+});
+
+describe("releasestatus status", () => {
+  test("prints the status for people, and JSON with --json", async () => {
+    const d = await server();
+    await d.body("/start?name=sion&reason=v2");
+    const text = await client(d, ["status"]).done;
+    expect(text.code).toBe(0);
+    expect(text.stdout).toMatch(/^running: release #1 by sion \(v2\)/);
+    const json = await client(null, ["status", "--json", "--url", d.url]).done;
+    expect(JSON.parse(json.stdout).release.name).toBe("sion");
+  });
+
+  test("uses RS_PORT when no URL is given", async () => {
+    const d = await server();
+    const { stdout } = await client(null, ["status"], { RS_PORT: String(d.port) }).done;
+    expect(stdout).toBe("idle: no release is running\n");
+  });
+
+  test("an unreachable server exits 69; --help explains", async () => {
+    expect((await client(null, ["status", "--url", `http://127.0.0.1:${freePort()}`]).done).code).toBe(69);
+    expect((await client(null, ["status", "--help"]).done).stdout).toContain("Usage: releasestatus status");
+  });
+});
