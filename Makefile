@@ -7,7 +7,7 @@ BUN := node_modules/.bin/bun
 SOURCES := $(wildcard *.ts) page.html package.json
 BUILD_FLAGS := --compile --minify --no-compile-autoload-dotenv --no-compile-autoload-bunfig
 
-.PHONY: run build test test-storage test-browser test-metrics check clean
+.PHONY: run build test test-storage test-browser test-metrics test-container test-dist container container-run dist check clean
 
 run: releasestatus
 	RS_PORT=$(PORT) RS_HOST=$(RS_HOST) ./releasestatus
@@ -36,9 +36,35 @@ test-browser: releasestatus
 test-metrics: releasestatus
 	$(BUN) test ./test/metrics.e2e.ts
 
+# The image: the binary and an empty data directory are the whole build context.
+container: releasestatus
+	rm -rf build/image && mkdir -p build/image/data && cp releasestatus build/image/
+	docker build -t $(TAG) -f Dockerfile build/image
+
+# As the original's `run`: removed when it stops; state kept in the named volume.
+container-run:
+	docker run --rm -p $(PORT):$(PORT) -e RS_PORT=$(PORT) -v $(TAG)-data:/data $(TAG)
+
+# Release binaries for every platform, with checksums.
+DIST_TARGETS := linux-x64 linux-arm64 darwin-x64 darwin-arm64 windows-x64
+dist: $(SOURCES) $(BUN)
+	rm -rf dist && mkdir -p dist
+	for t in $(DIST_TARGETS); do \
+	  $(BUN) build $(BUILD_FLAGS) --target=bun-$$t --outfile dist/releasestatus-$$t index.ts || exit 1; \
+	done
+	cd dist && sha256sum releasestatus-* > SHA256SUMS
+
+# Needs `file` to check each binary's format and architecture.
+test-dist: dist
+	$(BUN) test ./test/dist.e2e.ts
+
+# Needs a Docker engine and the base image (docker/distroless-stand-in.sh builds a stand-in offline).
+test-container: container
+	RS_TEST_IMAGE=$(TAG) $(BUN) test ./test/container.e2e.ts ./index.test.ts
+
 check: $(BUN)
 	node_modules/.bin/tsc --noEmit
 	node_modules/.bin/biome check .
 
 clean:
-	rm -rf releasestatus releasestatus.exe dist coverage artifacts
+	rm -rf releasestatus releasestatus.exe dist build coverage artifacts

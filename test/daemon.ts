@@ -8,6 +8,7 @@ import type { Subprocess } from "bun";
 export const BINARY = resolve(import.meta.dir, "..", "releasestatus");
 
 export type Daemon = {
+  container: string | null; // the container's name when running the image (RS_TEST_IMAGE)
   url: string;
   port: number;
   proc: Subprocess<"ignore", "pipe", "pipe">;
@@ -33,9 +34,26 @@ export async function startDaemon(
 ): Promise<Daemon> {
   const port = opts.port ?? freePort();
   const cwd = opts.cwd ?? tempDir();
-  const proc = Bun.spawn([BINARY], {
+  const settings = { RS_PORT: String(port), RS_HOST: "127.0.0.1", RS_DB: ":memory:", ...env };
+  const image = process.env.RS_TEST_IMAGE;
+  const container = `rs-test-${port}`;
+  // With RS_TEST_IMAGE set, the same tests run against the container image, through a published loopback port.
+  const command = image
+    ? [
+        "docker",
+        "run",
+        "--rm",
+        "--name",
+        container,
+        "-p",
+        `127.0.0.1:${port}:${port}`,
+        ...Object.entries({ ...settings, RS_HOST: "0.0.0.0" }).flatMap(([k, v]) => ["-e", `${k}=${v}`]),
+        image,
+      ]
+    : [BINARY];
+  const proc = Bun.spawn(command, {
     cwd,
-    env: { PATH: process.env.PATH ?? "", RS_PORT: String(port), RS_HOST: "127.0.0.1", RS_DB: ":memory:", ...env },
+    env: { PATH: process.env.PATH ?? "", ...(image ? {} : settings) },
     stdin: "ignore",
     stdout: "pipe",
     stderr: "pipe",
@@ -48,6 +66,7 @@ export async function startDaemon(
   const drained = Promise.all([drain(proc.stdout), drain(proc.stderr)]);
   const url = `http://127.0.0.1:${port}`;
   const daemon: Daemon = {
+    container: image ? container : null,
     url,
     port,
     proc,
@@ -55,13 +74,15 @@ export async function startDaemon(
     get: (path, init) => fetch(url + path, init),
     body: async (path, init) => (await fetch(url + path, init)).text(),
     stop: async (signal = "SIGTERM") => {
-      proc.kill(signal);
+      // docker run passes SIGTERM and SIGINT on to the container, but SIGKILL would only end the client.
+      if (image && signal === "SIGKILL") Bun.spawnSync(["docker", "kill", container]);
+      else proc.kill(signal);
       const code = await proc.exited;
       await drained;
       return code;
     },
   };
-  for (let i = 0; i < 200; i++) {
+  for (let i = 0; i < 400; i++) {
     if (proc.exitCode !== null) {
       await drained;
       throw new Error(`releasestatus exited with ${proc.exitCode} before answering:\n${text}`);
@@ -74,8 +95,8 @@ export async function startDaemon(
       await Bun.sleep(25);
     }
   }
-  proc.kill("SIGKILL");
-  throw new Error(`releasestatus did not answer on ${url} within 5 s:\n${text}`);
+  await daemon.stop("SIGKILL");
+  throw new Error(`releasestatus did not answer on ${url} within 10 s:\n${text}`);
 }
 
 /** Runs the binary to completion (for start-up errors and subcommands). */
