@@ -7,7 +7,7 @@ BUN := node_modules/.bin/bun
 SOURCES := $(wildcard *.ts) page.html package.json
 BUILD_FLAGS := --compile --minify --no-compile-autoload-dotenv --no-compile-autoload-bunfig
 
-.PHONY: run build test test-storage test-browser test-metrics test-container test-dist container container-run dist check clean
+.PHONY: run build test test-storage test-browser test-metrics test-container test-dist container container-run dist bench check clean
 
 run: releasestatus
 	RS_PORT=$(PORT) RS_HOST=$(RS_HOST) ./releasestatus
@@ -61,6 +61,10 @@ test-dist: dist
 # Needs a Docker engine and the base image (docker/distroless-stand-in.sh builds a stand-in offline).
 test-container: container
 	RS_TEST_IMAGE=$(TAG) $(BUN) test ./test/container.e2e.ts ./index.test.ts
+
+# Not part of `make test`: takes about ten minutes and needs wrk (apt). Writes bench/results.md.
+bench: $(BUN)
+	$(BUN) run bench/run.ts
 
 check: $(BUN)
 	node_modules/.bin/tsc --noEmit

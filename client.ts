@@ -208,7 +208,11 @@ function onSignals(handler: (signal: NodeJS.Signals) => void) {
     process.on(name, listener);
     return [name, listener] as const;
   });
-  return { dispose: () => listeners.forEach(([name, listener]) => process.off(name, listener)) };
+  return {
+    dispose: () => {
+      for (const [name, listener] of listeners) process.off(name, listener);
+    },
+  };
 }
 
 function serverFrom(opts: Record<string, string | boolean | undefined>): Server {

@@ -1,0 +1,261 @@
+// `make bench`: what releasestatus costs, next to a bare Bun.serve built the
+// same way (bench/reference.ts), measured in the same run on this machine.
+// Prints a Markdown table and writes it to bench/results.md. Loopback only;
+// every load is bounded in time. Needs wrk (apt) on the PATH.
+import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, rmSync, statSync, writeSync } from "node:fs";
+import { join } from "node:path";
+import type { Subprocess } from "bun";
+
+const ROOT = join(import.meta.dir, "..");
+const WORK = join(import.meta.dir, ".work"); // on the same disk as a real RS_DB would be
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
+const STARTUP_RUNS = Number(process.env.BENCH_STARTUP_RUNS ?? 30);
+const OURS = join(ROOT, "releasestatus");
+const REFERENCE = join(import.meta.dir, "reference");
+const CLOCK_TICKS = 100; // USER_HZ: /proc/PID/stat counts CPU time in these
+
+type Server = { proc: Subprocess; url: string; pid: number };
+type Load = { rps: number; p50: number; p99: number; cpuUsPerRequest: number; requests: number };
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? (s[m] ?? 0) : ((s[m - 1] ?? 0) + (s[m] ?? 0)) / 2;
+};
+
+function freePort(): number {
+  const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+  const port = probe.port;
+  probe.stop(true);
+  return port;
+}
+
+async function start(binary: string, env: Record<string, string> = {}): Promise<Server & { readyMs: number }> {
+  const port = freePort();
+  const began = performance.now();
+  const proc = Bun.spawn([binary], {
+    cwd: WORK,
+    env: { PATH: process.env.PATH ?? "", RS_PORT: String(port), RS_HOST: "127.0.0.1", RS_DB: ":memory:", ...env },
+    stdout: "ignore",
+    stderr: "ignore",
+  });
+  const url = `http://127.0.0.1:${port}`;
+  for (let i = 0; i < 20_000; i++) {
+    try {
+      await (await fetch(`${url}/status`)).arrayBuffer();
+      return { proc, url, pid: proc.pid, readyMs: performance.now() - began };
+    } catch {
+      await Bun.sleep(0.2);
+    }
+  }
+  proc.kill("SIGKILL");
+  throw new Error(`${binary} did not answer`);
+}
+
+async function stop(s: Server) {
+  s.proc.kill("SIGKILL");
+  await s.proc.exited;
+}
+
+const procStatus = (pid: number, field: string) =>
+  Number(new RegExp(`${field}:\\s+(\\d+)`).exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0) / 1024;
+
+function cpuTicks(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.split(" ") ?? [];
+  return Number(fields[11]) + Number(fields[12]); // utime + stime
+}
+
+// wrk prints latencies like 1.23ms / 456.00us / 1.2s
+function toMs(text: string): number {
+  const m = /([\d.]+)(us|ms|s)/.exec(text);
+  if (!m) return Number.NaN;
+  return Number(m[1]) * ({ us: 0.001, ms: 1, s: 1000 }[m[2] as "us" | "ms" | "s"] ?? 1);
+}
+
+async function wrk(s: Server, path: string, script?: string, headers: string[] = []): Promise<Load> {
+  const cpuBefore = cpuTicks(s.pid);
+  const args = ["wrk", "-t2", "-c50", `-d${SECONDS}s`, "--latency", ...headers.flatMap((h) => ["-H", h])];
+  if (script) args.push("-s", script);
+  args.push(s.url + path);
+  const proc = Bun.spawn(args, { stdout: "pipe", stderr: "pipe" });
+  const out = await new Response(proc.stdout).text();
+  await proc.exited;
+  const cpu = (cpuTicks(s.pid) - cpuBefore) / CLOCK_TICKS;
+  const requests = Number(/(\d+) requests in/.exec(out)?.[1] ?? 0);
+  return {
+    rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? 0),
+    p50: toMs(/ 50%\s+(\S+)/.exec(out)?.[1] ?? ""),
+    p99: toMs(/ 99%\s+(\S+)/.exec(out)?.[1] ?? ""),
+    cpuUsPerRequest: requests ? (cpu * 1e6) / requests : Number.NaN,
+    requests,
+  };
+}
+
+/** Small writes, each fsynced, for two seconds: the disk's own synchronous-write rate. */
+function fsyncRate(): number {
+  const file = join(WORK, "fsync-probe");
+  const fd = openSync(file, "w");
+  const chunk = Buffer.alloc(128, 1);
+  let n = 0;
+  const end = performance.now() + 2000;
+  while (performance.now() < end) {
+    writeSync(fd, chunk);
+    fsyncSync(fd);
+    n++;
+  }
+  closeSync(fd);
+  rmSync(file);
+  return n / 2;
+}
+
+function build() {
+  const flags = ["build", "--compile", "--minify", "--no-compile-autoload-dotenv", "--no-compile-autoload-bunfig"];
+  const make = Bun.spawnSync(["make", "-s", "build"], { cwd: ROOT, stdout: "inherit", stderr: "inherit" });
+  if (make.exitCode !== 0) throw new Error("make build failed");
+  const ref = Bun.spawnSync(
+    [join(ROOT, "node_modules/.bin/bun"), ...flags, "--outfile", REFERENCE, join(import.meta.dir, "reference.ts")],
+    {
+      stdout: "ignore",
+      stderr: "inherit",
+    },
+  );
+  if (ref.exitCode !== 0) throw new Error("building the reference server failed");
+}
+
+// A wrk script that alternates /start and /stop on each connection.
+const CYCLE_SCRIPT = join(WORK, "cycle.lua");
+const cycleLua = `
+local n = 0
+request = function()
+  n = n + 1
+  if n % 2 == 1 then return wrk.format("GET", "/start?name=bench") end
+  return wrk.format("GET", "/stop")
+end
+`;
+
+async function main() {
+  rmSync(WORK, { recursive: true, force: true });
+  mkdirSync(WORK, { recursive: true });
+  await Bun.write(CYCLE_SCRIPT, cycleLua);
+  console.error("building releasestatus and the reference server…");
+  build();
+
+  // Start-up: spawn to first answered request, interleaved.
+  console.error(`start-up: ${STARTUP_RUNS} runs each, interleaved…`);
+  const startup = { ours: [] as number[], ref: [] as number[] };
+  for (let i = 0; i < STARTUP_RUNS; i++) {
+    for (const [key, binary] of [
+      ["ours", OURS],
+      ["ref", REFERENCE],
+    ] as const) {
+      const s = await start(binary, key === "ours" ? { RS_DB: join(WORK, `startup-${i}.db`) } : {});
+      startup[key].push(s.readyMs);
+      await stop(s);
+    }
+  }
+
+  // Idle memory, one second after start.
+  const idle = { ours: [] as number[], ref: [] as number[] };
+  for (let i = 0; i < 3; i++)
+    for (const [key, binary] of [
+      ["ours", OURS],
+      ["ref", REFERENCE],
+    ] as const) {
+      const s = await start(binary, key === "ours" ? { RS_DB: join(WORK, `idle-${i}.db`) } : {});
+      await Bun.sleep(1000);
+      idle[key].push(procStatus(s.pid, "VmRSS"));
+      await stop(s);
+    }
+
+  const disk = [fsyncRate()];
+
+  // Load: each of ours next to the reference, interleaved, ROUNDS times.
+  type Scenario = { name: string; path: string; env: Record<string, string>; prepare?: string; script?: string };
+  const scenarios: Scenario[] = [
+    { name: "refused `/start` (a release runs)", path: "/start?name=bench", env: {}, prepare: "/start?name=holder" },
+    { name: "`GET /status` (text)", path: "/status", env: {} },
+    { name: "`GET /status` (JSON)", path: "/status?format=json", env: {} },
+    {
+      name: "start/stop cycle, `RS_DB` on disk",
+      path: "/",
+      env: { RS_DB: join(WORK, "cycle.db") },
+      script: CYCLE_SCRIPT,
+    },
+    { name: "start/stop cycle, `RS_DB=:memory:`", path: "/", env: { RS_DB: ":memory:" }, script: CYCLE_SCRIPT },
+  ];
+  const results = new Map<string, { ours: Load[]; ref: Load[]; commits: number[] }>();
+  const afterLoad = { rss: [] as number[], hwm: [] as number[], refRss: [] as number[], refHwm: [] as number[] };
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const sc of scenarios) {
+      console.error(`round ${round + 1}/${ROUNDS}: ${sc.name}`);
+      const entry = results.get(sc.name) ?? { ours: [], ref: [], commits: [] };
+      results.set(sc.name, entry);
+      rmSync(join(WORK, "cycle.db"), { force: true });
+      const ours = await start(OURS, sc.env);
+      if (sc.prepare) await (await fetch(ours.url + sc.prepare)).text();
+      const before = (await (await fetch(`${ours.url}/status?format=json`)).json()).lastReleaseId as number;
+      entry.ours.push(await wrk(ours, sc.path, sc.script));
+      const after = (await (await fetch(`${ours.url}/status?format=json`)).json()).lastReleaseId as number;
+      entry.commits.push(((after - before) * 2) / SECONDS); // each granted start is followed by a stop
+      if (sc.name.startsWith("refused")) {
+        afterLoad.rss.push(procStatus(ours.pid, "VmRSS"));
+        afterLoad.hwm.push(procStatus(ours.pid, "VmHWM"));
+      }
+      await stop(ours);
+      const ref = await start(REFERENCE);
+      entry.ref.push(await wrk(ref, sc.path, sc.script));
+      if (sc.name.startsWith("refused")) {
+        afterLoad.refRss.push(procStatus(ref.pid, "VmRSS"));
+        afterLoad.refHwm.push(procStatus(ref.pid, "VmHWM"));
+      }
+      await stop(ref);
+    }
+    disk.push(fsyncRate());
+  }
+
+  const mb = (n: number) => `${n.toFixed(1)} MB`;
+  const ratio = (a: number, b: number) => `${(a / b).toFixed(2)}x`;
+  const lines = [
+    `# releasestatus benchmark`,
+    "",
+    `Measured ${new Date().toISOString().slice(0, 16)}Z on this machine (${navigator.hardwareConcurrency} cores, shared with the load generator), Bun ${Bun.version}.`,
+    `wrk: 2 threads, 50 connections, ${SECONDS} s a run; ours and the reference (a bare \`Bun.serve\` answering \`1\`, built the same way) interleaved, ${ROUNDS} rounds; medians.`,
+    "",
+    "## Footprint and start-up",
+    "",
+    "| figure | releasestatus | reference | ratio |",
+    "|---|---|---|---|",
+    `| binary size | ${mb(statSync(OURS).size / 1e6)} | ${mb(statSync(REFERENCE).size / 1e6)} | ${ratio(statSync(OURS).size, statSync(REFERENCE).size)} |`,
+    `| resident memory, idle (VmRSS) | ${mb(median(idle.ours))} | ${mb(median(idle.ref))} | +${mb(median(idle.ours) - median(idle.ref))} |`,
+    `| resident memory after the refused-start load (VmRSS) | ${mb(median(afterLoad.rss))} | ${mb(median(afterLoad.refRss))} | +${mb(median(afterLoad.rss) - median(afterLoad.refRss))} |`,
+    `| peak resident memory under that load (VmHWM) | ${mb(median(afterLoad.hwm))} | ${mb(median(afterLoad.refHwm))} | +${mb(median(afterLoad.hwm) - median(afterLoad.refHwm))} |`,
+    `| start-up: spawn to first answer (median of ${STARTUP_RUNS}) | ${median(startup.ours).toFixed(1)} ms | ${median(startup.ref).toFixed(1)} ms | ${ratio(median(startup.ours), median(startup.ref))} |`,
+    "",
+    "## Load",
+    "",
+    "| scenario | req/s | ratio to ref | p50 | p99 (ratio) | CPU µs/request (ratio) | state changes/s |",
+    "|---|---|---|---|---|---|---|",
+  ];
+  for (const sc of scenarios) {
+    const e = results.get(sc.name);
+    if (!e) continue;
+    const o = (k: keyof Load) => median(e.ours.map((l) => l[k]));
+    const r = (k: keyof Load) => median(e.ref.map((l) => l[k]));
+    const changes = sc.script ? median(e.commits).toFixed(0) : "0";
+    lines.push(
+      `| ${sc.name} | ${o("rps").toFixed(0)} (ref ${r("rps").toFixed(0)}) | ${(o("rps") / r("rps")).toFixed(2)} | ${o("p50").toFixed(2)} ms | ${o("p99").toFixed(2)} ms (${ratio(o("p99"), r("p99"))}) | ${o("cpuUsPerRequest").toFixed(1)} (${ratio(o("cpuUsPerRequest"), r("cpuUsPerRequest"))}) | ${changes} |`,
+    );
+  }
+  lines.push(
+    "",
+    `The disk's own synchronous-write rate (128-byte writes, each fsynced, 2 s, measured ${disk.length} times through the run): median ${median(disk).toFixed(0)}/s, range ${Math.min(...disk).toFixed(0)}–${Math.max(...disk).toFixed(0)}/s.`,
+    "",
+  );
+  const table = lines.join("\n");
+  console.log(table);
+  await Bun.write(join(import.meta.dir, "results.md"), table);
+  rmSync(WORK, { recursive: true, force: true });
+}
+
+await main();
