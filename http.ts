@@ -85,10 +85,12 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     (req, server) => {
       // Bun answers HEAD with the GET handler; a HEAD must never change state.
       if (req.method === "HEAD") return notAllowed(req, new URL(req.url).pathname as keyof typeof routes);
+      const url = req.url; // Bun builds this string anew on each access
+      const json = wantsJson(url, req);
       const respond = (o: Outcome) => {
         if (name === "start") countStart(o);
-        if (!o.ok) log.refusal(o.reason, `refused ${name}: ${o.message}`, { reason: o.reason });
-        return answer(req, o, describe(o));
+        if (!o.ok) log.refusal(o.reason, () => `refused ${name}: ${o.message}`);
+        return answer(json, o, describe(o));
       };
       const denied = guard(req);
       if (denied) return respond(denied);
@@ -103,7 +105,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
         }
         return outcome instanceof Promise ? outcome.then(respond) : respond(outcome);
       };
-      const params = readParams(req);
+      const params = readParams(req, url);
       return params instanceof Promise ? params.then(run) : run(params);
     };
 
@@ -168,21 +170,22 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
   );
 
   function handleStatus(req: Request): Response {
-    if (wantsJson(req)) return Response.json(statusJson(), { headers: SECURITY_HEADERS });
+    if (wantsJson(req.url, req)) return Response.json(statusJson(), { headers: SECURITY_HEADERS });
     return new Response(statusText(), { headers: { ...SECURITY_HEADERS, "Content-Type": PLAIN } });
   }
 
   function handleHistory(req: Request): Response {
-    const p = readQuery(req);
-    if (!(p instanceof Map)) return answer(req, p);
+    const url = req.url;
+    const p = readQuery(url);
+    if (!(p instanceof Map)) return answer(wantsJson(url, req), p);
     let limit: number;
     try {
       limit = whole(p, "limit", 1, 1000) ?? 50;
     } catch (e) {
-      return answer(req, refuse("invalid", (e as Error).message));
+      return answer(wantsJson(url, req), refuse("invalid", (e as Error).message));
     }
     const events = lock.store?.history(limit) ?? [];
-    if (wantsJson(req)) return Response.json({ events: events.map(eventJson) }, { headers: SECURITY_HEADERS });
+    if (wantsJson(url, req)) return Response.json({ events: events.map(eventJson) }, { headers: SECURITY_HEADERS });
     const lines = events.map((e) => `${iso(e.at)}  ${e.kind.padEnd(10)}  ${describeEvent(e)}\n`);
     return new Response(lines.join(""), { headers: { ...SECURITY_HEADERS, "Content-Type": PLAIN } });
   }
@@ -248,7 +251,10 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
   function notAllowed(req: Request, path: keyof typeof routes): Response {
     const methods = Object.keys(routes[path]);
     const allow = (methods.includes("POST") ? methods : [...methods, "HEAD"]).join(", ");
-    const res = answer(req, refuse("method-not-allowed", `${req.method} is not allowed on ${path}; use ${allow}`));
+    const res = answer(
+      wantsJson(req.url, req),
+      refuse("method-not-allowed", `${req.method} is not allowed on ${path}; use ${allow}`),
+    );
     res.headers.set("Allow", allow);
     return res;
   }
@@ -263,7 +269,10 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     fetch(req) {
       const path = new URL(req.url).pathname;
       if (!(path in routes))
-        return answer(req, refuse("not-found", `there is no ${path}; see the README for the endpoints`));
+        return answer(
+          wantsJson(req.url, req),
+          refuse("not-found", `there is no ${path}; see the README for the endpoints`),
+        );
       return notAllowed(req, path as keyof typeof routes);
     },
     error(e) {
@@ -329,18 +338,11 @@ const PAGE_HEADERS = {
 let tokenRequired = false; // told to the page, so it asks for the token before the first change
 
 /** Formats an outcome as the original did (body 1 or 0), or as JSON when asked. */
-function answer(req: Request, o: Outcome, success: Success = { message: "" }): Response {
+function answer(json: boolean, o: Outcome, success: Success = { message: "" }): Response {
   const status = o.ok ? 200 : HTTP_STATUS[o.reason];
-  const headers: Record<string, string> = { ...SECURITY_HEADERS };
   const releaseId = o.ok ? success.releaseId : undefined;
-  if (releaseId !== undefined) headers["X-Release-Id"] = String(releaseId);
-  if (!o.ok) {
-    headers["X-Reason"] = headerSafe(o.message);
-    headers["X-Reason-Code"] = o.reason;
-    if (o.reason === "unauthorized") headers["WWW-Authenticate"] = "Bearer";
-  }
-  if (!wantsJson(req))
-    return new Response(o.ok ? "1\n" : "0\n", { status, headers: { ...headers, "Content-Type": PLAIN } });
+  const headers = o.ok ? grantHeaders(releaseId, json) : refusalHeaders(o, json);
+  if (!json) return new Response(o.ok ? "1\n" : "0\n", { status, headers });
   const body = {
     ok: o.ok,
     reason: o.ok ? null : o.reason,
@@ -348,7 +350,34 @@ function answer(req: Request, o: Outcome, success: Success = { message: "" }): R
     ...(releaseId !== undefined ? { releaseId } : {}),
     status: statusJson(),
   };
-  return Response.json(body, { status, headers });
+  return new Response(JSON.stringify(body), { status, headers });
+}
+
+const JSON_TYPE = "application/json; charset=utf-8";
+
+const grantHeaders = (releaseId: number | undefined, json: boolean): Record<string, string> => ({
+  ...SECURITY_HEADERS,
+  "Content-Type": json ? JSON_TYPE : PLAIN,
+  ...(releaseId !== undefined ? { "X-Release-Id": String(releaseId) } : {}),
+});
+
+// The same refusal is often given many times over (every start while a release runs):
+// its headers are built once. Bounded, as refusals name who asked for what.
+const refusalHeaderCache = new Map<string, Headers>();
+function refusalHeaders(o: Refusal, json: boolean): Headers {
+  const key = `${json} ${o.reason} ${o.message}`;
+  let headers = refusalHeaderCache.get(key);
+  if (headers) return headers;
+  headers = new Headers({
+    ...SECURITY_HEADERS,
+    "Content-Type": json ? JSON_TYPE : PLAIN,
+    "X-Reason": headerSafe(o.message),
+    "X-Reason-Code": o.reason,
+    ...(o.reason === "unauthorized" ? { "WWW-Authenticate": "Bearer" } : {}),
+  });
+  if (refusalHeaderCache.size >= 64) refusalHeaderCache.clear();
+  refusalHeaderCache.set(key, headers);
+  return headers;
 }
 
 export function statusJson() {
@@ -406,14 +435,14 @@ export function duration(ms: number): string {
 
 // ---- request parsing ----
 
-const wantsJson = (req: Request) =>
-  /[?&]format=json(&|$)/.test(req.url) || (req.headers.get("accept") ?? "").includes("application/json");
+const wantsJson = (url: string, req: Request) =>
+  /[?&]format=json(&|$)/.test(url) || (req.headers.get("accept") ?? "").includes("application/json");
 
 /** The query string, plus a form body on POST; a Refusal when it cannot be decoded. */
-function readParams(req: Request): Params | Refusal | Promise<Params | Refusal> {
-  const query = readQuery(req);
-  const form = (req.headers.get("content-type") ?? "").startsWith("application/x-www-form-urlencoded");
-  if (req.method !== "POST" || !form || !(query instanceof Map)) return query;
+function readParams(req: Request, url: string): Params | Refusal | Promise<Params | Refusal> {
+  const query = readQuery(url);
+  if (req.method !== "POST" || !(query instanceof Map)) return query;
+  if (!(req.headers.get("content-type") ?? "").startsWith("application/x-www-form-urlencoded")) return query;
   return req.text().then((body) => {
     // A client that went away mid-body never hears an answer: it must not be granted anything.
     if (req.signal.aborted) return refuse("invalid", "the request body was cut short");
@@ -424,8 +453,7 @@ function readParams(req: Request): Params | Refusal | Promise<Params | Refusal> 
   });
 }
 
-function readQuery(req: Request): Params | Refusal {
-  const url = req.url;
+function readQuery(url: string): Params | Refusal {
   if (url.length > MAX_URL) return refuse("too-large", `the URL is longer than ${MAX_URL} bytes`);
   const q = url.indexOf("?");
   return q < 0 ? new Map() : parsePairs(url.slice(q + 1));
@@ -480,4 +508,5 @@ function sameOrigin(origin: string, req: Request): boolean {
 const sha256 = (s: string) => createHash("sha256").update(s).digest();
 
 // Header values must be Latin-1; names may not be, so percent-encode anything outside printable ASCII.
-const headerSafe = (s: string) => s.replace(/[^\x20-\x7e]/gu, (c) => encodeURIComponent(c));
+const headerSafe = (s: string) =>
+  /^[\x20-\x7e]*$/.test(s) ? s : s.replace(/[^\x20-\x7e]/gu, (c) => encodeURIComponent(c));

@@ -72,10 +72,10 @@ export function onCommit(listener: (c: Committed) => void): void {
 export function transact(rule: Rule): Outcome {
   if (lock.closing) return refuse("shutting-down", "the daemon is shutting down; try again shortly");
   const now = Date.now();
-  const base: Change = expire(lock.state, now) ?? { ok: true, next: lock.state, events: [] };
-  const outcome = andThen(base, (s) => rule(s, now));
-  const change = outcome.ok ? outcome : base;
-  if (change.events.length === 0) return outcome;
+  const expired = expire(lock.state, now);
+  const outcome = expired ? andThen(expired, (s) => rule(s, now)) : rule(lock.state, now);
+  const change = outcome.ok ? outcome : expired;
+  if (!change || change.events.length === 0) return outcome; // a refusal, or nothing to write: the common, cheap case
   const served = servable(change.next) ? lock.queue[0] : undefined;
   const full = served ? andThen(change, (s) => start(s, served, now, 0)) : change;
   if (!full.ok) return full; // cannot happen: servable() checked what start() requires
@@ -92,10 +92,12 @@ export function transact(rule: Rule): Outcome {
   return outcome.ok ? full : outcome;
 }
 
+const WAITABLE = new Set(["running", "blocked", "queued"]); // refusals that end by themselves, so are worth waiting out
+
 /** Starts a release, or waits up to `waitSeconds` in line for it (first come, first served). */
 export function startOrWait(req: StartRequest, waitSeconds: number, gone: AbortSignal): Outcome | Promise<Outcome> {
   const first = transact((s, now) => start(s, req, now, lock.queue.length));
-  if (first.ok || waitSeconds === 0 || !["running", "blocked", "queued"].includes(first.reason)) return first;
+  if (first.ok || waitSeconds === 0 || !WAITABLE.has(first.reason)) return first;
   return new Promise((resolve) => {
     let timer: Timer | undefined;
     const waiter: Waiter = {

@@ -42,16 +42,19 @@ export function createLog(format: LogFormat) {
     info: (msg: string, fields?: Fields) => write("info", msg, fields),
     warn: (msg: string, fields?: Fields) => write("warn", msg, fields),
     error: (msg: string, fields?: Fields) => write("error", msg, fields),
-    refusal(reason: string, msg: string, fields: Fields = {}) {
+    /** `describe` is only called for the refusals that are logged one by one. */
+    refusal(reason: string, describe: () => string) {
       const now = Date.now();
       if (now - windowStart >= 1000) {
         windowStart = now;
         inWindow = 0;
       }
-      if (++inWindow <= REFUSALS_PER_SECOND) return write("info", msg, { event: "refused", reason, ...fields });
+      if (++inWindow <= REFUSALS_PER_SECOND) return write("info", describe(), { event: "refused", reason });
       suppressed[reason] = (suppressed[reason] ?? 0) + 1;
-      summaryTimer ??= setTimeout(summarise, SUMMARY_EVERY_MS);
-      summaryTimer.unref();
+      if (summaryTimer === null) {
+        summaryTimer = setTimeout(summarise, SUMMARY_EVERY_MS);
+        summaryTimer.unref();
+      }
     },
   };
 }

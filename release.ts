@@ -71,15 +71,25 @@ export const iso = (ms: number): string => new Date(ms).toISOString().replace(/\
 
 const who = (name: string): string => name || UNKNOWN_USER;
 
-export function describeRelease(r: Release): string {
-  const what = r.reason ? ` (${r.reason})` : "";
-  return `release #${r.id} by ${who(r.name)}${what} running since ${iso(r.startedAt)}`;
-}
+// A release or block never changes once made, so its words are worked out once:
+// a refused start, the commonest request, then costs no date formatting.
+const described = new WeakMap<Release | Block, string>();
+const once = <T extends Release | Block>(x: T, words: (x: T) => string): string => {
+  const known = described.get(x);
+  if (known !== undefined) return known;
+  const d = words(x);
+  described.set(x, d);
+  return d;
+};
 
-export function describeBlock(b: Block): string {
-  const why = b.reason ? `: ${b.reason}` : "";
-  return `releasing blocked by ${who(b.name)} since ${iso(b.since)}${why}`;
-}
+export const describeRelease = (r: Release): string =>
+  once(
+    r,
+    () => `release #${r.id} by ${who(r.name)}${r.reason ? ` (${r.reason})` : ""} running since ${iso(r.startedAt)}`,
+  );
+
+export const describeBlock = (b: Block): string =>
+  once(b, () => `releasing blocked by ${who(b.name)} since ${iso(b.since)}${b.reason ? `: ${b.reason}` : ""}`);
 
 /** Grants the release to `holder` if nothing runs, nothing blocks and nobody waits ahead. */
 export function start(s: State, req: StartRequest, now: number, waitingAhead: number): Outcome {
