@@ -5,7 +5,8 @@ TAG ?= releasestatus
 RS_HOST ?= 127.0.0.1
 BUN := node_modules/.bin/bun
 SOURCES := $(wildcard *.ts) page.html package.json
-BUILD_FLAGS := --compile --minify --no-compile-autoload-dotenv --no-compile-autoload-bunfig
+# --bytecode: parsed ahead of time, which saves ~2.5 ms of every start-up.
+BUILD_FLAGS := --compile --minify --bytecode --no-compile-autoload-dotenv --no-compile-autoload-bunfig
 
 .PHONY: run build test test-storage test-browser test-metrics test-container test-dist container container-run dist bench check clean
 
@@ -63,8 +64,12 @@ test-container: container
 	RS_TEST_IMAGE=$(TAG) $(BUN) test ./test/container.e2e.ts ./index.test.ts
 
 # Not part of `make test`: takes about ten minutes and needs wrk (apt). Writes bench/results.md.
-bench: $(BUN)
+bench: releasestatus bench/reference
 	$(BUN) run bench/run.ts
+
+# The floor the benchmark compares against, built exactly like releasestatus.
+bench/reference: bench/reference.ts $(BUN)
+	$(BUN) build $(BUILD_FLAGS) --outfile $@ bench/reference.ts
 
 check: $(BUN)
 	node_modules/.bin/tsc --noEmit

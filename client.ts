@@ -46,7 +46,7 @@ export async function status(args: string[]): Promise<number> {
     if (opts.help) return print(STATUS_HELP);
     const server = serverFrom(opts);
     const res = await call(server, `/status${opts.json ? "?format=json" : ""}`, 10_000);
-    process.stdout.write(opts.json ? `${await res.text()}\n` : await res.text());
+    console.log((await res.text()).replace(/\n$/, ""));
     return 0;
   } catch (e) {
     return failure(e, "status");
@@ -57,10 +57,10 @@ export async function healthcheck(): Promise<number> {
   const port = process.env.RS_PORT || "8080";
   try {
     const res = await fetch(`http://127.0.0.1:${port}/healthz`, { signal: AbortSignal.timeout(3000) });
-    process.stdout.write(`${res.status} ${await res.text()}`);
+    console.log(`${res.status} ${(await res.text()).trimEnd()}`);
     return res.ok ? 0 : 1;
   } catch (e) {
-    process.stderr.write(`releasestatus healthcheck: cannot reach 127.0.0.1:${port}: ${(e as Error).message}\n`);
+    console.error(`releasestatus healthcheck: cannot reach 127.0.0.1:${port}: ${(e as Error).message}`);
     return 1;
   }
 }
@@ -108,7 +108,7 @@ export async function run(args: string[]): Promise<number> {
     if (!answer || (!answer.ok && res.status !== 200))
       throw new Unavailable(`the server answered HTTP ${res.status}: ${answer?.message ?? "not the JSON expected"}`);
     if (!answer.ok) {
-      process.stderr.write(`releasestatus run: not releasing (${answer.reason}): ${answer.message}\n`);
+      console.error(`releasestatus run: not releasing (${answer.reason}): ${answer.message}`);
       return EXIT.tempFail;
     }
     return await holdWhileRunning(server, answer.releaseId ?? 0, ttl, command);
@@ -127,14 +127,14 @@ async function holdWhileRunning(server: Server, id: number, ttl: number, command
     });
   } catch (e) {
     await stopRelease(server, id);
-    process.stderr.write(`releasestatus run: cannot run ${command[0]}: ${(e as Error).message}\n`);
+    console.error(`releasestatus run: cannot run ${command[0]}: ${(e as Error).message}`);
     return 127;
   }
   const forwarding = onSignals((signal) => child.kill(signal)); // the command decides how to end
   let leaseLost = false;
   const renewal = keepLease(server, id, ttl, (why) => {
     leaseLost = true;
-    process.stderr.write(`releasestatus run: lost release #${id}: ${why}; sending the command SIGTERM\n`);
+    console.error(`releasestatus run: lost release #${id}: ${why}; sending the command SIGTERM`);
     child.kill("SIGTERM");
     setTimeout(() => child.kill("SIGKILL"), 10_000).unref(); // a command that ignores SIGTERM
   });
@@ -185,7 +185,7 @@ async function stopRelease(server: Server, id: number) {
       await Bun.sleep(500);
     }
   }
-  process.stderr.write(`releasestatus run: could not stop release #${id}; its lease will end it\n`);
+  console.error(`releasestatus run: could not stop release #${id}; its lease will end it`);
 }
 
 async function call(server: Server, path: string, timeoutMs: number, signal?: AbortSignal): Promise<Response> {
@@ -263,11 +263,11 @@ function failure(e: unknown, command: string): number {
   if (e instanceof Interrupted) return 130;
   const code = e instanceof UsageError ? EXIT.usage : e instanceof Unavailable ? EXIT.unavailable : null;
   if (code === null) throw e;
-  process.stderr.write(`releasestatus ${command}: ${(e as Error).message}\n`);
+  console.error(`releasestatus ${command}: ${(e as Error).message}`);
   return code;
 }
 
 function print(text: string): number {
-  process.stdout.write(text);
+  console.log(text.replace(/\n$/, ""));
   return 0;
 }

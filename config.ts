@@ -1,6 +1,5 @@
 // Settings come from the environment, as in the original: RS_PORT is required,
 // everything else has a default. A bad value is one clear line and exit code 2.
-import { readFileSync } from "node:fs";
 import type { LogFormat } from "./log.ts";
 
 export type Config = {
@@ -55,6 +54,7 @@ function readToken(env: Env): string | null {
     throw new ConfigError("RS_TOKEN and RS_TOKEN_FILE are both set: keep only one");
   let token = env.RS_TOKEN ?? null;
   if (env.RS_TOKEN_FILE) {
+    const { readFileSync } = require("node:fs") as typeof import("node:fs"); // loaded only when needed: it slows start-up
     try {
       token = readFileSync(env.RS_TOKEN_FILE, "utf8").replace(/\r?\n$/, "");
     } catch (e) {

@@ -2,7 +2,6 @@
 // Deploy scripts ask it over HTTP whether they may release; a person can block
 // all releases. This file reads the command line and starts the daemon; the
 // rules are in release.ts, storage in store.ts, the endpoints in http.ts.
-import { healthcheck, run, status } from "./client.ts";
 import { type Config, ConfigError, readConfig } from "./config.ts";
 import { closeEventStreams, startServer } from "./http.ts";
 import { closeLock, lock, onCommit, openLock } from "./lock.ts";
@@ -44,9 +43,10 @@ async function main(argv: string[]): Promise<number> {
   const [command] = argv;
   if (command === "--help" || command === "-h" || command === "help") return print(USAGE);
   if (command === "--version" || command === "-v") return print(`releasestatus ${pkg.version}\n`);
-  if (command === "healthcheck") return healthcheck();
-  if (command === "run") return run(argv.slice(1));
-  if (command === "status") return status(argv.slice(1));
+  // The client commands are loaded only when asked for, so the daemon starts without them.
+  if (command === "healthcheck") return (await import("./client.ts")).healthcheck();
+  if (command === "run") return (await import("./client.ts")).run(argv.slice(1));
+  if (command === "status") return (await import("./client.ts")).status(argv.slice(1));
   if (command !== undefined && command !== "serve")
     return fail(`unknown command ${JSON.stringify(command)}: run 'releasestatus --help' to see the commands`);
   let cfg: Config;
@@ -118,15 +118,16 @@ function logRestored(log: Log) {
   log.info(`restored: ${parts.join("; ")}`, { event: "restored" });
 }
 
+// console, not process.stdout: the latter loads Node's stream machinery, ~9 ms of start-up.
 function print(text: string): number {
-  process.stdout.write(text);
+  console.log(text.replace(/\n$/, ""));
   return 0;
 }
 
 function fail(message: string): number {
-  process.stderr.write(`releasestatus: ${message}\n`);
+  console.error(`releasestatus: ${message}`);
   return EXIT_USAGE;
 }
 
-process.exitCode = await main(process.argv.slice(2));
-process.exit();
+// No top-level await: the binary is built with --bytecode, which needs a CommonJS-shaped entry.
+main(process.argv.slice(2)).then((code) => process.exit(code));

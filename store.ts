@@ -1,7 +1,6 @@
 // Where the release state and its history are kept: an SQLite file, written
 // with full synchronous commits so that every answer of 1 survives a crash.
 import { Database, type Statement } from "bun:sqlite";
-import { accessSync, constants, existsSync, statSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import type { Block, Event, EventKind, Release, State } from "./release.ts";
 
@@ -58,8 +57,7 @@ type EventRow = { at: number; kind: string; release_id: number | null; name: str
 export function openSqliteStore(path: string, historyLimit: number): Store {
   const inMemory = path === ":memory:";
   const where = inMemory ? "memory (RS_DB=:memory:)" : resolve(path);
-  if (!inMemory) checkPlace(where);
-  const ownership = inMemory ? null : holdOwnership(where);
+  const ownership = inMemory ? null : holdOwnership(where); // fails first when the place is wrong
   let db: Database;
   try {
     db = new Database(path, { create: true, readwrite: true, strict: true });
@@ -72,6 +70,7 @@ export function openSqliteStore(path: string, historyLimit: number): Store {
   } catch (e) {
     ownership?.close();
     if (e instanceof StoreOpenError) throw e;
+    if (/readonly|unable to open/i.test((e as Error).message)) throw explainPlace(where, e as Error);
     if (/not a database|malformed|corrupt/i.test((e as Error).message))
       throw new StoreOpenError(
         `${where} is not a releasestatus database, or is damaged: point RS_DB at another file, or restore it from a backup; it was left as it is`,
@@ -109,20 +108,23 @@ export function openSqliteStore(path: string, historyLimit: number): Store {
   };
 }
 
-// The directory must exist and be writable (SQLite adds -wal and -shm files beside the database).
-function checkPlace(file: string) {
+// Says what is wrong with the place RS_DB points at. Only called once opening failed:
+// node:fs is loaded here rather than at the top, as loading it slows every start-up.
+function explainPlace(file: string, e: Error): StoreOpenError {
+  const { accessSync, constants, existsSync, statSync } = require("node:fs") as typeof import("node:fs");
   const dir = dirname(file);
   if (!existsSync(dir))
-    throw new StoreOpenError(`the directory ${dir} for RS_DB does not exist: create it or point RS_DB elsewhere`);
+    return new StoreOpenError(`the directory ${dir} for RS_DB does not exist: create it or point RS_DB elsewhere`);
+  if (existsSync(file) && !statSync(file).isFile()) return new StoreOpenError(`RS_DB=${file} is not a regular file`);
   try {
-    accessSync(dir, constants.W_OK);
+    accessSync(dir, constants.W_OK); // SQLite adds -wal, -shm and -lock files beside the database
     if (existsSync(file)) accessSync(file, constants.R_OK | constants.W_OK);
   } catch {
-    throw new StoreOpenError(
+    return new StoreOpenError(
       `cannot write ${existsSync(file) ? file : dir}: give the daemon's user write access, or point RS_DB at a writable place`,
     );
   }
-  if (existsSync(file) && !statSync(file).isFile()) throw new StoreOpenError(`RS_DB=${file} is not a regular file`);
+  return new StoreOpenError(`cannot use ${file} as the releasestatus database: ${e.message}`);
 }
 
 // A write transaction held open on a small file beside the database, for as long as
@@ -137,7 +139,7 @@ function holdOwnership(file: string): Database {
     owner.run("PRAGMA journal_mode = DELETE");
     owner.run("CREATE TABLE IF NOT EXISTS owner (pid INTEGER)");
   } catch (e) {
-    throw new StoreOpenError(`cannot create the lock file ${lockFile}: ${(e as Error).message}`);
+    throw explainPlace(file, e as Error);
   }
   try {
     owner.run("BEGIN IMMEDIATE");

