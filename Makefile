@@ -8,7 +8,7 @@ SOURCES := $(wildcard *.ts) page.html package.json
 # --bytecode: parsed ahead of time, which saves ~2.5 ms of every start-up.
 BUILD_FLAGS := --compile --minify --bytecode --no-compile-autoload-dotenv --no-compile-autoload-bunfig
 
-.PHONY: run build test test-storage test-browser test-metrics test-container test-dist container container-run dist bench check clean
+.PHONY: run build test test-storage test-browser test-metrics test-container test-dist test-postgres container container-run dist bench check clean
 
 run: releasestatus
 	RS_PORT=$(PORT) RS_HOST=$(RS_HOST) ./releasestatus
@@ -58,6 +58,12 @@ dist: $(SOURCES) $(BUN)
 # Needs `file` to check each binary's format and architecture.
 test-dist: dist
 	$(BUN) test ./test/dist.e2e.ts
+
+# Needs root and Debian's postgresql: a throwaway cluster on a loopback port. The replica
+# tests, then the HTTP contract suite run unchanged on the PostgreSQL store.
+test-postgres: releasestatus
+	$(BUN) test ./test/replicas.e2e.ts
+	$(BUN) run test/with-postgres.ts $(BUN) test ./index.test.ts
 
 # Needs a Docker engine and the base image (docker/distroless-stand-in.sh builds a stand-in offline).
 test-container: container

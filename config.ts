@@ -26,7 +26,7 @@ export function readConfig(env: Env): Config {
   return {
     port: wholeNumber("RS_PORT", rawPort, 1, 65535),
     host: env.RS_HOST || "0.0.0.0",
-    db: env.RS_DB || "releasestatus.db",
+    db: readDb(env),
     historyLimit: wholeNumber("RS_HISTORY_LIMIT", env.RS_HISTORY_LIMIT ?? "10000", 1, 10_000_000),
     ttlSeconds: env.RS_TTL ? wholeNumber("RS_TTL", env.RS_TTL, 1, MAX_TTL_SECONDS) : null,
     maxWaitSeconds: wholeNumber("RS_MAX_WAIT", env.RS_MAX_WAIT ?? "3600", 0, 7 * 24 * 3600),
@@ -48,21 +48,34 @@ function oneOf(name: string, raw: string, allowed: string[]): string {
   return raw;
 }
 
+/** A postgres:// URL shares the lock between replicas; anything else is an SQLite file. */
+export const isPostgres = (db: string) => /^postgres(ql)?:\/\//.test(db);
+
+// RS_DB_FILE holds RS_DB (a PostgreSQL URL with its password, say) in a file, as container secrets do.
+function readDb(env: Env): string {
+  if (env.RS_DB && env.RS_DB_FILE) throw new ConfigError("RS_DB and RS_DB_FILE are both set: keep only one");
+  const db = env.RS_DB_FILE ? readSecret("RS_DB_FILE", env.RS_DB_FILE) : env.RS_DB || "releasestatus.db";
+  if (isPostgres(db) && !URL.canParse(db))
+    throw new ConfigError("RS_DB is not a valid PostgreSQL URL: expected postgres://user:password@host:5432/database");
+  return db;
+}
+
+function readSecret(name: string, path: string): string {
+  const { readFileSync } = require("node:fs") as typeof import("node:fs"); // loaded only when needed: it slows start-up
+  try {
+    return readFileSync(path, "utf8").replace(/\r?\n$/, "");
+  } catch (e) {
+    throw new ConfigError(
+      `cannot read ${name}=${path} (${(e as NodeJS.ErrnoException).code ?? "error"}): check the path and that the daemon's user may read it`,
+    );
+  }
+}
+
 // RS_TOKEN_FILE suits container secrets; the file is read once, its trailing newline dropped.
 function readToken(env: Env): string | null {
   if (env.RS_TOKEN && env.RS_TOKEN_FILE)
     throw new ConfigError("RS_TOKEN and RS_TOKEN_FILE are both set: keep only one");
-  let token = env.RS_TOKEN ?? null;
-  if (env.RS_TOKEN_FILE) {
-    const { readFileSync } = require("node:fs") as typeof import("node:fs"); // loaded only when needed: it slows start-up
-    try {
-      token = readFileSync(env.RS_TOKEN_FILE, "utf8").replace(/\r?\n$/, "");
-    } catch (e) {
-      throw new ConfigError(
-        `cannot read RS_TOKEN_FILE=${env.RS_TOKEN_FILE} (${(e as NodeJS.ErrnoException).code ?? "error"}): check the path and that the daemon's user may read it`,
-      );
-    }
-  }
+  const token = env.RS_TOKEN_FILE ? readSecret("RS_TOKEN_FILE", env.RS_TOKEN_FILE) : (env.RS_TOKEN ?? null);
   if (token === null) return null;
   if (token === "" || /[^\x21-\x7e]/.test(token))
     throw new ConfigError(

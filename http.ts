@@ -3,7 +3,17 @@
 // request, call one transition, and format its outcome; the rules live elsewhere.
 import type { Server } from "bun";
 import { type Config, MAX_TTL_SECONDS } from "./config.ts";
-import { lock, onCommit, startOrWait, transact } from "./lock.ts";
+import {
+  freshen,
+  history,
+  isHealthy,
+  lock,
+  onCommit,
+  startOrWait,
+  storeDescription,
+  transact,
+  waitingList,
+} from "./lock.ts";
 import type { Log } from "./log.ts";
 import { countStart, estimate, renderMetrics } from "./metrics.ts";
 import pageText from "./page.html" with { type: "text" };
@@ -168,12 +178,16 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     () => ({ message: "releasing is open again" }),
   );
 
-  function handleStatus(req: Request): Response {
-    if (wantsJson(req.url, req)) return Response.json(statusJson(), { headers: SECURITY_HEADERS });
-    return new Response(statusText(), { headers: { ...SECURITY_HEADERS, "Content-Type": PLAIN } });
+  function handleStatus(req: Request): Response | Promise<Response> {
+    const render = () =>
+      wantsJson(req.url, req)
+        ? Response.json(statusJson(), { headers: SECURITY_HEADERS })
+        : new Response(statusText(), { headers: { ...SECURITY_HEADERS, "Content-Type": PLAIN } });
+    const fresh = freshen();
+    return fresh ? fresh.then(render) : render();
   }
 
-  function handleHistory(req: Request): Response {
+  function handleHistory(req: Request): Response | Promise<Response> {
     const url = req.url;
     const p = readQuery(url);
     if (!(p instanceof Map)) return answer(wantsJson(url, req), p);
@@ -183,26 +197,31 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     } catch (e) {
       return answer(wantsJson(url, req), refuse("invalid", (e as Error).message));
     }
-    const events = lock.store?.history(limit) ?? [];
-    if (wantsJson(url, req)) return Response.json({ events: events.map(eventJson) }, { headers: SECURITY_HEADERS });
-    const lines = events.map((e) => `${iso(e.at)}  ${e.kind.padEnd(10)}  ${describeEvent(e)}\n`);
-    return new Response(lines.join(""), { headers: { ...SECURITY_HEADERS, "Content-Type": PLAIN } });
+    const format = (events: Event[]) => {
+      if (wantsJson(url, req)) return Response.json({ events: events.map(eventJson) }, { headers: SECURITY_HEADERS });
+      const lines = events.map((e) => `${iso(e.at)}  ${e.kind.padEnd(10)}  ${describeEvent(e)}\n`);
+      return new Response(lines.join(""), { headers: { ...SECURITY_HEADERS, "Content-Type": PLAIN } });
+    };
+    const events = history(limit);
+    return events instanceof Promise ? events.then(format) : format(events);
   }
 
   function handleHealth(): Response {
     const [status, body] = lock.closing
       ? [503, "shutting down\n"]
-      : lock.healthy
+      : isHealthy()
         ? [200, "ok\n"]
         : [503, "storage failing: the release state cannot be saved; see the daemon's log\n"];
     return new Response(body, { status, headers: { ...SECURITY_HEADERS, "Content-Type": PLAIN } });
   }
 
-  function handleMetrics(): Response {
-    const body = renderMetrics(lock.state, lock.queue.length, lock.healthy);
-    return new Response(body, {
-      headers: { ...SECURITY_HEADERS, "Content-Type": "text/plain; version=0.0.4; charset=utf-8" },
-    });
+  function handleMetrics(): Response | Promise<Response> {
+    const render = () =>
+      new Response(renderMetrics(lock.state, waitingList().length, isHealthy()), {
+        headers: { ...SECURITY_HEADERS, "Content-Type": "text/plain; version=0.0.4; charset=utf-8" },
+      });
+    const fresh = freshen();
+    return fresh ? fresh.then(render) : render();
   }
 
   // Server-Sent Events: a snapshot on connect, then one event per change, for the page and `curl -N`.
@@ -230,7 +249,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     });
   }
 
-  onCommit(({ events }) => broadcast("change", { events: events.map(eventJson), status: statusJson() }));
+  onCommit(({ events }) => broadcastChange(events));
   setInterval(() => broadcast(null, null), 15_000).unref(); // a comment now and then keeps proxies from closing idle streams
 
   const routes = {
@@ -303,6 +322,10 @@ function broadcast(event: string | null, data: unknown) {
     }
   }
 }
+
+/** Sends a change to every open /events stream (also changes made through other replicas). */
+export const broadcastChange = (events: Event[]): void =>
+  broadcast("change", { events: events.map(eventJson), status: statusJson() });
 
 /** At shutdown: end every event stream, so that the server can finish. */
 export function closeEventStreams(): void {
@@ -395,12 +418,12 @@ export function statusJson() {
       expiresAt: release.expiresAt === null ? null : iso(release.expiresAt),
     },
     block: block && { name: block.name, reason: block.reason, since: iso(block.since) },
-    queue: lock.queue.map((w) => ({ name: w.name, reason: w.reason, since: iso(w.since) })),
+    queue: waitingList().map((w) => ({ name: w.name, reason: w.reason, since: iso(w.since) })),
     lastReleaseId: lock.state.lastId,
     estimate: estimate(release),
     tokenRequired,
-    healthy: lock.healthy,
-    store: lock.store?.description ?? null,
+    healthy: isHealthy(),
+    store: storeDescription(),
   };
 }
 
@@ -413,9 +436,10 @@ function statusText(): string {
       : "idle: no release is running",
   ];
   if (block) lines.push(`blocked: ${describeBlock(block)}`);
-  if (lock.queue.length)
+  const waiting = waitingList();
+  if (waiting.length)
     lines.push(
-      `waiting: ${lock.queue.map((w, i) => `${i + 1}. ${w.name || UNKNOWN_USER} since ${iso(w.since)}`).join(", ")}`,
+      `waiting: ${waiting.map((w, i) => `${i + 1}. ${w.name || UNKNOWN_USER} since ${iso(w.since)}`).join(", ")}`,
     );
   return `${lines.join("\n")}\n`;
 }

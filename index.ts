@@ -2,9 +2,9 @@
 // Deploy scripts ask it over HTTP whether they may release; a person can block
 // all releases. This file reads the command line and starts the daemon; the
 // rules are in release.ts, storage in store.ts, the endpoints in http.ts.
-import { type Config, ConfigError, readConfig } from "./config.ts";
-import { closeEventStreams, startServer } from "./http.ts";
-import { closeLock, lock, onCommit, openLock } from "./lock.ts";
+import { type Config, ConfigError, isPostgres, readConfig } from "./config.ts";
+import { broadcastChange, closeEventStreams, startServer } from "./http.ts";
+import { closeLock, history, lock, onCommit, openLock, publish, storeDescription, useShared } from "./lock.ts";
 import { createLog, type Log } from "./log.ts";
 import { learnFromHistory, observe } from "./metrics.ts";
 import pkg from "./package.json" with { type: "json" };
@@ -25,7 +25,9 @@ Usage:
 Settings (environment):
   RS_PORT           port to listen on (required, 1-65535)
   RS_HOST           address to listen on (default 0.0.0.0, all interfaces)
-  RS_DB             SQLite file for state and history (default releasestatus.db; :memory: keeps nothing)
+  RS_DB             SQLite file for state and history (default releasestatus.db; :memory: keeps nothing),
+                    or postgres://user:password@host:5432/db to share the lock between replicas
+  RS_DB_FILE        file holding RS_DB (for secrets)
   RS_HISTORY_LIMIT  events kept in the history (default 10000)
   RS_TTL            lease in seconds for a start without ttl= (default: releases never expire)
   RS_MAX_WAIT       longest wait= allowed, in seconds (default 3600)
@@ -59,17 +61,18 @@ async function main(argv: string[]): Promise<number> {
   return serve(cfg);
 }
 
-function serve(cfg: Config): Promise<number> | number {
+async function serve(cfg: Config): Promise<number> {
   const log = createLog(cfg.logFormat);
-  let store: ReturnType<typeof openSqliteStore>;
+  const storageError = (where: string) => (e: Error) =>
+    log.error(`could not save the release state to ${where}: ${e.message}`);
+  let closeStore: () => unknown;
   try {
-    store = openSqliteStore(cfg.db, cfg.historyLimit);
+    closeStore = isPostgres(cfg.db) ? await openShared(cfg, log, storageError) : openLocal(cfg, storageError);
   } catch (e) {
     if (e instanceof StoreOpenError) return fail(e.message);
     throw e;
   }
-  openLock(store, (e) => log.error(`could not save the release state to ${store.description}: ${e.message}`));
-  learnFromHistory(store.history(1000));
+  learnFromHistory(await history(1000));
   onCommit(observe);
   onCommit(({ events }) => {
     for (const e of events)
@@ -81,10 +84,10 @@ function serve(cfg: Config): Promise<number> | number {
   try {
     server = startServer(cfg, log);
   } catch (e) {
-    store.close();
+    await closeStore();
     return fail(`cannot listen on ${cfg.host}:${cfg.port}: ${(e as Error).message}`);
   }
-  log.info(`releasestatus ${pkg.version} listening on ${cfg.host}:${server.port}, state in ${store.description}`);
+  log.info(`releasestatus ${pkg.version} listening on ${cfg.host}:${server.port}, state in ${storeDescription()}`);
   if (cfg.token === null)
     log.warn("no RS_TOKEN is set: anyone who can reach this port can start, stop and block releases");
 
@@ -99,13 +102,38 @@ function serve(cfg: Config): Promise<number> | number {
       const force = setTimeout(() => server.stop(true), 2000); // a client that will not finish is cut
       await server.stop();
       clearTimeout(force);
-      store.close();
+      await closeStore();
       log.info("stopped");
       resolve(0);
     };
     process.on("SIGTERM", () => shutdown("SIGTERM"));
     process.on("SIGINT", () => shutdown("SIGINT"));
   });
+}
+
+/** The default: an SQLite file (or memory) that this daemon alone uses. */
+function openLocal(cfg: Config, storageError: (where: string) => (e: Error) => void) {
+  const store = openSqliteStore(cfg.db, cfg.historyLimit);
+  openLock(store, storageError(store.description));
+  return () => store.close();
+}
+
+/** Several replicas on one PostgreSQL database; loaded only when asked for. */
+async function openShared(cfg: Config, log: Log, storageError: (where: string) => (e: Error) => void) {
+  const { openPostgresLock } = await import("./postgres.ts");
+  const shared = await openPostgresLock({
+    url: cfg.db,
+    historyLimit: cfg.historyLimit,
+    onCommit: publish,
+    onRemoteChange: broadcastChange,
+    onStorageError: (e) => storageError("PostgreSQL")(e),
+    onState: (s) => {
+      lock.state = s;
+    },
+  });
+  useShared(shared);
+  if (!shared.healthy) log.warn(`${shared.description} cannot be reached yet: answering storage until it can`);
+  return () => shared.close();
 }
 
 function logRestored(log: Log) {

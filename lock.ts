@@ -1,6 +1,8 @@
 // The release lock as the daemon holds it: the module-level state object, the
 // queue of waiting starters, and the one place where a rule's change is
 // committed to storage before anyone is told yes.
+
+import type { PostgresLock, Queued } from "./postgres.ts";
 import {
   andThen,
   type Change,
@@ -10,7 +12,6 @@ import {
   type Holder,
   type Outcome,
   type Refusal,
-  type Release,
   refuse,
   type StartRequest,
   type State,
@@ -24,7 +25,8 @@ export type Waiter = StartRequest & { since: number; settle: (o: Outcome) => voi
 /** What listeners (log, metrics, live page) hear after every committed change. */
 export type Committed = { events: Event[]; before: State; after: State };
 
-type Rule = (s: State, now: number) => Outcome;
+/** A transition: the state, the time (the database's, when shared), and how many wait ahead of the caller. */
+export type Rule = (s: State, now: number, waitingAhead: number) => Outcome;
 
 export const lock = {
   state: EMPTY_STATE as State,
@@ -32,6 +34,7 @@ export const lock = {
   healthy: true, // false from a failed write until the next one succeeds
   closing: false,
   store: null as Store | null,
+  shared: null as PostgresLock | null, // set instead of store when replicas share PostgreSQL
   listeners: [] as ((c: Committed) => void)[],
   expiryTimer: null as Timer | null,
   probeTimer: null as Timer | null,
@@ -54,6 +57,7 @@ export function openLock(store: Store, onStorageError: (e: Error) => void): void
 /** Answers every waiter with shutting-down and stops all timers; the store is closed by its owner. */
 export function closeLock(): void {
   lock.closing = true;
+  lock.shared?.stopWaiting();
   for (const w of lock.queue.splice(0))
     w.settle(refuse("shutting-down", "the daemon is shutting down; try again shortly"));
   if (lock.expiryTimer) clearTimeout(lock.expiryTimer);
@@ -69,11 +73,13 @@ export function onCommit(listener: (c: Committed) => void): void {
  * any lease that ran out before it and the hand-over to the first waiter after it,
  * as one transaction. Memory changes only once storage has said yes.
  */
-export function transact(rule: Rule): Outcome {
+export function transact(rule: Rule): Outcome | Promise<Outcome> {
+  if (lock.shared) return lock.shared.transact(rule);
   if (lock.closing) return refuse("shutting-down", "the daemon is shutting down; try again shortly");
   const now = Date.now();
+  const ahead = lock.queue.length;
   const expired = expire(lock.state, now);
-  const outcome = expired ? andThen(expired, (s) => rule(s, now)) : rule(lock.state, now);
+  const outcome = expired ? andThen(expired, (s) => rule(s, now, ahead)) : rule(lock.state, now, ahead);
   const change = outcome.ok ? outcome : expired;
   if (!change || change.events.length === 0) return outcome; // a refusal, or nothing to write: the common, cheap case
   const served = servable(change.next) ? lock.queue[0] : undefined;
@@ -88,7 +94,7 @@ export function transact(rule: Rule): Outcome {
     served.settle(full);
   }
   armExpiry();
-  for (const listener of lock.listeners) listener({ events: full.events, before, after: full.next });
+  publish({ events: full.events, before, after: full.next });
   return outcome.ok ? full : outcome;
 }
 
@@ -96,7 +102,8 @@ const WAITABLE = new Set(["running", "blocked", "queued"]); // refusals that end
 
 /** Starts a release, or waits up to `waitSeconds` in line for it (first come, first served). */
 export function startOrWait(req: StartRequest, waitSeconds: number, gone: AbortSignal): Outcome | Promise<Outcome> {
-  const first = transact((s, now) => start(s, req, now, lock.queue.length));
+  if (lock.shared) return lock.shared.startOrWait(req, waitSeconds, gone);
+  const first = transact((s, now, ahead) => start(s, req, now, ahead)) as Outcome;
   if (first.ok || waitSeconds === 0 || !WAITABLE.has(first.reason)) return first;
   return new Promise((resolve) => {
     let timer: Timer | undefined;
@@ -131,7 +138,7 @@ export function startOrWait(req: StartRequest, waitSeconds: number, gone: AbortS
 function record(kind: "waiting" | "left-queue", who: Holder, reason: string) {
   const event: Event = { at: Date.now(), kind, releaseId: null, name: who.name, reason };
   if (write({ ok: true, next: lock.state, events: [event] })) return;
-  for (const listener of lock.listeners) listener({ events: [event], before: lock.state, after: lock.state });
+  publish({ events: [event], before: lock.state, after: lock.state });
 }
 
 const servable = (s: State) => lock.queue.length > 0 && s.release === null && s.block === null;
@@ -175,8 +182,30 @@ function armExpiry() {
   const delay = Math.min(Math.max(lock.healthy ? 0 : 1000, at - Date.now()), MAX_TIMER_MS);
   lock.expiryTimer = setTimeout(() => {
     transact((s) => ({ ok: true, next: s, events: [] }));
-    armExpiry();
+    armExpiry(); // transact re-arms only when something changed
   }, delay);
 }
 
-export const runningRelease = (): Release | null => lock.state.release;
+/** Uses PostgreSQL, shared with other replicas, instead of a local store. */
+export function useShared(shared: PostgresLock): void {
+  lock.shared = shared;
+  lock.state = shared.state ?? lock.state;
+}
+
+/** With replicas, reads the state afresh: another replica may have changed it a moment ago. */
+export const freshen = (): Promise<void> | null => lock.shared?.refresh() ?? null;
+
+export const isHealthy = (): boolean => (lock.shared ? lock.shared.healthy : lock.healthy) && !lock.closing;
+
+/** Who waits for the release, in order: this daemon's waiters, or every replica's. */
+export const waitingList = (): Queued[] => (lock.shared ? lock.shared.waiting : lock.queue);
+
+export const history = (limit: number): Event[] | Promise<Event[]> =>
+  lock.shared ? lock.shared.history(limit) : (lock.store?.history(limit) ?? []);
+
+export const storeDescription = (): string | null => lock.shared?.description ?? lock.store?.description ?? null;
+
+/** Tells the listeners (log, metrics, live page) of a committed change. */
+export function publish(c: Committed): void {
+  for (const listener of lock.listeners) listener(c);
+}

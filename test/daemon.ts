@@ -34,7 +34,8 @@ export async function startDaemon(
 ): Promise<Daemon> {
   const port = opts.port ?? freePort();
   const cwd = opts.cwd ?? tempDir();
-  const settings = { RS_PORT: String(port), RS_HOST: "127.0.0.1", RS_DB: ":memory:", ...env };
+  // RS_TEST_DB runs the same tests on another store, e.g. a PostgreSQL URL.
+  const settings = { RS_PORT: String(port), RS_HOST: "127.0.0.1", RS_DB: process.env.RS_TEST_DB ?? ":memory:", ...env };
   const image = process.env.RS_TEST_IMAGE;
   const container = `rs-test-${port}`;
   // With RS_TEST_IMAGE set, the same tests run against the container image, through a published loopback port.

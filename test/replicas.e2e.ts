@@ -1,0 +1,182 @@
+// Several replicas on one PostgreSQL database behave as one daemon. Needs root
+// and Debian's postgresql; runs in `make test-postgres`.
+import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
+import { type Daemon, runBinary, startDaemon } from "./daemon.ts";
+import { startCluster } from "./postgres.ts";
+
+let pg: ReturnType<typeof startCluster>;
+const daemons: Daemon[] = [];
+beforeAll(() => {
+  pg = startCluster();
+});
+afterAll(() => {
+  pg?.destroy();
+});
+afterEach(async () => {
+  for (const d of daemons.splice(0)) if (d.proc.exitCode === null) await d.stop("SIGKILL");
+  pg.psql("TRUNCATE releasestatus_waiters; UPDATE releasestatus_lock SET release_id = NULL, blocked_since = NULL");
+});
+
+async function replicas(n: number, env: Record<string, string> = {}) {
+  const started = await Promise.all(Array.from({ length: n }, () => startDaemon({ RS_DB: pg.url, ...env })));
+  daemons.push(...started);
+  return started;
+}
+const status = async (d: Daemon) => (await d.get("/status?format=json")).json();
+async function until(check: () => Promise<boolean>, what: string, ms = 15_000) {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (await check()) return;
+    await Bun.sleep(50);
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+describe("replicas on one PostgreSQL", () => {
+  test("200 concurrent starts spread over three replicas: exactly one 1, 20 rounds", async () => {
+    const r = await replicas(3);
+    const ids = new Set<string>();
+    for (let round = 0; round < 20; round++) {
+      const answers = await Promise.all(
+        Array.from({ length: 200 }, (_, i) => (r[i % 3] as Daemon).get(`/start?name=r${round}-${i}`)),
+      );
+      const granted = answers.filter((a) => a.headers.get("x-release-id") !== null);
+      const bodies = await Promise.all(answers.map((a) => a.text()));
+      expect(bodies.filter((b) => b === "1\n")).toHaveLength(1);
+      ids.add(granted[0]?.headers.get("x-release-id") ?? "");
+      expect(await (r[(round + 1) % 3] as Daemon).body("/stop")).toBe("1\n");
+    }
+    expect(ids.size).toBe(20); // every round a new id, from the database
+  }, 120_000);
+
+  test("every replica shows the same state, named by its store without the password", async () => {
+    const [a, b] = await replicas(2);
+    await a?.body("/start?name=sion&reason=v2");
+    const s = await status(b as Daemon);
+    expect(s.release).toMatchObject({ name: "sion", reason: "v2" });
+    expect(s.store).toBe(`PostgreSQL 127.0.0.1:${pg.port}/releasestatus`);
+    expect(JSON.stringify(s)).not.toContain("releasestatus-test");
+  });
+
+  test("a stop on one replica serves waiters on others, in arrival order", async () => {
+    const [a, b, c] = (await replicas(3)) as [Daemon, Daemon, Daemon];
+    await a.body("/start?name=holder");
+    const first = b.body("/start?name=first&wait=30");
+    await until(async () => (await status(a)).queue.length === 1, "the first waiter");
+    const second = c.body("/start?name=second&wait=30");
+    await until(async () => (await status(a)).queue.length === 2, "the second waiter");
+    expect((await status(a)).queue.map((w: { name: string }) => w.name)).toEqual(["first", "second"]);
+    expect(await a.body("/start?name=newcomer")).toBe("0\n");
+
+    await a.body("/stop");
+    expect(await first).toBe("1\n");
+    expect((await status(c)).release.name).toBe("first");
+    await c.body("/stop");
+    expect(await second).toBe("1\n");
+    expect((await status(a)).release.name).toBe("second");
+  });
+
+  test("a newcomer is refused with queued while others wait for a free release", async () => {
+    const [a, b] = (await replicas(2)) as [Daemon, Daemon];
+    await a.body("/block");
+    const waiter = b.body("/start?name=patient&wait=30");
+    await until(async () => (await status(a)).queue.length === 1, "the waiter");
+    // Unblocking frees the release for the waiter; nobody may slip in first.
+    const [unblocked, newcomer] = await Promise.all([a.body("/unblock"), a.get("/start?name=newcomer")]);
+    expect(unblocked).toBe("1\n");
+    expect(await newcomer.text()).toBe("0\n");
+    expect(["queued", "running"]).toContain(newcomer.headers.get("x-reason-code") ?? "");
+    expect(await waiter).toBe("1\n");
+  });
+
+  test("a lease set through one replica expires even when that replica is killed", async () => {
+    const [a, b] = (await replicas(2)) as [Daemon, Daemon];
+    await a.body("/start?name=doomed&ttl=2");
+    await a.stop("SIGKILL");
+    await until(async () => !(await status(b)).running, "the lease to run out");
+    const { events } = await (await b.get("/history?format=json")).json();
+    expect(events[0]).toMatchObject({ kind: "expired", name: "doomed" });
+  });
+
+  test("a waiter whose replica is killed is dropped, and the next waiter is served", async () => {
+    const [a, b, c] = (await replicas(3)) as [Daemon, Daemon, Daemon];
+    await a.body("/start?name=holder");
+    b.body("/start?name=on-a-dying-replica&wait=60").catch(() => {});
+    await until(async () => (await status(a)).queue.length === 1, "the first waiter");
+    const next = c.body("/start?name=next&wait=60");
+    await until(async () => (await status(a)).queue.length === 2, "the second waiter");
+    await b.stop("SIGKILL");
+    await a.body("/stop");
+    expect(await next).toBe("1\n");
+    expect((await status(a)).release.name).toBe("next");
+  }, 30_000);
+
+  test("changes made through one replica reach /events on another", async () => {
+    const [a, b] = (await replicas(2)) as [Daemon, Daemon];
+    const controller = new AbortController();
+    const res = await b.get("/events", { signal: controller.signal });
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+    let seen = "";
+    await a.body("/block?name=from-a");
+    while (!seen.includes("from-a")) seen += new TextDecoder().decode((await reader.read()).value);
+    expect(seen).toContain('"kind":"blocked"');
+    controller.abort();
+  });
+});
+
+describe("losing the database", () => {
+  test("answers storage and 503 while it is down, grants nothing twice, and resumes by itself", async () => {
+    const [a, b] = (await replicas(2)) as [Daemon, Daemon];
+    expect(await a.body("/start?name=before")).toBe("1\n");
+    pg.stop();
+    try {
+      const during = await Promise.all([a.get("/stop"), b.get("/start?name=during"), a.get("/start")]);
+      for (const res of during) {
+        expect(res.status).toBe(503);
+        expect(res.headers.get("x-reason-code")).toBe("storage");
+        expect(await res.text()).toBe("0\n");
+      }
+      expect((await a.get("/healthz")).status).toBe(503);
+      // A flood during the outage is refused at once by the circuit breaker.
+      const flood = await Promise.all(Array.from({ length: 100 }, () => b.body("/start")));
+      expect(flood.every((body) => body === "0\n")).toBe(true);
+    } finally {
+      pg.start();
+    }
+    await until(async () => (await a.get("/healthz")).status === 200, "replica a to recover");
+    await until(async () => (await b.get("/healthz")).status === 200, "replica b to recover");
+    expect(await b.body("/start?name=after")).toBe("0\n"); // the release from before is still running
+    expect((await status(b)).release.name).toBe("before");
+    expect(await b.body("/stop")).toBe("1\n");
+    expect(a.proc.exitCode).toBeNull();
+  }, 60_000);
+
+  test("a database unreachable at start-up: the daemon starts, unhealthy, and heals when it is back", async () => {
+    pg.stop();
+    let d: Daemon;
+    try {
+      d = await startDaemon({ RS_DB: pg.url });
+      daemons.push(d);
+      expect((await d.get("/healthz")).status).toBe(503);
+      expect((await d.get("/start")).headers.get("x-reason-code")).toBe("storage");
+    } finally {
+      pg.start();
+    }
+    await until(async () => (await d.get("/healthz")).status === 200, "the daemon to reach the database");
+    expect(await d.body("/start")).toBe("1\n");
+  }, 60_000);
+
+  test("bad credentials or an unknown database are configuration errors: exit 2", async () => {
+    const wrongPassword = pg.url.replace(/:[^:@]+@/, ":wrong@");
+    const bad = await runBinary([], { RS_PORT: "1", RS_HOST: "127.0.0.1", RS_DB: wrongPassword });
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain("PostgreSQL refused");
+    expect(bad.stderr).not.toContain("wrong@");
+    const unknown = await runBinary([], {
+      RS_PORT: "1",
+      RS_HOST: "127.0.0.1",
+      RS_DB: pg.url.replace(/releasestatus$/, "nosuchdb"),
+    });
+    expect(unknown.code).toBe(2);
+  });
+});
