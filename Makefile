@@ -70,8 +70,10 @@ test-container: container
 	RS_TEST_IMAGE=$(TAG) $(BUN) test ./test/container.e2e.ts ./index.test.ts
 
 # Not part of `make test`: takes about ten minutes and needs wrk (apt). Writes bench/results.md.
+# With Debian's postgresql installed (and root), it adds rows for the PostgreSQL store.
 bench: releasestatus bench/reference
-	$(BUN) run bench/run.ts
+	if [ -d /usr/lib/postgresql ]; then $(BUN) run test/with-postgres.ts $(BUN) run bench/run.ts; \
+	else $(BUN) run bench/run.ts; fi
 
 # The floor the benchmark compares against, built exactly like releasestatus.
 bench/reference: bench/reference.ts $(BUN)

@@ -169,6 +169,18 @@ async function main() {
     },
     { name: "start/stop cycle, `RS_DB=:memory:`", path: "/", env: { RS_DB: ":memory:" }, script: CYCLE_SCRIPT },
   ];
+  // `make bench` runs this under test/with-postgres.ts when PostgreSQL is installed.
+  const postgres = process.env.RS_TEST_DB;
+  if (postgres)
+    scenarios.push(
+      {
+        name: "refused `/start`, PostgreSQL",
+        path: "/start?name=bench",
+        env: { RS_DB: postgres },
+        prepare: "/start?name=holder",
+      },
+      { name: "start/stop cycle, PostgreSQL", path: "/", env: { RS_DB: postgres }, script: CYCLE_SCRIPT },
+    );
   const results = new Map<string, { ours: Load[]; ref: Load[]; commits: number[] }>();
   const afterLoad = { rss: [] as number[], hwm: [] as number[], refRss: [] as number[], refHwm: [] as number[] };
   for (let round = 0; round < ROUNDS; round++) {
@@ -187,6 +199,7 @@ async function main() {
         afterLoad.rss.push(procStatus(ours.pid, "VmRSS"));
         afterLoad.hwm.push(procStatus(ours.pid, "VmHWM"));
       }
+      if (sc.prepare) await (await fetch(`${ours.url}/stop`)).text(); // a shared database outlives the daemon
       await stop(ours);
       const ref = await start(REFERENCE);
       entry.ref.push(await wrk(ref, sc.path, sc.script));
