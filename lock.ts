@@ -13,9 +13,13 @@ import {
   type Outcome,
   type Refusal,
   refuse,
+  SHUTTING_DOWN,
+  STORAGE_FAILED,
   type StartRequest,
   type State,
   start,
+  unchanged,
+  WAITABLE,
 } from "./release.ts";
 import type { Store } from "./store.ts";
 
@@ -50,7 +54,7 @@ export function openLock(store: Store, onStorageError: (e: Error) => void): void
   lock.healthy = true;
   lock.closing = false;
   lock.onStorageError = onStorageError;
-  transact((s) => ({ ok: true, next: s, events: [] })); // a lease that ran out while the daemon was down ends now
+  transact(unchanged); // a lease that ran out while the daemon was down ends now
   armExpiry();
 }
 
@@ -58,8 +62,7 @@ export function openLock(store: Store, onStorageError: (e: Error) => void): void
 export function closeLock(): void {
   lock.closing = true;
   lock.shared?.stopWaiting();
-  for (const w of lock.queue.splice(0))
-    w.settle(refuse("shutting-down", "the daemon is shutting down; try again shortly"));
+  for (const w of lock.queue.splice(0)) w.settle(SHUTTING_DOWN);
   if (lock.expiryTimer) clearTimeout(lock.expiryTimer);
   if (lock.probeTimer) clearInterval(lock.probeTimer);
 }
@@ -75,7 +78,7 @@ export function onCommit(listener: (c: Committed) => void): void {
  */
 export function transact(rule: Rule): Outcome | Promise<Outcome> {
   if (lock.shared) return lock.shared.transact(rule);
-  if (lock.closing) return refuse("shutting-down", "the daemon is shutting down; try again shortly");
+  if (lock.closing) return SHUTTING_DOWN;
   const now = Date.now();
   const ahead = lock.queue.length;
   const expired = expire(lock.state, now);
@@ -97,8 +100,6 @@ export function transact(rule: Rule): Outcome | Promise<Outcome> {
   publish({ events: full.events, before, after: full.next });
   return outcome.ok ? full : outcome;
 }
-
-const WAITABLE = new Set(["running", "blocked", "queued"]); // refusals that end by themselves, so are worth waiting out
 
 /** Starts a release, or waits up to `waitSeconds` in line for it (first come, first served). */
 export function startOrWait(req: StartRequest, waitSeconds: number, gone: AbortSignal): Outcome | Promise<Outcome> {
@@ -150,7 +151,7 @@ function write(change: Change): Refusal | null {
     return null;
   } catch (e) {
     markUnhealthy(e as Error);
-    return refuse("storage", "the release state could not be saved, so nothing changed; see the daemon's log");
+    return STORAGE_FAILED;
   }
 }
 
@@ -181,7 +182,7 @@ function armExpiry() {
   // while storage fails, retry the expiry each second rather than spinning
   const delay = Math.min(Math.max(lock.healthy ? 0 : 1000, at - Date.now()), MAX_TIMER_MS);
   lock.expiryTimer = setTimeout(() => {
-    transact((s) => ({ ok: true, next: s, events: [] }));
+    transact(unchanged);
     armExpiry(); // transact re-arms only when something changed
   }, delay);
 }

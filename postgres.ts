@@ -15,9 +15,13 @@ import {
   type Outcome,
   type Release,
   refuse,
+  SHUTTING_DOWN,
+  STORAGE_FAILED,
   type StartRequest,
   type State,
   start,
+  unchanged,
+  WAITABLE,
 } from "./release.ts";
 import { StoreOpenError } from "./store.ts";
 
@@ -62,9 +66,6 @@ export async function openPostgresLock(opts: SharedOptions) {
   };
   const localWaiters = new Map<number, StartRequest>(); // waiter rows this replica keeps alive, by id
   const wakeUps = new Set<() => void>();
-
-  const storageRefusal = () =>
-    refuse("storage", "the release state could not be saved, so nothing changed; see the daemon's log");
 
   function failed(e: Error) {
     state.failures++;
@@ -111,7 +112,7 @@ export async function openPostgresLock(opts: SharedOptions) {
    * any lease that ran out first. `self` is the caller's own waiter row, if it waits in line.
    */
   async function transact(rule: Rule, self: number | null = null): Promise<Outcome> {
-    if (state.closing) return refuse("shutting-down", "the daemon is shutting down; try again shortly");
+    if (state.closing) return SHUTTING_DOWN;
     const decided = await inTransaction(async (tx) => {
       const [row] = await tx`
         SELECT *, (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now
@@ -131,7 +132,7 @@ export async function openPostgresLock(opts: SharedOptions) {
       }
       return { outcome, before, after: change?.next ?? before, events: change?.events ?? [] };
     });
-    if (!decided) return storageRefusal();
+    if (!decided) return STORAGE_FAILED;
     state.current = decided.after;
     opts.onState(decided.after);
     if (decided.events.length) opts.onCommit({ events: decided.events, before: decided.before, after: decided.after });
@@ -160,7 +161,7 @@ export async function openPostgresLock(opts: SharedOptions) {
   async function startOrWait(req: StartRequest, waitSeconds: number, gone: AbortSignal): Promise<Outcome> {
     const rule: Rule = (s, now, ahead) => start(s, req, now, ahead);
     const first = await transact(rule);
-    if (first.ok || waitSeconds === 0 || !["running", "blocked", "queued"].includes(first.reason)) return first;
+    if (first.ok || waitSeconds === 0 || !WAITABLE.has(first.reason)) return first;
     const joined = await inTransaction(async (tx) => {
       const [row] = await tx`
         INSERT INTO releasestatus_waiters (lock, name, reason, replica) VALUES (${LOCK}, ${req.name}, ${req.reason}, ${replica})
@@ -176,13 +177,13 @@ export async function openPostgresLock(opts: SharedOptions) {
       await tx`SELECT pg_notify(${CHANNEL}, ${JSON.stringify({ replica, events: [event] })})`;
       return { id: Number(row.id), event };
     });
-    if (!joined) return storageRefusal();
+    if (!joined) return STORAGE_FAILED;
     localWaiters.set(joined.id, req);
     opts.onRemoteChange([joined.event]);
     const deadline = Date.now() + waitSeconds * 1000;
     try {
       for (;;) {
-        if (state.closing) return refuse("shutting-down", "the daemon is shutting down; try again shortly");
+        if (state.closing) return SHUTTING_DOWN;
         if (gone.aborted) return await leave(joined.id, req, "disconnected", refuse("timeout", "the client went away"));
         if (Date.now() >= deadline)
           return await leave(
@@ -261,7 +262,7 @@ export async function openPostgresLock(opts: SharedOptions) {
       (tx) => tx`DELETE FROM releasestatus_waiters
                  WHERE heartbeat_at < clock_timestamp() - interval '10 seconds'`,
     );
-    if (state.current?.release?.expiresAt != null) await transact((s) => ({ ok: true, next: s, events: [] }));
+    if (state.current?.release?.expiresAt != null) await transact(unchanged);
     await refresh();
     for (const wake of [...wakeUps]) wake();
   }

@@ -67,6 +67,17 @@ export const EMPTY_STATE: State = { lastId: 0, release: null, block: null };
 
 export const refuse = (reason: Reason, message: string): Refusal => ({ ok: false, reason, message });
 
+/** Refusals that end by themselves, and so are worth waiting out with wait=. */
+export const WAITABLE: ReadonlySet<Reason> = new Set(["running", "blocked", "queued"]);
+export const SHUTTING_DOWN = refuse("shutting-down", "the daemon is shutting down; try again shortly");
+export const STORAGE_FAILED = refuse(
+  "storage",
+  "the release state could not be saved, so nothing changed; see the daemon's log",
+);
+
+/** A rule that changes nothing: run it to end a lease that ran out on the way. */
+export const unchanged = (s: State): Change => ({ ok: true, next: s, events: [] });
+
 export const iso = (ms: number): string => new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z");
 
 const who = (name: string): string => name || UNKNOWN_USER;

@@ -1,5 +1,7 @@
 // Starts the real compiled binary for tests, on a free loopback port, and
 // stops it again. Every suite that speaks HTTP goes through here.
+
+import { afterEach } from "bun:test";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -115,4 +117,36 @@ export async function runBinary(args: string[], env: Record<string, string> = {}
     proc.exited,
   ]);
   return { stdout, stderr, code };
+}
+
+/** For a suite: a function that starts daemons, all of which are killed after each test. */
+export function daemonsPerTest() {
+  const started: Daemon[] = [];
+  afterEach(async () => {
+    for (const d of started.splice(0)) {
+      d.proc.kill("SIGCONT"); // a test may have paused it
+      if (d.proc.exitCode === null) await d.stop("SIGKILL");
+    }
+  });
+  return async (env: Record<string, string> = {}, opts: { port?: number; cwd?: string } = {}) => {
+    const d = await startDaemon(env, opts);
+    started.push(d);
+    return d;
+  };
+}
+
+export const statusOf = async (d: Daemon) => (await d.get("/status?format=json")).json();
+
+/** The kinds of the daemon's recent events, newest first. */
+export const historyKinds = async (d: Daemon): Promise<string[]> =>
+  (await (await d.get("/history?format=json")).json()).events.map((e: { kind: string }) => e.kind);
+
+/** Polls `check` until it holds; fails after `ms` naming what it waited for. */
+export async function until(check: () => Promise<boolean>, what: string, ms = 15_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (await check()) return;
+    await Bun.sleep(20);
+  }
+  throw new Error(`timed out waiting for ${what}`);
 }

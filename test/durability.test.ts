@@ -2,21 +2,13 @@
 // never damages or shares a database file it should not.
 
 import { Database } from "bun:sqlite";
-import { afterEach, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { type Daemon, runBinary, startDaemon, tempDir } from "./daemon.ts";
+import { daemonsPerTest, runBinary, statusOf, tempDir } from "./daemon.ts";
 
-const running: Daemon[] = [];
-async function daemonOn(db: string, env: Record<string, string> = {}) {
-  const d = await startDaemon({ RS_DB: db, ...env });
-  running.push(d);
-  return d;
-}
-afterEach(async () => {
-  for (const d of running.splice(0)) if (d.proc.exitCode === null) await d.stop("SIGKILL");
-});
-const statusOf = async (d: Daemon) => (await d.get("/status?format=json")).json();
+const daemon = daemonsPerTest();
+const daemonOn = (db: string, env: Record<string, string> = {}) => daemon({ RS_DB: db, ...env });
 
 describe("restart", () => {
   test("a release running at SIGTERM is still running after a restart, same holder, id and start", async () => {
@@ -183,8 +175,7 @@ describe("the database file", () => {
 
   test("the default file is releasestatus.db in the working directory", async () => {
     const dir = tempDir();
-    const d = await startDaemon({ RS_DB: "" }, { cwd: dir });
-    running.push(d);
+    const d = await daemon({ RS_DB: "" }, { cwd: dir });
     await d.body("/start");
     expect(existsSync(join(dir, "releasestatus.db"))).toBe(true);
   });

@@ -1,23 +1,15 @@
 // Only the right people change the release state, and hostile input changes nothing.
-import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { chmodSync, readFileSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
-import { type Daemon, runBinary, startDaemon, tempDir } from "./daemon.ts";
+import { type Daemon, daemonsPerTest, runBinary, startDaemon, tempDir } from "./daemon.ts";
 
 const TOKEN = "s3cret-token-for-tests";
 const MUTATIONS = ["/start", "/stop", "/block", "/unblock", "/renew?id=1&ttl=60"];
 const READING = ["/status", "/history", "/healthz"];
 
-const started: Daemon[] = [];
-async function daemon(env: Record<string, string> = {}) {
-  const d = await startDaemon(env);
-  started.push(d);
-  return d;
-}
-afterEach(async () => {
-  for (const d of started.splice(0)) if (d.proc.exitCode === null) await d.stop("SIGKILL");
-});
+const daemon = daemonsPerTest();
 const bearer = (token: string) => ({ headers: { Authorization: `Bearer ${token}` } });
 
 describe("a token (RS_TOKEN)", () => {

@@ -1,30 +1,12 @@
 // Leases that end on their own, fencing by release id, and a first-come,
 // first-served wait queue, against the compiled binary.
-import { afterEach, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import { type Daemon, startDaemon, tempDir } from "./daemon.ts";
+import { daemonsPerTest, historyKinds, statusOf, tempDir, until } from "./daemon.ts";
 
-const running: Daemon[] = [];
-async function daemon(env: Record<string, string> = {}) {
-  const d = await startDaemon(env);
-  running.push(d);
-  return d;
-}
-afterEach(async () => {
-  for (const d of running.splice(0)) if (d.proc.exitCode === null) await d.stop("SIGKILL");
-});
-const status = async (d: Daemon) => (await d.get("/status?format=json")).json();
-const kinds = async (d: Daemon) =>
-  (await (await d.get("/history?format=json")).json()).events.map((e: { kind: string }) => e.kind);
-
-async function until(check: () => Promise<boolean>, what: string, ms = 5000) {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await check()) return;
-    await Bun.sleep(20);
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
+const daemon = daemonsPerTest();
+const status = statusOf;
+const kinds = historyKinds;
 
 describe("leases", () => {
   test("a release with ttl= expires on its own, is logged and recorded as expired", async () => {

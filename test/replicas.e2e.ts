@@ -1,36 +1,24 @@
 // Several replicas on one PostgreSQL database behave as one daemon. Needs root
 // and Debian's postgresql; runs in `make test-postgres`.
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
-import { type Daemon, runBinary, startDaemon } from "./daemon.ts";
+import { type Daemon, daemonsPerTest, runBinary, statusOf, until } from "./daemon.ts";
 import { startCluster } from "./postgres.ts";
 
 let pg: ReturnType<typeof startCluster>;
-const daemons: Daemon[] = [];
+const daemon = daemonsPerTest();
 beforeAll(() => {
   pg = startCluster();
 });
 afterAll(() => {
   pg?.destroy();
 });
-afterEach(async () => {
-  for (const d of daemons.splice(0)) if (d.proc.exitCode === null) await d.stop("SIGKILL");
+afterEach(() => {
   pg.psql("TRUNCATE releasestatus_waiters; UPDATE releasestatus_lock SET release_id = NULL, blocked_since = NULL");
 });
 
-async function replicas(n: number, env: Record<string, string> = {}) {
-  const started = await Promise.all(Array.from({ length: n }, () => startDaemon({ RS_DB: pg.url, ...env })));
-  daemons.push(...started);
-  return started;
-}
-const status = async (d: Daemon) => (await d.get("/status?format=json")).json();
-async function until(check: () => Promise<boolean>, what: string, ms = 15_000) {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await check()) return;
-    await Bun.sleep(50);
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
+const replicas = (n: number, env: Record<string, string> = {}) =>
+  Promise.all(Array.from({ length: n }, () => daemon({ RS_DB: pg.url, ...env })));
+const status = statusOf;
 
 describe("replicas on one PostgreSQL", () => {
   test("200 concurrent starts spread over three replicas: exactly one 1, 20 rounds", async () => {
@@ -155,8 +143,7 @@ describe("losing the database", () => {
     pg.stop();
     let d: Daemon;
     try {
-      d = await startDaemon({ RS_DB: pg.url });
-      daemons.push(d);
+      d = await daemon({ RS_DB: pg.url });
       expect((await d.get("/healthz")).status).toBe(503);
       expect((await d.get("/start")).headers.get("x-reason-code")).toBe("storage");
     } finally {

@@ -1,21 +1,10 @@
 // `releasestatus run` and `status`: the compiled binary as both server and client.
-import { afterEach, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { BINARY, type Daemon, freePort, startDaemon, tempDir } from "./daemon.ts";
+import { BINARY, type Daemon, daemonsPerTest, freePort, historyKinds, statusOf, tempDir, until } from "./daemon.ts";
 
-const daemons: Daemon[] = [];
-async function server(env: Record<string, string> = {}) {
-  const d = await startDaemon(env);
-  daemons.push(d);
-  return d;
-}
-afterEach(async () => {
-  for (const d of daemons.splice(0)) {
-    d.proc.kill("SIGCONT");
-    if (d.proc.exitCode === null) await d.stop("SIGKILL");
-  }
-});
+const server = daemonsPerTest();
 
 /** Starts `releasestatus ARGS` against `d`; the caller awaits `done`. */
 function client(d: Daemon | null, args: string[], env: Record<string, string> = {}) {
@@ -30,16 +19,8 @@ function client(d: Daemon | null, args: string[], env: Record<string, string> = 
   );
   return { proc, done };
 }
-const status = async (d: Daemon) => (await d.get("/status?format=json")).json();
-const kinds = async (d: Daemon) =>
-  (await (await d.get("/history?format=json")).json()).events.map((e: { kind: string }) => e.kind);
-async function until(check: () => Promise<boolean>, what: string) {
-  for (let i = 0; i < 500; i++) {
-    if (await check()) return;
-    await Bun.sleep(20);
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
+const status = statusOf;
+const kinds = historyKinds;
 
 describe("releasestatus run", () => {
   test("runs a command that succeeds while holding the release, with RS_RELEASE_ID, then stops it", async () => {
