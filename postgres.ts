@@ -9,6 +9,7 @@ import {
   andThen,
   type Block,
   type Change,
+  EMPTY_STATE,
   type Event,
   type EventKind,
   expire,
@@ -179,7 +180,7 @@ export async function openPostgresLock(opts: SharedOptions) {
     });
     if (!joined) return STORAGE_FAILED;
     localWaiters.set(joined.id, req);
-    opts.onRemoteChange([joined.event]);
+    told([joined.event]);
     const deadline = Date.now() + waitSeconds * 1000;
     try {
       for (;;) {
@@ -202,16 +203,24 @@ export async function openPostgresLock(opts: SharedOptions) {
   }
 
   async function leave(id: number, req: StartRequest, why: string, answer: Outcome): Promise<Outcome> {
-    await inTransaction(async (tx) => {
+    const event = await inTransaction(async (tx) => {
       const removed = await tx`DELETE FROM releasestatus_waiters WHERE id = ${id} RETURNING id`;
-      if (!removed.length) return;
+      if (!removed.length) return null;
       const [{ now }] = await tx`SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now`;
       const event: Event = { at: Number(now), kind: "left-queue", releaseId: null, name: req.name, reason: why };
       await insertEvent(tx, event);
       await tx`SELECT pg_notify(${CHANNEL}, ${JSON.stringify({ replica, events: [event] })})`;
+      return event;
     });
+    if (event) told([event]);
     return answer;
   }
+
+  // Someone joined or left the line through this replica: the log and live page hear of it.
+  const told = (events: Event[]) => {
+    const s = state.current ?? EMPTY_STATE;
+    opts.onCommit({ events, before: s, after: s });
+  };
 
   // Resolves on the next notification, after `ms`, or when the client goes away.
   function wakeUp(ms: number, gone: AbortSignal): Promise<void> {

@@ -67,6 +67,8 @@ export function openSqliteStore(path: string, historyLimit: number): Store {
       db.run("PRAGMA journal_mode = WAL");
       db.run("PRAGMA synchronous = FULL"); // fsync the WAL on every commit: a 1 is on disk before it is sent
     }
+    // SQLite opens a file it may not write read-only without a word: find out now, not at the first start.
+    db.run(`UPDATE lock SET last_id = last_id WHERE name = '${LOCK}'`);
   } catch (e) {
     ownership?.close();
     if (e instanceof StoreOpenError) throw e;
@@ -113,8 +115,15 @@ export function openSqliteStore(path: string, historyLimit: number): Store {
 function explainPlace(file: string, e: Error): StoreOpenError {
   const { accessSync, constants, existsSync, statSync } = require("node:fs") as typeof import("node:fs");
   const dir = dirname(file);
-  if (!existsSync(dir))
+  try {
+    accessSync(dir, constants.F_OK);
+  } catch (missing) {
+    if ((missing as NodeJS.ErrnoException).code === "EACCES")
+      return new StoreOpenError(
+        `cannot reach ${dir}: give the daemon's user permission to enter every directory on the way`,
+      );
     return new StoreOpenError(`the directory ${dir} for RS_DB does not exist: create it or point RS_DB elsewhere`);
+  }
   if (existsSync(file) && !statSync(file).isFile()) return new StoreOpenError(`RS_DB=${file} is not a regular file`);
   try {
     accessSync(dir, constants.W_OK); // SQLite adds -wal, -shm and -lock files beside the database

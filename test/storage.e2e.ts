@@ -1,9 +1,9 @@
 // Storage that fails while the daemon runs: a full disk. Needs root to mount a
 // small tmpfs, so it runs in `make test-system`, not `make test`.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { type Daemon, startDaemon, tempDir } from "./daemon.ts";
+import { BINARY, type Daemon, startDaemon, tempDir } from "./daemon.ts";
 
 const mountPoint = tempDir("rs-full-disk-");
 let d: Daemon;
@@ -70,5 +70,57 @@ describe("a full disk", () => {
     expect(healthy).toBe(true);
     expect(await d.body(status.running ? "/stop" : "/start")).toBe("1\n");
     expect(d.proc.exitCode).toBeNull();
+  });
+});
+
+// Root may write anywhere, so these run the binary as nobody (uid 65534).
+function asNobody(env: Record<string, string>) {
+  const r = Bun.spawnSync(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", BINARY], {
+    env: { PATH: process.env.PATH ?? "", RS_PORT: "1", RS_HOST: "127.0.0.1", ...env },
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  return { code: r.exitCode, stderr: r.stderr.toString() };
+}
+
+describe("a place the daemon may not write", () => {
+  const reachable = () => {
+    const dir = tempDir();
+    chmodSync(dir, 0o755); // nobody may enter it
+    return dir;
+  };
+
+  test("an unwritable directory stops start-up with the path and what to do", () => {
+    const dir = join(reachable(), "locked");
+    mkdirSync(dir, { mode: 0o755 });
+    const { code, stderr } = asNobody({ RS_DB: join(dir, "state.db") });
+    expect(code).toBe(2);
+    expect(stderr).toBe(
+      `releasestatus: cannot write ${dir}: give the daemon's user write access, or point RS_DB at a writable place\n`,
+    );
+  });
+
+  test("a read-only database file stops start-up with the path and what to do", async () => {
+    const dir = join(reachable(), "shared");
+    mkdirSync(dir);
+    chmodSync(dir, 0o1777);
+    const file = join(dir, "state.db");
+    const d = await startDaemon({ RS_DB: file });
+    await d.stop();
+    rmSync(`${file}-lock`);
+    chmodSync(file, 0o644);
+    const { code, stderr } = asNobody({ RS_DB: file });
+    expect(code).toBe(2);
+    expect(stderr).toContain(`cannot write ${file}: give the daemon's user write access`);
+  });
+});
+
+describe("a directory the daemon may not enter", () => {
+  test("is named, with what to do", () => {
+    const dir = join(tempDir(), "inner"); // tempDir() is 0700 and root's
+    mkdirSync(dir);
+    const { code, stderr } = asNobody({ RS_DB: join(dir, "state.db") });
+    expect(code).toBe(2);
+    expect(stderr).toContain(`cannot reach ${dir}: give the daemon's user permission to enter every directory`);
   });
 });
