@@ -140,6 +140,22 @@ describe("losing the database", () => {
     expect(a.proc.exitCode).toBeNull();
   }, 60_000);
 
+  test("a database restart does not drop a healthy waiter: it keeps its place and is served", async () => {
+    const [a, b] = (await replicas(2)) as [Daemon, Daemon];
+    await a.body("/start?name=holder");
+    const waiter = b.body("/start?name=patient&wait=120");
+    await until(async () => (await status(a)).queue.length === 1, "the waiter to queue");
+    pg.stop();
+    await Bun.sleep(11_000); // longer than a waiter row may go unvouched for before it is deleted
+    pg.start();
+    await until(async () => (await a.get("/healthz")).status === 200, "replica a to recover");
+    await until(async () => (await status(a)).queue.length === 1, "the waiter to be back in line");
+    expect(await a.body("/start?name=newcomer")).toBe("0\n");
+    expect(await a.body("/stop")).toBe("1\n");
+    expect(await waiter).toBe("1\n");
+    expect((await status(a)).release.name).toBe("patient");
+  }, 60_000);
+
   test("a database unreachable at start-up: the daemon starts, unhealthy, and heals when it is back", async () => {
     pg.stop();
     let d: Daemon;
