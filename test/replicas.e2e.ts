@@ -78,6 +78,18 @@ describe("replicas on one PostgreSQL", () => {
     expect(await waiter).toBe("1\n");
   });
 
+  test("a waiter whose client disconnects leaves the line at once", async () => {
+    const [a, b] = (await replicas(2)) as [Daemon, Daemon];
+    await a.body("/start?name=holder");
+    const quitter = new AbortController();
+    b.get("/start?name=quitter&wait=60", { signal: quitter.signal }).catch(() => {});
+    await until(async () => (await status(a)).queue.length === 1, "the waiter to queue");
+    quitter.abort();
+    await until(async () => (await status(a)).queue.length === 0, "the waiter to leave", 3000);
+    const { events } = await (await a.get("/history?format=json")).json();
+    expect(events[0]).toMatchObject({ kind: "left-queue", name: "quitter", reason: "disconnected" });
+  });
+
   test("a lease set through one replica expires even when that replica is killed", async () => {
     const [a, b] = (await replicas(2)) as [Daemon, Daemon];
     await a.body("/start?name=doomed&ttl=2");
