@@ -1,7 +1,9 @@
 // releasestatus: a small daemon that lets only one QA release run at a time.
 // Deploy scripts ask it over HTTP whether they may release; a person can block
-// all releases. This file reads the command line and starts the daemon; the
-// rules are in release.ts, storage in store.ts, the endpoints in http.ts.
+// all releases. This file reads the command line and starts the daemon. The
+// rules are in release.ts, the state object and wait queue in lock.ts, storage
+// in store.ts (SQLite) or postgres.ts (replicas), the endpoints in http.ts, and
+// the client commands (run, status, healthcheck) in client.ts.
 import { type Config, ConfigError, isPostgres, readConfig } from "./config.ts";
 import { broadcastChange, closeEventStreams, startServer } from "./http.ts";
 import { closeLock, history, lock, onCommit, openLock, publish, storeDescription, useShared } from "./lock.ts";
