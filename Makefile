@@ -69,7 +69,7 @@ test-postgres: releasestatus
 test-container: container
 	RS_TEST_IMAGE=$(TAG) $(BUN) test ./test/container.e2e.ts ./index.test.ts
 
-# Not part of `make test`: takes about ten minutes and needs wrk (apt). Writes bench/results.md.
+# Not part of `make test`: takes about fifteen minutes and needs wrk (apt). Writes bench/results.md.
 # With Debian's postgresql installed (and root), it adds rows for the PostgreSQL store.
 bench: releasestatus bench/reference
 	if [ -d /usr/lib/postgresql ]; then $(BUN) run test/with-postgres.ts $(BUN) run bench/run.ts; \
@@ -84,4 +84,4 @@ check: $(BUN)
 	node_modules/.bin/biome check .
 
 clean:
-	rm -rf releasestatus releasestatus.exe dist build coverage artifacts
+	rm -rf releasestatus releasestatus.exe dist build coverage artifacts bench/reference bench/.work
