@@ -180,6 +180,17 @@ describe("the database file", () => {
     expect(existsSync(join(dir, "releasestatus.db"))).toBe(true);
   });
 
+  test("RS_DB_FILE holds RS_DB in a file, its trailing newline dropped; both at once is refused", async () => {
+    const dir = tempDir();
+    const secret = join(dir, "db-setting");
+    writeFileSync(secret, `${join(dir, "from-file.db")}\n`);
+    const d = await daemon({ RS_DB: "", RS_DB_FILE: secret });
+    expect((await statusOf(d)).store).toBe(`SQLite ${join(dir, "from-file.db")}`);
+    const both = await runBinary([], { RS_PORT: "1", RS_DB: "x.db", RS_DB_FILE: secret });
+    expect(both.code).toBe(2);
+    expect(both.stderr).toContain("RS_DB and RS_DB_FILE are both set");
+  });
+
   test("RS_DB=:memory: keeps nothing across a restart", async () => {
     const first = await daemonOn(":memory:");
     await first.body("/start");
