@@ -32,7 +32,9 @@ const SCHEMA_VERSION = 1;
 const MIGRATION_LOCK = 0x5253_7431; // pg_advisory_xact_lock key: replicas starting at once migrate one at a time
 // Every POLL_MS each replica vouches for its waiters, ends a lease that ran out (on the database's
 // clock) and wakes its waiters: the safety net under LISTEN/NOTIFY. A waiter not vouched for in
-// 5 s no longer counts (the SQL says '5 seconds'); its row is deleted after 10 s.
+// 5 s no longer counts, and its row is deleted after 10 s; but in the first seconds after the
+// database (re)started every row counts and none is deleted, so that replicas can vouch for their
+// waiters again before a newcomer could take their place.
 const POLL_MS = 1000;
 const TRANSACTION_TIMEOUT_MS = 5000;
 
@@ -122,7 +124,8 @@ export async function openPostgresLock(opts: SharedOptions) {
       const now = Number(row.now);
       const [{ ahead }] = await tx`
         SELECT count(*) AS ahead FROM releasestatus_waiters
-        WHERE lock = ${LOCK} AND heartbeat_at > clock_timestamp() - interval '5 seconds'
+        WHERE lock = ${LOCK} AND (heartbeat_at > clock_timestamp() - interval '5 seconds'
+               OR pg_postmaster_start_time() > clock_timestamp() - interval '5 seconds')
           AND (${self}::bigint IS NULL OR id < ${self}::bigint)`;
       const expired = expire(before, now);
       const outcome = expired ? andThen(expired, (s) => rule(s, now, Number(ahead))) : rule(before, now, Number(ahead));
@@ -242,7 +245,8 @@ export async function openPostgresLock(opts: SharedOptions) {
       const [row] = await tx`SELECT * FROM releasestatus_lock WHERE name = ${LOCK}`;
       const waiting = await tx`
         SELECT name, reason, (extract(epoch FROM since) * 1000)::bigint AS since FROM releasestatus_waiters
-        WHERE lock = ${LOCK} AND heartbeat_at > clock_timestamp() - interval '5 seconds'
+        WHERE lock = ${LOCK} AND (heartbeat_at > clock_timestamp() - interval '5 seconds'
+               OR pg_postmaster_start_time() > clock_timestamp() - interval '5 seconds')
         ORDER BY id`;
       return { state: toState(row), waiting };
     });
@@ -269,7 +273,8 @@ export async function openPostgresLock(opts: SharedOptions) {
       );
     await inTransaction(
       (tx) => tx`DELETE FROM releasestatus_waiters
-                 WHERE heartbeat_at < clock_timestamp() - interval '10 seconds'`,
+                 WHERE heartbeat_at < clock_timestamp() - interval '10 seconds'
+                   AND pg_postmaster_start_time() < clock_timestamp() - interval '10 seconds'`,
     );
     if (state.current?.release?.expiresAt != null) await transact(unchanged);
     await refresh();
