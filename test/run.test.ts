@@ -67,7 +67,7 @@ describe("releasestatus run", () => {
 
   test("a command that outlives several lease periods keeps the release, renewed", async () => {
     const d = await server();
-    const { code } = await client(d, ["run", "--ttl", "1", "--", "sleep", "3.5"]).done;
+    const { code } = await client(d, ["run", "--ttl", "2", "--", "sleep", "5"]).done;
     expect(code).toBe(0);
     const history = await kinds(d);
     expect(history).not.toContain("expired");
