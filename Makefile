@@ -4,6 +4,8 @@ PORT ?= 8080
 TAG ?= releasestatus
 RS_HOST ?= 127.0.0.1
 BUN := node_modules/.bin/bun
+# Suites start real processes (the binary, databases, browsers): Bun's 5 s default is too tight on a busy machine.
+TEST := $(BUN) test --timeout 20000
 SOURCES := $(wildcard *.ts) page.html package.json
 # --bytecode: parsed ahead of time, which saves ~2.5 ms of every start-up.
 BUILD_FLAGS := --compile --minify --bytecode --no-compile-autoload-dotenv --no-compile-autoload-bunfig
@@ -23,19 +25,19 @@ $(BUN): package.json package-lock.json
 	@touch $@
 
 test: releasestatus
-	$(BUN) test
+	$(TEST)
 
 # Needs root: mounts a small tmpfs and fills it to prove a full disk changes nothing.
 test-storage: releasestatus
-	$(BUN) test ./test/storage.e2e.ts
+	$(TEST) ./test/storage.e2e.ts
 
 # Needs Debian's chromium; screenshots land in artifacts/ (not committed).
 test-browser: releasestatus
-	$(BUN) test ./test/page.e2e.ts
+	$(TEST) ./test/page.e2e.ts
 
 # Needs promtool (Debian's prometheus package) to parse the exposition.
 test-metrics: releasestatus
-	$(BUN) test ./test/metrics.e2e.ts
+	$(TEST) ./test/metrics.e2e.ts
 
 # The image: the binary and an empty data directory are the whole build context.
 container: releasestatus
@@ -56,18 +58,18 @@ dist: $(SOURCES) $(BUN)
 	cd dist && sha256sum releasestatus-* > SHA256SUMS
 
 # Needs `file` to check each binary's format and architecture.
-test-dist: dist
-	$(BUN) test ./test/dist.e2e.ts
+test-dist: dist releasestatus
+	$(TEST) ./test/dist.e2e.ts
 
 # Needs root and Debian's postgresql: a throwaway cluster on a loopback port. The replica
 # tests, then the HTTP contract suite run unchanged on the PostgreSQL store.
 test-postgres: releasestatus
-	$(BUN) test ./test/replicas.e2e.ts
-	$(BUN) run test/with-postgres.ts $(BUN) test ./index.test.ts
+	$(TEST) ./test/replicas.e2e.ts
+	$(BUN) run test/with-postgres.ts $(TEST) ./index.test.ts
 
 # Needs a Docker engine and the base image (docker/distroless-stand-in.sh builds a stand-in offline).
 test-container: container
-	RS_TEST_IMAGE=$(TAG) $(BUN) test ./test/container.e2e.ts ./index.test.ts
+	RS_TEST_IMAGE=$(TAG) $(TEST) ./test/container.e2e.ts ./index.test.ts
 
 # Not part of `make test`: takes about fifteen minutes and needs wrk (apt). Writes bench/results.md.
 # With Debian's postgresql installed (and root), it adds rows for the PostgreSQL store.

@@ -1,5 +1,6 @@
-// Preloaded by bunfig.toml before every suite. ([test] timeout in bunfig.toml
-// is not honoured by Bun 1.4.4; setDefaultTimeout in a preload is.)
-import { setDefaultTimeout } from "bun:test";
+// Preloaded by bunfig.toml before the suites: most of them start the compiled
+// binary, so say plainly when it has not been built rather than fail obscurely.
+import { existsSync } from "node:fs";
+import { BINARY } from "./daemon.ts";
 
-setDefaultTimeout(20_000);
+if (!existsSync(BINARY)) throw new Error(`${BINARY} is missing: run \`make test\` (or \`make build\` first)`);
