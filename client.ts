@@ -4,7 +4,7 @@ import { readFileSync } from "node:fs";
 import { constants } from "node:os";
 
 // Exit codes from sysexits.h, so scripts can tell "not now" from "broken".
-export const EXIT = {
+const EXIT = {
   usage: 64, // EX_USAGE: the command line was wrong
   unavailable: 69, // EX_UNAVAILABLE: the server could not be reached, or answered unexpectedly
   software: 70, // EX_SOFTWARE: the lease was lost while the command ran

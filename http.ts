@@ -188,8 +188,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
       wantsJson(req.url, req)
         ? Response.json(statusJson(), { headers: SECURITY_HEADERS })
         : new Response(statusText(), { headers: { ...SECURITY_HEADERS, "Content-Type": PLAIN } });
-    const fresh = freshen();
-    return fresh ? fresh.then(render) : render();
+    return afterFreshening(render);
   }
 
   function handleHistory(req: Request): Response | Promise<Response> {
@@ -225,8 +224,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
       new Response(renderMetrics(lock.state, waitingList().length, isHealthy()), {
         headers: { ...SECURITY_HEADERS, "Content-Type": "text/plain; version=0.0.4; charset=utf-8" },
       });
-    const fresh = freshen();
-    return fresh ? fresh.then(render) : render();
+    return afterFreshening(render);
   }
 
   // Server-Sent Events: a snapshot on connect, then one event per change, for the page and `curl -N`.
@@ -307,6 +305,12 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
 
 // bun-types declares .html imports as HTML bundles; with type "text" Bun embeds the file as a string.
 const page = pageText as unknown as string;
+
+/** Renders once the state is current: at once alone, after a read from the database with replicas. */
+function afterFreshening(render: () => Response): Response | Promise<Response> {
+  const fresh = freshen();
+  return fresh ? fresh.then(render) : render();
+}
 
 // ---- live events ----
 
@@ -410,7 +414,7 @@ function refusalHeaders(o: Refusal, json: boolean): Headers {
   return headers;
 }
 
-export function statusJson() {
+function statusJson() {
   const { release, block } = lock.state;
   return {
     running: release !== null,
@@ -449,7 +453,7 @@ function statusText(): string {
   return `${lines.join("\n")}\n`;
 }
 
-export const eventJson = (e: Event) => ({
+const eventJson = (e: Event) => ({
   at: iso(e.at),
   kind: e.kind,
   releaseId: e.releaseId,
@@ -458,7 +462,7 @@ export const eventJson = (e: Event) => ({
   message: describeEvent(e),
 });
 
-export function duration(ms: number): string {
+function duration(ms: number): string {
   const s = Math.max(0, Math.floor(ms / 1000));
   const [h, m, sec] = [Math.floor(s / 3600), Math.floor((s % 3600) / 60), s % 60];
   return h ? `${h}h ${m}m` : m ? `${m}m ${sec}s` : `${sec}s`;

@@ -24,7 +24,7 @@ import {
 import type { Store } from "./store.ts";
 
 /** A /start?wait= request in line for the release. */
-export type Waiter = StartRequest & { since: number; settle: (o: Outcome) => void };
+type Waiter = StartRequest & { since: number; settle: (o: Outcome) => void };
 
 /** What listeners (log, metrics, live page) hear after every committed change. */
 export type Committed = { events: Event[]; before: State; after: State };

@@ -41,7 +41,7 @@ const TRANSACTION_TIMEOUT_MS = 5000;
 export type Queued = { name: string; reason: string; since: number };
 
 /** Settings the shared lock needs from the daemon. */
-export type SharedOptions = {
+type SharedOptions = {
   url: string;
   historyLimit: number;
   onCommit: (c: Committed) => void; // our own changes: log, metrics, live page
@@ -123,10 +123,8 @@ export async function openPostgresLock(opts: SharedOptions) {
       const before = toState(row);
       const now = Number(row.now);
       const [{ ahead }] = await tx`
-        SELECT count(*) AS ahead FROM releasestatus_waiters
-        WHERE lock = ${LOCK} AND (heartbeat_at > clock_timestamp() - interval '5 seconds'
-               OR pg_postmaster_start_time() > clock_timestamp() - interval '5 seconds')
-          AND (${self}::bigint IS NULL OR id < ${self}::bigint)`;
+        SELECT count(*) AS ahead FROM releasestatus_live_waiters
+        WHERE lock = ${LOCK} AND (${self}::bigint IS NULL OR id < ${self}::bigint)`;
       const expired = expire(before, now);
       const outcome = expired ? andThen(expired, (s) => rule(s, now, Number(ahead))) : rule(before, now, Number(ahead));
       const change: Change | null = outcome.ok ? outcome : expired;
@@ -244,10 +242,8 @@ export async function openPostgresLock(opts: SharedOptions) {
     const snapshot = await inTransaction(async (tx) => {
       const [row] = await tx`SELECT * FROM releasestatus_lock WHERE name = ${LOCK}`;
       const waiting = await tx`
-        SELECT name, reason, (extract(epoch FROM since) * 1000)::bigint AS since FROM releasestatus_waiters
-        WHERE lock = ${LOCK} AND (heartbeat_at > clock_timestamp() - interval '5 seconds'
-               OR pg_postmaster_start_time() > clock_timestamp() - interval '5 seconds')
-        ORDER BY id`;
+        SELECT name, reason, (extract(epoch FROM since) * 1000)::bigint AS since FROM releasestatus_live_waiters
+        WHERE lock = ${LOCK} ORDER BY id`;
       return { state: toState(row), waiting };
     });
     if (!snapshot) return;
@@ -375,6 +371,9 @@ const MIGRATIONS = [
    CREATE TABLE releasestatus_waiters (
      id bigserial PRIMARY KEY, lock text NOT NULL, name text NOT NULL, reason text NOT NULL, replica text NOT NULL,
      since timestamptz NOT NULL DEFAULT clock_timestamp(), heartbeat_at timestamptz NOT NULL DEFAULT clock_timestamp());
+   CREATE VIEW releasestatus_live_waiters AS SELECT * FROM releasestatus_waiters
+     WHERE heartbeat_at > clock_timestamp() - interval '5 seconds'
+        OR pg_postmaster_start_time() > clock_timestamp() - interval '5 seconds';
    INSERT INTO releasestatus_lock (name) VALUES ('${LOCK}');`,
 ];
 

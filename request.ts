@@ -3,7 +3,7 @@
 // `too-large`) or throws Invalid, and changes nothing.
 import { type Refusal, refuse } from "./release.ts";
 
-export const MAX_TEXT = 200; // characters in a name or reason
+const MAX_TEXT = 200; // characters in a name or reason
 const MAX_URL = 8192; // bytes in a request's URL
 
 /** A request that is itself wrong: answered 400 with reason `invalid`, changing nothing. */

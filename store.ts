@@ -19,6 +19,7 @@ export class StoreOpenError extends Error {}
 
 const APPLICATION_ID = 0x52537431; // "RSt1" in the file header marks the file as ours
 const LOCK = "default"; // named locks may come later; every row already says which lock it is
+const HARMLESS_WRITE = `UPDATE lock SET last_id = last_id WHERE name = '${LOCK}'`; // proves the file can be written
 
 // Each entry brings the schema from version i to i+1; never edit one that has shipped.
 const MIGRATIONS = [
@@ -68,7 +69,7 @@ export function openSqliteStore(path: string, historyLimit: number): Store {
       db.run("PRAGMA synchronous = FULL"); // fsync the WAL on every commit: a 1 is on disk before it is sent
     }
     // SQLite opens a file it may not write read-only without a word: find out now, not at the first start.
-    db.run(`UPDATE lock SET last_id = last_id WHERE name = '${LOCK}'`);
+    db.run(HARMLESS_WRITE);
   } catch (e) {
     ownership?.close();
     if (e instanceof StoreOpenError) throw e;
@@ -90,7 +91,7 @@ export function openSqliteStore(path: string, historyLimit: number): Store {
     history: db.query<EventRow, [string, number]>(
       "SELECT at, kind, release_id, name, reason FROM events WHERE lock = ? ORDER BY seq DESC LIMIT ?",
     ),
-    probe: db.query("UPDATE lock SET last_id = last_id WHERE name = ?"),
+    probe: db.query(HARMLESS_WRITE),
   };
   const commit = db.transaction((next: State, events: Event[]) => {
     save(q.save, next);
@@ -102,7 +103,7 @@ export function openSqliteStore(path: string, historyLimit: number): Store {
     load: () => toState(q.load.get(LOCK) as LockRow),
     commit: (next, events) => commit.immediate(next, events),
     history: (limit) => q.history.all(LOCK, limit).map(toEvent),
-    probe: () => void q.probe.run(LOCK),
+    probe: () => void q.probe.run(),
     close: () => {
       db.close();
       ownership?.close();
