@@ -4,14 +4,15 @@
 // rules are in release.ts, the state object and wait queue in lock.ts, storage
 // in store.ts (SQLite) or postgres.ts (replicas), the endpoints in http.ts, and
 // the client commands (run, status, healthcheck) in client.ts.
-import { type Config, ConfigError, isPostgres, readConfig } from "./config.ts";
-import { broadcastChange, closeEventStreams, startServer } from "./http.ts";
-import { closeLock, history, lock, onCommit, openLock, publish, storeDescription, useShared } from "./lock.ts";
-import { createLog, type Log } from "./log.ts";
-import { learnFromHistory, observe } from "./metrics.ts";
+
 import pkg from "./package.json" with { type: "json" };
-import { describeBlock, describeEvent, describeRelease } from "./release.ts";
-import { openSqliteStore, StoreOpenError } from "./store.ts";
+import { type Config, ConfigError, isPostgres, readConfig } from "./src/config.ts";
+import { closeLock, history, lock, onCommit, openLock, publish, storeDescription, useShared } from "./src/engine.ts";
+import { broadcastChange, closeEventStreams, startServer } from "./src/http/server.ts";
+import { createLog, type Log } from "./src/log.ts";
+import { learnFromHistory, observe } from "./src/metrics.ts";
+import { describeBlock, describeEvent, describeRelease } from "./src/release.ts";
+import { openSqliteStore, StoreOpenError } from "./src/store/sqlite.ts";
 
 const USAGE = `releasestatus ${pkg.version}: lets only one QA release run at a time.
 
@@ -48,9 +49,9 @@ async function main(argv: string[]): Promise<number> {
   if (command === "--help" || command === "-h" || command === "help") return print(USAGE);
   if (command === "--version" || command === "-v") return print(`releasestatus ${pkg.version}\n`);
   // The client commands are loaded only when asked for, so the daemon starts without them.
-  if (command === "healthcheck") return (await import("./client.ts")).healthcheck();
-  if (command === "run") return (await import("./client.ts")).run(argv.slice(1));
-  if (command === "status") return (await import("./client.ts")).status(argv.slice(1));
+  if (command === "healthcheck") return (await import("./src/client.ts")).healthcheck();
+  if (command === "run") return (await import("./src/client.ts")).run(argv.slice(1));
+  if (command === "status") return (await import("./src/client.ts")).status(argv.slice(1));
   if (command !== undefined && command !== "serve")
     return fail(`unknown command ${JSON.stringify(command)}: run 'releasestatus --help' to see the commands`);
   let cfg: Config;
@@ -122,7 +123,7 @@ function openLocal(cfg: Config, storageError: (where: string) => (e: Error) => v
 
 /** Several replicas on one PostgreSQL database; loaded only when asked for. */
 async function openShared(cfg: Config, log: Log, storageError: (where: string) => (e: Error) => void) {
-  const { openPostgresLock } = await import("./postgres.ts");
+  const { openPostgresLock } = await import("./src/store/postgres.ts");
   const shared = await openPostgresLock({
     url: cfg.db,
     historyLimit: cfg.historyLimit,

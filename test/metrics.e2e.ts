@@ -1,7 +1,7 @@
 // GET /metrics, checked with Prometheus's own parser (promtool, from Debian's
 // `prometheus` package). Runs in `make test-metrics`.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { START_REFUSALS } from "../metrics.ts";
+import { START_REFUSALS } from "../src/metrics.ts";
 import { type Daemon, startDaemon } from "./daemon.ts";
 
 let d: Daemon;

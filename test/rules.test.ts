@@ -11,7 +11,7 @@ import {
   start,
   stop,
   unblock,
-} from "../release.ts";
+} from "../src/release.ts";
 
 const T = Date.parse("2026-11-27T09:00:00Z");
 const sion = { name: "sion", reason: "v2.3.1", ttlSeconds: null };

@@ -2,7 +2,7 @@
 // with full synchronous commits so that every answer of 1 survives a crash.
 import { Database, type Statement } from "bun:sqlite";
 import { dirname, resolve } from "node:path";
-import type { Block, Event, EventKind, Release, State } from "./release.ts";
+import type { Block, Event, EventKind, Release, State } from "../release.ts";
 
 /** Everything the daemon needs from storage; a PostgreSQL store can implement the same. */
 export interface Store {

@@ -4,7 +4,7 @@
 // the database's clock; the wait queue is a table, woken by LISTEN/NOTIFY with a
 // poll as a safety net, and each waiter row is kept alive by its replica.
 import { SQL } from "bun";
-import type { Committed, Rule } from "./lock.ts";
+import type { Committed, Rule } from "../engine.ts";
 import {
   andThen,
   type Block,
@@ -23,8 +23,8 @@ import {
   start,
   unchanged,
   WAITABLE,
-} from "./release.ts";
-import { StoreOpenError } from "./store.ts";
+} from "../release.ts";
+import { StoreOpenError } from "./sqlite.ts";
 
 const LOCK = "default";
 const CHANNEL = "releasestatus";

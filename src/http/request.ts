@@ -1,7 +1,7 @@
 // What a request says: its parameters, decoded strictly and checked against
 // their limits. A request that is itself wrong becomes a refusal (`invalid`,
 // `too-large`) or throws Invalid, and changes nothing.
-import { type Refusal, refuse } from "./release.ts";
+import { type Refusal, refuse } from "../release.ts";
 
 const MAX_TEXT = 200; // characters in a name or reason
 const MAX_URL = 8192; // bytes in a request's URL

@@ -1,6 +1,6 @@
 // Counts for /metrics (Prometheus text format) and the "usually takes" estimate
 // on the page, both fed by the committed changes.
-import type { Committed } from "./lock.ts";
+import type { Committed } from "./engine.ts";
 import { type Event, iso, type Outcome, type Reason, type Release, type State } from "./release.ts";
 
 /** Every reason a /start can be refused for: each is exported from start-up at zero, so rates work at once. */

@@ -2,7 +2,6 @@
 // queue of waiting starters, and the one place where a rule's change is
 // committed to storage before anyone is told yes.
 
-import type { PostgresLock, Queued } from "./postgres.ts";
 import {
   andThen,
   type Change,
@@ -21,7 +20,8 @@ import {
   unchanged,
   WAITABLE,
 } from "./release.ts";
-import type { Store } from "./store.ts";
+import type { PostgresLock, Queued } from "./store/postgres.ts";
+import type { Store } from "./store/sqlite.ts";
 
 /** A /start?wait= request in line for the release. */
 type Waiter = StartRequest & { since: number; settle: (o: Outcome) => void };

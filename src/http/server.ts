@@ -2,7 +2,7 @@
 // plus /renew, /status, /history and /healthz. Handlers parse and check the
 // request, call one transition, and format its outcome; the rules live elsewhere.
 import type { Server } from "bun";
-import { type Config, MAX_TTL_SECONDS } from "./config.ts";
+import { type Config, MAX_TTL_SECONDS } from "../config.ts";
 import {
   freshen,
   history,
@@ -13,10 +13,9 @@ import {
   storeDescription,
   transact,
   waitingList,
-} from "./lock.ts";
-import type { Log } from "./log.ts";
-import { countStart, estimate, renderMetrics } from "./metrics.ts";
-import pageText from "./page.html" with { type: "text" };
+} from "../engine.ts";
+import type { Log } from "../log.ts";
+import { countStart, estimate, renderMetrics } from "../metrics.ts";
 import {
   block,
   describeBlock,
@@ -32,7 +31,8 @@ import {
   stop,
   UNKNOWN_USER,
   unblock,
-} from "./release.ts";
+} from "../release.ts";
+import pageText from "./page.html" with { type: "text" };
 import {
   Invalid,
   type Params,
