@@ -1,18 +1,20 @@
 // releasestatus: a small daemon that lets only one QA release run at a time.
 // Deploy scripts ask it over HTTP whether they may release; a person can block
-// all releases. This file reads the command line and starts the daemon. The
-// rules are in release.ts, the state object and wait queue in lock.ts, storage
-// in store.ts (SQLite) or postgres.ts (replicas), the endpoints in http.ts, and
-// the client commands (run, status, healthcheck) in client.ts.
+// all releases. This file is the wiring: command line → settings (src/config.ts)
+// → store (src/store/: memory, SQLite, PostgreSQL) → engine (src/engine.ts, on
+// the rules of src/release.ts) → listeners (log, metrics) → HTTP (src/http/).
+// The client commands (run, status, healthcheck) are in src/client.ts.
 
 import pkg from "./package.json" with { type: "json" };
 import { type Config, ConfigError, isPostgres, readConfig } from "./src/config.ts";
-import { closeLock, history, lock, onCommit, openLock, publish, storeDescription, useShared } from "./src/engine.ts";
-import { broadcastChange, closeEventStreams, startServer } from "./src/http/server.ts";
+import { closeEngine, history, onCommit, onStorageFailure, openEngine } from "./src/engine.ts";
+import { closeEventStreams, startServer } from "./src/http/server.ts";
 import { createLog, type Log } from "./src/log.ts";
 import { learnFromHistory, observe } from "./src/metrics.ts";
-import { describeBlock, describeEvent, describeRelease } from "./src/release.ts";
-import { openSqliteStore, StoreOpenError } from "./src/store/sqlite.ts";
+import { describeBlock, describeEvent, describeRelease, type Event, type State } from "./src/release.ts";
+import { openMemoryStore } from "./src/store/memory.ts";
+import { openSqliteStore } from "./src/store/sqlite.ts";
+import { type Store, StoreOpenError } from "./src/store/store.ts";
 
 const USAGE = `releasestatus ${pkg.version}: lets only one QA release run at a time.
 
@@ -66,31 +68,33 @@ async function main(argv: string[]): Promise<number> {
 
 async function serve(cfg: Config): Promise<number> {
   const log = createLog(cfg.logFormat);
-  const storageError = (where: string) => (e: Error) =>
-    log.error(`could not save the release state to ${where}: ${e.message}`);
-  let closeStore: () => unknown;
+  let store: Store;
   try {
-    closeStore = isPostgres(cfg.db) ? await openShared(cfg, log, storageError) : openLocal(cfg, storageError);
+    store = await openStore(cfg);
   } catch (e) {
     if (e instanceof StoreOpenError) return fail(e.message);
     throw e;
   }
-  learnFromHistory(await history(1000));
-  onCommit(observe);
-  onCommit(({ events }) => {
-    for (const e of events)
+  if (!store.health().readable) log.warn(`${store.description} cannot be reached yet: answering storage until it can`);
+  onCommit((c) => {
+    if (c.remote) return; // each replica logs and counts its own changes
+    observe(c);
+    for (const e of c.events)
       log.info(describeEvent(e), { event: e.kind, releaseId: e.releaseId, name: e.name, reason: e.reason });
   });
-  logRestored(log);
+  onStorageFailure((problem) => log.refusal("storage", () => `could not save the release state: ${problem}`));
+  const { state, expired } = await openEngine(store);
+  logRestored(log, state, expired);
+  learnFromHistory(await history(1000).catch(() => []));
 
   let server: ReturnType<typeof startServer>;
   try {
     server = startServer(cfg, log);
   } catch (e) {
-    await closeStore();
+    await store.close();
     return fail(`cannot listen on ${cfg.host}:${cfg.port}: ${(e as Error).message}`);
   }
-  log.info(`releasestatus ${pkg.version} listening on ${cfg.host}:${server.port}, state in ${storeDescription()}`);
+  log.info(`releasestatus ${pkg.version} listening on ${cfg.host}:${server.port}, state in ${store.description}`);
   if (cfg.token === null)
     log.warn("no RS_TOKEN is set: anyone who can reach this port can start, stop and block releases");
 
@@ -100,50 +104,39 @@ async function serve(cfg: Config): Promise<number> {
       if (stopping) return;
       stopping = true;
       log.info(`${signal} received: answering waiters, finishing requests in flight, then exiting`);
-      closeLock();
+      await closeEngine();
       closeEventStreams();
       const force = setTimeout(() => server.stop(true), 2000); // a client that will not finish is cut
       await server.stop();
       clearTimeout(force);
-      await closeStore();
+      await store.close();
       log.info("stopped");
       resolve(0);
     };
     process.on("SIGTERM", () => shutdown("SIGTERM"));
     process.on("SIGINT", () => shutdown("SIGINT"));
+    // Nothing to reload yet; without a handler SIGHUP would kill the daemon and cut every waiter.
+    process.on("SIGHUP", () => log.info("SIGHUP received: nothing to reload; still running"));
   });
 }
 
-/** The default: an SQLite file (or memory) that this daemon alone uses. */
-function openLocal(cfg: Config, storageError: (where: string) => (e: Error) => void) {
-  const store = openSqliteStore(cfg.db, cfg.historyLimit);
-  openLock(store, storageError(store.description));
-  return () => store.close();
+/** SQLite by default; memory for RS_DB=:memory:; PostgreSQL (loaded only when asked for) for replicas. */
+async function openStore(cfg: Config): Promise<Store> {
+  if (cfg.db === ":memory:") return openMemoryStore(cfg.historyLimit);
+  if (!isPostgres(cfg.db)) return openSqliteStore(cfg.db, cfg.historyLimit);
+  const { openPostgresStore } = await import("./src/store/postgres.ts");
+  return openPostgresStore({ url: cfg.db, historyLimit: cfg.historyLimit });
 }
 
-/** Several replicas on one PostgreSQL database; loaded only when asked for. */
-async function openShared(cfg: Config, log: Log, storageError: (where: string) => (e: Error) => void) {
-  const { openPostgresLock } = await import("./src/store/postgres.ts");
-  const shared = await openPostgresLock({
-    url: cfg.db,
-    historyLimit: cfg.historyLimit,
-    onCommit: publish,
-    onRemoteChange: broadcastChange,
-    onStorageError: (e) => storageError("PostgreSQL")(e),
-    onState: (s) => {
-      lock.state = s;
-    },
-  });
-  useShared(shared);
-  if (!shared.healthy) log.warn(`${shared.description} cannot be reached yet: answering storage until it can`);
-  return () => shared.close();
-}
-
-function logRestored(log: Log) {
-  const { release, block } = lock.state;
+function logRestored(log: Log, { release, block }: State, expired: Event[]) {
+  for (const e of expired)
+    log.info(`${describeEvent(e)} while the daemon was down`, { event: e.kind, releaseId: e.releaseId });
   if (!release && !block) return;
   const parts = [
-    release ? describeRelease(release) : "no release running",
+    release
+      ? describeRelease(release) +
+        (expired.length ? ", whose lease ran out while the daemon was down: it is over now" : "")
+      : "no release running",
     block ? describeBlock(block) : "releasing open",
   ];
   log.info(`restored: ${parts.join("; ")}`, { event: "restored" });

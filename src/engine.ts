@@ -1,215 +1,318 @@
-// The release lock as the daemon holds it: the module-level state object, the
-// queue of waiting starters, and the one place where a rule's change is
-// committed to storage before anyone is told yes.
-
+// The lock engine: the one machine that owns transitions, waiting, expiry and
+// hand-over, for every store. A change runs a rule from release.ts inside the
+// store's write transaction, on the state as stored there (with any lease that
+// ran out before it); only once the store has committed does the module-level
+// state object (a cache for reads and the page) change, and listeners hear of
+// it. Waiters take the release themselves, first come first served, when a
+// commit or another replica wakes them. Everything is keyed by lock name.
 import {
+  abandon,
   andThen,
   type Change,
   EMPTY_STATE,
   type Event,
   expire,
-  type Holder,
   type Outcome,
-  type Refusal,
   refuse,
   SHUTTING_DOWN,
-  STORAGE_FAILED,
   type StartRequest,
   type State,
-  start,
+  start as startRule,
   unchanged,
   WAITABLE,
 } from "./release.ts";
-import type { PostgresLock, Queued } from "./store/postgres.ts";
-import type { Store } from "./store/sqlite.ts";
+import type { Committed, Decide, Decision, Queued, Store, TransactOptions } from "./store/store.ts";
 
-/** A /start?wait= request in line for the release. */
-type Waiter = StartRequest & { since: number; settle: (o: Outcome) => void };
+export type { Committed, Queued };
 
-/** What listeners (log, metrics, live page) hear after every committed change. */
-export type Committed = { events: Event[]; before: State; after: State };
-
-/** A transition: the state, the time (the database's, when shared), and how many wait ahead of the caller. */
+/** A transition: the state as stored, the store's time, and how many wait ahead of the caller. */
 export type Rule = (s: State, now: number, waitingAhead: number) => Outcome;
 
-export const lock = {
-  state: EMPTY_STATE as State,
-  queue: [] as Waiter[],
-  healthy: true, // false from a failed write until the next one succeeds
-  closing: false,
-  store: null as Store | null,
-  shared: null as PostgresLock | null, // set instead of store when replicas share PostgreSQL
-  listeners: [] as ((c: Committed) => void)[],
-  expiryTimer: null as Timer | null,
-  probeTimer: null as Timer | null,
-  onStorageError: (_e: Error) => {},
+/** Time as the engine sees it; tests inject one that moves only when they move it. */
+export type Clock = { now(): number; after(ms: number, run: () => void): () => void };
+
+const MAX_TIMER_MS = 24 * 3600 * 1000; // setTimeout overflows past 2^31 ms: long timers re-arm daily
+export const systemClock: Clock = {
+  now: Date.now,
+  after(ms, run) {
+    const timer = setTimeout(run, Math.min(Math.max(ms, 0), MAX_TIMER_MS));
+    return () => clearTimeout(timer);
+  },
 };
 
-const MAX_TIMER_MS = 24 * 3600 * 1000; // setTimeout overflows past 2^31 ms; long leases re-arm daily
+/** What listeners (log, metrics, live page) hear: a committed change, ours or another replica's. */
+export type Heard = Committed & { remote: boolean };
 
-export function openLock(store: Store, onStorageError: (e: Error) => void): void {
-  lock.store = store;
-  lock.state = store.load();
-  lock.queue = [];
-  lock.healthy = true;
-  lock.closing = false;
-  lock.onStorageError = onStorageError;
-  transact(unchanged); // a lease that ran out while the daemon was down ends now
-  armExpiry();
+type Cached = { state: State; version: number; cancelExpiry: (() => void) | null };
+type Waiter = { lock: string; wake: () => void };
+
+export const DEFAULT_LOCK = "default";
+
+/** The module-level state object: what the store last committed or said, per lock. */
+export const engine = {
+  store: null as Store | null,
+  clock: systemClock,
+  locks: new Map<string, Cached>(),
+  waiters: new Set<Waiter>(),
+  listeners: [] as ((h: Heard) => void)[],
+  closing: false,
+};
+
+const store = (): Store => {
+  if (!engine.store) throw new Error("the engine has no store: call openEngine first");
+  return engine.store;
+};
+
+const cached = (lock: string): Cached => {
+  let c = engine.locks.get(lock);
+  if (!c) {
+    c = { state: EMPTY_STATE, version: -1, cancelExpiry: null };
+    engine.locks.set(lock, c);
+  }
+  return c;
+};
+
+/** Reads the stored state and ends a lease that ran out while the daemon was down; says what it ended. */
+export async function openEngine(s: Store, clock: Clock = systemClock): Promise<{ state: State; expired: Event[] }> {
+  engine.store = s;
+  engine.clock = clock;
+  engine.locks.clear();
+  engine.closing = false;
+  s.watch((lock, events) => void heardFromElsewhere(lock, events));
+  await refresh(DEFAULT_LOCK);
+  const before = state(DEFAULT_LOCK);
+  const decision = await commit(DEFAULT_LOCK, unchanged);
+  return { state: before, expired: decision.committed?.events ?? [] };
 }
 
-/** Answers every waiter with shutting-down and stops all timers; the store is closed by its owner. */
-export function closeLock(): void {
-  lock.closing = true;
-  lock.shared?.stopWaiting();
-  for (const w of lock.queue.splice(0)) w.settle(SHUTTING_DOWN);
-  if (lock.expiryTimer) clearTimeout(lock.expiryTimer);
-  if (lock.probeTimer) clearInterval(lock.probeTimer);
+export function onCommit(listener: (h: Heard) => void): void {
+  engine.listeners.push(listener);
 }
 
-export function onCommit(listener: (c: Committed) => void): void {
-  lock.listeners.push(listener);
+/** The lock's state as last committed or read: for /status, /metrics and the page. */
+export const state = (lock: string = DEFAULT_LOCK): State => cached(lock).state;
+
+/** Who waits for the lock, in order. */
+export const waiting = (lock: string = DEFAULT_LOCK): Queued[] => (engine.store ? store().waiting(lock) : []);
+
+/**
+ * Runs a rule and commits what it changed. A refusal that changes nothing is decided from
+ * memory when no other process can write the store; every change is decided by the store,
+ * inside its write transaction, from what is stored.
+ */
+export function change(lock: string, rule: Rule): Outcome | Promise<Outcome> {
+  if (engine.closing) return SHUTTING_DOWN;
+  if (store().exclusive) {
+    const c = cached(lock);
+    const { outcome, change } = withExpiry(rule)(c.state, engine.clock.now(), store().waiting(lock).length);
+    if (!change) return outcome;
+  }
+  return commit(lock, rule).then((d) => d.outcome);
 }
 
 /**
- * Runs a rule against the current state and commits what it changed, together with
- * any lease that ran out before it and the hand-over to the first waiter after it,
- * as one transaction. Memory changes only once storage has said yes.
+ * Starts a release, or waits up to `waitSeconds` in line for it: joining the line is part of the
+ * same transaction as the refused attempt, so nobody can slip in between. A client that goes
+ * away is never left holding a release it was not told of.
  */
-export function transact(rule: Rule): Outcome | Promise<Outcome> {
-  if (lock.shared) return lock.shared.transact(rule);
-  if (lock.closing) return SHUTTING_DOWN;
-  const now = Date.now();
-  const ahead = lock.queue.length;
-  const expired = expire(lock.state, now);
-  const outcome = expired ? andThen(expired, (s) => rule(s, now, ahead)) : rule(lock.state, now, ahead);
-  const change = outcome.ok ? outcome : expired;
-  if (!change || change.events.length === 0) return outcome; // a refusal, or nothing to write: the common, cheap case
-  const served = servable(change.next) ? lock.queue[0] : undefined;
-  const full = served ? andThen(change, (s) => start(s, served, now, 0)) : change;
-  if (!full.ok) return full; // cannot happen: servable() checked what start() requires
-  const failure = write(full);
-  if (failure) return failure;
-  const before = lock.state;
-  lock.state = full.next;
-  if (served) {
-    lock.queue.shift();
-    served.settle(full);
+export function start(
+  lock: string,
+  req: StartRequest,
+  waitSeconds: number,
+  gone: AbortSignal,
+): Outcome | Promise<Outcome> {
+  const rule: Rule = (s, now, ahead) => startRule(s, req, now, ahead);
+  if (waitSeconds === 0 || engine.closing) {
+    const outcome = change(lock, rule); // the common case: a refusal from memory
+    return outcome instanceof Promise ? outcome.then((o) => keepOnlyIfHeard(lock, o, gone)) : outcome;
   }
-  armExpiry();
-  publish({ events: full.events, before, after: full.next });
-  return outcome.ok ? full : outcome;
-}
-
-/** Starts a release, or waits up to `waitSeconds` in line for it (first come, first served). */
-export function startOrWait(req: StartRequest, waitSeconds: number, gone: AbortSignal): Outcome | Promise<Outcome> {
-  if (lock.shared) return lock.shared.startOrWait(req, waitSeconds, gone);
-  const first = transact((s, now, ahead) => start(s, req, now, ahead)) as Outcome;
-  if (first.ok || waitSeconds === 0 || !WAITABLE.has(first.reason)) return first;
-  return new Promise((resolve) => {
-    let timer: Timer | undefined;
-    const waiter: Waiter = {
-      ...req,
-      since: Date.now(),
-      settle: (o) => {
-        clearTimeout(timer);
-        gone.removeEventListener("abort", onGone);
-        resolve(o);
-      },
-    };
-    const leave = (why: string, answer: Refusal) => {
-      const i = lock.queue.indexOf(waiter);
-      if (i < 0) return;
-      lock.queue.splice(i, 1);
-      record("left-queue", waiter, why);
-      waiter.settle(answer);
-    };
-    const onGone = () => leave("disconnected", refuse("timeout", "the client went away"));
-    timer = setTimeout(
-      () => leave("timed out", refuse("timeout", `waited ${waitSeconds}s; ${first.message}`)),
-      waitSeconds * 1000,
-    );
-    gone.addEventListener("abort", onGone);
-    lock.queue.push(waiter);
-    record("waiting", waiter, waiter.reason);
+  if (store().exclusive) {
+    const { outcome } = withExpiry(rule)(state(lock), engine.clock.now(), waiting(lock).length);
+    if (!outcome.ok && !WAITABLE.has(outcome.reason)) return outcome; // nothing to wait for
+  }
+  return commit(lock, rule, { join: req }).then((d) => {
+    if (d.outcome.ok) return keepOnlyIfHeard(lock, d.outcome, gone);
+    if (!d.joined) return d.outcome;
+    return waitInLine(lock, rule, d.joined.id, d.outcome, waitSeconds, gone);
   });
 }
 
-/** Writes an event that changes no state (someone joined or left the queue); a failure is only logged. */
-function record(kind: "waiting" | "left-queue", who: Holder, reason: string) {
-  const event: Event = { at: Date.now(), kind, releaseId: null, name: who.name, reason };
-  if (write({ ok: true, next: lock.state, events: [event] })) return;
-  publish({ events: [event], before: lock.state, after: lock.state });
-}
-
-const servable = (s: State) => lock.queue.length > 0 && s.release === null && s.block === null;
-
-function write(change: Change): Refusal | null {
+async function waitInLine(
+  lock: string,
+  rule: Rule,
+  self: number,
+  first: Outcome,
+  waitSeconds: number,
+  gone: AbortSignal,
+): Promise<Outcome> {
+  const deadline = engine.clock.now() + waitSeconds * 1000;
+  const waiter: Waiter = { lock, wake: () => {} };
+  engine.waiters.add(waiter);
   try {
-    lock.store?.commit(change.next, change.events);
-    markHealthy();
-    return null;
-  } catch (e) {
-    markUnhealthy(e as Error);
-    return STORAGE_FAILED;
+    for (;;) {
+      if (engine.closing) return await leave(lock, self, "shutting down", SHUTTING_DOWN);
+      if (gone.aborted) return await leave(lock, self, "disconnected", refuse("timeout", "the client went away"));
+      if (engine.clock.now() >= deadline)
+        return await leave(
+          lock,
+          self,
+          "timed out",
+          refuse("timeout", `waited ${waitSeconds}s; ${first.ok ? "" : first.message}`),
+        );
+      const attempt = await commit(lock, rule, { self });
+      if (attempt.outcome.ok) return keepOnlyIfHeard(lock, attempt.outcome, gone);
+      await woken(waiter, deadline, gone);
+    }
+  } finally {
+    engine.waiters.delete(waiter);
   }
 }
 
-function markHealthy() {
-  if (lock.healthy) return;
-  lock.healthy = true;
-  if (lock.probeTimer) clearInterval(lock.probeTimer);
-  lock.probeTimer = null;
+// Resolves when a commit or another replica wakes the waiter, at its deadline, or when its client goes away.
+function woken(waiter: Waiter, deadline: number, gone: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      cancel();
+      gone.removeEventListener("abort", done);
+      waiter.wake = () => {};
+      resolve();
+    };
+    const cancel = engine.clock.after(deadline - engine.clock.now(), done);
+    waiter.wake = done;
+    gone.addEventListener("abort", done);
+  });
 }
 
-// While storage fails, a harmless write each second tells us when it works again.
-function markUnhealthy(e: Error) {
-  lock.onStorageError(e);
-  lock.healthy = false;
-  lock.probeTimer ??= setInterval(() => {
-    try {
-      lock.store?.probe();
-      markHealthy();
-    } catch {}
-  }, 1000);
+async function leave(lock: string, self: number, why: string, answer: Outcome): Promise<Outcome> {
+  const committed = await store().leave(lock, self, why);
+  if (committed) heard(committed, false);
+  return answer;
 }
 
-function armExpiry() {
-  if (lock.expiryTimer) clearTimeout(lock.expiryTimer);
-  lock.expiryTimer = null;
-  const at = lock.state.release?.expiresAt;
-  if (at == null || lock.closing) return;
-  // while storage fails, retry the expiry each second rather than spinning
-  const delay = Math.min(Math.max(lock.healthy ? 0 : 1000, at - Date.now()), MAX_TIMER_MS);
-  lock.expiryTimer = setTimeout(() => {
-    transact(unchanged);
-    armExpiry(); // transact re-arms only when something changed
-  }, delay);
+// A grant is only kept if its client is still there to hear it: otherwise it ends at once
+// (`abandoned`). A 1 lost on the wire after this point cannot be seen: a lease bounds it.
+async function keepOnlyIfHeard(lock: string, granted: Outcome, gone: AbortSignal): Promise<Outcome> {
+  if (!gone.aborted || !granted.ok) return granted;
+  const id = granted.next.release?.id;
+  if (id !== undefined) await commit(lock, (s, now) => abandon(s, id, now));
+  return refuse("timeout", "the client went away");
 }
 
-/** Uses PostgreSQL, shared with other replicas, instead of a local store. */
-export function useShared(shared: PostgresLock): void {
-  lock.shared = shared;
-  lock.state = shared.state ?? lock.state;
+/** Commits through the store, then updates the cache and tells listeners. */
+async function commit(lock: string, rule: Rule, options: TransactOptions = {}): Promise<Decision> {
+  const decision = await store().transact(lock, withExpiry(rule), options);
+  if (decision.committed) heard(decision.committed, false);
+  else if (!decision.outcome.ok && decision.outcome.reason === "storage")
+    storageFailure(store().health().problem ?? "the store did not say why");
+  return decision;
 }
 
-/** With replicas, reads the state afresh: another replica may have changed it a moment ago. */
-export const freshen = (): Promise<void> | null => lock.shared?.refresh() ?? null;
+// A rule, after ending any lease that ran out before it: the refusal may carry that change.
+const withExpiry =
+  (rule: Rule): Decide =>
+  (stored, now, ahead) => {
+    const expired = expire(stored, now);
+    const outcome = expired ? andThen(expired, (s) => rule(s, now, ahead)) : rule(stored, now, ahead);
+    const change: Change | null = outcome.ok ? outcome : expired;
+    return { outcome, change: change && change.events.length > 0 ? change : null };
+  };
 
-export const isHealthy = (): boolean => (lock.shared ? lock.shared.healthy : lock.healthy) && !lock.closing;
-
-/** Who waits for the release, in order: this daemon's waiters, or every replica's. */
-export const waitingList = (): Queued[] => (lock.shared ? lock.shared.waiting : lock.queue);
-
-export const history = (limit: number): Event[] | Promise<Event[]> =>
-  lock.shared ? lock.shared.history(limit) : (lock.store?.history(limit) ?? []);
-
-export const storeDescription = (): string | null => lock.shared?.description ?? lock.store?.description ?? null;
-
-/** Tells the listeners (log, metrics, live page) of a committed change. */
-export function publish(c: Committed): void {
-  for (const listener of lock.listeners) listener(c);
+function heard(c: Committed, remote: boolean) {
+  remember(c.lock, c.after, c.version);
+  for (const listener of engine.listeners) listener({ ...c, remote });
+  wakeWaiters(c.lock);
 }
 
-/** False while the store cannot be read (a database outage): /status and /history then answer 503 storage. */
-export const stateKnown = (): boolean => true;
+// The cache only moves forward: an older answer that arrives late never overwrites a newer one.
+function remember(lock: string, s: State, version: number) {
+  const c = cached(lock);
+  if (version < c.version) return;
+  c.state = s;
+  c.version = version;
+  armExpiry(lock);
+}
+
+function wakeWaiters(lock: string) {
+  for (const w of engine.waiters) if (w.lock === lock) w.wake();
+}
+
+// Another replica changed something (or the poll came round): read afresh, then let waiters try.
+async function heardFromElsewhere(lock: string, events: Event[]) {
+  await refresh(lock).catch(() => {});
+  if (events.length) {
+    const s = state(lock);
+    for (const listener of engine.listeners)
+      listener({ lock, events, before: s, after: s, version: cached(lock).version, remote: true });
+  }
+  wakeWaiters(lock);
+  if (expiryDue(lock)) void change(lock, unchanged);
+}
+
+/** Reads the lock's state from the store; with replicas, another may have changed it a moment ago. */
+export async function refresh(lock: string = DEFAULT_LOCK): Promise<void> {
+  const stored = await store().read(lock);
+  remember(lock, stored.state, stored.version);
+}
+
+const expiryDue = (lock: string): boolean => {
+  const at = state(lock).release?.expiresAt;
+  return at != null && at <= engine.clock.now();
+};
+
+// Ends the lease when it runs out; while storage fails, tries again each second.
+function armExpiry(lock: string) {
+  const c = cached(lock);
+  c.cancelExpiry?.();
+  c.cancelExpiry = null;
+  const at = c.state.release?.expiresAt;
+  if (at == null || engine.closing) return;
+  c.cancelExpiry = engine.clock.after(Math.max(at - engine.clock.now(), 0), async () => {
+    c.cancelExpiry = null;
+    await change(lock, unchanged);
+    if (expiryDue(lock) && !c.cancelExpiry && !engine.closing)
+      c.cancelExpiry = engine.clock.after(1000, () => armExpiry(lock));
+  });
+}
+
+/** At shutdown: every waiter leaves the line (recorded) and is answered shutting-down; timers stop. */
+export async function closeEngine(): Promise<void> {
+  engine.closing = true;
+  for (const c of engine.locks.values()) c.cancelExpiry?.();
+  const gone = new Promise<void>((resolve) => {
+    const check = () => (engine.waiters.size === 0 ? resolve() : setTimeout(check, 10));
+    check();
+  });
+  for (const w of engine.waiters) w.wake();
+  await Promise.race([gone, Bun.sleep(1500)]);
+}
+
+export type Health = { ok: boolean; known: boolean; problem: string | null };
+
+/** Whether changes can be saved now, and whether the state can be read at all. */
+export function health(): Health {
+  if (engine.closing) return { ok: false, known: true, problem: "shutting down" };
+  const h = store().health();
+  return { ok: h.writable && h.readable, known: h.readable, problem: h.problem };
+}
+
+export const history = (limit: number, lock?: string): Promise<Event[]> => store().history(limit, lock);
+
+export const storeDescription = (): string | null => engine.store?.description ?? null;
+
+// ---- the names the HTTP layer calls today; they act on the default lock ----
+
+export const transact = (rule: Rule): Outcome | Promise<Outcome> => change(DEFAULT_LOCK, rule);
+export const startOrWait = (req: StartRequest, waitSeconds: number, gone: AbortSignal): Outcome | Promise<Outcome> =>
+  start(DEFAULT_LOCK, req, waitSeconds, gone);
+export const isHealthy = (): boolean => health().ok;
+export const stateKnown = (): boolean => health().known;
+export const waitingList = (): Queued[] => waiting(DEFAULT_LOCK);
+/** With replicas, reads the state afresh before a read is answered; null when memory is already current. */
+export const freshen = (): Promise<void> | null =>
+  engine.store && !engine.store.exclusive ? refresh(DEFAULT_LOCK).catch(() => {}) : null;
+
+let storageFailure: (problem: string) => void = () => {};
+/** Told each time a change could not be saved, with what the store says is wrong. */
+export function onStorageFailure(report: (problem: string) => void): void {
+  storageFailure = report;
+}

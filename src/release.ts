@@ -27,7 +27,8 @@ export type EventKind =
   | "blocked"
   | "unblocked"
   | "waiting"
-  | "left-queue";
+  | "left-queue"
+  | "abandoned";
 
 export type Event = {
   at: number;
@@ -126,7 +127,7 @@ export function stop(s: State, id: number | null, name: string, now: number): Ou
   return {
     ok: true,
     next: { ...s, release: null },
-    events: [{ at: now, kind: "stopped", releaseId: r.id, name: name || r.name, reason: r.reason }],
+    events: [{ at: now, kind: "stopped", releaseId: r.id, name, reason: r.reason }],
   };
 }
 
@@ -172,6 +173,19 @@ export function expire(s: State, now: number): Change | null {
   };
 }
 
+/** Ends a release granted to a client that went away before it could be told: nobody holds it. */
+export function abandon(s: State, id: number, now: number): Outcome {
+  const r = s.release;
+  if (!r || r.id !== id) return refuse("wrong-id", `release #${id} is not running`);
+  return {
+    ok: true,
+    next: { ...s, release: null },
+    events: [
+      { at: now, kind: "abandoned", releaseId: id, name: r.name, reason: "the client went away before it was told" },
+    ],
+  };
+}
+
 /** Applies `then` to the state a change left, keeping the events of both. */
 export function andThen(first: Change, then: (s: State) => Outcome): Outcome {
   const second = then(first.next);
@@ -200,5 +214,7 @@ export function describeEvent(e: Event): string {
       return `${n} is waiting for the release${what}`;
     case "left-queue":
       return `${n} left the queue${what}`;
+    case "abandoned":
+      return `release #${e.releaseId} by ${n} abandoned: ${e.reason}`;
   }
 }

@@ -4,12 +4,14 @@
 import type { Server } from "bun";
 import { type Config, MAX_TTL_SECONDS } from "../config.ts";
 import {
+  engine,
   freshen,
+  health,
   history,
   isHealthy,
-  lock,
   onCommit,
   startOrWait,
+  state,
   storeDescription,
   transact,
   waitingList,
@@ -211,17 +213,17 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
   }
 
   function handleHealth(): Response {
-    const [status, body] = lock.closing
+    const [status, body] = engine.closing
       ? [503, "shutting down\n"]
       : isHealthy()
         ? [200, "ok\n"]
-        : [503, "storage failing: the release state cannot be saved; see the daemon's log\n"];
+        : [503, `storage failing: ${health().problem ?? "the release state cannot be saved"}; see the daemon's log\n`];
     return new Response(body, { status, headers: { ...SECURITY_HEADERS, "Content-Type": PLAIN } });
   }
 
   function handleMetrics(): Response | Promise<Response> {
     const render = () =>
-      new Response(renderMetrics(lock.state, waitingList().length, isHealthy()), {
+      new Response(renderMetrics(state(), waitingList().length, isHealthy()), {
         headers: { ...SECURITY_HEADERS, "Content-Type": "text/plain; version=0.0.4; charset=utf-8" },
       });
     return afterFreshening(render);
@@ -415,7 +417,7 @@ function refusalHeaders(o: Refusal, json: boolean): Headers {
 }
 
 function statusJson() {
-  const { release, block } = lock.state;
+  const { release, block } = state();
   return {
     running: release !== null,
     blocked: block !== null,
@@ -428,7 +430,7 @@ function statusJson() {
     },
     block: block && { name: block.name, reason: block.reason, since: iso(block.since) },
     queue: waitingList().map((w) => ({ name: w.name, reason: w.reason, since: iso(w.since) })),
-    lastReleaseId: lock.state.lastId,
+    lastReleaseId: state().lastId,
     estimate: estimate(release),
     tokenRequired,
     healthy: isHealthy(),
@@ -438,7 +440,7 @@ function statusJson() {
 
 function statusText(): string {
   const now = Date.now();
-  const { release, block } = lock.state;
+  const { release, block } = state();
   const lines = [
     release
       ? `running: ${describeRelease(release)}, for ${duration(now - release.startedAt)}${release.expiresAt === null ? "" : `; lease ends ${iso(release.expiresAt)}`}`

@@ -1,25 +1,26 @@
-// Where the release state and its history are kept: an SQLite file, written
+// State and history in an SQLite file that this daemon alone holds, written
 // with full synchronous commits so that every answer of 1 survives a crash.
 import { Database, type Statement } from "bun:sqlite";
 import { dirname, resolve } from "node:path";
-import type { Block, Event, EventKind, Release, State } from "../release.ts";
-
-/** Everything the daemon needs from storage; a PostgreSQL store can implement the same. */
-export interface Store {
-  readonly description: string; // for logs and /status: where state lives, never a password
-  load(): State;
-  commit(next: State, events: Event[]): void; // one transaction; throws when it did not commit
-  history(limit: number): Event[];
-  probe(): void; // a harmless write, to learn whether storage works again
-  close(): void;
-}
-
-/** Start-up problems with the database file: the daemon says so and exits 2. */
-export class StoreOpenError extends Error {}
+import { EMPTY_STATE, type Event, STORAGE_FAILED, type State } from "../release.ts";
+import {
+  type Decide,
+  decideInLine,
+  type EventRow,
+  LocalWaitLine,
+  type LockRow,
+  onlyQueueEvents,
+  queueEvent,
+  type Store,
+  type Stored,
+  StoreOpenError,
+  toEvent,
+  toRow,
+  toStored,
+} from "./store.ts";
 
 const APPLICATION_ID = 0x52537431; // "RSt1" in the file header marks the file as ours
-const LOCK = "default"; // named locks may come later; every row already says which lock it is
-const HARMLESS_WRITE = `UPDATE lock SET last_id = last_id WHERE name = '${LOCK}'`; // proves the file can be written
+const HARMLESS_WRITE = "UPDATE lock SET last_id = last_id WHERE name = 'default'"; // proves the file can be written
 
 // Each entry brings the schema from version i to i+1; never edit one that has shipped.
 const MIGRATIONS = [
@@ -38,75 +39,141 @@ const MIGRATIONS = [
      name TEXT NOT NULL,
      reason TEXT NOT NULL
    );
-   INSERT INTO lock (name, last_id) VALUES ('${LOCK}', 0);`,
+   INSERT INTO lock (name, last_id) VALUES ('default', 0);`,
+  // version: grows with every change to a lock, so that a newer state is never overwritten by an older one
+  `ALTER TABLE lock ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+   CREATE INDEX events_by_lock ON events (lock, seq);`,
 ];
 export const SCHEMA_VERSION = MIGRATIONS.length;
 
-type LockRow = {
-  last_id: number;
-  release_id: number | null;
-  holder: string | null;
-  release_reason: string | null;
-  started_at: number | null;
-  expires_at: number | null;
-  blocked_by: string | null;
-  block_reason: string | null;
-  blocked_since: number | null;
-};
-type EventRow = { at: number; kind: string; release_id: number | null; name: string; reason: string };
-
 export function openSqliteStore(path: string, historyLimit: number): Store {
-  const inMemory = path === ":memory:";
-  const where = inMemory ? "memory (RS_DB=:memory:)" : resolve(path);
-  const ownership = inMemory ? null : holdOwnership(where); // fails first when the place is wrong
+  const where = resolve(path);
   let db: Database;
   try {
     db = new Database(path, { create: true, readwrite: true, strict: true });
+  } catch (e) {
+    throw explainPlace(where, e as Error);
+  }
+  try {
     db.run("PRAGMA busy_timeout = 0");
-    prepareSchema(db, where);
-    if (!inMemory) {
-      db.run("PRAGMA journal_mode = WAL");
-      db.run("PRAGMA synchronous = FULL"); // fsync the WAL on every commit: a 1 is on disk before it is sent
-    }
-    // SQLite opens a file it may not write read-only without a word: find out now, not at the first start.
+    // Held for the life of the process, on the file itself: a second daemon, through any path or
+    // link to it, cannot read or write it. Set before WAL, so that no -shm file is shared either.
+    db.run("PRAGMA locking_mode = EXCLUSIVE");
+    prepareSchema(db, where); // reads first: nothing is written to a file that is not ours
+    db.run("PRAGMA journal_mode = WAL");
+    db.run("PRAGMA synchronous = FULL"); // fsync the WAL on every commit: a 1 is on disk before it is sent
+    // Takes the exclusive lock now, and finds a file it may not write now, not at the first start
+    // (SQLite opens such a file read-only without a word).
     db.run(HARMLESS_WRITE);
   } catch (e) {
-    ownership?.close();
-    if (e instanceof StoreOpenError) throw e;
-    if (/readonly|unable to open/i.test((e as Error).message)) throw explainPlace(where, e as Error);
-    if (/not a database|malformed|corrupt/i.test((e as Error).message))
-      throw new StoreOpenError(
-        `${where} is not a releasestatus database, or is damaged: point RS_DB at another file, or restore it from a backup; it was left as it is`,
-      );
-    throw new StoreOpenError(`cannot use ${where} as the releasestatus database: ${(e as Error).message}`);
+    db.close();
+    throw whyNotOurs(where, e as Error);
   }
+  const identity = fileIdentity(where); // the file we hold, whatever later happens to its name
   const q = {
     load: db.query<LockRow, [string]>("SELECT * FROM lock WHERE name = ?"),
+    create: db.query("INSERT OR IGNORE INTO lock (name, last_id) VALUES (?, 0)"),
     save: db.query(
       `UPDATE lock SET last_id = ?, release_id = ?, holder = ?, release_reason = ?, started_at = ?,
-       expires_at = ?, blocked_by = ?, block_reason = ?, blocked_since = ? WHERE name = ?`,
+       expires_at = ?, blocked_by = ?, block_reason = ?, blocked_since = ?, version = ? WHERE name = ?`,
     ),
     append: db.query("INSERT INTO events (lock, at, kind, release_id, name, reason) VALUES (?, ?, ?, ?, ?, ?)"),
     prune: db.query("DELETE FROM events WHERE seq <= (SELECT max(seq) FROM events) - ?"),
-    history: db.query<EventRow, [string, number]>(
+    history: db.query<EventRow, [number]>(
+      "SELECT at, kind, release_id, name, reason FROM events ORDER BY seq DESC LIMIT ?",
+    ),
+    lockHistory: db.query<EventRow, [string, number]>(
       "SELECT at, kind, release_id, name, reason FROM events WHERE lock = ? ORDER BY seq DESC LIMIT ?",
     ),
     probe: db.query(HARMLESS_WRITE),
   };
-  const commit = db.transaction((next: State, events: Event[]) => {
-    save(q.save, next);
-    for (const e of events) q.append.run(LOCK, e.at, e.kind, e.releaseId, e.name, e.reason);
+  const line = new LocalWaitLine();
+  const health = { writable: true, problem: null as string | null, gone: false };
+  let synchronous: "FULL" | "NORMAL" = "FULL";
+
+  const stored = (lock: string): Stored => {
+    const row = q.load.get(lock);
+    return row ? toStored(row) : { state: EMPTY_STATE, version: 0 };
+  };
+  const append = (lock: string, events: Event[]) => {
+    for (const e of events) q.append.run(lock, e.at, e.kind, e.releaseId, e.name, e.reason);
     q.prune.run(historyLimit);
-  });
+  };
+  // Joining or leaving the line grants nothing: such a commit is not worth an fsync of its own
+  // (the next durable commit carries it to disk).
+  const durability = (level: "FULL" | "NORMAL") => {
+    if (level === synchronous) return;
+    db.run(`PRAGMA synchronous = ${level}`);
+    synchronous = level;
+  };
+  // The path must still name the file we hold: a removed or replaced file would let a restart
+  // (or a second daemon) start afresh while this one goes on granting.
+  const checkIdentity = () => {
+    if (health.gone) return;
+    const now = fileIdentity(where);
+    if (now !== null && now === identity) return;
+    health.gone = true;
+    health.problem = `the database file ${where} was ${now === null ? "removed" : "replaced"} while the daemon ran: nothing more is granted; restore it and restart the daemon`;
+  };
+  // Every write goes through here: a failure is reported, not thrown, so the caller answers storage.
+  function write<T>(level: "FULL" | "NORMAL", work: () => T): T | null {
+    checkIdentity();
+    if (health.gone) return null;
+    try {
+      durability(level);
+      const result = db.transaction(work).immediate();
+      checkIdentity(); // a file removed since the last check: what we just committed is lost with it
+      if (health.gone) return null;
+      health.writable = true;
+      health.problem = null;
+      return result;
+    } catch (e) {
+      health.writable = false;
+      health.problem = `could not write ${where}: ${(e as Error).message}`;
+      return null;
+    }
+  }
+  const watchdog = setInterval(() => {
+    checkIdentity();
+    if (!health.writable && !health.gone) write("NORMAL", () => q.probe.run()); // learns when storage works again
+  }, 1000);
+  watchdog.unref?.();
+
   return {
-    description: inMemory ? "memory (state is lost when the daemon stops)" : `SQLite ${where}`,
-    load: () => toState(q.load.get(LOCK) as LockRow),
-    commit: (next, events) => commit.immediate(next, events),
-    history: (limit) => q.history.all(LOCK, limit).map(toEvent),
-    probe: () => void q.probe.run(),
-    close: () => {
+    description: `SQLite ${where}`,
+    exclusive: true,
+    health: () => ({ writable: health.writable && !health.gone, readable: true, problem: health.problem }),
+    read: async (lock) => stored(lock),
+    transact: async (lock, decide: Decide, options = {}) => {
+      const now = Date.now();
+      const preview = decideInLine(lock, stored(lock), now, decide, line, options, null);
+      if (!preview.committed) return preview;
+      const level = onlyQueueEvents(preview.committed.events) ? "NORMAL" : "FULL";
+      const decision = write(level, () => {
+        q.create.run(lock);
+        return decideInLine(lock, stored(lock), now, decide, line, options, (next, events, version) => {
+          if (version !== stored(lock).version) save(q.save, lock, next, version);
+          append(lock, events);
+        });
+      });
+      return decision ?? { outcome: STORAGE_FAILED, committed: null, joined: null };
+    },
+    leave: async (lock, id, why) => {
+      const waiter = line.list(lock).find((w) => w.id === id);
+      if (!waiter) return null;
+      const event = queueEvent("left-queue", waiter, Date.now(), why);
+      line.leave(lock, id); // leaves even when the event cannot be written
+      write("NORMAL", () => append(lock, [event]));
+      const s = stored(lock);
+      return { lock, events: [event], before: s.state, after: s.state, version: s.version };
+    },
+    waiting: (lock) => line.list(lock),
+    history: async (limit, lock) => (lock ? q.lockHistory.all(lock, limit) : q.history.all(limit)).map(toEvent),
+    watch: () => {},
+    backup: () => db.serialize(),
+    close: async () => {
+      clearInterval(watchdog);
       db.close();
-      ownership?.close();
     },
   };
 }
@@ -137,29 +204,26 @@ function explainPlace(file: string, e: Error): StoreOpenError {
   return new StoreOpenError(`cannot use ${file} as the releasestatus database: ${e.message}`);
 }
 
-// A write transaction held open on a small file beside the database, for as long as
-// the process lives: a second daemon on the same database cannot take it and refuses
-// to start. The operating system lets go of it when the process ends, however it ends.
-function holdOwnership(file: string): Database {
-  const lockFile = `${file}-lock`;
-  let owner: Database;
-  try {
-    owner = new Database(lockFile, { create: true, readwrite: true });
-    owner.run("PRAGMA busy_timeout = 0");
-    owner.run("PRAGMA journal_mode = DELETE");
-    owner.run("CREATE TABLE IF NOT EXISTS owner (pid INTEGER)");
-  } catch (e) {
-    throw explainPlace(file, e as Error);
-  }
-  try {
-    owner.run("BEGIN IMMEDIATE");
-  } catch {
-    owner.close();
-    throw new StoreOpenError(
-      `another releasestatus is already using ${file} (it holds ${lockFile}): stop it first, or give this one its own RS_DB`,
+// Says why the file could not be taken: another daemon holds it, it is not ours, or the place is wrong.
+function whyNotOurs(where: string, e: Error): StoreOpenError {
+  if (e instanceof StoreOpenError) return e;
+  if (/locked|busy/i.test(e.message))
+    return new StoreOpenError(
+      `another releasestatus is already using ${where} (through this path or another link to the file): stop it first, or give this one its own RS_DB`,
     );
-  }
-  return owner;
+  if (/readonly|unable to open/i.test(e.message)) return explainPlace(where, e);
+  if (/not a database|malformed|corrupt/i.test(e.message))
+    return new StoreOpenError(
+      `${where} is not a releasestatus database, or is damaged: point RS_DB at another file, or restore it from a backup; it was left as it is`,
+    );
+  return new StoreOpenError(`cannot use ${where} as the releasestatus database: ${e.message}`);
+}
+
+// Device and inode: what the path names now, or null when it names nothing.
+function fileIdentity(path: string): string | null {
+  const { statSync } = require("node:fs") as typeof import("node:fs"); // loaded on first use, after start-up's hot path
+  const st = statSync(path, { throwIfNoEntry: false });
+  return st ? `${st.dev}:${st.ino}` : null;
 }
 
 function prepareSchema(db: Database, where: string) {
@@ -190,45 +254,4 @@ function prepareSchema(db: Database, where: string) {
   }
 }
 
-function save(stmt: Statement, s: State) {
-  const r = s.release;
-  const b = s.block;
-  stmt.run(
-    s.lastId,
-    r?.id ?? null,
-    r?.name ?? null,
-    r?.reason ?? null,
-    r?.startedAt ?? null,
-    r?.expiresAt ?? null,
-    b?.name ?? null,
-    b?.reason ?? null,
-    b?.since ?? null,
-    LOCK,
-  );
-}
-
-function toState(row: LockRow): State {
-  const release: Release | null =
-    row.release_id === null
-      ? null
-      : {
-          id: row.release_id,
-          name: row.holder ?? "",
-          reason: row.release_reason ?? "",
-          startedAt: row.started_at ?? 0,
-          expiresAt: row.expires_at,
-        };
-  const block: Block | null =
-    row.blocked_since === null
-      ? null
-      : { name: row.blocked_by ?? "", reason: row.block_reason ?? "", since: row.blocked_since };
-  return { lastId: row.last_id, release, block };
-}
-
-const toEvent = (row: EventRow): Event => ({
-  at: row.at,
-  kind: row.kind as EventKind,
-  releaseId: row.release_id,
-  name: row.name,
-  reason: row.reason,
-});
+const save = (stmt: Statement, lock: string, s: State, version: number) => stmt.run(...toRow(s, version), lock);
