@@ -29,7 +29,7 @@ export type { Committed, Queued };
 export type Rule = (s: State, now: number, waitingAhead: number) => Outcome;
 
 /** Time as the engine sees it; tests inject one that moves only when they move it. */
-export type Clock = { now(): number; after(ms: number, run: () => void): () => void };
+export type Clock = { now(): number; after(ms: number, run: () => unknown): () => void };
 
 const MAX_TIMER_MS = 24 * 3600 * 1000; // setTimeout overflows past 2^31 ms: long timers re-arm daily
 export const systemClock: Clock = {
@@ -44,7 +44,7 @@ export const systemClock: Clock = {
 export type Heard = Committed & { remote: boolean };
 
 type Cached = { state: State; version: number; cancelExpiry: (() => void) | null };
-type Waiter = { lock: string; wake: () => void };
+type Waiter = { lock: string; woke: boolean; wake: () => void };
 
 export const DEFAULT_LOCK = "default";
 
@@ -79,7 +79,7 @@ export async function openEngine(s: Store, clock: Clock = systemClock): Promise<
   engine.locks.clear();
   engine.closing = false;
   s.watch((lock, events) => void heardFromElsewhere(lock, events));
-  await refresh(DEFAULT_LOCK);
+  await refresh(DEFAULT_LOCK).catch(() => {}); // a database away at start-up: unknown until it is back
   const before = state(DEFAULT_LOCK);
   const decision = await commit(DEFAULT_LOCK, unchanged);
   return { state: before, expired: decision.committed?.events ?? [] };
@@ -146,7 +146,10 @@ async function waitInLine(
   gone: AbortSignal,
 ): Promise<Outcome> {
   const deadline = engine.clock.now() + waitSeconds * 1000;
-  const waiter: Waiter = { lock, wake: () => {} };
+  const waiter: Waiter = { lock, woke: false, wake: () => {} };
+  const cancelDeadline = engine.clock.after(waitSeconds * 1000, () => wake(waiter));
+  const onGone = () => wake(waiter);
+  gone.addEventListener("abort", onGone);
   engine.waiters.add(waiter);
   try {
     for (;;) {
@@ -159,28 +162,25 @@ async function waitInLine(
           "timed out",
           refuse("timeout", `waited ${waitSeconds}s; ${first.ok ? "" : first.message}`),
         );
+      waiter.woke = false;
       const attempt = await commit(lock, rule, { self });
       if (attempt.outcome.ok) return keepOnlyIfHeard(lock, attempt.outcome, gone);
-      await woken(waiter, deadline, gone);
+      if (!waiter.woke) await new Promise<void>((resolve) => (waiter.wake = resolve));
     }
   } finally {
+    cancelDeadline();
+    gone.removeEventListener("abort", onGone);
     engine.waiters.delete(waiter);
   }
 }
 
-// Resolves when a commit or another replica wakes the waiter, at its deadline, or when its client goes away.
-function woken(waiter: Waiter, deadline: number, gone: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      cancel();
-      gone.removeEventListener("abort", done);
-      waiter.wake = () => {};
-      resolve();
-    };
-    const cancel = engine.clock.after(deadline - engine.clock.now(), done);
-    waiter.wake = done;
-    gone.addEventListener("abort", done);
-  });
+// Every commit on the lock, another replica's change, the deadline and the client going away
+// wake a waiter; one that comes while it is busy trying is not lost (`woke`).
+function wake(w: Waiter) {
+  w.woke = true;
+  const resolve = w.wake;
+  w.wake = () => {};
+  resolve();
 }
 
 async function leave(lock: string, self: number, why: string, answer: Outcome): Promise<Outcome> {
@@ -233,7 +233,7 @@ function remember(lock: string, s: State, version: number) {
 }
 
 function wakeWaiters(lock: string) {
-  for (const w of engine.waiters) if (w.lock === lock) w.wake();
+  for (const w of engine.waiters) if (w.lock === lock) wake(w);
 }
 
 // Another replica changed something (or the poll came round): read afresh, then let waiters try.
@@ -282,7 +282,7 @@ export async function closeEngine(): Promise<void> {
     const check = () => (engine.waiters.size === 0 ? resolve() : setTimeout(check, 10));
     check();
   });
-  for (const w of engine.waiters) w.wake();
+  for (const w of engine.waiters) wake(w);
   await Promise.race([gone, Bun.sleep(1500)]);
 }
 

@@ -3,7 +3,7 @@
 import { EMPTY_STATE, type Event } from "../release.ts";
 import { type Decide, decideInLine, LocalWaitLine, queueEvent, type Store, type Stored } from "./store.ts";
 
-export function openMemoryStore(historyLimit: number, now: () => number = Date.now): Store {
+export function openMemoryStore(historyLimit: number, clock: () => number = Date.now): Store {
   const locks = new Map<string, Stored>();
   const events: (Event & { lock: string })[] = []; // oldest first
   const line = new LocalWaitLine();
@@ -19,7 +19,7 @@ export function openMemoryStore(historyLimit: number, now: () => number = Date.n
     health: () => ({ writable: true, readable: true, problem: null }),
     read: async (lock) => stored(lock),
     transact: async (lock, decide: Decide, options = {}) =>
-      decideInLine(lock, stored(lock), now(), decide, line, options, (state, added, version) => {
+      decideInLine(lock, stored(lock), clock(), decide, line, options, (state, added, version) => {
         locks.set(lock, { state, version });
         append(lock, added);
       }),
@@ -27,7 +27,7 @@ export function openMemoryStore(historyLimit: number, now: () => number = Date.n
       const waiter = line.leave(lock, id);
       if (!waiter) return null;
       const s = stored(lock);
-      const event = queueEvent("left-queue", waiter, now(), why);
+      const event = queueEvent("left-queue", waiter, clock(), why);
       append(lock, [event]);
       return { lock, events: [event], before: s.state, after: s.state, version: s.version };
     },

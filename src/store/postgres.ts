@@ -45,6 +45,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
   const replica = crypto.randomUUID();
   const health = { ok: false, failures: 0, retryAt: 0, problem: null as string | null, closing: false };
   const waiting = new Map<string, Queued[]>(); // every replica's waiters, as last read
+  let lineChanges = 0; // a read that began before this replica changed the line is too old to keep
   const ours = new Map<number, { lock: string; name: string; reason: string }>(); // waiter rows this replica vouches for
   const watchers: ((lock: string, events: Event[]) => void)[] = [];
 
@@ -124,14 +125,19 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
             WHERE name = ${lock}`;
         }
         if (outcome.ok && options.self !== undefined)
-          await tx`DELETE FROM releasestatus_waiters WHERE id = ${options.self}`;
+          await tx`UPDATE releasestatus_waiters SET done = true WHERE id = ${options.self}`;
         await record(tx, lock, events);
         const after = change?.next ?? stored.state;
         return { outcome, committed: { lock, events, before: stored.state, after, version }, joined };
       });
       // Vouched for only once its row is committed: a heartbeat would otherwise create it.
-      if (decision.joined)
-        ours.set(decision.joined.id, { lock, name: decision.joined.name, reason: decision.joined.reason });
+      const { joined } = decision;
+      if (joined) {
+        ours.set(joined.id, { lock, name: joined.name, reason: joined.reason });
+        waiting.set(lock, [...(waiting.get(lock) ?? []), joined]); // seen at once here; the next read brings the others'
+        lineChanges++;
+      }
+      if (decision.outcome.ok && options.self !== undefined) forget(lock, options.self);
       return decision;
     } catch (e) {
       if (e instanceof StorageError) return { outcome: STORAGE_FAILED, committed: null, joined: null };
@@ -148,12 +154,21 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     await tx`SELECT pg_notify(${CHANNEL}, ${JSON.stringify({ replica, lock, events })})`;
   }
 
-  async function leave(lock: string, id: number, why: string) {
+  function forget(lock: string, id: number) {
     ours.delete(id);
+    lineChanges++;
+    waiting.set(
+      lock,
+      (waiting.get(lock) ?? []).filter((w) => w.id !== id),
+    );
+  }
+
+  async function leave(lock: string, id: number, why: string) {
+    forget(lock, id);
     try {
       return await inTransaction(async (tx, injected) => {
         const [gone] = await tx`
-          DELETE FROM releasestatus_waiters WHERE id = ${id}
+          UPDATE releasestatus_waiters SET done = true WHERE id = ${id} AND NOT done
           RETURNING name, reason, (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now`;
         if (!gone) return null;
         const [row] = await tx`SELECT * FROM releasestatus_lock WHERE name = ${lock}`;
@@ -171,6 +186,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
   }
 
   async function read(lock: string) {
+    const changesBefore = lineChanges;
     const { row, line } = await inTransaction(async (tx) => {
       const [row] = await tx`SELECT * FROM releasestatus_lock WHERE name = ${lock}`;
       const line = await tx`
@@ -178,15 +194,16 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
         WHERE lock = ${lock} ORDER BY id`;
       return { row, line };
     });
-    waiting.set(
-      lock,
-      line.map((w: Record<string, string>) => ({
-        id: Number(w.id),
-        name: w.name,
-        reason: w.reason,
-        since: Number(w.since),
-      })),
-    );
+    if (lineChanges === changesBefore)
+      waiting.set(
+        lock,
+        line.map((w: Record<string, string>) => ({
+          id: Number(w.id),
+          name: w.name,
+          reason: w.reason,
+          since: Number(w.since),
+        })),
+      );
     return row ? toStored(row as LockRow) : { state: { lastId: 0, release: null, block: null }, version: 0 };
   }
 
@@ -199,7 +216,8 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
         for (const [id, w] of ours)
           await tx`INSERT INTO releasestatus_waiters (id, lock, name, reason, replica)
                    VALUES (${id}, ${w.lock}, ${w.name}, ${w.reason}, ${replica})
-                   ON CONFLICT (id) DO UPDATE SET heartbeat_at = clock_timestamp()`;
+                   ON CONFLICT (id) DO UPDATE SET heartbeat_at = clock_timestamp()
+                   WHERE NOT releasestatus_waiters.done`;
         await tx`DELETE FROM releasestatus_waiters
                  WHERE heartbeat_at < clock_timestamp() - interval '10 seconds'
                    AND pg_postmaster_start_time() < clock_timestamp() - interval '10 seconds'`;
@@ -305,8 +323,15 @@ const MIGRATIONS = [
      WHERE heartbeat_at > clock_timestamp() - interval '5 seconds'
         OR pg_postmaster_start_time() > clock_timestamp() - interval '5 seconds';
    INSERT INTO releasestatus_lock (name) VALUES ('default');`,
+  // version: grows with every change to a lock. done: a waiter that was served or left keeps its row
+  // until it ages out, so that a heartbeat racing its end cannot bring it back.
   `ALTER TABLE releasestatus_lock ADD COLUMN version bigint NOT NULL DEFAULT 0;
-   CREATE INDEX releasestatus_events_by_lock ON releasestatus_events (lock, seq);`,
+   CREATE INDEX releasestatus_events_by_lock ON releasestatus_events (lock, seq);
+   ALTER TABLE releasestatus_waiters ADD COLUMN done boolean NOT NULL DEFAULT false;
+   DROP VIEW releasestatus_live_waiters;
+   CREATE VIEW releasestatus_live_waiters AS SELECT * FROM releasestatus_waiters
+     WHERE NOT done AND (heartbeat_at > clock_timestamp() - interval '5 seconds'
+        OR pg_postmaster_start_time() > clock_timestamp() - interval '5 seconds');`,
 ];
 
 async function migrate(sql: SQL) {

@@ -46,7 +46,7 @@ const MIGRATIONS = [
 ];
 export const SCHEMA_VERSION = MIGRATIONS.length;
 
-export function openSqliteStore(path: string, historyLimit: number): Store {
+export function openSqliteStore(path: string, historyLimit: number, clock: () => number = Date.now): Store {
   const where = resolve(path);
   let db: Database;
   try {
@@ -145,7 +145,7 @@ export function openSqliteStore(path: string, historyLimit: number): Store {
     health: () => ({ writable: health.writable && !health.gone, readable: true, problem: health.problem }),
     read: async (lock) => stored(lock),
     transact: async (lock, decide: Decide, options = {}) => {
-      const now = Date.now();
+      const now = clock();
       const preview = decideInLine(lock, stored(lock), now, decide, line, options, null);
       if (!preview.committed) return preview;
       const level = onlyQueueEvents(preview.committed.events) ? "NORMAL" : "FULL";
@@ -161,7 +161,7 @@ export function openSqliteStore(path: string, historyLimit: number): Store {
     leave: async (lock, id, why) => {
       const waiter = line.list(lock).find((w) => w.id === id);
       if (!waiter) return null;
-      const event = queueEvent("left-queue", waiter, Date.now(), why);
+      const event = queueEvent("left-queue", waiter, clock(), why);
       line.leave(lock, id); // leaves even when the event cannot be written
       write("NORMAL", () => append(lock, [event]));
       const s = stored(lock);

@@ -1,0 +1,307 @@
+// The lock engine's specification: leases, expiry, renewal, fencing, waiting in
+// line, hand-over, blocks and shutdown. Time is a clock the test moves; nothing
+// sleeps. The same suite runs on every store: memory and SQLite here, and
+// PostgreSQL when RS_TEST_DB names one (make test-postgres).
+import { afterEach, beforeEach, describe, expect, test } from "bun:test";
+import { join } from "node:path";
+import { SQL } from "bun";
+import {
+  type Clock,
+  change,
+  closeEngine,
+  engine,
+  type Heard,
+  history,
+  onCommit,
+  openEngine,
+  start,
+  state,
+  waiting,
+} from "../src/engine.ts";
+import { block, type Outcome, renew, stop, unblock } from "../src/release.ts";
+import { openMemoryStore } from "../src/store/memory.ts";
+import { openSqliteStore } from "../src/store/sqlite.ts";
+import type { Store } from "../src/store/store.ts";
+import { tempDir, until } from "./daemon.ts";
+
+const T0 = Date.parse("2026-11-27T09:00:00Z");
+const LOCK = "default";
+
+/** A clock that moves only when the test moves it; due timers run in order, each awaited. */
+function testClock() {
+  let now = T0;
+  let timers: { at: number; run: () => unknown }[] = [];
+  const clock: Clock & { advance(ms: number): Promise<void>; jump(ms: number): void } = {
+    now: () => now,
+    after(ms, run) {
+      const timer = { at: now + Math.max(ms, 0), run };
+      timers.push(timer);
+      return () => {
+        timers = timers.filter((t) => t !== timer);
+      };
+    },
+    jump(ms) {
+      now += ms; // time passes, but no timer has fired yet
+    },
+    async advance(ms) {
+      const end = now + ms;
+      for (;;) {
+        const due = timers.filter((t) => t.at <= end).sort((a, b) => a.at - b.at)[0];
+        if (!due) break;
+        timers = timers.filter((t) => t !== due);
+        now = due.at;
+        await due.run();
+      }
+      now = end;
+    },
+  };
+  return clock;
+}
+
+type StoreMaker = (clock: () => number) => Promise<Store>;
+
+const stores: [string, StoreMaker][] = [
+  ["memory", async (clock) => openMemoryStore(10_000, clock)],
+  ["SQLite", async (clock) => openSqliteStore(join(tempDir(), "engine.db"), 10_000, clock)],
+];
+const pgUrl = process.env.RS_TEST_DB;
+if (pgUrl?.startsWith("postgres")) {
+  stores.push([
+    "PostgreSQL",
+    async (clock) => {
+      const sql = new SQL(pgUrl);
+      // Every test starts from an empty lock: the tables are made by the store on first use.
+      await sql`DO $$ BEGIN
+        IF to_regclass('releasestatus_lock') IS NOT NULL THEN
+          DELETE FROM releasestatus_waiters; DELETE FROM releasestatus_events; DELETE FROM releasestatus_lock;
+        END IF; END $$`;
+      await sql.close();
+      const { openPostgresStore } = await import("../src/store/postgres.ts");
+      return openPostgresStore({ url: pgUrl, historyLimit: 10_000, now: clock });
+    },
+  ]);
+}
+
+const holder = (name: string, ttlSeconds: number | null = null) => ({ name, reason: "", ttlSeconds });
+const idOf = (o: Outcome) => (o.ok ? o.next.release?.id : undefined);
+const reasonOf = (o: Outcome) => (o.ok ? "granted" : o.reason);
+/** Waits until `n` waiters are in line and asleep in the engine, each with its deadline set. */
+const inLine = (n: number) =>
+  until(async () => engine.waiters.size === n && waiting(LOCK).length === n, `${n} waiters in line`);
+const kinds = async () => (await history(100, LOCK)).map((e) => e.kind).reverse();
+
+for (const [storeName, makeStore] of stores) {
+  describe(`the engine on ${storeName}`, () => {
+    let clock: ReturnType<typeof testClock>;
+    let store: Store;
+    let heard: Heard[];
+    beforeEach(async () => {
+      clock = testClock();
+      store = await makeStore(clock.now);
+      engine.listeners.length = 0;
+      heard = [];
+      onCommit((h) => heard.push(h));
+      await openEngine(store, clock);
+    });
+    afterEach(async () => {
+      await closeEngine();
+      await store.close();
+    });
+
+    const startNow = (name: string, ttl: number | null = null) =>
+      start(LOCK, holder(name, ttl), 0, new AbortController().signal);
+    const stopNow = (id: number | null = null, name = "") => change(LOCK, (s, now) => stop(s, id, name, now));
+
+    describe("leases", () => {
+      test("a release with a lease ends when the lease runs out, not a moment before", async () => {
+        const granted = await startNow("sion", 60);
+        expect(granted.ok && granted.next.release?.expiresAt).toBe(T0 + 60_000);
+        await clock.advance(59_999);
+        expect(state(LOCK).release?.name).toBe("sion");
+        await clock.advance(1);
+        expect(state(LOCK).release).toBeNull();
+        expect(await kinds()).toEqual(["started", "expired"]);
+      });
+
+      test("renewing moves the end of the lease to ttl from now", async () => {
+        const id = idOf(await startNow("sion", 10));
+        await clock.advance(8_000);
+        expect(reasonOf(await change(LOCK, (s, now) => renew(s, id ?? 0, 10, now)))).toBe("granted");
+        await clock.advance(9_000);
+        expect(state(LOCK).release?.id).toBe(id);
+        await clock.advance(1_000);
+        expect(state(LOCK).release).toBeNull();
+      });
+
+      test("a release without a lease never ends on its own", async () => {
+        await startNow("sion");
+        await clock.advance(30 * 24 * 3600 * 1000);
+        expect(state(LOCK).release?.name).toBe("sion");
+      });
+
+      test("a lease that ran out is ended by the next request even before its timer fires", async () => {
+        const ended = await startNow("sion", 5);
+        // Move the store's time without running timers: the start itself must see the lease is over.
+        clock.jump(6_000);
+        const next = await startNow("bob");
+        expect(reasonOf(next)).toBe("granted");
+        expect(idOf(next)).toBe((idOf(ended) ?? 0) + 1);
+        expect(await kinds()).toEqual(["started", "expired", "started"]);
+      });
+    });
+
+    describe("fencing", () => {
+      test("ids grow by one with every grant, across stops and expiries", async () => {
+        const ids = [idOf(await startNow("a", 1))];
+        await clock.advance(1_000);
+        ids.push(idOf(await startNow("b")));
+        await stopNow();
+        ids.push(idOf(await startNow("c")));
+        expect(ids).toEqual([1, 2, 3]);
+      });
+
+      test("a holder whose lease ran out cannot stop or renew the next release", async () => {
+        const old = idOf(await startNow("old", 1));
+        await clock.advance(1_000);
+        const current = idOf(await startNow("new"));
+        expect(reasonOf(await stopNow(old ?? 0))).toBe("wrong-id");
+        expect(reasonOf(await change(LOCK, (s, now) => renew(s, old ?? 0, 60, now)))).toBe("wrong-id");
+        expect(state(LOCK).release?.id).toBe(current);
+      });
+
+      test("a stop with the right id ends the release; the stopper is recorded, not the holder", async () => {
+        const id = idOf(await startNow("sion"));
+        expect(reasonOf(await stopNow(id ?? 0, "ana"))).toBe("granted");
+        const [stopped] = await history(1, LOCK);
+        expect(stopped).toMatchObject({ kind: "stopped", releaseId: id, name: "ana" });
+      });
+    });
+
+    describe("waiting in line", () => {
+      test("waiters are served first come, first served as each release ends", async () => {
+        await startNow("holder");
+        const gone = new AbortController().signal;
+        const first = start(LOCK, holder("first"), 60, gone);
+        await inLine(1);
+        const second = start(LOCK, holder("second"), 60, gone);
+        await inLine(2);
+        expect(waiting(LOCK).map((w) => w.name)).toEqual(["first", "second"]);
+        await stopNow();
+        const firstGot = await first;
+        expect(firstGot.ok && firstGot.next.release?.name).toBe("first");
+        await stopNow();
+        const secondGot = await second;
+        expect(secondGot.ok && secondGot.next.release?.name).toBe("second");
+        expect(waiting(LOCK)).toEqual([]);
+      });
+
+      test("a newcomer is refused queued while others wait, even when nothing runs", async () => {
+        await startNow("holder");
+        const waiter = start(LOCK, holder("waiter"), 60, new AbortController().signal);
+        await inLine(1);
+        await stopNow();
+        // Between the stop and the waiter's own transaction, nobody else may take it.
+        const newcomer = await startNow("newcomer");
+        expect(["queued", "running"]).toContain(reasonOf(newcomer));
+        const got = await waiter;
+        expect(got.ok ? "granted" : `${got.reason}: ${got.message}`).toBe("granted");
+        expect(state(LOCK).release?.name).toBe("waiter");
+      });
+
+      test("a waiter whose client goes away leaves the line, and the next one is served", async () => {
+        await startNow("holder");
+        const leaving = new AbortController();
+        const first = start(LOCK, holder("first"), 60, leaving.signal);
+        await inLine(1);
+        const second = start(LOCK, holder("second"), 60, new AbortController().signal);
+        await inLine(2);
+        leaving.abort();
+        expect(reasonOf(await first)).toBe("timeout");
+        expect(waiting(LOCK).map((w) => w.name)).toEqual(["second"]);
+        await stopNow();
+        const got = await second;
+        expect(got.ok && got.next.release?.name).toBe("second");
+        const left = (await history(10, LOCK)).find((e) => e.kind === "left-queue");
+        expect(left).toMatchObject({ name: "first", reason: "disconnected" });
+      });
+
+      test("a waiter gives up when its wait runs out, and says so in the history", async () => {
+        await startNow("holder");
+        const waiter = start(LOCK, holder("patient"), 30, new AbortController().signal);
+        await inLine(1);
+        await clock.advance(29_999);
+        expect(waiting(LOCK)).toHaveLength(1);
+        await clock.advance(1);
+        const answer = await waiter;
+        expect(reasonOf(answer)).toBe("timeout");
+        expect(answer.ok ? "" : answer.message).toContain("waited 30s");
+        expect(await kinds()).toEqual(["started", "waiting", "left-queue"]);
+      });
+
+      test("a lease that runs out hands the release to the first waiter", async () => {
+        await startNow("holder", 10);
+        const waiter = start(LOCK, holder("next"), 60, new AbortController().signal);
+        await inLine(1);
+        await clock.advance(10_000);
+        const got = await waiter;
+        expect(got.ok && got.next.release?.name).toBe("next");
+        expect(await kinds()).toEqual(["started", "waiting", "expired", "started"]);
+      });
+
+      test("waiters wait through a block and are served when it is lifted", async () => {
+        await change(LOCK, (s, now) => block(s, { name: "ana", reason: "freeze" }, now));
+        const waiter = start(LOCK, holder("after-freeze"), 60, new AbortController().signal);
+        await inLine(1);
+        await change(LOCK, (s, now) => unblock(s, "ana", now));
+        const got = await waiter;
+        expect(got.ok && got.next.release?.name).toBe("after-freeze");
+      });
+    });
+
+    describe("a grant nobody hears", () => {
+      test("a release granted to a client that already went away is ended at once (abandoned)", async () => {
+        const answer = await start(LOCK, holder("ghost"), 0, AbortSignal.abort());
+        expect(reasonOf(answer)).toBe("timeout");
+        expect(state(LOCK).release).toBeNull();
+        expect(await kinds()).toEqual(["started", "abandoned"]);
+        expect(reasonOf(await startNow("next"))).toBe("granted");
+      });
+    });
+
+    describe("shutdown", () => {
+      test("every waiter is answered shutting-down and its leaving is recorded", async () => {
+        await startNow("holder");
+        const waiter = start(LOCK, holder("waiter"), 60, new AbortController().signal);
+        await inLine(1);
+        await closeEngine();
+        expect(reasonOf(await waiter)).toBe("shutting-down");
+        const left = (await history(10, LOCK)).find((e) => e.kind === "left-queue");
+        expect(left).toMatchObject({ name: "waiter", reason: "shutting down" });
+        expect(reasonOf(await startNow("late"))).toBe("shutting-down");
+      });
+    });
+
+    describe("listeners", () => {
+      test("hear every committed change once, with the state before and after", async () => {
+        await startNow("sion");
+        await startNow("refused");
+        await stopNow();
+        expect(heard.map((h) => h.events.map((e) => e.kind))).toEqual([["started"], ["stopped"]]);
+        expect(heard[0]?.before.release).toBeNull();
+        expect(heard[0]?.after.release?.name).toBe("sion");
+      });
+    });
+
+    describe("restart", () => {
+      test("a lease that ran out while the daemon was down ends when it opens, and says so", async () => {
+        if (storeName === "memory") return; // memory keeps nothing across a restart
+        await startNow("sion", 5);
+        await closeEngine();
+        await clock.advance(6_000);
+        const { expired } = await openEngine(store, clock);
+        expect(expired.map((e) => e.kind)).toEqual(["expired"]);
+        expect(state(LOCK).release).toBeNull();
+      });
+    });
+  });
+}
