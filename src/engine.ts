@@ -163,8 +163,15 @@ async function waitInLine(
           refuse("timeout", `waited ${waitSeconds}s; ${first.ok ? "" : first.message}`),
         );
       waiter.woke = false;
+      // Let the event loop read the sockets first: a client that went away as the release
+      // came free is seen now, and leaves the line rather than being handed it.
+      await nextTurn();
+      if (gone.aborted || engine.closing) continue;
       const attempt = await commit(lock, rule, { self });
-      if (attempt.outcome.ok) return keepOnlyIfHeard(lock, attempt.outcome, gone);
+      if (attempt.outcome.ok) {
+        await nextTurn(); // and once more before answering, for one that went away during the grant
+        return keepOnlyIfHeard(lock, attempt.outcome, gone);
+      }
       if (!waiter.woke) await new Promise<void>((resolve) => (waiter.wake = resolve));
     }
   } finally {
@@ -173,6 +180,8 @@ async function waitInLine(
     engine.waiters.delete(waiter);
   }
 }
+
+const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 // Every commit on the lock, another replica's change, the deadline and the client going away
 // wake a waiter; one that comes while it is busy trying is not lost (`woke`).
