@@ -1,0 +1,65 @@
+// PostgreSQL attacked as a hostile user would: a row locked by someone else for
+// longer than the daemon will wait, and a newcomer racing a waiter. Needs root
+// and Debian's postgresql; runs in `make test-postgres`.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { SQL } from "bun";
+import { daemonsPerTest, statusOf, until } from "./daemon.ts";
+import { startCluster } from "./postgres.ts";
+
+let pg: ReturnType<typeof startCluster>;
+const daemon = daemonsPerTest();
+beforeAll(() => {
+  pg = startCluster();
+});
+afterAll(() => {
+  pg?.destroy();
+});
+
+describe("a slow database", () => {
+  test("a start that cannot get the row in time is answered storage, and never commits afterwards", async () => {
+    const d = await daemon({ RS_DB: pg.url });
+    expect(await d.body("/start?name=setup")).toBe("1\n");
+    expect(await d.body("/stop")).toBe("1\n");
+    const other = new SQL(pg.url);
+    const held = other.begin(async (tx) => {
+      await tx`SELECT * FROM releasestatus_lock WHERE name = 'default' FOR UPDATE`;
+      await Bun.sleep(8_000); // another client holds the row for longer than any transaction may wait
+    });
+    await until(
+      async () => pg.psql("SELECT count(*) FROM pg_locks WHERE mode = 'RowShareLock'").trim() !== "0",
+      "the other client to hold the row",
+    );
+    const res = await d.get("/start?name=slow");
+    expect(res.status).toBe(503);
+    expect(await res.text()).toBe("0\n");
+    expect(res.headers.get("x-reason-code")).toBe("storage");
+    await held;
+    await other.close();
+    // The start the daemon answered 0 must not have taken effect once the row came free.
+    await until(async () => (await d.get("/healthz")).status === 200, "the daemon to be healthy again");
+    const holder = pg.psql("SELECT coalesce(holder, 'none') FROM releasestatus_lock WHERE name = 'default'").trim();
+    expect(holder).toBe("none");
+    expect((await statusOf(d)).release).toBeNull();
+    expect(await d.body("/start?name=after")).toBe("1\n");
+  }, 60_000);
+});
+
+describe("first come, first served across replicas", () => {
+  test("a waiter joins the line in the same transaction as its refusal: a newcomer just after it is served after it", async () => {
+    const [a, b] = await Promise.all([daemon({ RS_DB: pg.url }), daemon({ RS_DB: pg.url })]);
+    if (!a || !b) throw new Error("two replicas expected");
+    await a.body("/stop");
+    expect(await a.body("/start?name=holder")).toBe("1\n");
+    for (let round = 0; round < 5; round++) {
+      const first = a.body(`/start?name=first${round}&wait=30`);
+      await until(async () => (await statusOf(b)).queue.length === 1, "the first waiter in line");
+      const second = b.body(`/start?name=second${round}&wait=30`);
+      await until(async () => (await statusOf(a)).queue.length === 2, "the second waiter in line");
+      expect(await b.body("/stop")).toBe("1\n");
+      expect(await first).toBe("1\n");
+      expect((await statusOf(b)).release.name).toBe(`first${round}`);
+      expect(await a.body("/stop")).toBe("1\n");
+      expect(await second).toBe("1\n");
+    }
+  }, 90_000);
+});
