@@ -325,3 +325,6 @@ let storageFailure: (problem: string) => void = () => {};
 export function onStorageFailure(report: (problem: string) => void): void {
   storageFailure = report;
 }
+
+/** A consistent copy of the whole database, taken inside the daemon; null when the store cannot give one. */
+export const backup = (): Uint8Array | null => store().backup();

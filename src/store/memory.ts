@@ -10,7 +10,8 @@ export function openMemoryStore(historyLimit: number, clock: () => number = Date
   const stored = (lock: string): Stored => locks.get(lock) ?? { state: EMPTY_STATE, version: 0 };
   const append = (lock: string, added: Event[]) => {
     for (const e of added) events.push({ ...e, lock });
-    if (events.length > historyLimit) events.splice(0, events.length - historyLimit);
+    // Trimmed in batches: dropping one event at a time from the front would copy the whole array on every change.
+    if (events.length > historyLimit + 1024) events.splice(0, events.length - historyLimit);
   };
 
   return {
@@ -34,6 +35,7 @@ export function openMemoryStore(historyLimit: number, clock: () => number = Date
     waiting: (lock) => line.list(lock),
     history: async (limit, lock) =>
       events
+        .slice(-historyLimit)
         .filter((e) => lock === undefined || e.lock === lock)
         .slice(-limit)
         .reverse()
