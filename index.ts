@@ -11,7 +11,7 @@ import { closeEngine, history, onCommit, onStorageFailure, openEngine } from "./
 import { closeEventStreams, startServer } from "./src/http/server.ts";
 import { createLog, type Log } from "./src/log.ts";
 import { learnFromHistory, observe } from "./src/metrics.ts";
-import { describeBlock, describeEvent, describeRelease, type Event, type State } from "./src/release.ts";
+import { blockOn, describeBlock, describeEvent, describeRelease, type Event, type State } from "./src/release.ts";
 import { openMemoryStore } from "./src/store/memory.ts";
 import { openSqliteStore } from "./src/store/sqlite.ts";
 import { type Store, StoreOpenError } from "./src/store/store.ts";
@@ -128,16 +128,18 @@ async function openStore(cfg: Config): Promise<Store> {
   return openPostgresStore({ url: cfg.db, historyLimit: cfg.historyLimit });
 }
 
-function logRestored(log: Log, { release, block }: State, expired: Event[]) {
+function logRestored(log: Log, state: State, expired: Event[]) {
   for (const e of expired)
     log.info(`${describeEvent(e)} while the daemon was down`, { event: e.kind, releaseId: e.releaseId });
-  if (!release && !block) return;
+  const { release } = state;
+  const blocked = blockOn(state);
+  if (!release && !blocked) return;
+  const endedNow = expired.some((e) => e.releaseId === release?.id);
   const parts = [
     release
-      ? describeRelease(release) +
-        (expired.length ? ", whose lease ran out while the daemon was down: it is over now" : "")
+      ? describeRelease(release) + (endedNow ? ", whose lease ran out while the daemon was down: it is over now" : "")
       : "no release running",
-    block ? describeBlock(block) : "releasing open",
+    blocked ? describeBlock(blocked.block, blocked.lock) : "releasing open",
   ];
   log.info(`restored: ${parts.join("; ")}`, { event: "restored" });
 }

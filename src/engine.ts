@@ -9,10 +9,12 @@ import {
   abandon,
   andThen,
   type Change,
-  EMPTY_STATE,
+  DEFAULT_LOCK,
   type Event,
   expire,
   type Outcome,
+  overlaps,
+  ROOT,
   refuse,
   SHUTTING_DOWN,
   type StartRequest,
@@ -21,7 +23,17 @@ import {
   unchanged,
   WAITABLE,
 } from "./release.ts";
-import type { Committed, Decide, Decision, Queued, Store, TransactOptions } from "./store/store.ts";
+import {
+  type Committed,
+  type Decide,
+  type Decision,
+  type Entry,
+  type Queued,
+  type Store,
+  type Stored,
+  scopeOf,
+  type TransactOptions,
+} from "./store/store.ts";
 
 export type { Committed, Queued };
 
@@ -43,16 +55,17 @@ export const systemClock: Clock = {
 /** What listeners (log, metrics, live page) hear: a committed change, ours or another replica's. */
 export type Heard = Committed & { remote: boolean };
 
-type Cached = { state: State; version: number; cancelExpiry: (() => void) | null };
 type Waiter = { lock: string; woke: boolean; wake: () => void };
 
-export const DEFAULT_LOCK = "default";
+export { DEFAULT_LOCK, ROOT };
 
-/** The module-level state object: what the store last committed or said, per lock. */
+/** The module-level state object: what the store last committed or said, for every lock it knows. */
 export const engine = {
   store: null as Store | null,
   clock: systemClock,
-  locks: new Map<string, Cached>(),
+  known: { lastId: 0, entries: new Map<string, Entry>() } as Stored, // the cache that reads are answered from
+  scopes: new Map<string, State>(), // each lock's state with its neighbours, worked out once per change
+  expiries: new Map<string, () => void>(), // lease timers, by lock
   waiters: new Set<Waiter>(),
   listeners: [] as ((h: Heard) => void)[],
   closing: false,
@@ -63,37 +76,59 @@ const store = (): Store => {
   return engine.store;
 };
 
-const cached = (lock: string): Cached => {
-  let c = engine.locks.get(lock);
-  if (!c) {
-    c = { state: EMPTY_STATE, version: -1, cancelExpiry: null };
-    engine.locks.set(lock, c);
-  }
-  return c;
-};
-
-/** Reads the stored state and ends a lease that ran out while the daemon was down; says what it ended. */
+/**
+ * Reads every lock and ends the leases that ran out while the daemon was down. Says what the
+ * default lock held (with the root's block) before, and what it ended.
+ */
 export async function openEngine(s: Store, clock: Clock = systemClock): Promise<{ state: State; expired: Event[] }> {
   engine.store = s;
   engine.clock = clock;
-  engine.locks.clear();
+  engine.known = { lastId: 0, entries: new Map() };
+  engine.scopes.clear();
+  for (const cancel of engine.expiries.values()) cancel();
+  engine.expiries.clear();
   engine.closing = false;
   s.watch((lock, events) => void heardFromElsewhere(lock, events));
-  await refresh(DEFAULT_LOCK).catch(() => {}); // a database away at start-up: unknown until it is back
+  try {
+    const all = await s.readAll();
+    remember(all.entries, all.lastId);
+  } catch {} // a database away at start-up: unknown until it is back
   const before = state(DEFAULT_LOCK);
-  const decision = await commit(DEFAULT_LOCK, unchanged);
-  return { state: before, expired: decision.committed?.events ?? [] };
+  const expired: Event[] = [];
+  for (const [lock, e] of [...engine.known.entries])
+    if (e.release?.expiresAt != null && e.release.expiresAt <= clock.now())
+      expired.push(...((await commit(lock, unchanged)).committed?.events ?? []));
+  return { state: before, expired };
 }
 
 export function onCommit(listener: (h: Heard) => void): void {
   engine.listeners.push(listener);
 }
 
-/** The lock's state as last committed or read: for /status, /metrics and the page. */
-export const state = (lock: string = DEFAULT_LOCK): State => cached(lock).state;
+/** The lock's state, with the locks above and below it, as last committed or read: for /status, /metrics and the page. */
+export function state(lock: string = DEFAULT_LOCK): State {
+  let s = engine.scopes.get(lock);
+  if (!s) {
+    s = scopeOf(lock, engine.known);
+    engine.scopes.set(lock, s);
+  }
+  return s;
+}
 
-/** Who waits for the lock, in order. */
-export const waiting = (lock: string = DEFAULT_LOCK): Queued[] => (engine.store ? store().waiting(lock) : []);
+/** Every lock the engine knows of, by name. */
+export const locks = (): string[] => [...engine.known.entries.keys()];
+
+/** Who waits, in order: for `lock` alone when given. */
+export const waiting = (lock?: string): Queued[] => {
+  const line = engine.store ? store().waiting() : [];
+  return lock === undefined ? line : line.filter((w) => w.lock === lock);
+};
+
+const waitingAhead = (lock: string): number => {
+  let n = 0;
+  for (const w of store().waiting()) if (overlaps(w.lock, lock)) n++;
+  return n;
+};
 
 /**
  * Runs a rule and commits what it changed. A refusal that changes nothing is decided from
@@ -103,8 +138,7 @@ export const waiting = (lock: string = DEFAULT_LOCK): Queued[] => (engine.store 
 export function change(lock: string, rule: Rule): Outcome | Promise<Outcome> {
   if (engine.closing) return SHUTTING_DOWN;
   if (store().exclusive) {
-    const c = cached(lock);
-    const { outcome, change } = withExpiry(rule)(c.state, engine.clock.now(), store().waiting(lock).length);
+    const { outcome, change } = withExpiry(rule)(state(lock), engine.clock.now(), waitingAhead(lock));
     if (!change) return outcome;
   }
   return commit(lock, rule).then((d) => d.outcome);
@@ -127,7 +161,7 @@ export function start(
     return outcome instanceof Promise ? outcome.then((o) => keepOnlyIfHeard(lock, o, gone)) : outcome;
   }
   if (store().exclusive) {
-    const { outcome } = withExpiry(rule)(state(lock), engine.clock.now(), waiting(lock).length);
+    const { outcome } = withExpiry(rule)(state(lock), engine.clock.now(), waitingAhead(lock));
     if (!outcome.ok && !WAITABLE.has(outcome.reason)) return outcome; // nothing to wait for
   }
   return commit(lock, rule, { join: req }).then((d) => {
@@ -227,22 +261,25 @@ const withExpiry =
   };
 
 function heard(c: Committed, remote: boolean) {
-  remember(c.lock, c.after, c.version);
+  remember(c.entries, c.after?.lastId ?? engine.known.lastId);
   for (const listener of engine.listeners) listener({ ...c, remote });
   wakeWaiters(c.lock);
 }
 
 // The cache only moves forward: an older answer that arrives late never overwrites a newer one.
-function remember(lock: string, s: State, version: number) {
-  const c = cached(lock);
-  if (version < c.version) return;
-  c.state = s;
-  c.version = version;
-  armExpiry(lock);
+function remember(entries: Map<string, Entry>, lastId: number) {
+  if (lastId > engine.known.lastId) engine.known.lastId = lastId;
+  for (const [lock, entry] of entries) {
+    const cached = engine.known.entries.get(lock);
+    if (cached && entry.version < cached.version) continue;
+    engine.known.entries.set(lock, entry);
+    armExpiry(lock);
+  }
+  engine.scopes.clear();
 }
 
 function wakeWaiters(lock: string) {
-  for (const w of engine.waiters) if (w.lock === lock) wake(w);
+  for (const w of engine.waiters) if (overlaps(w.lock, lock)) wake(w);
 }
 
 // Another replica changed something (or the poll came round): read afresh, then let waiters try.
@@ -251,42 +288,44 @@ async function heardFromElsewhere(lock: string, events: Event[]) {
   if (events.length) {
     const s = state(lock);
     for (const listener of engine.listeners)
-      listener({ lock, events, before: s, after: s, version: cached(lock).version, remote: true });
+      listener({ lock, events, before: s, after: s, entries: new Map(), remote: true });
   }
   wakeWaiters(lock);
-  if (expiryDue(lock)) void change(lock, unchanged);
+  for (const [name, e] of engine.known.entries) if (overlaps(name, lock) && expiryDue(e)) void change(name, unchanged);
 }
 
-/** Reads the lock's state from the store; with replicas, another may have changed it a moment ago. */
+/** Reads the state around a lock from the store; with replicas, another may have changed it a moment ago. */
 export async function refresh(lock: string = DEFAULT_LOCK): Promise<void> {
   const stored = await store().read(lock);
-  remember(lock, stored.state, stored.version);
+  remember(stored.entries, stored.lastId);
 }
 
-const expiryDue = (lock: string): boolean => {
-  const at = state(lock).release?.expiresAt;
-  return at != null && at <= engine.clock.now();
-};
+const expiryDue = (e: Entry | undefined): boolean =>
+  e?.release?.expiresAt != null && e.release.expiresAt <= engine.clock.now();
 
 // Ends the lease when it runs out; while storage fails, tries again each second.
 function armExpiry(lock: string) {
-  const c = cached(lock);
-  c.cancelExpiry?.();
-  c.cancelExpiry = null;
-  const at = c.state.release?.expiresAt;
+  engine.expiries.get(lock)?.();
+  engine.expiries.delete(lock);
+  const at = engine.known.entries.get(lock)?.release?.expiresAt;
   if (at == null || engine.closing) return;
-  c.cancelExpiry = engine.clock.after(Math.max(at - engine.clock.now(), 0), async () => {
-    c.cancelExpiry = null;
+  const cancel = engine.clock.after(Math.max(at - engine.clock.now(), 0), async () => {
+    engine.expiries.delete(lock);
     await change(lock, unchanged);
-    if (expiryDue(lock) && !c.cancelExpiry && !engine.closing)
-      c.cancelExpiry = engine.clock.after(1000, () => armExpiry(lock));
+    if (expiryDue(engine.known.entries.get(lock)) && !engine.expiries.has(lock) && !engine.closing)
+      engine.expiries.set(
+        lock,
+        engine.clock.after(1000, () => armExpiry(lock)),
+      );
   });
+  engine.expiries.set(lock, cancel);
 }
 
 /** At shutdown: every waiter leaves the line (recorded) and is answered shutting-down; timers stop. */
 export async function closeEngine(): Promise<void> {
   engine.closing = true;
-  for (const c of engine.locks.values()) c.cancelExpiry?.();
+  for (const cancel of engine.expiries.values()) cancel();
+  engine.expiries.clear();
   const gone = new Promise<void>((resolve) => {
     const check = () => (engine.waiters.size === 0 ? resolve() : setTimeout(check, 10));
     check();
@@ -310,12 +349,12 @@ export const storeDescription = (): string | null => engine.store?.description ?
 
 // ---- the names the HTTP layer calls today; they act on the default lock ----
 
-export const transact = (rule: Rule): Outcome | Promise<Outcome> => change(DEFAULT_LOCK, rule);
+export const transact = (rule: Rule, lock: string = DEFAULT_LOCK): Outcome | Promise<Outcome> => change(lock, rule);
 export const startOrWait = (req: StartRequest, waitSeconds: number, gone: AbortSignal): Outcome | Promise<Outcome> =>
   start(DEFAULT_LOCK, req, waitSeconds, gone);
 export const isHealthy = (): boolean => health().ok;
 export const stateKnown = (): boolean => health().known;
-export const waitingList = (): Queued[] => waiting(DEFAULT_LOCK);
+export const waitingList = (): Queued[] => waiting();
 /** With replicas, reads the state afresh before a read is answered; null when memory is already current. */
 export const freshen = (): Promise<void> | null =>
   engine.store && !engine.store.exclusive ? refresh(DEFAULT_LOCK).catch(() => {}) : null;

@@ -1,7 +1,7 @@
 // Counts for /metrics (Prometheus text format) and the "usually takes" estimate
 // on the page, both fed by the committed changes.
 import type { Committed } from "./engine.ts";
-import { type Event, iso, type Outcome, type Reason, type Release, type State } from "./release.ts";
+import { blockOn, type Event, iso, type Outcome, type Reason, type Release, type State } from "./release.ts";
 
 /** Every reason a /start can be refused for: each is exported from start-up at zero, so rates work at once. */
 export const START_REFUSALS: Reason[] = [
@@ -35,9 +35,13 @@ export function countStart(o: Outcome): void {
 
 /** A commit listener: every release that ended adds its length to the histogram and the estimate. */
 export function observe({ events, before }: Committed): void {
-  for (const e of events)
-    if ((e.kind === "stopped" || e.kind === "expired") && before.release?.id === e.releaseId)
-      addDuration((e.at - before.release.startedAt) / 1000);
+  if (!before) return;
+  const releases = [before.release, ...before.around.map((n) => n.release)];
+  for (const e of events) {
+    if (e.kind !== "stopped" && e.kind !== "expired" && e.kind !== "abandoned") continue;
+    const ended = releases.find((r) => r?.id === e.releaseId);
+    if (ended) addDuration((e.at - ended.startedAt) / 1000);
+  }
 }
 
 function addDuration(seconds: number) {
@@ -81,7 +85,7 @@ export function renderMetrics(s: State, waiting: number, healthy: boolean): stri
   const gauge = (name: string, help: string, value: number) => metric(name, "gauge", help, [`${name} ${value}`]);
 
   gauge("releasestatus_running", "Whether a release is running (1) or not (0).", s.release ? 1 : 0);
-  gauge("releasestatus_blocked", "Whether releasing is blocked (1) or not (0).", s.block ? 1 : 0);
+  gauge("releasestatus_blocked", "Whether releasing is blocked (1) or not (0).", blockOn(s) ? 1 : 0);
   gauge(
     "releasestatus_release_started_timestamp_seconds",
     "When the running release started, in seconds since the epoch; 0 when none runs.",

@@ -1,7 +1,12 @@
-// The state rules of the release lock, as pure functions: each takes the
-// current state and a request, and returns either a change (the next state and
-// the events that record it) or a refusal that says why. Nothing here does I/O,
-// so the same rules serve every store and every test.
+// The state rules of the release locks, as pure functions: each takes the
+// state of one lock (with the locks above and below it in the tree) and a
+// request, and returns either a change (the next state and the events that
+// record it) or a refusal that says why. Nothing here does I/O, so the same
+// rules serve every store and every test.
+//
+// Locks form a tree by name: `prod/eu` is under `prod`, which is under the
+// root (""). A release on a lock excludes releases on its ancestors and its
+// descendants; a block on a lock blocks starts on it and everything under it.
 
 export type Release = {
   id: number; // the fencing token: grows with every grant, never reused
@@ -13,11 +18,28 @@ export type Release = {
 
 export type Block = { name: string; reason: string; since: number };
 
+/** A lock above or below the one decided on, as far as the decision needs it. */
+export type Neighbour = { lock: string; release: Release | null; block: Block | null };
+
 export type State = {
-  lastId: number; // the highest release id ever granted
+  lock: string; // the lock this state is of
+  lastId: number; // the highest release id ever granted, on any lock: one counter for the whole daemon
   release: Release | null;
   block: Block | null;
+  around: Neighbour[]; // its ancestors and descendants that hold a release or a block
 };
+
+export const ROOT = ""; // the root of the tree: /block and /unblock act on it
+export const DEFAULT_LOCK = "default"; // the original's one lock: /start, /stop, /renew, /status
+
+/** Whether `above` is an ancestor of `below` (the root is above every other lock). */
+export const isAncestor = (above: string, below: string): boolean =>
+  above === ROOT
+    ? below !== ROOT
+    : below.length > above.length && below.startsWith(above) && below[above.length] === "/";
+
+/** Two locks overlap when one is the other, or above or below it: their releases exclude each other. */
+export const overlaps = (a: string, b: string): boolean => a === b || isAncestor(a, b) || isAncestor(b, a);
 
 export type EventKind =
   | "started"
@@ -31,6 +53,7 @@ export type EventKind =
   | "abandoned";
 
 export type Event = {
+  lock: string;
   at: number;
   kind: EventKind;
   releaseId: number | null;
@@ -64,7 +87,8 @@ export type Holder = { name: string; reason: string };
 export type StartRequest = Holder & { ttlSeconds: number | null };
 
 export const UNKNOWN_USER = "an unknown user";
-export const EMPTY_STATE: State = { lastId: 0, release: null, block: null };
+export const EMPTY_STATE: State = { lock: DEFAULT_LOCK, lastId: 0, release: null, block: null, around: [] };
+export const emptyState = (lock: string): State => ({ ...EMPTY_STATE, lock });
 
 export const refuse = (reason: Reason, message: string): Refusal => ({ ok: false, reason, message });
 
@@ -94,19 +118,46 @@ const once = <T extends Release | Block>(x: T, words: (x: T) => string): string 
   return d;
 };
 
-export const describeRelease = (r: Release): string =>
+// The original's lock and the root need no naming: with one lock, the words are exactly as they were.
+const on = (lock: string) => (lock === DEFAULT_LOCK || lock === ROOT ? "" : ` on ${lock}`);
+
+export const describeRelease = (r: Release, lock: string = DEFAULT_LOCK): string =>
   once(
     r,
-    () => `release #${r.id} by ${who(r.name)}${r.reason ? ` (${r.reason})` : ""} running since ${iso(r.startedAt)}`,
+    () =>
+      `release #${r.id} by ${who(r.name)}${r.reason ? ` (${r.reason})` : ""}${on(lock)} running since ${iso(r.startedAt)}`,
   );
 
-export const describeBlock = (b: Block): string =>
-  once(b, () => `releasing blocked by ${who(b.name)} since ${iso(b.since)}${b.reason ? `: ${b.reason}` : ""}`);
+export const describeBlock = (b: Block, lock: string = ROOT): string =>
+  once(
+    b,
+    () => `releasing${on(lock)} blocked by ${who(b.name)} since ${iso(b.since)}${b.reason ? `: ${b.reason}` : ""}`,
+  );
+
+/** The block that stops starts on this lock: its own, else the nearest above it. */
+export function blockOn(s: State): { lock: string; block: Block } | null {
+  if (s.block) return { lock: s.lock, block: s.block };
+  let nearest: Neighbour | null = null;
+  for (const n of s.around)
+    if (n.block && isAncestor(n.lock, s.lock) && (nearest === null || n.lock.length > nearest.lock.length)) nearest = n;
+  return nearest?.block ? { lock: nearest.lock, block: nearest.block } : null;
+}
+
+/** A release this lock's would overlap: its own, else one above or below it. */
+export function releaseOn(s: State): { lock: string; release: Release } | null {
+  if (s.release) return { lock: s.lock, release: s.release };
+  for (const n of s.around) if (n.release) return { lock: n.lock, release: n.release };
+  return null;
+}
 
 /** Grants the release to `holder` if nothing runs, nothing blocks and nobody waits ahead. */
 export function start(s: State, req: StartRequest, now: number, waitingAhead: number): Outcome {
-  if (s.release) return refuse("running", describeRelease(s.release));
-  if (s.block) return refuse("blocked", describeBlock(s.block));
+  if (s.lock === ROOT)
+    return refuse("invalid", "the root holds no release: start a named lock, e.g. /start or /locks/prod/start");
+  const running = releaseOn(s);
+  if (running) return refuse("running", describeRelease(running.release, running.lock));
+  const blocked = blockOn(s);
+  if (blocked) return refuse("blocked", describeBlock(blocked.block, blocked.lock));
   if (waitingAhead > 0) return refuse("queued", `${waitingAhead} waiting ahead of you`);
   const id = s.lastId + 1;
   const expiresAt = req.ttlSeconds === null ? null : now + req.ttlSeconds * 1000;
@@ -114,62 +165,90 @@ export function start(s: State, req: StartRequest, now: number, waitingAhead: nu
   return {
     ok: true,
     next: { ...s, lastId: id, release },
-    events: [{ at: now, kind: "started", releaseId: id, name: req.name, reason: req.reason }],
+    events: [{ lock: s.lock, at: now, kind: "started", releaseId: id, name: req.name, reason: req.reason }],
   };
 }
 
 /** Ends the running release; with an id, only if it is that release (fencing). */
 export function stop(s: State, id: number | null, name: string, now: number): Outcome {
-  if (!s.release) return refuse("not-running", "no release is running");
+  if (!s.release) return refuse("not-running", `no release is running${on(s.lock)}`);
   if (id !== null && id !== s.release.id)
-    return refuse("wrong-id", `release #${id} is not running; ${describeRelease(s.release)}`);
+    return refuse("wrong-id", `release #${id} is not running; ${describeRelease(s.release, s.lock)}`);
   const r = s.release;
   return {
     ok: true,
     next: { ...s, release: null },
-    events: [{ at: now, kind: "stopped", releaseId: r.id, name, reason: r.reason }],
+    events: [{ lock: s.lock, at: now, kind: "stopped", releaseId: r.id, name, reason: r.reason }],
   };
 }
 
 /** Extends the lease of release `id` to `ttlSeconds` from now. */
 export function renew(s: State, id: number, ttlSeconds: number, now: number): Outcome {
-  if (!s.release) return refuse("wrong-id", `release #${id} is not running; no release is running`);
-  if (s.release.id !== id) return refuse("wrong-id", `release #${id} is not running; ${describeRelease(s.release)}`);
+  if (!s.release) return refuse("wrong-id", `release #${id} is not running; no release is running${on(s.lock)}`);
+  if (s.release.id !== id)
+    return refuse("wrong-id", `release #${id} is not running; ${describeRelease(s.release, s.lock)}`);
   const release = { ...s.release, expiresAt: now + ttlSeconds * 1000 };
   return {
     ok: true,
     next: { ...s, release },
-    events: [{ at: now, kind: "renewed", releaseId: id, name: release.name, reason: release.reason }],
+    events: [{ lock: s.lock, at: now, kind: "renewed", releaseId: id, name: release.name, reason: release.reason }],
   };
 }
 
 export function block(s: State, holder: Holder, now: number): Outcome {
-  if (s.block) return refuse("blocked", `already ${describeBlock(s.block)}`);
+  if (s.block) return refuse("blocked", `already ${describeBlock(s.block, s.lock)}`);
   return {
     ok: true,
     next: { ...s, block: { name: holder.name, reason: holder.reason, since: now } },
-    events: [{ at: now, kind: "blocked", releaseId: null, name: holder.name, reason: holder.reason }],
+    events: [{ lock: s.lock, at: now, kind: "blocked", releaseId: null, name: holder.name, reason: holder.reason }],
   };
 }
 
+/** Lifts the block on this very lock; one from above stays (see stillBlocked). */
 export function unblock(s: State, name: string, now: number): Outcome {
-  if (!s.block) return refuse("not-blocked", "releasing is not blocked");
+  if (!s.block) {
+    const above = blockOn(s);
+    const still = above ? `; it is still blocked from above: ${describeBlock(above.block, above.lock)}` : "";
+    return refuse("not-blocked", `releasing${on(s.lock)} is not blocked${still}`);
+  }
   const reason = s.block.reason;
   return {
     ok: true,
     next: { ...s, block: null },
-    events: [{ at: now, kind: "unblocked", releaseId: null, name, reason }],
+    events: [{ lock: s.lock, at: now, kind: "unblocked", releaseId: null, name, reason }],
   };
 }
 
-/** Ends a release whose lease has run out; null when nothing is due. */
+/** After an unblock: the block from above that still stops starts on this lock, in words; null when none. */
+export function stillBlocked(s: State): string | null {
+  const above = blockOn(s);
+  return above ? `still blocked from above: ${describeBlock(above.block, above.lock)}` : null;
+}
+
+const due = (r: Release | null, now: number): r is Release => r !== null && r.expiresAt !== null && r.expiresAt <= now;
+
+/** Ends every release in view (this lock's, and those above and below it) whose lease has run out; null when none is due. */
 export function expire(s: State, now: number): Change | null {
-  const r = s.release;
-  if (!r || r.expiresAt === null || r.expiresAt > now) return null;
+  const ended = (lock: string, r: Release): Event => ({
+    lock,
+    at: now,
+    kind: "expired",
+    releaseId: r.id,
+    name: r.name,
+    reason: r.reason,
+  });
+  const events: Event[] = [];
+  if (due(s.release, now)) events.push(ended(s.lock, s.release));
+  const around = s.around.map((n) => {
+    if (!due(n.release, now)) return n;
+    events.push(ended(n.lock, n.release));
+    return { ...n, release: null };
+  });
+  if (events.length === 0) return null;
   return {
     ok: true,
-    next: { ...s, release: null },
-    events: [{ at: now, kind: "expired", releaseId: r.id, name: r.name, reason: r.reason }],
+    next: { ...s, release: due(s.release, now) ? null : s.release, around },
+    events,
   };
 }
 
@@ -177,12 +256,11 @@ export function expire(s: State, now: number): Change | null {
 export function abandon(s: State, id: number, now: number): Outcome {
   const r = s.release;
   if (!r || r.id !== id) return refuse("wrong-id", `release #${id} is not running`);
+  const reason = "the client went away before it was told";
   return {
     ok: true,
     next: { ...s, release: null },
-    events: [
-      { at: now, kind: "abandoned", releaseId: id, name: r.name, reason: "the client went away before it was told" },
-    ],
+    events: [{ lock: s.lock, at: now, kind: "abandoned", releaseId: id, name: r.name, reason }],
   };
 }
 
@@ -197,24 +275,25 @@ export function andThen(first: Change, then: (s: State) => Outcome): Outcome {
 export function describeEvent(e: Event): string {
   const n = who(e.name);
   const what = e.reason ? `: ${e.reason}` : "";
+  const where = on(e.lock);
   switch (e.kind) {
     case "started":
-      return `release #${e.releaseId} started by ${n}${what}`;
+      return `release #${e.releaseId}${where} started by ${n}${what}`;
     case "stopped":
-      return `release #${e.releaseId} stopped by ${n}`;
+      return `release #${e.releaseId}${where} stopped by ${n}`;
     case "expired":
-      return `release #${e.releaseId} by ${n} expired: its lease ran out`;
+      return `release #${e.releaseId}${where} by ${n} expired: its lease ran out`;
     case "renewed":
-      return `release #${e.releaseId} lease renewed by ${n}`;
+      return `release #${e.releaseId}${where} lease renewed by ${n}`;
     case "blocked":
-      return `releasing blocked by ${n}${what}`;
+      return `releasing${where} blocked by ${n}${what}`;
     case "unblocked":
-      return `releasing unblocked by ${n}`;
+      return `releasing${where} unblocked by ${n}`;
     case "waiting":
-      return `${n} is waiting for the release${what}`;
+      return `${n} is waiting for the release${where}${what}`;
     case "left-queue":
       return `${n} left the queue${what}`;
     case "abandoned":
-      return `release #${e.releaseId} by ${n} abandoned: ${e.reason}`;
+      return `release #${e.releaseId}${where} by ${n} abandoned: ${e.reason}`;
   }
 }

@@ -287,8 +287,8 @@ for (const [storeName, makeStore] of stores) {
         await startNow("refused");
         await stopNow();
         expect(heard.map((h) => h.events.map((e) => e.kind))).toEqual([["started"], ["stopped"]]);
-        expect(heard[0]?.before.release).toBeNull();
-        expect(heard[0]?.after.release?.name).toBe("sion");
+        expect(heard[0]?.before?.release).toBeNull();
+        expect(heard[0]?.after?.release?.name).toBe("sion");
       });
     });
 

@@ -55,7 +55,9 @@ describe("start", () => {
   });
   test("records a started event with who and what", () => {
     const o = start(EMPTY_STATE, sion, T, 0);
-    expect(o.ok && o.events).toEqual([{ at: T, kind: "started", releaseId: 1, name: "sion", reason: "v2.3.1" }]);
+    expect(o.ok && o.events).toEqual([
+      { lock: "default", at: T, kind: "started", releaseId: 1, name: "sion", reason: "v2.3.1" },
+    ]);
   });
 });
 

@@ -10,6 +10,7 @@ import {
   history,
   isHealthy,
   onCommit,
+  ROOT,
   startOrWait,
   state,
   storeDescription,
@@ -20,6 +21,7 @@ import type { Log } from "../log.ts";
 import { countStart, estimate, renderMetrics } from "../metrics.ts";
 import {
   block,
+  blockOn,
   describeBlock,
   describeEvent,
   describeRelease,
@@ -171,7 +173,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     "block",
     (p) => {
       const holder = { name: text(p, "name"), reason: text(p, "reason") };
-      return transact((s, now) => block(s, holder, now));
+      return transact((s, now) => block(s, holder, now), ROOT);
     },
     (o) => ({ message: o.ok && o.next.block ? describeBlock(o.next.block) : "" }),
   );
@@ -180,7 +182,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     "unblock",
     (p) => {
       const name = text(p, "name");
-      return transact((s, now) => unblock(s, name, now));
+      return transact((s, now) => unblock(s, name, now), ROOT);
     },
     () => ({ message: "releasing is open again" }),
   );
@@ -417,7 +419,8 @@ function refusalHeaders(o: Refusal, json: boolean): Headers {
 }
 
 function statusJson() {
-  const { release, block } = state();
+  const { release } = state();
+  const block = blockOn(state())?.block ?? null;
   return {
     running: release !== null,
     blocked: block !== null,
@@ -440,7 +443,8 @@ function statusJson() {
 
 function statusText(): string {
   const now = Date.now();
-  const { release, block } = state();
+  const { release } = state();
+  const block = blockOn(state())?.block ?? null;
   const lines = [
     release
       ? `running: ${describeRelease(release)}, for ${duration(now - release.startedAt)}${release.expiresAt === null ? "" : `; lease ends ${iso(release.expiresAt)}`}`

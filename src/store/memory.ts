@@ -1,45 +1,54 @@
 // State kept in this process only (RS_DB=:memory:): lost when the daemon stops.
 // The engine's specification runs on it with an injected clock.
-import { EMPTY_STATE, type Event } from "../release.ts";
-import { type Decide, decideInLine, LocalWaitLine, queueEvent, type Store, type Stored } from "./store.ts";
+import type { Event } from "../release.ts";
+import {
+  concerns,
+  type Decide,
+  decideInLine,
+  type Entry,
+  LocalWaitLine,
+  queueEvent,
+  type Store,
+  type Stored,
+} from "./store.ts";
 
 export function openMemoryStore(historyLimit: number, clock: () => number = Date.now): Store {
-  const locks = new Map<string, Stored>();
-  const events: (Event & { lock: string })[] = []; // oldest first
+  const stored: Stored = { lastId: 0, entries: new Map<string, Entry>() };
+  const events: Event[] = []; // oldest first
   const line = new LocalWaitLine();
-  const stored = (lock: string): Stored => locks.get(lock) ?? { state: EMPTY_STATE, version: 0 };
-  const append = (lock: string, added: Event[]) => {
-    for (const e of added) events.push({ ...e, lock });
+  const append = (added: Event[]) => {
+    events.push(...added);
     // Trimmed in batches: dropping one event at a time from the front would copy the whole array on every change.
     if (events.length > historyLimit + 1024) events.splice(0, events.length - historyLimit);
   };
+  const snapshot = (): Stored => ({ lastId: stored.lastId, entries: new Map(stored.entries) });
 
   return {
     description: "memory (state is lost when the daemon stops)",
     exclusive: true,
     health: () => ({ writable: true, readable: true, problem: null }),
-    read: async (lock) => stored(lock),
+    readAll: async () => snapshot(),
+    read: async () => snapshot(),
     transact: async (lock, decide: Decide, options = {}) =>
-      decideInLine(lock, stored(lock), clock(), decide, line, options, (state, added, version) => {
-        locks.set(lock, { state, version });
-        append(lock, added);
+      decideInLine(lock, stored, clock(), decide, line, options, (w) => {
+        for (const [name, e] of w.entries) stored.entries.set(name, e);
+        if (w.lastId !== null) stored.lastId = w.lastId;
+        append(w.events);
       }),
     leave: async (lock, id, why) => {
-      const waiter = line.leave(lock, id);
+      const waiter = line.leave(id);
       if (!waiter) return null;
-      const s = stored(lock);
-      const event = queueEvent("left-queue", waiter, clock(), why);
-      append(lock, [event]);
-      return { lock, events: [event], before: s.state, after: s.state, version: s.version };
+      const event = queueEvent("left-queue", lock, waiter, clock(), why);
+      append([event]);
+      return { lock, events: [event], before: null, after: null, entries: new Map() };
     },
-    waiting: (lock) => line.list(lock),
+    waiting: () => line.list(),
     history: async (limit, lock) =>
       events
         .slice(-historyLimit)
-        .filter((e) => lock === undefined || e.lock === lock)
+        .filter((e) => lock === undefined || concerns(lock, e))
         .slice(-limit)
-        .reverse()
-        .map(({ lock: _, ...e }) => e),
+        .reverse(),
     watch: () => {},
     backup: () => null,
     close: async () => {},

@@ -6,24 +6,31 @@
 // are kept alive by their replica's heartbeat; NOTIFY tells the other replicas
 // of a change, with a poll each second as the safety net.
 import { SQL } from "bun";
-import { type Event, STORAGE_FAILED, WAITABLE } from "../release.ts";
+import { type Event, ROOT, STORAGE_FAILED, WAITABLE } from "../release.ts";
 import {
+  ancestorsOf,
+  type Committed,
+  changedEntries,
   type Decide,
   type Decision,
+  type Entry,
   type EventRow,
   type LockRow,
   type Queued,
   queueEvent,
   StorageError,
   type Store,
+  type Stored,
   StoreOpenError,
+  scopeOf,
+  type TransactOptions,
+  toColumns,
   toEvent,
-  toRow,
   toStored,
 } from "./store.ts";
 
 const CHANNEL = "releasestatus";
-const SCHEMA_VERSION = 2;
+const SCHEMA_VERSION = 3;
 const MIGRATION_LOCK = 0x5253_7431; // pg_advisory_xact_lock key: replicas starting at once migrate one at a time
 // Every POLL_MS each replica vouches for its waiters and wakes them: the safety net under
 // LISTEN/NOTIFY. A waiter not vouched for in 5 s no longer counts, and its row is deleted after
@@ -44,9 +51,9 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
   const sql = new SQL(opts.url, { max: 10, connectionTimeout: 3, idleTimeout: 30 });
   const replica = crypto.randomUUID();
   const health = { ok: false, failures: 0, retryAt: 0, problem: null as string | null, closing: false };
-  const waiting = new Map<string, Queued[]>(); // every replica's waiters, as last read
+  let line: Queued[] = []; // every replica's waiters, as last read
   let lineChanges = 0; // a read that began before this replica changed the line is too old to keep
-  const ours = new Map<number, { lock: string; name: string; reason: string }>(); // waiter rows this replica vouches for
+  const ours = new Map<number, Queued>(); // waiter rows this replica vouches for
   const watchers: ((lock: string, events: Event[]) => void)[] = [];
 
   function failed(e: Error) {
@@ -84,24 +91,37 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     }
   }
 
-  async function transact(
-    lock: string,
-    decide: Decide,
-    options: { self?: number; join?: { name: string; reason: string } } = {},
-  ): Promise<Decision> {
+  // The lock's row, the rows above it and below it: `FOR UPDATE` in a transaction that decides.
+  const around = (tx: SQL, lock: string) => tx`
+    SELECT * FROM releasestatus_lock
+    WHERE name = ${lock} OR name = '' OR name = ANY(${ancestorsOf(lock)}::text[])
+       OR ${lock} = '' OR substr(name, 1, length(${lock}) + 1) = ${lock} || '/'`;
+
+  async function transact(lock: string, decide: Decide, options: TransactOptions = {}): Promise<Decision> {
     if (health.closing) return { outcome: STORAGE_FAILED, committed: null, joined: null };
     try {
       const decision = await inTransaction(async (tx, injected): Promise<Decision> => {
-        await tx`INSERT INTO releasestatus_lock (name) VALUES (${lock}) ON CONFLICT (name) DO NOTHING`;
-        const [row] = await tx`
-          SELECT *, (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now
-          FROM releasestatus_lock WHERE name = ${lock} FOR UPDATE`;
-        const stored = toStored(row as LockRow);
-        const now = injected ?? Number(row.now);
+        // Every change takes the root's row first: it holds the one id counter, and makes changes on
+        // overlapping locks (a parent and its child) wait for each other instead of deciding side by side.
+        const takeRoot = () => tx`
+          SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now
+          FROM releasestatus_lock WHERE name = '' FOR UPDATE`;
+        let [root] = await takeRoot();
+        if (!root) {
+          await tx`INSERT INTO releasestatus_lock (name) VALUES ('') ON CONFLICT (name) DO NOTHING`;
+          [root] = await takeRoot();
+        }
+        const dbNow = root.now;
+        const stored = toStored((await around(tx, lock)) as LockRow[]);
+        const now = injected ?? Number(dbNow);
+        const self = options.self ?? null;
         const [{ ahead }] = await tx`
           SELECT count(*) AS ahead FROM releasestatus_live_waiters
-          WHERE lock = ${lock} AND (${options.self ?? null}::bigint IS NULL OR id < ${options.self ?? null}::bigint)`;
-        const { outcome, change } = decide(stored.state, now, Number(ahead));
+          WHERE (${self}::bigint IS NULL OR id < ${self}::bigint)
+            AND (lock = ${lock} OR lock = ANY(${ancestorsOf(lock)}::text[])
+                 OR ${lock} = '' OR substr(lock, 1, length(${lock}) + 1) = ${lock} || '/')`;
+        const before = scopeOf(lock, stored);
+        const { outcome, change } = decide(before, now, Number(ahead));
         const joining = !outcome.ok && options.join !== undefined && WAITABLE.has(outcome.reason);
         const events = [...(change?.events ?? [])];
         let joined: Queued | null = null;
@@ -110,34 +130,49 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
             INSERT INTO releasestatus_waiters (lock, name, reason, replica, since)
             VALUES (${lock}, ${options.join.name}, ${options.join.reason}, ${replica}, to_timestamp(${now}::bigint / 1000.0))
             RETURNING id`;
-          joined = { id: Number(w.id), name: options.join.name, reason: options.join.reason, since: now };
-          events.push(queueEvent("waiting", options.join, now, options.join.reason));
+          joined = { id: Number(w.id), lock, name: options.join.name, reason: options.join.reason, since: now };
+          events.push(queueEvent("waiting", lock, options.join, now, options.join.reason));
         }
         if (events.length === 0) return { outcome, committed: null, joined: null };
-        const version = change ? stored.version + 1 : stored.version;
-        if (change) {
-          const [lastId, releaseId, holder, releaseReason, startedAt, expiresAt, blockedBy, blockReason, blockedSince] =
-            toRow(change.next, version);
+        const after = change?.next ?? before;
+        const entries = change ? changedEntries(lock, stored, after) : new Map<string, Entry>();
+        for (const [name, entry] of entries) {
+          const [
+            releaseId,
+            holder,
+            releaseReason,
+            startedAt,
+            expiresAt,
+            blockedBy,
+            blockReason,
+            blockedSince,
+            version,
+          ] = toColumns(entry);
           await tx`
-            UPDATE releasestatus_lock SET last_id = ${lastId}, release_id = ${releaseId}, holder = ${holder},
-              release_reason = ${releaseReason}, started_at = ${startedAt}, expires_at = ${expiresAt},
-              blocked_by = ${blockedBy}, block_reason = ${blockReason}, blocked_since = ${blockedSince}, version = ${version}
-            WHERE name = ${lock}`;
+            INSERT INTO releasestatus_lock (name, release_id, holder, release_reason, started_at, expires_at,
+              blocked_by, block_reason, blocked_since, version)
+            VALUES (${name}, ${releaseId}, ${holder}, ${releaseReason}, ${startedAt}, ${expiresAt},
+              ${blockedBy}, ${blockReason}, ${blockedSince}, ${version})
+            ON CONFLICT (name) DO UPDATE SET release_id = excluded.release_id, holder = excluded.holder,
+              release_reason = excluded.release_reason, started_at = excluded.started_at,
+              expires_at = excluded.expires_at, blocked_by = excluded.blocked_by,
+              block_reason = excluded.block_reason, blocked_since = excluded.blocked_since, version = excluded.version`;
         }
+        if (after.lastId !== stored.lastId)
+          await tx`UPDATE releasestatus_lock SET last_id = ${after.lastId} WHERE name = ''`;
         if (outcome.ok && options.self !== undefined)
           await tx`UPDATE releasestatus_waiters SET done = true WHERE id = ${options.self}`;
         await record(tx, lock, events);
-        const after = change?.next ?? stored.state;
-        return { outcome, committed: { lock, events, before: stored.state, after, version }, joined };
+        return { outcome, committed: { lock, events, before, after, entries }, joined };
       });
       // Vouched for only once its row is committed: a heartbeat would otherwise create it.
       const { joined } = decision;
       if (joined) {
-        ours.set(joined.id, { lock, name: joined.name, reason: joined.reason });
-        waiting.set(lock, [...(waiting.get(lock) ?? []), joined]); // seen at once here; the next read brings the others'
+        ours.set(joined.id, joined);
+        line = [...line, joined]; // seen at once here; the next read brings the others'
         lineChanges++;
       }
-      if (decision.outcome.ok && options.self !== undefined) forget(lock, options.self);
+      if (decision.outcome.ok && options.self !== undefined) forget(options.self);
       return decision;
     } catch (e) {
       if (e instanceof StorageError) return { outcome: STORAGE_FAILED, committed: null, joined: null };
@@ -149,35 +184,29 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
   async function record(tx: SQL, lock: string, events: Event[]) {
     for (const e of events)
       await tx`INSERT INTO releasestatus_events (lock, at, kind, release_id, name, reason)
-               VALUES (${lock}, ${e.at}, ${e.kind}, ${e.releaseId}, ${e.name}, ${e.reason})`;
+               VALUES (${e.lock}, ${e.at}, ${e.kind}, ${e.releaseId}, ${e.name}, ${e.reason})`;
     await tx`DELETE FROM releasestatus_events WHERE seq <= (SELECT max(seq) FROM releasestatus_events) - ${opts.historyLimit}`;
     await tx`SELECT pg_notify(${CHANNEL}, ${JSON.stringify({ replica, lock, events })})`;
   }
 
-  function forget(lock: string, id: number) {
+  function forget(id: number) {
     ours.delete(id);
     lineChanges++;
-    waiting.set(
-      lock,
-      (waiting.get(lock) ?? []).filter((w) => w.id !== id),
-    );
+    line = line.filter((w) => w.id !== id);
   }
 
-  async function leave(lock: string, id: number, why: string) {
-    forget(lock, id);
+  async function leave(lock: string, id: number, why: string): Promise<Committed | null> {
+    forget(id);
     try {
       return await inTransaction(async (tx, injected) => {
         const [gone] = await tx`
           UPDATE releasestatus_waiters SET done = true WHERE id = ${id} AND NOT done
           RETURNING name, reason, (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now`;
         if (!gone) return null;
-        const [row] = await tx`SELECT * FROM releasestatus_lock WHERE name = ${lock}`;
-        const stored = toStored(row as LockRow);
-        const events = [
-          queueEvent("left-queue", { name: gone.name, reason: gone.reason }, injected ?? Number(gone.now), why),
-        ];
+        const at = injected ?? Number(gone.now);
+        const events = [queueEvent("left-queue", lock, { name: gone.name, reason: gone.reason }, at, why)];
         await record(tx, lock, events);
-        return { lock, events, before: stored.state, after: stored.state, version: stored.version };
+        return { lock, events, before: null, after: null, entries: new Map() };
       });
     } catch (e) {
       if (e instanceof StorageError) return null; // the row goes once no heartbeat vouches for it
@@ -185,26 +214,24 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     }
   }
 
-  async function read(lock: string) {
+  // A read that also brings the whole wait line, unless this replica changed the line meanwhile.
+  async function readWith(rows: (tx: SQL) => Promise<unknown>): Promise<Stored> {
     const changesBefore = lineChanges;
-    const { row, line } = await inTransaction(async (tx) => {
-      const [row] = await tx`SELECT * FROM releasestatus_lock WHERE name = ${lock}`;
-      const line = await tx`
-        SELECT id, name, reason, (extract(epoch FROM since) * 1000)::bigint AS since FROM releasestatus_live_waiters
-        WHERE lock = ${lock} ORDER BY id`;
-      return { row, line };
-    });
+    const [found, waiters] = await inTransaction(async (tx) => [
+      await rows(tx),
+      await tx`
+        SELECT id, lock, name, reason, (extract(epoch FROM since) * 1000)::bigint AS since
+        FROM releasestatus_live_waiters ORDER BY id`,
+    ]);
     if (lineChanges === changesBefore)
-      waiting.set(
-        lock,
-        line.map((w: Record<string, string>) => ({
-          id: Number(w.id),
-          name: w.name,
-          reason: w.reason,
-          since: Number(w.since),
-        })),
-      );
-    return row ? toStored(row as LockRow) : { state: { lastId: 0, release: null, block: null }, version: 0 };
+      line = (waiters as Record<string, string>[]).map((w) => ({
+        id: Number(w.id),
+        lock: String(w.lock),
+        name: String(w.name),
+        reason: String(w.reason),
+        since: Number(w.since),
+      }));
+    return toStored(found as LockRow[]);
   }
 
   // Every second: vouch for this replica's waiters, drop the stale ones of dead replicas, and
@@ -223,7 +250,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
                    AND pg_postmaster_start_time() < clock_timestamp() - interval '10 seconds'`;
       });
     } catch {}
-    for (const lock of new Set(["default", ...waiting.keys()])) for (const w of watchers) w(lock, []);
+    for (const w of watchers) w(ROOT, []); // the root overlaps every lock: everyone looks again
   }
 
   let listening: { unlisten(): Promise<void> } | null = null;
@@ -281,10 +308,11 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     description,
     exclusive: false,
     health: () => ({ writable: health.ok, readable: health.ok, problem: health.problem }),
-    read,
+    readAll: () => readWith((tx) => tx`SELECT * FROM releasestatus_lock`),
+    read: (lock) => readWith((tx) => around(tx, lock)),
     transact,
     leave,
-    waiting: (lock) => waiting.get(lock) ?? [],
+    waiting: () => line,
     history: async (limit, lock) => {
       const rows = await inTransaction((tx) =>
         lock === undefined
@@ -332,6 +360,11 @@ const MIGRATIONS = [
    CREATE VIEW releasestatus_live_waiters AS SELECT * FROM releasestatus_waiters
      WHERE NOT done AND (heartbeat_at > clock_timestamp() - interval '5 seconds'
         OR pg_postmaster_start_time() > clock_timestamp() - interval '5 seconds');`,
+  // Named locks in a tree: the root ('') holds the one id counter, and the block the original's /block
+  // made, which blocked everything; the default lock keeps its release and its history.
+  `INSERT INTO releasestatus_lock (name, last_id, blocked_by, block_reason, blocked_since)
+     SELECT '', last_id, blocked_by, block_reason, blocked_since FROM releasestatus_lock WHERE name = 'default';
+   UPDATE releasestatus_lock SET blocked_by = NULL, block_reason = NULL, blocked_since = NULL WHERE name = 'default';`,
 ];
 
 async function migrate(sql: SQL) {

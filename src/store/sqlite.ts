@@ -1,9 +1,10 @@
 // State and history in an SQLite file that this daemon alone holds, written
 // with full synchronous commits so that every answer of 1 survives a crash.
-import { Database, type Statement } from "bun:sqlite";
+import { Database } from "bun:sqlite";
 import { dirname, resolve } from "node:path";
-import { EMPTY_STATE, type Event, STORAGE_FAILED, type State } from "../release.ts";
+import { type Event, STORAGE_FAILED } from "../release.ts";
 import {
+  ancestorsOf,
   type Decide,
   decideInLine,
   type EventRow,
@@ -14,13 +15,13 @@ import {
   type Store,
   type Stored,
   StoreOpenError,
+  toColumns,
   toEvent,
-  toRow,
   toStored,
 } from "./store.ts";
 
 const APPLICATION_ID = 0x52537431; // "RSt1" in the file header marks the file as ours
-const HARMLESS_WRITE = "UPDATE lock SET last_id = last_id WHERE name = 'default'"; // proves the file can be written
+const HARMLESS_WRITE = "UPDATE lock SET last_id = last_id WHERE name = ''"; // proves the file can be written
 
 // Each entry brings the schema from version i to i+1; never edit one that has shipped.
 const MIGRATIONS = [
@@ -43,6 +44,11 @@ const MIGRATIONS = [
   // version: grows with every change to a lock, so that a newer state is never overwritten by an older one
   `ALTER TABLE lock ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
    CREATE INDEX events_by_lock ON events (lock, seq);`,
+  // Named locks in a tree: the root ('') holds the one id counter, and the block the original's /block
+  // made, which blocked everything; the default lock keeps its release and its history.
+  `INSERT INTO lock (name, last_id, blocked_by, block_reason, blocked_since)
+     SELECT '', last_id, blocked_by, block_reason, blocked_since FROM lock WHERE name = 'default';
+   UPDATE lock SET blocked_by = NULL, block_reason = NULL, blocked_since = NULL WHERE name = 'default';`,
 ];
 export const SCHEMA_VERSION = MIGRATIONS.length;
 
@@ -71,19 +77,29 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
   }
   const identity = fileIdentity(where); // the file we hold, whatever later happens to its name
   const q = {
-    load: db.query<LockRow, [string]>("SELECT * FROM lock WHERE name = ?"),
-    create: db.query("INSERT OR IGNORE INTO lock (name, last_id) VALUES (?, 0)"),
-    save: db.query(
-      `UPDATE lock SET last_id = ?, release_id = ?, holder = ?, release_reason = ?, started_at = ?,
-       expires_at = ?, blocked_by = ?, block_reason = ?, blocked_since = ?, version = ? WHERE name = ?`,
+    all: db.query<LockRow, []>("SELECT * FROM lock"),
+    // The lock, the locks above it (a JSON array of names) and the locks below it; the root's row holds the counter.
+    around: db.query<LockRow, [string, string]>(
+      `SELECT * FROM lock WHERE name = ?1 OR name = '' OR name IN (SELECT value FROM json_each(?2))
+         OR ?1 = '' OR substr(name, 1, length(?1) + 1) = ?1 || '/'`,
     ),
+    save: db.query(
+      `INSERT INTO lock (name, last_id, release_id, holder, release_reason, started_at, expires_at,
+         blocked_by, block_reason, blocked_since, version) VALUES (?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+       ON CONFLICT (name) DO UPDATE SET release_id = excluded.release_id, holder = excluded.holder,
+         release_reason = excluded.release_reason, started_at = excluded.started_at, expires_at = excluded.expires_at,
+         blocked_by = excluded.blocked_by, block_reason = excluded.block_reason,
+         blocked_since = excluded.blocked_since, version = excluded.version`,
+    ),
+    count: db.query("UPDATE lock SET last_id = ? WHERE name = ''"),
     append: db.query("INSERT INTO events (lock, at, kind, release_id, name, reason) VALUES (?, ?, ?, ?, ?, ?)"),
     prune: db.query("DELETE FROM events WHERE seq <= (SELECT max(seq) FROM events) - ?"),
     history: db.query<EventRow, [number]>(
-      "SELECT at, kind, release_id, name, reason FROM events ORDER BY seq DESC LIMIT ?",
+      "SELECT lock, at, kind, release_id, name, reason FROM events ORDER BY seq DESC LIMIT ?",
     ),
     lockHistory: db.query<EventRow, [string, number]>(
-      "SELECT at, kind, release_id, name, reason FROM events WHERE lock = ? ORDER BY seq DESC LIMIT ?",
+      `SELECT lock, at, kind, release_id, name, reason FROM events
+       WHERE lock = ?1 OR ?1 = '' OR substr(lock, 1, length(?1) + 1) = ?1 || '/' ORDER BY seq DESC LIMIT ?2`,
     ),
     probe: db.query(HARMLESS_WRITE),
   };
@@ -91,12 +107,9 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
   const health = { writable: true, problem: null as string | null, gone: false };
   let synchronous: "FULL" | "NORMAL" = "FULL";
 
-  const stored = (lock: string): Stored => {
-    const row = q.load.get(lock);
-    return row ? toStored(row) : { state: EMPTY_STATE, version: 0 };
-  };
-  const append = (lock: string, events: Event[]) => {
-    for (const e of events) q.append.run(lock, e.at, e.kind, e.releaseId, e.name, e.reason);
+  const stored = (lock: string): Stored => toStored(q.around.all(lock, JSON.stringify(ancestorsOf(lock))));
+  const append = (events: Event[]) => {
+    for (const e of events) q.append.run(e.lock, e.at, e.kind, e.releaseId, e.name, e.reason);
     q.prune.run(historyLimit);
   };
   // Joining or leaving the line grants nothing: such a commit is not worth an fsync of its own
@@ -143,32 +156,32 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
     description: `SQLite ${where}`,
     exclusive: true,
     health: () => ({ writable: health.writable && !health.gone, readable: true, problem: health.problem }),
+    readAll: async () => toStored(q.all.all()),
     read: async (lock) => stored(lock),
     transact: async (lock, decide: Decide, options = {}) => {
       const now = clock();
       const preview = decideInLine(lock, stored(lock), now, decide, line, options, null);
       if (!preview.committed) return preview;
       const level = onlyQueueEvents(preview.committed.events) ? "NORMAL" : "FULL";
-      const decision = write(level, () => {
-        q.create.run(lock);
-        return decideInLine(lock, stored(lock), now, decide, line, options, (next, events, version) => {
-          if (version !== stored(lock).version) save(q.save, lock, next, version);
-          append(lock, events);
-        });
-      });
+      const decision = write(level, () =>
+        decideInLine(lock, stored(lock), now, decide, line, options, (w) => {
+          for (const [name, e] of w.entries) q.save.run(name, ...toColumns(e));
+          if (w.lastId !== null) q.count.run(w.lastId);
+          append(w.events);
+        }),
+      );
       return decision ?? { outcome: STORAGE_FAILED, committed: null, joined: null };
     },
     leave: async (lock, id, why) => {
-      const waiter = line.list(lock).find((w) => w.id === id);
+      const waiter = line.leave(id); // leaves even when the event cannot be written
       if (!waiter) return null;
-      const event = queueEvent("left-queue", waiter, clock(), why);
-      line.leave(lock, id); // leaves even when the event cannot be written
-      write("NORMAL", () => append(lock, [event]));
-      const s = stored(lock);
-      return { lock, events: [event], before: s.state, after: s.state, version: s.version };
+      const event = queueEvent("left-queue", lock, waiter, clock(), why);
+      write("NORMAL", () => append([event]));
+      return { lock, events: [event], before: null, after: null, entries: new Map() };
     },
-    waiting: (lock) => line.list(lock),
-    history: async (limit, lock) => (lock ? q.lockHistory.all(lock, limit) : q.history.all(limit)).map(toEvent),
+    waiting: () => line.list(),
+    history: async (limit, lock) =>
+      (lock === undefined ? q.history.all(limit) : q.lockHistory.all(lock, limit)).map(toEvent),
     watch: () => {},
     backup: () => db.serialize(),
     close: async () => {
@@ -253,5 +266,3 @@ function prepareSchema(db: Database, where: string) {
     }).immediate();
   }
 }
-
-const save = (stmt: Statement, lock: string, s: State, version: number) => stmt.run(...toRow(s, version), lock);

@@ -1,16 +1,20 @@
-// What the engine needs from storage, and nothing more: read a lock's state,
-// run one decision inside a write transaction and commit what it changed, keep
-// the wait line, read the history. Memory, SQLite and PostgreSQL implement it;
-// what is peculiar to one of them (a lock file, a probe, heartbeats, LISTEN)
-// stays inside that store.
+// What the engine needs from storage, and nothing more: read the state around
+// a lock, run one decision inside a write transaction and commit what it
+// changed, keep the wait line, read the history. Memory, SQLite and PostgreSQL
+// implement it; what is peculiar to one of them (a lock file, a probe,
+// heartbeats, LISTEN) stays inside that store.
 import {
   type Block,
   type Change,
   type Event,
   type EventKind,
   type Holder,
+  isAncestor,
+  type Neighbour,
   type Outcome,
+  overlaps,
   type Release,
+  ROOT,
   type State,
   WAITABLE,
 } from "../release.ts";
@@ -22,11 +26,26 @@ import {
 export type Decide = (stored: State, now: number, ahead: number) => Verdict;
 export type Verdict = { outcome: Outcome; change: Change | null };
 
-/** A change that is on disk (or in the database) now. */
-export type Committed = { lock: string; events: Event[]; before: State; after: State; version: number };
+/** One lock as stored: its release and block, and a number that grows with every change to it. */
+export type Entry = { release: Release | null; block: Block | null; version: number };
+
+/** The state around a lock as stored: every lock the decision may touch, and the id counter. */
+export type Stored = { lastId: number; entries: Map<string, Entry> };
+
+/**
+ * A change that is on disk (or in the database) now: `entries` are the locks it wrote, as written;
+ * `before` and `after` the state around its lock (null when it only recorded someone leaving the line).
+ */
+export type Committed = {
+  lock: string;
+  events: Event[];
+  before: State | null;
+  after: State | null;
+  entries: Map<string, Entry>;
+};
 
 /** A waiter as /status shows it. */
-export type Queued = { id: number; name: string; reason: string; since: number };
+export type Queued = { id: number; lock: string; name: string; reason: string; since: number };
 
 export type TransactOptions = {
   self?: number; // the caller's own place in the wait line: only waiters before it count as ahead
@@ -39,9 +58,6 @@ export type Decision = {
   joined: Queued | null; // the caller's new place in the wait line
 };
 
-/** A lock's state as stored, with a number that grows with every committed change to it. */
-export type Stored = { state: State; version: number };
-
 export type Health = {
   writable: boolean; // the last write worked (or the probe since)
   readable: boolean; // the state can be read: false during a database outage, when it is unknown
@@ -53,21 +69,23 @@ export interface Store {
   /** True when no other process can change what is stored: a refusal may then be decided from memory. */
   readonly exclusive: boolean;
   health(): Health;
-  /** The lock's state as stored; throws StorageError when it cannot be read. */
+  /** Every lock that holds a release or a block, or has ever been used, and the id counter. */
+  readAll(): Promise<Stored>;
+  /** The state around `lock` as stored; throws StorageError when it cannot be read. */
   read(lock: string): Promise<Stored>;
   /**
-   * One write transaction: reads the lock's state, runs `decide` on it, and commits the change it
-   * returns (its events, and its next state) atomically. Resolves only once the outcome is known;
-   * a failed or unknown commit resolves as the refusal `storage`, never as a change.
+   * One write transaction: reads the state around the lock, runs `decide` on it, and commits the
+   * change it returns (its events, and the locks it changed) atomically. Resolves only once the
+   * outcome is known; a failed or unknown commit resolves as the refusal `storage`, never as a change.
    */
   transact(lock: string, decide: Decide, options?: TransactOptions): Promise<Decision>;
-  /** Leaves the wait line, recording why; no-op when the waiter already left. Needs no synchronous write. */
+  /** Leaves the wait line, recording why; null when the waiter already left. Needs no synchronous write. */
   leave(lock: string, waiter: number, why: string): Promise<Committed | null>;
-  /** Who waits, in order (another replica's waiters too). */
-  waiting(lock: string): Queued[];
-  /** Newest first; every lock's events when `lock` is omitted. Throws StorageError when unreadable. */
+  /** Everyone waiting, in order (another replica's waiters too). */
+  waiting(): Queued[];
+  /** Newest first; with `lock`, the events of that lock and the locks under it. Throws StorageError when unreadable. */
   history(limit: number, lock?: string): Promise<Event[]>;
-  /** Calls `changed` when another process committed a change to `lock` (PostgreSQL replicas). */
+  /** Calls `changed` when another process committed a change to `lock` (PostgreSQL replicas), and on each poll. */
   watch(changed: (lock: string, events: Event[]) => void): void;
   /** A consistent copy of the whole database, for `releasestatus backup`; null when the store cannot give one. */
   backup(): Uint8Array | null;
@@ -84,49 +102,81 @@ export class StorageError extends Error {}
 export const onlyQueueEvents = (events: Event[]): boolean =>
   events.every((e) => e.kind === "waiting" || e.kind === "left-queue");
 
+export const EMPTY_ENTRY: Entry = { release: null, block: null, version: 0 };
+
+/** The names above a lock, nearest last: `prod/eu/x` → "", "prod", "prod/eu". */
+export function ancestorsOf(lock: string): string[] {
+  if (lock === ROOT) return [];
+  const parts = lock.split("/");
+  return [ROOT, ...parts.slice(1).map((_, i) => parts.slice(0, i + 1).join("/"))];
+}
+
+/** The state a rule sees for `lock`: its own entry, and the locks above and below it that hold something. */
+export function scopeOf(lock: string, stored: Stored): State {
+  const own = stored.entries.get(lock) ?? EMPTY_ENTRY;
+  const around: Neighbour[] = [];
+  for (const [name, e] of stored.entries)
+    if (name !== lock && (e.release || e.block) && overlaps(name, lock))
+      around.push({ lock: name, release: e.release, block: e.block });
+  return { lock, lastId: stored.lastId, release: own.release, block: own.block, around };
+}
+
+/** The locks a change rewrote (its own, and any neighbour whose lease it ended), with their new versions. */
+export function changedEntries(lock: string, stored: Stored, after: State): Map<string, Entry> {
+  const changed = new Map<string, Entry>();
+  const put = (name: string, release: Release | null, block: Block | null) => {
+    const before = stored.entries.get(name) ?? EMPTY_ENTRY;
+    if (before.release !== release || before.block !== block)
+      changed.set(name, { release, block, version: before.version + 1 });
+  };
+  put(lock, after.release, after.block);
+  for (const n of after.around) put(n.lock, n.release, n.block);
+  return changed;
+}
+
 /**
  * A wait line kept in this process: right for a store that no other process shares
  * (memory, SQLite held exclusively), where waiters cannot outlive the process anyway.
  */
 export class LocalWaitLine {
-  private lines = new Map<string, Queued[]>();
+  private line: Queued[] = [];
   private nextId = 1;
 
-  list(lock: string): Queued[] {
-    return this.lines.get(lock) ?? [];
+  list(): Queued[] {
+    return this.line;
   }
 
+  /** Waiters before `self` (all, without it) whose locks overlap `lock`: they are served first. */
   ahead(lock: string, self: number | undefined): number {
-    const line = this.list(lock);
-    return self === undefined ? line.length : line.filter((w) => w.id < self).length;
+    let n = 0;
+    for (const w of this.line) if ((self === undefined || w.id < self) && overlaps(w.lock, lock)) n++;
+    return n;
   }
 
   join(lock: string, who: Holder, now: number): Queued {
-    const waiter = { id: this.nextId++, name: who.name, reason: who.reason, since: now };
-    this.lines.set(lock, [...this.list(lock), waiter]);
+    const waiter = { id: this.nextId++, lock, name: who.name, reason: who.reason, since: now };
+    this.line = [...this.line, waiter];
     return waiter;
   }
 
-  leave(lock: string, id: number): Queued | null {
-    const line = this.list(lock);
-    const waiter = line.find((w) => w.id === id) ?? null;
-    if (waiter)
-      this.lines.set(
-        lock,
-        line.filter((w) => w !== waiter),
-      );
+  leave(id: number): Queued | null {
+    const waiter = this.line.find((w) => w.id === id) ?? null;
+    if (waiter) this.line = this.line.filter((w) => w !== waiter);
     return waiter;
   }
 }
 
 /** The event that records a waiter joining or leaving the line. */
-export const queueEvent = (kind: "waiting" | "left-queue", who: Holder, at: number, reason: string): Event => ({
-  at,
-  kind,
-  releaseId: null,
-  name: who.name,
-  reason,
-});
+export const queueEvent = (
+  kind: "waiting" | "left-queue",
+  lock: string,
+  who: Holder,
+  at: number,
+  reason: string,
+): Event => ({ lock, at, kind, releaseId: null, name: who.name, reason });
+
+/** What a transaction is to write: the events, the locks changed, and the id counter. */
+export type Writes = { events: Event[]; entries: Map<string, Entry>; lastId: number | null };
 
 /**
  * The body of a transaction for a store whose wait line is local: decides on the stored
@@ -140,25 +190,27 @@ export function decideInLine(
   decide: Decide,
   line: LocalWaitLine,
   options: TransactOptions,
-  write: ((next: State, events: Event[], version: number) => void) | null,
+  write: ((w: Writes) => void) | null,
 ): Decision {
-  const { outcome, change } = decide(stored.state, now, line.ahead(lock, options.self));
+  const before = scopeOf(lock, stored);
+  const { outcome, change } = decide(before, now, line.ahead(lock, options.self));
   const joining = !outcome.ok && options.join !== undefined && WAITABLE.has(outcome.reason);
   const events = [...(change?.events ?? [])];
-  if (joining && options.join) events.push(queueEvent("waiting", options.join, now, options.join.reason));
+  if (joining && options.join) events.push(queueEvent("waiting", lock, options.join, now, options.join.reason));
   if (events.length === 0) return { outcome, committed: null, joined: null };
-  const after = change?.next ?? stored.state;
-  const version = change ? stored.version + 1 : stored.version;
-  const committed = { lock, events, before: stored.state, after, version };
+  const after = change?.next ?? before;
+  const entries = change ? changedEntries(lock, stored, after) : new Map<string, Entry>();
+  const committed = { lock, events, before, after, entries };
   if (!write) return { outcome, committed, joined: null };
-  write(after, events, version);
+  write({ events, entries, lastId: after.lastId !== stored.lastId ? after.lastId : null });
   const joined = joining && options.join ? line.join(lock, options.join, now) : null;
-  if (outcome.ok && options.self !== undefined) line.leave(lock, options.self);
+  if (outcome.ok && options.self !== undefined) line.leave(options.self);
   return { outcome, committed, joined };
 }
 
 /** A lock's row, as SQLite and PostgreSQL return it (PostgreSQL gives big integers as strings). */
 export type LockRow = Record<
+  | "name"
   | "last_id"
   | "version"
   | "release_id"
@@ -171,12 +223,12 @@ export type LockRow = Record<
   | "blocked_since",
   string | number | null
 >;
-export type EventRow = Record<"at" | "kind" | "release_id" | "name" | "reason", string | number | null>;
+export type EventRow = Record<"lock" | "at" | "kind" | "release_id" | "name" | "reason", string | number | null>;
 
 const num = (v: string | number | null): number | null => (v === null ? null : Number(v));
 const str = (v: string | number | null): string => (v === null ? "" : String(v));
 
-export function toStored(row: LockRow): Stored {
+export function toEntry(row: LockRow): Entry {
   const release: Release | null =
     row.release_id === null
       ? null
@@ -191,15 +243,26 @@ export function toStored(row: LockRow): Stored {
     row.blocked_since === null
       ? null
       : { name: str(row.blocked_by), reason: str(row.block_reason), since: Number(row.blocked_since) };
-  return { state: { lastId: Number(row.last_id), release, block }, version: Number(row.version ?? 0) };
+  return { release, block, version: Number(row.version ?? 0) };
 }
 
-/** The columns of a lock's row, in the order both stores write them. */
-export function toRow(s: State, version: number): (string | number | null)[] {
-  const r = s.release;
-  const b = s.block;
+/** Rows as read (the root's row carries the id counter) into the stored state. */
+export function toStored(rows: LockRow[]): Stored {
+  const entries = new Map<string, Entry>();
+  let lastId = 0;
+  for (const row of rows) {
+    const name = str(row.name);
+    if (name === ROOT) lastId = Number(row.last_id);
+    entries.set(name, toEntry(row));
+  }
+  return { lastId, entries };
+}
+
+/** The columns of a lock's row after `name` and `last_id`, in the order both stores write them. */
+export function toColumns(e: Entry): (string | number | null)[] {
+  const r = e.release;
+  const b = e.block;
   return [
-    s.lastId,
     r?.id ?? null,
     r?.name ?? null,
     r?.reason ?? null,
@@ -208,14 +271,18 @@ export function toRow(s: State, version: number): (string | number | null)[] {
     b?.name ?? null,
     b?.reason ?? null,
     b?.since ?? null,
-    version,
+    e.version,
   ];
 }
 
 export const toEvent = (row: EventRow): Event => ({
+  lock: str(row.lock),
   at: Number(row.at),
   kind: str(row.kind) as EventKind,
   releaseId: num(row.release_id),
   name: str(row.name),
   reason: str(row.reason),
 });
+
+/** Whether an event concerns `lock`: on it, or on a lock under it. */
+export const concerns = (lock: string, e: Event): boolean => e.lock === lock || isAncestor(lock, e.lock);
