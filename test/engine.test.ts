@@ -18,7 +18,7 @@ import {
   state,
   waiting,
 } from "../src/engine.ts";
-import { block, type Outcome, renew, stop, unblock } from "../src/release.ts";
+import { block, type Outcome, ROOT, renew, stop, unblock } from "../src/release.ts";
 import { openMemoryStore } from "../src/store/memory.ts";
 import { openSqliteStore } from "../src/store/sqlite.ts";
 import type { Store } from "../src/store/store.ts";
@@ -87,7 +87,7 @@ const idOf = (o: Outcome) => (o.ok ? o.next.release?.id : undefined);
 const reasonOf = (o: Outcome) => (o.ok ? "granted" : o.reason);
 /** Waits until `n` waiters are in line and asleep in the engine, each with its deadline set. */
 const inLine = (n: number) =>
-  until(async () => engine.waiters.size === n && waiting(LOCK).length === n, `${n} waiters in line`);
+  until(async () => engine.waiters.size === n && waiting().length === n, `${n} waiters in line`);
 const kinds = async () => (await history(100, LOCK)).map((e) => e.kind).reverse();
 
 for (const [storeName, makeStore] of stores) {
@@ -289,6 +289,100 @@ for (const [storeName, makeStore] of stores) {
         expect(heard.map((h) => h.events.map((e) => e.kind))).toEqual([["started"], ["stopped"]]);
         expect(heard[0]?.before?.release).toBeNull();
         expect(heard[0]?.after?.release?.name).toBe("sion");
+      });
+    });
+
+    describe("locks in a tree", () => {
+      const on = (lock: string, name: string, wait = 0, signal = new AbortController().signal) =>
+        start(lock, holder(name), wait, signal);
+      const stopOn = (lock: string) => change(lock, (s, now) => stop(s, null, "", now));
+      const blockOnLock = (lock: string, name: string) =>
+        change(lock, (s, now) => block(s, { name, reason: "freeze" }, now));
+
+      test("unrelated locks and siblings are independent", async () => {
+        expect(reasonOf(await on("staging", "a"))).toBe("granted");
+        expect(reasonOf(await on("prod/eu", "b"))).toBe("granted");
+        expect(reasonOf(await on("prod/us", "c"))).toBe("granted");
+      });
+
+      test("a release on a lock keeps its ancestors from starting, naming the release that holds it", async () => {
+        await on("prod/eu", "sion");
+        const answer = await on("prod", "bob");
+        expect(reasonOf(answer)).toBe("running");
+        expect(answer.ok ? "" : answer.message).toMatch(/^release #1 by sion on prod\/eu running since/);
+      });
+
+      test("a release on a lock keeps every lock under it from starting", async () => {
+        await on("prod", "sion");
+        expect(reasonOf(await on("prod/eu", "a"))).toBe("running");
+        expect(reasonOf(await on("prod/us/payments", "b"))).toBe("running");
+        expect(reasonOf(await on("staging", "c"))).toBe("granted");
+      });
+
+      test("one id counter across all locks", async () => {
+        const ids = [idOf(await on("a", "x")), idOf(await on("b", "y")), idOf(await on("c/d", "z"))];
+        expect(ids).toEqual([1, 2, 3]);
+      });
+
+      test("a block on a lock blocks it and everything under it, with the nearest block's words", async () => {
+        await blockOnLock("prod", "ana");
+        const refused = await on("prod/eu", "sion");
+        expect(reasonOf(refused)).toBe("blocked");
+        expect(refused.ok ? "" : refused.message).toMatch(/^releasing on prod blocked by ana since/);
+        await blockOnLock("prod/eu", "bob");
+        const nearer = await on("prod/eu/x", "sion");
+        expect(nearer.ok ? "" : nearer.message).toMatch(/^releasing on prod\/eu blocked by bob/);
+        expect(reasonOf(await on("staging", "c"))).toBe("granted");
+      });
+
+      test("the root's block blocks every lock; unblocking a lock lifts only its own block", async () => {
+        await blockOnLock(ROOT, "ana");
+        await blockOnLock("prod", "bob");
+        expect(reasonOf(await on("staging", "x"))).toBe("blocked");
+        expect(reasonOf(await change("prod", (s, now) => unblock(s, "bob", now)))).toBe("granted");
+        expect(reasonOf(await on("prod", "x"))).toBe("blocked"); // still blocked from above
+        expect(reasonOf(await change("prod", (s, now) => unblock(s, "bob", now)))).toBe("not-blocked");
+        expect(reasonOf(await change(ROOT, (s, now) => unblock(s, "ana", now)))).toBe("granted");
+        expect(reasonOf(await on("prod", "x"))).toBe("granted");
+      });
+
+      test("a release that ran out on a lock below is ended when a lock above starts", async () => {
+        await start("prod/eu", holder("short", 5), 0, new AbortController().signal);
+        clock.jump(6_000);
+        expect(reasonOf(await on("prod", "after"))).toBe("granted");
+        expect((await history(10)).map((e) => `${e.kind} ${e.lock}`).reverse()).toEqual([
+          "started prod/eu",
+          "expired prod/eu",
+          "started prod",
+        ]);
+      });
+
+      test("a waiter for a whole subtree is not starved by a stream of starts on its parts", async () => {
+        await on("prod/eu", "first");
+        const whole = on("prod", "whole", 60);
+        await inLine(1);
+        // prod/us is free, but someone who overlaps it has waited longer.
+        expect(reasonOf(await on("prod/us", "newcomer"))).toBe("queued");
+        await stopOn("prod/eu");
+        const got = await whole;
+        expect(got.ok && got.next.release?.name).toBe("whole");
+      });
+
+      test("waiters on unrelated locks never delay each other", async () => {
+        await on("prod", "holder");
+        const waiting = on("prod/eu", "patient", 60);
+        await inLine(1);
+        expect(reasonOf(await on("staging", "unrelated"))).toBe("granted");
+        await stopOn("prod");
+        expect((await waiting).ok).toBe(true);
+      });
+
+      test("200 concurrent starts spread over 10 locks: exactly one granted per lock", async () => {
+        const answers = await Promise.all(Array.from({ length: 200 }, (_, i) => on(`team${i % 10}/app`, `racer${i}`)));
+        const granted = answers.filter((o) => o.ok).map((o) => (o.ok ? o.next.lock : ""));
+        expect(granted.sort()).toEqual(Array.from({ length: 10 }, (_, i) => `team${i}/app`).sort());
+        const ids = answers.filter((o) => o.ok).map(idOf);
+        expect(new Set(ids).size).toBe(10);
       });
     });
 

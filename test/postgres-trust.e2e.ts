@@ -63,3 +63,30 @@ describe("first come, first served across replicas", () => {
     }
   }, 90_000);
 });
+
+describe("a database from the previous version", () => {
+  test("keeps its release, its block (now the root's) and its id counter", async () => {
+    // The schema and rows exactly as the previous version (schema version 1) left them.
+    pg.psql(`DROP TABLE IF EXISTS releasestatus_schema, releasestatus_lock, releasestatus_events, releasestatus_waiters CASCADE;
+      CREATE TABLE releasestatus_schema (version int NOT NULL); INSERT INTO releasestatus_schema VALUES (1);
+      CREATE TABLE releasestatus_lock (name text PRIMARY KEY, last_id bigint NOT NULL DEFAULT 0,
+        release_id bigint, holder text, release_reason text, started_at bigint, expires_at bigint,
+        blocked_by text, block_reason text, blocked_since bigint);
+      CREATE TABLE releasestatus_events (seq bigserial PRIMARY KEY, lock text NOT NULL, at bigint NOT NULL,
+        kind text NOT NULL, release_id bigint, name text NOT NULL, reason text NOT NULL);
+      CREATE TABLE releasestatus_waiters (id bigserial PRIMARY KEY, lock text NOT NULL, name text NOT NULL,
+        reason text NOT NULL, replica text NOT NULL, since timestamptz NOT NULL DEFAULT clock_timestamp(),
+        heartbeat_at timestamptz NOT NULL DEFAULT clock_timestamp());
+      CREATE VIEW releasestatus_live_waiters AS SELECT * FROM releasestatus_waiters
+        WHERE heartbeat_at > clock_timestamp() - interval '5 seconds'
+           OR pg_postmaster_start_time() > clock_timestamp() - interval '5 seconds';
+      INSERT INTO releasestatus_lock VALUES ('default', 41, 41, 'sion', 'v2.3.1', 1795880000000, NULL, 'ana', 'freeze', 1795880001000);`);
+    const d = await daemon({ RS_DB: pg.url });
+    const status = await statusOf(d);
+    expect(status.release).toMatchObject({ id: 41, name: "sion", reason: "v2.3.1" });
+    expect(status.block).toMatchObject({ name: "ana", reason: "freeze" });
+    expect(await d.body("/stop")).toBe("1\n");
+    expect(await d.body("/unblock")).toBe("1\n");
+    expect((await d.get("/start")).headers.get("x-release-id")).toBe("42");
+  });
+});

@@ -316,9 +316,11 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     history: async (limit, lock) => {
       const rows = await inTransaction((tx) =>
         lock === undefined
-          ? tx`SELECT at, kind, release_id, name, reason FROM releasestatus_events ORDER BY seq DESC LIMIT ${limit}`
-          : tx`SELECT at, kind, release_id, name, reason FROM releasestatus_events
-                 WHERE lock = ${lock} ORDER BY seq DESC LIMIT ${limit}`,
+          ? tx`SELECT lock, at, kind, release_id, name, reason FROM releasestatus_events
+               ORDER BY seq DESC LIMIT ${limit}`
+          : tx`SELECT lock, at, kind, release_id, name, reason FROM releasestatus_events
+               WHERE lock = ${lock} OR ${lock} = '' OR substr(lock, 1, length(${lock}) + 1) = ${lock} || '/'
+               ORDER BY seq DESC LIMIT ${limit}`,
       );
       return (rows as EventRow[]).map(toEvent);
     },
