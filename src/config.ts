@@ -1,6 +1,8 @@
 // Settings come from the environment, as in the original: RS_PORT is required,
 // everything else has a default. A bad value is one clear line and exit code 2.
 import type { LogFormat } from "./log.ts";
+import { LOCK_NAME_RULE, validLockName } from "./names.ts";
+import { wholeNumber } from "./numbers.ts";
 
 export type Config = {
   port: number;
@@ -11,6 +13,9 @@ export type Config = {
   maxWaitSeconds: number;
   token: string | null;
   logFormat: LogFormat;
+  hosts: string[]; // host names a browser may reach the daemon by, besides IP addresses and localhost
+  locks: string[] | null; // the only lock names allowed; null: any, up to maxLocks
+  maxLocks: number;
 };
 
 export class ConfigError extends Error {}
@@ -24,20 +29,23 @@ export function readConfig(env: Env): Config {
   if (rawPort === undefined || rawPort === "")
     throw new ConfigError("RS_PORT is not set: say which port to listen on, e.g. RS_PORT=8080 releasestatus");
   return {
-    port: wholeNumber("RS_PORT", rawPort, 1, 65535),
+    port: setting("RS_PORT", rawPort, 1, 65535),
     host: env.RS_HOST || "0.0.0.0",
     db: readDb(env),
-    historyLimit: wholeNumber("RS_HISTORY_LIMIT", env.RS_HISTORY_LIMIT ?? "10000", 1, 10_000_000),
-    ttlSeconds: env.RS_TTL ? wholeNumber("RS_TTL", env.RS_TTL, 1, MAX_TTL_SECONDS) : null,
-    maxWaitSeconds: wholeNumber("RS_MAX_WAIT", env.RS_MAX_WAIT ?? "3600", 0, 7 * 24 * 3600),
+    historyLimit: setting("RS_HISTORY_LIMIT", env.RS_HISTORY_LIMIT ?? "10000", 1, 10_000_000),
+    ttlSeconds: env.RS_TTL ? setting("RS_TTL", env.RS_TTL, 1, MAX_TTL_SECONDS) : null,
+    maxWaitSeconds: setting("RS_MAX_WAIT", env.RS_MAX_WAIT ?? "3600", 0, 7 * 24 * 3600),
     token: readToken(env),
     logFormat: oneOf("RS_LOG_FORMAT", env.RS_LOG_FORMAT || "text", ["text", "json"]) as LogFormat,
+    hosts: list("RS_HOSTS", env.RS_HOSTS, HOST_NAME, "host names such as releases.example.com"),
+    locks: env.RS_LOCKS === undefined ? null : readLocks(env.RS_LOCKS),
+    maxLocks: setting("RS_MAX_LOCKS", env.RS_MAX_LOCKS ?? "1000", 1, 100_000),
   };
 }
 
-function wholeNumber(name: string, raw: string, min: number, max: number): number {
-  const n = Number(raw);
-  if (!/^\d+$/.test(raw.trim()) || n < min || n > max)
+function setting(name: string, raw: string, min: number, max: number): number {
+  const n = wholeNumber(raw, min, max);
+  if (n === null)
     throw new ConfigError(`${name}=${JSON.stringify(raw)} is not valid: expected a whole number from ${min} to ${max}`);
   return n;
 }
@@ -82,4 +90,28 @@ function readToken(env: Env): string | null {
       "the token is empty or has spaces or non-ASCII characters: use printable ASCII, e.g. from `openssl rand -hex 32`",
     );
   return token;
+}
+
+const HOST_NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/;
+
+// A comma-separated list; every item must match, and an empty item is a mistake, not nothing.
+function list(name: string, raw: string | undefined, item: RegExp, what: string): string[] {
+  if (raw === undefined) return [];
+  const items = raw.split(",").map((s) => s.trim());
+  for (const i of items)
+    if (!item.test(i))
+      throw new ConfigError(
+        `${name}=${JSON.stringify(raw)} is not valid: ${JSON.stringify(i)} is not one of ${what}, separated by commas`,
+      );
+  return items;
+}
+
+function readLocks(raw: string): string[] {
+  const names = raw.split(",").map((s) => s.trim());
+  for (const n of names)
+    if (!validLockName(n))
+      throw new ConfigError(
+        `RS_LOCKS=${JSON.stringify(raw)} is not valid: ${JSON.stringify(n)} is not a lock name (${LOCK_NAME_RULE})`,
+      );
+  return names;
 }

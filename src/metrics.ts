@@ -1,9 +1,10 @@
 // Counts for /metrics (Prometheus text format) and the "usually takes" estimate
-// on the page, both fed by the committed changes.
-import type { Committed } from "./engine.ts";
-import { blockOn, type Event, iso, type Outcome, type Reason, type Release, type State } from "./release.ts";
+// on the page, both fed by the committed changes. Every per-lock series has a
+// `lock` label; the root's block is `releasestatus_blocked{lock=""}`.
+import { type Heard, locks, state, waiting } from "./engine.ts";
+import { type Event, iso, type Outcome, type Reason, type Release, ROOT } from "./release.ts";
 
-/** Every reason a /start can be refused for: each is exported from start-up at zero, so rates work at once. */
+/** Every reason a /start can be refused for: each is exported at zero for every lock, so rates work at once. */
 export const START_REFUSALS: Reason[] = [
   "running",
   "blocked",
@@ -13,43 +14,61 @@ export const START_REFUSALS: Reason[] = [
   "unauthorized",
   "forbidden",
   "too-large",
+  "unsupported-media-type",
+  "unknown-lock",
   "storage",
   "shutting-down",
 ];
-const BUCKETS = [60, 300, 600, 900, 1800, 3600, 7200, 14400, 43200]; // seconds: one minute to half a day
+// Seconds: from a few seconds (so that short releases are not read as half a minute) to half a day.
+const BUCKETS = [1, 5, 15, 30, 60, 300, 600, 900, 1800, 3600, 7200, 14400, 43200];
 const RECENT = 20; // completed releases the estimate looks at
 
+type LockCounts = { started: number; refused: Record<string, number>; buckets: number[]; count: number; sum: number };
+
 export const metrics = {
-  started: 0,
-  refused: Object.fromEntries(START_REFUSALS.map((r) => [r, 0])) as Record<string, number>,
-  buckets: BUCKETS.map(() => 0),
-  durationCount: 0,
-  durationSum: 0,
+  byLock: new Map<string, LockCounts>(),
   recent: [] as number[], // seconds, oldest first
 };
 
-export function countStart(o: Outcome): void {
-  if (o.ok) metrics.started++;
-  else metrics.refused[o.reason] = (metrics.refused[o.reason] ?? 0) + 1;
+function counts(lock: string): LockCounts {
+  let c = metrics.byLock.get(lock);
+  if (!c) {
+    c = {
+      started: 0,
+      refused: Object.fromEntries(START_REFUSALS.map((r) => [r, 0])),
+      buckets: BUCKETS.map(() => 0),
+      count: 0,
+      sum: 0,
+    };
+    metrics.byLock.set(lock, c);
+  }
+  return c;
 }
 
-/** A commit listener: every release that ended adds its length to the histogram and the estimate. */
-export function observe({ events, before }: Committed): void {
+export function countStart(lock: string, o: Outcome): void {
+  const c = counts(lock);
+  if (o.ok) c.started++;
+  else c.refused[o.reason] = (c.refused[o.reason] ?? 0) + 1;
+}
+
+/** A commit listener: every release that ended adds its length to its lock's histogram and to the estimate. */
+export function observe({ events, before }: Heard): void {
   if (!before) return;
   const releases = [before.release, ...before.around.map((n) => n.release)];
   for (const e of events) {
     if (e.kind !== "stopped" && e.kind !== "expired" && e.kind !== "abandoned") continue;
     const ended = releases.find((r) => r?.id === e.releaseId);
-    if (ended) addDuration((e.at - ended.startedAt) / 1000);
+    if (ended) addDuration(e.lock, (e.at - ended.startedAt) / 1000);
   }
 }
 
-function addDuration(seconds: number) {
+function addDuration(lock: string, seconds: number) {
+  const c = counts(lock);
   BUCKETS.forEach((le, i) => {
-    if (seconds <= le) metrics.buckets[i] = (metrics.buckets[i] ?? 0) + 1;
+    if (seconds <= le) c.buckets[i] = (c.buckets[i] ?? 0) + 1;
   });
-  metrics.durationCount++;
-  metrics.durationSum += seconds;
+  c.count++;
+  c.sum += seconds;
   remember(seconds);
 }
 
@@ -78,46 +97,82 @@ export function estimate(release: Release | null): { typicalSeconds: number; exp
   return { typicalSeconds: Math.round(median), expectedAt: iso(release.startedAt + median * 1000) };
 }
 
-export function renderMetrics(s: State, waiting: number, healthy: boolean): string {
+const label = (lock: string) => `lock="${lock.replace(/["\\]/g, "\\$&")}"`;
+
+export function renderMetrics(healthy: boolean): string {
+  const names = [...new Set([...locks().filter((l) => l !== ROOT), ...metrics.byLock.keys(), "default"])].sort();
   const out: string[] = [];
   const metric = (name: string, type: string, help: string, lines: string[]) =>
     out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, ...lines);
-  const gauge = (name: string, help: string, value: number) => metric(name, "gauge", help, [`${name} ${value}`]);
+  const perLock = (name: string, help: string, value: (lock: string) => number, withRoot = false) =>
+    metric(
+      name,
+      "gauge",
+      help,
+      (withRoot ? [ROOT, ...names] : names).map((l) => `${name}{${label(l)}} ${value(l)}`),
+    );
+  const line = waiting();
 
-  gauge("releasestatus_running", "Whether a release is running (1) or not (0).", s.release ? 1 : 0);
-  gauge("releasestatus_blocked", "Whether releasing is blocked (1) or not (0).", blockOn(s) ? 1 : 0);
-  gauge(
+  perLock("releasestatus_running", "Whether a release is running on the lock (1) or not (0).", (l) =>
+    state(l).release ? 1 : 0,
+  );
+  perLock(
+    "releasestatus_blocked",
+    'Whether the lock itself is blocked (1) or not (0); lock="" is the root, whose block blocks every lock.',
+    (l) => (state(l).block ? 1 : 0),
+    true,
+  );
+  perLock(
     "releasestatus_release_started_timestamp_seconds",
     "When the running release started, in seconds since the epoch; 0 when none runs.",
-    s.release ? s.release.startedAt / 1000 : 0,
+    (l) => (state(l).release?.startedAt ?? 0) / 1000,
   );
-  gauge(
+  perLock(
     "releasestatus_release_expires_timestamp_seconds",
     "When the running release's lease ends, in seconds since the epoch; 0 when none runs or it has no lease.",
-    s.release?.expiresAt ? s.release.expiresAt / 1000 : 0,
+    (l) => (state(l).release?.expiresAt ?? 0) / 1000,
   );
-  gauge("releasestatus_last_release_id", "The highest release id granted so far.", s.lastId);
-  gauge("releasestatus_waiting", "Starts waiting in line for the release.", waiting);
-  gauge(
-    "releasestatus_storage_healthy",
-    "Whether the last write to storage succeeded (1) or failed (0).",
-    healthy ? 1 : 0,
+  perLock(
+    "releasestatus_waiting",
+    "Starts waiting in line for the lock.",
+    (l) => line.filter((w) => w.lock === l).length,
   );
-  metric("releasestatus_releases_started_total", "counter", "Releases started since the daemon started.", [
-    `releasestatus_releases_started_total ${metrics.started}`,
+  metric("releasestatus_last_release_id", "gauge", "The highest release id granted so far, on any lock.", [
+    `releasestatus_last_release_id ${state(ROOT).lastId}`,
   ]);
+  metric("releasestatus_storage_healthy", "gauge", "Whether the last write to storage succeeded (1) or failed (0).", [
+    `releasestatus_storage_healthy ${healthy ? 1 : 0}`,
+  ]);
+  metric(
+    "releasestatus_releases_started_total",
+    "counter",
+    "Releases started since the daemon started.",
+    names.map((l) => `releasestatus_releases_started_total{${label(l)}} ${counts(l).started}`),
+  );
   metric(
     "releasestatus_start_refused_total",
     "counter",
-    "Starts refused since the daemon started, by reason.",
-    Object.entries(metrics.refused).map(([r, n]) => `releasestatus_start_refused_total{reason="${r}"} ${n}`),
+    "Starts refused since the daemon started, by lock and reason.",
+    names.flatMap((l) =>
+      Object.entries(counts(l).refused).map(
+        ([r, n]) => `releasestatus_start_refused_total{${label(l)},reason="${r}"} ${n}`,
+      ),
+    ),
   );
   const h = "releasestatus_release_duration_seconds";
-  metric(h, "histogram", "How long completed releases ran, from start to stop or expiry.", [
-    ...BUCKETS.map((le, i) => `${h}_bucket{le="${le}"} ${metrics.buckets[i]}`),
-    `${h}_bucket{le="+Inf"} ${metrics.durationCount}`,
-    `${h}_sum ${metrics.durationSum}`,
-    `${h}_count ${metrics.durationCount}`,
-  ]);
+  metric(
+    h,
+    "histogram",
+    "How long completed releases ran, from start to stop or expiry.",
+    names.flatMap((l) => {
+      const c = counts(l);
+      return [
+        ...BUCKETS.map((le, i) => `${h}_bucket{${label(l)},le="${le}"} ${c.buckets[i]}`),
+        `${h}_bucket{${label(l)},le="+Inf"} ${c.count}`,
+        `${h}_sum{${label(l)}} ${c.sum}`,
+        `${h}_count{${label(l)}} ${c.count}`,
+      ];
+    }),
+  );
   return `${out.join("\n")}\n`;
 }

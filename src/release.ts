@@ -76,8 +76,10 @@ export type Reason =
   | "unauthorized"
   | "forbidden"
   | "not-found"
+  | "unknown-lock"
   | "method-not-allowed"
-  | "too-large";
+  | "too-large"
+  | "unsupported-media-type";
 
 export type Refusal = { ok: false; reason: Reason; message: string };
 export type Change = { ok: true; next: State; events: Event[] };

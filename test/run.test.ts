@@ -1,6 +1,6 @@
 // `releasestatus run` and `status`: the compiled binary as both server and client.
 import { describe, expect, test } from "bun:test";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { BINARY, type Daemon, daemonsPerTest, freePort, historyKinds, statusOf, tempDir, until } from "./daemon.ts";
 
@@ -59,7 +59,10 @@ describe("releasestatus run", () => {
     const d = await server();
     const pidFile = join(tempDir(), "pid");
     const c = client(d, ["run", "--", "sh", "-c", `echo $$ > ${pidFile}; exec sleep 30`]);
-    await until(async () => (await status(d)).running && readFileSync(pidFile, "utf8").length > 0, "the command");
+    await until(
+      async () => (await status(d)).running && existsSync(pidFile) && readFileSync(pidFile, "utf8").length > 0,
+      "the command",
+    );
     process.kill(Number(readFileSync(pidFile, "utf8")), "SIGKILL");
     expect((await c.done).code).toBe(137);
     expect((await status(d)).running).toBe(false);

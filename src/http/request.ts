@@ -1,24 +1,31 @@
 // What a request says: its parameters, decoded strictly and checked against
-// their limits. A request that is itself wrong becomes a refusal (`invalid`,
-// `too-large`) or throws Invalid, and changes nothing.
+// their limits, and who may send it. A request that is itself wrong becomes a
+// refusal (`invalid`, `too-large`, `unsupported-media-type`, `forbidden`,
+// `unauthorized`) and changes nothing.
+import { wholeNumber } from "../numbers.ts";
 import { type Refusal, refuse } from "../release.ts";
 
 const MAX_TEXT = 200; // characters in a name or reason
 const MAX_URL = 8192; // bytes in a request's URL
+const FORM = "application/x-www-form-urlencoded";
 
 /** A request that is itself wrong: answered 400 with reason `invalid`, changing nothing. */
 export class Invalid extends Error {}
 
 export type Params = Map<string, string>;
 
-export const wantsJson = (url: string, req: Request) =>
-  /[?&]format=json(&|$)/.test(url) || (req.headers.get("accept") ?? "").includes("application/json");
-
-/** The query string, plus a form body on POST; a Refusal when it cannot be decoded. */
+/** The query string, plus a form body on POST; a Refusal when it cannot be decoded or is not a form. */
 export function readParams(req: Request, url: string): Params | Refusal | Promise<Params | Refusal> {
   const query = readQuery(url);
   if (req.method !== "POST" || !(query instanceof Map)) return query;
-  if (!(req.headers.get("content-type") ?? "").startsWith("application/x-www-form-urlencoded")) return query;
+  const type = req.headers.get("content-type");
+  if (type === null) return query; // no body, or one that says nothing: read nothing from it
+  // Media types are case-insensitive (RFC 9110); parameters such as charset may follow.
+  if (type.split(";")[0]?.trim().toLowerCase() !== FORM)
+    return refuse(
+      "unsupported-media-type",
+      `a body of type ${type.slice(0, 60)} is not understood: send parameters in the query string or as ${FORM}`,
+    );
   return req.text().then((body) => {
     // A client that went away mid-body never hears an answer: it must not be granted anything.
     if (req.signal.aborted) return refuse("invalid", "the request body was cut short");
@@ -56,29 +63,68 @@ function parsePairs(s: string): Params | Refusal {
 
 const decode = (s: string) => (s.includes("%") || s.includes("+") ? decodeURIComponent(s.replaceAll("+", " ")) : s);
 
+// Control characters; U+FFFD, which is what invalid UTF-8 sent raw becomes on the way in; and the
+// bidirectional controls, which make a name read as another in logs and on the page.
+const UNWANTED = /[\p{Cc}\p{Cs}\u2028\u2029\ufffd\u202a-\u202e\u2066-\u2069]/u;
+
 export function text(p: Params, key: string): string {
   const value = (p.get(key) ?? "").trim();
   if ([...value].length > MAX_TEXT) throw new Invalid(`${key} is longer than ${MAX_TEXT} characters: shorten it`);
-  if (/[\p{Cc}\p{Cs}\u2028\u2029]/u.test(value))
-    throw new Invalid(`${key} has control characters (such as a newline): send plain text`);
+  if (UNWANTED.test(value))
+    throw new Invalid(
+      `${key} has control characters, direction overrides or invalid UTF-8: send plain text, percent-encoded as UTF-8`,
+    );
   return value;
 }
 
+/** A whole number within limits; null when the parameter is absent. Present but empty (`id=` or `id`) is invalid. */
 export function whole(p: Params, key: string, min: number, max: number): number | null {
   const raw = p.get(key);
-  if (raw === undefined || raw === "") return null;
-  const n = Number(raw);
-  if (!/^\d+$/.test(raw) || n < min || n > max)
-    throw new Invalid(`${key}=${raw.slice(0, 40)} is not valid: expected a whole number from ${min} to ${max}`);
+  if (raw === undefined) return null;
+  const n = wholeNumber(raw, min, max);
+  if (n === null)
+    throw new Invalid(
+      `${key}=${raw.slice(0, 40)} is not valid: expected a whole number from ${min} to ${max}${raw === "" ? " (it is empty)" : ""}`,
+    );
   return n;
 }
 
-export function sameOrigin(origin: string, req: Request): boolean {
+/** Refuses changes sent cross-site by a browser, or from a host name a rebinding page could use. */
+export function sameSite(req: Request, hosts: readonly string[]): Refusal | null {
+  const site = req.headers.get("sec-fetch-site");
+  const origin = req.headers.get("origin");
+  if (site === null && origin === null) return null; // not a browser: scripts are not affected
+  const host = req.headers.get("host") ?? "";
+  if ((site && site !== "same-origin" && site !== "none") || (origin && !sameOrigin(origin, host)))
+    return refuse("forbidden", "state changes are not accepted from other web sites");
+  if (!trustedHost(host, hosts))
+    return refuse(
+      "forbidden",
+      `a browser reached this daemon as ${host.slice(0, 60)}, which is not an IP address, localhost or a name in RS_HOSTS: add the name to RS_HOSTS to allow it`,
+    );
+  return null;
+}
+
+function sameOrigin(origin: string, host: string): boolean {
   try {
-    return new URL(origin).host === req.headers.get("host");
+    return new URL(origin).host === host;
   } catch {
     return false;
   }
+}
+
+// A page served from evil.example can point that name at this daemon (DNS rebinding): its requests
+// then look same-origin. Only names we know stand for us are accepted from a browser.
+function trustedHost(host: string, hosts: readonly string[]): boolean {
+  const name = host.replace(/:\d+$/, "").toLowerCase();
+  if (name === "localhost" || /^\d{1,3}(\.\d{1,3}){3}$/.test(name) || /^\[[0-9a-f:.]+\]$/.test(name)) return true;
+  return hosts.includes(name);
+}
+
+/** The bearer token of a request; the scheme is case-insensitive (RFC 9110). */
+export function bearer(req: Request): string {
+  const auth = req.headers.get("authorization") ?? "";
+  return /^bearer /i.test(auth) ? auth.slice(7) : "";
 }
 
 // Bun's hasher rather than node:crypto, which alone adds about 4 ms to start-up.

@@ -1,281 +1,339 @@
-// The HTTP face of the lock: the original's four endpoints (answering 1 or 0),
-// plus /renew, /status, /history and /healthz. Handlers parse and check the
-// request, call one transition, and format its outcome; the rules live elsewhere.
+// The HTTP face of the locks: the original's four endpoints (answering 1 or 0)
+// and the rest, as a table of routes. A lock's endpoints live under
+// /locks/NAME/…; the original's paths act on the default lock (/block and
+// /unblock on the root: "block all releases"). Handlers parse the request,
+// call the engine once, and hand the outcome to answer.ts.
 import type { Server } from "bun";
 import { type Config, MAX_TTL_SECONDS } from "../config.ts";
-import {
-  engine,
-  freshen,
-  health,
-  history,
-  isHealthy,
-  onCommit,
-  ROOT,
-  startOrWait,
-  state,
-  storeDescription,
-  transact,
-  waitingList,
-} from "../engine.ts";
+import { backup, change, engine, health, history, locks, onCommit, refresh, start } from "../engine.ts";
 import type { Log } from "../log.ts";
-import { countStart, estimate, renderMetrics } from "../metrics.ts";
+import { countStart, renderMetrics } from "../metrics.ts";
+import { LOCK_NAME_RULE, validLockName } from "../names.ts";
 import {
   block,
-  blockOn,
+  DEFAULT_LOCK,
   describeBlock,
   describeEvent,
   describeRelease,
   type Event,
   iso,
   type Outcome,
-  type Reason,
   type Refusal,
+  ROOT,
   refuse,
   renew,
+  stillBlocked,
   stop,
-  UNKNOWN_USER,
   unblock,
 } from "../release.ts";
+import { answer, json, SECURITY_HEADERS, type Success, text, wantsJson } from "./answer.ts";
 import pageText from "./page.html" with { type: "text" };
 import {
+  bearer,
   Invalid,
   type Params,
   readParams,
   readQuery,
   sameBytes,
-  sameOrigin,
+  sameSite,
   sha256,
-  text,
-  wantsJson,
+  text as textParam,
   whole,
 } from "./request.ts";
+import {
+  broadcastChange,
+  eventJson,
+  eventStream,
+  keepStreamsAlive,
+  lockNames,
+  locksText,
+  requireToken,
+  statusJson,
+  statusText,
+} from "./views.ts";
 
-const HTTP_STATUS: Record<Reason, number> = {
-  running: 200,
-  blocked: 200,
-  queued: 200,
-  "not-running": 200,
-  "not-blocked": 200,
-  "wrong-id": 200,
-  timeout: 200,
-  invalid: 400,
-  unauthorized: 401,
-  forbidden: 403,
-  "not-found": 404,
-  "method-not-allowed": 405,
-  "too-large": 414,
-  storage: 503,
-  "shutting-down": 503,
-};
-
-const PLAIN = "text/plain; charset=utf-8";
-const SECURITY_HEADERS = { "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store" };
-
-/** What a successful change tells the caller beyond its 1. */
-type Success = { message: string; releaseId?: number };
 type Handler = (req: Request, server: Server<undefined>) => Response | Promise<Response>;
+/** What a request is about: the lock (undefined: every lock), and how it wants its answer. */
+type Ask = { req: Request; server: Server<undefined>; url: string; lock: string | undefined; json: boolean };
+
+const CHANGE_METHODS = ["GET", "POST"];
+const READ_METHODS = ["GET", "HEAD"];
+const ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"] as const;
 
 export function startServer(cfg: Config, log: Log): Server<undefined> {
   const tokenDigest = cfg.token === null ? null : sha256(cfg.token);
-  tokenRequired = tokenDigest !== null;
+  requireToken(tokenDigest !== null);
 
-  // Refuses state changes sent cross-site by a browser, and, when a token is set, without it.
+  // Who may change anything: browsers only from this daemon's own page and a trusted host name, and
+  // everyone only with the token when one is set.
   function guard(req: Request): Refusal | null {
-    const site = req.headers.get("sec-fetch-site");
-    const origin = req.headers.get("origin");
-    if ((site && site !== "same-origin" && site !== "none") || (origin && !sameOrigin(origin, req)))
-      return refuse("forbidden", "state changes are not accepted from other web sites");
-    if (tokenDigest === null) return null;
-    const auth = req.headers.get("authorization") ?? "";
-    const given = auth.startsWith("Bearer ") ? auth.slice(7) : "";
-    if (!sameBytes(sha256(given), tokenDigest))
+    const crossSite = sameSite(req, cfg.hosts);
+    if (crossSite) return crossSite;
+    if (tokenDigest !== null && !sameBytes(sha256(bearer(req)), tokenDigest))
       return refuse("unauthorized", "a valid token is required: send the header 'Authorization: Bearer <token>'");
     return null;
   }
 
-  // Wraps a state-changing endpoint: guard, parse, run, answer; a bad parameter is 400 invalid.
-  const mutation =
+  // A lock named in a path: valid, allowed, and (beyond RS_MAX_LOCKS) not new.
+  function admit(name: string): Refusal | null {
+    if (!validLockName(name))
+      return refuse("invalid", `${JSON.stringify(name.slice(0, 120))} is not a lock name: ${LOCK_NAME_RULE}`);
+    if (cfg.locks && !cfg.locks.includes(name))
+      return refuse("unknown-lock", `there is no lock ${name}: RS_LOCKS allows only ${cfg.locks.join(", ")}`);
+    if (!cfg.locks && !engine.known.entries.has(name) && locks().length > cfg.maxLocks)
+      return refuse(
+        "invalid",
+        `lock ${name} would be one lock more than RS_MAX_LOCKS (${cfg.maxLocks}): use a lock that exists`,
+      );
+    return null;
+  }
+
+  // A state-changing endpoint: guard, parse, run, answer; a bad parameter is 400 invalid.
+  const changing =
     (
       name: string,
-      act: (p: Params, req: Request, server: Server<undefined>) => Outcome | Promise<Outcome>,
-      describe: (o: Outcome) => Success,
-    ): Handler =>
-    (req, server) => {
-      // Bun answers HEAD with the GET handler; a HEAD must never change state.
-      if (req.method === "HEAD") return notAllowed(req, new URL(req.url).pathname as keyof typeof routes);
-      const url = req.url; // Bun builds this string anew on each access
-      const json = wantsJson(url, req);
+      act: (p: Params, ask: Ask & { lock: string }) => Outcome | Promise<Outcome>,
+      success: (o: Outcome, lock: string) => Success,
+    ) =>
+    (ask: Ask & { lock: string }): Response | Promise<Response> => {
+      const { req, lock } = ask;
       const respond = (o: Outcome) => {
-        if (name === "start") countStart(o);
-        if (!o.ok) log.refusal(o.reason, () => `refused ${name}: ${o.message}`);
-        return answer(json, o, describe(o));
+        if (name === "start") countStart(lock, o);
+        if (!o.ok)
+          log.refusal(
+            o.reason,
+            () => `refused ${name}${lock === DEFAULT_LOCK || lock === ROOT ? "" : ` on ${lock}`}: ${o.message}`,
+          );
+        return answer(ask.json, o, success(o, lock), () => statusJson(lock === ROOT ? DEFAULT_LOCK : lock));
       };
       const denied = guard(req);
       if (denied) return respond(denied);
       const run = (p: Params | Refusal): Response | Promise<Response> => {
-        if (p instanceof Map === false) return respond(p);
+        if (!(p instanceof Map)) return respond(p);
         let outcome: Outcome | Promise<Outcome>;
         try {
-          outcome = act(p, req, server);
+          outcome = act(p, ask);
         } catch (e) {
           if (!(e instanceof Invalid)) throw e;
           return respond(refuse("invalid", e.message));
         }
         return outcome instanceof Promise ? outcome.then(respond) : respond(outcome);
       };
-      const params = readParams(req, url);
+      const params = readParams(req, ask.url);
       return params instanceof Promise ? params.then(run) : run(params);
     };
 
-  const handleStart = mutation(
-    "start",
-    (p, req, server) => {
-      const holder = { name: text(p, "name"), reason: text(p, "reason") };
-      const ttlSeconds = whole(p, "ttl", 1, MAX_TTL_SECONDS) ?? cfg.ttlSeconds;
-      const wait = whole(p, "wait", 0, cfg.maxWaitSeconds) ?? 0;
-      if (wait > 0) server.timeout(req, 0); // a waiter may sit quietly for up to RS_MAX_WAIT
-      return startOrWait({ ...holder, ttlSeconds }, wait, req.signal);
-    },
-    (o) =>
-      o.ok && o.next.release
-        ? { message: describeRelease(o.next.release), releaseId: o.next.release.id }
-        : { message: "" },
-  );
+  const id = (p: Params) => whole(p, "id", 1, Number.MAX_SAFE_INTEGER);
+  const holder = (p: Params) => ({ name: textParam(p, "name"), reason: textParam(p, "reason") });
 
-  const handleStop = mutation(
-    "stop",
-    (p) => {
-      const id = whole(p, "id", 1, Number.MAX_SAFE_INTEGER);
-      const name = text(p, "name");
-      return transact((s, now) => stop(s, id, name, now));
-    },
-    () => ({ message: "the release is over" }),
-  );
-
-  const handleRenew = mutation(
-    "renew",
-    (p) => {
-      const id = whole(p, "id", 1, Number.MAX_SAFE_INTEGER);
-      if (id === null) throw new Invalid("id is required: pass the release id from X-Release-Id, e.g. /renew?id=42");
-      const ttl = whole(p, "ttl", 1, MAX_TTL_SECONDS) ?? cfg.ttlSeconds;
-      if (ttl === null)
-        throw new Invalid(
-          `ttl is required (the daemon has no RS_TTL): a whole number of seconds from 1 to ${MAX_TTL_SECONDS}`,
-        );
-      return transact((s, now) => renew(s, id, ttl, now));
-    },
-    (o) => ({
-      message: o.ok && o.next.release?.expiresAt ? `the lease now ends at ${iso(o.next.release.expiresAt)}` : "",
-    }),
-  );
-
-  const handleBlock = mutation(
-    "block",
-    (p) => {
-      const holder = { name: text(p, "name"), reason: text(p, "reason") };
-      return transact((s, now) => block(s, holder, now), ROOT);
-    },
-    (o) => ({ message: o.ok && o.next.block ? describeBlock(o.next.block) : "" }),
-  );
-
-  const handleUnblock = mutation(
-    "unblock",
-    (p) => {
-      const name = text(p, "name");
-      return transact((s, now) => unblock(s, name, now), ROOT);
-    },
-    () => ({ message: "releasing is open again" }),
-  );
-
-  function handleStatus(req: Request): Response | Promise<Response> {
-    const render = () =>
-      wantsJson(req.url, req)
-        ? Response.json(statusJson(), { headers: SECURITY_HEADERS })
-        : new Response(statusText(), { headers: { ...SECURITY_HEADERS, "Content-Type": PLAIN } });
-    return afterFreshening(render);
-  }
-
-  function handleHistory(req: Request): Response | Promise<Response> {
-    const url = req.url;
-    const p = readQuery(url);
-    if (!(p instanceof Map)) return answer(wantsJson(url, req), p);
-    let limit: number;
-    try {
-      limit = whole(p, "limit", 1, 1000) ?? 50;
-    } catch (e) {
-      return answer(wantsJson(url, req), refuse("invalid", (e as Error).message));
-    }
-    const format = (events: Event[]) => {
-      if (wantsJson(url, req)) return Response.json({ events: events.map(eventJson) }, { headers: SECURITY_HEADERS });
-      const lines = events.map((e) => `${iso(e.at)}  ${e.kind.padEnd(10)}  ${describeEvent(e)}\n`);
-      return new Response(lines.join(""), { headers: { ...SECURITY_HEADERS, "Content-Type": PLAIN } });
-    };
-    const events = history(limit);
-    return events instanceof Promise ? events.then(format) : format(events);
-  }
-
-  function handleHealth(): Response {
-    const [status, body] = engine.closing
-      ? [503, "shutting down\n"]
-      : isHealthy()
-        ? [200, "ok\n"]
-        : [503, `storage failing: ${health().problem ?? "the release state cannot be saved"}; see the daemon's log\n`];
-    return new Response(body, { status, headers: { ...SECURITY_HEADERS, "Content-Type": PLAIN } });
-  }
-
-  function handleMetrics(): Response | Promise<Response> {
-    const render = () =>
-      new Response(renderMetrics(state(), waitingList().length, isHealthy()), {
-        headers: { ...SECURITY_HEADERS, "Content-Type": "text/plain; version=0.0.4; charset=utf-8" },
-      });
-    return afterFreshening(render);
-  }
-
-  // Server-Sent Events: a snapshot on connect, then one event per change, for the page and `curl -N`.
-  function handleEvents(req: Request, server: Server<undefined>): Response {
-    server.timeout(req, 0); // a stream is quiet between changes; Bun would cut it after 10 s
-    let listener: EventStream | null = null;
-    const stream = new ReadableStream<Uint8Array>({
-      start(controller) {
-        listener = controller;
-        eventStreams.add(controller);
-        controller.enqueue(sse("status", { status: statusJson() }, "retry: 1000\n"));
+  /** Every action on a lock; the table below says where each is reached. */
+  const actions = {
+    start: changing(
+      "start",
+      (p, { req, server, lock }) => {
+        const ttlSeconds = whole(p, "ttl", 1, MAX_TTL_SECONDS) ?? cfg.ttlSeconds;
+        const wait = whole(p, "wait", 0, cfg.maxWaitSeconds) ?? 0;
+        if (wait > 0) server.timeout(req, 0); // a waiter may sit quietly for up to RS_MAX_WAIT
+        return start(lock, { ...holder(p), ttlSeconds }, wait, req.signal);
       },
-      cancel() {
-        if (listener) eventStreams.delete(listener);
+      (o, lock) =>
+        o.ok && o.next.release
+          ? { message: describeRelease(o.next.release, lock), releaseId: o.next.release.id }
+          : { message: "" },
+    ),
+    stop: changing(
+      "stop",
+      (p, { lock }) => {
+        const release = id(p);
+        const name = textParam(p, "name");
+        return change(lock, (s, now) => stop(s, release, name, now));
       },
-    });
-    return new Response(stream, {
-      headers: { ...SECURITY_HEADERS, "Content-Type": "text/event-stream; charset=utf-8", "X-Accel-Buffering": "no" },
-    });
-  }
-
-  function handlePage(): Response {
-    return new Response(page, {
-      headers: { ...SECURITY_HEADERS, ...pageSecurityHeaders(), "Content-Type": "text/html; charset=utf-8" },
-    });
-  }
-
-  onCommit(({ events }) => broadcastChange(events));
-  setInterval(() => broadcast(null, null), 15_000).unref(); // a comment now and then keeps proxies from closing idle streams
-
-  const routes = {
-    "/": { GET: handlePage },
-    "/start": { GET: handleStart, POST: handleStart },
-    "/stop": { GET: handleStop, POST: handleStop },
-    "/renew": { GET: handleRenew, POST: handleRenew },
-    "/block": { GET: handleBlock, POST: handleBlock },
-    "/unblock": { GET: handleUnblock, POST: handleUnblock },
-    "/status": { GET: handleStatus },
-    "/history": { GET: handleHistory },
-    "/healthz": { GET: handleHealth },
-    "/metrics": { GET: handleMetrics },
-    "/events": { GET: handleEvents },
+      () => ({ message: "the release is over" }),
+    ),
+    renew: changing(
+      "renew",
+      (p, { lock }) => {
+        const release = id(p);
+        if (release === null)
+          throw new Invalid("id is required: pass the release id from X-Release-Id, e.g. /renew?id=42");
+        const ttl = whole(p, "ttl", 1, MAX_TTL_SECONDS) ?? cfg.ttlSeconds;
+        if (ttl === null)
+          throw new Invalid(
+            `ttl is required (the daemon has no RS_TTL): a whole number of seconds from 1 to ${MAX_TTL_SECONDS}`,
+          );
+        return change(lock, (s, now) => renew(s, release, ttl, now));
+      },
+      (o) => ({
+        message: o.ok && o.next.release?.expiresAt ? `the lease now ends at ${iso(o.next.release.expiresAt)}` : "",
+      }),
+    ),
+    block: changing(
+      "block",
+      (p, { lock }) => {
+        const who = holder(p);
+        return change(lock, (s, now) => block(s, who, now));
+      },
+      (o, lock) => ({ message: o.ok && o.next.block ? describeBlock(o.next.block, lock) : "" }),
+    ),
+    unblock: changing(
+      "unblock",
+      (p, { lock }) => {
+        const name = textParam(p, "name");
+        return change(lock, (s, now) => unblock(s, name, now));
+      },
+      (o) => ({ message: (o.ok && stillBlocked(o.next)) || "releasing is open again" }),
+    ),
   };
 
-  function notAllowed(req: Request, path: keyof typeof routes): Response {
-    const methods = Object.keys(routes[path]);
-    const allow = (methods.includes("POST") ? methods : [...methods, "HEAD"]).join(", ");
+  const reads = {
+    status: ({ req, lock, json: asJson }: Ask) =>
+      whenKnown(
+        lock ?? DEFAULT_LOCK,
+        () => {
+          const l = lock ?? DEFAULT_LOCK;
+          return asJson ? json(statusJson(l)) : text(statusText(l));
+        },
+        asJson,
+        req,
+      ),
+    history: ({ url, lock, json: asJson }: Ask): Response | Promise<Response> => {
+      const p = readQuery(url);
+      if (!(p instanceof Map)) return answer(asJson, p);
+      let limit: number;
+      try {
+        limit = whole(p, "limit", 1, 1000) ?? 50;
+      } catch (e) {
+        return answer(asJson, refuse("invalid", (e as Error).message));
+      }
+      if (!health().known) return unknown(asJson);
+      return history(limit, lock).then(
+        (events: Event[]) => {
+          if (asJson) return json({ events: events.map(eventJson) });
+          return text(events.map((e) => `${iso(e.at)}  ${e.kind.padEnd(10)}  ${describeEvent(e)}\n`).join(""));
+        },
+        () => unknown(asJson),
+      );
+    },
+    events: ({ req, server, lock }: Ask): Response => {
+      server.timeout(req, 0); // a stream is quiet between changes; Bun would cut it after 10 s
+      return new Response(eventStream(lock), {
+        headers: { ...SECURITY_HEADERS, "Content-Type": "text/event-stream; charset=utf-8", "X-Accel-Buffering": "no" },
+      });
+    },
+  };
+
+  // The table: each path, the methods it answers, and what it does.
+  const lockRoutes: Record<
+    string,
+    { methods: string[]; run: (ask: Ask & { lock: string }) => Response | Promise<Response> }
+  > = {
+    start: { methods: CHANGE_METHODS, run: actions.start },
+    stop: { methods: CHANGE_METHODS, run: actions.stop },
+    renew: { methods: CHANGE_METHODS, run: actions.renew },
+    block: { methods: CHANGE_METHODS, run: actions.block },
+    unblock: { methods: CHANGE_METHODS, run: actions.unblock },
+    status: { methods: READ_METHODS, run: reads.status },
+    history: { methods: READ_METHODS, run: reads.history },
+    events: { methods: READ_METHODS, run: reads.events },
+  };
+  const on = (action: string, lock: string | undefined) => {
+    const route = lockRoutes[action] as (typeof lockRoutes)[string];
+    const run = route.run as (a: Ask) => Response | Promise<Response>;
+    return {
+      methods: route.methods,
+      handle: (req: Request, server: Server<undefined>) => {
+        const url = req.url; // Bun builds this string anew on each access
+        return run({ req, server, url, lock, json: wantsJson(url, req) });
+      },
+    };
+  };
+  const table: Record<string, { methods: string[]; handle: Handler }> = {
+    "/": { methods: READ_METHODS, handle: () => page() },
+    "/start": on("start", DEFAULT_LOCK),
+    "/stop": on("stop", DEFAULT_LOCK),
+    "/renew": on("renew", DEFAULT_LOCK),
+    "/block": on("block", ROOT),
+    "/unblock": on("unblock", ROOT),
+    "/status": on("status", DEFAULT_LOCK),
+    "/history": on("history", undefined),
+    "/events": on("events", undefined),
+    "/locks": { methods: READ_METHODS, handle: (req) => listLocks(req) },
+    "/locks/*": { methods: [...ALL_METHODS], handle: (req, server) => lockPath(req, server) },
+    "/healthz": { methods: READ_METHODS, handle: () => healthz() },
+    "/metrics": { methods: READ_METHODS, handle: () => whenKnown(DEFAULT_LOCK, metrics, false) },
+    "/backup": { methods: READ_METHODS, handle: (req) => copyOfDatabase(req) },
+  };
+
+  // /locks/NAME/ACTION, or /locks/NAME/ for the page of one lock.
+  function lockPath(req: Request, server: Server<undefined>): Response | Promise<Response> {
+    const url = req.url;
+    const asJson = wantsJson(url, req);
+    const path = new URL(url).pathname;
+    // Bun routes by the path as sent but hands over a normalized URL: one that left /locks/ had dot segments.
+    if (!path.startsWith("/locks/")) return notFound(path, asJson);
+    const rest = path.slice("/locks/".length);
+    const cut = rest.lastIndexOf("/");
+    const name = cut < 0 ? rest : rest.slice(0, cut);
+    const action = cut < 0 ? "" : rest.slice(cut + 1);
+    const refused = admit(name);
+    if (refused) return answer(asJson, refused);
+    if (action === "")
+      return req.method === "GET" || req.method === "HEAD" ? page() : notAllowed(req, path, READ_METHODS);
+    const route = lockRoutes[action];
+    if (!route)
+      return notFound(
+        path,
+        asJson,
+        `there is no action ${action.slice(0, 40)} on a lock: use start, stop, renew, block, unblock, status, history or events`,
+      );
+    if (!allows(route.methods, req.method)) return notAllowed(req, path, route.methods);
+    return route.run({ req, server, url, lock: name, json: asJson });
+  }
+
+  function listLocks(req: Request): Response | Promise<Response> {
+    const asJson = wantsJson(req.url, req);
+    return whenKnown(
+      ROOT,
+      () => (asJson ? json(lockNames().map((l) => statusJson(l))) : text(locksText())),
+      asJson,
+      req,
+    );
+  }
+
+  function healthz(): Response {
+    const h = health();
+    if (engine.closing) return text("shutting down\n", 503);
+    if (h.ok) return text("ok\n");
+    return text(`storage failing: ${h.problem ?? "the release state cannot be saved"}; see the daemon's log\n`, 503);
+  }
+
+  const metrics = () => text(renderMetrics(health().ok), 200, "text/plain; version=0.0.4; charset=utf-8");
+
+  // A consistent copy of the database, taken inside the daemon: the file is locked against sqlite3 from outside.
+  function copyOfDatabase(req: Request): Response {
+    const asJson = wantsJson(req.url, req);
+    const denied = guard(req);
+    if (denied) return answer(asJson, denied);
+    const copy = backup();
+    if (!copy)
+      return answer(
+        asJson,
+        refuse(
+          "not-found",
+          "this store has no copy to give: RS_DB=:memory: keeps nothing, and PostgreSQL is backed up with pg_dump",
+        ),
+      );
+    return new Response(copy as Uint8Array<ArrayBuffer>, {
+      headers: {
+        ...SECURITY_HEADERS,
+        "Content-Type": "application/vnd.sqlite3",
+        "Content-Disposition": 'attachment; filename="releasestatus.db"',
+      },
+    });
+  }
+
+  function notAllowed(req: Request, path: string, methods: string[]): Response {
+    const allow = methods.join(", ");
     const res = answer(
       wantsJson(req.url, req),
       refuse("method-not-allowed", `${req.method} is not allowed on ${path}; use ${allow}`),
@@ -284,76 +342,78 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     return res;
   }
 
+  // Bun's routes: every method of every path is answered here, so what falls through is a path we do not have.
+  const routes: Record<string, Partial<Record<(typeof ALL_METHODS)[number], Handler>>> = {};
+  for (const [path, route] of Object.entries(table)) {
+    routes[path] = {};
+    for (const method of ALL_METHODS)
+      (routes[path] as Record<string, Handler>)[method] = allows(route.methods, method)
+        ? route.handle
+        : (req) => notAllowed(req, path, route.methods);
+  }
+
+  onCommit(({ events }) => broadcastChange(events));
+  setInterval(keepStreamsAlive, 15_000).unref();
+
   return Bun.serve({
     port: cfg.port,
     hostname: cfg.host,
+    reusePort: false, // a second daemon on this port must fail, not share it
     development: false,
     maxRequestBodySize: 64 * 1024,
     routes,
-    // Anything the routes did not take: a wrong method on a known path, or an unknown path.
-    fetch(req) {
-      const path = new URL(req.url).pathname;
-      if (!(path in routes))
-        return answer(
-          wantsJson(req.url, req),
-          refuse("not-found", `there is no ${path}; see the README for the endpoints`),
-        );
-      return notAllowed(req, path as keyof typeof routes);
-    },
+    fetch: (req) => notFound(new URL(req.url).pathname, wantsJson(req.url, req)),
     error(e) {
       log.error(`internal error while answering a request: ${e.message}`);
-      return new Response("0\n", { status: 500, headers: { ...SECURITY_HEADERS, "Content-Type": PLAIN } });
+      return text("0\n", 500);
     },
   });
 }
 
+const allows = (methods: string[], method: string) => methods.includes(method);
+
+const notFound = (
+  path: string,
+  asJson: boolean,
+  message = `there is no ${path.slice(0, 200)}; see the README for the endpoints`,
+) => answer(asJson, refuse("not-found", message));
+
+// While the store cannot be read, the state is unknown: say so rather than show a stale one as current.
+const UNKNOWN = "the release state cannot be read, so it is unknown; see the daemon's log";
+function unknown(asJson: boolean): Response {
+  const res = asJson
+    ? json({ ok: false, reason: "storage", known: false, message: UNKNOWN }, 503)
+    : text(`unknown: ${UNKNOWN}\n`, 503);
+  res.headers.set("X-Reason-Code", "storage");
+  res.headers.set("X-Reason", UNKNOWN);
+  return res;
+}
+
+/** Renders once the state is current (with replicas, after a read from the database), or says it is unknown. */
+function whenKnown(
+  lock: string,
+  render: () => Response,
+  asJson: boolean,
+  _req?: Request,
+): Response | Promise<Response> {
+  if (engine.store?.exclusive) return render();
+  return refresh(lock).then(
+    () => (health().known ? render() : unknown(asJson)),
+    () => unknown(asJson),
+  );
+}
+
 // bun-types declares .html imports as HTML bundles; with type "text" Bun embeds the file as a string.
-const page = pageText as unknown as string;
-
-/** Renders once the state is current: at once alone, after a read from the database with replicas. */
-function afterFreshening(render: () => Response): Response | Promise<Response> {
-  const fresh = freshen();
-  return fresh ? fresh.then(render) : render();
-}
-
-// ---- live events ----
-
-type EventStream = ReadableStreamDefaultController<Uint8Array>;
-const eventStreams = new Set<EventStream>();
-const encoder = new TextEncoder();
-
-const sse = (event: string, data: unknown, prefix = "") =>
-  encoder.encode(`${prefix}event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
-
-function broadcast(event: string | null, data: unknown) {
-  const frame = event === null ? encoder.encode(": keep-alive\n\n") : sse(event, data);
-  for (const stream of eventStreams) {
-    try {
-      stream.enqueue(frame);
-    } catch {
-      eventStreams.delete(stream); // the client went away
-    }
-  }
-}
-
-/** Sends a change to every open /events stream (also changes made through other replicas). */
-export const broadcastChange = (events: Event[]): void =>
-  broadcast("change", { events: events.map(eventJson), status: statusJson() });
-
-/** At shutdown: end every event stream, so that the server can finish. */
-export function closeEventStreams(): void {
-  for (const stream of eventStreams) {
-    try {
-      stream.close();
-    } catch {}
-  }
-  eventStreams.clear();
-}
+const pageHtml = pageText as unknown as string;
+const page = () =>
+  new Response(pageHtml, {
+    headers: { ...SECURITY_HEADERS, ...pageSecurityHeaders(), "Content-Type": "text/html; charset=utf-8" },
+  });
 
 // The page's inline script and style are allowed by their hashes, and nothing else is.
 // Worked out on the first visit, not at start-up.
 const inlineHash = (tag: string) => {
-  const body = page.slice(page.indexOf(`<${tag}>`) + tag.length + 2, page.indexOf(`</${tag}>`));
+  const body = pageHtml.slice(pageHtml.indexOf(`<${tag}>`) + tag.length + 2, pageHtml.indexOf(`</${tag}>`));
   return `'sha256-${new Bun.CryptoHasher("sha256").update(body).digest("base64")}'`;
 };
 let pageHeaders: Record<string, string> | null = null;
@@ -373,107 +433,4 @@ const pageSecurityHeaders = () =>
     "Referrer-Policy": "no-referrer",
   });
 
-let tokenRequired = false; // told to the page, so it asks for the token before the first change
-
-/** Formats an outcome as the original did (body 1 or 0), or as JSON when asked. */
-function answer(json: boolean, o: Outcome, success: Success = { message: "" }): Response {
-  const status = o.ok ? 200 : HTTP_STATUS[o.reason];
-  const releaseId = o.ok ? success.releaseId : undefined;
-  const headers = o.ok ? grantHeaders(releaseId, json) : refusalHeaders(o, json);
-  if (!json) return new Response(o.ok ? "1\n" : "0\n", { status, headers });
-  const body = {
-    ok: o.ok,
-    reason: o.ok ? null : o.reason,
-    message: o.ok ? success.message : o.message,
-    ...(releaseId !== undefined ? { releaseId } : {}),
-    status: statusJson(),
-  };
-  return new Response(JSON.stringify(body), { status, headers });
-}
-
-const JSON_TYPE = "application/json; charset=utf-8";
-
-const grantHeaders = (releaseId: number | undefined, json: boolean): Record<string, string> => ({
-  ...SECURITY_HEADERS,
-  "Content-Type": json ? JSON_TYPE : PLAIN,
-  ...(releaseId !== undefined ? { "X-Release-Id": String(releaseId) } : {}),
-});
-
-// The same refusal is often given many times over (every start while a release runs):
-// its headers are built once. Bounded, as refusals name who asked for what.
-const refusalHeaderCache = new Map<string, Headers>();
-function refusalHeaders(o: Refusal, json: boolean): Headers {
-  const key = `${json} ${o.reason} ${o.message}`;
-  let headers = refusalHeaderCache.get(key);
-  if (headers) return headers;
-  headers = new Headers({
-    ...SECURITY_HEADERS,
-    "Content-Type": json ? JSON_TYPE : PLAIN,
-    "X-Reason": headerSafe(o.message),
-    "X-Reason-Code": o.reason,
-    ...(o.reason === "unauthorized" ? { "WWW-Authenticate": "Bearer" } : {}),
-  });
-  if (refusalHeaderCache.size >= 64) refusalHeaderCache.clear();
-  refusalHeaderCache.set(key, headers);
-  return headers;
-}
-
-function statusJson() {
-  const { release } = state();
-  const block = blockOn(state())?.block ?? null;
-  return {
-    running: release !== null,
-    blocked: block !== null,
-    release: release && {
-      id: release.id,
-      name: release.name,
-      reason: release.reason,
-      startedAt: iso(release.startedAt),
-      expiresAt: release.expiresAt === null ? null : iso(release.expiresAt),
-    },
-    block: block && { name: block.name, reason: block.reason, since: iso(block.since) },
-    queue: waitingList().map((w) => ({ name: w.name, reason: w.reason, since: iso(w.since) })),
-    lastReleaseId: state().lastId,
-    estimate: estimate(release),
-    tokenRequired,
-    healthy: isHealthy(),
-    store: storeDescription(),
-  };
-}
-
-function statusText(): string {
-  const now = Date.now();
-  const { release } = state();
-  const block = blockOn(state())?.block ?? null;
-  const lines = [
-    release
-      ? `running: ${describeRelease(release)}, for ${duration(now - release.startedAt)}${release.expiresAt === null ? "" : `; lease ends ${iso(release.expiresAt)}`}`
-      : "idle: no release is running",
-  ];
-  if (block) lines.push(`blocked: ${describeBlock(block)}`);
-  const waiting = waitingList();
-  if (waiting.length)
-    lines.push(
-      `waiting: ${waiting.map((w, i) => `${i + 1}. ${w.name || UNKNOWN_USER} since ${iso(w.since)}`).join(", ")}`,
-    );
-  return `${lines.join("\n")}\n`;
-}
-
-const eventJson = (e: Event) => ({
-  at: iso(e.at),
-  kind: e.kind,
-  releaseId: e.releaseId,
-  name: e.name,
-  reason: e.reason,
-  message: describeEvent(e),
-});
-
-function duration(ms: number): string {
-  const s = Math.max(0, Math.floor(ms / 1000));
-  const [h, m, sec] = [Math.floor(s / 3600), Math.floor((s % 3600) / 60), s % 60];
-  return h ? `${h}h ${m}m` : m ? `${m}m ${sec}s` : `${sec}s`;
-}
-
-// Header values must be Latin-1; names may not be, so percent-encode anything outside printable ASCII.
-const headerSafe = (s: string) =>
-  /^[\x20-\x7e]*$/.test(s) ? s : s.replace(/[^\x20-\x7e]/gu, (c) => encodeURIComponent(c));
+export { closeEventStreams } from "./views.ts";

@@ -1,0 +1,183 @@
+// What a lock looks like to a reader: /status and /locks as JSON and text,
+// events as JSON, and the live event streams of /events.
+import { health, locks, state, storeDescription, waiting } from "../engine.ts";
+import { estimate } from "../metrics.ts";
+import {
+  blockOn,
+  DEFAULT_LOCK,
+  describeBlock,
+  describeEvent,
+  describeRelease,
+  type Event,
+  isAncestor,
+  iso,
+  ROOT,
+  releaseOn,
+  UNKNOWN_USER,
+} from "../release.ts";
+import { concerns } from "../store/store.ts";
+
+let tokenRequired = false; // told to the page, so it asks for the token before the first change
+export const requireToken = (required: boolean) => {
+  tokenRequired = required;
+};
+
+export function statusJson(lock: string = DEFAULT_LOCK) {
+  const s = state(lock);
+  const { release } = s;
+  const blocked = blockOn(s);
+  const holding = release ? null : releaseOn(s); // a release above or below that keeps this lock from starting
+  const h = health();
+  return {
+    lock,
+    known: h.known,
+    running: release !== null,
+    blocked: blocked !== null,
+    release: release && {
+      id: release.id,
+      name: release.name,
+      reason: release.reason,
+      startedAt: iso(release.startedAt),
+      expiresAt: release.expiresAt === null ? null : iso(release.expiresAt),
+    },
+    block: blocked && {
+      name: blocked.block.name,
+      reason: blocked.block.reason,
+      since: iso(blocked.block.since),
+      ...(blocked.lock === lock ? {} : { on: blocked.lock }), // a block from above says where it is
+    },
+    ...(holding ? { heldBy: { lock: holding.lock, id: holding.release.id, name: holding.release.name } } : {}),
+    queue: waiting(lock).map((w) => ({ name: w.name, reason: w.reason, since: iso(w.since) })),
+    lastReleaseId: s.lastId,
+    estimate: estimate(release),
+    tokenRequired,
+    healthy: h.ok,
+    store: storeDescription(),
+  };
+}
+
+export function statusText(lock: string = DEFAULT_LOCK): string {
+  const now = Date.now();
+  const s = state(lock);
+  const { release } = s;
+  const holding = release ? null : releaseOn(s);
+  const idle = holding
+    ? `idle: no release is running on ${lock}, but ${describeRelease(holding.release, holding.lock)}`
+    : `idle: no release is running${lock === DEFAULT_LOCK ? "" : ` on ${lock}`}`;
+  const lines = [
+    release
+      ? `running: ${describeRelease(release, lock)}, for ${duration(now - release.startedAt)}${release.expiresAt === null ? "" : `; lease ends ${iso(release.expiresAt)}`}`
+      : idle,
+  ];
+  const blocked = blockOn(s);
+  if (blocked) lines.push(`blocked: ${describeBlock(blocked.block, blocked.lock)}`);
+  const line = waiting(lock);
+  if (line.length)
+    lines.push(
+      `waiting: ${line.map((w, i) => `${i + 1}. ${w.name || UNKNOWN_USER} since ${iso(w.since)}`).join(", ")}`,
+    );
+  return `${lines.join("\n")}\n`;
+}
+
+/** Every lock that is held, blocked, waited for or has history, in tree order. */
+export function lockNames(): string[] {
+  const names = new Set(locks().filter((l) => l !== ROOT));
+  for (const w of waiting()) names.add(w.lock);
+  return [...names].sort();
+}
+
+/** One line per lock: what /locks says in text. */
+export function locksText(): string {
+  const root = state(ROOT).block;
+  const head = root ? `all locks: ${describeBlock(root, ROOT)}\n` : "";
+  return (
+    head +
+    lockNames()
+      .map(
+        (lock) =>
+          `${lock}: ${statusText(lock)
+            .split("\n")[0]
+            ?.replace(/^(running|idle): /, "")}\n`,
+      )
+      .join("")
+  );
+}
+
+export const eventJson = (e: Event) => ({
+  lock: e.lock,
+  at: iso(e.at),
+  kind: e.kind,
+  releaseId: e.releaseId,
+  name: e.name,
+  reason: e.reason,
+  message: describeEvent(e),
+});
+
+export function duration(ms: number): string {
+  const s = Math.max(0, Math.floor(ms / 1000));
+  const [h, m, sec] = [Math.floor(s / 3600), Math.floor((s % 3600) / 60), s % 60];
+  return h ? `${h}h ${m}m` : m ? `${m}m ${sec}s` : `${sec}s`;
+}
+
+// ---- live events ----
+
+type EventStream = { controller: ReadableStreamDefaultController<Uint8Array>; lock: string | undefined };
+const eventStreams = new Set<EventStream>();
+const encoder = new TextEncoder();
+
+const sse = (event: string, data: unknown, prefix = "") =>
+  encoder.encode(`${prefix}event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+
+/** Whether a stream for `lock` (every lock when undefined) hears of an event: its own, below it, or a block above it. */
+const hears = (lock: string | undefined, e: Event) =>
+  lock === undefined ||
+  concerns(lock, e) ||
+  (isAncestor(e.lock, lock) && (e.kind === "blocked" || e.kind === "unblocked"));
+
+/** A Server-Sent Events stream: a snapshot on connect, then one event per change that concerns `lock`. */
+export function eventStream(lock: string | undefined): ReadableStream<Uint8Array> {
+  let stream: EventStream | null = null;
+  return new ReadableStream<Uint8Array>({
+    start(controller) {
+      stream = { controller, lock };
+      eventStreams.add(stream);
+      controller.enqueue(sse("status", { status: statusJson(lock) }, "retry: 1000\n"));
+    },
+    cancel() {
+      if (stream) eventStreams.delete(stream);
+    },
+  });
+}
+
+function send(stream: EventStream, frame: Uint8Array) {
+  try {
+    stream.controller.enqueue(frame);
+  } catch {
+    eventStreams.delete(stream); // the client went away
+  }
+}
+
+/** Sends a change to every open stream it concerns (also changes made through other replicas). */
+export function broadcastChange(events: Event[]): void {
+  if (eventStreams.size === 0) return; // nothing is built for nobody
+  for (const stream of eventStreams) {
+    const heard = events.filter((e) => hears(stream.lock, e));
+    if (heard.length) send(stream, sse("change", { events: heard.map(eventJson), status: statusJson(stream.lock) }));
+  }
+}
+
+/** A comment now and then keeps proxies from closing idle streams. */
+export function keepStreamsAlive(): void {
+  const frame = encoder.encode(": keep-alive\n\n");
+  for (const stream of eventStreams) send(stream, frame);
+}
+
+/** At shutdown: end every event stream, so that the server can finish. */
+export function closeEventStreams(): void {
+  for (const stream of eventStreams) {
+    try {
+      stream.controller.close();
+    } catch {}
+  }
+  eventStreams.clear();
+}
