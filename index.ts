@@ -92,7 +92,12 @@ async function serve(cfg: Config): Promise<number> {
     server = startServer(cfg, log);
   } catch (e) {
     await store.close();
-    return fail(`cannot listen on ${cfg.host}:${cfg.port}: ${(e as Error).message}`);
+    const inUse = (e as { code?: string }).code === "EADDRINUSE" || /in use/i.test((e as Error).message);
+    return fail(
+      inUse
+        ? `port ${cfg.port} is already in use (another releasestatus?): stop it, or choose another RS_PORT`
+        : `cannot listen on ${cfg.host}:${cfg.port}: ${(e as Error).message}`,
+    );
   }
   log.info(`releasestatus ${pkg.version} listening on ${cfg.host}:${server.port}, state in ${store.description}`);
   if (cfg.token === null)

@@ -80,7 +80,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
       return refuse("invalid", `${JSON.stringify(name.slice(0, 120))} is not a lock name: ${LOCK_NAME_RULE}`);
     if (cfg.locks && !cfg.locks.includes(name))
       return refuse("unknown-lock", `there is no lock ${name}: RS_LOCKS allows only ${cfg.locks.join(", ")}`);
-    if (!cfg.locks && !engine.known.entries.has(name) && locks().length > cfg.maxLocks)
+    if (!cfg.locks && !engine.known.entries.has(name) && locks().filter((l) => l !== ROOT).length >= cfg.maxLocks)
       return refuse(
         "invalid",
         `lock ${name} would be one lock more than RS_MAX_LOCKS (${cfg.maxLocks}): use a lock that exists`,
@@ -273,8 +273,14 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     if (!path.startsWith("/locks/")) return notFound(path, asJson);
     const rest = path.slice("/locks/".length);
     const cut = rest.lastIndexOf("/");
-    const name = cut < 0 ? rest : rest.slice(0, cut);
-    const action = cut < 0 ? "" : rest.slice(cut + 1);
+    if (cut < 0)
+      return notFound(
+        path,
+        asJson,
+        `${path.slice(0, 120)} names no action: use /locks/NAME/ACTION, e.g. /locks/prod/start`,
+      );
+    const name = rest.slice(0, cut);
+    const action = rest.slice(cut + 1);
     const refused = admit(name);
     if (refused) return answer(asJson, refused);
     if (action === "")

@@ -1,0 +1,184 @@
+// Each way a hostile or careless client once got past the HTTP layer, against
+// the compiled binary: a fence bypassed by an empty id or a body of another
+// type, a second daemon on the port, dot segments, raw invalid UTF-8 and
+// direction overrides, a rebinding host name.
+
+import { Database } from "bun:sqlite";
+import { describe, expect, test } from "bun:test";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { type Daemon, daemonsPerTest, runBinary, statusOf, tempDir } from "./daemon.ts";
+
+const daemon = daemonsPerTest();
+
+/** Sends bytes exactly as given (no normalising client in the way) and returns the status line and body. */
+async function raw(d: Daemon, request: Uint8Array | string): Promise<{ status: number; body: string }> {
+  const text = await new Promise<string>((resolve) => {
+    let out = "";
+    Bun.connect({
+      hostname: "127.0.0.1",
+      port: d.port,
+      socket: {
+        open: (s) => void s.write(request),
+        data: (_s, chunk) => {
+          out += chunk.toString();
+        },
+        close: () => resolve(out),
+        error: () => resolve(out),
+      },
+    });
+  });
+  return { status: Number(text.split(" ")[1]), body: text.split("\r\n\r\n")[1] ?? "" };
+}
+const get = (target: string) => `GET ${target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`;
+
+describe("the fence cannot be bypassed", () => {
+  for (const [what, path, init] of [
+    ["an empty id", "/stop?id=", {}],
+    ["an id without a value", "/stop?id", {}],
+    ["an empty ttl", "/renew?id=1&ttl=", {}],
+    ["an empty wait", "/start?wait=", {}],
+  ] as const) {
+    test(`${what} is invalid and changes nothing`, async () => {
+      const d = await daemon();
+      await d.body("/start?name=holder");
+      const res = await d.get(path, init);
+      expect(res.status).toBe(400);
+      expect(res.headers.get("x-reason-code")).toBe("invalid");
+      expect(await res.text()).toBe("0\n");
+      expect((await statusOf(d)).release.name).toBe("holder");
+    });
+  }
+
+  for (const [what, type, body] of [
+    [
+      "multipart",
+      "multipart/form-data; boundary=x",
+      '--x\r\nContent-Disposition: form-data; name="id"\r\n\r\n1\r\n--x--\r\n',
+    ],
+    ["JSON", "application/json", '{"id": 1}'],
+    ["plain text", "text/plain", "id=1"],
+  ] as const) {
+    test(`a ${what} body is refused with 415 and changes nothing`, async () => {
+      const d = await daemon();
+      await d.body("/start?name=holder");
+      const res = await d.get("/stop", { method: "POST", headers: { "Content-Type": type }, body });
+      expect(res.status).toBe(415);
+      expect(res.headers.get("x-reason-code")).toBe("unsupported-media-type");
+      expect(await res.text()).toBe("0\n");
+      expect((await statusOf(d)).running).toBe(true);
+    });
+  }
+
+  test("a form body is read whatever the case of its media type", async () => {
+    const d = await daemon();
+    const id = (await d.get("/start?name=holder")).headers.get("x-release-id");
+    const wrong = await d.get("/stop", {
+      method: "POST",
+      headers: { "Content-Type": "Application/X-WWW-Form-URLEncoded; Charset=UTF-8" },
+      body: `id=${Number(id) + 1}`,
+    });
+    expect(wrong.headers.get("x-reason-code")).toBe("wrong-id");
+    expect((await statusOf(d)).running).toBe(true);
+  });
+});
+
+describe("one daemon per port", () => {
+  test("a second daemon on the same port exits 2 saying the port is in use, and the first keeps answering", async () => {
+    const d = await daemon();
+    const second = await runBinary([], { RS_PORT: String(d.port), RS_HOST: "127.0.0.1", RS_DB: ":memory:" });
+    expect(second.code).toBe(2);
+    expect(second.stderr).toContain(`port ${d.port} is already in use`);
+    for (let i = 0; i < 6; i++) expect(await d.body(`/start?name=n${i}`)).toBe(i === 0 ? "1\n" : "0\n");
+  });
+});
+
+describe("paths are what they say", () => {
+  test("dot segments are not a way to an endpoint: 404, not 405", async () => {
+    const d = await daemon();
+    for (const target of ["/./start", "/a/../start", "/locks/../start"]) {
+      const { status } = await raw(d, get(target));
+      expect(status).toBe(404);
+    }
+    expect((await statusOf(d)).running).toBe(false);
+  });
+});
+
+describe("names and reasons are plain text", () => {
+  test("raw invalid UTF-8 is refused, not turned into U+FFFD", async () => {
+    const d = await daemon();
+    const bytes = Buffer.concat([
+      Buffer.from("GET /start?name="),
+      Buffer.from([0xff, 0xfe]),
+      Buffer.from(" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"),
+    ]);
+    const { status, body } = await raw(d, bytes);
+    expect(status).toBe(400);
+    expect(body).toBe("0\n");
+    expect((await statusOf(d)).running).toBe(false);
+  });
+
+  test("bidirectional controls, which spoof names in logs and on the page, are refused", async () => {
+    const d = await daemon();
+    for (const c of ["\u202e", "\u2066", "\u202a"]) {
+      const res = await d.get(`/start?name=${encodeURIComponent(`ana${c}nimda`)}`);
+      expect(res.status).toBe(400);
+    }
+    expect((await statusOf(d)).running).toBe(false);
+  });
+});
+
+describe("tokens", () => {
+  test("the bearer scheme is case-insensitive", async () => {
+    const d = await daemon({ RS_TOKEN: "s3cret-token" });
+    expect(await d.body("/start", { headers: { Authorization: "bearer s3cret-token" } })).toBe("1\n");
+    expect(await d.body("/stop", { headers: { Authorization: "BEARER s3cret-token" } })).toBe("1\n");
+    expect((await d.get("/start", { headers: { Authorization: "bearer wrong" } })).status).toBe(401);
+  });
+});
+
+describe("DNS rebinding", () => {
+  const browser = (host: string) => ({
+    headers: { Origin: `http://${host}`, Host: host, "Sec-Fetch-Site": "same-origin" },
+  });
+
+  test("a browser that reached the daemon by a name not in RS_HOSTS cannot change anything", async () => {
+    const d = await daemon();
+    const res = await d.get("/start?name=evil", browser(`evil.example:${d.port}`));
+    expect(res.status).toBe(403);
+    expect(res.headers.get("x-reason")).toContain("RS_HOSTS");
+    expect((await statusOf(d)).running).toBe(false);
+  });
+
+  test("an IP address, localhost, or a name in RS_HOSTS is accepted; scripts without browser headers are not affected", async () => {
+    const d = await daemon({ RS_HOSTS: "releases.example.com" });
+    expect(await d.body("/start", browser(`127.0.0.1:${d.port}`))).toBe("1\n");
+    expect(await d.body("/stop", browser(`localhost:${d.port}`))).toBe("1\n");
+    expect(await d.body("/start", browser(`releases.example.com:${d.port}`))).toBe("1\n");
+    expect(await d.body("/stop", { headers: { Host: "anything.example" } })).toBe("1\n");
+  });
+
+  test("a bad RS_HOSTS stops start-up with one clear line", async () => {
+    const { code, stderr } = await runBinary([], { RS_PORT: "1", RS_HOSTS: "ok.example,,bad host" });
+    expect(code).toBe(2);
+    expect(stderr).toContain("RS_HOSTS=");
+  });
+});
+
+describe("backups through the daemon", () => {
+  test("GET /backup is a consistent copy of the database, and needs the token when one is set", async () => {
+    const db = join(tempDir(), "state.db");
+    const d = await daemon({ RS_DB: db, RS_TOKEN: "s3cret-token" });
+    const auth = { headers: { Authorization: "Bearer s3cret-token" } };
+    await d.body("/start?name=sion&reason=v1", auth);
+    expect((await d.get("/backup")).status).toBe(401);
+    const res = await d.get("/backup", auth);
+    expect(res.status).toBe(200);
+    const copy = join(tempDir(), "copy.db");
+    writeFileSync(copy, new Uint8Array(await res.arrayBuffer()));
+    const opened = new Database(copy, { readonly: true });
+    const row = opened.query("SELECT holder, release_reason FROM lock WHERE name = 'default'").get();
+    opened.close();
+    expect(row).toEqual({ holder: "sion", release_reason: "v1" });
+  });
+});

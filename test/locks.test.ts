@@ -1,0 +1,164 @@
+// Named locks in a tree over HTTP, against the compiled binary: /locks/NAME/…
+// behaves as the original's endpoints do, on lock NAME; the original's paths act
+// on the default lock, and /block on the root.
+import { describe, expect, test } from "bun:test";
+import { type Daemon, daemonsPerTest, statusOf, until } from "./daemon.ts";
+
+const daemon = daemonsPerTest();
+const json = { headers: { Accept: "application/json" } };
+const status = async (d: Daemon, lock: string) => (await d.get(`/locks/${lock}/status?format=json`)).json();
+
+describe("/locks/NAME/…", () => {
+  test("every endpoint acts on its own lock, with the original's answers", async () => {
+    const d = await daemon();
+    const res = await d.get("/locks/prod/eu/start?name=sion&reason=v2");
+    expect(await res.text()).toBe("1\n");
+    const id = res.headers.get("x-release-id");
+    expect(await d.body("/locks/prod/us/start?name=bob")).toBe("1\n");
+    expect(await d.body("/start?name=carol")).toBe("1\n"); // the default lock is just another lock
+    expect((await status(d, "prod/eu")).release).toMatchObject({ name: "sion", reason: "v2" });
+    expect(await d.body(`/locks/prod/eu/renew?id=${id}&ttl=60`)).toBe("1\n");
+    expect(await d.body(`/locks/prod/us/stop?id=${id}`)).toBe("0\n"); // both lock and id must match
+    expect(await d.body(`/locks/prod/eu/stop?id=${id}`)).toBe("1\n");
+  });
+
+  test("a lock above a running one is refused, naming the release that holds it", async () => {
+    const d = await daemon();
+    await d.body("/locks/prod/eu/start?name=sion");
+    const res = await d.get("/locks/prod/start?name=bob");
+    expect(await res.text()).toBe("0\n");
+    expect(res.headers.get("x-reason-code")).toBe("running");
+    expect(res.headers.get("x-reason")).toMatch(/^release #1 by sion on prod\/eu running since/);
+  });
+
+  test("/block blocks every lock; a lock's unblock says when it is still blocked from above", async () => {
+    const d = await daemon();
+    expect(await d.body("/locks/prod/block?name=ana&reason=freeze")).toBe("1\n");
+    expect((await d.get("/locks/prod/eu/start")).headers.get("x-reason")).toMatch(/^releasing on prod blocked by ana/);
+    expect(await d.body("/block?name=root&reason=holidays")).toBe("1\n");
+    expect(await d.body("/locks/staging/start")).toBe("0\n");
+    const lifted = await d.get("/locks/prod/unblock?name=ana");
+    expect(await lifted.text()).toBe("1\n");
+    expect(lifted.headers.get("x-reason")).toMatch(/^still blocked from above: releasing blocked by root/);
+    expect((await statusOf(d)).blocked).toBe(true); // /status says so when the root is blocked
+    expect(await d.body("/unblock")).toBe("1\n");
+    expect(await d.body("/locks/staging/start")).toBe("1\n");
+  });
+
+  test("a waiter for a whole subtree is served before a newcomer on one of its parts", async () => {
+    const d = await daemon();
+    await d.body("/locks/prod/eu/start?name=first");
+    const whole = d.body("/locks/prod/start?name=whole&wait=30");
+    await until(async () => (await status(d, "prod")).queue.length === 1, "the subtree waiter in line");
+    expect((await d.get("/locks/prod/us/start?name=newcomer")).headers.get("x-reason-code")).toBe("queued");
+    expect(await d.body("/locks/prod/eu/stop")).toBe("1\n");
+    expect(await whole).toBe("1\n");
+  });
+
+  test("200 concurrent starts spread over 10 locks: exactly one 1 per lock", async () => {
+    const d = await daemon();
+    const bodies = await Promise.all(
+      Array.from({ length: 200 }, (_, i) =>
+        d.body(`/locks/team${i % 10}/start?name=r${i}`).then((b) => [i % 10, b] as const),
+      ),
+    );
+    for (let lock = 0; lock < 10; lock++) expect(bodies.filter(([l, b]) => l === lock && b === "1\n")).toHaveLength(1);
+  });
+});
+
+describe("GET /locks", () => {
+  test("lists every lock that is held, blocked, waited for or has history, in text and JSON", async () => {
+    const d = await daemon();
+    await d.body("/locks/prod/eu/start?name=sion&reason=v2.3.1");
+    await d.body("/locks/staging/block?name=ana");
+    await d.body("/locks/old/start");
+    await d.body("/locks/old/stop");
+    const text = await d.body("/locks");
+    expect(text).toMatch(/^old: no release is running on old$/m);
+    expect(text).toMatch(/^prod\/eu: release #1 by sion \(v2\.3\.1\) on prod\/eu running since/m);
+    const list = await (await d.get("/locks", json)).json();
+    expect(list.map((l: { lock: string }) => l.lock)).toEqual(["old", "prod/eu", "staging"]);
+    expect(list.find((l: { lock: string }) => l.lock === "staging").blocked).toBe(true);
+  });
+});
+
+describe("reading a lock", () => {
+  test("/history covers every lock and names each; /locks/NAME/history the lock and those under it", async () => {
+    const d = await daemon();
+    await d.body("/locks/prod/eu/start?name=a");
+    await d.body("/locks/staging/start?name=b");
+    await d.body("/start?name=c");
+    const all = (await (await d.get("/history", json)).json()).events;
+    expect(all.map((e: { lock: string }) => e.lock)).toEqual(["default", "staging", "prod/eu"]);
+    const prod = (await (await d.get("/locks/prod/history", json)).json()).events;
+    expect(prod.map((e: { lock: string }) => e.lock)).toEqual(["prod/eu"]);
+    expect(await d.body("/history")).toMatch(/release #1 on prod\/eu started by a/);
+  });
+
+  test("/locks/NAME/events streams only what concerns that lock, and blocks above it", async () => {
+    const d = await daemon();
+    const res = await d.get("/locks/prod/eu/events");
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+    const seen: string[] = [];
+    const reading = (async () => {
+      const decoder = new TextDecoder();
+      let text = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return;
+        text += decoder.decode(value);
+        for (const m of text.matchAll(/"kind":"([a-z-]+)","releaseId":[^,]+,"name":"([^"]*)"/g))
+          seen.push(`${m[1]} ${m[2]}`);
+        text = text.slice(text.lastIndexOf("\n\n") + 2);
+      }
+    })();
+    await d.body("/locks/staging/start?name=elsewhere");
+    await d.body("/block?name=root");
+    await d.body("/locks/prod/eu/start?name=here");
+    await until(async () => seen.length >= 1, "the block above to arrive");
+    await d.body("/unblock?name=root");
+    await d.body("/locks/prod/eu/start?name=here");
+    await until(async () => seen.includes("started here"), "the start on the lock to arrive");
+    expect(seen).toEqual(["blocked root", "unblocked root", "started here"]);
+    await reader.cancel();
+    await reading.catch(() => {});
+  });
+});
+
+describe("bad names and limits", () => {
+  for (const [path, code] of [
+    ["/locks//start", 400],
+    ["/locks/PROD/start", 400],
+    ["/locks/prod%2Feu/start", 400],
+    ["/locks/-prod/start", 400],
+    [`/locks/${"a".repeat(33)}/start`, 400],
+    [`/locks/${Array.from({ length: 26 }, () => "abc").join("/")}/start`, 400],
+    ["/locks/prod/launch", 404],
+    ["/locks/prod", 404],
+  ] as const) {
+    test(`${path.slice(0, 40)} is ${code} with body 0, and changes nothing`, async () => {
+      const d = await daemon();
+      const res = await d.get(path);
+      expect(res.status).toBe(code);
+      expect(await res.text()).toBe("0\n");
+      expect(await d.body("/locks")).toBe("");
+    });
+  }
+
+  test("RS_LOCKS lists the only names allowed: any other is 404 unknown-lock", async () => {
+    const d = await daemon({ RS_LOCKS: "default,staging,prod/eu" });
+    expect(await d.body("/locks/prod/eu/start")).toBe("1\n");
+    const res = await d.get("/locks/prod/us/start");
+    expect(res.status).toBe(404);
+    expect(res.headers.get("x-reason-code")).toBe("unknown-lock");
+  });
+
+  test("beyond RS_MAX_LOCKS a new name is refused, so a loop of random names cannot grow the state", async () => {
+    const d = await daemon({ RS_MAX_LOCKS: "3" });
+    for (const name of ["a", "b", "c"]) expect(await d.body(`/locks/${name}/start`)).toBe("1\n");
+    const res = await d.get("/locks/d/start");
+    expect(res.status).toBe(400);
+    expect(res.headers.get("x-reason")).toContain("RS_MAX_LOCKS");
+    expect(await d.body("/locks/a/stop")).toBe("1\n"); // existing locks still work
+  });
+});
