@@ -12,8 +12,9 @@ BUILD_FLAGS := --compile --minify --bytecode --no-compile-autoload-dotenv --no-c
 
 .PHONY: run build test test-storage test-browser test-metrics test-container test-dist test-postgres container container-run dist bench check clean
 
+# exec: the daemon replaces the shell, so it ends with whatever ends make (a killed terminal, Ctrl-C).
 run: releasestatus
-	RS_PORT=$(PORT) RS_HOST=$(RS_HOST) ./releasestatus
+	exec env RS_PORT=$(PORT) RS_HOST=$(RS_HOST) ./releasestatus
 
 build: releasestatus
 
@@ -45,8 +46,10 @@ container: releasestatus
 	docker build -t $(TAG) -f Dockerfile build/image
 
 # As the original's `run`: removed when it stops; state kept in the named volume.
+# Published on loopback, as `make run` listens; PUBLISH=0.0.0.0 to publish on every interface.
+PUBLISH ?= 127.0.0.1
 container-run:
-	docker run --rm -p $(PORT):$(PORT) -e RS_PORT=$(PORT) -v $(TAG)-data:/data $(TAG)
+	exec docker run --rm -p $(PUBLISH):$(PORT):$(PORT) -e RS_PORT=$(PORT) -v $(TAG)-data:/data $(TAG)
 
 # Release binaries for every platform, with checksums.
 DIST_TARGETS := linux-x64 linux-arm64 darwin-x64 darwin-arm64 windows-x64
