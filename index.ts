@@ -54,6 +54,7 @@ async function main(argv: string[]): Promise<number> {
   if (command === "healthcheck") return (await import("./src/client.ts")).healthcheck();
   if (command === "run") return (await import("./src/client.ts")).run(argv.slice(1));
   if (command === "status") return (await import("./src/client.ts")).status(argv.slice(1));
+  if (command === "__watchdog") return (await import("./src/client.ts")).watchdog();
   if (command !== undefined && command !== "serve")
     return fail(`unknown command ${JSON.stringify(command)}: run 'releasestatus --help' to see the commands`);
   let cfg: Config;

@@ -2,6 +2,7 @@
 // release for exactly as long as a command runs; `status` and `healthcheck` ask.
 import { readFileSync } from "node:fs";
 import { constants } from "node:os";
+import { wholeNumber } from "./numbers.ts";
 
 // Exit codes from sysexits.h, so scripts can tell "not now" from "broken".
 const EXIT = {
@@ -10,6 +11,9 @@ const EXIT = {
   software: 70, // EX_SOFTWARE: the lease was lost while the command ran
   tempFail: 75, // EX_TEMPFAIL: the release could not be had (held, blocked, wait ran out)
 };
+
+const MIN_TTL = 2; // the renewals, the SIGTERM and the SIGKILL must all fit inside one lease
+const MAX_TTL = 7 * 24 * 3600; // as the server's
 
 const RUN_HELP = `Usage: releasestatus run [options] -- COMMAND [ARGS...]
 
@@ -20,13 +24,21 @@ Options:
   --name NAME        who is releasing (default: $USER)
   --reason TEXT      what is released, e.g. v2.3.1
   --wait SECONDS     wait in line up to this long for the release (default: do not wait)
-  --ttl SECONDS      lease length, renewed every third of it (default 60)
+  --ttl SECONDS      lease length, renewed every third of it (default 60, at least 2)
   --url URL          the server (default: $RS_URL, else http://127.0.0.1:$RS_PORT, else http://127.0.0.1:8080)
   --token-file FILE  file holding the server's token (default: $RS_TOKEN)
 
-Exit codes: COMMAND's own; 75 when the release could not be had; 69 when the server
-cannot be reached or answers unexpectedly; 70 when the lease was lost while COMMAND
-ran (COMMAND was sent SIGTERM); 64 for a wrong command line.
+COMMAND runs in a process group of its own: signals to run (INT, TERM, HUP) go to the
+whole group, and if run itself dies, even by kill -9, a watchdog kills the group
+within a second. If no renewal is confirmed within two thirds of the lease (counted
+from when the last confirmed one was sent), the group is sent SIGTERM, and SIGKILL
+a twelfth of the lease before the lease could run out on the server.
+
+Exit codes: COMMAND's own (128+N when a signal ended it); 75 when the release could
+not be had; 69 when the server cannot be reached or answers unexpectedly; 70 when the
+release was lost while COMMAND ran (COMMAND was ended), or was found stopped by
+someone else when it finished; 64 for a wrong command line (or one the server
+refuses as invalid); 127 when COMMAND cannot be run.
 `;
 
 const STATUS_HELP = `Usage: releasestatus status [--url URL] [--json]
@@ -81,8 +93,8 @@ export async function run(args: string[]): Promise<number> {
     command = split < 0 ? [] : args.slice(split + 1);
     if (command.length === 0)
       throw new UsageError("no command given: put it after --, e.g. releasestatus run -- ./deploy.sh");
-    ttl = seconds(opts.ttl, "--ttl", 60, 1);
-    const wait = seconds(opts.wait, "--wait", 0, 0);
+    ttl = seconds(opts.ttl, "--ttl", 60, MIN_TTL, MAX_TTL);
+    const wait = seconds(opts.wait, "--wait", 0, 0, MAX_TTL);
     server = serverFrom(opts);
     query = new URLSearchParams({
       name: String(opts.name ?? process.env.USER ?? ""),
@@ -105,6 +117,7 @@ export async function run(args: string[]): Promise<number> {
       message: string;
       releaseId?: number;
     } | null;
+    if (answer && !answer.ok && res.status === 400) throw new UsageError(`the server refused it: ${answer.message}`);
     if (!answer || (!answer.ok && res.status !== 200))
       throw new Unavailable(`the server answered HTTP ${res.status}: ${answer?.message ?? "not the JSON expected"}`);
     if (!answer.ok) {
@@ -119,73 +132,160 @@ export async function run(args: string[]): Promise<number> {
 
 /** Runs the command while renewing the lease; stops the release however the command ends. */
 async function holdWhileRunning(server: Server, id: number, ttl: number, command: string[]): Promise<number> {
+  const watchdog = startWatchdog();
   let child: ReturnType<typeof Bun.spawn>;
   try {
     child = Bun.spawn(command, {
       stdio: ["inherit", "inherit", "inherit"],
       env: { ...process.env, RS_RELEASE_ID: String(id) },
+      detached: true, // a session and process group of its own: signals reach the command's children too
     });
   } catch (e) {
+    watchdog.done();
     await stopRelease(server, id);
     console.error(`releasestatus run: cannot run ${command[0]}: ${(e as Error).message}`);
     return 127;
   }
-  const forwarding = onSignals((signal) => child.kill(signal)); // the command decides how to end
-  let leaseLost = false;
-  const renewal = keepLease(server, id, ttl, (why) => {
-    leaseLost = true;
-    console.error(`releasestatus run: lost release #${id}: ${why}; sending the command SIGTERM`);
-    child.kill("SIGTERM");
-    setTimeout(() => child.kill("SIGKILL"), 10_000).unref(); // a command that ignores SIGTERM
+  watchdog.guard(child.pid);
+  const group = (signal: NodeJS.Signals) => {
+    try {
+      process.kill(-child.pid, signal);
+    } catch {} // the group is gone already
+  };
+  const forwarding = onSignals((signal) => group(signal)); // the command decides how to end
+  let lost: string | null = null;
+  const renewal = keepLease(server, id, ttl, {
+    lost(why) {
+      lost ??= why;
+      console.error(`releasestatus run: lost release #${id}: ${why}; sending the command SIGTERM`);
+      group("SIGTERM");
+      setTimeout(() => group("SIGKILL"), 10_000).unref(); // a command that ignores SIGTERM
+    },
+    kill: () => group("SIGKILL"), // the lease is about to run out on the server
   });
   const code = await child.exited;
+  group("SIGKILL"); // nothing the command started may go on without the release
   renewal.stop();
   forwarding.dispose();
-  if (!leaseLost) await stopRelease(server, id);
-  if (leaseLost) return EXIT.software;
+  watchdog.done();
+  if (lost) return EXIT.software;
+  const stopped = await stopRelease(server, id);
+  if (stopped) {
+    console.error(`releasestatus run: lost release #${id} before the command finished: ${stopped}`);
+    return EXIT.software;
+  }
   const signal = child.signalCode as NodeJS.Signals | null;
   return signal ? 128 + (constants.signals[signal] ?? 0) : code;
 }
 
-/** Renews every third of the lease; reports loss when refused, or when no renewal got through in time. */
-function keepLease(server: Server, id: number, ttl: number, lost: (why: string) => void) {
-  let renewedAt = Date.now();
+/**
+ * Renews every third of the lease. The lease is counted from when the last confirmed renewal was
+ * SENT (the server counts from when it arrived, which is later): with no confirmation for two
+ * thirds of it the command is told to end, and it is killed a twelfth of the lease before the
+ * lease could end on the server. A refusal (wrong-id) means the release is gone already.
+ */
+function keepLease(server: Server, id: number, ttl: number, on: { lost: (why: string) => void; kill: () => void }) {
+  const lease = ttl * 1000;
+  let confirmedSentAt = Date.now(); // the start's own answer stands for its sending
   let done = false;
-  const every = (ttl * 1000) / 3;
-  const timer = setInterval(async () => {
-    if (done) return;
+  let killed = false;
+  const every = lease / 3;
+  const renew = async () => {
+    const sentAt = Date.now();
     try {
       const res = await call(server, `/renew?id=${id}&ttl=${ttl}&format=json`, Math.min(every, 5000));
       const answer = (await res.json()) as { ok: boolean; reason: string; message: string };
-      if (answer.ok) renewedAt = Date.now();
+      if (answer.ok) confirmedSentAt = Math.max(confirmedSentAt, sentAt);
       else if (!done && answer.reason === "wrong-id") {
         done = true;
-        lost(answer.message);
+        on.lost(answer.message);
       }
     } catch {}
-    if (!done && Date.now() - renewedAt >= ttl * 1000) {
-      done = true;
-      lost(`no renewal reached the server for ${ttl}s, so the lease has ended`);
-    }
-  }, every);
+  };
+  const renewals = setInterval(renew, every);
+  const watch = setInterval(
+    () => {
+      const since = Date.now() - confirmedSentAt;
+      if (!done && since >= (lease * 2) / 3) {
+        done = true;
+        on.lost(
+          `no renewal reached the server for ${ttl}s of lease (the last confirmed one was sent ${(since / 1000).toFixed(1)}s ago), so the command is ended before the lease can run out`,
+        );
+      }
+      if (!killed && since >= lease - lease / 12) {
+        killed = true;
+        on.kill();
+      }
+    },
+    Math.min(100, lease / 24),
+  );
   return {
     stop: () => {
       done = true;
-      clearInterval(timer);
+      clearInterval(renewals);
+      clearInterval(watch);
     },
   };
 }
 
-async function stopRelease(server: Server, id: number) {
+/** Stops exactly this release; says why when it was no longer running (someone stopped it, or it expired). */
+async function stopRelease(server: Server, id: number): Promise<string | null> {
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
-      await call(server, `/stop?id=${id}`, 5000);
-      return;
+      const res = await call(server, `/stop?id=${id}&format=json`, 5000);
+      const answer = (await res.json().catch(() => null)) as { ok: boolean; reason: string; message: string } | null;
+      if (answer && !answer.ok && (answer.reason === "wrong-id" || answer.reason === "not-running"))
+        return answer.message;
+      return null;
     } catch {
       await Bun.sleep(500);
     }
   }
   console.error(`releasestatus run: could not stop release #${id}; its lease will end it`);
+  return null;
+}
+
+/**
+ * A small process (this binary, in a hidden mode) that holds a pipe from run: if run dies by any
+ * means, even kill -9, the pipe closes and the watchdog kills the command's whole group.
+ */
+function startWatchdog() {
+  const self = process.execPath;
+  const script = Bun.main.endsWith(".ts") ? [Bun.main] : []; // run from source: bun index.ts
+  const dog = Bun.spawn([self, ...script, WATCHDOG], { stdin: "pipe", stdout: "ignore", stderr: "inherit" });
+  return {
+    guard: (pgid: number) => {
+      dog.stdin.write(`${pgid}\n`);
+      dog.stdin.flush();
+    },
+    done: () => {
+      try {
+        dog.stdin.write("done\n");
+        dog.stdin.end();
+      } catch {}
+    },
+  };
+}
+
+export const WATCHDOG = "__watchdog";
+
+/** The watchdog's own life: wait for a group to guard, then for "done" or the end of the pipe. */
+export async function watchdog(): Promise<number> {
+  for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(signal, () => {}); // outlive run's signals
+  let pgid = 0;
+  let text = "";
+  for await (const chunk of Bun.stdin.stream()) {
+    text += new TextDecoder().decode(chunk);
+    if (text.includes("done\n")) return 0;
+    const first = /^(\d+)\n/.exec(text);
+    if (first) pgid = Number(first[1]);
+  }
+  if (pgid > 1) {
+    try {
+      process.kill(-pgid, "SIGKILL");
+    } catch {}
+  }
+  return 0;
 }
 
 async function call(server: Server, path: string, timeoutMs: number, signal?: AbortSignal): Promise<Response> {
@@ -251,11 +351,11 @@ function parseOptions(args: string[], valued: string[], flags: string[]): Record
   return opts;
 }
 
-function seconds(raw: string | boolean | undefined, name: string, fallback: number, min: number): number {
+function seconds(raw: string | boolean | undefined, name: string, fallback: number, min: number, max: number): number {
   if (raw === undefined) return fallback;
-  const n = Number(raw);
-  if (typeof raw !== "string" || !/^\d+$/.test(raw) || n < min)
-    throw new UsageError(`${name} ${raw} is not valid: expected a whole number of seconds, at least ${min}`);
+  const n = typeof raw === "string" ? wholeNumber(raw, min, max) : null;
+  if (n === null)
+    throw new UsageError(`${name} ${raw} is not valid: expected a whole number of seconds from ${min} to ${max}`);
   return n;
 }
 

@@ -156,6 +156,100 @@ describe("releasestatus run", () => {
   });
 });
 
+// A process that has exited (a zombie waiting to be reaped counts as gone) or never was.
+function alive(pid: number): boolean {
+  try {
+    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, "utf8"));
+  } catch {
+    return false;
+  }
+}
+const pidIn = (file: string) => Number(existsSync(file) ? readFileSync(file, "utf8").trim() : 0);
+
+describe("run never overlaps the next release", () => {
+  test("a release stopped by someone else while the command ran: run exits 70 and says so", async () => {
+    const d = await server();
+    const go = join(tempDir(), "go");
+    const c = client(d, ["run", "--", "sh", "-c", `until [ -f ${go} ]; do sleep 0.05; done`]);
+    await until(async () => (await status(d)).running, "the release to start");
+    expect(await d.body("/stop?name=ana")).toBe("1\n");
+    await Bun.write(go, "");
+    const { code, stderr } = await c.done;
+    expect(code).toBe(70);
+    expect(stderr).toContain("lost release #1 before the command finished");
+  });
+
+  test("renewals that never arrive: the whole command is killed before the lease ends on the server", async () => {
+    const d = await server();
+    // Between run and the daemon, a network on which renewals are lost: everything else passes.
+    const proxy = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch: (req) => {
+        const url = new URL(req.url);
+        if (url.pathname === "/renew") return new Promise<Response>(() => {}); // never answered, never sent on
+        return fetch(d.url + url.pathname + url.search, { method: req.method, headers: req.headers });
+      },
+    });
+    try {
+      const pidFile = join(tempDir(), "pid");
+      const c = client(null, [
+        "run",
+        "--ttl",
+        "6",
+        "--url",
+        `http://127.0.0.1:${proxy.port}`,
+        "--",
+        "sh",
+        "-c",
+        `trap '' TERM; echo $$ > ${pidFile}; while true; do sleep 0.05; done`,
+      ]);
+      await until(async () => pidIn(pidFile) > 0, "the command to start");
+      const command = pidIn(pidFile);
+      // The next deploy waits for the release; it gets it the moment the lease runs out on the server.
+      expect(await d.body("/start?name=next&wait=30")).toBe("1\n");
+      expect(alive(command)).toBe(false); // the command (which ignores SIGTERM) was already gone
+      const { code } = await c.done;
+      expect(code).toBe(70);
+    } finally {
+      proxy.stop(true);
+    }
+  }, 30_000);
+
+  test("SIGTERM to run reaches the command's children too", async () => {
+    const d = await server();
+    const pidFile = join(tempDir(), "pid");
+    const c = client(d, ["run", "--", "sh", "-c", `sleep 300 & echo $! > ${pidFile}; wait`]);
+    await until(async () => pidIn(pidFile) > 0, "the grandchild to start");
+    c.proc.kill("SIGTERM");
+    await c.done;
+    await until(async () => !alive(pidIn(pidFile)), "the grandchild to end");
+    expect((await status(d)).running).toBe(false);
+  });
+
+  test("kill -9 of run ends the command's whole group within a second or so", async () => {
+    const d = await server();
+    const pidFile = join(tempDir(), "pid");
+    const c = client(d, ["run", "--", "sh", "-c", `sleep 300 & echo $! > ${pidFile}; wait`]);
+    await until(async () => pidIn(pidFile) > 0, "the grandchild to start");
+    c.proc.kill("SIGKILL");
+    await c.done;
+    await until(async () => !alive(pidIn(pidFile)), "the grandchild to end", 3_000);
+  });
+
+  test("usage errors found after parsing exit 64; a command that cannot be found exits 127 and gives the release back", async () => {
+    const d = await server();
+    expect((await client(d, ["run", "--ttl", "604801", "--", "true"]).done).code).toBe(64);
+    expect((await client(d, ["run", "--ttl", "1", "--", "true"]).done).code).toBe(64);
+    expect((await client(d, ["run", "--wait", "999999", "--", "true"]).done).code).toBe(64);
+    const control = await client(d, ["run", "--name", "a\u0001b", "--", "true"]).done;
+    expect(control.code).toBe(64);
+    const missing = await client(d, ["run", "--", "/no/such/command"]).done;
+    expect(missing.code).toBe(127);
+    expect((await status(d)).running).toBe(false);
+  });
+});
+
 describe("releasestatus status", () => {
   test("prints the status for people, and JSON with --json", async () => {
     const d = await server();
