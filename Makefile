@@ -10,7 +10,7 @@ SOURCES := index.ts $(shell find src -type f) package.json
 # --bytecode: parsed ahead of time, which saves ~2.5 ms of every start-up.
 BUILD_FLAGS := --compile --minify --bytecode --no-compile-autoload-dotenv --no-compile-autoload-bunfig
 
-.PHONY: run build test test-storage test-browser test-metrics test-container test-dist test-postgres container container-run dist bench check clean
+.PHONY: run build test test-slow test-storage test-browser test-metrics test-container test-dist test-postgres container container-run dist bench check clean
 
 # exec: the daemon replaces the shell, so it ends with whatever ends make (a killed terminal, Ctrl-C).
 run: releasestatus
@@ -27,6 +27,10 @@ $(BUN): package.json package-lock.json
 
 test: releasestatus
 	$(TEST)
+
+# Real time beyond Bun's 10 s idle timeout: a waiter and an event stream are not cut.
+test-slow: releasestatus
+	$(TEST) ./test/idle.e2e.ts
 
 # Needs root: mounts a small tmpfs and fills it to prove a full disk changes nothing.
 test-storage: releasestatus

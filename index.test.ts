@@ -1,7 +1,7 @@
 // The HTTP contract, against the real compiled binary: what every script written
 // for the original releasestatus relies on, and what this one adds.
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from "bun:test";
-import { type Daemon, runBinary, startDaemon } from "./test/daemon.ts";
+import { type Daemon, runBinary, startDaemon, statusOf, until } from "./test/daemon.ts";
 
 let d: Daemon;
 beforeAll(async () => {
@@ -228,7 +228,7 @@ describe("the log", () => {
   test("has one readable line per state change", async () => {
     await d.body("/start?name=logger&reason=v9");
     await d.body("/stop?name=logger");
-    await Bun.sleep(50);
+    await until(async () => /release #\d+ stopped by logger\n/.test(d.output()), "the stop to be logged");
     expect(d.output()).toMatch(/release #\d+ started by logger: v9\n/);
     expect(d.output()).toMatch(/release #\d+ stopped by logger\n/);
   });
@@ -295,14 +295,16 @@ describe("shutdown", () => {
   }
 
   test("SIGTERM lets a request in flight finish before exiting", async () => {
-    s = await startDaemon();
-    await s.body("/start?name=sion");
+    const daemon = await startDaemon();
+    s = daemon;
+    await daemon.body("/start?name=sion");
     // A waiting start is in flight when the signal arrives: it is answered, not cut.
-    const inFlight = s.get("/start?name=bob&wait=30&format=json").then((r) => r.json());
-    await Bun.sleep(200);
-    const exited = s.stop("SIGTERM");
-    const answer = await inFlight;
+    const inFlight = daemon.get("/start?name=bob&wait=30&format=json").then((r) => r.json());
+    await until(async () => (await statusOf(daemon)).queue.length === 1, "the start to be waiting in line");
+    const exited = daemon.stop("SIGTERM");
+    const answer = await inFlight; // answered, not cut: a cut request would reject here
     expect(answer).toMatchObject({ ok: false, reason: "shutting-down" });
+    expect(answer.message).toContain("shutting down");
     expect(await exited).toBe(0);
   });
 });

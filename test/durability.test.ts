@@ -57,10 +57,11 @@ describe("restart", () => {
 });
 
 describe("crash", () => {
-  // Each round: a client runs start/stop cycles and notes every answer; the daemon is
-  // killed with SIGKILL at a random moment; after a restart the state must match the
-  // last answered request, or the one that was in flight when the kill came.
-  test("kill -9 at random points never loses an acknowledged answer (30 rounds)", async () => {
+  // Each round: a client runs fenced start/stop cycles and notes every acknowledged answer;
+  // the daemon is killed with SIGKILL at a random moment; after a restart the history must
+  // hold every acknowledged answer, ids must only grow, and the restored state must be what
+  // the acknowledged answers imply, with the one request in flight at the kill allowed either way.
+  test("kill -9 at random points: every acknowledged answer is in the history after a restart (30 rounds)", async () => {
     const db = join(tempDir(), "crash.db");
     let seed = 42;
     const random = () => {
@@ -68,38 +69,71 @@ describe("crash", () => {
       return seed / 2 ** 31;
     };
     let rounds = 0;
-    let acknowledged = 0;
+    let checked = 0;
+    let inFlightRounds = 0;
     for (let round = 0; round < 30; round++) {
       const d = await daemonOn(db);
-      let running = (await statusOf(d)).running as boolean;
-      let inFlight: "start" | "stop" | null = null;
+      const before = await statusOf(d);
+      let holding: number | null = before.release?.id ?? null; // the release this client holds, acknowledged
+      let highest: number = before.lastReleaseId;
+      const acknowledged: { kind: "started" | "stopped"; id: number }[] = [];
+      let inFlight: { kind: "started" | "stopped"; id: number | null } | null = null;
       let killed = false;
       const client = (async () => {
         while (!killed) {
-          inFlight = running ? "stop" : "start";
-          const body = await d.body(`/${inFlight}?name=round${round}`).catch(() => null);
-          if (body === null) return; // the kill cut this request: its outcome is unknown
-          if (body !== "1\n") throw new Error(`unexpected ${body} for ${inFlight} in round ${round}`);
-          running = inFlight === "start";
+          inFlight = holding === null ? { kind: "started", id: null } : { kind: "stopped", id: holding };
+          const path = holding === null ? `/start?name=round${round}` : `/stop?id=${holding}`;
+          const res = await d.get(path).catch(() => null);
+          const body = await res?.text().catch(() => null);
+          if (!res || body == null) return; // the kill cut this request: its outcome is unknown
+          if (body !== "1\n") throw new Error(`unexpected ${body} for ${path} in round ${round}`);
+          if (holding === null) {
+            holding = Number(res.headers.get("x-release-id"));
+            acknowledged.push({ kind: "started", id: holding });
+          } else {
+            acknowledged.push({ kind: "stopped", id: holding });
+            holding = null;
+          }
           inFlight = null;
-          acknowledged++;
         }
       })();
-      await Bun.sleep(5 + random() * 60);
+      await Bun.sleep(5 + random() * 60); // a random moment to kill at: the test's point, not a wait
       killed = true;
       d.proc.kill("SIGKILL");
       await d.proc.exited;
       await client;
 
       const after = await daemonOn(db);
-      const actual = (await statusOf(after)).running;
-      const allowed = inFlight === null ? [running] : [running, inFlight === "start"];
-      expect(allowed).toContain(actual);
+      const { events } = await (await after.get("/history?format=json&limit=1000")).json();
+      const history = [...(events as { kind: string; releaseId: number | null }[])].reverse(); // oldest first
+      const has = (kind: string, id: number) => history.some((e) => e.kind === kind && e.releaseId === id);
+      for (const a of acknowledged) expect(has(a.kind, a.id)).toBe(true);
+      const starts = history.filter((e) => e.kind === "started").map((e) => e.releaseId as number);
+      for (let i = 1; i < starts.length; i++) expect(starts[i]).toBeGreaterThan(starts[i - 1] as number);
+      for (const a of acknowledged) if (a.kind === "started") highest = Math.max(highest, a.id);
+
+      const restored = (await statusOf(after)).release?.id ?? null;
+      const flying = inFlight as { kind: "started" | "stopped"; id: number | null } | null;
+      if (flying === null) expect(restored).toBe(holding);
+      else if (flying.kind === "started") {
+        inFlightRounds++;
+        // Either the start never committed, or it did with the next id (and is in the history).
+        if (restored !== null) {
+          expect(restored).toBe(highest + 1);
+          expect(has("started", restored)).toBe(true);
+        }
+      } else {
+        inFlightRounds++;
+        expect([flying.id, null]).toContain(restored); // the stop committed or not, nothing else
+      }
+      checked += acknowledged.length;
       await after.stop("SIGKILL");
       rounds++;
     }
-    console.log(`crash test: ${rounds} rounds, ${acknowledged} acknowledged answers checked`);
-    expect(acknowledged).toBeGreaterThan(rounds);
+    console.log(
+      `crash test: ${rounds} rounds, ${checked} acknowledged answers checked against the history, ${inFlightRounds} rounds with a request in flight at the kill`,
+    );
+    expect(checked).toBeGreaterThan(rounds);
   });
 });
 

@@ -48,8 +48,10 @@ describe("leases", () => {
     const db = join(tempDir(), "lease.db");
     const first = await daemon({ RS_DB: db });
     await first.body("/start?name=sion&ttl=1");
+    const { release } = await status(first);
     await first.stop();
-    await Bun.sleep(1100);
+    // expiresAt is given to the second: the lease may end up to a second after it says
+    await until(async () => Date.now() > Date.parse(release.expiresAt) + 1050, "the lease to run out");
     const second = await daemon({ RS_DB: db });
     expect((await status(second)).running).toBe(false);
     expect((await kinds(second))[0]).toBe("expired");
@@ -171,13 +173,6 @@ describe("waiting", () => {
     expect(res.headers.get("x-reason-code")).toBe("timeout");
     expect((await status(d)).queue).toEqual([]);
   });
-
-  test("a wait longer than Bun's 10 s idle timeout is not cut", async () => {
-    const d = await daemon();
-    await d.body("/start?ttl=12");
-    const res = await d.get("/start?name=patient&wait=30");
-    expect(await res.text()).toBe("1\n");
-  }, 30_000);
 });
 
 describe("parameters", () => {

@@ -45,9 +45,9 @@ describe("releasestatus run", () => {
 
   test("SIGINT to the wrapper is forwarded to the command, and the release is stopped", async () => {
     const d = await server();
-    const c = client(d, ["run", "--", "sleep", "30"]);
-    await until(async () => (await status(d)).running, "the release to start");
-    await Bun.sleep(200);
+    const pidFile = join(tempDir(), "pid");
+    const c = client(d, ["run", "--", "sh", "-c", `echo $$ > ${pidFile}; exec sleep 30`]);
+    await until(async () => pidIn(pidFile) > 0, "the command to start");
     c.proc.kill("SIGINT");
     const { code } = await c.done;
     expect(code).toBe(130); // sleep died of SIGINT
@@ -70,7 +70,7 @@ describe("releasestatus run", () => {
 
   test("a command that outlives several lease periods keeps the release, renewed", async () => {
     const d = await server();
-    const { code } = await client(d, ["run", "--ttl", "2", "--", "sleep", "5"]).done;
+    const { code } = await client(d, ["run", "--ttl", "2", "--", "sleep", "3"]).done;
     expect(code).toBe(0);
     const history = await kinds(d);
     expect(history).not.toContain("expired");
