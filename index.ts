@@ -15,6 +15,7 @@ import { blockOn, describeBlock, describeEvent, describeRelease, type Event, typ
 import { openMemoryStore } from "./src/store/memory.ts";
 import { openSqliteStore } from "./src/store/sqlite.ts";
 import { type Store, StoreOpenError } from "./src/store/store.ts";
+import { print } from "./src/terminal.ts";
 
 const USAGE = `releasestatus ${pkg.version}: lets only one QA release run at a time.
 
@@ -148,12 +149,6 @@ function logRestored(log: Log, state: State, expired: Event[]) {
     blocked ? describeBlock(blocked.block, blocked.lock) : "releasing open",
   ];
   log.info(`restored: ${parts.join("; ")}`, { event: "restored" });
-}
-
-// console, not process.stdout: the latter loads Node's stream machinery, ~9 ms of start-up.
-function print(text: string): number {
-  console.log(text.replace(/\n$/, ""));
-  return 0;
 }
 
 function fail(message: string): number {

@@ -1,8 +1,9 @@
 // The binary as a client of its own server: `releasestatus run` holds the
 // release for exactly as long as a command runs; `status` and `healthcheck` ask.
-import { readFileSync } from "node:fs";
 import { constants } from "node:os";
+import { LOCK_NAME_RULE, validLockName } from "./names.ts";
 import { wholeNumber } from "./numbers.ts";
+import { print, readSecretFile } from "./terminal.ts";
 
 // Exit codes from sysexits.h, so scripts can tell "not now" from "broken".
 const EXIT = {
@@ -25,6 +26,7 @@ Options:
   --reason TEXT      what is released, e.g. v2.3.1
   --wait SECONDS     wait in line up to this long for the release (default: do not wait)
   --ttl SECONDS      lease length, renewed every third of it (default 60, at least 2)
+  --lock NAME        the lock to hold, e.g. prod/eu (default: the default lock, as /start uses)
   --url URL          the server (default: $RS_URL, else http://127.0.0.1:$RS_PORT, else http://127.0.0.1:8080)
   --token-file FILE  file holding the server's token (default: $RS_TOKEN)
 
@@ -41,25 +43,35 @@ someone else when it finished; 64 for a wrong command line (or one the server
 refuses as invalid); 127 when COMMAND cannot be run.
 `;
 
-const STATUS_HELP = `Usage: releasestatus status [--url URL] [--json]
+const STATUS_HELP = `Usage: releasestatus status [--lock NAME] [--url URL] [--json]
 
-Prints who holds the release, since when, and who blocked releasing.
---json prints the server's JSON status instead. Exit 69 when the server cannot be reached.
+Prints who holds the release, since when, and who blocked releasing: for lock NAME, or
+without --lock for the default lock and then every other lock in use. --json prints the
+server's JSON status instead (without --lock, with every lock under "locks").
+Exit 69 when the server cannot be reached.
 `;
 
-type Server = { url: string; headers: Record<string, string> };
+type Server = { url: string; headers: Record<string, string>; lock: string };
+
+/** Where an action on the server's lock is: the original's paths for the default lock, /locks/NAME/… for others. */
+const at = (server: Server, action: string) =>
+  server.lock === "default" ? `/${action}` : `/locks/${server.lock}/${action}`;
 
 class UsageError extends Error {}
 class Unavailable extends Error {}
 
 export async function status(args: string[]): Promise<number> {
   try {
-    const opts = parseOptions(args, ["url", "token-file"], ["json", "help"]);
+    const opts = parseOptions(args, ["lock", "url", "token-file"], ["json", "help"]);
     if (opts.help) return print(STATUS_HELP);
     const server = serverFrom(opts);
-    const res = await call(server, `/status${opts.json ? "?format=json" : ""}`, 10_000);
-    console.log((await res.text()).replace(/\n$/, ""));
-    return 0;
+    const format = opts.json ? "?format=json" : "";
+    const own = await (await call(server, `${at(server, "status")}${format}`, 10_000)).text();
+    if (opts.lock !== undefined) return print(own);
+    const all = await (await call(server, `/locks${format}`, 10_000)).text();
+    if (opts.json) return print(JSON.stringify({ ...JSON.parse(own), locks: JSON.parse(all) }));
+    const others = all.split("\n").filter((line) => line && !line.startsWith("default: "));
+    return print(others.length ? `${own}\nother locks:\n${others.join("\n")}\n` : own);
   } catch (e) {
     return failure(e, "status");
   }
@@ -86,7 +98,7 @@ export async function run(args: string[]): Promise<number> {
     const split = args.indexOf("--");
     const opts = parseOptions(
       split < 0 ? args : args.slice(0, split),
-      ["name", "reason", "wait", "ttl", "url", "token-file"],
+      ["name", "reason", "wait", "ttl", "lock", "url", "token-file"],
       ["help"],
     );
     if (opts.help) return print(RUN_HELP);
@@ -107,7 +119,7 @@ export async function run(args: string[]): Promise<number> {
     const interrupted = onSignals(() => abort.abort()); // Ctrl-C while waiting in line leaves the line
     let res: Response;
     try {
-      res = await call(server, `/start?${query}`, (wait + 30) * 1000, abort.signal);
+      res = await call(server, `${at(server, "start")}?${query}`, (wait + 30) * 1000, abort.signal);
     } finally {
       interrupted.dispose();
     }
@@ -193,7 +205,7 @@ function keepLease(server: Server, id: number, ttl: number, on: { lost: (why: st
   const renew = async () => {
     const sentAt = Date.now();
     try {
-      const res = await call(server, `/renew?id=${id}&ttl=${ttl}&format=json`, Math.min(every, 5000));
+      const res = await call(server, `${at(server, "renew")}?id=${id}&ttl=${ttl}&format=json`, Math.min(every, 5000));
       const answer = (await res.json()) as { ok: boolean; reason: string; message: string };
       if (answer.ok) confirmedSentAt = Math.max(confirmedSentAt, sentAt);
       else if (!done && answer.reason === "wrong-id") {
@@ -232,7 +244,7 @@ function keepLease(server: Server, id: number, ttl: number, on: { lost: (why: st
 async function stopRelease(server: Server, id: number): Promise<string | null> {
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
-      const res = await call(server, `/stop?id=${id}&format=json`, 5000);
+      const res = await call(server, `${at(server, "stop")}?id=${id}&format=json`, 5000);
       const answer = (await res.json().catch(() => null)) as { ok: boolean; reason: string; message: string } | null;
       if (answer && !answer.ok && (answer.reason === "wrong-id" || answer.reason === "not-running"))
         return answer.message;
@@ -290,7 +302,7 @@ export async function watchdog(): Promise<number> {
 
 async function call(server: Server, path: string, timeoutMs: number, signal?: AbortSignal): Promise<Response> {
   const signals = [AbortSignal.timeout(timeoutMs), ...(signal ? [signal] : [])];
-  const method = path.startsWith("/status") ? "GET" : "POST";
+  const method = /\/(status|locks)(\?|$)/.test(path) ? "GET" : "POST";
   try {
     return await fetch(server.url + path, { method, headers: server.headers, signal: AbortSignal.any(signals) });
   } catch (e) {
@@ -322,17 +334,15 @@ function serverFrom(opts: Record<string, string | boolean | undefined>): Server 
   );
   if (!/^https?:\/\/[^/]+$/.test(url))
     throw new UsageError(`--url ${url} is not valid: expected e.g. http://releases:8080`);
+  const lock = typeof opts.lock === "string" ? opts.lock : "default";
+  if (!validLockName(lock)) throw new UsageError(`--lock ${lock} is not a lock name: ${LOCK_NAME_RULE}`);
   let token = process.env.RS_TOKEN ?? null;
   if (typeof opts["token-file"] === "string") {
-    try {
-      token = readFileSync(opts["token-file"], "utf8").replace(/\r?\n$/, "");
-    } catch (e) {
-      throw new UsageError(
-        `cannot read --token-file ${opts["token-file"]}: ${(e as NodeJS.ErrnoException).code ?? "error"}`,
-      );
-    }
+    const read = readSecretFile(opts["token-file"]);
+    if (!read.ok) throw new UsageError(`cannot read --token-file ${opts["token-file"]}: ${read.code}`);
+    token = read.secret;
   }
-  return { url, headers: token ? { Authorization: `Bearer ${token}` } : {} };
+  return { url, headers: token ? { Authorization: `Bearer ${token}` } : {}, lock };
 }
 
 function parseOptions(args: string[], valued: string[], flags: string[]): Record<string, string | boolean | undefined> {
@@ -365,9 +375,4 @@ function failure(e: unknown, command: string): number {
   if (code === null) throw e;
   console.error(`releasestatus ${command}: ${(e as Error).message}`);
   return code;
-}
-
-function print(text: string): number {
-  console.log(text.replace(/\n$/, ""));
-  return 0;
 }

@@ -3,6 +3,7 @@
 import type { LogFormat } from "./log.ts";
 import { LOCK_NAME_RULE, validLockName } from "./names.ts";
 import { wholeNumber } from "./numbers.ts";
+import { readSecretFile } from "./terminal.ts";
 
 export type Config = {
   port: number;
@@ -69,14 +70,11 @@ function readDb(env: Env): string {
 }
 
 function readSecret(name: string, path: string): string {
-  const { readFileSync } = require("node:fs") as typeof import("node:fs"); // loaded only when needed: it slows start-up
-  try {
-    return readFileSync(path, "utf8").replace(/\r?\n$/, "");
-  } catch (e) {
-    throw new ConfigError(
-      `cannot read ${name}=${path} (${(e as NodeJS.ErrnoException).code ?? "error"}): check the path and that the daemon's user may read it`,
-    );
-  }
+  const read = readSecretFile(path);
+  if (read.ok) return read.secret;
+  throw new ConfigError(
+    `cannot read ${name}=${path} (${read.code}): check the path and that the daemon's user may read it`,
+  );
 }
 
 // RS_TOKEN_FILE suits container secrets; the file is read once, its trailing newline dropped.

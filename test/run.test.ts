@@ -250,6 +250,40 @@ describe("run never overlaps the next release", () => {
   });
 });
 
+describe("run and status on a named lock", () => {
+  test("run --lock holds that lock only; status --lock shows it, and status alone lists every lock", async () => {
+    const d = await server();
+    const go = join(tempDir(), "go");
+    const c = client(d, [
+      "run",
+      "--lock",
+      "prod/eu",
+      "--name",
+      "sion",
+      "--",
+      "sh",
+      "-c",
+      `until [ -f ${go} ]; do sleep 0.05; done`,
+    ]);
+    await until(
+      async () => (await (await d.get("/locks/prod/eu/status?format=json")).json()).running,
+      "prod/eu to be held",
+    );
+    expect(await d.body("/locks/prod/start")).toBe("0\n"); // the lock above is held through it
+    expect(await d.body("/start?name=other")).toBe("1\n"); // the default lock is another lock
+    const one = await client(d, ["status", "--lock", "prod/eu"]).done;
+    expect(one.stdout).toMatch(/^running: release #1 by sion on prod\/eu running since/);
+    const all = await client(d, ["status"]).done;
+    expect(all.stdout).toMatch(/^running: release #2 by other running since/);
+    expect(all.stdout).toMatch(/^prod\/eu: release #1 by sion on prod\/eu running since/m);
+    const bad = await client(d, ["status", "--lock", "Prod"]).done;
+    expect(bad.code).toBe(64);
+    await Bun.write(go, "");
+    expect((await c.done).code).toBe(0);
+    expect((await (await d.get("/locks/prod/eu/status?format=json")).json()).running).toBe(false);
+  });
+});
+
 describe("releasestatus status", () => {
   test("prints the status for people, and JSON with --json", async () => {
     const d = await server();
