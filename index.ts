@@ -23,8 +23,10 @@ Usage:
   RS_PORT=8080 releasestatus      run the daemon
   releasestatus run [options] -- COMMAND [ARGS...]
                                   hold the release while COMMAND runs (see run --help)
-  releasestatus status [--url URL] [--json]
+  releasestatus status [--lock NAME] [--url URL] [--json]
                                   print the server's status
+  releasestatus backup FILE [--url URL]
+                                  write a consistent copy of the daemon's SQLite database to FILE
   releasestatus healthcheck       exit 0 if the daemon on RS_PORT is healthy (for containers)
   releasestatus --help | --version
 
@@ -40,9 +42,12 @@ Settings (environment):
   RS_TOKEN          token that state changes must send as 'Authorization: Bearer <token>'
   RS_TOKEN_FILE     file holding the token (instead of RS_TOKEN)
   RS_LOG_FORMAT     text (default) or json
+  RS_HOSTS          host names a browser may reach the daemon by (besides IP addresses and localhost)
+  RS_LOCKS          the only lock names allowed, comma-separated (default: any)
+  RS_MAX_LOCKS      without RS_LOCKS, the most lock names kept (default 1000)
 
-Endpoints: /start /stop /block /unblock /renew /status /history /healthz /metrics /events, and a page at /
-(see the README).
+Endpoints: /start /stop /block /unblock /renew /status /history /healthz /metrics /events /locks /backup,
+/locks/NAME/{start,stop,renew,block,unblock,status,history,events}, and a page at / (see the README).
 `;
 
 const EXIT_USAGE = 2;
@@ -55,6 +60,7 @@ async function main(argv: string[]): Promise<number> {
   if (command === "healthcheck") return (await import("./src/client.ts")).healthcheck();
   if (command === "run") return (await import("./src/client.ts")).run(argv.slice(1));
   if (command === "status") return (await import("./src/client.ts")).status(argv.slice(1));
+  if (command === "backup") return (await import("./src/client.ts")).backup(argv.slice(1));
   if (command === "__watchdog") return (await import("./src/client.ts")).watchdog();
   if (command !== undefined && command !== "serve")
     return fail(`unknown command ${JSON.stringify(command)}: run 'releasestatus --help' to see the commands`);

@@ -77,6 +77,34 @@ export async function status(args: string[]): Promise<number> {
   }
 }
 
+const BACKUP_HELP = `Usage: releasestatus backup FILE [--url URL] [--token-file FILE]
+
+Writes a consistent copy of the daemon's SQLite database to FILE (which must not exist yet),
+taken inside the running daemon: the database itself is locked against other programs.
+Exit 69 when the server cannot be reached or has no copy to give (memory, PostgreSQL).
+`;
+
+export async function backup(args: string[]): Promise<number> {
+  try {
+    const file = args[0]?.startsWith("-") ? undefined : args[0];
+    const opts = parseOptions(file === undefined ? args : args.slice(1), ["url", "token-file"], ["help"]);
+    if (opts.help) return print(BACKUP_HELP);
+    if (!file) throw new UsageError("no FILE given: releasestatus backup releasestatus-backup.db");
+    const { existsSync, renameSync } = require("node:fs") as typeof import("node:fs");
+    if (existsSync(file))
+      throw new UsageError(`${file} exists already: choose a new file, so that no copy is overwritten`);
+    const server = serverFrom(opts);
+    const res = await call(server, "/backup", 60_000);
+    if (!res.ok) throw new Unavailable(`the server answered HTTP ${res.status}: ${res.headers.get("x-reason") ?? ""}`);
+    const partial = `${file}.partial`;
+    await Bun.write(partial, res);
+    renameSync(partial, file); // complete or not there at all
+    return print(`wrote ${file}`);
+  } catch (e) {
+    return failure(e, "backup");
+  }
+}
+
 export async function healthcheck(): Promise<number> {
   const port = process.env.RS_PORT || "8080";
   try {
@@ -302,7 +330,7 @@ export async function watchdog(): Promise<number> {
 
 async function call(server: Server, path: string, timeoutMs: number, signal?: AbortSignal): Promise<Response> {
   const signals = [AbortSignal.timeout(timeoutMs), ...(signal ? [signal] : [])];
-  const method = /\/(status|locks)(\?|$)/.test(path) ? "GET" : "POST";
+  const method = /\/(status|locks|backup)(\?|$)/.test(path) ? "GET" : "POST";
   try {
     return await fetch(server.url + path, { method, headers: server.headers, signal: AbortSignal.any(signals) });
   } catch (e) {

@@ -181,4 +181,17 @@ describe("backups through the daemon", () => {
     opened.close();
     expect(row).toEqual({ holder: "sion", release_reason: "v1" });
   });
+
+  test("releasestatus backup FILE writes the same copy, and will not overwrite a file", async () => {
+    const db = join(tempDir(), "state.db");
+    const d = await daemon({ RS_DB: db });
+    await d.body("/start?name=sion");
+    const file = join(tempDir(), "backup.db");
+    const made = await runBinary(["backup", file, "--url", d.url]);
+    expect(made.code).toBe(0);
+    const opened = new Database(file, { readonly: true });
+    expect(opened.query("SELECT holder FROM lock WHERE name = 'default'").get()).toEqual({ holder: "sion" });
+    opened.close();
+    expect((await runBinary(["backup", file, "--url", d.url])).code).toBe(64);
+  });
 });
