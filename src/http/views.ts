@@ -9,13 +9,12 @@ import {
   describeEvent,
   describeRelease,
   type Event,
-  isAncestor,
   iso,
+  overlaps,
   ROOT,
   releaseOn,
   UNKNOWN_USER,
 } from "../release.ts";
-import { concerns } from "../store/store.ts";
 
 let tokenRequired = false; // told to the page, so it asks for the token before the first change
 export const requireToken = (required: boolean) => {
@@ -128,11 +127,11 @@ const encoder = new TextEncoder();
 const sse = (event: string, data: unknown, prefix = "") =>
   encoder.encode(`${prefix}event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
 
-/** Whether a stream for `lock` (every lock when undefined) hears of an event: its own, below it, or a block above it. */
-const hears = (lock: string | undefined, e: Event) =>
-  lock === undefined ||
-  concerns(lock, e) ||
-  (isAncestor(e.lock, lock) && (e.kind === "blocked" || e.kind === "unblocked"));
+/**
+ * Whether a stream for `lock` (every lock when undefined) hears of an event: one on the lock, below it, or
+ * above it (a block above blocks it; a release above keeps it from starting).
+ */
+const hears = (lock: string | undefined, e: Event) => lock === undefined || overlaps(lock, e.lock);
 
 /** A Server-Sent Events stream: a snapshot on connect, then one event per change that concerns `lock`. */
 export function eventStream(lock: string | undefined): ReadableStream<Uint8Array> {
