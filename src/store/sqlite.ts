@@ -224,7 +224,7 @@ function whyNotOurs(where: string, e: Error): StoreOpenError {
     return new StoreOpenError(
       `another releasestatus is already using ${where} (through this path or another link to the file): stop it first, or give this one its own RS_DB`,
     );
-  if (/readonly|unable to open/i.test(e.message)) return explainPlace(where, e);
+  if (/readonly|unable to open|disk I\/O/i.test(e.message)) return explainPlace(where, e);
   if (/not a database|malformed|corrupt/i.test(e.message))
     return new StoreOpenError(
       `${where} is not a releasestatus database, or is damaged: point RS_DB at another file, or restore it from a backup; it was left as it is`,
