@@ -11,7 +11,9 @@ const WORK = join(import.meta.dir, ".work"); // on the same disk as a real RS_DB
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
 const STARTUP_RUNS = Number(process.env.BENCH_STARTUP_RUNS ?? 30);
-const OURS = join(ROOT, "releasestatus");
+// BENCH_BINARY measures another build (an earlier version, say) in the same way; scenarios it cannot run are left out.
+const OURS = process.env.BENCH_BINARY ?? join(ROOT, "releasestatus");
+const EARLIER = process.env.BENCH_BINARY !== undefined;
 const REFERENCE = join(import.meta.dir, "reference");
 const CLOCK_TICKS = 100; // USER_HZ: /proc/PID/stat counts CPU time in these
 
@@ -156,7 +158,14 @@ async function main() {
   const disk = [fsyncRate()];
 
   // Load: each of ours next to the reference, interleaved, ROUNDS times.
-  type Scenario = { name: string; path: string; env: Record<string, string>; prepare?: string; script?: string };
+  type Scenario = {
+    name: string;
+    path: string;
+    env: Record<string, string>;
+    prepare?: string;
+    script?: string;
+    locks?: number; // this many other locks in use first (blocked), for the named-lock scenarios
+  };
   const scenarios: Scenario[] = [
     { name: "refused `/start` (a release runs)", path: "/start?name=bench", env: {}, prepare: "/start?name=holder" },
     { name: "`GET /status` (text)", path: "/status", env: {} },
@@ -169,6 +178,23 @@ async function main() {
     },
     { name: "start/stop cycle, `RS_DB=:memory:`", path: "/", env: { RS_DB: ":memory:" }, script: CYCLE_SCRIPT },
   ];
+  if (!EARLIER)
+    scenarios.push(
+      {
+        name: "refused `/start` on the default lock, 1000 locks in use",
+        path: "/start?name=bench",
+        env: { RS_MAX_LOCKS: "2000" },
+        prepare: "/start?name=holder",
+        locks: 1000,
+      },
+      {
+        name: "refused `/locks/prod/eu/start`, 1000 locks in use",
+        path: "/locks/prod/eu/start?name=bench",
+        env: { RS_MAX_LOCKS: "2000" },
+        prepare: "/locks/prod/eu/start?name=holder",
+        locks: 1000,
+      },
+    );
   // `make bench` runs this under test/with-postgres.ts when PostgreSQL is installed.
   const postgres = process.env.RS_TEST_DB;
   if (postgres)
@@ -190,6 +216,7 @@ async function main() {
       results.set(sc.name, entry);
       rmSync(join(WORK, "cycle.db"), { force: true });
       const ours = await start(OURS, sc.env);
+      for (let i = 0; i < (sc.locks ?? 0); i++) await (await fetch(`${ours.url}/locks/team${i}/app/block`)).text();
       if (sc.prepare) await (await fetch(ours.url + sc.prepare)).text();
       const before = (await (await fetch(`${ours.url}/status?format=json`)).json()).lastReleaseId as number;
       entry.ours.push(await wrk(ours, sc.path, sc.script));
@@ -199,7 +226,7 @@ async function main() {
         afterLoad.rss.push(procStatus(ours.pid, "VmRSS"));
         afterLoad.hwm.push(procStatus(ours.pid, "VmHWM"));
       }
-      if (sc.prepare) await (await fetch(`${ours.url}/stop`)).text(); // a shared database outlives the daemon
+      if (sc.prepare) await (await fetch(ours.url + sc.prepare.replace(/start\?.*$/, "stop"))).text(); // a shared database outlives the daemon
       await stop(ours);
       const ref = await start(REFERENCE);
       entry.ref.push(await wrk(ref, sc.path, sc.script));
