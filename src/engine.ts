@@ -110,6 +110,7 @@ export function state(lock: string = DEFAULT_LOCK): State {
   let s = engine.scopes.get(lock);
   if (!s) {
     s = scopeOf(lock, engine.known);
+    if (engine.scopes.size >= 4096) engine.scopes.clear(); // reads of many names that were never used stay bounded
     engine.scopes.set(lock, s);
   }
   return s;
@@ -117,6 +118,7 @@ export function state(lock: string = DEFAULT_LOCK): State {
 
 /** Every lock the engine knows of, by name. */
 export const locks = (): string[] => [...engine.known.entries.keys()];
+export const isKnown = (lock: string): boolean => engine.known.entries.has(lock);
 
 /** Who waits, in order: for `lock` alone when given. */
 export const waiting = (lock?: string): Queued[] => {

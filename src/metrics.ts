@@ -1,8 +1,8 @@
 // Counts for /metrics (Prometheus text format) and the "usually takes" estimate
 // on the page, both fed by the committed changes. Every per-lock series has a
 // `lock` label; the root's block is `releasestatus_blocked{lock=""}`.
-import { type Heard, locks, state, waiting } from "./engine.ts";
-import { type Event, iso, type Outcome, type Reason, type Release, ROOT } from "./release.ts";
+import { type Heard, isKnown, locks, state, waiting } from "./engine.ts";
+import { DEFAULT_LOCK, type Event, iso, type Outcome, type Reason, type Release, ROOT } from "./release.ts";
 
 /** Every reason a /start can be refused for: each is exported at zero for every lock, so rates work at once. */
 export const START_REFUSALS: Reason[] = [
@@ -46,6 +46,8 @@ function counts(lock: string): LockCounts {
 }
 
 export function countStart(lock: string, o: Outcome): void {
+  // Only locks that exist get series of their own: refused starts on ever new names must not grow the metrics.
+  if (!o.ok && lock !== DEFAULT_LOCK && !isKnown(lock)) return;
   const c = counts(lock);
   if (o.ok) c.started++;
   else c.refused[o.reason] = (c.refused[o.reason] ?? 0) + 1;

@@ -145,6 +145,16 @@ describe("bad names and limits", () => {
     });
   }
 
+  test("refused starts on ever new names grow neither the locks nor the metrics", async () => {
+    const d = await daemon();
+    await d.body("/block?name=ana"); // every start is refused, so no name is ever used
+    for (let i = 0; i < 50; i++) expect(await d.body(`/locks/random${i}/start`)).toBe("0\n");
+    expect(await d.body("/locks")).toBe(
+      "all locks: releasing blocked by ana since " + (await statusOf(d)).block.since + "\n",
+    );
+    expect(await d.body("/metrics")).not.toContain("random");
+  });
+
   test("RS_LOCKS lists the only names allowed: any other is 404 unknown-lock", async () => {
     const d = await daemon({ RS_LOCKS: "default,staging,prod/eu" });
     expect(await d.body("/locks/prod/eu/start")).toBe("1\n");

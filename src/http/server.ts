@@ -5,7 +5,7 @@
 // call the engine once, and hand the outcome to answer.ts.
 import type { Server } from "bun";
 import { type Config, MAX_TTL_SECONDS } from "../config.ts";
-import { backup, change, engine, health, history, locks, onCommit, refresh, start } from "../engine.ts";
+import { backup, change, engine, health, history, isKnown, onCommit, refresh, start } from "../engine.ts";
 import type { Log } from "../log.ts";
 import { countStart, renderMetrics } from "../metrics.ts";
 import { LOCK_NAME_RULE, validLockName } from "../names.ts";
@@ -80,7 +80,8 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
       return refuse("invalid", `${JSON.stringify(name.slice(0, 120))} is not a lock name: ${LOCK_NAME_RULE}`);
     if (cfg.locks && !cfg.locks.includes(name))
       return refuse("unknown-lock", `there is no lock ${name}: RS_LOCKS allows only ${cfg.locks.join(", ")}`);
-    if (!cfg.locks && !engine.known.entries.has(name) && locks().filter((l) => l !== ROOT).length >= cfg.maxLocks)
+    const inUse = engine.known.entries.size - (isKnown(ROOT) ? 1 : 0); // the root is no lock of its own
+    if (!cfg.locks && !isKnown(name) && inUse >= cfg.maxLocks)
       return refuse(
         "invalid",
         `lock ${name} would be one lock more than RS_MAX_LOCKS (${cfg.maxLocks}): use a lock that exists`,
