@@ -90,3 +90,31 @@ describe("a database from the previous version", () => {
     expect((await d.get("/start")).headers.get("x-release-id")).toBe("42");
   });
 });
+
+describe("a database outage", () => {
+  test("/status and /history say the state is unknown (503 storage) while the database is away, and recover", async () => {
+    const d = await daemon({ RS_DB: pg.url });
+    await d.body("/stop");
+    await d.body("/unblock");
+    expect(await d.body("/start?name=before")).toBe("1\n");
+    pg.stop();
+    try {
+      const status = await d.get("/status?format=json");
+      expect(status.status).toBe(503);
+      expect(status.headers.get("x-reason-code")).toBe("storage");
+      expect(await status.json()).toMatchObject({ known: false, reason: "storage" });
+      const text = await d.get("/status");
+      expect(text.status).toBe(503);
+      expect(await text.text()).toMatch(/^unknown: /);
+      const history = await d.get("/history");
+      expect(history.status).toBe(503);
+      expect(history.headers.get("x-reason-code")).toBe("storage");
+      expect((await d.get("/start?name=during")).status).toBe(503);
+    } finally {
+      pg.start();
+    }
+    await until(async () => (await d.get("/status")).status === 200, "the daemon to read the database again");
+    expect((await statusOf(d)).release.name).toBe("before");
+    expect((await d.get("/history")).status).toBe(200);
+  }, 60_000);
+});
