@@ -129,13 +129,13 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
     health.problem = `the database file ${where} was ${now === null ? "removed" : "replaced"} while the daemon ran: nothing more is granted; restore it and restart the daemon`;
   };
   // Every write goes through here: a failure is reported, not thrown, so the caller answers storage.
+  const inTransaction = db.transaction(<T>(work: () => T): T => work());
   function write<T>(level: "FULL" | "NORMAL", work: () => T): T | null {
-    checkIdentity();
     if (health.gone) return null;
     try {
       durability(level);
-      const result = db.transaction(work).immediate();
-      checkIdentity(); // a file removed since the last check: what we just committed is lost with it
+      const result = inTransaction.immediate(work) as T;
+      checkIdentity(); // a file removed or replaced: what we just committed is lost with it, so it is no answer
       if (health.gone) return null;
       health.writable = true;
       health.problem = null;
@@ -160,9 +160,12 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
     read: async (lock) => stored(lock),
     transact: async (lock, decide: Decide, options = {}) => {
       const now = clock();
-      const preview = decideInLine(lock, stored(lock), now, decide, line, options, null);
-      if (!preview.committed) return preview;
-      const level = onlyQueueEvents(preview.committed.events) ? "NORMAL" : "FULL";
+      let level: "FULL" | "NORMAL" = "FULL";
+      if (options.join) {
+        // Joining the line needs no fsync of its own, a grant does: which one it is, a look first says.
+        const preview = decideInLine(lock, stored(lock), now, decide, line, options, null);
+        if (preview.committed && onlyQueueEvents(preview.committed.events)) level = "NORMAL";
+      }
       const decision = write(level, () =>
         decideInLine(lock, stored(lock), now, decide, line, options, (w) => {
           for (const [name, e] of w.entries) q.save.run(name, ...toColumns(e));
