@@ -78,7 +78,9 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     if (Date.now() < health.retryAt) throw new StorageError(health.problem ?? `${description} is failing`);
     try {
       const result = await sql.begin(async (tx) => {
-        for (const [name, value] of Object.entries(LIMITS)) await tx`SELECT set_config(${name}, ${value}, true)`;
+        await tx`SELECT set_config('lock_timeout', ${LIMITS.lock_timeout}, true),
+                        set_config('statement_timeout', ${LIMITS.statement_timeout}, true),
+                        set_config('idle_in_transaction_session_timeout', ${LIMITS.idle_in_transaction_session_timeout}, true)`;
         return work(tx as unknown as SQL, opts.now ? opts.now() : null);
       });
       succeeded();
