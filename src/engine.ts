@@ -139,11 +139,23 @@ const waitingAhead = (lock: string): number => {
  */
 export function change(lock: string, rule: Rule): Outcome | Promise<Outcome> {
   if (engine.closing) return SHUTTING_DOWN;
-  if (store().exclusive) {
+  const s = store();
+  if (s.exclusive) {
     const { outcome, change } = withExpiry(rule)(state(lock), engine.clock.now(), waitingAhead(lock));
     if (!change) return outcome;
-  }
+  } else if (s.peek) return refuseFromCommitted(s, lock, rule);
   return commit(lock, rule).then((d) => d.outcome);
+}
+
+// Shared stores: a refusal that changes nothing is decided on one plain read of what is committed (a
+// correct answer as of that read); anything else is decided again inside the write transaction.
+async function refuseFromCommitted(s: Store, lock: string, rule: Rule): Promise<Outcome> {
+  try {
+    const { stored, ahead, now } = await (s.peek as NonNullable<Store["peek"]>)(lock);
+    const { outcome, change } = withExpiry(rule)(scopeOf(lock, stored), now, ahead);
+    if (!outcome.ok && !change && !engine.closing) return outcome;
+  } catch {} // the transaction says what is wrong
+  return (await commit(lock, rule)).outcome;
 }
 
 /**

@@ -216,6 +216,31 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     }
   }
 
+  // One round trip: the rows around the lock, each with the waiters ahead and the database's clock.
+  async function peek(lock: string) {
+    if (Date.now() < health.retryAt) throw new StorageError(health.problem ?? `${description} is failing`);
+    try {
+      const rows = await sql`
+        SELECT l.*, (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now,
+          (SELECT count(*) FROM releasestatus_live_waiters
+           WHERE lock = ${lock} OR lock = ANY(${ancestorsOf(lock)}::text[])
+              OR ${lock} = '' OR substr(lock, 1, length(${lock}) + 1) = ${lock} || '/') AS ahead
+        FROM releasestatus_lock l
+        WHERE name = ${lock} OR name = '' OR name = ANY(${ancestorsOf(lock)}::text[])
+           OR ${lock} = '' OR substr(name, 1, length(${lock}) + 1) = ${lock} || '/'`;
+      succeeded();
+      const first = rows[0] as Record<string, string> | undefined;
+      return {
+        stored: toStored(rows as LockRow[]),
+        ahead: Number(first?.ahead ?? 0),
+        now: opts.now ? opts.now() : Number(first?.now ?? Date.now()),
+      };
+    } catch (e) {
+      failed(e as Error);
+      throw new StorageError((e as Error).message);
+    }
+  }
+
   // A read that also brings the whole wait line, unless this replica changed the line meanwhile.
   async function readWith(rows: (tx: SQL) => Promise<unknown>): Promise<Stored> {
     const changesBefore = lineChanges;
@@ -312,6 +337,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     health: () => ({ writable: health.ok, readable: health.ok, problem: health.problem }),
     readAll: () => readWith((tx) => tx`SELECT * FROM releasestatus_lock`),
     read: (lock) => readWith((tx) => around(tx, lock)),
+    peek,
     transact,
     leave,
     waiting: () => line,

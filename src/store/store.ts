@@ -74,6 +74,12 @@ export interface Store {
   /** The state around `lock` as stored; throws StorageError when it cannot be read. */
   read(lock: string): Promise<Stored>;
   /**
+   * For a store other processes write too: the committed state around `lock`, how many wait ahead, and
+   * the store's time, in one plain read outside any transaction. A refusal decided on it is a correct
+   * answer as of that read; a change is always decided again in `transact`.
+   */
+  peek?(lock: string): Promise<{ stored: Stored; ahead: number; now: number }>;
+  /**
    * One write transaction: reads the state around the lock, runs `decide` on it, and commits the
    * change it returns (its events, and the locks it changed) atomically. Resolves only once the
    * outcome is known; a failed or unknown commit resolves as the refusal `storage`, never as a change.
