@@ -122,6 +122,7 @@ export async function run(args: string[]): Promise<number> {
   let command: string[];
   let ttl: number;
   let query: URLSearchParams;
+  let signals: { dispose: () => void } | null = null;
   try {
     const split = args.indexOf("--");
     const opts = parseOptions(
@@ -144,13 +145,13 @@ export async function run(args: string[]): Promise<number> {
     if (wait > 0) query.set("wait", String(wait));
     query.set("format", "json");
     const abort = new AbortController();
-    const interrupted = onSignals(() => abort.abort()); // Ctrl-C while waiting in line leaves the line
-    let res: Response;
-    try {
-      res = await call(server, `${at(server, "start")}?${query}`, (wait + 30) * 1000, abort.signal);
-    } finally {
-      interrupted.dispose();
-    }
+    // One set of handlers for the whole of run, never removed while it runs: a signal that came while
+    // none was installed would end run at once, leaving its release (and perhaps its command) behind.
+    const pending: NodeJS.Signals[] = [];
+    let onSignal: (signal: NodeJS.Signals) => void = () => abort.abort(); // Ctrl-C while waiting leaves the line
+    signals = onSignals((signal) => onSignal(signal));
+    const res = await call(server, `${at(server, "start")}?${query}`, (wait + 30) * 1000, abort.signal);
+    onSignal = (signal) => pending.push(signal); // until the command runs, then handed on to it
     const answer = (await res.json().catch(() => null)) as {
       ok: boolean;
       reason: string;
@@ -164,14 +165,25 @@ export async function run(args: string[]): Promise<number> {
       console.error(`releasestatus run: not releasing (${answer.reason}): ${answer.message}`);
       return EXIT.tempFail;
     }
-    return await holdWhileRunning(server, answer.releaseId ?? 0, ttl, command);
+    return await holdWhileRunning(server, answer.releaseId ?? 0, ttl, command, (forward) => {
+      onSignal = forward;
+      for (const signal of pending.splice(0)) forward(signal);
+    });
   } catch (e) {
     return failure(e, "run");
+  } finally {
+    signals?.dispose();
   }
 }
 
 /** Runs the command while renewing the lease; stops the release however the command ends. */
-async function holdWhileRunning(server: Server, id: number, ttl: number, command: string[]): Promise<number> {
+async function holdWhileRunning(
+  server: Server,
+  id: number,
+  ttl: number,
+  command: string[],
+  forwardSignals: (forward: (signal: NodeJS.Signals) => void) => void,
+): Promise<number> {
   const watchdog = startWatchdog();
   let child: ReturnType<typeof Bun.spawn>;
   try {
@@ -192,7 +204,7 @@ async function holdWhileRunning(server: Server, id: number, ttl: number, command
       process.kill(-child.pid, signal);
     } catch {} // the group is gone already
   };
-  const forwarding = onSignals((signal) => group(signal)); // the command decides how to end
+  forwardSignals(group); // the command decides how to end
   let lost: string | null = null;
   const renewal = keepLease(server, id, ttl, {
     lost(why) {
@@ -206,7 +218,6 @@ async function holdWhileRunning(server: Server, id: number, ttl: number, command
   const code = await child.exited;
   group("SIGKILL"); // nothing the command started may go on without the release
   renewal.stop();
-  forwarding.dispose();
   watchdog.done();
   if (lost) return EXIT.software;
   const stopped = await stopRelease(server, id);

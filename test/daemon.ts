@@ -145,7 +145,8 @@ export const historyKinds = async (d: Daemon): Promise<string[]> =>
 export async function until(check: () => Promise<boolean>, what: string, ms = 15_000): Promise<void> {
   const end = Date.now() + ms;
   while (Date.now() < end) {
-    if (await check()) return;
+    // A check that throws (a file not written yet, a daemon not answering yet) is "not yet".
+    if (await check().catch(() => false)) return;
     await Bun.sleep(20);
   }
   throw new Error(`timed out waiting for ${what}`);
