@@ -150,7 +150,7 @@ describe("bad names and limits", () => {
     await d.body("/block?name=ana"); // every start is refused, so no name is ever used
     for (let i = 0; i < 50; i++) expect(await d.body(`/locks/random${i}/start`)).toBe("0\n");
     expect(await d.body("/locks")).toBe(
-      "all locks: releasing blocked by ana since " + (await statusOf(d)).block.since + "\n",
+      `all locks: releasing blocked by ana since ${(await statusOf(d)).block.since}\n`,
     );
     expect(await d.body("/metrics")).not.toContain("random");
   });

@@ -187,16 +187,8 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
   };
 
   const reads = {
-    status: ({ req, lock, json: asJson }: Ask) =>
-      whenKnown(
-        lock ?? DEFAULT_LOCK,
-        () => {
-          const l = lock ?? DEFAULT_LOCK;
-          return asJson ? json(statusJson(l)) : text(statusText(l));
-        },
-        asJson,
-        req,
-      ),
+    status: ({ lock = DEFAULT_LOCK, json: asJson }: Ask) =>
+      whenKnown(lock, () => (asJson ? json(statusJson(lock)) : text(statusText(lock))), asJson),
     history: ({ url, lock, json: asJson }: Ask): Response | Promise<Response> => {
       const p = readQuery(url);
       if (!(p instanceof Map)) return answer(asJson, p);
@@ -299,12 +291,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
 
   function listLocks(req: Request): Response | Promise<Response> {
     const asJson = wantsJson(req.url, req);
-    return whenKnown(
-      ROOT,
-      () => (asJson ? json(lockNames().map((l) => statusJson(l))) : text(locksText())),
-      asJson,
-      req,
-    );
+    return whenKnown(ROOT, () => (asJson ? json(lockNames().map((l) => statusJson(l))) : text(locksText())), asJson);
   }
 
   function healthz(): Response {
@@ -397,12 +384,7 @@ function unknown(asJson: boolean): Response {
 }
 
 /** Renders once the state is current (with replicas, after a read from the database), or says it is unknown. */
-function whenKnown(
-  lock: string,
-  render: () => Response,
-  asJson: boolean,
-  _req?: Request,
-): Response | Promise<Response> {
+function whenKnown(lock: string, render: () => Response, asJson: boolean): Response | Promise<Response> {
   if (engine.store?.exclusive) return render();
   return refresh(lock).then(
     () => (health().known ? render() : unknown(asJson)),
