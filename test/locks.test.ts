@@ -163,6 +163,15 @@ describe("bad names and limits", () => {
     expect(res.headers.get("x-reason-code")).toBe("unknown-lock");
   });
 
+  test("without default in RS_LOCKS, the original's paths answer 404 unknown-lock; /block still acts on the root", async () => {
+    const d = await daemon({ RS_LOCKS: "staging,prod/eu" });
+    const res = await d.get("/start");
+    expect(res.status).toBe(404);
+    expect(res.headers.get("x-reason-code")).toBe("unknown-lock");
+    expect(await d.body("/block?name=ana")).toBe("1\n");
+    expect(await d.body("/locks/staging/start")).toBe("0\n");
+  });
+
   test("beyond RS_MAX_LOCKS a new name is refused, so a loop of random names cannot grow the state", async () => {
     const d = await daemon({ RS_MAX_LOCKS: "3" });
     for (const name of ["a", "b", "c"]) expect(await d.body(`/locks/${name}/start`)).toBe("1\n");

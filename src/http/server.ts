@@ -236,7 +236,14 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
       methods: route.methods,
       handle: (req: Request, server: Server<undefined>) => {
         const url = req.url; // Bun builds this string anew on each access
-        return run({ req, server, url, lock, json: wantsJson(url, req) });
+        const asJson = wantsJson(url, req);
+        // With RS_LOCKS, the original's paths exist only if the default lock is one of them.
+        if (lock === DEFAULT_LOCK && cfg.locks && !cfg.locks.includes(DEFAULT_LOCK))
+          return answer(
+            asJson,
+            refuse("unknown-lock", `there is no lock default: RS_LOCKS allows only ${cfg.locks.join(", ")}`),
+          );
+        return run({ req, server, url, lock, json: asJson });
       },
     };
   };
