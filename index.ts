@@ -6,7 +6,7 @@
 // The client commands (run, status, healthcheck) are in src/client.ts.
 
 import pkg from "./package.json" with { type: "json" };
-import { type Config, ConfigError, isPostgres, readConfig } from "./src/config.ts";
+import { applyReload, type Config, ConfigError, isPostgres, readConfig } from "./src/config.ts";
 import { closeEngine, history, onCommit, onStorageFailure, openEngine } from "./src/engine.ts";
 import { closeEventStreams, startServer } from "./src/http/server.ts";
 import { createLog, type Log } from "./src/log.ts";
@@ -28,9 +28,13 @@ Usage:
   releasestatus backup FILE [--url URL]
                                   write a consistent copy of the daemon's SQLite database to FILE
   releasestatus healthcheck       exit 0 if the daemon on RS_PORT is healthy (for containers)
+  releasestatus check-config FILE check a configuration file (RS_CONFIG) without starting
+  releasestatus token --who NAME --can release,block --locks prod,staging
+                                  make a new named token and the [[token]] block that grants it
   releasestatus --help | --version
 
-Settings (environment):
+Settings (environment; the file RS_CONFIG names may hold them too, and lists of tokens):
+  RS_CONFIG         a TOML configuration file, re-read on SIGHUP (see the README's "Access")
   RS_PORT           port to listen on (required, 1-65535)
   RS_HOST           address to listen on (default 0.0.0.0, all interfaces)
   RS_DB             SQLite file for state and history (default releasestatus.db; :memory: keeps nothing),
@@ -62,6 +66,8 @@ async function main(argv: string[]): Promise<number> {
   if (command === "status") return (await import("./src/client.ts")).status(argv.slice(1));
   if (command === "backup") return (await import("./src/client.ts")).backup(argv.slice(1));
   if (command === "__watchdog") return (await import("./src/client.ts")).watchdog();
+  if (command === "check-config") return (await import("./src/admin.ts")).checkConfig(argv.slice(1));
+  if (command === "token") return (await import("./src/admin.ts")).makeToken(argv.slice(1));
   if (command !== undefined && command !== "serve")
     return fail(`unknown command ${JSON.stringify(command)}: run 'releasestatus --help' to see the commands`);
   let cfg: Config;
@@ -108,8 +114,10 @@ async function serve(cfg: Config): Promise<number> {
     );
   }
   log.info(`releasestatus ${pkg.version} listening on ${cfg.host}:${server.port}, state in ${store.description}`);
-  if (cfg.token === null)
-    log.warn("no RS_TOKEN is set: anyone who can reach this port can start, stop and block releases");
+  if (cfg.access.tokens.size === 0)
+    log.warn(
+      "no token is set (RS_TOKEN or RS_CONFIG): anyone who can reach this port can start, stop and block releases",
+    );
 
   return new Promise((resolve) => {
     let stopping = false;
@@ -128,9 +136,27 @@ async function serve(cfg: Config): Promise<number> {
     };
     process.on("SIGTERM", () => shutdown("SIGTERM"));
     process.on("SIGINT", () => shutdown("SIGINT"));
-    // Nothing to reload yet; without a handler SIGHUP would kill the daemon and cut every waiter.
-    process.on("SIGHUP", () => log.info("SIGHUP received: nothing to reload; still running"));
+    // Without a handler SIGHUP would kill the daemon and cut every waiter.
+    process.on("SIGHUP", () => reload(cfg, log));
   });
+}
+
+/**
+ * SIGHUP: reads the configuration again (the file and RS_TOKEN_FILE). A valid one takes effect at once,
+ * keeping every release and waiter; an invalid one is refused and the running one stays.
+ */
+function reload(cfg: Config, log: Log) {
+  let next: Config;
+  try {
+    next = readConfig(process.env);
+  } catch (e) {
+    if (!(e instanceof ConfigError)) throw e;
+    log.error(`SIGHUP received: the configuration was not reloaded, the running one stays: ${e.message}`);
+    return;
+  }
+  const { changed, needRestart } = applyReload(cfg, next);
+  log.info(`SIGHUP received: configuration reloaded: ${changed.length ? changed.join("; ") : "nothing changed"}`);
+  if (needRestart.length) log.warn(`SIGHUP received: these take effect only on a restart: ${needRestart.join(", ")}`);
 }
 
 /** SQLite by default; memory for RS_DB=:memory:; PostgreSQL (loaded only when asked for) for replicas. */

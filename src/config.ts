@@ -1,5 +1,9 @@
 // Settings come from the environment, as in the original: RS_PORT is required,
-// everything else has a default. A bad value is one clear line and exit code 2.
+// everything else has a default. Lists (tokens, and later webhooks and freeze
+// windows) come from a TOML file named by RS_CONFIG, which may also hold the
+// single settings; an environment variable wins over the file. A bad value is
+// one clear line (with the file's line when it came from the file) and exit code 2.
+import { type Access, digestOf, everything, RIGHTS, type Right, type Token } from "./access.ts";
 import type { LogFormat } from "./log.ts";
 import { LOCK_NAME_RULE, validLockName } from "./names.ts";
 import { wholeNumber } from "./numbers.ts";
@@ -12,11 +16,12 @@ export type Config = {
   historyLimit: number;
   ttlSeconds: number | null; // lease given to a /start without ttl=; null: releases never expire
   maxWaitSeconds: number;
-  token: string | null;
   logFormat: LogFormat;
   hosts: string[]; // host names a browser may reach the daemon by, besides IP addresses and localhost
   locks: string[] | null; // the only lock names allowed; null: any, up to maxLocks
   maxLocks: number;
+  access: Access; // the tokens (RS_TOKEN's and the file's) and whether reading needs one
+  file: string | null; // RS_CONFIG: re-read on SIGHUP
 };
 
 export class ConfigError extends Error {}
@@ -25,35 +30,49 @@ export const MAX_TTL_SECONDS = 7 * 24 * 3600;
 
 type Env = Record<string, string | undefined>;
 
+/** Where each setting that came from the file was written: "/etc/releasestatus.toml:3: port". */
+type Origins = Map<string, string>;
+
 export function readConfig(env: Env): Config {
-  const rawPort = env.RS_PORT;
+  if (env.RS_CONFIG === "") throw new ConfigError("RS_CONFIG is empty: name a TOML file, or leave it unset");
+  const file = env.RS_CONFIG ? readConfigFile(env.RS_CONFIG) : null;
+  const set: Env = { ...file?.settings };
+  for (const [k, v] of Object.entries(env)) if (v !== undefined && v !== "") set[k] = v; // the environment wins
+  const from: Origins = new Map();
+  for (const [k, where] of file?.origins ?? []) if (!env[k]) from.set(k, where);
+  const rawPort = set.RS_PORT;
   if (rawPort === undefined || rawPort === "")
     throw new ConfigError("RS_PORT is not set: say which port to listen on, e.g. RS_PORT=8080 releasestatus");
+  const token = readToken(set, from);
   return {
-    port: setting("RS_PORT", rawPort, 1, 65535),
-    host: env.RS_HOST || "0.0.0.0",
-    db: readDb(env),
-    historyLimit: setting("RS_HISTORY_LIMIT", env.RS_HISTORY_LIMIT ?? "10000", 1, 10_000_000),
-    ttlSeconds: env.RS_TTL ? setting("RS_TTL", env.RS_TTL, 1, MAX_TTL_SECONDS) : null,
-    maxWaitSeconds: setting("RS_MAX_WAIT", env.RS_MAX_WAIT ?? "3600", 0, 7 * 24 * 3600),
-    token: readToken(env),
-    logFormat: oneOf("RS_LOG_FORMAT", env.RS_LOG_FORMAT || "text", ["text", "json"]) as LogFormat,
-    hosts: list("RS_HOSTS", env.RS_HOSTS, HOST_NAME, "host names such as releases.example.com"),
-    locks: env.RS_LOCKS === undefined ? null : readLocks(env.RS_LOCKS),
-    maxLocks: setting("RS_MAX_LOCKS", env.RS_MAX_LOCKS ?? "1000", 1, 100_000),
+    port: setting(from, "RS_PORT", rawPort, 1, 65535),
+    host: set.RS_HOST || "0.0.0.0",
+    db: readDb(set, from),
+    historyLimit: setting(from, "RS_HISTORY_LIMIT", set.RS_HISTORY_LIMIT ?? "10000", 1, 10_000_000),
+    ttlSeconds: set.RS_TTL ? setting(from, "RS_TTL", set.RS_TTL, 1, MAX_TTL_SECONDS) : null,
+    maxWaitSeconds: setting(from, "RS_MAX_WAIT", set.RS_MAX_WAIT ?? "3600", 0, 7 * 24 * 3600),
+    logFormat: oneOf(from, "RS_LOG_FORMAT", set.RS_LOG_FORMAT || "text", ["text", "json"]) as LogFormat,
+    hosts: list(from, "RS_HOSTS", set.RS_HOSTS, HOST_NAME, "host names such as releases.example.com"),
+    locks: set.RS_LOCKS === undefined ? null : readLocks(from, set.RS_LOCKS),
+    maxLocks: setting(from, "RS_MAX_LOCKS", set.RS_MAX_LOCKS ?? "1000", 1, 100_000),
+    access: accessFrom(token, file),
+    file: env.RS_CONFIG || null,
   };
 }
 
-function setting(name: string, raw: string, min: number, max: number): number {
+// How a setting is named in an error: where the file says it, else as the environment variable.
+const named = (from: Origins, name: string, raw: string) => from.get(name) ?? `${name}=${JSON.stringify(raw)}`;
+
+function setting(from: Origins, name: string, raw: string, min: number, max: number): number {
   const n = wholeNumber(raw, min, max);
   if (n === null)
-    throw new ConfigError(`${name}=${JSON.stringify(raw)} is not valid: expected a whole number from ${min} to ${max}`);
+    throw new ConfigError(`${named(from, name, raw)} is not valid: expected a whole number from ${min} to ${max}`);
   return n;
 }
 
-function oneOf(name: string, raw: string, allowed: string[]): string {
+function oneOf(from: Origins, name: string, raw: string, allowed: string[]): string {
   if (!allowed.includes(raw))
-    throw new ConfigError(`${name}=${JSON.stringify(raw)} is not valid: expected one of ${allowed.join(", ")}`);
+    throw new ConfigError(`${named(from, name, raw)} is not valid: expected one of ${allowed.join(", ")}`);
   return raw;
 }
 
@@ -61,27 +80,27 @@ function oneOf(name: string, raw: string, allowed: string[]): string {
 export const isPostgres = (db: string) => /^postgres(ql)?:\/\//.test(db);
 
 // RS_DB_FILE holds RS_DB (a PostgreSQL URL with its password, say) in a file, as container secrets do.
-function readDb(env: Env): string {
-  if (env.RS_DB && env.RS_DB_FILE) throw new ConfigError("RS_DB and RS_DB_FILE are both set: keep only one");
-  const db = env.RS_DB_FILE ? readSecret("RS_DB_FILE", env.RS_DB_FILE) : env.RS_DB || "releasestatus.db";
+function readDb(set: Env, from: Origins): string {
+  if (set.RS_DB && set.RS_DB_FILE) throw new ConfigError("RS_DB and RS_DB_FILE are both set: keep only one");
+  const db = set.RS_DB_FILE ? readSecret(from, "RS_DB_FILE", set.RS_DB_FILE) : set.RS_DB || "releasestatus.db";
   if (isPostgres(db) && !URL.canParse(db))
     throw new ConfigError("RS_DB is not a valid PostgreSQL URL: expected postgres://user:password@host:5432/database");
   return db;
 }
 
-function readSecret(name: string, path: string): string {
+function readSecret(from: Origins, name: string, path: string): string {
   const read = readSecretFile(path);
   if (read.ok) return read.secret;
   throw new ConfigError(
-    `cannot read ${name}=${path} (${read.code}): check the path and that the daemon's user may read it`,
+    `cannot read ${from.get(name) ?? `${name}=${path}`} (${read.code}): check the path and that the daemon's user may read it`,
   );
 }
 
-// RS_TOKEN_FILE suits container secrets; the file is read once, its trailing newline dropped.
-function readToken(env: Env): string | null {
-  if (env.RS_TOKEN && env.RS_TOKEN_FILE)
+// RS_TOKEN_FILE suits container secrets; the file is read at start and on each reload, its trailing newline dropped.
+function readToken(set: Env, from: Origins): string | null {
+  if (set.RS_TOKEN && set.RS_TOKEN_FILE)
     throw new ConfigError("RS_TOKEN and RS_TOKEN_FILE are both set: keep only one");
-  const token = env.RS_TOKEN_FILE ? readSecret("RS_TOKEN_FILE", env.RS_TOKEN_FILE) : (env.RS_TOKEN ?? null);
+  const token = set.RS_TOKEN_FILE ? readSecret(from, "RS_TOKEN_FILE", set.RS_TOKEN_FILE) : (set.RS_TOKEN ?? null);
   if (token === null) return null;
   if (token === "" || /[^\x21-\x7e]/.test(token))
     throw new ConfigError(
@@ -93,23 +112,275 @@ function readToken(env: Env): string | null {
 const HOST_NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/;
 
 // A comma-separated list; every item must match, and an empty item is a mistake, not nothing.
-function list(name: string, raw: string | undefined, item: RegExp, what: string): string[] {
+function list(from: Origins, name: string, raw: string | undefined, item: RegExp, what: string): string[] {
   if (raw === undefined) return [];
   const items = raw.split(",").map((s) => s.trim());
   for (const i of items)
     if (!item.test(i))
       throw new ConfigError(
-        `${name}=${JSON.stringify(raw)} is not valid: ${JSON.stringify(i)} is not one of ${what}, separated by commas`,
+        `${named(from, name, raw)} is not valid: ${JSON.stringify(i)} is not one of ${what}, separated by commas`,
       );
   return items;
 }
 
-function readLocks(raw: string): string[] {
+function readLocks(from: Origins, raw: string): string[] {
   const names = raw.split(",").map((s) => s.trim());
   for (const n of names)
     if (!validLockName(n))
       throw new ConfigError(
-        `RS_LOCKS=${JSON.stringify(raw)} is not valid: ${JSON.stringify(n)} is not a lock name (${LOCK_NAME_RULE})`,
+        `${named(from, "RS_LOCKS", raw)} is not valid: ${JSON.stringify(n)} is not a lock name (${LOCK_NAME_RULE})`,
       );
   return names;
+}
+
+function accessFrom(token: string | null, file: ConfigFile | null): Access {
+  const tokens = new Map<string, Token>();
+  for (const t of file?.tokens ?? []) tokens.set(t.sha256, t);
+  if (token !== null) {
+    const digest = digestOf(token);
+    if (tokens.has(digest))
+      throw new ConfigError(
+        `RS_TOKEN is also in ${file?.path} as ${tokens.get(digest)?.who}'s token: a token must stand for one holder`,
+      );
+    tokens.set(digest, everything(digest));
+  }
+  return { tokens, read: file?.read ?? "open" };
+}
+
+// ---- the configuration file ----
+
+/** What RS_CONFIG holds, checked: single settings as the environment would give them, and the lists. */
+export type ConfigFile = {
+  path: string;
+  settings: Env;
+  origins: Origins;
+  tokens: Token[];
+  read: "open" | "token";
+};
+
+// The file's single settings, and the environment variable each stands for.
+const FILE_SETTINGS: Record<string, { env: string; kind: "number" | "string" | "list" }> = {
+  port: { env: "RS_PORT", kind: "number" },
+  host: { env: "RS_HOST", kind: "string" },
+  db: { env: "RS_DB", kind: "string" },
+  db_file: { env: "RS_DB_FILE", kind: "string" },
+  history_limit: { env: "RS_HISTORY_LIMIT", kind: "number" },
+  ttl: { env: "RS_TTL", kind: "number" },
+  max_wait: { env: "RS_MAX_WAIT", kind: "number" },
+  token_file: { env: "RS_TOKEN_FILE", kind: "string" },
+  log_format: { env: "RS_LOG_FORMAT", kind: "string" },
+  hosts: { env: "RS_HOSTS", kind: "list" },
+  locks: { env: "RS_LOCKS", kind: "list" },
+  max_locks: { env: "RS_MAX_LOCKS", kind: "number" },
+};
+const TOKEN_KEYS = ["who", "can", "locks", "sha256"];
+
+/** Reads and checks the whole file; a problem is a ConfigError "FILE:LINE: what is wrong". */
+export function readConfigFile(path: string): ConfigFile {
+  const read = readSecretFile(path);
+  if (!read.ok)
+    throw new ConfigError(
+      `cannot read RS_CONFIG=${path} (${read.code}): check the path and that the daemon's user may read it`,
+    );
+  return parseConfigFile(path, read.secret);
+}
+
+/** Checks the text of a configuration file; `path` names it in errors. */
+export function parseConfigFile(path: string, source: string): ConfigFile {
+  const problem = (line: number, what: string) => new ConfigError(`${path}:${line}: ${what}`);
+  let doc: Record<string, unknown>;
+  try {
+    doc = Bun.TOML.parse(source) as Record<string, unknown>;
+  } catch (e) {
+    const what = (e as Error).message.replace(/^TOML Parse error: /, "");
+    throw problem(syntaxErrorLine(source, (e as Error).message), `not valid TOML: ${what}`);
+  }
+  const at = (table: string | null, index: number, key: string | null) => lineOf(source, table, index, key);
+  const file: ConfigFile = { path, settings: {}, origins: new Map(), tokens: [], read: "open" };
+  for (const [key, value] of Object.entries(doc)) {
+    const line = at(null, 0, key);
+    if (key === "token") {
+      if (!Array.isArray(value)) throw problem(line, "token must be a list of tables: write each as [[token]]");
+      value.forEach((raw, i) => {
+        file.tokens.push(readTokenTable(raw, (k) => at("token", i, k), problem));
+      });
+      continue;
+    }
+    if (key === "read") {
+      if (value !== "open" && value !== "token")
+        throw problem(line, `read = ${show(value)} is not valid: expected "open" (the default) or "token"`);
+      file.read = value;
+      continue;
+    }
+    if (key === "webhook" || key === "freeze")
+      throw problem(line, `[[${key}]] is not supported by this version of releasestatus: remove it, or upgrade`);
+    const known = FILE_SETTINGS[key];
+    if (!known)
+      throw problem(
+        line,
+        key === "token_sha256" || key === "rs_token"
+          ? `${key} is not a setting: the file holds no plain tokens; list them as [[token]] tables with their sha256`
+          : `${key} is not a setting: expected one of ${[...Object.keys(FILE_SETTINGS), "read", "[[token]]"].join(", ")}`,
+      );
+    file.settings[known.env] = settingText(key, value, known.kind, (what) => problem(line, what));
+    file.origins.set(known.env, `${path}:${line}: ${key} = ${show(value)}`);
+  }
+  const seen = new Map<string, number>();
+  file.tokens.forEach((t, i) => {
+    const first = seen.get(t.sha256);
+    if (first !== undefined)
+      throw problem(
+        at("token", i, "sha256"),
+        `this sha256 is also token #${first + 1}'s: each token needs its own (make one with 'releasestatus token')`,
+      );
+    seen.set(t.sha256, i);
+  });
+  return file;
+}
+
+const show = (v: unknown) => (typeof v === "string" ? JSON.stringify(v) : Array.isArray(v) ? "[…]" : String(v));
+
+// A single setting as the environment would give it: numbers as digits, lists joined by commas.
+function settingText(key: string, value: unknown, kind: "number" | "string" | "list", fail: (w: string) => Error) {
+  if (kind === "number") {
+    if (typeof value === "number" && Number.isInteger(value)) return String(value);
+    throw fail(`${key} = ${show(value)} is not valid: expected a whole number, without quotes`);
+  }
+  if (kind === "string") {
+    if (typeof value === "string" && value !== "") return value;
+    throw fail(`${key} = ${show(value)} is not valid: expected a non-empty string in quotes`);
+  }
+  if (Array.isArray(value) && value.length > 0 && value.every((v) => typeof v === "string" && !v.includes(",")))
+    return value.join(",");
+  throw fail(`${key} = ${show(value)} is not valid: expected a non-empty list of strings, e.g. ["a", "b"]`);
+}
+
+const WHO = /^[\p{L}\p{N}][\p{L}\p{N} ._@+-]{0,63}$/u;
+
+function readTokenTable(
+  raw: unknown,
+  line: (key: string | null) => number,
+  problem: (line: number, what: string) => Error,
+): Token {
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw))
+    throw problem(line(null), "each [[token]] must be a table with who, can, locks and sha256");
+  const t = raw as Record<string, unknown>;
+  for (const key of Object.keys(t))
+    if (!TOKEN_KEYS.includes(key))
+      throw problem(line(key), `${key} is not a token setting: expected ${TOKEN_KEYS.join(", ")}`);
+  for (const key of TOKEN_KEYS)
+    if (!(key in t))
+      throw problem(
+        line(null),
+        `this [[token]] has no ${key}: each needs who, can, locks and sha256 ('releasestatus token' prints one)`,
+      );
+  const { who, can, locks, sha256 } = t;
+  if (typeof who !== "string" || !WHO.test(who))
+    throw problem(
+      line("who"),
+      `who = ${show(who)} is not valid: expected a name of 1 to 64 letters, digits, spaces or . _ @ + - (it is recorded as "by")`,
+    );
+  if (who === "token") throw problem(line("who"), 'who = "token" is what RS_TOKEN is recorded as: choose another name');
+  if (!Array.isArray(can) || can.length === 0 || !can.every((c) => RIGHTS.includes(c as Right)))
+    throw problem(
+      line("can"),
+      `can = ${show(can)} is not valid: expected a non-empty list of ${RIGHTS.map((r) => `"${r}"`).join(", ")}`,
+    );
+  let scope: Token["locks"];
+  if (Array.isArray(locks) && locks.length === 1 && locks[0] === "*") scope = "*";
+  else if (Array.isArray(locks) && locks.length > 0 && locks.every((l) => typeof l === "string" && validLockName(l)))
+    scope = locks as string[];
+  else
+    throw problem(
+      line("locks"),
+      `locks = ${show(locks)} is not valid: expected ["*"] for every lock and the root, or a list of lock names (${LOCK_NAME_RULE})`,
+    );
+  if (typeof sha256 !== "string" || !/^[0-9a-fA-F]{64}$/.test(sha256))
+    throw problem(
+      line("sha256"),
+      "sha256 is not valid: expected the 64 hex digits of the token's SHA-256 (never the token itself); 'releasestatus token' prints both",
+    );
+  return { who, can: new Set(can as Right[]), locks: scope, sha256: sha256.toLowerCase(), named: true };
+}
+
+/** The line (1-based) of `key` in the index-th [[table]] (or at the top when table is null); else that table's line. */
+function lineOf(source: string, table: string | null, index: number, key: string | null): number {
+  const lines = source.split("\n");
+  let current: string | null = null;
+  let count = -1;
+  let tableLine = 1;
+  for (let i = 0; i < lines.length; i++) {
+    const text = (lines[i] ?? "").trim();
+    const header = /^\[\[\s*([A-Za-z0-9_-]+)\s*\]\]/.exec(text) ?? /^\[\s*([A-Za-z0-9_.-]+)\s*\]/.exec(text);
+    if (header) {
+      current = header[1] ?? null;
+      if (current === table) count++;
+      if (current === table && count === index) tableLine = i + 1;
+      continue;
+    }
+    const inPlace = table === null ? current === null : current === table && count === index;
+    if (inPlace && key !== null && new RegExp(`^["']?${key}["']?\\s*=`).test(text)) return i + 1;
+  }
+  return table === null && key !== null ? firstLineOf(lines, key) : tableLine;
+}
+
+// A top-level key written as a table ([[token]]) has no "key =" line: find its header.
+function firstLineOf(lines: string[], key: string): number {
+  const i = lines.findIndex((l) => new RegExp(`^\\s*\\[\\[?\\s*${key}\\s*\\]`).test(l));
+  return i < 0 ? 1 : i + 1;
+}
+
+// Bun's TOML parser does not say where it stopped: the first prefix of lines that fails alike does.
+function syntaxErrorLine(source: string, message: string): number {
+  const lines = source.split("\n");
+  for (let n = 1; n <= lines.length; n++) {
+    try {
+      Bun.TOML.parse(lines.slice(0, n).join("\n"));
+    } catch (e) {
+      if ((e as Error).message === message) return n;
+    }
+  }
+  return lines.length;
+}
+
+// ---- reloading (SIGHUP) ----
+
+/** Settings a running daemon cannot take on: they need a restart. */
+const RESTART_ONLY = ["port", "host", "db", "historyLimit", "logFormat"] as const;
+
+/**
+ * Takes on what can change while running (tokens, reading, hosts, locks, limits, leases) from
+ * `next` into `cfg`, in place: every request reads `cfg`. Returns what changed, in words without
+ * secrets, and what would need a restart.
+ */
+export function applyReload(cfg: Config, next: Config): { changed: string[]; needRestart: string[] } {
+  const needRestart = RESTART_ONLY.filter((k) => cfg[k] !== next[k]).map(
+    (k) => `${k} (${JSON.stringify(cfg[k])} → ${JSON.stringify(next[k])})`,
+  );
+  const changed = [...tokenChanges(cfg.access, next.access)];
+  if (cfg.access.read !== next.access.read) changed.push(`reading is now ${next.access.read}`);
+  const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+  for (const k of ["ttlSeconds", "maxWaitSeconds", "hosts", "locks", "maxLocks"] as const)
+    if (!same(cfg[k], next[k])) changed.push(`${k}: ${JSON.stringify(cfg[k])} → ${JSON.stringify(next[k])}`);
+  cfg.access = next.access;
+  cfg.ttlSeconds = next.ttlSeconds;
+  cfg.maxWaitSeconds = next.maxWaitSeconds;
+  cfg.hosts = next.hosts;
+  cfg.locks = next.locks;
+  cfg.maxLocks = next.maxLocks;
+  return { changed, needRestart };
+}
+
+/** A token in words, without its secret or its digest: "ana (release, block on prod, staging)". */
+export const describeToken = (t: Token): string =>
+  `${t.who} (${[...t.can].join(", ")} on ${t.locks === "*" ? "every lock" : t.locks.join(", ")})`;
+
+function* tokenChanges(before: Access, after: Access): Generator<string> {
+  for (const [digest, t] of after.tokens) {
+    const was = before.tokens.get(digest);
+    if (!was) yield `token added: ${describeToken(t)}`;
+    else if (describeToken(was) !== describeToken(t))
+      yield `token changed: ${describeToken(was)} → ${describeToken(t)}`;
+  }
+  for (const [digest, t] of before.tokens) if (!after.tokens.has(digest)) yield `token removed: ${describeToken(t)}`;
 }

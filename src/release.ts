@@ -14,9 +14,10 @@ export type Release = {
   reason: string;
   startedAt: number; // epoch milliseconds
   expiresAt: number | null; // null: the release never expires on its own
+  by?: string; // who started it: the named token's `who`; absent without tokens
 };
 
-export type Block = { name: string; reason: string; since: number };
+export type Block = { name: string; reason: string; since: number; by?: string };
 
 /** A lock above or below the one decided on, as far as the decision needs it. */
 export type Neighbour = { lock: string; release: Release | null; block: Block | null };
@@ -57,8 +58,9 @@ export type Event = {
   at: number;
   kind: EventKind;
   releaseId: number | null;
-  name: string;
+  name: string; // what the request said
   reason: string;
+  by?: string; // whose token made it (the token's `who`); absent without tokens
 };
 
 /** Why a request was answered 0. The README lists every code. */
@@ -85,7 +87,10 @@ export type Refusal = { ok: false; reason: Reason; message: string };
 export type Change = { ok: true; next: State; events: Event[] };
 export type Outcome = Change | Refusal;
 
-export type Holder = { name: string; reason: string };
+/** Who asks: the name the request gave, and whose token it sent (absent without tokens). */
+export type Holder = { name: string; reason: string; by?: string };
+/** Who acts on something already there (stops a release, lifts a block). */
+export type Actor = { name: string; by?: string };
 export type StartRequest = Holder & { ttlSeconds: number | null };
 
 export const UNKNOWN_USER = "an unknown user";
@@ -108,6 +113,14 @@ export const unchanged = (s: State): Change => ({ ok: true, next: s, events: [] 
 export const iso = (ms: number): string => new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z");
 
 const who = (name: string): string => name || UNKNOWN_USER;
+// A name, and whose token it came with when that is someone else: "sion (token of ana)".
+const whoBy = (name: string, by: string | undefined): string =>
+  differs(name, by) ? `${who(name)} (token of ${by})` : who(name);
+// RS_TOKEN, recorded as "token", is everyone's: only a named token says who it was.
+const differs = (name: string, by: string | undefined): by is string =>
+  by !== undefined && by !== name && by !== PLAIN_TOKEN;
+/** What `by` says for a change made with RS_TOKEN (no named token may take this name). */
+export const PLAIN_TOKEN = "token";
 
 // A release or block never changes once made, so its words are worked out once:
 // a refused start, the commonest request, then costs no date formatting.
@@ -127,13 +140,17 @@ export const describeRelease = (r: Release, lock: string = DEFAULT_LOCK): string
   once(
     r,
     () =>
-      `release #${r.id} by ${who(r.name)}${r.reason ? ` (${r.reason})` : ""}${on(lock)} running since ${iso(r.startedAt)}`,
+      `release #${r.id} by ${who(r.name)}${r.reason ? ` (${r.reason})` : ""}${on(lock)}${startedBy(r.name, r.by)} running since ${iso(r.startedAt)}`,
   );
+
+// "release #42 by sion, started by ana": said when a token of one person started it in another's name.
+const startedBy = (name: string, by: string | undefined) => (differs(name, by) ? `, started by ${by},` : "");
 
 export const describeBlock = (b: Block, lock: string = ROOT): string =>
   once(
     b,
-    () => `releasing${on(lock)} blocked by ${who(b.name)} since ${iso(b.since)}${b.reason ? `: ${b.reason}` : ""}`,
+    () =>
+      `releasing${on(lock)} blocked by ${whoBy(b.name, b.by)} since ${iso(b.since)}${b.reason ? `: ${b.reason}` : ""}`,
   );
 
 /** The block that stops starts on this lock: its own, else the nearest above it. */
@@ -163,16 +180,16 @@ export function start(s: State, req: StartRequest, now: number, waitingAhead: nu
   if (waitingAhead > 0) return refuse("queued", `${waitingAhead} waiting ahead of you`);
   const id = s.lastId + 1;
   const expiresAt = req.ttlSeconds === null ? null : now + req.ttlSeconds * 1000;
-  const release: Release = { id, name: req.name, reason: req.reason, startedAt: now, expiresAt };
+  const release: Release = { id, name: req.name, reason: req.reason, startedAt: now, expiresAt, by: req.by };
   return {
     ok: true,
     next: { ...s, lastId: id, release },
-    events: [{ lock: s.lock, at: now, kind: "started", releaseId: id, name: req.name, reason: req.reason }],
+    events: [{ lock: s.lock, at: now, kind: "started", releaseId: id, name: req.name, reason: req.reason, by: req.by }],
   };
 }
 
 /** Ends the running release; with an id, only if it is that release (fencing). */
-export function stop(s: State, id: number | null, name: string, now: number): Outcome {
+export function stop(s: State, id: number | null, actor: Actor, now: number): Outcome {
   if (!s.release) return refuse("not-running", `no release is running${on(s.lock)}`);
   if (id !== null && id !== s.release.id)
     return refuse("wrong-id", `release #${id} is not running; ${describeRelease(s.release, s.lock)}`);
@@ -180,12 +197,14 @@ export function stop(s: State, id: number | null, name: string, now: number): Ou
   return {
     ok: true,
     next: { ...s, release: null },
-    events: [{ lock: s.lock, at: now, kind: "stopped", releaseId: r.id, name, reason: r.reason }],
+    events: [
+      { lock: s.lock, at: now, kind: "stopped", releaseId: r.id, name: actor.name, reason: r.reason, by: actor.by },
+    ],
   };
 }
 
 /** Extends the lease of release `id` to `ttlSeconds` from now. */
-export function renew(s: State, id: number, ttlSeconds: number, now: number): Outcome {
+export function renew(s: State, id: number, ttlSeconds: number, now: number, by?: string): Outcome {
   if (!s.release) return refuse("wrong-id", `release #${id} is not running; no release is running${on(s.lock)}`);
   if (s.release.id !== id)
     return refuse("wrong-id", `release #${id} is not running; ${describeRelease(s.release, s.lock)}`);
@@ -193,7 +212,7 @@ export function renew(s: State, id: number, ttlSeconds: number, now: number): Ou
   return {
     ok: true,
     next: { ...s, release },
-    events: [{ lock: s.lock, at: now, kind: "renewed", releaseId: id, name: release.name, reason: release.reason }],
+    events: [{ lock: s.lock, at: now, kind: "renewed", releaseId: id, name: release.name, reason: release.reason, by }],
   };
 }
 
@@ -201,13 +220,23 @@ export function block(s: State, holder: Holder, now: number): Outcome {
   if (s.block) return refuse("blocked", `already ${describeBlock(s.block, s.lock)}`);
   return {
     ok: true,
-    next: { ...s, block: { name: holder.name, reason: holder.reason, since: now } },
-    events: [{ lock: s.lock, at: now, kind: "blocked", releaseId: null, name: holder.name, reason: holder.reason }],
+    next: { ...s, block: { name: holder.name, reason: holder.reason, since: now, by: holder.by } },
+    events: [
+      {
+        lock: s.lock,
+        at: now,
+        kind: "blocked",
+        releaseId: null,
+        name: holder.name,
+        reason: holder.reason,
+        by: holder.by,
+      },
+    ],
   };
 }
 
 /** Lifts the block on this very lock; one from above stays (see stillBlocked). */
-export function unblock(s: State, name: string, now: number): Outcome {
+export function unblock(s: State, actor: Actor, now: number): Outcome {
   if (!s.block) {
     const above = blockOn(s);
     const still = above ? `; it is still blocked from above: ${describeBlock(above.block, above.lock)}` : "";
@@ -217,7 +246,7 @@ export function unblock(s: State, name: string, now: number): Outcome {
   return {
     ok: true,
     next: { ...s, block: null },
-    events: [{ lock: s.lock, at: now, kind: "unblocked", releaseId: null, name, reason }],
+    events: [{ lock: s.lock, at: now, kind: "unblocked", releaseId: null, name: actor.name, reason, by: actor.by }],
   };
 }
 
@@ -238,6 +267,7 @@ export function expire(s: State, now: number): Change | null {
     releaseId: r.id,
     name: r.name,
     reason: r.reason,
+    by: r.by,
   });
   const events: Event[] = [];
   if (due(s.release, now)) events.push(ended(s.lock, s.release));
@@ -262,7 +292,7 @@ export function abandon(s: State, id: number, now: number): Outcome {
   return {
     ok: true,
     next: { ...s, release: null },
-    events: [{ lock: s.lock, at: now, kind: "abandoned", releaseId: id, name: r.name, reason }],
+    events: [{ lock: s.lock, at: now, kind: "abandoned", releaseId: id, name: r.name, reason, by: r.by }],
   };
 }
 
@@ -275,12 +305,14 @@ export function andThen(first: Change, then: (s: State) => Outcome): Outcome {
 
 /** One human sentence per event: the log line, and the history's text form. */
 export function describeEvent(e: Event): string {
-  const n = who(e.name);
+  const n = whoBy(e.name, e.by);
   const what = e.reason ? `: ${e.reason}` : "";
   const where = on(e.lock);
   switch (e.kind) {
     case "started":
-      return `release #${e.releaseId}${where} started by ${n}${what}`;
+      return differs(e.name, e.by)
+        ? `release #${e.releaseId}${where} by ${who(e.name)}, started by ${e.by}${what}`
+        : `release #${e.releaseId}${where} started by ${n}${what}`;
     case "stopped":
       return `release #${e.releaseId}${where} stopped by ${n}`;
     case "expired":

@@ -110,7 +110,7 @@ for (const [storeName, makeStore] of stores) {
 
     const startNow = (name: string, ttl: number | null = null) =>
       start(LOCK, holder(name, ttl), 0, new AbortController().signal);
-    const stopNow = (id: number | null = null, name = "") => change(LOCK, (s, now) => stop(s, id, name, now));
+    const stopNow = (id: number | null = null, name = "") => change(LOCK, (s, now) => stop(s, id, { name }, now));
 
     describe("leases", () => {
       test("a release with a lease ends when the lease runs out, not a moment before", async () => {
@@ -252,7 +252,7 @@ for (const [storeName, makeStore] of stores) {
         await change(LOCK, (s, now) => block(s, { name: "ana", reason: "freeze" }, now));
         const waiter = start(LOCK, holder("after-freeze"), 60, new AbortController().signal);
         await inLine(1);
-        await change(LOCK, (s, now) => unblock(s, "ana", now));
+        await change(LOCK, (s, now) => unblock(s, { name: "ana" }, now));
         const got = await waiter;
         expect(got.ok && got.next.release?.name).toBe("after-freeze");
       });
@@ -295,7 +295,7 @@ for (const [storeName, makeStore] of stores) {
     describe("locks in a tree", () => {
       const on = (lock: string, name: string, wait = 0, signal = new AbortController().signal) =>
         start(lock, holder(name), wait, signal);
-      const stopOn = (lock: string) => change(lock, (s, now) => stop(s, null, "", now));
+      const stopOn = (lock: string) => change(lock, (s, now) => stop(s, null, { name: "" }, now));
       const blockOnLock = (lock: string, name: string) =>
         change(lock, (s, now) => block(s, { name, reason: "freeze" }, now));
 
@@ -339,10 +339,10 @@ for (const [storeName, makeStore] of stores) {
         await blockOnLock(ROOT, "ana");
         await blockOnLock("prod", "bob");
         expect(reasonOf(await on("staging", "x"))).toBe("blocked");
-        expect(reasonOf(await change("prod", (s, now) => unblock(s, "bob", now)))).toBe("granted");
+        expect(reasonOf(await change("prod", (s, now) => unblock(s, { name: "bob" }, now)))).toBe("granted");
         expect(reasonOf(await on("prod", "x"))).toBe("blocked"); // still blocked from above
-        expect(reasonOf(await change("prod", (s, now) => unblock(s, "bob", now)))).toBe("not-blocked");
-        expect(reasonOf(await change(ROOT, (s, now) => unblock(s, "ana", now)))).toBe("granted");
+        expect(reasonOf(await change("prod", (s, now) => unblock(s, { name: "bob" }, now)))).toBe("not-blocked");
+        expect(reasonOf(await change(ROOT, (s, now) => unblock(s, { name: "ana" }, now)))).toBe("granted");
         expect(reasonOf(await on("prod", "x"))).toBe("granted");
       });
 

@@ -58,7 +58,7 @@ describe("a token (RS_TOKEN)", () => {
 
   test("without a token the daemon says once at start-up that changes are open to anyone", async () => {
     const d = await daemon();
-    expect(d.output().match(/no RS_TOKEN is set/g)).toHaveLength(1);
+    expect(d.output().match(/no token is set/g)).toHaveLength(1);
   });
 
   test("RS_TOKEN_FILE is read once, its trailing newline dropped", async () => {

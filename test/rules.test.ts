@@ -45,7 +45,7 @@ describe("start", () => {
     for (let i = 0; i < 5; i++) {
       s = next(start(s, sion, T, 0));
       ids.push(s.release?.id ?? 0);
-      s = next(stop(s, null, "", T));
+      s = next(stop(s, null, { name: "" }, T));
     }
     expect(ids).toEqual([1, 2, 3, 4, 5]);
   });
@@ -63,20 +63,20 @@ describe("start", () => {
 
 describe("stop", () => {
   test("ends a running release", () => {
-    expect(next(stop(running, null, "", T)).release).toBeNull();
+    expect(next(stop(running, null, { name: "" }, T)).release).toBeNull();
   });
   test("is refused when no release runs", () => {
-    expect(reason(stop(EMPTY_STATE, null, "", T))).toBe("not-running");
+    expect(reason(stop(EMPTY_STATE, null, { name: "" }, T))).toBe("not-running");
   });
   test("a block survives a stop, and a stop works while blocked", () => {
     const both = next(block(running, { name: "ana", reason: "freeze" }, T));
-    const after = next(stop(both, null, "", T));
+    const after = next(stop(both, null, { name: "" }, T));
     expect(after.release).toBeNull();
     expect(after.block?.name).toBe("ana");
   });
   test("with an id stops only that release", () => {
-    expect(reason(stop(running, 7, "", T))).toBe("wrong-id");
-    expect(next(stop(running, 1, "", T)).release).toBeNull();
+    expect(reason(stop(running, 7, { name: "" }, T))).toBe("wrong-id");
+    expect(next(stop(running, 1, { name: "" }, T)).release).toBeNull();
   });
 });
 
@@ -86,8 +86,8 @@ describe("block and unblock", () => {
     expect(reason(block(blocked, { name: "bob", reason: "" }, T))).toBe("blocked");
   });
   test("unblock is granted when blocked, refused when not", () => {
-    expect(next(unblock(blocked, "ana", T)).block).toBeNull();
-    expect(reason(unblock(EMPTY_STATE, "ana", T))).toBe("not-blocked");
+    expect(next(unblock(blocked, { name: "ana" }, T)).block).toBeNull();
+    expect(reason(unblock(EMPTY_STATE, { name: "ana" }, T))).toBe("not-blocked");
   });
   test("blocking leaves a running release running", () => {
     expect(next(block(running, { name: "ana", reason: "" }, T)).release?.id).toBe(1);
@@ -116,6 +116,6 @@ describe("leases", () => {
     const o = andThen(expired, (s) => start(s, { ...sion, name: "bob" }, T + 10_000, 0));
     expect(o.ok && o.events.map((e) => e.kind)).toEqual(["expired", "started"]);
     expect(o.ok && o.next.release?.id).toBe(2);
-    expect(reason(andThen(expired, (s) => stop(s, null, "", T)))).toBe("not-running");
+    expect(reason(andThen(expired, (s) => stop(s, null, { name: "" }, T)))).toBe("not-running");
   });
 });

@@ -121,18 +121,18 @@ function trustedHost(host: string, hosts: readonly string[]): boolean {
   return hosts.includes(name);
 }
 
+/** Whether the URL carries a token (`token=` or `access_token=`), which belongs in the Authorization header. */
+export function tokenInUrl(url: string): boolean {
+  const q = url.indexOf("?");
+  if (q < 0) return false;
+  const query = url.slice(q + 1);
+  if (!/token/i.test(query) && !query.includes("%")) return false; // the common case, without decoding
+  const p = readQuery(url);
+  return p instanceof Map && (p.has("token") || p.has("access_token"));
+}
+
 /** The bearer token of a request; the scheme is case-insensitive (RFC 9110). */
 export function bearer(req: Request): string {
   const auth = req.headers.get("authorization") ?? "";
   return /^bearer /i.test(auth) ? auth.slice(7) : "";
-}
-
-// Bun's hasher rather than node:crypto, which alone adds about 4 ms to start-up.
-export const sha256 = (s: string) => new Bun.CryptoHasher("sha256").update(s).digest();
-
-// Compares two digests of equal length in time that does not depend on where they differ.
-export function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  let difference = a.length ^ b.length;
-  for (let i = 0; i < a.length; i++) difference |= (a[i] ?? 0) ^ (b[i] ?? 0);
-  return difference === 0;
 }

@@ -4,6 +4,7 @@
 // /unblock on the root: "block all releases"). Handlers parse the request,
 // call the engine once, and hand the outcome to answer.ts.
 import type { Server } from "bun";
+import { type Action, forbidden, identify, reaches, type Token } from "../access.ts";
 import { type Config, MAX_TTL_SECONDS } from "../config.ts";
 import { backup, change, engine, health, history, isKnown, onCommit, refresh, start } from "../engine.ts";
 import type { Log } from "../log.ts";
@@ -34,10 +35,9 @@ import {
   type Params,
   readParams,
   readQuery,
-  sameBytes,
   sameSite,
-  sha256,
   text as textParam,
+  tokenInUrl,
   whole,
 } from "./request.ts";
 import {
@@ -55,24 +55,32 @@ import {
 type Handler = (req: Request, server: Server<undefined>) => Response | Promise<Response>;
 /** What a request is about: the lock (undefined: every lock), and how it wants its answer. */
 type Ask = { req: Request; server: Server<undefined>; url: string; lock: string | undefined; json: boolean };
+/** A change's request, with the token it came with (null when the daemon has no tokens). */
+type ChangeAsk = Ask & { lock: string; token: Token | null };
 
 const CHANGE_METHODS = ["GET", "POST"];
 const READ_METHODS = ["GET", "HEAD"];
 const ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"] as const;
 
 export function startServer(cfg: Config, log: Log): Server<undefined> {
-  const tokenDigest = cfg.token === null ? null : sha256(cfg.token);
-  requireToken(tokenDigest !== null);
+  // cfg.access is read on every request: a reload (SIGHUP) replaces it.
+  requireToken(() => cfg.access.tokens.size > 0);
 
-  // Who may change anything: browsers only from this daemon's own page and a trusted host name, and
-  // everyone only with the token when one is set.
-  function guard(req: Request): Refusal | null {
+  // Who may change anything: browsers only from this daemon's own page and a trusted host name; with
+  // tokens, only a token whose rights and locks cover the change. The token comes back, to be recorded.
+  function guard(req: Request, action: Action, lock: string): Refusal | Token | null {
     const crossSite = sameSite(req, cfg.hosts);
     if (crossSite) return crossSite;
-    if (tokenDigest !== null && !sameBytes(sha256(bearer(req)), tokenDigest))
-      return refuse("unauthorized", "a valid token is required: send the header 'Authorization: Bearer <token>'");
-    return null;
+    if (cfg.access.tokens.size === 0) return null;
+    const token = identify(cfg.access, bearer(req));
+    if (!token) return UNAUTHORIZED;
+    const why = forbidden(token, action, lock);
+    return why === null ? token : refuse("forbidden", why);
   }
+
+  // With read = "token" in the configuration file, reading needs a valid token too.
+  const mayRead = (req: Request): Refusal | null =>
+    cfg.access.read === "open" || identify(cfg.access, bearer(req)) ? null : UNAUTHORIZED;
 
   // A lock named in a path: valid, allowed, and (beyond RS_MAX_LOCKS) not new.
   function admit(name: string): Refusal | null {
@@ -92,8 +100,8 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
   // A state-changing endpoint: guard, parse, run, answer; a bad parameter is 400 invalid.
   const changing =
     (
-      name: string,
-      act: (p: Params, ask: Ask & { lock: string }) => Outcome | Promise<Outcome>,
+      name: Action,
+      act: (p: Params, ask: ChangeAsk) => Outcome | Promise<Outcome>,
       success: (o: Outcome, lock: string) => Success,
     ) =>
     (ask: Ask & { lock: string }): Response | Promise<Response> => {
@@ -107,13 +115,14 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
           );
         return answer(ask.json, o, success(o, lock), () => statusJson(lock === ROOT ? DEFAULT_LOCK : lock));
       };
-      const denied = guard(req);
-      if (denied) return respond(denied);
+      const token = guard(req, name, lock);
+      if (token !== null && "ok" in token) return respond(token);
       const run = (p: Params | Refusal): Response | Promise<Response> => {
         if (!(p instanceof Map)) return respond(p);
+        if (p.has("token") || p.has("access_token")) return respond(TOKEN_IN_URL);
         let outcome: Outcome | Promise<Outcome>;
         try {
-          outcome = act(p, ask);
+          outcome = act(p, { ...ask, token });
         } catch (e) {
           if (!(e instanceof Invalid)) throw e;
           return respond(refuse("invalid", e.message));
@@ -125,17 +134,26 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     };
 
   const id = (p: Params) => whole(p, "id", 1, Number.MAX_SAFE_INTEGER);
-  const holder = (p: Params) => ({ name: textParam(p, "name"), reason: textParam(p, "reason") });
+  // Who asks: the name sent (by default a named token's holder) and whose token it was.
+  const holder = (p: Params, token: Token | null) => ({
+    name: textParam(p, "name") || (token?.named ? token.who : ""),
+    reason: textParam(p, "reason"),
+    by: token?.who,
+  });
+  const actor = (p: Params, token: Token | null) => ({
+    name: textParam(p, "name") || (token?.named ? token.who : ""),
+    by: token?.who,
+  });
 
   /** Every action on a lock; the table below says where each is reached. */
   const actions = {
     start: changing(
       "start",
-      (p, { req, server, lock }) => {
+      (p, { req, server, lock, token }) => {
         const ttlSeconds = whole(p, "ttl", 1, MAX_TTL_SECONDS) ?? cfg.ttlSeconds;
         const wait = whole(p, "wait", 0, cfg.maxWaitSeconds) ?? 0;
         if (wait > 0) server.timeout(req, 0); // a waiter may sit quietly for up to RS_MAX_WAIT
-        return start(lock, { ...holder(p), ttlSeconds }, wait, req.signal);
+        return start(lock, { ...holder(p, token), ttlSeconds }, wait, req.signal);
       },
       (o, lock) =>
         o.ok && o.next.release
@@ -144,16 +162,16 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     ),
     stop: changing(
       "stop",
-      (p, { lock }) => {
+      (p, { lock, token }) => {
         const release = id(p);
-        const name = textParam(p, "name");
-        return change(lock, (s, now) => stop(s, release, name, now));
+        const who = actor(p, token);
+        return change(lock, (s, now) => stop(s, release, who, now));
       },
       () => ({ message: "the release is over" }),
     ),
     renew: changing(
       "renew",
-      (p, { lock }) => {
+      (p, { lock, token }) => {
         const release = id(p);
         if (release === null)
           throw new Invalid("id is required: pass the release id from X-Release-Id, e.g. /renew?id=42");
@@ -162,7 +180,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
           throw new Invalid(
             `ttl is required (the daemon has no RS_TTL): a whole number of seconds from 1 to ${MAX_TTL_SECONDS}`,
           );
-        return change(lock, (s, now) => renew(s, release, ttl, now));
+        return change(lock, (s, now) => renew(s, release, ttl, now, token?.who));
       },
       (o) => ({
         message: o.ok && o.next.release?.expiresAt ? `the lease now ends at ${iso(o.next.release.expiresAt)}` : "",
@@ -170,17 +188,17 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     ),
     block: changing(
       "block",
-      (p, { lock }) => {
-        const who = holder(p);
+      (p, { lock, token }) => {
+        const who = holder(p, token);
         return change(lock, (s, now) => block(s, who, now));
       },
       (o, lock) => ({ message: o.ok && o.next.block ? describeBlock(o.next.block, lock) : "" }),
     ),
     unblock: changing(
       "unblock",
-      (p, { lock }) => {
-        const name = textParam(p, "name");
-        return change(lock, (s, now) => unblock(s, name, now));
+      (p, { lock, token }) => {
+        const who = actor(p, token);
+        return change(lock, (s, now) => unblock(s, who, now));
       },
       (o) => ({ message: (o.ok && stillBlocked(o.next)) || "releasing is open again" }),
     ),
@@ -208,10 +226,15 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
       );
     },
     events: ({ req, server, lock }: Ask): Response => {
+      const headers = {
+        ...SECURITY_HEADERS,
+        "Content-Type": "text/event-stream; charset=utf-8",
+        "X-Accel-Buffering": "no",
+      };
+      // HEAD has no body to send: a stream opened for it would never be read, and never be let go.
+      if (req.method === "HEAD") return new Response(null, { headers });
       server.timeout(req, 0); // a stream is quiet between changes; Bun would cut it after 10 s
-      return new Response(eventStream(lock), {
-        headers: { ...SECURITY_HEADERS, "Content-Type": "text/event-stream; charset=utf-8", "X-Accel-Buffering": "no" },
-      });
+      return new Response(eventStream(lock), { headers });
     },
   };
 
@@ -243,6 +266,8 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
             asJson,
             refuse("unknown-lock", `there is no lock default: RS_LOCKS allows only ${cfg.locks.join(", ")}`),
           );
+        const unread = route.methods === READ_METHODS ? mayRead(req) : null;
+        if (unread) return answer(asJson, unread);
         return run({ req, server, url, lock, json: asJson });
       },
     };
@@ -257,10 +282,13 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     "/status": on("status", DEFAULT_LOCK),
     "/history": on("history", undefined),
     "/events": on("events", undefined),
-    "/locks": { methods: READ_METHODS, handle: (req) => listLocks(req) },
+    "/locks": { methods: READ_METHODS, handle: (req) => readable(req, listLocks) },
     "/locks/*": { methods: [...ALL_METHODS], handle: (req, server) => lockPath(req, server) },
     "/healthz": { methods: READ_METHODS, handle: () => healthz() },
-    "/metrics": { methods: READ_METHODS, handle: () => whenKnown(DEFAULT_LOCK, metrics, false) },
+    "/metrics": {
+      methods: READ_METHODS,
+      handle: (req) => readable(req, () => whenKnown(DEFAULT_LOCK, metrics, false)),
+    },
     "/backup": { methods: READ_METHODS, handle: (req) => copyOfDatabase(req) },
   };
 
@@ -293,7 +321,15 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
         `there is no action ${action.slice(0, 40)} on a lock: use start, stop, renew, block, unblock, status, history or events`,
       );
     if (!allows(route.methods, req.method)) return notAllowed(req, path, route.methods);
+    const unread = route.methods === READ_METHODS ? mayRead(req) : null;
+    if (unread) return answer(asJson, unread);
     return route.run({ req, server, url, lock: name, json: asJson });
+  }
+
+  // A read that, with read = "token", needs a valid token.
+  function readable(req: Request, read: (req: Request) => Response | Promise<Response>): Response | Promise<Response> {
+    const unread = mayRead(req);
+    return unread ? answer(wantsJson(req.url, req), unread) : read(req);
   }
 
   function listLocks(req: Request): Response | Promise<Response> {
@@ -313,7 +349,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
   // A consistent copy of the database, taken inside the daemon: the file is locked against sqlite3 from outside.
   function copyOfDatabase(req: Request): Response {
     const asJson = wantsJson(req.url, req);
-    const denied = guard(req);
+    const denied = mayTakeCopy(req);
     if (denied) return answer(asJson, denied);
     const copy = backup();
     if (!copy)
@@ -333,6 +369,20 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     });
   }
 
+  // The copy holds every lock and all history: with tokens, only one whose locks are "*" may take it.
+  function mayTakeCopy(req: Request): Refusal | null {
+    const crossSite = sameSite(req, cfg.hosts);
+    if (crossSite) return crossSite;
+    if (cfg.access.tokens.size === 0) return null;
+    const token = identify(cfg.access, bearer(req));
+    if (!token) return UNAUTHORIZED;
+    if (reaches(token, ROOT)) return null;
+    return refuse(
+      "forbidden",
+      `${token.who} may not take a copy of the database: that needs a token with locks = ["*"]`,
+    );
+  }
+
   function notAllowed(req: Request, path: string, methods: string[]): Response {
     const allow = methods.join(", ");
     const res = answer(
@@ -348,9 +398,9 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
   for (const [path, route] of Object.entries(table)) {
     routes[path] = {};
     for (const method of ALL_METHODS)
-      (routes[path] as Record<string, Handler>)[method] = allows(route.methods, method)
-        ? route.handle
-        : (req) => notAllowed(req, path, route.methods);
+      (routes[path] as Record<string, Handler>)[method] = refuseTokenInUrl(
+        allows(route.methods, method) ? route.handle : (req) => notAllowed(req, path, route.methods),
+      );
   }
 
   onCommit(({ events }) => broadcastChange(events));
@@ -372,6 +422,21 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
 }
 
 const allows = (methods: string[], method: string) => methods.includes(method);
+
+const UNAUTHORIZED = refuse(
+  "unauthorized",
+  "a valid token is required: send the header 'Authorization: Bearer <token>'",
+);
+const TOKEN_IN_URL = refuse(
+  "invalid",
+  "a token does not belong in the URL, where proxies and logs keep it: send it in the Authorization header ('Authorization: Bearer <token>'), and make a new one if this one was real",
+);
+
+// Every path refuses a token sent as a parameter, before anything else: it must not look accepted.
+const refuseTokenInUrl =
+  (handle: Handler): Handler =>
+  (req, server) =>
+    tokenInUrl(req.url) ? answer(wantsJson(req.url, req), TOKEN_IN_URL) : handle(req, server);
 
 const notFound = (
   path: string,

@@ -16,8 +16,9 @@ import {
   UNKNOWN_USER,
 } from "../release.ts";
 
-let tokenRequired = false; // told to the page, so it asks for the token before the first change
-export const requireToken = (required: boolean) => {
+// Told to the page, so it asks for the token before the first change; a reload may change it.
+let tokenRequired = () => false;
+export const requireToken = (required: () => boolean) => {
   tokenRequired = required;
 };
 
@@ -38,18 +39,25 @@ export function statusJson(lock: string = DEFAULT_LOCK) {
       reason: release.reason,
       startedAt: iso(release.startedAt),
       expiresAt: release.expiresAt === null ? null : iso(release.expiresAt),
+      ...(release.by === undefined ? {} : { by: release.by }),
     },
     block: blocked && {
       name: blocked.block.name,
       reason: blocked.block.reason,
       since: iso(blocked.block.since),
+      ...(blocked.block.by === undefined ? {} : { by: blocked.block.by }),
       ...(blocked.lock === lock ? {} : { on: blocked.lock }), // a block from above says where it is
     },
     ...(holding ? { heldBy: { lock: holding.lock, id: holding.release.id, name: holding.release.name } } : {}),
-    queue: waiting(lock).map((w) => ({ name: w.name, reason: w.reason, since: iso(w.since) })),
+    queue: waiting(lock).map((w) => ({
+      name: w.name,
+      reason: w.reason,
+      since: iso(w.since),
+      ...(w.by === undefined ? {} : { by: w.by }),
+    })),
     lastReleaseId: s.lastId,
     estimate: estimate(release),
-    tokenRequired,
+    tokenRequired: tokenRequired(),
     healthy: h.ok,
     store: storeDescription(),
   };
@@ -109,6 +117,7 @@ export const eventJson = (e: Event) => ({
   releaseId: e.releaseId,
   name: e.name,
   reason: e.reason,
+  ...(e.by === undefined ? {} : { by: e.by }),
   message: describeEvent(e),
 });
 

@@ -129,10 +129,12 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
         let joined: Queued | null = null;
         if (joining && options.join) {
           const [w] = await tx`
-            INSERT INTO releasestatus_waiters (lock, name, reason, replica, since)
-            VALUES (${lock}, ${options.join.name}, ${options.join.reason}, ${replica}, to_timestamp(${now}::bigint / 1000.0))
+            INSERT INTO releasestatus_waiters (lock, name, reason, replica, since, by)
+            VALUES (${lock}, ${options.join.name}, ${options.join.reason}, ${replica},
+              to_timestamp(${now}::bigint / 1000.0), ${options.join.by ?? null})
             RETURNING id`;
-          joined = { id: Number(w.id), lock, name: options.join.name, reason: options.join.reason, since: now };
+          const { name, reason, by } = options.join;
+          joined = { id: Number(w.id), lock, name, reason, since: now, by };
           events.push(queueEvent("waiting", lock, options.join, now, options.join.reason));
         }
         if (events.length === 0) return { outcome, committed: null, joined: null };
@@ -149,16 +151,19 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
             blockReason,
             blockedSince,
             version,
+            releaseBy,
+            blockBy,
           ] = toColumns(entry);
           await tx`
             INSERT INTO releasestatus_lock (name, release_id, holder, release_reason, started_at, expires_at,
-              blocked_by, block_reason, blocked_since, version)
+              blocked_by, block_reason, blocked_since, version, release_by, block_by)
             VALUES (${name}, ${releaseId}, ${holder}, ${releaseReason}, ${startedAt}, ${expiresAt},
-              ${blockedBy}, ${blockReason}, ${blockedSince}, ${version})
+              ${blockedBy}, ${blockReason}, ${blockedSince}, ${version}, ${releaseBy}, ${blockBy})
             ON CONFLICT (name) DO UPDATE SET release_id = excluded.release_id, holder = excluded.holder,
               release_reason = excluded.release_reason, started_at = excluded.started_at,
               expires_at = excluded.expires_at, blocked_by = excluded.blocked_by,
-              block_reason = excluded.block_reason, blocked_since = excluded.blocked_since, version = excluded.version`;
+              block_reason = excluded.block_reason, blocked_since = excluded.blocked_since, version = excluded.version,
+              release_by = excluded.release_by, block_by = excluded.block_by`;
         }
         if (after.lastId !== stored.lastId)
           await tx`UPDATE releasestatus_lock SET last_id = ${after.lastId} WHERE name = ''`;
@@ -185,8 +190,8 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
   // Appends events, prunes the oldest, and tells the other replicas (NOTIFY is delivered on commit).
   async function record(tx: SQL, lock: string, events: Event[]) {
     for (const e of events)
-      await tx`INSERT INTO releasestatus_events (lock, at, kind, release_id, name, reason)
-               VALUES (${e.lock}, ${e.at}, ${e.kind}, ${e.releaseId}, ${e.name}, ${e.reason})`;
+      await tx`INSERT INTO releasestatus_events (lock, at, kind, release_id, name, reason, by)
+               VALUES (${e.lock}, ${e.at}, ${e.kind}, ${e.releaseId}, ${e.name}, ${e.reason}, ${e.by ?? null})`;
     await tx`DELETE FROM releasestatus_events WHERE seq <= (SELECT max(seq) FROM releasestatus_events) - ${opts.historyLimit}`;
     await tx`SELECT pg_notify(${CHANNEL}, ${JSON.stringify({ replica, lock, events })})`;
   }
@@ -203,10 +208,12 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
       return await inTransaction(async (tx, injected) => {
         const [gone] = await tx`
           UPDATE releasestatus_waiters SET done = true WHERE id = ${id} AND NOT done
-          RETURNING name, reason, (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now`;
+          RETURNING name, reason, by, (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now`;
         if (!gone) return null;
         const at = injected ?? Number(gone.now);
-        const events = [queueEvent("left-queue", lock, { name: gone.name, reason: gone.reason }, at, why)];
+        const events = [
+          queueEvent("left-queue", lock, { name: gone.name, reason: gone.reason, by: gone.by ?? undefined }, at, why),
+        ];
         await record(tx, lock, events);
         return { lock, events, before: null, after: null, entries: new Map() };
       });
@@ -247,7 +254,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     const [found, waiters] = await inTransaction(async (tx) => [
       await rows(tx),
       await tx`
-        SELECT id, lock, name, reason, (extract(epoch FROM since) * 1000)::bigint AS since
+        SELECT id, lock, name, reason, by, (extract(epoch FROM since) * 1000)::bigint AS since
         FROM releasestatus_live_waiters ORDER BY id`,
     ]);
     if (lineChanges === changesBefore)
@@ -257,6 +264,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
         name: String(w.name),
         reason: String(w.reason),
         since: Number(w.since),
+        by: w.by ?? undefined,
       }));
     return toStored(found as LockRow[]);
   }
@@ -268,8 +276,8 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
       await inTransaction(async (tx) => {
         // Upserted, not updated: a row dropped as stale while the database was away comes back with its place (its id).
         for (const [id, w] of ours)
-          await tx`INSERT INTO releasestatus_waiters (id, lock, name, reason, replica)
-                   VALUES (${id}, ${w.lock}, ${w.name}, ${w.reason}, ${replica})
+          await tx`INSERT INTO releasestatus_waiters (id, lock, name, reason, replica, by)
+                   VALUES (${id}, ${w.lock}, ${w.name}, ${w.reason}, ${replica}, ${w.by ?? null})
                    ON CONFLICT (id) DO UPDATE SET heartbeat_at = clock_timestamp()
                    WHERE NOT releasestatus_waiters.done`;
         await tx`DELETE FROM releasestatus_waiters
@@ -344,9 +352,9 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     history: async (limit, lock) => {
       const rows = await inTransaction((tx) =>
         lock === undefined
-          ? tx`SELECT lock, at, kind, release_id, name, reason FROM releasestatus_events
+          ? tx`SELECT lock, at, kind, release_id, name, reason, by FROM releasestatus_events
                ORDER BY seq DESC LIMIT ${limit}`
-          : tx`SELECT lock, at, kind, release_id, name, reason FROM releasestatus_events
+          : tx`SELECT lock, at, kind, release_id, name, reason, by FROM releasestatus_events
                WHERE lock = ${lock} OR ${lock} = '' OR substr(lock, 1, length(${lock}) + 1) = ${lock} || '/'
                ORDER BY seq DESC LIMIT ${limit}`,
       );
@@ -395,6 +403,13 @@ const MIGRATIONS = [
   `INSERT INTO releasestatus_lock (name, last_id, blocked_by, block_reason, blocked_since)
      SELECT '', last_id, blocked_by, block_reason, blocked_since FROM releasestatus_lock WHERE name = 'default';
    UPDATE releasestatus_lock SET blocked_by = NULL, block_reason = NULL, blocked_since = NULL WHERE name = 'default';`,
+  // Named tokens: whose token started a release, made a block, made an event, or queued a waiter.
+  `ALTER TABLE releasestatus_lock ADD COLUMN release_by text, ADD COLUMN block_by text;
+   ALTER TABLE releasestatus_events ADD COLUMN by text;
+   ALTER TABLE releasestatus_waiters ADD COLUMN by text;
+   CREATE OR REPLACE VIEW releasestatus_live_waiters AS SELECT * FROM releasestatus_waiters
+     WHERE NOT done AND (heartbeat_at > clock_timestamp() - interval '5 seconds'
+        OR pg_postmaster_start_time() > clock_timestamp() - interval '5 seconds');`,
 ];
 
 async function migrate(sql: SQL) {

@@ -49,6 +49,10 @@ const MIGRATIONS = [
   `INSERT INTO lock (name, last_id, blocked_by, block_reason, blocked_since)
      SELECT '', last_id, blocked_by, block_reason, blocked_since FROM lock WHERE name = 'default';
    UPDATE lock SET blocked_by = NULL, block_reason = NULL, blocked_since = NULL WHERE name = 'default';`,
+  // Named tokens: whose token started a release, made a block, or made an event (NULL: no named token).
+  `ALTER TABLE lock ADD COLUMN release_by TEXT;
+   ALTER TABLE lock ADD COLUMN block_by TEXT;
+   ALTER TABLE events ADD COLUMN by TEXT;`,
 ];
 export const SCHEMA_VERSION = MIGRATIONS.length;
 
@@ -85,20 +89,22 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
     ),
     save: db.query(
       `INSERT INTO lock (name, last_id, release_id, holder, release_reason, started_at, expires_at,
-         blocked_by, block_reason, blocked_since, version) VALUES (?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         blocked_by, block_reason, blocked_since, version, release_by, block_by)
+       VALUES (?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
        ON CONFLICT (name) DO UPDATE SET release_id = excluded.release_id, holder = excluded.holder,
          release_reason = excluded.release_reason, started_at = excluded.started_at, expires_at = excluded.expires_at,
          blocked_by = excluded.blocked_by, block_reason = excluded.block_reason,
-         blocked_since = excluded.blocked_since, version = excluded.version`,
+         blocked_since = excluded.blocked_since, version = excluded.version,
+         release_by = excluded.release_by, block_by = excluded.block_by`,
     ),
     count: db.query("UPDATE lock SET last_id = ? WHERE name = ''"),
-    append: db.query("INSERT INTO events (lock, at, kind, release_id, name, reason) VALUES (?, ?, ?, ?, ?, ?)"),
+    append: db.query("INSERT INTO events (lock, at, kind, release_id, name, reason, by) VALUES (?, ?, ?, ?, ?, ?, ?)"),
     prune: db.query("DELETE FROM events WHERE seq <= (SELECT max(seq) FROM events) - ?"),
     history: db.query<EventRow, [number]>(
-      "SELECT lock, at, kind, release_id, name, reason FROM events ORDER BY seq DESC LIMIT ?",
+      "SELECT lock, at, kind, release_id, name, reason, by FROM events ORDER BY seq DESC LIMIT ?",
     ),
     lockHistory: db.query<EventRow, [string, number]>(
-      `SELECT lock, at, kind, release_id, name, reason FROM events
+      `SELECT lock, at, kind, release_id, name, reason, by FROM events
        WHERE lock = ?1 OR ?1 = '' OR substr(lock, 1, length(?1) + 1) = ?1 || '/' ORDER BY seq DESC LIMIT ?2`,
     ),
     probe: db.query(HARMLESS_WRITE),
@@ -109,7 +115,7 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
 
   const stored = (lock: string): Stored => toStored(q.around.all(lock, JSON.stringify(ancestorsOf(lock))));
   const append = (events: Event[]) => {
-    for (const e of events) q.append.run(e.lock, e.at, e.kind, e.releaseId, e.name, e.reason);
+    for (const e of events) q.append.run(e.lock, e.at, e.kind, e.releaseId, e.name, e.reason, e.by ?? null);
     q.prune.run(historyLimit);
   };
   // Joining or leaving the line grants nothing: such a commit is not worth an fsync of its own

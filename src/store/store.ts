@@ -45,7 +45,7 @@ export type Committed = {
 };
 
 /** A waiter as /status shows it. */
-export type Queued = { id: number; lock: string; name: string; reason: string; since: number };
+export type Queued = { id: number; lock: string; name: string; reason: string; since: number; by?: string };
 
 export type TransactOptions = {
   self?: number; // the caller's own place in the wait line: only waiters before it count as ahead
@@ -160,7 +160,7 @@ export class LocalWaitLine {
   }
 
   join(lock: string, who: Holder, now: number): Queued {
-    const waiter = { id: this.nextId++, lock, name: who.name, reason: who.reason, since: now };
+    const waiter = { id: this.nextId++, lock, name: who.name, reason: who.reason, since: now, by: who.by };
     this.line = [...this.line, waiter];
     return waiter;
   }
@@ -179,7 +179,7 @@ export const queueEvent = (
   who: Holder,
   at: number,
   reason: string,
-): Event => ({ lock, at, kind, releaseId: null, name: who.name, reason });
+): Event => ({ lock, at, kind, releaseId: null, name: who.name, reason, by: who.by });
 
 /** What a transaction is to write: the events, the locks changed, and the id counter. */
 export type Writes = { events: Event[]; entries: Map<string, Entry>; lastId: number | null };
@@ -226,13 +226,17 @@ export type LockRow = Record<
   | "expires_at"
   | "blocked_by"
   | "block_reason"
-  | "blocked_since",
+  | "blocked_since"
+  | "release_by"
+  | "block_by",
   string | number | null
 >;
-export type EventRow = Record<"lock" | "at" | "kind" | "release_id" | "name" | "reason", string | number | null>;
+export type EventRow = Record<"lock" | "at" | "kind" | "release_id" | "name" | "reason" | "by", string | number | null>;
 
 const num = (v: string | number | null): number | null => (v === null ? null : Number(v));
 const str = (v: string | number | null): string => (v === null ? "" : String(v));
+// Whose token: absent (not empty) when none was named, and in rows written before tokens had names.
+const by = (v: string | number | null | undefined): string | undefined => (v == null ? undefined : String(v));
 
 export function toEntry(row: LockRow): Entry {
   const release: Release | null =
@@ -244,11 +248,17 @@ export function toEntry(row: LockRow): Entry {
           reason: str(row.release_reason),
           startedAt: Number(row.started_at),
           expiresAt: num(row.expires_at),
+          by: by(row.release_by),
         };
   const block: Block | null =
     row.blocked_since === null
       ? null
-      : { name: str(row.blocked_by), reason: str(row.block_reason), since: Number(row.blocked_since) };
+      : {
+          name: str(row.blocked_by),
+          reason: str(row.block_reason),
+          since: Number(row.blocked_since),
+          by: by(row.block_by),
+        };
   return { release, block, version: Number(row.version ?? 0) };
 }
 
@@ -278,6 +288,8 @@ export function toColumns(e: Entry): (string | number | null)[] {
     b?.reason ?? null,
     b?.since ?? null,
     e.version,
+    r?.by ?? null,
+    b?.by ?? null,
   ];
 }
 
@@ -288,6 +300,7 @@ export const toEvent = (row: EventRow): Event => ({
   releaseId: num(row.release_id),
   name: str(row.name),
   reason: str(row.reason),
+  by: by(row.by),
 });
 
 /** Whether an event concerns `lock`: on it, or on a lock under it. */
