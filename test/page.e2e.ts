@@ -1,7 +1,7 @@
 // The page, in real headless Chromium (Debian's /usr/bin/chromium driven by
 // playwright-core; no browser is downloaded). Runs in `make test-browser`.
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { type Browser, chromium, type Page } from "playwright-core";
 import { type Daemon, freePort, startDaemon, tempDir } from "./daemon.ts";
@@ -311,4 +311,74 @@ describe("the board", () => {
       expect(await waiter).toBe("1\n");
     });
   }
+});
+
+describe("the page with named tokens", () => {
+  const FORBIDDEN_IN_CONSOLE = "Failed to load resource: the server responded with a status of 403 (Forbidden)";
+  const sha = (token: string) => new Bun.CryptoHasher("sha256").update(token).digest("hex");
+  const ANA = "ana-page-token-0123456789";
+  function configWith(extra = "") {
+    const file = join(tempDir(), "releasestatus.toml");
+    writeFileSync(
+      file,
+      `${extra}\n[[token]]\nwho = "ana"\ncan = ["release"]\nlocks = ["prod"]\nsha256 = "${sha(ANA)}"\n`,
+    );
+    return { RS_CONFIG: file };
+  }
+
+  test("a token scoped to releasing on prod starts from the page, and its block is refused with the reason", async () => {
+    const { d, page } = await open(configWith(), undefined, "/locks/prod/");
+    await page.click("#start");
+    await page.fill("#start-name", "sion");
+    await page.fill("#start-reason", "v2");
+    await page.click("#start-dialog button.primary");
+    await page.locator("#token-dialog").waitFor();
+    await page.fill("#token-input", ANA);
+    await page.click("#token-dialog button.primary");
+    await page.locator("#headline", { hasText: "Releasing" }).waitFor();
+    expect(await page.locator("#holder").textContent()).toBe("Release #1 by sion, started by ana: v2");
+    await page.locator("#history li", { hasText: "release #1 on prod by sion, started by ana: v2" }).waitFor();
+    await page.click("#block");
+    await page.fill("#block-name", "sion");
+    await page.fill("#block-reason", "freeze");
+    await page.click("#block-dialog button.primary");
+    await page.locator("#message", { hasText: "Refused: ana may not block prod" }).waitFor();
+    expect((await (await d.get("/locks/prod/status?format=json")).json()).blocked).toBe(false);
+    // The browser itself logs the refused request; nothing else may be in the console.
+    expect(consoleErrors.splice(0)).toEqual([FORBIDDEN_IN_CONSOLE]);
+  });
+
+  test("the board's block-all needs a token for every lock", async () => {
+    const { d, page } = await open(configWith(), undefined, "/");
+    await page.evaluate((t) => sessionStorage.setItem("releasestatus-token", t), ANA);
+    await page.reload();
+    await page.locator("#connection", { hasText: "live" }).waitFor();
+    await page.click("#block-all");
+    await page.fill("#block-name", "ana");
+    await page.fill("#block-reason", "holidays");
+    await page.click("#block-dialog button.primary");
+    await page.locator("#message", { hasText: "Refused: ana may not block every lock" }).waitFor();
+    expect((await (await d.get("/status?format=json")).json()).blocked).toBe(false);
+    // The browser itself logs the refused request; nothing else may be in the console.
+    expect(consoleErrors.splice(0)).toEqual([FORBIDDEN_IN_CONSOLE]);
+  });
+
+  test('with read = "token" the page asks for a token before it shows anything, then goes live', async () => {
+    const d = await startDaemon(configWith('read = "token"'));
+    daemons.push(d);
+    const page = await browser.newPage();
+    pages.push(page);
+    page.on("pageerror", (e) => consoleErrors.push(e.message));
+    await d.body("/locks/prod/start?name=sion", { headers: { Authorization: `Bearer ${ANA}` } });
+    await page.goto(`${d.url}/locks/prod/`);
+    await page.locator("#token-dialog").waitFor();
+    expect(await page.locator("#headline", { hasText: "Releasing" }).count()).toBe(0);
+    await page.fill("#token-input", ANA);
+    await page.click("#token-dialog button.primary");
+    await page.locator("#connection", { hasText: "live" }).waitFor();
+    await page.locator("#holder", { hasText: "Release #1 by sion" }).waitFor();
+    await d.body("/locks/prod/stop", { headers: { Authorization: `Bearer ${ANA}` } });
+    await page.locator("#headline", { hasText: "Idle" }).waitFor();
+    await page.locator("#history li", { hasText: "release #1 on prod stopped by ana" }).waitFor();
+  });
 });

@@ -30,7 +30,6 @@ import {
 } from "./store.ts";
 
 const CHANNEL = "releasestatus";
-const SCHEMA_VERSION = 3;
 const MIGRATION_LOCK = 0x5253_7431; // pg_advisory_xact_lock key: replicas starting at once migrate one at a time
 // Every POLL_MS each replica vouches for its waiters and wakes them: the safety net under
 // LISTEN/NOTIFY. A waiter not vouched for in 5 s no longer counts, and its row is deleted after
@@ -129,7 +128,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
         let joined: Queued | null = null;
         if (joining && options.join) {
           const [w] = await tx`
-            INSERT INTO releasestatus_waiters (lock, name, reason, replica, since, by)
+            INSERT INTO releasestatus_waiters (lock, name, reason, replica, since, made_by)
             VALUES (${lock}, ${options.join.name}, ${options.join.reason}, ${replica},
               to_timestamp(${now}::bigint / 1000.0), ${options.join.by ?? null})
             RETURNING id`;
@@ -190,7 +189,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
   // Appends events, prunes the oldest, and tells the other replicas (NOTIFY is delivered on commit).
   async function record(tx: SQL, lock: string, events: Event[]) {
     for (const e of events)
-      await tx`INSERT INTO releasestatus_events (lock, at, kind, release_id, name, reason, by)
+      await tx`INSERT INTO releasestatus_events (lock, at, kind, release_id, name, reason, made_by)
                VALUES (${e.lock}, ${e.at}, ${e.kind}, ${e.releaseId}, ${e.name}, ${e.reason}, ${e.by ?? null})`;
     await tx`DELETE FROM releasestatus_events WHERE seq <= (SELECT max(seq) FROM releasestatus_events) - ${opts.historyLimit}`;
     await tx`SELECT pg_notify(${CHANNEL}, ${JSON.stringify({ replica, lock, events })})`;
@@ -208,11 +207,17 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
       return await inTransaction(async (tx, injected) => {
         const [gone] = await tx`
           UPDATE releasestatus_waiters SET done = true WHERE id = ${id} AND NOT done
-          RETURNING name, reason, by, (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now`;
+          RETURNING name, reason, made_by, (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now`;
         if (!gone) return null;
         const at = injected ?? Number(gone.now);
         const events = [
-          queueEvent("left-queue", lock, { name: gone.name, reason: gone.reason, by: gone.by ?? undefined }, at, why),
+          queueEvent(
+            "left-queue",
+            lock,
+            { name: gone.name, reason: gone.reason, by: gone.made_by ?? undefined },
+            at,
+            why,
+          ),
         ];
         await record(tx, lock, events);
         return { lock, events, before: null, after: null, entries: new Map() };
@@ -254,7 +259,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     const [found, waiters] = await inTransaction(async (tx) => [
       await rows(tx),
       await tx`
-        SELECT id, lock, name, reason, by, (extract(epoch FROM since) * 1000)::bigint AS since
+        SELECT id, lock, name, reason, made_by, (extract(epoch FROM since) * 1000)::bigint AS since
         FROM releasestatus_live_waiters ORDER BY id`,
     ]);
     if (lineChanges === changesBefore)
@@ -264,7 +269,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
         name: String(w.name),
         reason: String(w.reason),
         since: Number(w.since),
-        by: w.by ?? undefined,
+        by: w.made_by ?? undefined,
       }));
     return toStored(found as LockRow[]);
   }
@@ -276,7 +281,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
       await inTransaction(async (tx) => {
         // Upserted, not updated: a row dropped as stale while the database was away comes back with its place (its id).
         for (const [id, w] of ours)
-          await tx`INSERT INTO releasestatus_waiters (id, lock, name, reason, replica, by)
+          await tx`INSERT INTO releasestatus_waiters (id, lock, name, reason, replica, made_by)
                    VALUES (${id}, ${w.lock}, ${w.name}, ${w.reason}, ${replica}, ${w.by ?? null})
                    ON CONFLICT (id) DO UPDATE SET heartbeat_at = clock_timestamp()
                    WHERE NOT releasestatus_waiters.done`;
@@ -352,9 +357,9 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     history: async (limit, lock) => {
       const rows = await inTransaction((tx) =>
         lock === undefined
-          ? tx`SELECT lock, at, kind, release_id, name, reason, by FROM releasestatus_events
+          ? tx`SELECT lock, at, kind, release_id, name, reason, made_by FROM releasestatus_events
                ORDER BY seq DESC LIMIT ${limit}`
-          : tx`SELECT lock, at, kind, release_id, name, reason, by FROM releasestatus_events
+          : tx`SELECT lock, at, kind, release_id, name, reason, made_by FROM releasestatus_events
                WHERE lock = ${lock} OR ${lock} = '' OR substr(lock, 1, length(${lock}) + 1) = ${lock} || '/'
                ORDER BY seq DESC LIMIT ${limit}`,
       );
@@ -405,12 +410,13 @@ const MIGRATIONS = [
    UPDATE releasestatus_lock SET blocked_by = NULL, block_reason = NULL, blocked_since = NULL WHERE name = 'default';`,
   // Named tokens: whose token started a release, made a block, made an event, or queued a waiter.
   `ALTER TABLE releasestatus_lock ADD COLUMN release_by text, ADD COLUMN block_by text;
-   ALTER TABLE releasestatus_events ADD COLUMN by text;
-   ALTER TABLE releasestatus_waiters ADD COLUMN by text;
+   ALTER TABLE releasestatus_events ADD COLUMN made_by text;
+   ALTER TABLE releasestatus_waiters ADD COLUMN made_by text;
    CREATE OR REPLACE VIEW releasestatus_live_waiters AS SELECT * FROM releasestatus_waiters
      WHERE NOT done AND (heartbeat_at > clock_timestamp() - interval '5 seconds'
         OR pg_postmaster_start_time() > clock_timestamp() - interval '5 seconds');`,
 ];
+const SCHEMA_VERSION = MIGRATIONS.length;
 
 async function migrate(sql: SQL) {
   await sql.begin(async (tx) => {

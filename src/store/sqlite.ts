@@ -52,7 +52,7 @@ const MIGRATIONS = [
   // Named tokens: whose token started a release, made a block, or made an event (NULL: no named token).
   `ALTER TABLE lock ADD COLUMN release_by TEXT;
    ALTER TABLE lock ADD COLUMN block_by TEXT;
-   ALTER TABLE events ADD COLUMN by TEXT;`,
+   ALTER TABLE events ADD COLUMN made_by TEXT;`,
 ];
 export const SCHEMA_VERSION = MIGRATIONS.length;
 
@@ -98,13 +98,15 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
          release_by = excluded.release_by, block_by = excluded.block_by`,
     ),
     count: db.query("UPDATE lock SET last_id = ? WHERE name = ''"),
-    append: db.query("INSERT INTO events (lock, at, kind, release_id, name, reason, by) VALUES (?, ?, ?, ?, ?, ?, ?)"),
+    append: db.query(
+      "INSERT INTO events (lock, at, kind, release_id, name, reason, made_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    ),
     prune: db.query("DELETE FROM events WHERE seq <= (SELECT max(seq) FROM events) - ?"),
     history: db.query<EventRow, [number]>(
-      "SELECT lock, at, kind, release_id, name, reason, by FROM events ORDER BY seq DESC LIMIT ?",
+      "SELECT lock, at, kind, release_id, name, reason, made_by FROM events ORDER BY seq DESC LIMIT ?",
     ),
     lockHistory: db.query<EventRow, [string, number]>(
-      `SELECT lock, at, kind, release_id, name, reason, by FROM events
+      `SELECT lock, at, kind, release_id, name, reason, made_by FROM events
        WHERE lock = ?1 OR ?1 = '' OR substr(lock, 1, length(?1) + 1) = ?1 || '/' ORDER BY seq DESC LIMIT ?2`,
     ),
     probe: db.query(HARMLESS_WRITE),

@@ -231,7 +231,10 @@ export type LockRow = Record<
   | "block_by",
   string | number | null
 >;
-export type EventRow = Record<"lock" | "at" | "kind" | "release_id" | "name" | "reason" | "by", string | number | null>;
+export type EventRow = Record<
+  "lock" | "at" | "kind" | "release_id" | "name" | "reason" | "made_by",
+  string | number | null
+>;
 
 const num = (v: string | number | null): number | null => (v === null ? null : Number(v));
 const str = (v: string | number | null): string => (v === null ? "" : String(v));
@@ -300,7 +303,7 @@ export const toEvent = (row: EventRow): Event => ({
   releaseId: num(row.release_id),
   name: str(row.name),
   reason: str(row.reason),
-  by: by(row.by),
+  by: by(row.made_by),
 });
 
 /** Whether an event concerns `lock`: on it, or on a lock under it. */
