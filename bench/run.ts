@@ -122,6 +122,11 @@ request = function()
 end
 `;
 
+function expect1(body: string, what: string) {
+  if (body !== "1\n")
+    throw new Error(`${what} answered ${JSON.stringify(body)}, not 1: the scenario would measure the wrong thing`);
+}
+
 async function main() {
   rmSync(WORK, { recursive: true, force: true });
   mkdirSync(WORK, { recursive: true });
@@ -165,6 +170,7 @@ async function main() {
     prepare?: string;
     script?: string;
     locks?: number; // this many other locks in use first (blocked), for the named-lock scenarios
+    headers?: string[]; // sent with every request, and with `prepare`
   };
   const scenarios: Scenario[] = [
     { name: "refused `/start` (a release runs)", path: "/start?name=bench", env: {}, prepare: "/start?name=holder" },
@@ -178,8 +184,32 @@ async function main() {
     },
     { name: "start/stop cycle, `RS_DB=:memory:`", path: "/", env: { RS_DB: ":memory:" }, script: CYCLE_SCRIPT },
   ];
+  // Tokens: RS_TOKEN alone, and a named token among 100 in the configuration file.
+  const TOKEN = "bench-token-0123456789abcdef";
+  const sha = (t: string) => new Bun.CryptoHasher("sha256").update(t).digest("hex");
+  const tokens = Array.from({ length: 100 }, (_, i) => `${TOKEN}-${i}`);
+  await Bun.write(
+    join(WORK, "tokens.toml"),
+    tokens
+      .map((t, i) => `[[token]]\nwho = "bench${i}"\ncan = ["release"]\nlocks = ["*"]\nsha256 = "${sha(t)}"\n`)
+      .join("\n"),
+  );
   if (!EARLIER)
     scenarios.push(
+      {
+        name: "refused `/start` with `RS_TOKEN`",
+        path: "/start?name=bench",
+        env: { RS_TOKEN: TOKEN },
+        prepare: "/start?name=holder",
+        headers: [`Authorization: Bearer ${TOKEN}`],
+      },
+      {
+        name: "refused `/start` with a named token, 100 in `RS_CONFIG`",
+        path: "/start?name=bench",
+        env: { RS_CONFIG: join(WORK, "tokens.toml") },
+        prepare: "/start?name=holder",
+        headers: [`Authorization: Bearer ${tokens[57]}`],
+      },
       {
         name: "refused `/start` on the default lock, 1000 locks in use",
         path: "/start?name=bench",
@@ -217,16 +247,17 @@ async function main() {
       rmSync(join(WORK, "cycle.db"), { force: true });
       const ours = await start(OURS, sc.env);
       for (let i = 0; i < (sc.locks ?? 0); i++) await (await fetch(`${ours.url}/locks/team${i}/app/block`)).text();
-      if (sc.prepare) await (await fetch(ours.url + sc.prepare)).text();
+      const headers = Object.fromEntries((sc.headers ?? []).map((h) => h.split(": ") as [string, string]));
+      if (sc.prepare) expect1(await (await fetch(ours.url + sc.prepare, { headers })).text(), sc.prepare);
       const before = (await (await fetch(`${ours.url}/status?format=json`)).json()).lastReleaseId as number;
-      entry.ours.push(await wrk(ours, sc.path, sc.script));
+      entry.ours.push(await wrk(ours, sc.path, sc.script, sc.headers));
       const after = (await (await fetch(`${ours.url}/status?format=json`)).json()).lastReleaseId as number;
       entry.commits.push(((after - before) * 2) / SECONDS); // each granted start is followed by a stop
       if (sc.name.startsWith("refused")) {
         afterLoad.rss.push(procStatus(ours.pid, "VmRSS"));
         afterLoad.hwm.push(procStatus(ours.pid, "VmHWM"));
       }
-      if (sc.prepare) await (await fetch(ours.url + sc.prepare.replace(/start\?.*$/, "stop"))).text(); // a shared database outlives the daemon
+      if (sc.prepare) await (await fetch(ours.url + sc.prepare.replace(/start\?.*$/, "stop"), { headers })).text(); // a shared database outlives the daemon
       await stop(ours);
       const ref = await start(REFERENCE);
       entry.ref.push(await wrk(ref, sc.path, sc.script));
