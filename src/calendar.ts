@@ -90,7 +90,8 @@ export function parseWindow(raw: Record<string, unknown>): Window | string {
 }
 
 function text(key: string, value: unknown, example: string): string {
-  if (typeof value !== "string") fail(`${key} must be a string, e.g. ${key} = ${JSON.stringify(example)}`);
+  // An unquoted TOML date arrives as a Date, not a string: the quotes are the fix.
+  if (typeof value !== "string") fail(`${key} must be a string in quotes, e.g. ${key} = ${JSON.stringify(example)}`);
   return value;
 }
 
@@ -419,10 +420,9 @@ function weeklyFrom(start: WeekTime, end: WeekTime, day: number, timezone: strin
 // ---- Cron
 //
 // A cron window is frozen while its latest start is later than its latest end,
-// as GitLab's deploy freezes decide: a start with no end since it begins an
-// occurrence, further starts inside it change nothing, and a start at the very
-// minute of an end is cancelled by it. So an occurrence runs from the first
-// start after an end to the next end after that start.
+// as GitLab's deploy freezes decide. So a start begins an occurrence, more starts
+// inside it change nothing, and a start at the very minute of an end is cancelled
+// by it: an occurrence runs from the first start after an end to the next end.
 
 /** The cron occurrence in force at `t`, or null. */
 function cronAt(start: Cron, end: Cron, timezone: string, t: number): Occurrence | null {

@@ -94,7 +94,7 @@ describe("parseWindow refuses a bad window with the problem, naming the key", ()
     expect(problem({ ...weekly, reason: "  " })).toStartWith("reason is empty");
     expect(problem({ ...weekly, reason: "x".repeat(201) })).toStartWith("reason is 201 characters long");
     expect(parseWindow({ ...weekly, reason: "x".repeat(200) })).not.toBeString();
-    expect(problem({ ...weekly, reason: 7 })).toStartWith("reason must be a string");
+    expect(problem({ ...weekly, reason: 7 })).toStartWith("reason must be a string in quotes");
   });
   test('locks is a non-empty list of lock names, or "*"', () => {
     expect(problem({ ...weekly, locks: "prod" })).toStartWith("locks must be a list of lock names");
@@ -136,6 +136,9 @@ describe("parseWindow refuses a bad window with the problem, naming the key", ()
     expect(problem({ reason: "r", from: "2026-12-18 12:00", until: "2026-12-18 12:00" })).toContain("is not after");
     expect(problem({ reason: "r", from: "2026-02-30 12:00", until: "2026-03-02 12:00" })).toBe(
       'from = "2026-02-30 12:00": there is no such date and time',
+    );
+    expect(problem({ reason: "r", from: new Date(0), until: "2027-01-04 08:00" })).toBe(
+      'from must be a string in quotes, e.g. from = "2026-12-18 12:00"', // an unquoted TOML date
     );
     expect(problem({ reason: "r", from: "18.12.2026 12:00", until: "2027-01-04 08:00" })).toStartWith(
       'from = "18.12.2026 12:00": expected "YYYY-MM-DD HH:MM"',
