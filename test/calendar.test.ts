@@ -218,6 +218,10 @@ describe("a weekly window is in force from its start (inclusive) to its end (exc
     const week = window({ reason: "r", every: "Mon 17:00 - Mon 09:00" });
     expect(occurrenceAt(day, at("2026-01-12T12:00:00Z"))).toEqual(span("2026-01-12T09:00:00Z", "2026-01-12T17:00:00Z"));
     expect(occurrenceAt(week, at("2026-01-12T12:00:00Z"))).toBeNull();
+    // On its start day, before its start, last week's occurrence is still in force.
+    expect(occurrenceAt(week, at("2026-01-12T08:00:00Z"))).toEqual(
+      span("2026-01-05T17:00:00Z", "2026-01-12T09:00:00Z"),
+    );
     expect(occurrenceAt(week, at("2026-01-15T12:00:00Z"))).toEqual(
       span("2026-01-12T17:00:00Z", "2026-01-19T09:00:00Z"),
     );
@@ -482,5 +486,25 @@ describe("freezes in words", () => {
     const now = at("2027-01-01T00:00:00Z");
     expect(describeFreeze("default", f, now)).toBe("releasing is frozen until Mon 08:00 CET (end-of-year freeze)");
     expect(describeFreeze("", f, now)).toBe("releasing is frozen until Mon 08:00 CET (end-of-year freeze)");
+  });
+});
+
+describe("occurrenceAt and nextOccurrences tell the same story", () => {
+  test("minute by minute (every 17) across both changes of a year, in force means inside a listed occurrence", () => {
+    const windows = [
+      window({ reason: "r", every: "Sat 22:00 - Sun 02:45", timezone: BUDAPEST }),
+      window({ reason: "r", start: "*/20 1-3 * * *", end: "10 2 * * *", timezone: NEW_YORK }),
+    ];
+    for (const w of windows)
+      for (const [from, to] of [
+        ["2026-03-07T00:00:00Z", "2026-03-09T12:00:00Z"],
+        ["2026-03-28T00:00:00Z", "2026-03-30T00:00:00Z"],
+        ["2026-10-24T00:00:00Z", "2026-10-26T00:00:00Z"],
+        ["2026-10-31T00:00:00Z", "2026-11-02T12:00:00Z"],
+      ] as const) {
+        const listed = nextOccurrences(w, at(from) - 7 * 86_400_000, 60);
+        for (let t = at(from); t < at(to); t += 17 * 60_000)
+          expect([t, occurrenceAt(w, t)]).toEqual([t, listed.find((o) => o.from <= t && t < o.until) ?? null]);
+      }
   });
 });
