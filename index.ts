@@ -7,7 +7,8 @@
 
 import pkg from "./package.json" with { type: "json" };
 import { applyReload, type Config, ConfigError, isPostgres, readConfig } from "./src/config.ts";
-import { closeEngine, history, onCommit, onStorageFailure, openEngine } from "./src/engine.ts";
+import { closeEngine, history, onCommit, onStorageFailure, openEngine, systemClock } from "./src/engine.ts";
+import { keepCalendar, replaceCalendar, stopCalendar } from "./src/freezes.ts";
 import { closeEventStreams, startServer } from "./src/http/server.ts";
 import { createLog, type Log } from "./src/log.ts";
 import { learnFromHistory, observe } from "./src/metrics.ts";
@@ -100,6 +101,7 @@ async function serve(cfg: Config): Promise<number> {
   const { state, expired } = await openEngine(store);
   logRestored(log, state, expired);
   learnFromHistory(await history(1000).catch(() => []));
+  keepCalendar(cfg.freezes, systemClock);
 
   let server: ReturnType<typeof startServer>;
   try {
@@ -125,6 +127,7 @@ async function serve(cfg: Config): Promise<number> {
       if (stopping) return;
       stopping = true;
       log.info(`${signal} received: answering waiters, finishing requests in flight, then exiting`);
+      stopCalendar();
       await closeEngine();
       closeEventStreams();
       const force = setTimeout(() => server.stop(true), 2000); // a client that will not finish is cut
@@ -155,6 +158,7 @@ function reload(cfg: Config, log: Log) {
     return;
   }
   const { changed, needRestart } = applyReload(cfg, next);
+  replaceCalendar(cfg.freezes);
   log.info(`SIGHUP received: configuration reloaded: ${changed.length ? changed.join("; ") : "nothing changed"}`);
   if (needRestart.length) log.warn(`SIGHUP received: these take effect only on a restart: ${needRestart.join(", ")}`);
 }

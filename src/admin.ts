@@ -2,7 +2,9 @@
 // configuration file without starting, and `token` makes a new named token.
 import { digestOf, RIGHTS, type Right } from "./access.ts";
 import { ConfigError, describeToken, parseConfigFile, readConfig, readConfigFile } from "./config.ts";
+import { describeSchedule, upcoming } from "./freezes.ts";
 import { LOCK_NAME_RULE, validLockName } from "./names.ts";
+import { iso } from "./release.ts";
 import { print } from "./terminal.ts";
 
 const EXIT_INVALID = 2; // as the daemon exits on a bad configuration
@@ -22,6 +24,14 @@ export function checkConfig(args: string[]): number {
     lines.push(`reading: ${cfg.access.read === "open" ? "open to anyone" : "needs a token"}`);
     lines.push(`tokens: ${file.tokens.length}`);
     for (const t of file.tokens) lines.push(`  ${describeToken(t)}`);
+    // The calendar as it will fall, so a person can see it is what they meant.
+    lines.push(`freeze windows: ${cfg.freezes.length}`);
+    for (const { window: w, occurrences } of upcoming(cfg.freezes, Date.now(), 3)) {
+      lines.push(`  ${w.reason} on ${w.locks?.join(", ") ?? "every lock"}: ${describeSchedule(w)}`);
+      for (const o of occurrences)
+        lines.push(`    ${o.fromLocal} - ${o.untilLocal}  (UTC ${iso(o.from)} - ${iso(o.until)})`);
+      if (occurrences.length === 0) lines.push("    no occurrence from now on");
+    }
     return print(`${lines.join("\n")}\n`);
   } catch (e) {
     if (e instanceof ConfigError) return fail(e.message);

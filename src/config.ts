@@ -4,6 +4,7 @@
 // single settings; an environment variable wins over the file. A bad value is
 // one clear line (with the file's line when it came from the file) and exit code 2.
 import { type Access, digestOf, everything, RIGHTS, type Right, type Token } from "./access.ts";
+import { parseWindow, type Window } from "./calendar.ts";
 import type { LogFormat } from "./log.ts";
 import { LOCK_NAME_RULE, validLockName } from "./names.ts";
 import { wholeNumber } from "./numbers.ts";
@@ -21,6 +22,7 @@ export type Config = {
   locks: string[] | null; // the only lock names allowed; null: any, up to maxLocks
   maxLocks: number;
   access: Access; // the tokens (RS_TOKEN's and the file's) and whether reading needs one
+  freezes: Window[]; // the freeze calendar, in the file's order
   file: string | null; // RS_CONFIG: re-read on SIGHUP
 };
 
@@ -56,6 +58,7 @@ export function readConfig(env: Env): Config {
     locks: set.RS_LOCKS === undefined ? null : readLocks(from, set.RS_LOCKS),
     maxLocks: setting(from, "RS_MAX_LOCKS", set.RS_MAX_LOCKS ?? "1000", 1, 100_000),
     access: accessFrom(token, file),
+    freezes: file?.freezes ?? [],
     file: env.RS_CONFIG || null,
   };
 }
@@ -156,6 +159,7 @@ export type ConfigFile = {
   origins: Origins;
   tokens: Token[];
   read: "open" | "token";
+  freezes: Window[];
 };
 
 // The file's single settings, and the environment variable each stands for.
@@ -196,7 +200,7 @@ export function parseConfigFile(path: string, source: string): ConfigFile {
     throw problem(syntaxErrorLine(source, (e as Error).message), `not valid TOML: ${what}`);
   }
   const at = (table: string | null, index: number, key: string | null) => lineOf(source, table, index, key);
-  const file: ConfigFile = { path, settings: {}, origins: new Map(), tokens: [], read: "open" };
+  const file: ConfigFile = { path, settings: {}, origins: new Map(), tokens: [], read: "open", freezes: [] };
   for (const [key, value] of Object.entries(doc)) {
     const line = at(null, 0, key);
     if (key === "token") {
@@ -212,7 +216,21 @@ export function parseConfigFile(path: string, source: string): ConfigFile {
       file.read = value;
       continue;
     }
-    if (key === "webhook" || key === "freeze")
+    if (key === "freeze") {
+      if (!Array.isArray(value)) throw problem(line, "freeze must be a list of tables: write each as [[freeze]]");
+      value.forEach((raw, i) => {
+        const window = typeof raw === "object" && raw !== null ? parseWindow(raw as Record<string, unknown>) : "";
+        if (typeof window !== "string") {
+          file.freezes.push(window);
+          return;
+        }
+        // The problem names its key first ("every = …", "until is before from"): point at that line.
+        const key = /^(?:unknown key )?([a-z_]+)\b/.exec(window)?.[1] ?? null;
+        throw problem(at("freeze", i, key), window || "each [[freeze]] must be a table with a reason and a schedule");
+      });
+      continue;
+    }
+    if (key === "webhook")
       throw problem(line, `[[${key}]] is not supported by this version of releasestatus: remove it, or upgrade`);
     const known = FILE_SETTINGS[key];
     if (!known)
@@ -220,7 +238,7 @@ export function parseConfigFile(path: string, source: string): ConfigFile {
         line,
         key === "token_sha256" || key === "rs_token"
           ? `${key} is not a setting: the file holds no plain tokens; list them as [[token]] tables with their sha256`
-          : `${key} is not a setting: expected one of ${[...Object.keys(FILE_SETTINGS), "read", "[[token]]"].join(", ")}`,
+          : `${key} is not a setting: expected one of ${[...Object.keys(FILE_SETTINGS), "read", "[[token]]", "[[freeze]]"].join(", ")}`,
       );
     file.settings[known.env] = settingText(key, value, known.kind, (what) => problem(line, what));
     file.origins.set(known.env, `${path}:${line}: ${key} = ${show(value)}`);
@@ -362,6 +380,12 @@ export function applyReload(cfg: Config, next: Config): { changed: string[]; nee
   const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
   for (const k of ["ttlSeconds", "maxWaitSeconds", "hosts", "locks", "maxLocks"] as const)
     if (!same(cfg[k], next[k])) changed.push(`${k}: ${JSON.stringify(cfg[k])} → ${JSON.stringify(next[k])}`);
+  const windows = (c: Config) => JSON.stringify(c.freezes);
+  if (windows(cfg) !== windows(next))
+    changed.push(
+      `freeze windows: ${cfg.freezes.length} → ${next.freezes.length} (${next.freezes.map((w) => w.reason).join(", ") || "none"})`,
+    );
+  cfg.freezes = next.freezes;
   cfg.access = next.access;
   cfg.ttlSeconds = next.ttlSeconds;
   cfg.maxWaitSeconds = next.maxWaitSeconds;

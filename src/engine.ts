@@ -12,6 +12,7 @@ import {
   DEFAULT_LOCK,
   type Event,
   expire,
+  type Frozen,
   type Outcome,
   overlaps,
   ROOT,
@@ -28,6 +29,7 @@ import {
   type Decide,
   type Decision,
   type Entry,
+  type Mark,
   type Queued,
   type Store,
   type Stored,
@@ -69,7 +71,14 @@ export const engine = {
   waiters: new Set<Waiter>(),
   listeners: [] as ((h: Heard) => void)[],
   closing: false,
+  // The freeze in force on a lock at a time: the calendar's answer (src/freezes.ts), none until it is set.
+  frozen: ((_lock: string, _now: number) => null) as (lock: string, now: number) => Frozen | null,
 };
+
+/** Lets the calendar say which locks are frozen when; starts ask it at the store's time. */
+export function useCalendar(frozen: (lock: string, now: number) => Frozen | null): void {
+  engine.frozen = frozen;
+}
 
 const store = (): Store => {
   if (!engine.store) throw new Error("the engine has no store: call openEngine first");
@@ -169,7 +178,7 @@ export function start(
   waitSeconds: number,
   gone: AbortSignal,
 ): Outcome | Promise<Outcome> {
-  const rule: Rule = (s, now, ahead) => startRule(s, req, now, ahead);
+  const rule: Rule = (s, now, ahead) => startRule(s, req, now, ahead, () => engine.frozen(lock, now));
   if (waitSeconds === 0 || engine.closing) {
     const outcome = change(lock, rule); // the common case: a refusal from memory
     return outcome instanceof Promise ? outcome.then((o) => keepOnlyIfHeard(lock, o, gone)) : outcome;
@@ -198,6 +207,7 @@ async function waitInLine(
   const cancelDeadline = engine.clock.after(waitSeconds * 1000, () => wake(waiter));
   const onGone = () => wake(waiter);
   gone.addEventListener("abort", onGone);
+  let cancelThaw = () => {}; // a freeze ending commits nothing: a timer wakes the waiter then
   engine.waiters.add(waiter);
   try {
     for (;;) {
@@ -220,10 +230,16 @@ async function waitInLine(
         await nextTurn(); // and once more before answering, for one that went away during the grant
         return keepOnlyIfHeard(lock, attempt.outcome, gone);
       }
+      const { until } = attempt.outcome;
+      if (until !== undefined) {
+        cancelThaw();
+        cancelThaw = engine.clock.after(until - engine.clock.now(), () => wake(waiter));
+      }
       if (!waiter.woke) await new Promise<void>((resolve) => (waiter.wake = resolve));
     }
   } finally {
     cancelDeadline();
+    cancelThaw();
     gone.removeEventListener("abort", onGone);
     engine.waiters.delete(waiter);
   }
@@ -254,6 +270,20 @@ async function keepOnlyIfHeard(lock: string, granted: Outcome, gone: AbortSignal
   if (id !== undefined) await commit(lock, (s, now) => abandon(s, id, now));
   return refuse("timeout", "the client went away");
 }
+
+/**
+ * Records a boundary of the freeze calendar (its events) once across replicas and restarts; false
+ * when it was recorded before (or could not be written: the calendar tries again).
+ */
+export async function recordBoundary(mark: Mark, events: Event[]): Promise<boolean> {
+  if (engine.closing) return false;
+  const committed = await store().mark(mark, events);
+  if (committed) heard(committed, false);
+  return committed !== null;
+}
+
+/** Whether the calendar ever recorded a boundary of this window here. */
+export const windowKnown = (window: string): Promise<boolean> => store().marked(window);
 
 /** Commits through the store, then updates the cache and tells listeners. */
 async function commit(lock: string, rule: Rule, options: TransactOptions = {}): Promise<Decision> {

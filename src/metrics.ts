@@ -1,7 +1,9 @@
 // Counts for /metrics (Prometheus text format) and the "usually takes" estimate
 // on the page, both fed by the committed changes. Every per-lock series has a
 // `lock` label; the root's block is `releasestatus_blocked{lock=""}`.
+import { freezeOn } from "./calendar.ts";
 import { type Heard, isKnown, locks, state, waiting } from "./engine.ts";
+import { freezeWindows } from "./freezes.ts";
 import { DEFAULT_LOCK, type Event, iso, type Outcome, type Reason, type Release, ROOT } from "./release.ts";
 
 /** Every reason a /start can be refused for: each is exported at zero for every lock, so rates work at once. */
@@ -102,7 +104,10 @@ export function estimate(release: Release | null): { typicalSeconds: number; exp
 const label = (lock: string) => `lock="${lock.replace(/["\\]/g, "\\$&")}"`;
 
 export function renderMetrics(healthy: boolean): string {
-  const names = [...new Set([...locks().filter((l) => l !== ROOT), ...metrics.byLock.keys(), "default"])].sort();
+  const frozenLocks = freezeWindows().flatMap((w) => w.locks ?? []); // a freeze's lock is worth a series before it is used
+  const names = [
+    ...new Set([...locks().filter((l) => l !== ROOT), ...metrics.byLock.keys(), ...frozenLocks, "default"]),
+  ].sort();
   const out: string[] = [];
   const metric = (name: string, type: string, help: string, lines: string[]) =>
     out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, ...lines);
@@ -138,6 +143,12 @@ export function renderMetrics(healthy: boolean): string {
     "releasestatus_waiting",
     "Starts waiting in line for the lock.",
     (l) => line.filter((w) => w.lock === l).length,
+  );
+  const now = Date.now();
+  perLock(
+    "releasestatus_frozen",
+    "Whether a freeze window of the calendar is in force on the lock (1) or not (0).",
+    (l) => (freezeOn(freezeWindows(), l, now) ? 1 : 0),
   );
   metric("releasestatus_last_release_id", "gauge", "The highest release id granted so far, on any lock.", [
     `releasestatus_last_release_id ${state(ROOT).lastId}`,

@@ -51,7 +51,10 @@ export type EventKind =
   | "unblocked"
   | "waiting"
   | "left-queue"
-  | "abandoned";
+  | "abandoned"
+  | "frozen" // a freeze window began on the lock (the calendar's, so no one's name)
+  | "thawed" // it ended
+  | "overridden"; // a start went ahead during a freeze: the reason is why, the name and by are who
 
 export type Event = {
   lock: string;
@@ -67,6 +70,7 @@ export type Event = {
 export type Reason =
   | "running"
   | "blocked"
+  | "frozen"
   | "queued"
   | "not-running"
   | "not-blocked"
@@ -83,7 +87,7 @@ export type Reason =
   | "too-large"
   | "unsupported-media-type";
 
-export type Refusal = { ok: false; reason: Reason; message: string };
+export type Refusal = { ok: false; reason: Reason; message: string; until?: number }; // until: when a freeze ends
 export type Change = { ok: true; next: State; events: Event[] };
 export type Outcome = Change | Refusal;
 
@@ -91,7 +95,13 @@ export type Outcome = Change | Refusal;
 export type Holder = { name: string; reason: string; by?: string };
 /** Who acts on something already there (stops a release, lifts a block). */
 export type Actor = { name: string; by?: string };
-export type StartRequest = Holder & { ttlSeconds: number | null };
+export type StartRequest = Holder & {
+  ttlSeconds: number | null;
+  override?: string; // why it may start during a freeze (allowed to whoever may override)
+};
+
+/** A freeze in force on a lock, as the calendar (src/calendar.ts) says: its words, and when it ends. */
+export type Frozen = { reason: string; until: number; message: string };
 
 export const UNKNOWN_USER = "an unknown user";
 export const EMPTY_STATE: State = { lock: DEFAULT_LOCK, lastId: 0, release: null, block: null, around: [] };
@@ -100,7 +110,7 @@ export const emptyState = (lock: string): State => ({ ...EMPTY_STATE, lock });
 export const refuse = (reason: Reason, message: string): Refusal => ({ ok: false, reason, message });
 
 /** Refusals that end by themselves, and so are worth waiting out with wait=. */
-export const WAITABLE: ReadonlySet<Reason> = new Set(["running", "blocked", "queued"]);
+export const WAITABLE: ReadonlySet<Reason> = new Set(["running", "blocked", "frozen", "queued"]);
 export const SHUTTING_DOWN = refuse("shutting-down", "the daemon is shutting down; try again shortly");
 export const STORAGE_FAILED = refuse(
   "storage",
@@ -169,23 +179,44 @@ export function releaseOn(s: State): { lock: string; release: Release } | null {
   return null;
 }
 
-/** Grants the release to `holder` if nothing runs, nothing blocks and nobody waits ahead. */
-export function start(s: State, req: StartRequest, now: number, waitingAhead: number): Outcome {
+/**
+ * Grants the release to `holder` if nothing runs, nothing blocks, no freeze is in force (or the
+ * request overrides it) and nobody waits ahead.
+ */
+export function start(
+  s: State,
+  req: StartRequest,
+  now: number,
+  waitingAhead: number,
+  freeze: () => Frozen | null = () => null, // asked only when nothing else refuses: it costs a calendar look
+): Outcome {
   if (s.lock === ROOT)
     return refuse("invalid", "the root holds no release: start a named lock, e.g. /start or /locks/prod/start");
   const running = releaseOn(s);
   if (running) return refuse("running", describeRelease(running.release, running.lock));
   const blocked = blockOn(s);
   if (blocked) return refuse("blocked", describeBlock(blocked.block, blocked.lock));
+  const frozen = freeze();
+  if (frozen && req.override === undefined) return { ...refuse("frozen", frozen.message), until: frozen.until };
   if (waitingAhead > 0) return refuse("queued", `${waitingAhead} waiting ahead of you`);
   const id = s.lastId + 1;
   const expiresAt = req.ttlSeconds === null ? null : now + req.ttlSeconds * 1000;
   const release: Release = { id, name: req.name, reason: req.reason, startedAt: now, expiresAt, by: req.by };
-  return {
-    ok: true,
-    next: { ...s, lastId: id, release },
-    events: [{ lock: s.lock, at: now, kind: "started", releaseId: id, name: req.name, reason: req.reason, by: req.by }],
+  const started: Event = {
+    lock: s.lock,
+    at: now,
+    kind: "started",
+    releaseId: id,
+    name: req.name,
+    reason: req.reason,
+    by: req.by,
   };
+  // An override is recorded only when there was a freeze to override, with why and who.
+  const overridden: Event[] =
+    frozen && req.override !== undefined
+      ? [{ ...started, kind: "overridden", reason: `${req.override} (over: ${frozen.message})` }]
+      : [];
+  return { ok: true, next: { ...s, lastId: id, release }, events: [...overridden, started] };
 }
 
 /** Ends the running release; with an id, only if it is that release (fencing). */
@@ -329,5 +360,11 @@ export function describeEvent(e: Event): string {
       return `${n} left the queue${what}`;
     case "abandoned":
       return `release #${e.releaseId}${where} by ${n} abandoned: ${e.reason}`;
+    case "frozen":
+      return `releasing${where} frozen by the calendar: ${e.reason}`;
+    case "thawed":
+      return `releasing${where} thawed: the freeze ended (${e.reason})`;
+    case "overridden":
+      return `release #${e.releaseId}${where} overrode a freeze, by ${n}: ${e.reason}`;
   }
 }

@@ -5,6 +5,7 @@
 import { afterEach, beforeEach, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { SQL } from "bun";
+import { parseWindow, type Window } from "../src/calendar.ts";
 import {
   type Clock,
   change,
@@ -18,6 +19,7 @@ import {
   state,
   waiting,
 } from "../src/engine.ts";
+import { calendarSettled, keepCalendar, stopCalendar } from "../src/freezes.ts";
 import { block, type Outcome, ROOT, renew, stop, unblock } from "../src/release.ts";
 import { openMemoryStore } from "../src/store/memory.ts";
 import { openSqliteStore } from "../src/store/sqlite.ts";
@@ -74,6 +76,7 @@ if (pgUrl?.startsWith("postgres")) {
       await sql`DO $$ BEGIN
         IF to_regclass('releasestatus_lock') IS NOT NULL THEN
           DELETE FROM releasestatus_waiters; DELETE FROM releasestatus_events; DELETE FROM releasestatus_lock;
+          DELETE FROM releasestatus_freeze_marks;
         END IF; END $$`;
       await sql.close();
       const { openPostgresStore } = await import("../src/store/postgres.ts");
@@ -395,6 +398,117 @@ for (const [storeName, makeStore] of stores) {
         const { expired } = await openEngine(store, clock);
         expect(expired.map((e) => e.kind)).toEqual(["expired"]);
         expect(state(LOCK).release).toBeNull();
+      });
+    });
+
+    describe("the freeze calendar", () => {
+      // T0 is 09:00 UTC: this window is in force from 08:00 to 09:10 on the default lock and below it.
+      const window = (from = "2026-11-27 08:00", until = "2026-11-27 09:10", locks = [LOCK]) =>
+        parseWindow({ reason: "test freeze", locks, from, until }) as Window;
+      const THAW = Date.parse("2026-11-27T09:10:00Z");
+      const calendar = async (...windows: Window[]) => {
+        keepCalendar(windows, clock);
+        await calendarSettled();
+      };
+      afterEach(() => stopCalendar());
+      const on = (lock: string, name: string) => start(lock, holder(name), 0, new AbortController().signal);
+      const boundaries = async () =>
+        (await history(100, ROOT))
+          .filter((e) => e.kind === "frozen" || e.kind === "thawed")
+          .map((e) => `${e.kind} ${e.lock} ${new Date(e.at).toISOString().slice(11, 16)}`)
+          .reverse();
+
+      test("a start is refused frozen while a window covers the lock, saying until when", async () => {
+        await calendar(window());
+        const refused = await startNow("sion");
+        expect(refused).toMatchObject({ ok: false, reason: "frozen", until: THAW });
+        expect(refused.ok ? "" : refused.message).toBe("releasing is frozen until Fri 09:10 UTC (test freeze)");
+        expect(reasonOf(await on("default/eu", "sion"))).toBe("frozen");
+        expect(reasonOf(await on("staging", "sion"))).toBe("granted");
+      });
+
+      test("an override starts during a freeze and is recorded as such, with its reason and who", async () => {
+        await calendar(window());
+        const o = await start(
+          LOCK,
+          { ...holder("ops"), override: "hotfix", by: "ops" },
+          0,
+          new AbortController().signal,
+        );
+        expect(o.ok).toBe(true);
+        const [started, overridden] = await history(2, LOCK);
+        expect(started).toMatchObject({ kind: "started", name: "ops", by: "ops" });
+        expect(overridden).toMatchObject({ kind: "overridden", name: "ops", by: "ops", releaseId: idOf(o) });
+        expect(overridden?.reason).toStartWith("hotfix (over: releasing is frozen until");
+      });
+
+      test("a release already running is not cut when a freeze begins", async () => {
+        const id = idOf(await startNow("sion"));
+        expect(id).toBeDefined();
+        await calendar(window());
+        expect(state(LOCK).release?.id).toBe(id);
+        expect(reasonOf(await change(LOCK, (s, now) => stop(s, id ?? null, { name: "sion" }, now)))).toBe("granted");
+      });
+
+      test("a waiter waits through the freeze and takes the release when it ends", async () => {
+        await calendar(window());
+        const waiter = start(LOCK, holder("patient"), 3600, new AbortController().signal);
+        await inLine(1);
+        await clock.advance(THAW - T0);
+        expect(reasonOf(await waiter)).toBe("granted");
+      });
+
+      test("a waiter whose wait ends before the freeze does is told timeout", async () => {
+        await calendar(window());
+        const waiter = start(LOCK, holder("impatient"), 60, new AbortController().signal);
+        await inLine(1);
+        await clock.advance(60_000);
+        expect(reasonOf(await waiter)).toBe("timeout");
+      });
+
+      test("each boundary is recorded once, on each lock the window names, also across a restart", async () => {
+        await calendar(window(undefined, undefined, ["prod", "staging"]));
+        expect(await boundaries()).toEqual(["frozen prod 08:00", "frozen staging 08:00"]);
+        await clock.advance(THAW - T0 + 1);
+        await calendarSettled();
+        expect(await boundaries()).toEqual([
+          "frozen prod 08:00",
+          "frozen staging 08:00",
+          "thawed prod 09:10",
+          "thawed staging 09:10",
+        ]);
+        if (storeName === "memory") return; // memory keeps nothing across a restart
+        stopCalendar();
+        await closeEngine();
+        await openEngine(store, clock);
+        await calendar(window(undefined, undefined, ["prod", "staging"]));
+        expect(await boundaries()).toHaveLength(4);
+      });
+
+      test("a boundary missed while the daemon was down is recorded when it is back", async () => {
+        if (storeName === "memory") return; // memory keeps nothing across a restart
+        await calendar(window());
+        expect(await boundaries()).toEqual(["frozen default 08:00"]);
+        stopCalendar();
+        await closeEngine();
+        clock.jump(THAW - T0 + 60_000);
+        await openEngine(store, clock);
+        await calendar(window());
+        expect(await boundaries()).toEqual(["frozen default 08:00", "thawed default 09:10"]);
+      });
+
+      test("a window seen for the first time after it ended writes no history", async () => {
+        await calendar(window("2026-11-27 07:00", "2026-11-27 08:00"));
+        expect(await boundaries()).toEqual([]);
+        expect(reasonOf(await startNow("sion"))).toBe("granted");
+      });
+
+      test("a window on every lock records its boundaries on the root", async () => {
+        await calendar(
+          parseWindow({ reason: "holidays", from: "2026-11-27 08:00", until: "2026-11-27 09:10" }) as Window,
+        );
+        expect(await boundaries()).toEqual(["frozen  08:00"]);
+        expect(reasonOf(await on("prod/eu", "sion"))).toBe("frozen");
       });
     });
   });

@@ -6,6 +6,7 @@ import type { Outcome, Reason, Refusal } from "../release.ts";
 export const HTTP_STATUS: Record<Reason, number> = {
   running: 200,
   blocked: 200,
+  frozen: 200,
   queued: 200,
   "not-running": 200,
   "not-blocked": 200,

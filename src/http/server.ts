@@ -7,6 +7,7 @@ import type { Server } from "bun";
 import { type Action, forbidden, identify, reaches, type Token } from "../access.ts";
 import { type Config, MAX_TTL_SECONDS } from "../config.ts";
 import { backup, change, engine, health, history, isKnown, onCommit, refresh, start } from "../engine.ts";
+import { boundaryRecorded, describeSchedule, freezeWindows, upcoming } from "../freezes.ts";
 import type { Log } from "../log.ts";
 import { countStart, renderMetrics } from "../metrics.ts";
 import { LOCK_NAME_RULE, validLockName } from "../names.ts";
@@ -152,8 +153,14 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
       (p, { req, server, lock, token }) => {
         const ttlSeconds = whole(p, "ttl", 1, MAX_TTL_SECONDS) ?? cfg.ttlSeconds;
         const wait = whole(p, "wait", 0, cfg.maxWaitSeconds) ?? 0;
+        const override = p.has("override") ? textParam(p, "override") : undefined;
+        if (override === "")
+          throw new Invalid("override is empty: say why this release may start during a freeze, e.g. override=hotfix");
+        // Overriding a freeze is its own right: asking for it without the right is refused, frozen or not.
+        const notAllowed = override !== undefined && token ? forbidden(token, "override", lock) : null;
+        if (notAllowed) return refuse("forbidden", notAllowed);
         if (wait > 0) server.timeout(req, 0); // a waiter may sit quietly for up to RS_MAX_WAIT
-        return start(lock, { ...holder(p, token), ttlSeconds }, wait, req.signal);
+        return start(lock, { ...holder(p, token), ttlSeconds, override }, wait, req.signal);
       },
       (o, lock) =>
         o.ok && o.next.release
@@ -290,6 +297,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
       handle: (req) => readable(req, () => whenKnown(DEFAULT_LOCK, metrics, false)),
     },
     "/backup": { methods: READ_METHODS, handle: (req) => copyOfDatabase(req) },
+    "/freezes": { methods: READ_METHODS, handle: (req) => readable(req, listFreezes) },
   };
 
   // /locks/NAME/ACTION, or /locks/NAME/ for the page of one lock.
@@ -335,6 +343,35 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
   function listLocks(req: Request): Response | Promise<Response> {
     const asJson = wantsJson(req.url, req);
     return whenKnown(ROOT, () => (asJson ? json(lockNames().map((l) => statusJson(l))) : text(locksText())), asJson);
+  }
+
+  // Every window of the freeze calendar, with its next three occurrences in UTC and on its own clock.
+  function listFreezes(req: Request): Response {
+    const now = Date.now();
+    const list = upcoming(freezeWindows(), now, 3).map(({ window: w, occurrences }) => ({
+      reason: w.reason,
+      locks: w.locks ?? "*",
+      timezone: w.timezone,
+      schedule: describeSchedule(w),
+      inForce: occurrences.some((o) => o.from <= now),
+      recorded: boundaryRecorded(w, now), // its latest start or end is in the history
+      next: occurrences.map((o) => ({
+        from: iso(o.from),
+        until: iso(o.until),
+        fromLocal: o.fromLocal,
+        untilLocal: o.untilLocal,
+      })),
+    }));
+    if (wantsJson(req.url, req)) return json({ freezes: list });
+    if (list.length === 0) return text("no freeze windows: the calendar is empty (see [[freeze]] in the README)\n");
+    return text(
+      list
+        .map(
+          (f) =>
+            `${f.reason} (${typeof f.locks === "string" ? "every lock" : f.locks.join(", ")}): ${f.schedule}${f.inForce ? ", in force now" : ""}\n${f.next.map((o) => `  ${o.fromLocal} - ${o.untilLocal}  (UTC ${o.from} - ${o.until})\n`).join("")}`,
+        )
+        .join(""),
+    );
   }
 
   function healthz(): Response {

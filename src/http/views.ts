@@ -1,6 +1,8 @@
 // What a lock looks like to a reader: /status and /locks as JSON and text,
 // events as JSON, and the live event streams of /events.
+import { describeLocalTime } from "../calendar.ts";
 import { health, locks, state, storeDescription, waiting } from "../engine.ts";
+import { calendarOf, freezeJson, freezeWindows, frozenAt } from "../freezes.ts";
 import { estimate } from "../metrics.ts";
 import {
   blockOn,
@@ -57,10 +59,18 @@ export function statusJson(lock: string = DEFAULT_LOCK) {
     })),
     lastReleaseId: s.lastId,
     estimate: estimate(release),
+    ...freezesOf(lock),
     tokenRequired: tokenRequired(),
     healthy: h.ok,
     store: storeDescription(),
   };
+}
+
+// The calendar, for a lock: the freeze in force and the next one (absent without windows).
+function freezesOf(lock: string) {
+  if (freezeWindows().length === 0) return { freeze: null, nextFreeze: null };
+  const { now, next } = calendarOf(lock, Date.now());
+  return { freeze: now && freezeJson(now), nextFreeze: next && freezeJson(next) };
 }
 
 export function statusText(lock: string = DEFAULT_LOCK): string {
@@ -78,6 +88,13 @@ export function statusText(lock: string = DEFAULT_LOCK): string {
   ];
   const blocked = blockOn(s);
   if (blocked) lines.push(`blocked: ${describeBlock(blocked.block, blocked.lock)}`);
+  const frozen = frozenAt(lock, now);
+  if (frozen) lines.push(`frozen: ${frozen.message}`);
+  const { next } = calendarOf(lock, now);
+  if (next)
+    lines.push(
+      `next freeze: ${next.reason}, from ${describeLocalTime(next.from, next.window.timezone, now)} until ${describeLocalTime(next.until, next.window.timezone, now)}`,
+    );
   const line = waiting(lock);
   if (line.length)
     lines.push(
@@ -90,6 +107,7 @@ export function statusText(lock: string = DEFAULT_LOCK): string {
 export function lockNames(): string[] {
   const names = new Set(locks().filter((l) => l !== ROOT));
   for (const w of waiting()) names.add(w.lock);
+  for (const w of freezeWindows()) for (const lock of w.locks ?? []) names.add(lock); // a frozen lock shows before it is used
   return [...names].sort();
 }
 

@@ -7,6 +7,7 @@ import {
   decideInLine,
   type Entry,
   LocalWaitLine,
+  markKey,
   queueEvent,
   type Store,
   type Stored,
@@ -21,6 +22,7 @@ export function openMemoryStore(historyLimit: number, clock: () => number = Date
     // Trimmed in batches: dropping one event at a time from the front would copy the whole array on every change.
     if (events.length > historyLimit + 1024) events.splice(0, events.length - historyLimit);
   };
+  const marks = new Set<string>();
   const snapshot = (): Stored => ({ lastId: stored.lastId, entries: new Map(stored.entries) });
 
   return {
@@ -42,6 +44,13 @@ export function openMemoryStore(historyLimit: number, clock: () => number = Date
       append([event]);
       return { lock, events: [event], before: null, after: null, entries: new Map() };
     },
+    mark: async (mark, added) => {
+      if (marks.has(markKey(mark))) return null;
+      marks.add(markKey(mark));
+      append(added);
+      return { lock: mark.lock, events: added, before: null, after: null, entries: new Map() };
+    },
+    marked: async (window) => [...marks].some((m) => m.startsWith(`${window} `)),
     waiting: () => line.list(),
     history: async (limit, lock) =>
       events

@@ -353,6 +353,28 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     peek,
     transact,
     leave,
+    mark: async (mark, events) => {
+      try {
+        return await inTransaction(async (tx) => {
+          const [added] = await tx`
+            INSERT INTO releasestatus_freeze_marks (window_key, lock, kind, at)
+            VALUES (${mark.window}, ${mark.lock}, ${mark.kind}, ${mark.at})
+            ON CONFLICT DO NOTHING RETURNING 1 AS added`;
+          if (!added) return null; // another replica, or an earlier run, recorded it
+          await record(tx, mark.lock, events);
+          return { lock: mark.lock, events, before: null, after: null, entries: new Map() };
+        });
+      } catch (e) {
+        if (e instanceof StorageError) return null;
+        throw e;
+      }
+    },
+    marked: async (window) => {
+      const rows = await inTransaction(
+        (tx) => tx`SELECT 1 FROM releasestatus_freeze_marks WHERE window_key = ${window} LIMIT 1`,
+      );
+      return (rows as unknown[]).length > 0;
+    },
     waiting: () => line,
     history: async (limit, lock) => {
       const rows = await inTransaction((tx) =>
@@ -415,6 +437,10 @@ const MIGRATIONS = [
    CREATE OR REPLACE VIEW releasestatus_live_waiters AS SELECT * FROM releasestatus_waiters
      WHERE NOT done AND (heartbeat_at > clock_timestamp() - interval '5 seconds'
         OR pg_postmaster_start_time() > clock_timestamp() - interval '5 seconds');`,
+  // The freeze calendar: each boundary of a window on a lock, once recorded (frozen, thawed), by any replica.
+  `CREATE TABLE releasestatus_freeze_marks (
+     window_key text NOT NULL, lock text NOT NULL, kind text NOT NULL, at bigint NOT NULL,
+     PRIMARY KEY (window_key, lock, kind, at));`,
 ];
 const SCHEMA_VERSION = MIGRATIONS.length;
 

@@ -53,6 +53,11 @@ const MIGRATIONS = [
   `ALTER TABLE lock ADD COLUMN release_by TEXT;
    ALTER TABLE lock ADD COLUMN block_by TEXT;
    ALTER TABLE events ADD COLUMN made_by TEXT;`,
+  // The freeze calendar: each boundary of a window on a lock, once recorded (frozen, thawed).
+  `CREATE TABLE freeze_marks (
+     window_key TEXT NOT NULL, lock TEXT NOT NULL, kind TEXT NOT NULL, at INTEGER NOT NULL,
+     PRIMARY KEY (window_key, lock, kind, at)
+   ) WITHOUT ROWID;`,
 ];
 export const SCHEMA_VERSION = MIGRATIONS.length;
 
@@ -110,6 +115,8 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
        WHERE lock = ?1 OR ?1 = '' OR substr(lock, 1, length(?1) + 1) = ?1 || '/' ORDER BY seq DESC LIMIT ?2`,
     ),
     probe: db.query(HARMLESS_WRITE),
+    mark: db.query("INSERT OR IGNORE INTO freeze_marks (window_key, lock, kind, at) VALUES (?, ?, ?, ?)"),
+    marked: db.query<{ found: number }, [string]>("SELECT 1 AS found FROM freeze_marks WHERE window_key = ? LIMIT 1"),
   };
   const line = new LocalWaitLine();
   const health = { writable: true, problem: null as string | null, gone: false };
@@ -190,6 +197,15 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
       write("NORMAL", () => append([event]));
       return { lock, events: [event], before: null, after: null, entries: new Map() };
     },
+    mark: async (mark, events) => {
+      const added = write("FULL", () => {
+        if (q.mark.run(mark.window, mark.lock, mark.kind, mark.at).changes === 0) return false;
+        append(events);
+        return true;
+      });
+      return added ? { lock: mark.lock, events, before: null, after: null, entries: new Map() } : null;
+    },
+    marked: async (window) => q.marked.get(window) !== null,
     waiting: () => line.list(),
     history: async (limit, lock) =>
       (lock === undefined ? q.history.all(limit) : q.lockHistory.all(lock, limit)).map(toEvent),

@@ -87,6 +87,14 @@ export interface Store {
   transact(lock: string, decide: Decide, options?: TransactOptions): Promise<Decision>;
   /** Leaves the wait line, recording why; null when the waiter already left. Needs no synchronous write. */
   leave(lock: string, waiter: number, why: string): Promise<Committed | null>;
+  /**
+   * Records a calendar boundary (a freeze beginning or ending on a lock) once: the mark and its events
+   * commit together, and only if no one (no replica, no earlier run) marked it before. Null when it
+   * was already marked, or could not be written (it is tried again on the next tick).
+   */
+  mark(mark: Mark, events: Event[]): Promise<Committed | null>;
+  /** Whether any boundary of this window was ever marked: a window never seen before starts quietly. */
+  marked(window: string): Promise<boolean>;
   /** Everyone waiting, in order (another replica's waiters too). */
   waiting(): Queued[];
   /** Newest first; with `lock`, the events of that lock and the locks under it. Throws StorageError when unreadable. */
@@ -97,6 +105,10 @@ export interface Store {
   backup(): Uint8Array | null;
   close(): Promise<void>;
 }
+
+/** A boundary of a freeze window on a lock: the window's key, and which boundary, when. */
+export type Mark = { window: string; lock: string; kind: "frozen" | "thawed"; at: number };
+export const markKey = (m: Mark) => `${m.window} ${m.lock} ${m.kind} ${m.at}`;
 
 /** Start-up problems with the database: the daemon says so and exits 2. */
 export class StoreOpenError extends Error {}

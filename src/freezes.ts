@@ -1,0 +1,186 @@
+// The freeze calendar at work: which locks are frozen now (for starts, status,
+// metrics and the page), and the keeper that records each window's beginning
+// and end in the history (`frozen`, `thawed`) exactly once, whatever replicas
+// and restarts, catching up on a boundary it missed while the daemon was down.
+// The schedule itself is src/calendar.ts (pure); this module reads the clock.
+import {
+  describeFreeze,
+  describeLocalTime,
+  type Freeze,
+  freezeOn,
+  nextFreeze,
+  nextOccurrences,
+  type Occurrence,
+  occurrenceAt,
+  type Window,
+} from "./calendar.ts";
+import { type Clock, health, recordBoundary, useCalendar, windowKnown } from "./engine.ts";
+import { type Event, type Frozen, iso, ROOT } from "./release.ts";
+import { markKey } from "./store/store.ts";
+
+const DAY = 86_400_000;
+const TICK_MS = 60_000; // at the latest: catches reloads, clock jumps and a database that was away
+
+/** The calendar in force: the configuration's windows (replaced on reload). */
+let windows: Window[] = [];
+let clock: Clock | null = null;
+let cancelTick = () => {};
+const recorded = new Set<string>(); // marks known to be in the store: not written again each tick
+
+/** A window's identity in the store: the same definition is the same window across restarts and replicas. */
+export const windowKey = (w: Window): string =>
+  Bun.SHA256.hash(JSON.stringify([w.reason, w.locks, w.timezone, w.rule]), "hex") as string;
+
+/** The freeze in force on `lock` at `now`, as a start sees it. */
+export function frozenAt(lock: string, now: number): Frozen | null {
+  const f = freezeOn(windows, lock, now);
+  return f && { reason: f.reason, until: f.until, message: describeFreeze(lock, f, now) };
+}
+
+/** What /status, /freezes, the page and the metrics show of the calendar for a lock. */
+export function calendarOf(lock: string, now: number): { now: Freeze | null; next: Freeze | null } {
+  return { now: freezeOn(windows, lock, now), next: nextFreeze(windows, lock, now) };
+}
+
+export const freezeWindows = (): Window[] => windows;
+
+/** A freeze (in force or coming) as JSON: times in UTC and on the window's own clock. */
+export const freezeJson = (f: Freeze) => ({
+  reason: f.reason,
+  from: iso(f.from),
+  until: iso(f.until),
+  fromLocal: describeLocalTime(f.from, f.window.timezone),
+  untilLocal: describeLocalTime(f.until, f.window.timezone),
+  timezone: f.window.timezone,
+});
+
+/** A window's schedule in the file's own words: `every Fri 16:00 - Mon 08:00`, `from … until …`, `cron … to …`. */
+export function describeSchedule(w: Window): string {
+  const r = w.rule;
+  const at = (m: number) => `${String(Math.floor(m / 60)).padStart(2, "0")}:${String(m % 60).padStart(2, "0")}`;
+  const DAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+  if (r.kind === "weekly")
+    return `every ${DAYS[r.start.day]} ${at(r.start.minute)} - ${DAYS[r.end.day]} ${at(r.end.minute)} (${w.timezone})`;
+  if (r.kind === "once")
+    return `from ${describeLocalTime(r.from, w.timezone)} until ${describeLocalTime(r.until, w.timezone)}`;
+  return `from each "${r.start.text}" to the next "${r.end.text}" (cron, ${w.timezone})`;
+}
+
+/** Every window with its next occurrences, in UTC and on its own clock: for /freezes and check-config. */
+export function upcoming(list: readonly Window[], now: number, count: number) {
+  return list.map((w) => ({
+    window: w,
+    occurrences: nextOccurrences(w, now, count).map((o) => ({
+      ...o,
+      fromLocal: describeLocalTime(o.from, w.timezone),
+      untilLocal: describeLocalTime(o.until, w.timezone),
+    })),
+  }));
+}
+
+/** Starts the calendar: starts ask it, and boundaries are recorded from now on. */
+export function keepCalendar(list: Window[], c: Clock): void {
+  windows = list;
+  clock = c;
+  useCalendar(frozenAt);
+  void tick();
+}
+
+/** A reload: the new windows apply to the next start at once, and their boundaries are looked at now. */
+export function replaceCalendar(list: Window[]): void {
+  windows = list;
+  if (clock) void tick();
+}
+
+export function stopCalendar(): void {
+  cancelTick();
+  clock = null;
+  windows = [];
+  recorded.clear();
+}
+
+// The latest boundary of a window at or before `now`: the start of the occurrence in force, else the
+// end of the last one that ended.
+function latestBoundary(w: Window, now: number): { kind: "frozen" | "thawed"; at: number; o: Occurrence } | null {
+  const inForce = occurrenceAt(w, now);
+  if (inForce) return { kind: "frozen", at: inForce.from, o: inForce };
+  for (const back of [8 * DAY, 40 * DAY, 400 * DAY]) {
+    const ended = nextOccurrences(w, now - back, 64).filter((o) => o.until <= now);
+    const last = ended[ended.length - 1];
+    if (last) return { kind: "thawed", at: last.until, o: last };
+  }
+  return null;
+}
+
+/** Whether this daemon has seen the window's latest boundary recorded in the store (by it, or by another replica). */
+export function boundaryRecorded(w: Window, now: number): boolean {
+  const b = latestBoundary(w, now);
+  if (!b) return true;
+  const key = windowKey(w);
+  return (w.locks ?? [ROOT]).every((lock) => recorded.has(markKey({ window: key, lock, kind: b.kind, at: b.at })));
+}
+
+// When the next boundary of any window comes: the keeper looks again then.
+function nextBoundary(now: number): number {
+  let next = now + TICK_MS;
+  for (const w of windows) {
+    const inForce = occurrenceAt(w, now);
+    const o = inForce ? null : nextOccurrences(w, now, 2).find((x) => x.from > now);
+    const at = inForce ? inForce.until : o?.from;
+    if (at !== undefined && at < next) next = at;
+  }
+  return next;
+}
+
+let ticking: Promise<void> | null = null;
+let again = false; // asked to look while looking: look once more after
+
+/** Resolves once the keeper has recorded what was due when it was last asked to look. */
+export const calendarSettled = async (): Promise<void> => {
+  while (ticking) await ticking;
+};
+
+function tick(): Promise<void> {
+  if (ticking) {
+    again = true;
+    return ticking;
+  }
+  ticking = look().finally(() => {
+    ticking = null;
+    if (again) {
+      again = false;
+      void tick();
+    }
+  });
+  return ticking;
+}
+
+async function look(): Promise<void> {
+  const c = clock;
+  if (!c) return;
+  cancelTick();
+  try {
+    const now = c.now();
+    for (const w of windows) await recordLatest(w, now);
+  } catch {} // a store that is away: the next look tries again
+  if (clock !== c) return;
+  const now = c.now();
+  cancelTick = c.after(Math.max(nextBoundary(now) - now, 0) + 1, () => tick());
+}
+
+// Records the window's latest boundary on each lock it names (the root when it names none), once. A window
+// never seen before starts quietly: its past end is marked without an event, so adding a window to the
+// file does not write history for a time it was not configured; if it is in force, its start is recorded.
+async function recordLatest(w: Window, now: number): Promise<void> {
+  const b = latestBoundary(w, now);
+  if (!b) return;
+  const key = windowKey(w);
+  const quiet = b.kind === "thawed" && !(await windowKnown(key));
+  for (const lock of w.locks ?? [ROOT]) {
+    const mark = { window: key, lock, kind: b.kind, at: b.at };
+    if (recorded.has(markKey(mark))) continue;
+    const event: Event = { lock, at: b.at, kind: b.kind, releaseId: null, name: "", reason: w.reason };
+    // Written now, or found written by another replica or an earlier run; a failed write is tried again.
+    if ((await recordBoundary(mark, quiet ? [] : [event])) || health().ok) recorded.add(markKey(mark));
+  }
+}

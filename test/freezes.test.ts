@@ -1,0 +1,162 @@
+// The freeze calendar, against the binary: a window refuses starts with
+// `frozen`, an override goes through and is recorded, boundaries are recorded
+// once across restarts (and, on PostgreSQL, across replicas), and a reload
+// takes effect at once. The schedule itself is specified in calendar.test.ts,
+// the engine's part (waiters, missed boundaries) in engine.test.ts.
+import { describe, expect, test } from "bun:test";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { type Daemon, daemonsPerTest, tempDir, until } from "./daemon.ts";
+
+const startDaemon = daemonsPerTest();
+const sha = (token: string) => new Bun.CryptoHasher("sha256").update(token).digest("hex");
+const as = (token: string) => ({ headers: { Authorization: `Bearer ${token}` } });
+const HOUR = 3_600_000;
+
+// A one-off window in UTC around the real time, as the file writes it: "2026-11-28 09:00".
+const minute = (t: number) => new Date(t).toISOString().slice(0, 16).replace("T", " ");
+const inForce = (reason: string, locks: string[] | null) =>
+  `[[freeze]]\nreason = "${reason}"\n${locks ? `locks = ${JSON.stringify(locks)}\n` : ""}from = "${minute(Date.now() - HOUR)}"\nuntil = "${minute(Date.now() + 2 * HOUR)}"\n`;
+
+// Each daemon on a store of its own: an SQLite file, or a new database when RS_TEST_DB names a PostgreSQL server.
+let databases = 0;
+async function freshDb(): Promise<string> {
+  const server = process.env.RS_TEST_DB;
+  if (!server) return join(tempDir(), "state.db");
+  const name = `freezes_${process.pid}_${++databases}`;
+  const admin = new Bun.SQL(server);
+  await admin.unsafe(`CREATE DATABASE ${name}`);
+  await admin.close();
+  const url = new URL(server);
+  url.pathname = `/${name}`;
+  return url.toString();
+}
+
+function configFile(text: string): string {
+  const path = join(tempDir(), "releasestatus.toml");
+  writeFileSync(path, text);
+  return path;
+}
+
+const boundaries = async (d: Daemon) =>
+  ((await (await d.get("/history?format=json")).json()).events as { kind: string; lock: string }[])
+    .filter((e) => e.kind === "frozen" || e.kind === "thawed")
+    .map((e) => `${e.kind} ${e.lock}`);
+
+describe("a freeze refuses starts on the locks it covers", () => {
+  test("0 with reason frozen and HTTP 200, saying until when and why; other locks are open", async () => {
+    const d = await startDaemon({ RS_DB: await freshDb(), RS_CONFIG: configFile(inForce("test freeze", ["prod"])) });
+    for (const path of ["/locks/prod/start", "/locks/prod/eu/start"]) {
+      const res = await d.get(path);
+      expect({ path, status: res.status, body: await res.text() }).toEqual({ path, status: 200, body: "0\n" });
+      expect(res.headers.get("x-reason-code")).toBe("frozen");
+      expect(res.headers.get("x-reason")).toMatch(/^releasing on prod(\/eu)? is frozen until .* UTC \(test freeze\)$/);
+    }
+    expect(await d.body("/locks/staging/start")).toBe("1\n");
+    expect(await d.body("/start")).toBe("1\n");
+    const status = await (await d.get("/locks/prod/status?format=json")).json();
+    expect(status.freeze).toMatchObject({ reason: "test freeze", timezone: "UTC" });
+    expect(await d.body("/locks/prod/status")).toContain("frozen: releasing on prod is frozen until");
+    const metrics = await d.body("/metrics");
+    expect(metrics).toContain('releasestatus_frozen{lock="prod"} 1');
+    expect(metrics).toContain('releasestatus_frozen{lock="staging"} 0');
+  });
+
+  test("a waiter keeps waiting through the freeze, within its wait=", async () => {
+    const d = await startDaemon({ RS_DB: await freshDb(), RS_CONFIG: configFile(inForce("test freeze", ["prod"])) });
+    const waiter = d.get("/locks/prod/start?name=patient&wait=1");
+    await until(
+      async () => (await (await d.get("/locks/prod/status?format=json")).json()).queue.length === 1,
+      "the waiter in line",
+    );
+    const res = await waiter;
+    expect(await res.text()).toBe("0\n");
+    expect(res.headers.get("x-reason-code")).toBe("timeout");
+    expect(res.headers.get("x-reason")).toContain("is frozen until");
+  });
+
+  test("/freezes lists each window with its next occurrences, in UTC and on its own clock", async () => {
+    const file = configFile(
+      `${inForce("test freeze", ["prod"])}\n[[freeze]]\nreason = "weekend"\nevery = "Fri 16:00 - Mon 08:00"\ntimezone = "Europe/Budapest"\n`,
+    );
+    const d = await startDaemon({ RS_DB: await freshDb(), RS_CONFIG: file });
+    const { freezes } = await (await d.get("/freezes?format=json")).json();
+    expect(freezes.map((f: { reason: string; inForce: boolean }) => [f.reason, f.inForce])).toEqual([
+      ["test freeze", true],
+      ["weekend", expect.any(Boolean)],
+    ]);
+    expect(freezes[1].next).toHaveLength(3);
+    expect(freezes[1].next[0].fromLocal).toMatch(/^Fri \d{4}-\d\d-\d\d 16:00 CET$/);
+    expect(await d.body("/freezes")).toContain("weekend (every lock): every Fri 16:00 - Mon 08:00 (Europe/Budapest)");
+  });
+});
+
+describe("an override starts during a freeze, and is recorded with why and who", () => {
+  test("without tokens anyone may override; an empty override is invalid", async () => {
+    const d = await startDaemon({ RS_DB: await freshDb(), RS_CONFIG: configFile(inForce("test freeze", ["prod"])) });
+    expect((await d.get("/locks/prod/start?override=")).status).toBe(400);
+    expect(await d.body("/locks/prod/start?name=ops&override=hotfix")).toBe("1\n");
+    const [started, overridden] = (await (await d.get("/locks/prod/history?format=json")).json()).events;
+    expect(started).toMatchObject({ kind: "started", name: "ops" });
+    expect(overridden).toMatchObject({ kind: "overridden", name: "ops", releaseId: started.releaseId });
+    expect(overridden.reason).toStartWith("hotfix (over: releasing on prod is frozen until");
+  });
+
+  test("with tokens, only a token with the override right may; it is recorded as by", async () => {
+    const OPS = "ops-token-0123456789";
+    const ANA = "ana-token-0123456789";
+    const tokens = [
+      `[[token]]\nwho = "ana"\ncan = ["release"]\nlocks = ["prod"]\nsha256 = "${sha(ANA)}"\n`,
+      `[[token]]\nwho = "ops"\ncan = ["release", "override"]\nlocks = ["prod"]\nsha256 = "${sha(OPS)}"\n`,
+    ].join("\n");
+    const d = await startDaemon({
+      RS_DB: await freshDb(),
+      RS_CONFIG: configFile(`${inForce("test freeze", ["prod"])}\n${tokens}`),
+    });
+    const refused = await d.get("/locks/prod/start?override=hotfix", as(ANA));
+    expect(refused.status).toBe(403);
+    expect(refused.headers.get("x-reason")).toStartWith("ana may not override the freeze on prod");
+    expect(await d.body("/locks/prod/start", as(ANA))).toBe("0\n"); // frozen
+    expect(await d.body("/locks/prod/start?override=hotfix", as(OPS))).toBe("1\n");
+    const [, overridden] = (await (await d.get("/history?format=json")).json()).events;
+    expect(overridden).toMatchObject({ kind: "overridden", name: "ops", by: "ops" });
+  });
+});
+
+describe("a window's boundaries are recorded once each", () => {
+  test("one frozen event per lock the window names, and no second one after a restart", async () => {
+    const db = await freshDb();
+    const file = configFile(inForce("test freeze", ["prod", "staging"]));
+    const d = await startDaemon({ RS_DB: db, RS_CONFIG: file });
+    await until(async () => (await boundaries(d)).length === 2, "two frozen events");
+    expect((await boundaries(d)).sort()).toEqual(["frozen prod", "frozen staging"]);
+    expect(await d.stop()).toBe(0);
+    const again = await startDaemon({ RS_DB: db, RS_CONFIG: file });
+    expect(await again.body("/locks/prod/start")).toBe("0\n"); // the calendar is in force
+    expect((await boundaries(again)).sort()).toEqual(["frozen prod", "frozen staging"]);
+  });
+
+  test("a reload that adds a window takes effect at once, and records its start", async () => {
+    const file = configFile("");
+    const d = await startDaemon({ RS_DB: await freshDb(), RS_CONFIG: file });
+    expect(await d.body("/locks/prod/start?name=before")).toBe("1\n");
+    expect(await d.body("/locks/prod/stop")).toBe("1\n");
+    writeFileSync(file, inForce("added", ["prod"]));
+    d.proc.kill("SIGHUP");
+    await until(async () => d.output().includes("configuration reloaded"), "the reload");
+    expect(d.output()).toContain("freeze windows: 0 → 1 (added)");
+    expect(await d.body("/locks/prod/start")).toBe("0\n");
+    await until(async () => (await boundaries(d)).includes("frozen prod"), "the frozen event");
+  });
+
+  test.skipIf(!process.env.RS_TEST_DB)("three PostgreSQL replicas record each boundary once", async () => {
+    const db = await freshDb();
+    const file = configFile(inForce("test freeze", ["prod", "staging"]));
+    const replicas = await Promise.all([1, 2, 3].map(() => startDaemon({ RS_DB: db, RS_CONFIG: file })));
+    // Each replica has looked at the calendar and found the boundary recorded, by itself or another.
+    for (const r of replicas)
+      await until(async () => (await (await r.get("/freezes?format=json")).json()).freezes[0].recorded, "recorded");
+    for (const r of replicas) expect((await boundaries(r)).sort()).toEqual(["frozen prod", "frozen staging"]);
+    for (const r of replicas) expect(await r.body("/locks/prod/start")).toBe("0\n");
+  });
+});
