@@ -382,3 +382,37 @@ describe("the page with named tokens", () => {
     await page.locator("#history li", { hasText: "release #1 on prod stopped by ana" }).waitFor();
   });
 });
+
+describe("the page and the freeze calendar", () => {
+  const minute = (t: number) => new Date(t).toISOString().slice(0, 16).replace("T", " ");
+  const calendar = (from: number, until: number) => {
+    const file = join(tempDir(), "releasestatus.toml");
+    writeFileSync(
+      file,
+      `[[freeze]]\nreason = "weekend"\nlocks = ["prod"]\nfrom = "${minute(from)}"\nuntil = "${minute(until)}"\n`,
+    );
+    return { RS_CONFIG: file };
+  };
+  const HOUR = 3_600_000;
+
+  test("shows a banner while a freeze is in force, and no start button", async () => {
+    const { page } = await open(calendar(Date.now() - HOUR, Date.now() + 2 * HOUR), undefined, "/locks/prod/");
+    await page.locator("#freeze-banner", { hasText: "Releasing on prod is frozen until" }).waitFor();
+    expect(await page.locator("#freeze-banner").textContent()).toContain("(weekend). A start needs an override.");
+    expect(await page.locator("#start").isHidden()).toBe(true);
+    await shot(page, "frozen");
+  });
+
+  test("says when a freeze begins within a day", async () => {
+    const { page } = await open(calendar(Date.now() + 2 * HOUR, Date.now() + 5 * HOUR), undefined, "/locks/prod/");
+    await page.locator("#freeze-soon", { hasText: /Freeze begins in (1\.9|2\.0) h \(weekend\)/ }).waitFor();
+    expect(await page.locator("#freeze-banner").isHidden()).toBe(true);
+    expect(await page.locator("#start").isVisible()).toBe(true);
+  });
+
+  test("the board shows a frozen lock's tile before the lock is used", async () => {
+    const { page } = await open(calendar(Date.now() - HOUR, Date.now() + 2 * HOUR), undefined, "/");
+    await page.locator(".tile", { hasText: "Frozen until" }).waitFor();
+    expect(await page.locator(".tile .name").allTextContents()).toEqual(["prod"]);
+  });
+});
