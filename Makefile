@@ -60,7 +60,7 @@ container-run:
 # LICENSE, and SHA256SUMS over the archives. Reproducible: the files are staged in build/dist with
 # fixed modes and times (SOURCE_DATE_EPOCH, else the last commit's), tar sorts names and drops
 # owners, gzip -n drops the name and time, zip -X drops extra attributes. Needs zip (apt).
-VERSION := $(shell node -p 'require("./package.json").version')
+VERSION = $(shell node -p 'require("./package.json").version')
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 DIST_TARGETS := linux-x64 linux-arm64 darwin-x64 darwin-arm64 windows-x64
 dist: $(SOURCES) $(BUN) README.md LICENSE
