@@ -55,16 +55,32 @@ PUBLISH ?= 127.0.0.1
 container-run:
 	exec docker run --rm -p $(PUBLISH):$(PORT):$(PORT) -e RS_PORT=$(PORT) -v $(TAG)-data:/data $(TAG)
 
-# Release binaries for every platform, with checksums.
+# Release archives for every platform, as release tools publish them: a .tar.gz (a .zip for
+# Windows) holding one folder releasestatus-VERSION-PLATFORM/ with the binary, README.md and
+# LICENSE, and SHA256SUMS over the archives. Reproducible: the files are staged in build/dist with
+# fixed modes and times (SOURCE_DATE_EPOCH, else the last commit's), tar sorts names and drops
+# owners, gzip -n drops the name and time, zip -X drops extra attributes. Needs zip (apt).
+VERSION = $(shell node -p 'require("./package.json").version')
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 DIST_TARGETS := linux-x64 linux-arm64 darwin-x64 darwin-arm64 windows-x64
-dist: $(SOURCES) $(BUN)
-	rm -rf dist && mkdir -p dist
+dist: $(SOURCES) $(BUN) README.md LICENSE
+	rm -rf dist build/dist && mkdir -p dist build/dist
 	for t in $(DIST_TARGETS); do \
-	  $(BUN) build $(BUILD_FLAGS) --target=bun-$$t --outfile dist/releasestatus-$$t index.ts || exit 1; \
+	  d=releasestatus-$(VERSION)-$$t; exe=releasestatus; \
+	  case $$t in windows-*) exe=releasestatus.exe;; esac; \
+	  mkdir -p build/dist/$$d && cp README.md LICENSE build/dist/$$d/ || exit 1; \
+	  $(BUN) build $(BUILD_FLAGS) --target=bun-$$t --outfile build/dist/$$d/$$exe index.ts || exit 1; \
+	  chmod 755 build/dist/$$d build/dist/$$d/$$exe && chmod 644 build/dist/$$d/README.md build/dist/$$d/LICENSE && \
+	  touch -h -d @$(SOURCE_DATE_EPOCH) build/dist/$$d/* build/dist/$$d || exit 1; \
+	  case $$t in \
+	    windows-*) (cd build/dist && TZ=UTC zip -q -X -9 ../../dist/$$d.zip $$d/ $$d/LICENSE $$d/README.md $$d/$$exe) ;; \
+	    *) tar -C build/dist --sort=name --mtime=@$(SOURCE_DATE_EPOCH) --owner=0 --group=0 --numeric-owner \
+	         -cf dist/$$d.tar $$d && gzip -9 -n dist/$$d.tar ;; \
+	  esac || exit 1; \
 	done
 	cd dist && sha256sum releasestatus-* > SHA256SUMS
 
-# Needs `file` to check each binary's format and architecture.
+# Needs `file` to check each binary's format and architecture, and unzip to look into the .zip.
 test-dist: dist releasestatus
 	$(TEST) ./test/dist.e2e.ts
 

@@ -1,41 +1,82 @@
-// `make dist`: a release binary per platform, each of the right format and
-// architecture, with checksums. Runs in `make test-dist` (needs `file`).
-import { describe, expect, test } from "bun:test";
-import { statSync } from "node:fs";
+// `make dist`: a release archive per platform (.tar.gz, .zip for Windows), each holding one folder with
+// the binary, README.md and LICENSE; the binary of the right format and architecture; SHA256SUMS over
+// the archives. Runs in `make test-dist` (needs `file` and `unzip`).
+import { afterAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
+import pkg from "../package.json" with { type: "json" };
 
-const DIST = join(import.meta.dir, "..", "dist");
-const EXPECTED: Record<string, RegExp> = {
-  "releasestatus-linux-x64": /ELF 64-bit LSB executable, x86-64/,
-  "releasestatus-linux-arm64": /ELF 64-bit LSB executable, ARM aarch64/,
-  "releasestatus-darwin-x64": /Mach-O 64-bit x86_64 executable/,
-  "releasestatus-darwin-arm64": /Mach-O 64-bit arm64 executable/,
-  "releasestatus-windows-x64.exe": /PE32\+ executable \(console\) x86-64, for MS Windows/,
+const ROOT = join(import.meta.dir, "..");
+const DIST = join(ROOT, "dist");
+const FORMATS: Record<string, RegExp> = {
+  "linux-x64": /ELF 64-bit LSB executable, x86-64/,
+  "linux-arm64": /ELF 64-bit LSB executable, ARM aarch64/,
+  "darwin-x64": /Mach-O 64-bit x86_64 executable/,
+  "darwin-arm64": /Mach-O 64-bit arm64 executable/,
+  "windows-x64": /PE32\+ executable \(console\) x86-64, for MS Windows/,
 };
-const sh = (cmd: string[]) => {
-  const r = Bun.spawnSync(cmd, { cwd: DIST, stdout: "pipe", stderr: "pipe" });
+const folder = (platform: string) => `releasestatus-${pkg.version}-${platform}`;
+const archive = (platform: string) => `${folder(platform)}.${platform.startsWith("windows") ? "zip" : "tar.gz"}`;
+const binary = (platform: string) => (platform.startsWith("windows") ? "releasestatus.exe" : "releasestatus");
+
+const sh = (cmd: string[], cwd = DIST) => {
+  const r = Bun.spawnSync(cmd, { cwd, stdout: "pipe", stderr: "pipe" });
   return { code: r.exitCode, out: r.stdout.toString(), err: r.stderr.toString() };
+};
+const lines = (text: string) => text.trim().split("\n").sort();
+
+const work = mkdtempSync(join(tmpdir(), "releasestatus-dist-"));
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+/** Unpacks one archive into a folder of its own under `work`; answers the folder it holds. */
+const unpack = (platform: string) => {
+  const into = join(work, platform);
+  const name = join(DIST, archive(platform));
+  const r = platform.startsWith("windows")
+    ? sh(["unzip", "-q", name, "-d", into])
+    : sh(["sh", "-c", 'mkdir -p "$1" && tar -xzf "$2" -C "$1"', "sh", into, name]);
+  expect(r.err).toBe("");
+  expect(r.code).toBe(0);
+  return join(into, folder(platform));
 };
 
 describe("make dist", () => {
-  for (const [name, format] of Object.entries(EXPECTED))
-    test(`${name} is an executable of the right format and architecture`, () => {
-      expect(sh(["file", "-b", name]).out).toMatch(format);
-      console.log(`${name}: ${(statSync(join(DIST, name)).size / 1e6).toFixed(1)} MB`);
-    });
-
-  test("the linux x64 binary runs", () => {
-    const version = sh(["./releasestatus-linux-x64", "--version"]);
-    expect(version.out).toMatch(/^releasestatus \d+\.\d+\.\d+\n$/);
-    expect(sh(["./releasestatus-linux-x64"]).err).toContain("RS_PORT is not set");
+  test("dist/ holds exactly the archives and SHA256SUMS", () => {
+    expect(readdirSync(DIST).sort()).toEqual([...Object.keys(FORMATS).map(archive), "SHA256SUMS"].sort());
   });
 
-  test("SHA256SUMS lists every binary and matches it", () => {
+  for (const [platform, format] of Object.entries(FORMATS))
+    test(`${archive(platform)} holds one folder with the binary, README.md and LICENSE`, () => {
+      const name = archive(platform);
+      const list = platform.startsWith("windows") ? sh(["unzip", "-Z1", name]) : sh(["tar", "-tzf", name]);
+      expect(list.code).toBe(0);
+      const top = `${folder(platform)}/`;
+      expect(lines(list.out)).toEqual([top, `${top}LICENSE`, `${top}README.md`, `${top}${binary(platform)}`].sort());
+
+      const unpacked = unpack(platform);
+      expect(sh(["file", "-b", binary(platform)], unpacked).out).toMatch(format);
+      for (const doc of ["README.md", "LICENSE"])
+        expect(readFileSync(join(unpacked, doc), "utf8")).toBe(readFileSync(join(ROOT, doc), "utf8"));
+      const size = (bytes: number) => `${(bytes / 1e6).toFixed(1)} MB`;
+      console.log(
+        `${name}: ${size(statSync(join(DIST, name)).size)} (binary ${size(statSync(join(unpacked, binary(platform))).size)})`,
+      );
+    });
+
+  test("the linux x64 binary from its archive runs", () => {
+    const unpacked = unpack("linux-x64");
+    const version = sh(["./releasestatus", "--version"], unpacked);
+    expect(version.out).toBe(`releasestatus ${pkg.version}\n`);
+    expect(sh(["./releasestatus"], unpacked).err).toContain("RS_PORT is not set");
+  });
+
+  test("SHA256SUMS lists every archive and matches it", () => {
     const sums = sh(["sha256sum", "-c", "SHA256SUMS"]);
     expect(sums.code).toBe(0);
-    expect(sums.out.trim().split("\n").sort()).toEqual(
-      Object.keys(EXPECTED)
-        .map((n) => `${n}: OK`)
+    expect(lines(sums.out)).toEqual(
+      Object.keys(FORMATS)
+        .map((p) => `${archive(p)}: OK`)
         .sort(),
     );
   });
