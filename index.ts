@@ -51,7 +51,7 @@ Settings (environment; the file RS_CONFIG names may hold them too, and lists of 
   RS_LOCKS          the only lock names allowed, comma-separated (default: any)
   RS_MAX_LOCKS      without RS_LOCKS, the most lock names kept (default 1000)
 
-Endpoints: /start /stop /block /unblock /renew /status /history /healthz /metrics /events /locks /backup,
+Endpoints: /start /stop /block /unblock /renew /status /history /healthz /metrics /events /locks /freezes /backup,
 /locks/NAME/{start,stop,renew,block,unblock,status,history,events}, and a page at / (see the README).
 `;
 
