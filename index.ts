@@ -32,6 +32,8 @@ Usage:
   releasestatus check-config FILE check a configuration file (RS_CONFIG) without starting
   releasestatus token --who NAME --can release,block --locks prod,staging
                                   make a new named token and the [[token]] block that grants it
+  releasestatus webhook-test [--webhook N]
+                                  send a test message to the webhooks of RS_CONFIG (or the N-th) and say how each answered
   releasestatus --help | --version
 
 Settings (environment; the file RS_CONFIG names may hold them too, and lists of tokens):
@@ -50,8 +52,9 @@ Settings (environment; the file RS_CONFIG names may hold them too, and lists of 
   RS_HOSTS          host names a browser may reach the daemon by (besides IP addresses and localhost)
   RS_LOCKS          the only lock names allowed, comma-separated (default: any)
   RS_MAX_LOCKS      without RS_LOCKS, the most lock names kept (default 1000)
+  RS_WEBHOOK_BACKLOG events a webhook may fall behind before the oldest are dropped (default 10000)
 
-Endpoints: /start /stop /block /unblock /renew /status /history /healthz /metrics /events /locks /freezes /backup,
+Endpoints: /start /stop /block /unblock /renew /status /history /healthz /metrics /events /locks /freezes /webhooks /backup,
 /locks/NAME/{start,stop,renew,block,unblock,status,history,events}, and a page at / (see the README).
 `;
 
@@ -69,6 +72,7 @@ async function main(argv: string[]): Promise<number> {
   if (command === "__watchdog") return (await import("./src/client.ts")).watchdog();
   if (command === "check-config") return (await import("./src/admin.ts")).checkConfig(argv.slice(1));
   if (command === "token") return (await import("./src/admin.ts")).makeToken(argv.slice(1));
+  if (command === "webhook-test") return (await import("./src/admin.ts")).webhookTest(argv.slice(1));
   if (command !== undefined && command !== "serve")
     return fail(`unknown command ${JSON.stringify(command)}: run 'releasestatus --help' to see the commands`);
   let cfg: Config;
@@ -102,6 +106,7 @@ async function serve(cfg: Config): Promise<number> {
   logRestored(log, state, expired);
   learnFromHistory(await history(1000).catch(() => []));
   keepCalendar(cfg.freezes, systemClock);
+  await startWebhooks(cfg, store, log);
 
   let server: ReturnType<typeof startServer>;
   try {
@@ -128,6 +133,7 @@ async function serve(cfg: Config): Promise<number> {
       stopping = true;
       log.info(`${signal} received: answering waiters, finishing requests in flight, then exiting`);
       stopCalendar();
+      if (cfg.webhooks.length) (await import("./src/notify/deliver.ts")).stopDelivery();
       await closeEngine();
       closeEventStreams();
       const force = setTimeout(() => server.stop(true), 2000); // a client that will not finish is cut
@@ -140,7 +146,7 @@ async function serve(cfg: Config): Promise<number> {
     process.on("SIGTERM", () => shutdown("SIGTERM"));
     process.on("SIGINT", () => shutdown("SIGINT"));
     // Without a handler SIGHUP would kill the daemon and cut every waiter.
-    process.on("SIGHUP", () => reload(cfg, log));
+    process.on("SIGHUP", () => reload(cfg, log, store));
   });
 }
 
@@ -148,7 +154,7 @@ async function serve(cfg: Config): Promise<number> {
  * SIGHUP: reads the configuration again (the file and RS_TOKEN_FILE). A valid one takes effect at once,
  * keeping every release and waiter; an invalid one is refused and the running one stays.
  */
-function reload(cfg: Config, log: Log) {
+function reload(cfg: Config, log: Log, store: Store) {
   let next: Config;
   try {
     next = readConfig(process.env);
@@ -159,8 +165,18 @@ function reload(cfg: Config, log: Log) {
   }
   const { changed, needRestart } = applyReload(cfg, next);
   replaceCalendar(cfg.freezes);
+  void startWebhooks(cfg, store, log);
   log.info(`SIGHUP received: configuration reloaded: ${changed.length ? changed.join("; ") : "nothing changed"}`);
   if (needRestart.length) log.warn(`SIGHUP received: these take effect only on a restart: ${needRestart.join(", ")}`);
+}
+
+/** Delivers events to the configuration's webhooks; the delivery code is loaded only when there are some. */
+let delivering = false;
+async function startWebhooks(cfg: Config, store: Store, log: Log) {
+  if (cfg.webhooks.length === 0 && !delivering) return;
+  delivering = true;
+  const { deliver } = await import("./src/notify/deliver.ts");
+  deliver(cfg.webhooks, { outbox: store.outbox, clock: systemClock, log, backlog: cfg.webhookBacklog });
 }
 
 /** SQLite by default; memory for RS_DB=:memory:; PostgreSQL (loaded only when asked for) for replicas. */

@@ -4,6 +4,9 @@ import { digestOf, RIGHTS, type Right } from "./access.ts";
 import { ConfigError, describeToken, parseConfigFile, readConfig, readConfigFile } from "./config.ts";
 import { describeSchedule, upcoming } from "./freezes.ts";
 import { LOCK_NAME_RULE, validLockName } from "./names.ts";
+import { ATTEMPT_TIMEOUT_MS } from "./notify/deliver.ts";
+import { render } from "./notify/formats.ts";
+import type { Webhook } from "./notify/webhook.ts";
 import { iso } from "./release.ts";
 import { print } from "./terminal.ts";
 
@@ -25,6 +28,11 @@ export function checkConfig(args: string[]): number {
     lines.push(`tokens: ${file.tokens.length}`);
     for (const t of file.tokens) lines.push(`  ${describeToken(t)}`);
     // The calendar as it will fall, so a person can see it is what they meant.
+    lines.push(`webhooks: ${cfg.webhooks.length}`);
+    for (const h of cfg.webhooks)
+      lines.push(
+        `  ${h.label} (${h.format}${h.secret ? ", signed" : ""}): ${[...h.events].join(", ")} on ${h.locks?.join(", ") ?? "every lock"}${h.remindLabel ? `; reminders every ${h.remindLabel}` : ""}`,
+      );
     lines.push(`freeze windows: ${cfg.freezes.length}`);
     for (const { window: w, occurrences } of upcoming(cfg.freezes, Date.now(), 3)) {
       lines.push(`  ${w.reason} on ${w.locks?.join(", ") ?? "every lock"}: ${describeSchedule(w)}`);
@@ -37,6 +45,49 @@ export function checkConfig(args: string[]): number {
     if (e instanceof ConfigError) return fail(e.message);
     throw e;
   }
+}
+
+/** `releasestatus webhook-test [--webhook N]`: a ping to each webhook of RS_CONFIG, and how it answered. */
+export async function webhookTest(args: string[]): Promise<number> {
+  if (!(args.length === 0 || (args.length === 2 && args[0] === "--webhook" && /^[1-9]\d*$/.test(args[1] ?? ""))))
+    return fail(
+      "usage: releasestatus webhook-test [--webhook N] (N counts the [[webhook]] tables of RS_CONFIG from 1)",
+    );
+  if (!process.env.RS_CONFIG) return fail("RS_CONFIG is not set: name the configuration file that lists the webhooks");
+  let hooks: Webhook[];
+  try {
+    hooks = readConfig({ ...process.env, RS_PORT: process.env.RS_PORT || "1" }).webhooks;
+  } catch (e) {
+    if (e instanceof ConfigError) return fail(e.message);
+    throw e;
+  }
+  const chosen =
+    args[1] === undefined
+      ? hooks.map((h, i) => [i + 1, h] as const)
+      : [[Number(args[1]), hooks[Number(args[1]) - 1]] as const];
+  if (chosen.length === 0) return fail(`${process.env.RS_CONFIG} has no [[webhook]]`);
+  let failed = 0;
+  for (const [n, hook] of chosen) {
+    if (!hook) return fail(`there is no webhook ${n}: ${process.env.RS_CONFIG} has ${hooks.length}`);
+    const now = Date.now();
+    const message = render(hook, `msg_ping_${now}`, "ping", now);
+    const answer = await fetch(hook.url, {
+      method: "POST",
+      headers: message.headers,
+      body: message.body,
+      redirect: "manual",
+      signal: AbortSignal.timeout(ATTEMPT_TIMEOUT_MS),
+    }).then(
+      async (res) => ({ status: res.status, text: (await res.text()).slice(0, 200).trim() }),
+      (e: Error) => ({ status: null, text: e.name === "TimeoutError" ? "no answer within 5 s" : e.message }),
+    );
+    const ok = answer.status !== null && answer.status >= 200 && answer.status < 300;
+    if (!ok) failed++;
+    print(
+      `${n}. ${hook.label} (${hook.format}): ${answer.status ?? "no answer"}${answer.text ? ` ${answer.text}` : ""}${ok ? "" : "  <- not accepted"}`,
+    );
+  }
+  return failed ? 1 : 0;
 }
 
 const TOKEN_USAGE =

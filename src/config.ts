@@ -7,6 +7,7 @@ import { type Access, digestOf, everything, RIGHTS, type Right, type Token } fro
 import { parseWindow, type Window } from "./calendar.ts";
 import type { LogFormat } from "./log.ts";
 import { LOCK_NAME_RULE, validLockName } from "./names.ts";
+import { labelled, parseWebhook, type Webhook } from "./notify/webhook.ts";
 import { wholeNumber } from "./numbers.ts";
 import { readSecretFile } from "./terminal.ts";
 
@@ -23,6 +24,8 @@ export type Config = {
   maxLocks: number;
   access: Access; // the tokens (RS_TOKEN's and the file's) and whether reading needs one
   freezes: Window[]; // the freeze calendar, in the file's order
+  webhooks: Webhook[]; // where events are sent
+  webhookBacklog: number; // events a webhook may fall behind before the oldest are dropped
   file: string | null; // RS_CONFIG: re-read on SIGHUP
 };
 
@@ -59,6 +62,8 @@ export function readConfig(env: Env): Config {
     maxLocks: setting(from, "RS_MAX_LOCKS", set.RS_MAX_LOCKS ?? "1000", 1, 100_000),
     access: accessFrom(token, file),
     freezes: file?.freezes ?? [],
+    webhooks: labelled(file?.webhooks ?? []),
+    webhookBacklog: setting(from, "RS_WEBHOOK_BACKLOG", set.RS_WEBHOOK_BACKLOG ?? "10000", 1, 1_000_000),
     file: env.RS_CONFIG || null,
   };
 }
@@ -160,6 +165,7 @@ export type ConfigFile = {
   tokens: Token[];
   read: "open" | "token";
   freezes: Window[];
+  webhooks: Omit<Webhook, "label">[];
 };
 
 // The file's single settings, and the environment variable each stands for.
@@ -176,6 +182,7 @@ const FILE_SETTINGS: Record<string, { env: string; kind: "number" | "string" | "
   hosts: { env: "RS_HOSTS", kind: "list" },
   locks: { env: "RS_LOCKS", kind: "list" },
   max_locks: { env: "RS_MAX_LOCKS", kind: "number" },
+  webhook_backlog: { env: "RS_WEBHOOK_BACKLOG", kind: "number" },
 };
 const TOKEN_KEYS = ["who", "can", "locks", "sha256"];
 
@@ -200,7 +207,15 @@ export function parseConfigFile(path: string, source: string): ConfigFile {
     throw problem(syntaxErrorLine(source, (e as Error).message), `not valid TOML: ${what}`);
   }
   const at = (table: string | null, index: number, key: string | null) => lineOf(source, table, index, key);
-  const file: ConfigFile = { path, settings: {}, origins: new Map(), tokens: [], read: "open", freezes: [] };
+  const file: ConfigFile = {
+    path,
+    settings: {},
+    origins: new Map(),
+    tokens: [],
+    read: "open",
+    freezes: [],
+    webhooks: [],
+  };
   for (const [key, value] of Object.entries(doc)) {
     const line = at(null, 0, key);
     if (key === "token") {
@@ -230,15 +245,28 @@ export function parseConfigFile(path: string, source: string): ConfigFile {
       });
       continue;
     }
-    if (key === "webhook")
-      throw problem(line, `[[${key}]] is not supported by this version of releasestatus: remove it, or upgrade`);
+    if (key === "webhook") {
+      if (!Array.isArray(value)) throw problem(line, "webhook must be a list of tables: write each as [[webhook]]");
+      value.forEach((raw, i) => {
+        const hook = typeof raw === "object" && raw !== null ? parseWebhook(raw as Record<string, unknown>) : "";
+        if (typeof hook !== "string" && file.webhooks.some((h) => h.key === hook.key))
+          throw problem(at("webhook", i, "url"), "this url and format are also an earlier [[webhook]]'s: keep one");
+        if (typeof hook !== "string") {
+          file.webhooks.push(hook);
+          return;
+        }
+        const key = /^([a-z_]+)\b/.exec(hook)?.[1] ?? null;
+        throw problem(at("webhook", i, key), hook || "each [[webhook]] must be a table with a url");
+      });
+      continue;
+    }
     const known = FILE_SETTINGS[key];
     if (!known)
       throw problem(
         line,
         key === "token_sha256" || key === "rs_token"
           ? `${key} is not a setting: the file holds no plain tokens; list them as [[token]] tables with their sha256`
-          : `${key} is not a setting: expected one of ${[...Object.keys(FILE_SETTINGS), "read", "[[token]]", "[[freeze]]"].join(", ")}`,
+          : `${key} is not a setting: expected one of ${[...Object.keys(FILE_SETTINGS), "read", "[[token]]", "[[freeze]]", "[[webhook]]"].join(", ")}`,
       );
     file.settings[known.env] = settingText(key, value, known.kind, (what) => problem(line, what));
     file.origins.set(known.env, `${path}:${line}: ${key} = ${show(value)}`);
@@ -386,6 +414,12 @@ export function applyReload(cfg: Config, next: Config): { changed: string[]; nee
       `freeze windows: ${cfg.freezes.length} → ${next.freezes.length} (${next.freezes.map((w) => w.reason).join(", ") || "none"})`,
     );
   cfg.freezes = next.freezes;
+  const hooks = (c: Config) =>
+    c.webhooks.map((h) => `${h.label} ${h.key} ${[...h.events]} ${h.locks} ${h.remindLabel}`).join();
+  if (hooks(cfg) !== hooks(next))
+    changed.push(`webhooks: ${next.webhooks.map((h) => `${h.label} (${h.format})`).join(", ") || "none"}`);
+  cfg.webhooks = next.webhooks;
+  cfg.webhookBacklog = next.webhookBacklog;
   cfg.access = next.access;
   cfg.ttlSeconds = next.ttlSeconds;
   cfg.maxWaitSeconds = next.maxWaitSeconds;

@@ -272,10 +272,11 @@ async function keepOnlyIfHeard(lock: string, granted: Outcome, gone: AbortSignal
 }
 
 /**
- * Records a boundary of the freeze calendar (its events) once across replicas and restarts; false
- * when it was recorded before (or could not be written: the calendar tries again).
+ * Records something that happens by the clock (a freeze's boundary, a long-running reminder) once
+ * across replicas and restarts; false when it was recorded before (or could not be written: the
+ * caller tries again).
  */
-export async function recordBoundary(mark: Mark, events: Event[]): Promise<boolean> {
+export async function recordOnce(mark: Mark, events: Event[]): Promise<boolean> {
   if (engine.closing) return false;
   const committed = await store().mark(mark, events);
   if (committed) heard(committed, false);

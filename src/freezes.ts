@@ -14,7 +14,7 @@ import {
   occurrenceAt,
   type Window,
 } from "./calendar.ts";
-import { type Clock, health, recordBoundary, useCalendar, windowKnown } from "./engine.ts";
+import { type Clock, health, recordOnce, useCalendar, windowKnown } from "./engine.ts";
 import { type Event, type Frozen, iso, ROOT } from "./release.ts";
 import { markKey } from "./store/store.ts";
 
@@ -181,6 +181,6 @@ async function recordLatest(w: Window, now: number): Promise<void> {
     if (recorded.has(markKey(mark))) continue;
     const event: Event = { lock, at: b.at, kind: b.kind, releaseId: null, name: "", reason: w.reason };
     // Written now, or found written by another replica or an earlier run; a failed write is tried again.
-    if ((await recordBoundary(mark, quiet ? [] : [event])) || health().ok) recorded.add(markKey(mark));
+    if ((await recordOnce(mark, quiet ? [] : [event])) || health().ok) recorded.add(markKey(mark));
   }
 }

@@ -4,6 +4,7 @@
 import { freezeOn } from "./calendar.ts";
 import { type Heard, isKnown, locks, state, waiting } from "./engine.ts";
 import { freezeWindows } from "./freezes.ts";
+import { webhookStatuses } from "./notify/deliver.ts";
 import { DEFAULT_LOCK, type Event, iso, type Outcome, type Reason, type Release, ROOT } from "./release.ts";
 
 /** Every reason a /start can be refused for: each is exported at zero for every lock, so rates work at once. */
@@ -150,6 +151,26 @@ export function renderMetrics(healthy: boolean): string {
     "Whether a freeze window of the calendar is in force on the lock (1) or not (0).",
     (l) => (freezeOn(freezeWindows(), l, now) ? 1 : 0),
   );
+  const hooks = webhookStatuses();
+  if (hooks.length) {
+    metric(
+      "releasestatus_webhook_deliveries_total",
+      "counter",
+      "Webhook deliveries since start: delivered (2xx), failed (an attempt to be tried again), dropped (given up).",
+      hooks.flatMap((w) =>
+        (["delivered", "failed", "dropped"] as const).map(
+          (r) =>
+            `releasestatus_webhook_deliveries_total{webhook=${JSON.stringify(w.label)},result="${r}"} ${w.deliveries[r]}`,
+        ),
+      ),
+    );
+    metric(
+      "releasestatus_webhook_backlog",
+      "gauge",
+      "Events a webhook has yet to be sent (or skip), as of its last look.",
+      hooks.map((w) => `releasestatus_webhook_backlog{webhook=${JSON.stringify(w.label)}} ${w.backlog}`),
+    );
+  }
   metric("releasestatus_last_release_id", "gauge", "The highest release id granted so far, on any lock.", [
     `releasestatus_last_release_id ${state(ROOT).lastId}`,
   ]);

@@ -54,7 +54,8 @@ export type EventKind =
   | "abandoned"
   | "frozen" // a freeze window began on the lock (the calendar's, so no one's name)
   | "thawed" // it ended
-  | "overridden"; // a start went ahead during a freeze: the reason is why, the name and by are who
+  | "overridden" // a start went ahead during a freeze: the reason is why, the name and by are who
+  | "long-running"; // a reminder for webhooks: the release has run this long (the reason says)
 
 export type Event = {
   lock: string;
@@ -364,6 +365,8 @@ export function describeEvent(e: Event): string {
       return `releasing${where} frozen by the calendar: ${e.reason}`;
     case "thawed":
       return `releasing${where} thawed: the freeze ended (${e.reason})`;
+    case "long-running":
+      return `release #${e.releaseId}${where} by ${n} is still running: ${e.reason}`;
     case "overridden":
       return `release #${e.releaseId}${where} overrode a freeze, by ${n}: ${e.reason}`;
   }

@@ -76,7 +76,7 @@ if (pgUrl?.startsWith("postgres")) {
       await sql`DO $$ BEGIN
         IF to_regclass('releasestatus_lock') IS NOT NULL THEN
           DELETE FROM releasestatus_waiters; DELETE FROM releasestatus_events; DELETE FROM releasestatus_lock;
-          DELETE FROM releasestatus_freeze_marks;
+          DELETE FROM releasestatus_freeze_marks; DELETE FROM releasestatus_webhooks;
         END IF; END $$`;
       await sql.close();
       const { openPostgresStore } = await import("../src/store/postgres.ts");

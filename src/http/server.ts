@@ -11,6 +11,7 @@ import { boundaryRecorded, describeSchedule, freezeWindows, upcoming } from "../
 import type { Log } from "../log.ts";
 import { countStart, renderMetrics } from "../metrics.ts";
 import { LOCK_NAME_RULE, validLockName } from "../names.ts";
+import { webhookStatuses } from "../notify/deliver.ts";
 import {
   block,
   DEFAULT_LOCK,
@@ -298,6 +299,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     },
     "/backup": { methods: READ_METHODS, handle: (req) => copyOfDatabase(req) },
     "/freezes": { methods: READ_METHODS, handle: (req) => readable(req, listFreezes) },
+    "/webhooks": { methods: READ_METHODS, handle: (req) => readable(req, listWebhooks) },
   };
 
   // /locks/NAME/ACTION, or /locks/NAME/ for the page of one lock.
@@ -371,6 +373,40 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
             `${f.reason} (${typeof f.locks === "string" ? "every lock" : f.locks.join(", ")}): ${f.schedule}${f.inForce ? ", in force now" : ""}\n${f.next.map((o) => `  ${o.fromLocal} - ${o.untilLocal}  (UTC ${o.from} - ${o.until})\n`).join("")}`,
         )
         .join(""),
+    );
+  }
+
+  // Each webhook by its host only (a Slack URL's path is a secret), and how its deliveries go.
+  function listWebhooks(req: Request): Response {
+    const list = webhookStatuses().map((w) => ({
+      webhook: w.label,
+      format: w.format,
+      disabled: w.disabled,
+      lastSuccess: w.lastSuccess && { at: iso(w.lastSuccess.at), status: w.lastSuccess.status },
+      lastFailure: w.lastFailure && {
+        at: iso(w.lastFailure.at),
+        status: w.lastFailure.status,
+        error: w.lastFailure.error,
+      },
+      backlog: w.backlog,
+      dropped: w.dropped,
+      deliveries: w.deliveries,
+    }));
+    if (wantsJson(req.url, req)) return json({ webhooks: list });
+    if (list.length === 0)
+      return text("no webhooks: list them as [[webhook]] in the RS_CONFIG file (see the README)\n");
+    return text(
+      list
+        .map((w) =>
+          [
+            `${w.webhook} (${w.format})${w.disabled ? `: disabled: ${w.disabled}` : ""}`,
+            `  delivered ${w.deliveries.delivered}, failed attempts ${w.deliveries.failed}, dropped ${w.dropped}; ${w.backlog} events behind`,
+            `  last success: ${w.lastSuccess ? `${w.lastSuccess.at} (${w.lastSuccess.status})` : "none yet"}`,
+            `  last failure: ${w.lastFailure ? `${w.lastFailure.at} (${w.lastFailure.status ?? "no answer"}: ${w.lastFailure.error})` : "none"}`,
+          ].join("\n"),
+        )
+        .join("\n")
+        .concat("\n"),
     );
   }
 

@@ -8,6 +8,7 @@ import {
   type Entry,
   LocalWaitLine,
   markKey,
+  type Progress,
   queueEvent,
   type Store,
   type Stored,
@@ -16,11 +17,21 @@ import {
 export function openMemoryStore(historyLimit: number, clock: () => number = Date.now): Store {
   const stored: Stored = { lastId: 0, entries: new Map<string, Entry>() };
   const events: Event[] = []; // oldest first
+  let firstSeq = 1; // the sequence number of events[0]
   const line = new LocalWaitLine();
   const append = (added: Event[]) => {
     events.push(...added);
     // Trimmed in batches: dropping one event at a time from the front would copy the whole array on every change.
-    if (events.length > historyLimit + 1024) events.splice(0, events.length - historyLimit);
+    if (events.length > historyLimit + 1024) firstSeq += events.splice(0, events.length - historyLimit).length;
+  };
+  const progress = new Map<string, Progress>();
+  const progressOf = (webhook: string): Progress => {
+    let p = progress.get(webhook);
+    if (!p) {
+      p = { delivered: firstSeq + events.length - 1, attempts: 0, nextAt: 0, dropped: 0 }; // from the newest
+      progress.set(webhook, p);
+    }
+    return p;
   };
   const marks = new Set<string>();
   const snapshot = (): Stored => ({ lastId: stored.lastId, entries: new Map(stored.entries) });
@@ -51,6 +62,29 @@ export function openMemoryStore(historyLimit: number, clock: () => number = Date
       return { lock: mark.lock, events: added, before: null, after: null, entries: new Map() };
     },
     marked: async (window) => [...marks].some((m) => m.startsWith(`${window} `)),
+    outbox: {
+      claim: async (webhook, limit, backlog) => {
+        const p = progressOf(webhook);
+        const newest = firstSeq + events.length - 1;
+        const floor = Math.max(newest - backlog, firstSeq - 1); // beyond the backlog, or no longer kept
+        if (p.delivered < floor) Object.assign(p, { delivered: floor, dropped: p.dropped + floor - p.delivered });
+        const from = p.delivered + 1 - firstSeq;
+        const pending = events.slice(from, from + limit).map((event, i) => ({ seq: p.delivered + 1 + i, event }));
+        return { progress: { ...p }, events: pending, newest };
+      },
+      advance: async (webhook, seq, dropped) => {
+        const p = progressOf(webhook);
+        Object.assign(p, {
+          delivered: Math.max(p.delivered, seq),
+          dropped: p.dropped + dropped,
+          attempts: 0,
+          nextAt: 0,
+        });
+      },
+      retry: async (webhook, attempts, at) => {
+        Object.assign(progressOf(webhook), { attempts, nextAt: at });
+      },
+    },
     waiting: () => line.list(),
     history: async (limit, lock) =>
       events

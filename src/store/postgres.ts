@@ -391,9 +391,73 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
       watchers.push(changed);
     },
     backup: () => null,
+    outbox: {
+      claim: async (webhook, limit, backlog) => {
+        try {
+          return await inTransaction(async (tx) => {
+            await tx`
+              INSERT INTO releasestatus_webhooks (key, delivered)
+              SELECT ${webhook}, coalesce(max(seq), 0) FROM releasestatus_events
+              ON CONFLICT (key) DO NOTHING`;
+            // One replica delivers for a webhook; its claim lapses 30 s after its last look, if it dies.
+            const [row] = await tx`
+              UPDATE releasestatus_webhooks SET holder = ${replica}, held_until = clock_timestamp() + interval '30 seconds'
+              WHERE key = ${webhook} AND (holder IS NULL OR holder = ${replica} OR held_until < clock_timestamp())
+              RETURNING delivered, attempts, next_at, dropped`;
+            if (!row) return null;
+            const [span] = await tx`SELECT min(seq) AS oldest, max(seq) AS newest FROM releasestatus_events`;
+            const newest = Number(span?.newest ?? 0);
+            const floor = Math.max(newest - backlog, (span?.oldest == null ? newest + 1 : Number(span.oldest)) - 1);
+            const progress = {
+              delivered: Number(row.delivered),
+              attempts: Number(row.attempts),
+              nextAt: Number(row.next_at),
+              dropped: Number(row.dropped),
+            };
+            if (progress.delivered < floor) {
+              const skipped = floor - progress.delivered;
+              await tx`UPDATE releasestatus_webhooks SET delivered = ${floor}, dropped = dropped + ${skipped},
+                         attempts = 0, next_at = 0 WHERE key = ${webhook}`;
+              Object.assign(progress, {
+                delivered: floor,
+                dropped: progress.dropped + skipped,
+                attempts: 0,
+                nextAt: 0,
+              });
+            }
+            const rows = await tx`
+              SELECT seq, lock, at, kind, release_id, name, reason, made_by FROM releasestatus_events
+              WHERE seq > ${progress.delivered} ORDER BY seq LIMIT ${limit}`;
+            const events = (rows as (EventRow & { seq: string })[]).map((r) => ({
+              seq: Number(r.seq),
+              event: toEvent(r),
+            }));
+            return { progress, events, newest };
+          });
+        } catch (e) {
+          if (e instanceof StorageError) return null;
+          throw e;
+        }
+      },
+      advance: async (webhook, seq, dropped) => {
+        await inTransaction(
+          (tx) => tx`UPDATE releasestatus_webhooks SET delivered = greatest(delivered, ${seq}),
+                       dropped = dropped + ${dropped}, attempts = 0, next_at = 0
+                     WHERE key = ${webhook} AND holder = ${replica}`,
+        ).catch(() => {}); // not recorded: the event is sent again, as at-least-once allows
+      },
+      retry: async (webhook, attempts, at) => {
+        await inTransaction(
+          (tx) => tx`UPDATE releasestatus_webhooks SET attempts = ${attempts}, next_at = ${at}
+                     WHERE key = ${webhook} AND holder = ${replica}`,
+        ).catch(() => {});
+      },
+    },
     close: async () => {
       health.closing = true;
       clearInterval(ticker);
+      // Hand the webhooks this replica delivered for to the others at once.
+      await sql`UPDATE releasestatus_webhooks SET holder = NULL WHERE holder = ${replica}`.catch(() => {});
       await listening?.unlisten().catch(() => {});
       await sql.close({ timeout: 1 }).catch(() => {});
     },
@@ -441,6 +505,11 @@ const MIGRATIONS = [
   `CREATE TABLE releasestatus_freeze_marks (
      window_key text NOT NULL, lock text NOT NULL, kind text NOT NULL, at bigint NOT NULL,
      PRIMARY KEY (window_key, lock, kind, at));`,
+  // Webhooks: how far each has got through the events (the events are the outbox), and which replica delivers.
+  `CREATE TABLE releasestatus_webhooks (
+     key text PRIMARY KEY, delivered bigint NOT NULL, attempts int NOT NULL DEFAULT 0,
+     next_at bigint NOT NULL DEFAULT 0, dropped bigint NOT NULL DEFAULT 0,
+     holder text, held_until timestamptz);`,
 ];
 const SCHEMA_VERSION = MIGRATIONS.length;
 

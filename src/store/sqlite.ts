@@ -11,6 +11,7 @@ import {
   LocalWaitLine,
   type LockRow,
   onlyQueueEvents,
+  type Progress,
   queueEvent,
   type Store,
   type Stored,
@@ -58,8 +59,21 @@ const MIGRATIONS = [
      window_key TEXT NOT NULL, lock TEXT NOT NULL, kind TEXT NOT NULL, at INTEGER NOT NULL,
      PRIMARY KEY (window_key, lock, kind, at)
    ) WITHOUT ROWID;`,
+  // Webhooks: how far each has got through the events (the events are the outbox).
+  `CREATE TABLE webhooks (
+     key TEXT PRIMARY KEY, delivered INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+     next_at INTEGER NOT NULL DEFAULT 0, dropped INTEGER NOT NULL DEFAULT 0
+   );`,
 ];
 export const SCHEMA_VERSION = MIGRATIONS.length;
+
+type ProgressRow = { delivered: number; attempts: number; next_at: number; dropped: number };
+const toProgress = (r: ProgressRow): Progress => ({
+  delivered: Number(r.delivered),
+  attempts: Number(r.attempts),
+  nextAt: Number(r.next_at),
+  dropped: Number(r.dropped),
+});
 
 export function openSqliteStore(path: string, historyLimit: number, clock: () => number = Date.now): Store {
   const where = resolve(path);
@@ -117,6 +131,21 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
     probe: db.query(HARMLESS_WRITE),
     mark: db.query("INSERT OR IGNORE INTO freeze_marks (window_key, lock, kind, at) VALUES (?, ?, ?, ?)"),
     marked: db.query<{ found: number }, [string]>("SELECT 1 AS found FROM freeze_marks WHERE window_key = ? LIMIT 1"),
+    span: db.query<{ oldest: number | null; newest: number | null }, []>(
+      "SELECT min(seq) AS oldest, max(seq) AS newest FROM events",
+    ),
+    progress: db.query<ProgressRow, [string]>(
+      "SELECT delivered, attempts, next_at, dropped FROM webhooks WHERE key = ?",
+    ),
+    newWebhook: db.query("INSERT OR IGNORE INTO webhooks (key, delivered) VALUES (?, ?)"),
+    advance: db.query(
+      `UPDATE webhooks SET delivered = max(delivered, ?2), dropped = dropped + ?3, attempts = 0, next_at = 0
+       WHERE key = ?1`,
+    ),
+    retry: db.query("UPDATE webhooks SET attempts = ?2, next_at = ?3 WHERE key = ?1"),
+    pending: db.query<EventRow & { seq: number }, [number, number]>(
+      "SELECT seq, lock, at, kind, release_id, name, reason, made_by FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+    ),
   };
   const line = new LocalWaitLine();
   const health = { writable: true, problem: null as string | null, gone: false };
@@ -206,6 +235,32 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
       return added ? { lock: mark.lock, events, before: null, after: null, entries: new Map() } : null;
     },
     marked: async (window) => q.marked.get(window) !== null,
+    outbox: {
+      claim: async (webhook, limit, backlog) => {
+        const { oldest, newest } = q.span.get() ?? { oldest: null, newest: null };
+        let row = q.progress.get(webhook);
+        if (!row) {
+          write("NORMAL", () => q.newWebhook.run(webhook, newest ?? 0)); // a new webhook starts from the newest
+          row = q.progress.get(webhook);
+          if (!row) return null;
+        }
+        // Beyond the backlog, or pruned from the history before it could be delivered: dropped, and counted.
+        const floor = Math.max((newest ?? 0) - backlog, (oldest ?? (newest ?? 0) + 1) - 1);
+        if (row.delivered < floor) {
+          const skipped = floor - row.delivered;
+          write("NORMAL", () => q.advance.run(webhook, floor, skipped));
+          row = { ...row, delivered: floor, dropped: row.dropped + skipped, attempts: 0, next_at: 0 };
+        }
+        const events = q.pending.all(row.delivered, limit).map((r) => ({ seq: r.seq, event: toEvent(r) }));
+        return { progress: toProgress(row), events, newest: newest ?? 0 };
+      },
+      advance: async (webhook, seq, dropped) => {
+        write("NORMAL", () => q.advance.run(webhook, seq, dropped));
+      },
+      retry: async (webhook, attempts, at) => {
+        write("NORMAL", () => q.retry.run(webhook, attempts, at));
+      },
+    },
     waiting: () => line.list(),
     history: async (limit, lock) =>
       (lock === undefined ? q.history.all(limit) : q.lockHistory.all(lock, limit)).map(toEvent),

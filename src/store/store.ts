@@ -95,6 +95,8 @@ export interface Store {
   mark(mark: Mark, events: Event[]): Promise<Committed | null>;
   /** Whether any boundary of this window was ever marked: a window never seen before starts quietly. */
   marked(window: string): Promise<boolean>;
+  /** Webhook deliveries: the events committed are the outbox, and each webhook's progress is kept beside them. */
+  readonly outbox: Outbox;
   /** Everyone waiting, in order (another replica's waiters too). */
   waiting(): Queued[];
   /** Newest first; with `lock`, the events of that lock and the locks under it. Throws StorageError when unreadable. */
@@ -106,8 +108,42 @@ export interface Store {
   close(): Promise<void>;
 }
 
+/** An event as the outbox holds it: its sequence number in the store is its delivery id. */
+export type Pending = { seq: number; event: Event };
+
+/** Where a webhook stands: the last event it has done with, and how its head's delivery goes. */
+export type Progress = {
+  delivered: number; // every event up to this seq has been delivered, skipped or dropped
+  attempts: number; // failed attempts at the event after it
+  nextAt: number; // not before this time (epoch ms)
+  dropped: number; // events dropped for this webhook, ever
+};
+
+/**
+ * Delivery of committed events to webhooks, at least once and in order: an event is in the outbox
+ * as soon as its change commits (it is a row of the history), and a webhook's progress is stored,
+ * so a crash loses nothing that was not acknowledged. A new webhook starts from the newest event.
+ */
+export interface Outbox {
+  /**
+   * Takes the webhook's deliveries for this process (on PostgreSQL a claim that lapses after 30 s,
+   * so one replica delivers and another takes over when it dies) and gives its progress and up to
+   * `limit` events after it, oldest first. Null while another replica holds the claim. Events beyond
+   * `backlog` behind the newest, or pruned from the history before delivery, are dropped and counted.
+   */
+  claim(
+    webhook: string,
+    limit: number,
+    backlog: number,
+  ): Promise<{ progress: Progress; events: Pending[]; newest: number } | null>;
+  /** Done with every event up to `seq` (delivered, not wanted, or given up on: `dropped` more). */
+  advance(webhook: string, seq: number, dropped: number): Promise<void>;
+  /** The next event failed `attempts` times: try again at `at`. */
+  retry(webhook: string, attempts: number, at: number): Promise<void>;
+}
+
 /** A boundary of a freeze window on a lock: the window's key, and which boundary, when. */
-export type Mark = { window: string; lock: string; kind: "frozen" | "thawed"; at: number };
+export type Mark = { window: string; lock: string; kind: string; at: number }; // also a reminder: "long-running"
 export const markKey = (m: Mark) => `${m.window} ${m.lock} ${m.kind} ${m.at}`;
 
 /** Start-up problems with the database: the daemon says so and exits 2. */

@@ -1,0 +1,160 @@
+// What a webhook is sent: the Standard Webhooks format (signed), a Slack
+// incoming-webhook message, or a Teams Workflows message with an Adaptive Card.
+// Pure functions of an event and its delivery id; deliver.ts sends them.
+//
+// Fields relied on:
+// - Standard Webhooks (standardwebhooks.com): headers webhook-id, webhook-timestamp (Unix seconds) and
+//   webhook-signature "v1,<base64 HMAC-SHA256 of id.timestamp.body>", the key being the base64 after
+//   "whsec_"; body {type, timestamp, data}.
+// - Slack incoming webhooks: `text` (shown in notifications, and alone where blocks are not), and
+//   `blocks` with a "section" (mrkdwn text) and a "context" block; &, < and > escaped as Slack asks.
+// - Teams Workflows ("Post to a channel when a webhook request is received"): {type: "message",
+//   attachments: [{contentType: "application/vnd.microsoft.card.adaptive", content: AdaptiveCard}]},
+//   the card version 1.4 with a TextBlock and a FactSet.
+import { describeEvent, type Event, iso } from "../release.ts";
+import { type EventName, type Format, paceWords, type Webhook } from "./webhook.ts";
+
+/** The Standard Webhooks type of each event kind. */
+const TYPES: Record<EventName, string> = {
+  started: "release.started",
+  stopped: "release.stopped",
+  expired: "release.expired",
+  abandoned: "release.abandoned",
+  renewed: "release.renewed",
+  "long-running": "release.long-running",
+  overridden: "release.overridden",
+  blocked: "lock.blocked",
+  unblocked: "lock.unblocked",
+  frozen: "lock.frozen",
+  thawed: "lock.thawed",
+  waiting: "queue.waiting",
+  "left-queue": "queue.left",
+};
+
+// What the lock is once the event happened: a word a receiver can switch on.
+const STATUS: Record<EventName, string> = {
+  started: "running",
+  stopped: "idle",
+  expired: "idle",
+  abandoned: "idle",
+  renewed: "running",
+  "long-running": "running",
+  overridden: "running",
+  blocked: "blocked",
+  unblocked: "open",
+  frozen: "frozen",
+  thawed: "open",
+  waiting: "queued",
+  "left-queue": "queued",
+};
+
+export type Message = { headers: Record<string, string>; body: string };
+
+/** A delivery id, the same on every retry: the event's place in the store and its time. */
+export const messageId = (seq: number, e: Event): string => `msg_${seq}_${e.at}`;
+
+/** Whether the webhook wants this event: its kind, and a lock it hears of; a reminder only at its own pace. */
+export function wants(h: Webhook, e: Event, hearsLock: (lock: string) => boolean): boolean {
+  if (!h.events.has(e.kind as EventName) || !hearsLock(e.lock)) return false;
+  return (
+    e.kind !== "long-running" ||
+    (h.remindAfterMs !== null && e.reason.endsWith(`(every ${paceWords(h.remindAfterMs)})`))
+  );
+}
+
+/** The body and headers for one event, in the webhook's format; `now` is the send time (for the signature). */
+export function render(h: Webhook, id: string, e: Event | "ping", now: number): Message {
+  const text = e === "ping" ? "releasestatus: a test message; this webhook works" : line(e);
+  if (h.format === "slack") return { headers: JSON_HEADERS, body: JSON.stringify(slack(text, e)) };
+  if (h.format === "teams") return { headers: JSON_HEADERS, body: JSON.stringify(teams(text, e)) };
+  return standard(h, id, e, now);
+}
+
+const JSON_HEADERS = { "Content-Type": "application/json" };
+
+// One readable line, like the log's, naming the lock.
+const line = (e: Event) => {
+  const words = describeEvent(e);
+  return e.lock === "" || words.includes(` ${e.lock}`) ? words : `${words} (on ${e.lock})`;
+};
+
+function standard(h: Webhook, id: string, e: Event | "ping", now: number): Message {
+  const body = JSON.stringify(
+    e === "ping"
+      ? { type: "ping", timestamp: iso(now), data: { message: "a test message from releasestatus webhook-test" } }
+      : {
+          type: TYPES[e.kind as EventName] ?? `release.${e.kind}`,
+          timestamp: iso(e.at),
+          data: {
+            lock: e.lock,
+            releaseId: e.releaseId,
+            name: e.name,
+            by: e.by ?? null,
+            reason: e.reason,
+            at: iso(e.at),
+            status: STATUS[e.kind as EventName] ?? null,
+            message: line(e),
+          },
+        },
+  );
+  const timestamp = String(Math.floor(now / 1000));
+  const headers: Record<string, string> = { ...JSON_HEADERS, "webhook-id": id, "webhook-timestamp": timestamp };
+  if (h.secret) headers["webhook-signature"] = sign(h.secret, id, timestamp, body);
+  return { headers, body };
+}
+
+/** The Standard Webhooks signature: "v1," and the base64 HMAC-SHA256 of "id.timestamp.body". */
+export const sign = (key: Uint8Array, id: string, timestamp: string, body: string): string =>
+  `v1,${new Bun.CryptoHasher("sha256", key).update(`${id}.${timestamp}.${body}`).digest("base64")}`;
+
+const slackEscape = (s: string) => s.replaceAll("&", "&amp;").replaceAll("<", "&lt;").replaceAll(">", "&gt;");
+
+function slack(text: string, e: Event | "ping") {
+  const context =
+    e === "ping"
+      ? "releasestatus webhook-test"
+      : [e.lock ? `lock ${e.lock}` : "every lock", e.releaseId ? `release #${e.releaseId}` : "", iso(e.at)]
+          .filter(Boolean)
+          .join(" · ");
+  return {
+    text: slackEscape(text),
+    blocks: [
+      { type: "section", text: { type: "mrkdwn", text: slackEscape(text) } },
+      { type: "context", elements: [{ type: "mrkdwn", text: slackEscape(context) }] },
+    ],
+  };
+}
+
+function teams(text: string, e: Event | "ping") {
+  const facts =
+    e === "ping"
+      ? []
+      : [
+          { title: "Lock", value: e.lock || "every lock" },
+          ...(e.releaseId ? [{ title: "Release", value: `#${e.releaseId}` }] : []),
+          ...(e.name ? [{ title: "Name", value: e.name }] : []),
+          ...(e.by ? [{ title: "By", value: e.by }] : []),
+          ...(e.reason ? [{ title: "Reason", value: e.reason }] : []),
+          { title: "At", value: iso(e.at) },
+        ];
+  return {
+    type: "message",
+    attachments: [
+      {
+        contentType: "application/vnd.microsoft.card.adaptive",
+        contentUrl: null,
+        content: {
+          $schema: "http://adaptivecards.io/schemas/adaptive-card.json",
+          type: "AdaptiveCard",
+          version: "1.4",
+          body: [
+            { type: "TextBlock", text, wrap: true, weight: "Bolder" },
+            ...(facts.length ? [{ type: "FactSet", facts }] : []),
+          ],
+        },
+      },
+    ],
+  };
+}
+
+export type { Format };

@@ -1,0 +1,427 @@
+// Webhooks: what is sent in each format (checked against the Standard Webhooks
+// spec by a verifier written here, not shared with the code), which events a
+// webhook wants, the retry schedule, and delivery itself, on the engine with an
+// injected clock and real receivers (Bun.serve): in order, at least once,
+// through a receiver that is down, answers 410, asks to retry later or hangs,
+// with a bounded backlog and long-running reminders. The daemon's side (crashes,
+// replicas, /webhooks) is in webhooks-daemon.test.ts.
+import { afterEach, beforeEach, describe, expect, test } from "bun:test";
+import { createHmac, timingSafeEqual } from "node:crypto";
+import type { Server } from "bun";
+import { type Clock, closeEngine, engine, openEngine, start } from "../src/engine.ts";
+import {
+  deliver,
+  nextDelay,
+  RETRY_SCHEDULE_MS,
+  retryAfter,
+  stopDelivery,
+  webhookStatuses,
+} from "../src/notify/deliver.ts";
+import { messageId, render, wants } from "../src/notify/formats.ts";
+import { hearsLock, labelled, parseWebhook, type Webhook } from "../src/notify/webhook.ts";
+import type { Event } from "../src/release.ts";
+import { openMemoryStore } from "../src/store/memory.ts";
+import type { Store } from "../src/store/store.ts";
+import { until } from "./daemon.ts";
+
+const SECRET_BYTES = new Uint8Array(32).map((_, i) => i + 1);
+const SECRET = `whsec_${Buffer.from(SECRET_BYTES).toString("base64")}`;
+const T0 = Date.parse("2026-11-27T09:00:00Z");
+
+const hook = (raw: Record<string, unknown>): Webhook => {
+  const parsed = parseWebhook(raw);
+  if (typeof parsed === "string") throw new Error(parsed);
+  return labelled([parsed])[0] as Webhook;
+};
+const event = (over: Partial<Event> = {}): Event => ({
+  lock: "prod",
+  at: T0,
+  kind: "started",
+  releaseId: 42,
+  name: "sion",
+  reason: "v2.3.1",
+  by: "ana",
+  ...over,
+});
+
+/** The Standard Webhooks check, from the spec: HMAC-SHA256 over "id.timestamp.body", key = base64 after "whsec_". */
+function verify(secret: string, headers: Headers, body: string): boolean {
+  const id = headers.get("webhook-id");
+  const timestamp = headers.get("webhook-timestamp");
+  const signatures = headers.get("webhook-signature");
+  if (!id || !timestamp || !signatures) return false;
+  const key = Buffer.from(secret.slice("whsec_".length), "base64");
+  const expected = createHmac("sha256", key).update(`${id}.${timestamp}.${body}`).digest();
+  return signatures.split(" ").some((s) => {
+    const [version, sig] = s.split(",");
+    const given = Buffer.from(sig ?? "", "base64");
+    return version === "v1" && given.length === expected.length && timingSafeEqual(given, expected);
+  });
+}
+
+describe("the standard format follows Standard Webhooks", () => {
+  test("signed so that a verifier written from the spec accepts it, and only it", () => {
+    const h = hook({ url: "https://example.com/hooks", secret: SECRET });
+    const m = render(h, "msg_7_1", event(), T0 + 1500);
+    const headers = new Headers(m.headers);
+    expect(headers.get("webhook-id")).toBe("msg_7_1");
+    expect(headers.get("webhook-timestamp")).toBe(String(Math.floor((T0 + 1500) / 1000)));
+    expect(verify(SECRET, headers, m.body)).toBe(true);
+    expect(verify(SECRET, headers, m.body.replace("sion", "mallory"))).toBe(false);
+    const other = `whsec_${Buffer.from(new Uint8Array(32)).toString("base64")}`;
+    expect(verify(other, headers, m.body)).toBe(false);
+  });
+
+  test("the body has type, timestamp and data with lock, releaseId, name, by, reason, at and status", () => {
+    const m = render(hook({ url: "https://example.com/hooks" }), "msg_1_1", event(), T0);
+    expect(JSON.parse(m.body)).toEqual({
+      type: "release.started",
+      timestamp: "2026-11-27T09:00:00Z",
+      data: {
+        lock: "prod",
+        releaseId: 42,
+        name: "sion",
+        by: "ana",
+        reason: "v2.3.1",
+        at: "2026-11-27T09:00:00Z",
+        status: "running",
+        message: "release #42 on prod by sion, started by ana: v2.3.1",
+      },
+    });
+    const types = (["blocked", "unblocked", "waiting", "left-queue", "expired", "frozen", "thawed"] as const).map(
+      (kind) => JSON.parse(render(hook({ url: "https://e.com" }), "m", event({ kind }), T0).body).type,
+    );
+    expect(types).toEqual([
+      "lock.blocked",
+      "lock.unblocked",
+      "queue.waiting",
+      "queue.left",
+      "release.expired",
+      "lock.frozen",
+      "lock.thawed",
+    ]);
+  });
+
+  test("the id is the same on every retry of an event, and differs between events", () => {
+    expect(messageId(7, event())).toBe(messageId(7, event()));
+    expect(messageId(7, event())).not.toBe(messageId(8, event()));
+  });
+});
+
+describe("Slack and Teams get the shapes their services accept", () => {
+  test("Slack: text (escaped) and blocks with a section and a context", () => {
+    const body = JSON.parse(
+      render(hook({ url: "https://hooks.slack.com/services/T/B/X", format: "slack" }), "m", event({ name: "<b>&" }), T0)
+        .body,
+    );
+    expect(body.text).toBe("release #42 on prod by &lt;b&gt;&amp;, started by ana: v2.3.1");
+    expect(body.blocks.map((b: { type: string }) => b.type)).toEqual(["section", "context"]);
+    expect(body.blocks[0].text).toEqual({ type: "mrkdwn", text: body.text });
+  });
+
+  test("Teams: a message with one Adaptive Card attachment (1.4) holding a TextBlock and a FactSet", () => {
+    const body = JSON.parse(
+      render(hook({ url: "https://example.logic.azure.com/workflows/x", format: "teams" }), "m", event(), T0).body,
+    );
+    expect(body.type).toBe("message");
+    expect(body.attachments).toHaveLength(1);
+    const [a] = body.attachments;
+    expect(a.contentType).toBe("application/vnd.microsoft.card.adaptive");
+    expect(a.content).toMatchObject({ type: "AdaptiveCard", version: "1.4" });
+    expect(a.content.body.map((b: { type: string }) => b.type)).toEqual(["TextBlock", "FactSet"]);
+    expect(a.content.body[1].facts).toContainEqual({ title: "Lock", value: "prod" });
+  });
+});
+
+describe("a webhook is sent the events it asks for", () => {
+  const hears = (h: Webhook) => (lock: string) => hearsLock(h, lock);
+  test("by default all but renewed and waiting, on every lock", () => {
+    const h = hook({ url: "https://e.com" });
+    expect(wants(h, event({ kind: "renewed" }), hears(h))).toBe(false);
+    expect(wants(h, event({ kind: "waiting" }), hears(h))).toBe(false);
+    expect(wants(h, event({ kind: "left-queue" }), hears(h))).toBe(true);
+    expect(wants(h, event({ lock: "", kind: "blocked" }), hears(h))).toBe(true);
+  });
+
+  test("locks: a lock and what is under it (the root only for every lock); events: only those listed", () => {
+    const h = hook({ url: "https://e.com", locks: ["prod"], events: ["started", "blocked"] });
+    expect(wants(h, event({ lock: "prod/eu" }), hears(h))).toBe(true);
+    expect(wants(h, event({ lock: "", kind: "blocked" }), hears(h))).toBe(false);
+    expect(wants(h, event({ lock: "production" }), hears(h))).toBe(false);
+    expect(wants(h, event({ lock: "staging" }), hears(h))).toBe(false);
+    expect(wants(h, event({ kind: "stopped" }), hears(h))).toBe(false);
+  });
+
+  test("long-running reminders only at the webhook's own pace", () => {
+    const h = hook({ url: "https://e.com", remind_after: "120m" });
+    const reminder = (every: string) => event({ kind: "long-running", reason: `running for 2 h (every ${every})` });
+    expect(wants(h, reminder("2 h"), hears(h))).toBe(true); // 120m is 2 h
+    expect(wants(h, reminder("30 min"), hears(h))).toBe(false);
+  });
+});
+
+describe("a [[webhook]] table is checked whole", () => {
+  const BAD: [Record<string, unknown>, RegExp][] = [
+    [{}, /^url is missing/],
+    [{ url: "ftp://example.com" }, /^url is not valid/],
+    [{ url: "https://e.com", format: "discord" }, /^format = "discord" is not valid/],
+    [{ url: "https://e.com", events: ["started", "exploded"] }, /^events is not valid/],
+    [{ url: "https://e.com", locks: ["Prod!"] }, /^locks is not valid/],
+    [{ url: "https://e.com", remind_after: "soon" }, /^remind_after = "soon" is not valid/],
+    [{ url: "https://e.com", remind_after: "2h", events: ["started"] }, /^remind_after needs "long-running"/],
+    [{ url: "https://e.com", secret: "hunter2" }, /^secret is not valid/],
+    [{ url: "https://e.com", format: "slack", secret: SECRET }, /^secret is for the standard format only/],
+    [{ url: "https://e.com", colour: "red" }, /^colour is not a webhook setting/],
+    [{ url: "https://e.com", url_file: "/x" }, /^url and url_file are both given/],
+    [{ url_file: "/nonexistent/hook" }, /^url_file: cannot read \/nonexistent\/hook \(ENOENT\)/],
+  ];
+  for (const [raw, problem] of BAD)
+    test(`${JSON.stringify(raw)} is refused`, () => {
+      expect(parseWebhook(raw)).toMatch(problem);
+    });
+
+  test("a URL's path is never in a problem, a label or a log: it may be the secret", () => {
+    const [a, b] = labelled([
+      parseWebhook({ url: "https://hooks.slack.com/services/T0/B0/SECRET1" }) as Webhook,
+      parseWebhook({ url: "https://hooks.slack.com/services/T0/B0/SECRET2" }) as Webhook,
+    ]);
+    expect([a?.label, b?.label]).toEqual(["hooks.slack.com", "hooks.slack.com#2"]);
+  });
+});
+
+describe("the retry schedule", () => {
+  test("Standard Webhooks' schedule with ±10% jitter, then dropped after the tenth attempt", () => {
+    expect(RETRY_SCHEDULE_MS.map((ms) => ms / 1000)).toEqual([5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400]);
+    expect(nextDelay(1, null, () => 0.5)).toBe(5_000);
+    expect(nextDelay(1, null, () => 0)).toBe(4_500);
+    expect(nextDelay(1, null, () => 1)).toBe(5_500);
+    expect(nextDelay(9, null, () => 0.5)).toBe(86_400_000);
+    expect(nextDelay(10, null, () => 0.5)).toBeNull();
+  });
+
+  test("Retry-After in seconds or as a date is honoured, at most a day", () => {
+    expect(retryAfter("120", T0)).toBe(120_000);
+    expect(retryAfter(new Date(T0 + 90_000).toUTCString(), T0)).toBe(90_000);
+    expect(retryAfter("soon", T0)).toBeNull();
+    expect(nextDelay(1, 120_000, () => 0.5)).toBe(120_000);
+    expect(nextDelay(1, 0, () => 0.5)).toBe(5_000); // never sooner than the schedule
+    expect(nextDelay(1, 9 * 86_400_000, () => 0.5)).toBe(86_400_000);
+  });
+});
+
+/** A clock that moves only when the test moves it (as in engine.test.ts). */
+function testClock() {
+  let now = T0;
+  let timers: { at: number; run: () => unknown }[] = [];
+  const clock: Clock & { advance(ms: number): Promise<void> } = {
+    now: () => now,
+    after(ms, run) {
+      const timer = { at: now + Math.max(ms, 0), run };
+      timers.push(timer);
+      return () => {
+        timers = timers.filter((t) => t !== timer);
+      };
+    },
+    async advance(ms) {
+      const end = now + ms;
+      for (;;) {
+        const due = timers.filter((t) => t.at <= end).sort((a, b) => a.at - b.at)[0];
+        if (!due) break;
+        timers = timers.filter((t) => t !== due);
+        now = due.at;
+        await due.run();
+      }
+      now = end;
+    },
+  };
+  return clock;
+}
+
+/** A receiver that records what it was sent and answers as the test says. */
+function receiver() {
+  const got: { id: string | null; body: string; headers: Headers }[] = [];
+  let answer: () => Response | Promise<Response> = () => new Response("ok");
+  const server: Server<undefined> = Bun.serve({
+    port: 0,
+    hostname: "127.0.0.1",
+    async fetch(req) {
+      const body = await req.text();
+      got.push({ id: req.headers.get("webhook-id"), body, headers: req.headers });
+      return answer();
+    },
+  });
+  return {
+    url: `http://127.0.0.1:${server.port}/hook`,
+    got,
+    answerWith(f: () => Response | Promise<Response>) {
+      answer = f;
+    },
+    stop: () => server.stop(true),
+  };
+}
+
+const types = (got: { body: string }[]) => got.map((g) => JSON.parse(g.body).data?.name ?? JSON.parse(g.body).type);
+
+describe("delivery: in order, at least once, never in the way", () => {
+  let clock: ReturnType<typeof testClock>;
+  let store: Store;
+  const logged: string[] = [];
+  const log = {
+    info: (m: string) => logged.push(m),
+    warn: (m: string) => logged.push(m),
+    error: (m: string) => logged.push(m),
+    refusal: () => {},
+  } as unknown as Parameters<typeof deliver>[1]["log"];
+  const starts = async (...names: string[]) => {
+    for (const name of names) {
+      const o = await start(`team/${name}`, { name, reason: "", ttlSeconds: null }, 0, new AbortController().signal);
+      expect(o.ok).toBe(true);
+    }
+  };
+  // A new webhook starts from the newest event when it first looks: the test waits for that look.
+  const run = async (hooks: Webhook[], backlog = 10_000, attemptTimeoutMs = 5_000) => {
+    deliver(hooks, { outbox: store.outbox, clock, log, backlog, random: () => 0.5, attemptTimeoutMs });
+    await until(async () => webhookStatuses().every((w) => w.looked), "the webhooks' first look");
+  };
+
+  beforeEach(async () => {
+    clock = testClock();
+    store = openMemoryStore(10_000, clock.now);
+    engine.listeners.length = 0;
+    logged.length = 0;
+    await openEngine(store, clock);
+  });
+  afterEach(async () => {
+    stopDelivery();
+    await closeEngine();
+  });
+
+  test("every event arrives once, in order", async () => {
+    const r = receiver();
+    await run([hook({ url: r.url })]);
+    await starts("a", "b", "c");
+    await until(async () => r.got.length === 3, "three deliveries");
+    expect(types(r.got)).toEqual(["a", "b", "c"]);
+    expect(new Set(r.got.map((g) => g.id)).size).toBe(3);
+    expect(webhookStatuses()[0]?.deliveries).toEqual({ delivered: 3, failed: 0, dropped: 0 });
+    r.stop();
+  });
+
+  test("a receiver down for a while, then up: everything arrives in order, each event once", async () => {
+    const r = receiver();
+    let down = true;
+    r.answerWith(() => (down ? new Response("down", { status: 503 }) : new Response("ok")));
+    await run([hook({ url: r.url })]);
+    await starts("a", "b", "c");
+    await until(async () => r.got.length === 1, "the first attempt");
+    await clock.advance(5_000); // the second attempt, 5 s later
+    await until(async () => r.got.length === 2, "the second attempt");
+    down = false;
+    await clock.advance(300_000); // the third, 5 min later, works; the rest follow at once
+    await until(async () => r.got.length === 5, "the rest");
+    const delivered = r.got.slice(2);
+    expect(types(delivered)).toEqual(["a", "b", "c"]);
+    const ids = r.got.map((g) => g.id);
+    expect(ids[1]).toBe(ids[0] as string); // the same id on every retry
+    expect(ids[2]).toBe(ids[0] as string);
+    expect(new Set(ids).size).toBe(3);
+    expect(webhookStatuses()[0]?.deliveries).toEqual({ delivered: 3, failed: 2, dropped: 0 });
+    r.stop();
+  });
+
+  test("Retry-After is honoured", async () => {
+    const r = receiver();
+    r.answerWith(() => new Response("later", { status: 429, headers: { "Retry-After": "60" } }));
+    await run([hook({ url: r.url })]);
+    await starts("a");
+    await until(async () => r.got.length === 1, "the first attempt");
+    r.answerWith(() => new Response("ok"));
+    await clock.advance(59_000);
+    expect(r.got).toHaveLength(1);
+    await clock.advance(1_000);
+    await until(async () => r.got.length === 2, "the attempt after Retry-After");
+    r.stop();
+  });
+
+  test("410 Gone disables the webhook until the next reload, and says so", async () => {
+    const r = receiver();
+    r.answerWith(() => new Response("gone", { status: 410 }));
+    const h = hook({ url: r.url });
+    await run([h]);
+    await starts("a");
+    await until(async () => webhookStatuses()[0]?.disabled !== null, "disabled");
+    expect(logged.join("\n")).toContain("answered 410 Gone: disabled until the configuration is reloaded");
+    await starts("b");
+    await clock.advance(86_400_000);
+    expect(r.got).toHaveLength(1);
+    r.answerWith(() => new Response("ok"));
+    await run([h]); // a reload
+    await until(async () => r.got.length === 3, "both events after the reload");
+    expect(types(r.got.slice(1))).toEqual(["a", "b"]);
+    r.stop();
+  });
+
+  test("a receiver that hangs is cut after the attempt's limit, and tried again later", async () => {
+    const r = receiver();
+    r.answerWith(() => new Promise(() => {})); // never answers
+    await run([hook({ url: r.url })], 10_000, 200);
+    await starts("a");
+    await until(async () => webhookStatuses()[0]?.lastFailure !== null, "the attempt cut");
+    expect(webhookStatuses()[0]?.lastFailure?.error).toBe("no answer within 0.2 s");
+    r.stop();
+  });
+
+  test("after the last retry an event is dropped, logged and counted, and the next one goes", async () => {
+    const r = receiver();
+    r.answerWith(() => new Response("no", { status: 500 }));
+    await run([hook({ url: r.url })]);
+    await starts("a", "b");
+    for (let attempt = 1; attempt < 10; attempt++) {
+      await until(async () => r.got.length === attempt, `attempt ${attempt}`);
+      const delay = RETRY_SCHEDULE_MS[attempt - 1] as number;
+      await until(async () => webhookStatuses()[0]?.retryAt === clock.now() + delay, `attempt ${attempt + 1} planned`);
+      await clock.advance(delay);
+    }
+    await until(async () => webhookStatuses()[0]?.deliveries.dropped === 1, "dropped after the tenth attempt");
+    await until(async () => r.got.length === 11, "the next event's first attempt");
+    r.answerWith(() => new Response("ok"));
+    await clock.advance(5_000);
+    await until(async () => webhookStatuses()[0]?.deliveries.delivered === 1, "the next event delivered");
+    expect(types(r.got).slice(0, 10)).toEqual(Array(10).fill("a"));
+    expect(types(r.got).slice(10)).toEqual(["b", "b"]);
+    expect(logged.join("\n")).toContain("gave up on event");
+    r.stop();
+  });
+
+  test("the backlog is bounded: past it the oldest are dropped and counted", async () => {
+    const r = receiver();
+    r.answerWith(() => new Response("no", { status: 503 }));
+    await run([hook({ url: r.url })], 3);
+    await starts("a");
+    await until(async () => r.got.length === 1, "the first attempt");
+    await starts("b", "c", "d", "e");
+    r.answerWith(() => new Response("ok"));
+    await clock.advance(5_000);
+    await until(async () => types(r.got).at(-1) === "e", "the newest");
+    expect(types(r.got.slice(1))).toEqual(["c", "d", "e"]);
+    expect(webhookStatuses()[0]?.dropped).toBe(2);
+    r.stop();
+  });
+
+  test("a long-running release is reminded of after remind_after, then each time as long again, once each", async () => {
+    const r = receiver();
+    await run([hook({ url: r.url, events: ["long-running"], remind_after: "2h" })]);
+    await starts("slow");
+    await clock.advance(2 * 3_600_000);
+    await until(async () => r.got.length === 1, "the first reminder");
+    expect(JSON.parse(r.got[0]?.body ?? "{}")).toMatchObject({
+      type: "release.long-running",
+      data: { name: "slow", reason: "running for 2 h (every 2 h)" },
+    });
+    await clock.advance(2 * 3_600_000);
+    await until(async () => r.got.length === 2, "the second reminder");
+    await clock.advance(60_000 * 5);
+    expect(r.got).toHaveLength(2);
+    r.stop();
+  });
+});
