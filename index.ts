@@ -75,6 +75,8 @@ async function main(argv: string[]): Promise<number> {
   if (command === "webhook-test") return (await import("./src/admin.ts")).webhookTest(argv.slice(1));
   if (command !== undefined && command !== "serve")
     return fail(`unknown command ${JSON.stringify(command)}: run 'releasestatus --help' to see the commands`);
+  // Without a handler SIGHUP would kill the daemon: installed before anything is read, it reloads once serving.
+  process.on("SIGHUP", () => reloadNow());
   let cfg: Config;
   try {
     cfg = readConfig(process.env);
@@ -84,6 +86,8 @@ async function main(argv: string[]): Promise<number> {
   }
   return serve(cfg);
 }
+
+let reloadNow = () => {}; // SIGHUP: nothing until the daemon serves, then a reload
 
 async function serve(cfg: Config): Promise<number> {
   const log = createLog(cfg.logFormat);
@@ -99,7 +103,14 @@ async function serve(cfg: Config): Promise<number> {
     if (c.remote) return; // each replica logs and counts its own changes
     observe(c);
     for (const e of c.events)
-      log.info(describeEvent(e), { event: e.kind, releaseId: e.releaseId, name: e.name, reason: e.reason });
+      log.info(describeEvent(e), {
+        event: e.kind,
+        lock: e.lock,
+        releaseId: e.releaseId,
+        name: e.name,
+        reason: e.reason,
+        ...(e.by === undefined ? {} : { by: e.by }),
+      });
   });
   onStorageFailure((problem) => log.refusal("storage", () => `could not save the release state: ${problem}`));
   const { state, expired } = await openEngine(store);
@@ -127,6 +138,7 @@ async function serve(cfg: Config): Promise<number> {
     );
 
   return new Promise((resolve) => {
+    reloadNow = () => reload(cfg, log, store);
     let stopping = false;
     const shutdown = async (signal: string) => {
       if (stopping) return;
@@ -145,8 +157,6 @@ async function serve(cfg: Config): Promise<number> {
     };
     process.on("SIGTERM", () => shutdown("SIGTERM"));
     process.on("SIGINT", () => shutdown("SIGINT"));
-    // Without a handler SIGHUP would kill the daemon and cut every waiter.
-    process.on("SIGHUP", () => reload(cfg, log, store));
   });
 }
 
@@ -155,15 +165,19 @@ async function serve(cfg: Config): Promise<number> {
  * keeping every release and waiter; an invalid one is refused and the running one stays.
  */
 function reload(cfg: Config, log: Log, store: Store) {
-  let next: Config;
+  let changes: ReturnType<typeof applyReload>;
+  const before = cfg.access;
   try {
-    next = readConfig(process.env);
+    changes = applyReload(cfg, readConfig(process.env));
   } catch (e) {
     if (!(e instanceof ConfigError)) throw e;
     log.error(`SIGHUP received: the configuration was not reloaded, the running one stays: ${e.message}`);
     return;
   }
-  const { changed, needRestart } = applyReload(cfg, next);
+  const { changed, needRestart } = changes;
+  // Who may read changed: open event streams end, and their readers come back with a token that still works.
+  const readers = (a: Config["access"]) => `${a.read} ${[...a.tokens.keys()].sort().join()}`;
+  if (readers(before) !== readers(cfg.access)) closeEventStreams();
   replaceCalendar(cfg.freezes);
   void startWebhooks(cfg, store, log);
   log.info(`SIGHUP received: configuration reloaded: ${changed.length ? changed.join("; ") : "nothing changed"}`);
@@ -176,7 +190,7 @@ async function startWebhooks(cfg: Config, store: Store, log: Log) {
   if (cfg.webhooks.length === 0 && !delivering) return;
   delivering = true;
   const { deliver } = await import("./src/notify/deliver.ts");
-  deliver(cfg.webhooks, { outbox: store.outbox, clock: systemClock, log, backlog: cfg.webhookBacklog });
+  await deliver(cfg.webhooks, { outbox: store.outbox, clock: systemClock, log, backlog: cfg.webhookBacklog });
 }
 
 /** SQLite by default; memory for RS_DB=:memory:; PostgreSQL (loaded only when asked for) for replicas. */

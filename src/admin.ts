@@ -19,8 +19,9 @@ export function checkConfig(args: string[]): number {
     return fail("usage: releasestatus check-config FILE (a TOML configuration file, as RS_CONFIG names it)");
   try {
     const file = readConfigFile(path);
-    // The file alone, as the daemon would read it; a port it does not set comes from RS_PORT at start.
-    const cfg = readConfig({ RS_CONFIG: path, ...(file.settings.RS_PORT ? {} : { RS_PORT: "1" }) });
+    // As the daemon would read it with this environment (which wins over the file); a port may come later.
+    const port = process.env.RS_PORT || file.settings.RS_PORT ? {} : { RS_PORT: "1" };
+    const cfg = readConfig({ ...process.env, RS_CONFIG: path, ...port });
     const lines = [`${path} is valid.`];
     const settings = Object.keys(file.settings);
     lines.push(settings.length ? `settings: ${settings.join(", ")}` : "settings: none (all from the environment)");
@@ -125,9 +126,9 @@ export function makeToken(args: string[]): number {
     if (e instanceof ConfigError) return fail(e.message);
     throw e;
   }
-  console.error(`A new token for ${who}. It is shown only now and stored nowhere: hand it over privately.`);
-  print(secret);
-  console.error("\nAdd this to the RS_CONFIG file, then reload the daemon (kill -HUP <pid>):\n");
+  // The token on stderr, the block on stdout: `releasestatus token … >> releasestatus.toml` keeps the token out of the file.
+  console.error(`A new token for ${who}, shown only now and stored nowhere: hand it over privately.\n\n${secret}\n`);
+  console.error("Its [[token]] block, for the RS_CONFIG file (then reload the daemon: kill -HUP <pid>):\n");
   return print(`${block}\n`);
 }
 

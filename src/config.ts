@@ -142,6 +142,10 @@ function readLocks(from: Origins, raw: string): string[] {
 }
 
 function accessFrom(token: string | null, file: ConfigFile | null): Access {
+  if (file?.read === "token" && file.tokens.length === 0 && token === null)
+    throw new ConfigError(
+      `${file.path}: read = "token" with no token at all would close reading but leave changes open to anyone: add [[token]] tables or RS_TOKEN`,
+    );
   const tokens = new Map<string, Token>();
   for (const t of file?.tokens ?? []) tokens.set(t.sha256, t);
   if (token !== null) {
@@ -301,7 +305,8 @@ function settingText(key: string, value: unknown, kind: "number" | "string" | "l
   throw fail(`${key} = ${show(value)} is not valid: expected a non-empty list of strings, e.g. ["a", "b"]`);
 }
 
-const WHO = /^[\p{L}\p{N}][\p{L}\p{N} ._@+-]{0,63}$/u;
+// Plain ASCII: a name that looks like another (a Cyrillic "о", a trailing space) must not pass for it in the history.
+const WHO = /^[A-Za-z0-9]([A-Za-z0-9 ._@+-]{0,62}[A-Za-z0-9._@+-])?$/;
 
 function readTokenTable(
   raw: unknown,
@@ -324,9 +329,10 @@ function readTokenTable(
   if (typeof who !== "string" || !WHO.test(who))
     throw problem(
       line("who"),
-      `who = ${show(who)} is not valid: expected a name of 1 to 64 letters, digits, spaces or . _ @ + - (it is recorded as "by")`,
+      `who = ${show(who)} is not valid: expected a name of 1 to 64 ASCII letters, digits, inner spaces or . _ @ + - (it is recorded as "by")`,
     );
-  if (who === "token") throw problem(line("who"), 'who = "token" is what RS_TOKEN is recorded as: choose another name');
+  if (who.toLowerCase() === "token")
+    throw problem(line("who"), `who = ${show(who)} is what RS_TOKEN is recorded as ("token"): choose another name`);
   if (!Array.isArray(can) || can.length === 0 || !can.every((c) => RIGHTS.includes(c as Right)))
     throw problem(
       line("can"),
@@ -379,12 +385,20 @@ function firstLineOf(lines: string[], key: string): number {
 // Bun's TOML parser does not say where it stopped: the first prefix of lines that fails alike does.
 function syntaxErrorLine(source: string, message: string): number {
   const lines = source.split("\n");
-  for (let n = 1; n <= lines.length; n++) {
+  const fails = (n: number): string | null => {
     try {
       Bun.TOML.parse(lines.slice(0, n).join("\n"));
+      return null;
     } catch (e) {
-      if ((e as Error).message === message) return n;
+      return (e as Error).message;
     }
+  };
+  for (let n = 1; n <= lines.length; n++) {
+    if (fails(n) !== message) continue;
+    // A problem at the end of a line is often only named once the next line is read: the line before,
+    // if it is the first to fail at all, is where it is.
+    if (n > 1 && fails(n - 1) !== null && (n === 2 || fails(n - 2) === null)) return n - 1;
+    return n;
   }
   return lines.length;
 }
@@ -400,8 +414,14 @@ const RESTART_ONLY = ["port", "host", "db", "historyLimit", "logFormat"] as cons
  * secrets, and what would need a restart.
  */
 export function applyReload(cfg: Config, next: Config): { changed: string[]; needRestart: string[] } {
-  const needRestart = RESTART_ONLY.filter((k) => cfg[k] !== next[k]).map(
-    (k) => `${k} (${JSON.stringify(cfg[k])} → ${JSON.stringify(next[k])})`,
+  // A file emptied or cut short by an editor must not open a closed daemon: that takes a restart.
+  if (cfg.access.tokens.size > 0 && next.access.tokens.size === 0)
+    throw new ConfigError(
+      "the new configuration has no token at all, which would let anyone start, stop and block: if that is meant, restart the daemon with it",
+    );
+  // The database's URL may hold a password: its change is named, not shown.
+  const needRestart = RESTART_ONLY.filter((k) => cfg[k] !== next[k]).map((k) =>
+    k === "db" ? "db" : `${k} (${JSON.stringify(cfg[k])} → ${JSON.stringify(next[k])})`,
   );
   const changed = [...tokenChanges(cfg.access, next.access)];
   if (cfg.access.read !== next.access.read) changed.push(`reading is now ${next.access.read}`);

@@ -15,6 +15,7 @@ import {
   type Frozen,
   type Outcome,
   overlaps,
+  type Refusal,
   ROOT,
   refuse,
   SHUTTING_DOWN,
@@ -177,8 +178,9 @@ export function start(
   req: StartRequest,
   waitSeconds: number,
   gone: AbortSignal,
+  stillAllowed: () => Refusal | null = () => null, // asked at each attempt: a reload may have revoked the caller's token
 ): Outcome | Promise<Outcome> {
-  const rule: Rule = (s, now, ahead) => startRule(s, req, now, ahead, () => engine.frozen(lock, now));
+  const rule: Rule = (s, now, ahead) => stillAllowed() ?? startRule(s, req, now, ahead, () => engine.frozen(lock, now));
   if (waitSeconds === 0 || engine.closing) {
     const outcome = change(lock, rule); // the common case: a refusal from memory
     return outcome instanceof Promise ? outcome.then((o) => keepOnlyIfHeard(lock, o, gone)) : outcome;
@@ -230,6 +232,9 @@ async function waitInLine(
         await nextTurn(); // and once more before answering, for one that went away during the grant
         return keepOnlyIfHeard(lock, attempt.outcome, gone);
       }
+      // No longer allowed (its token was revoked while it waited): it leaves the line with that answer.
+      if (attempt.outcome.reason === "unauthorized" || attempt.outcome.reason === "forbidden")
+        return await leave(lock, self, "its token no longer allows it", attempt.outcome);
       const { until } = attempt.outcome;
       if (until !== undefined) {
         cancelThaw();

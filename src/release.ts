@@ -124,12 +124,11 @@ export const unchanged = (s: State): Change => ({ ok: true, next: s, events: [] 
 export const iso = (ms: number): string => new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z");
 
 const who = (name: string): string => name || UNKNOWN_USER;
-// A name, and whose token it came with when that is someone else: "sion (token of ana)".
+// A name, and whose token it came with when that is someone else: "sion (token of ana)", "sion (with RS_TOKEN)".
 const whoBy = (name: string, by: string | undefined): string =>
-  differs(name, by) ? `${who(name)} (token of ${by})` : who(name);
-// RS_TOKEN, recorded as "token", is everyone's: only a named token says who it was.
-const differs = (name: string, by: string | undefined): by is string =>
-  by !== undefined && by !== name && by !== PLAIN_TOKEN;
+  differs(name, by) ? `${who(name)} (${by === PLAIN_TOKEN ? "with RS_TOKEN" : `token of ${by}`})` : who(name);
+const differs = (name: string, by: string | undefined): by is string => by !== undefined && by !== name;
+const byWords = (by: string) => (by === PLAIN_TOKEN ? "with RS_TOKEN" : `by ${by}`);
 /** What `by` says for a change made with RS_TOKEN (no named token may take this name). */
 export const PLAIN_TOKEN = "token";
 
@@ -155,7 +154,7 @@ export const describeRelease = (r: Release, lock: string = DEFAULT_LOCK): string
   );
 
 // "release #42 by sion, started by ana": said when a token of one person started it in another's name.
-const startedBy = (name: string, by: string | undefined) => (differs(name, by) ? `, started by ${by},` : "");
+const startedBy = (name: string, by: string | undefined) => (differs(name, by) ? `, started ${byWords(by)},` : "");
 
 export const describeBlock = (b: Block, lock: string = ROOT): string =>
   once(
@@ -343,7 +342,7 @@ export function describeEvent(e: Event): string {
   switch (e.kind) {
     case "started":
       return differs(e.name, e.by)
-        ? `release #${e.releaseId}${where} by ${who(e.name)}, started by ${e.by}${what}`
+        ? `release #${e.releaseId}${where} by ${who(e.name)}, started ${byWords(e.by)}${what}`
         : `release #${e.releaseId}${where} started by ${n}${what}`;
     case "stopped":
       return `release #${e.releaseId}${where} stopped by ${n}`;

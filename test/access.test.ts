@@ -367,12 +367,16 @@ describe("releasestatus token", () => {
   test("prints a new token once and a [[token]] block that makes it work", async () => {
     const made = await runBinary(["token", "--who", "ana", "--can", "release,block", "--locks", "prod,staging"]);
     expect(made.code).toBe(0);
-    const [token, ...block] = made.stdout.trim().split("\n");
-    expect(token).toMatch(/^rs_[A-Za-z0-9_-]{43}$/); // 256 random bits
+    // The token on stderr, the block alone on stdout: `>> releasestatus.toml` keeps the token out of the file.
+    const token = /^rs_[A-Za-z0-9_-]{43}$/m.exec(made.stderr)?.[0]; // 256 random bits
+    expect(token).toBeDefined();
+    expect(made.stdout).not.toContain(token as string);
+    const block = made.stdout.trim().split("\n");
+    expect(block[0]).toBe("[[token]]");
     expect(block.join("\n")).toContain(`sha256 = "${sha(token as string)}"`);
     expect(made.stderr).toContain("shown only now");
     const again = await runBinary(["token", "--who", "ana", "--can", "release", "--locks", "prod"]);
-    expect(again.stdout.split("\n")[0]).not.toBe(token);
+    expect(again.stderr).not.toContain(token as string);
     const d = await daemon({ RS_CONFIG: configFile(block.join("\n")) });
     expect(await d.body("/locks/staging/block?name=ana", as(token as string))).toBe("1\n");
     const [blocked] = (await (await d.get("/history?format=json")).json()).events;
@@ -391,5 +395,97 @@ describe("releasestatus token", () => {
       const { code, stdout } = await runBinary(args);
       expect({ args, code, stdout }).toEqual({ args, code: 2, stdout: "" });
     }
+  });
+});
+
+describe("what a hostile reviewer found, closed", () => {
+  test("a reload that would leave no token at all is refused: an emptied file does not open the daemon", async () => {
+    const { d, file } = await withTeam();
+    await reload(d, file, "", "was not reloaded");
+    expect(d.output()).toContain("no token at all");
+    expect((await d.get("/block")).status).toBe(401);
+  });
+
+  test('read = "token" without any token is refused at start-up: reading closed, changes open is no setting', async () => {
+    const { code, stderr } = await runBinary([], { RS_PORT: "1", RS_CONFIG: configFile('read = "token"\n') });
+    expect(code).toBe(2);
+    expect(stderr).toContain('read = "token" with no token at all');
+  });
+
+  test("a refused change's JSON carries the lock's status only for a caller who may read it", async () => {
+    const { d } = await withTeam('read = "token"');
+    expect(await d.body("/locks/prod/start?name=secret-person", as(OPS))).toBe("1\n");
+    const anonymous = await (await d.get("/locks/prod/start?format=json")).json();
+    expect(anonymous).toMatchObject({ ok: false, reason: "unauthorized", status: null });
+    expect(JSON.stringify(anonymous)).not.toContain("secret-person");
+    const reader = await (await d.get("/locks/prod/start?format=json", as(BOB))).json();
+    expect(reader.status.release.name).toBe("secret-person");
+  });
+
+  test('with read = "token" an unknown lock is 401 like a known one: no guessing which locks exist', async () => {
+    const { d } = await withTeam('read = "token"\nlocks = ["prod", "staging"]');
+    for (const path of ["/locks/nope/status", "/locks/prod/status", "/status"])
+      expect({ path, status: (await d.get(path)).status }).toEqual({ path, status: 401 });
+  });
+
+  test("event streams end when a reload changes who may read, so a revoked reader stops hearing", async () => {
+    const { d, file } = await withTeam();
+    const res = await d.get("/events"); // reading is open: no token
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+    await reader.read(); // the first status
+    await reload(d, file, `read = "token"\n${TEAM}`, "configuration reloaded");
+    let ended = false;
+    for (let i = 0; i < 100 && !ended; i++) ended = (await reader.read()).done;
+    expect(ended).toBe(true);
+    expect((await d.get("/events")).status).toBe(401);
+  });
+
+  test("a waiter whose token is revoked while it waits leaves the line with 401, and is not handed the release", async () => {
+    const { d, file } = await withTeam();
+    expect(await d.body("/locks/prod/start?name=holder", as(OPS))).toBe("1\n");
+    const waiter = d.get("/locks/prod/start?name=ana&wait=30", as(ANA));
+    await until(
+      async () => (await (await d.get("/locks/prod/status?format=json")).json()).queue.length === 1,
+      "the waiter in line",
+    );
+    const withoutAna = TEAM.split("\n\n")
+      .filter((t) => !t.includes('"ana"'))
+      .join("\n\n");
+    await reload(d, file, withoutAna, "configuration reloaded");
+    expect(await d.body("/locks/prod/stop", as(OPS))).toBe("1\n");
+    const answer = await waiter;
+    expect({ status: answer.status, body: await answer.text() }).toEqual({ status: 401, body: "0\n" });
+    expect((await (await d.get("/locks/prod/status?format=json")).json()).running).toBe(false);
+  });
+
+  test("a token in the URL is refused in any spelling", async () => {
+    const { d } = await withTeam();
+    for (const key of ["Token", "TOKEN", "access-token", "accessToken", "Access_Token", "token%5B%5D", "token%20"]) {
+      const res = await d.get(`/locks/prod/start?${key}=${ANA}`, as(ANA));
+      expect({ key, status: res.status }).toEqual({ key, status: 400 });
+    }
+    expect(await historyKinds(d)).toEqual([]);
+  });
+
+  test('who must be plain ASCII, and no spelling of "token"', async () => {
+    for (const who of ["Token", "token ", "t\u043eken", " ana", "ana\u202e"]) {
+      const { code, stderr } = await runBinary(["check-config", configFile(tokenTable(who, ["release"], ["*"], "x"))]);
+      expect({ who, code }).toEqual({ who, code: 2 });
+      expect(stderr).toContain(":2: who = ");
+    }
+  });
+
+  test("a reload never logs a database URL, which may hold a password", async () => {
+    const file = configFile(`db = "postgres://rs:OLDpass@127.0.0.1:1/x"\n${TEAM}`);
+    const d = await startDaemon({ RS_CONFIG: file, RS_DB: "" }); // the file's db; it is away, the daemon still starts
+    await reload(d, file, `db = "postgres://rs:NEWpass@127.0.0.1:1/x"\n${TEAM}`, "take effect only on a restart");
+    expect(d.output()).not.toContain("OLDpass");
+    expect(d.output()).not.toContain("NEWpass");
+  });
+
+  test("RS_TOKEN's changes say so in words too, not only in JSON", async () => {
+    const { d } = await withTeam("", { RS_TOKEN: ADMIN });
+    expect(await d.body("/locks/staging/start?name=ops", as(ADMIN))).toBe("1\n");
+    expect(await d.body("/history")).toContain("release #1 on staging by ops, started with RS_TOKEN");
   });
 });

@@ -128,11 +128,16 @@ export function tokenInUrl(url: string): boolean {
   const query = url.slice(q + 1);
   if (!/token/i.test(query) && !query.includes("%")) return false; // the common case, without decoding
   const p = readQuery(url);
-  return p instanceof Map && (p.has("token") || p.has("access_token"));
+  return p instanceof Map && hasTokenParam(p);
 }
 
-/** The bearer token of a request; the scheme is case-insensitive (RFC 9110). */
+/** A parameter that looks like a token, in any spelling: token, Token, access_token, access-token, accessToken, token[]. */
+export const hasTokenParam = (p: Params): boolean =>
+  [...p.keys()].some((k) => /^(access)?token$/.test(k.toLowerCase().replace(/[^a-z]/g, "")));
+
+/** The bearer token of a request; the scheme is case-insensitive (RFC 9110), and spaces around the token do not count. */
 export function bearer(req: Request): string {
   const auth = req.headers.get("authorization") ?? "";
-  return /^bearer /i.test(auth) ? auth.slice(7) : "";
+  const m = /^bearer +(.*)$/i.exec(auth);
+  return m ? (m[1] as string).trim() : "";
 }

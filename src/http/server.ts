@@ -33,6 +33,7 @@ import { answer, json, SECURITY_HEADERS, type Success, text, wantsJson } from ".
 import pageText from "./page.html" with { type: "text" };
 import {
   bearer,
+  hasTokenParam,
   Invalid,
   type Params,
   readParams,
@@ -115,16 +116,24 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
             o.reason,
             () => `refused ${name}${lock === DEFAULT_LOCK || lock === ROOT ? "" : ` on ${lock}`}: ${o.message}`,
           );
-        return answer(ask.json, o, success(o, lock), () => statusJson(lock === ROOT ? DEFAULT_LOCK : lock));
+        // The lock's status goes with a JSON answer only to a caller who may read it.
+        const status = mayRead(req) === null ? () => statusJson(lock === ROOT ? DEFAULT_LOCK : lock) : () => null;
+        return answer(ask.json, o, success(o, lock), status);
       };
-      const token = guard(req, name, lock);
+      const access = cfg.access;
+      let token = guard(req, name, lock);
       if (token !== null && "ok" in token) return respond(token);
       const run = (p: Params | Refusal): Response | Promise<Response> => {
         if (!(p instanceof Map)) return respond(p);
-        if (p.has("token") || p.has("access_token")) return respond(TOKEN_IN_URL);
+        if (hasTokenParam(p)) return respond(TOKEN_IN_URL);
+        // A reload while the body came in may have revoked the token: it is looked up again.
+        if (cfg.access !== access) {
+          token = guard(req, name, lock);
+          if (token !== null && "ok" in token) return respond(token);
+        }
         let outcome: Outcome | Promise<Outcome>;
         try {
-          outcome = act(p, { ...ask, token });
+          outcome = act(p, { ...ask, token: token as Token | null });
         } catch (e) {
           if (!(e instanceof Invalid)) throw e;
           return respond(refuse("invalid", e.message));
@@ -161,7 +170,14 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
         const notAllowed = override !== undefined && token ? forbidden(token, "override", lock) : null;
         if (notAllowed) return refuse("forbidden", notAllowed);
         if (wait > 0) server.timeout(req, 0); // a waiter may sit quietly for up to RS_MAX_WAIT
-        return start(lock, { ...holder(p, token), ttlSeconds, override }, wait, req.signal);
+        // A waiter is handed the release only while its token still may start it (a reload may revoke it).
+        const access = cfg.access;
+        const stillAllowed = () => {
+          if (cfg.access === access) return null;
+          const again = guard(req, override === undefined ? "start" : "override", lock);
+          return again !== null && "ok" in again ? again : null;
+        };
+        return start(lock, { ...holder(p, token), ttlSeconds, override }, wait, req.signal, stillAllowed);
       },
       (o, lock) =>
         o.ok && o.next.release
@@ -268,14 +284,15 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
       handle: (req: Request, server: Server<undefined>) => {
         const url = req.url; // Bun builds this string anew on each access
         const asJson = wantsJson(url, req);
+        // A reader without a token learns nothing, not even which locks exist.
+        const unread = route.methods === READ_METHODS ? mayRead(req) : null;
+        if (unread) return answer(asJson, unread);
         // With RS_LOCKS, the original's paths exist only if the default lock is one of them.
         if (lock === DEFAULT_LOCK && cfg.locks && !cfg.locks.includes(DEFAULT_LOCK))
           return answer(
             asJson,
             refuse("unknown-lock", `there is no lock default: RS_LOCKS allows only ${cfg.locks.join(", ")}`),
           );
-        const unread = route.methods === READ_METHODS ? mayRead(req) : null;
-        if (unread) return answer(asJson, unread);
         return run({ req, server, url, lock, json: asJson });
       },
     };
@@ -319,11 +336,14 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
       );
     const name = rest.slice(0, cut);
     const action = rest.slice(cut + 1);
+    const route = lockRoutes[action];
+    // A reader without a token learns nothing, not even which locks exist.
+    const unread = route?.methods === READ_METHODS ? mayRead(req) : null;
+    if (unread) return answer(asJson, unread);
     const refused = admit(name);
     if (refused) return answer(asJson, refused);
     if (action === "")
       return req.method === "GET" || req.method === "HEAD" ? page() : notAllowed(req, path, READ_METHODS);
-    const route = lockRoutes[action];
     if (!route)
       return notFound(
         path,
@@ -331,8 +351,6 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
         `there is no action ${action.slice(0, 40)} on a lock: use start, stop, renew, block, unblock, status, history or events`,
       );
     if (!allows(route.methods, req.method)) return notAllowed(req, path, route.methods);
-    const unread = route.methods === READ_METHODS ? mayRead(req) : null;
-    if (unread) return answer(asJson, unread);
     return route.run({ req, server, url, lock: name, json: asJson });
   }
 

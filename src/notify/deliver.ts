@@ -79,10 +79,15 @@ const wakeAll = () => {
   for (const loop of loops.values()) loop.wake();
 };
 
-/** Starts delivering to `hooks` (and sending their reminders); a reload calls it again with the new list. */
-export function deliver(hooks: Webhook[], o: Options): void {
+/**
+ * Starts delivering to `hooks` (and sending their reminders); a reload calls it again with the new list.
+ * Resolves once each new webhook has looked at the store once: a new webhook is sent the events
+ * committed from then on, so the daemon waits for this before it answers anyone.
+ */
+export function deliver(hooks: Webhook[], o: Options): Promise<void> {
   options = o;
   if (!engine.listeners.includes(wakeAll)) onCommit(wakeAll);
+  const firstLooks: Promise<void>[] = [];
   const keep = new Set(hooks.map((h) => h.key));
   for (const [key, loop] of loops)
     if (!keep.has(key)) {
@@ -119,10 +124,11 @@ export function deliver(hooks: Webhook[], o: Options): void {
       },
     };
     loops.set(hook.key, loop);
-    void run(loop);
+    firstLooks.push(run(loop));
   }
   cancelReminders();
   if (hooks.some((h) => h.remindAfterMs !== null)) void remind();
+  return Promise.all(firstLooks).then(() => {});
 }
 
 /** Stops every loop: at shutdown, after the last answer. */
@@ -156,10 +162,21 @@ function pause(loop: Loop, ms: number, clock: Clock): Promise<void> {
   });
 }
 
-async function run(loop: Loop): Promise<void> {
+// Runs the webhook's loop; resolves after its first look at the store (the loop goes on).
+function run(loop: Loop): Promise<void> {
+  let looked = () => {};
+  const firstLook = new Promise<void>((resolve) => {
+    looked = resolve;
+  });
+  void deliverLoop(loop, () => looked()).finally(() => looked());
+  return firstLook;
+}
+
+async function deliverLoop(loop: Loop, looked: () => void): Promise<void> {
   while (loop.running && options) {
     const { outbox, clock, log } = options;
     const claim = await outbox.claim(loop.hook.key, BATCH, options.backlog).catch(() => null);
+    looked();
     if (!loop.running) return;
     if (!claim) {
       await pause(loop, IDLE_MS, clock); // another replica delivers, or the store is away
