@@ -173,9 +173,21 @@ async function main() {
     headers?: string[]; // sent with every request, and with `prepare`
   };
   const scenarios: Scenario[] = [
-    { name: "refused `/start` (a release runs)", path: "/start?name=bench", env: {}, prepare: "/start?name=holder" },
-    { name: "`GET /status` (text)", path: "/status", env: {} },
-    { name: "`GET /status` (JSON)", path: "/status?format=json", env: {} },
+    // The default store is an SQLite file: the figures the targets are about are measured on it.
+    {
+      name: "refused `/start` (a release runs), SQLite",
+      path: "/start?name=bench",
+      env: { RS_DB: join(WORK, "refused.db") },
+      prepare: "/start?name=holder",
+    },
+    {
+      name: "refused `/start` (a release runs), `RS_DB=:memory:`",
+      path: "/start?name=bench",
+      env: {},
+      prepare: "/start?name=holder",
+    },
+    { name: "`GET /status` (text), SQLite", path: "/status", env: { RS_DB: join(WORK, "status.db") } },
+    { name: "`GET /status` (JSON), SQLite", path: "/status?format=json", env: { RS_DB: join(WORK, "status.db") } },
     {
       name: "start/stop cycle, `RS_DB` on disk",
       path: "/",
@@ -211,17 +223,23 @@ async function main() {
         headers: [`Authorization: Bearer ${tokens[57]}`],
       },
       {
-        name: "refused `/start` on the default lock, 1000 locks in use",
+        name: "refused `/start` on the default lock, 1000 locks in use, SQLite",
         path: "/start?name=bench",
-        env: { RS_MAX_LOCKS: "2000" },
+        env: { RS_MAX_LOCKS: "2000", RS_DB: join(WORK, "locks.db") },
         prepare: "/start?name=holder",
         locks: 1000,
       },
       {
-        name: "refused `/locks/prod/eu/start`, 1000 locks in use",
+        name: "refused `/locks/prod/eu/start`, 1000 locks in use, SQLite",
         path: "/locks/prod/eu/start?name=bench",
-        env: { RS_MAX_LOCKS: "2000" },
+        env: { RS_MAX_LOCKS: "2000", RS_DB: join(WORK, "locks.db") },
         prepare: "/locks/prod/eu/start?name=holder",
+        locks: 1000,
+      },
+      {
+        name: "`GET /locks/prod/eu/status`, 1000 locks in use, SQLite",
+        path: "/locks/prod/eu/status",
+        env: { RS_MAX_LOCKS: "2000", RS_DB: join(WORK, "locks.db") },
         locks: 1000,
       },
     );
@@ -303,6 +321,117 @@ async function main() {
       `| ${sc.name} | ${o("rps").toFixed(0)} (ref ${r("rps").toFixed(0)}) | ${(o("rps") / r("rps")).toFixed(2)} | ${o("p50").toFixed(2)} ms | ${o("p99").toFixed(2)} ms (${ratio(o("p99"), r("p99"))}) | ${o("cpuUsPerRequest").toFixed(1)} (${ratio(o("cpuUsPerRequest"), r("cpuUsPerRequest"))}) | ${changes} |`,
     );
   }
+  // The targets of issue 19 (and 16's token figure), each against what this run measured.
+  const figure = (name: string, side: "ours" | "ref", k: keyof Load) => {
+    const e = results.get(name);
+    return e ? median(e[side].map((l) => l[k])) : Number.NaN;
+  };
+  const commitsOf = (name: string) => median(results.get(name)?.commits ?? [Number.NaN]);
+  type Target = { what: string; target: string; measured: string; met: boolean | null };
+  const targets: Target[] = [];
+  const perRequest = (name: string, label: string) => {
+    if (!results.has(name)) return;
+    const cpu = figure(name, "ours", "cpuUsPerRequest") / figure(name, "ref", "cpuUsPerRequest");
+    const rps = figure(name, "ours", "rps") / figure(name, "ref", "rps");
+    const p99 = figure(name, "ours", "p99") / figure(name, "ref", "p99");
+    targets.push(
+      {
+        what: `${label}: CPU per request`,
+        target: "≤ 1.2x the reference",
+        measured: `${cpu.toFixed(2)}x`,
+        met: cpu <= 1.2,
+      },
+      {
+        what: `${label}: requests/s`,
+        target: "≥ 0.85x the reference",
+        measured: `${rps.toFixed(2)}x`,
+        met: rps >= 0.85,
+      },
+      {
+        what: `${label}: p99 latency`,
+        target: "≤ 1.2x the reference",
+        measured: `${p99.toFixed(2)}x`,
+        met: p99 <= 1.2,
+      },
+    );
+  };
+  perRequest("refused `/start` (a release runs), SQLite", "refused `/start`, SQLite");
+  perRequest("`GET /status` (text), SQLite", "`GET /status`, SQLite");
+  perRequest("refused `/start` on the default lock, 1000 locks in use, SQLite", "refused `/start`, 1000 locks");
+  perRequest("refused `/locks/prod/eu/start`, 1000 locks in use, SQLite", "refused `/locks/prod/eu/start`, 1000 locks");
+  perRequest("`GET /locks/prod/eu/status`, 1000 locks in use, SQLite", "`GET /locks/prod/eu/status`, 1000 locks");
+  const memCycle = "start/stop cycle, `RS_DB=:memory:`";
+  if (results.has(memCycle)) {
+    const r = figure(memCycle, "ours", "rps") / figure(memCycle, "ref", "rps");
+    targets.push({
+      what: "start/stop cycle in memory: requests/s",
+      target: "≥ 0.6x the reference",
+      measured: `${r.toFixed(2)}x`,
+      met: r >= 0.6,
+    });
+  }
+  const diskCycle = "start/stop cycle, `RS_DB` on disk";
+  if (results.has(diskCycle)) {
+    const r = commitsOf(diskCycle) / median(disk);
+    targets.push({
+      what: "durable cycle on the SQLite file: commits/s",
+      target: "≥ 0.85x the disk's fsync rate",
+      measured: `${r.toFixed(2)}x (${commitsOf(diskCycle).toFixed(0)}/s)`,
+      met: r >= 0.85,
+    });
+  }
+  const startupRatio = median(startup.ours) / median(startup.ref);
+  targets.push({
+    what: "start-up, spawn to first answer",
+    target: "≤ 1.2x the reference",
+    measured: `${startupRatio.toFixed(2)}x`,
+    met: startupRatio <= 1.2,
+  });
+  const idleExtra = median(idle.ours) - median(idle.ref);
+  targets.push({
+    what: "idle resident memory",
+    target: "≤ the reference + 5 MB",
+    measured: `+${idleExtra.toFixed(1)} MB`,
+    met: idleExtra <= 5,
+  });
+  if (results.has("refused `/start`, PostgreSQL")) {
+    const r = figure("refused `/start`, PostgreSQL", "ours", "rps");
+    targets.push({
+      what: "refused `/start` on PostgreSQL: requests/s",
+      target: "≥ 10000",
+      measured: r.toFixed(0),
+      met: r >= 10_000,
+    });
+    const c = figure("start/stop cycle, PostgreSQL", "ours", "rps");
+    targets.push({
+      what: "start/stop cycle on PostgreSQL: requests/s",
+      target: "(reported)",
+      measured: c.toFixed(0),
+      met: null,
+    });
+  }
+  const plain = "refused `/start` with `RS_TOKEN`";
+  const named = "refused `/start` with a named token, 100 in `RS_CONFIG`";
+  if (results.has(plain) && results.has(named)) {
+    const extra = figure(named, "ours", "cpuUsPerRequest") - figure(plain, "ours", "cpuUsPerRequest");
+    const share = extra / figure(plain, "ours", "cpuUsPerRequest");
+    targets.push({
+      what: "a named token over `RS_TOKEN`: CPU per refused start",
+      target: "no more than a hash comparison (within 5% noise)",
+      measured: `${extra >= 0 ? "+" : ""}${extra.toFixed(1)} µs (${(share * 100).toFixed(0)}%)`,
+      met: share <= 0.05,
+    });
+  }
+  lines.push(
+    "",
+    "## Targets",
+    "",
+    "| figure | target | measured | met |",
+    "|---|---|---|---|",
+    ...targets.map(
+      (t) => `| ${t.what} | ${t.target} | ${t.measured} | ${t.met === null ? "–" : t.met ? "yes" : "**no**"} |`,
+    ),
+  );
   lines.push(
     "",
     `The disk's own synchronous-write rate (128-byte writes, each fsynced, 2 s, measured ${disk.length} times through the run): median ${median(disk).toFixed(0)}/s, range ${Math.min(...disk).toFixed(0)}–${Math.max(...disk).toFixed(0)}/s.`,
