@@ -67,7 +67,9 @@ describe("first come, first served across replicas", () => {
 describe("a database from the previous version", () => {
   test("keeps its release, its block (now the root's) and its id counter", async () => {
     // The schema and rows exactly as the previous version (schema version 1) left them.
-    pg.psql(`DROP TABLE IF EXISTS releasestatus_schema, releasestatus_lock, releasestatus_events, releasestatus_waiters CASCADE;
+    // Every table a later version adds goes too: the database is as version 1 left it.
+    pg.psql(`DROP TABLE IF EXISTS releasestatus_schema, releasestatus_lock, releasestatus_events, releasestatus_waiters,
+        releasestatus_freeze_marks, releasestatus_webhooks CASCADE;
       CREATE TABLE releasestatus_schema (version int NOT NULL); INSERT INTO releasestatus_schema VALUES (1);
       CREATE TABLE releasestatus_lock (name text PRIMARY KEY, last_id bigint NOT NULL DEFAULT 0,
         release_id bigint, holder text, release_reason text, started_at bigint, expires_at bigint,
