@@ -307,6 +307,24 @@ describe("delivery: in order, at least once, never in the way", () => {
     r.stop();
   });
 
+  test("Slack and Teams receivers get one message per event, in order", async () => {
+    const slack = receiver();
+    const teams = receiver();
+    await run([hook({ url: slack.url, format: "slack" }), hook({ url: teams.url, format: "teams" })]);
+    await starts("a", "b");
+    await until(async () => slack.got.length === 2 && teams.got.length === 2, "two messages each");
+    expect(slack.got.map((g) => JSON.parse(g.body).text)).toEqual([
+      "release #1 on team/a started by a",
+      "release #2 on team/b started by b",
+    ]);
+    expect(teams.got.map((g) => JSON.parse(g.body).attachments[0].content.body[0].text)).toEqual([
+      "release #1 on team/a started by a",
+      "release #2 on team/b started by b",
+    ]);
+    slack.stop();
+    teams.stop();
+  });
+
   test("a receiver down for a while, then up: everything arrives in order, each event once", async () => {
     const r = receiver();
     let down = true;
