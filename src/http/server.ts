@@ -56,6 +56,8 @@ import {
 } from "./views.ts";
 
 type Handler = (req: Request, server: Server<undefined>) => Response | Promise<Response>;
+/** A route's handler, given the URL already read: Bun builds `req.url` anew on each access. */
+type Route = (req: Request, server: Server<undefined>, url: string) => Response | Promise<Response>;
 /** What a request is about: the lock (undefined: every lock), and how it wants its answer. */
 type Ask = { req: Request; server: Server<undefined>; url: string; lock: string | undefined; json: boolean };
 /** A change's request, with the token it came with (null when the daemon has no tokens). */
@@ -281,8 +283,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     const run = route.run as (a: Ask) => Response | Promise<Response>;
     return {
       methods: route.methods,
-      handle: (req: Request, server: Server<undefined>) => {
-        const url = req.url; // Bun builds this string anew on each access
+      handle: (req: Request, server: Server<undefined>, url: string) => {
         const asJson = wantsJson(url, req);
         // A reader without a token learns nothing, not even which locks exist.
         const unread = route.methods === READ_METHODS ? mayRead(req) : null;
@@ -297,7 +298,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
       },
     };
   };
-  const table: Record<string, { methods: string[]; handle: Handler }> = {
+  const table: Record<string, { methods: string[]; handle: Route }> = {
     "/": { methods: READ_METHODS, handle: () => page() },
     "/start": on("start", DEFAULT_LOCK),
     "/stop": on("stop", DEFAULT_LOCK),
@@ -308,7 +309,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     "/history": on("history", undefined),
     "/events": on("events", undefined),
     "/locks": { methods: READ_METHODS, handle: (req) => readable(req, listLocks) },
-    "/locks/*": { methods: [...ALL_METHODS], handle: (req, server) => lockPath(req, server) },
+    "/locks/*": { methods: [...ALL_METHODS], handle: (req, server, url) => lockPath(req, server, url) },
     "/healthz": { methods: READ_METHODS, handle: () => healthz() },
     "/metrics": {
       methods: READ_METHODS,
@@ -320,8 +321,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
   };
 
   // /locks/NAME/ACTION, or /locks/NAME/ for the page of one lock.
-  function lockPath(req: Request, server: Server<undefined>): Response | Promise<Response> {
-    const url = req.url;
+  function lockPath(req: Request, server: Server<undefined>, url: string): Response | Promise<Response> {
     const asJson = wantsJson(url, req);
     const path = new URL(url).pathname;
     // Bun routes by the path as sent but hands over a normalized URL: one that left /locks/ had dot segments.
@@ -525,9 +525,11 @@ const TOKEN_IN_URL = refuse(
 
 // Every path refuses a token sent as a parameter, before anything else: it must not look accepted.
 const refuseTokenInUrl =
-  (handle: Handler): Handler =>
-  (req, server) =>
-    tokenInUrl(req.url) ? answer(wantsJson(req.url, req), TOKEN_IN_URL) : handle(req, server);
+  (handle: Route): Handler =>
+  (req, server) => {
+    const url = req.url; // read once: Bun builds this string anew on each access
+    return tokenInUrl(url) ? answer(wantsJson(url, req), TOKEN_IN_URL) : handle(req, server, url);
+  };
 
 const notFound = (
   path: string,
