@@ -228,8 +228,35 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     }
   }
 
+  // Reads of what is committed, shared: every caller that asks before a read is sent is answered by that
+  // read, which is so taken after each of them asked. One read per lock is in flight at a time, and at
+  // most one more waits to be sent; under load one round trip answers many refusals.
+  type Peeked = Awaited<ReturnType<typeof readCommitted>>;
+  const peeks = new Map<string, { inFlight: Promise<unknown> | null; next: Promise<Peeked> | null }>();
+  function peek(lock: string): Promise<Peeked> {
+    let p = peeks.get(lock);
+    if (!p) {
+      if (peeks.size >= 1024) peeks.clear(); // many lock names: forget the idle ones
+      p = { inFlight: null, next: null };
+      peeks.set(lock, p);
+    }
+    const slot = p;
+    if (slot.next) return slot.next; // not sent yet: it will be taken after this caller asked
+    const sent = (slot.inFlight ?? Promise.resolve()).then(
+      () => {
+        slot.next = null; // from here on, a new caller needs a read sent after it asked
+        const read = readCommitted(lock);
+        slot.inFlight = read.catch(() => {});
+        return read;
+      },
+      () => {},
+    ) as Promise<Peeked>;
+    slot.next = sent;
+    return sent;
+  }
+
   // One round trip: the rows around the lock, each with the waiters ahead and the database's clock.
-  async function peek(lock: string) {
+  async function readCommitted(lock: string) {
     if (Date.now() < health.retryAt) throw new StorageError(health.problem ?? `${description} is failing`);
     try {
       const rows = await sql`
