@@ -57,6 +57,8 @@ export const MAX_REASON = 200;
 // firing days are further apart than this is refused when it is read, so every
 // search that is allowed to find nothing finds nothing only past the bound.
 export const CRON_REACH_DAYS = 400;
+const CANCELLED_STARTS = 1000; // starts cancelled by an end in a row, at most, before a search gives up
+const CHECKED_FROM = Date.UTC(2026, 0, 1); // where a cron window is tried once when read
 
 const DAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
 const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
@@ -121,6 +123,9 @@ function readLocks(value: unknown): string[] | null {
 function readTimezone(value: unknown): string {
   if (value === undefined) return "UTC";
   const name = text("timezone", value, "Europe/Budapest");
+  // Intl also takes offsets ("+01:00"), which know no daylight saving: only names are time zones here.
+  if (!/^[A-Za-z][A-Za-z0-9_+-]*(\/[A-Za-z0-9_+-]+)*$/.test(name))
+    fail(`timezone = ${JSON.stringify(name)} is not a time zone: expected an IANA name such as "Europe/Budapest"`);
   try {
     return new Intl.DateTimeFormat("en-US", { timeZone: name }).resolvedOptions().timeZone;
   } catch {
@@ -140,7 +145,13 @@ function readRule(raw: Record<string, unknown>, timezone: string): Rule {
     fail(`${schedules.join(" and ")} are both given: a freeze has one schedule, so make each its own [[freeze]]`);
   if (given("every")) return readWeekly(text("every", raw.every, "Fri 16:00 - Mon 08:00"));
   if (given("from") || given("until")) return readOnce(raw, timezone);
-  return readCronWindow(raw);
+  const rule = readCronWindow(raw);
+  // Every start falling on an end (e.g. start "0 9 * * 1", end "0 9 * * *") is a window that never begins.
+  if (rule.kind === "cron" && cronAfter(rule.start, rule.end, timezone, CHECKED_FROM) === null)
+    fail(
+      `start = ${JSON.stringify(rule.start.text)} never begins a window: each of its times is also an end time, which cancels it`,
+    );
+  return rule;
 }
 
 // ---- every = "Fri 16:00 - Mon 08:00"
@@ -438,8 +449,10 @@ function cronAt(start: Cron, end: Cron, timezone: string, t: number): Occurrence
 /** The first cron occurrence starting after `t`, where `t` is not inside one; null if none within reach. */
 function cronAfter(start: Cron, end: Cron, timezone: string, t: number): Occurrence | null {
   let from = nextFiring(start, timezone, t);
-  // A start cancelled by an end at the same minute begins nothing: try the next one.
-  while (from !== null && lastFiring(end, timezone, from) === from) from = nextFiring(start, timezone, from);
+  // A start cancelled by an end at the same minute begins nothing: try the next one, a bounded number of
+  // times (a window whose every start is cancelled is refused when read; this bound is the safety net).
+  for (let tries = 0; from !== null && lastFiring(end, timezone, from) === from; tries++)
+    from = tries < CANCELLED_STARTS ? nextFiring(start, timezone, from) : null;
   if (from === null) return null;
   const until = nextFiring(end, timezone, from);
   return until === null ? null : { from, until };

@@ -238,7 +238,8 @@ async function waitInLine(
       const { until } = attempt.outcome;
       if (until !== undefined) {
         cancelThaw();
-        cancelThaw = engine.clock.after(until - engine.clock.now(), () => wake(waiter));
+        // The calendar's thawed event wakes it as it commits; this is the fallback if that is late or fails.
+        cancelThaw = engine.clock.after(until - engine.clock.now() + THAW_FALLBACK_MS, () => wake(waiter));
       }
       if (!waiter.woke) await new Promise<void>((resolve) => (waiter.wake = resolve));
     }
@@ -249,6 +250,8 @@ async function waitInLine(
     engine.waiters.delete(waiter);
   }
 }
+
+const THAW_FALLBACK_MS = 1000;
 
 const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
@@ -328,8 +331,9 @@ function remember(entries: Map<string, Entry>, lastId: number) {
   engine.scopes.clear();
 }
 
-function wakeWaiters(lock: string) {
-  for (const w of engine.waiters) if (overlaps(w.lock, lock)) wake(w);
+/** Lets waiters try again: those on locks overlapping `lock`, or all (the calendar changed). */
+export function wakeWaiters(lock?: string) {
+  for (const w of engine.waiters) if (lock === undefined || overlaps(w.lock, lock)) wake(w);
 }
 
 // Another replica changed something (or the poll came round): read afresh, then let waiters try.

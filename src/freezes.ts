@@ -14,10 +14,12 @@ import {
   occurrenceAt,
   type Window,
 } from "./calendar.ts";
-import { type Clock, health, recordOnce, useCalendar, windowKnown } from "./engine.ts";
+import { type Clock, health, recordOnce, useCalendar, wakeWaiters, windowKnown } from "./engine.ts";
 import { type Event, type Frozen, iso, ROOT } from "./release.ts";
 import { markKey } from "./store/store.ts";
 
+const MINUTE = 60_000;
+const HOUR = 3_600_000;
 const DAY = 86_400_000;
 const TICK_MS = 60_000; // at the latest: catches reloads, clock jumps and a database that was away
 
@@ -88,8 +90,34 @@ export function keepCalendar(list: Window[], c: Clock): void {
 
 /** A reload: the new windows apply to the next start at once, and their boundaries are looked at now. */
 export function replaceCalendar(list: Window[]): void {
+  const before = windows;
   windows = list;
-  if (clock) void tick();
+  wakeWaiters(); // a freeze may have gone: waiters try again now, not when it would have ended
+  if (!clock) return;
+  const now = clock.now();
+  const keys = (ws: Window[]) => new Set(ws.map(windowKey));
+  const [oldKeys, newKeys] = [keys(before), keys(list)];
+  const removed = before.filter((w) => !newKeys.has(windowKey(w)) && occurrenceAt(w, now));
+  const added = list.filter((w) => !oldKeys.has(windowKey(w)) && occurrenceAt(w, now));
+  void settleReload(removed, added, now).then(() => tick());
+}
+
+// A window in force that a reload removed has ended now: recorded as thawed. One that a reload only edited
+// (another in force on the same lock took its place) is the same freeze: no thaw, and no second start.
+async function settleReload(removed: Window[], added: Window[], now: number) {
+  const locksOf = (ws: Window[]) => new Set(ws.flatMap((w) => w.locks ?? [ROOT]));
+  const [wasFrozen, isFrozen] = [locksOf(removed), locksOf(added)];
+  try {
+    for (const w of removed)
+      for (const lock of w.locks ?? [ROOT])
+        if (!isFrozen.has(lock))
+          await once(windowKey(w), lock, "thawed", now, `${w.reason} (removed from the calendar)`);
+    for (const w of added) {
+      const o = occurrenceAt(w, now);
+      for (const lock of w.locks ?? [ROOT])
+        if (o && wasFrozen.has(lock)) await once(windowKey(w), lock, "frozen", o.from, null);
+    }
+  } catch {} // a store that is away: the next look records what it can
 }
 
 export function stopCalendar(): void {
@@ -104,9 +132,18 @@ export function stopCalendar(): void {
 function latestBoundary(w: Window, now: number): { kind: "frozen" | "thawed"; at: number; o: Occurrence } | null {
   const inForce = occurrenceAt(w, now);
   if (inForce) return { kind: "frozen", at: inForce.from, o: inForce };
-  for (const back of [8 * DAY, 40 * DAY, 400 * DAY]) {
-    const ended = nextOccurrences(w, now - back, 64).filter((o) => o.until <= now);
-    const last = ended[ended.length - 1];
+  // The last occurrence that ended: looked for in ever longer stretches before now, and within one,
+  // page by page, so a window that comes back every few minutes is not cut short at the first page.
+  for (const back of [2 * MINUTE, HOUR, DAY, 8 * DAY, 40 * DAY, 400 * DAY]) {
+    let after = now - back;
+    let last: Occurrence | undefined;
+    for (let page = 0; page < 64; page++) {
+      const found = nextOccurrences(w, after, 64);
+      const ended = found.filter((o) => o.until <= now);
+      last = ended[ended.length - 1] ?? last;
+      if (ended.length < 64 || !last) break;
+      after = last.until;
+    }
     if (last) return { kind: "thawed", at: last.until, o: last };
   }
   return null;
@@ -172,15 +209,34 @@ async function look(): Promise<void> {
 // never seen before starts quietly: its past end is marked without an event, so adding a window to the
 // file does not write history for a time it was not configured; if it is in force, its start is recorded.
 async function recordLatest(w: Window, now: number): Promise<void> {
+  const key = windowKey(w);
+  const seen = { window: key, lock: ROOT, kind: "seen", at: 0 }; // the window was configured from then on
+  if (!recorded.has(markKey(seen))) {
+    const known = await windowKnown(key);
+    if (!known && !(await recordOnce(seen, []))) return; // not written: the next look tries again
+    recorded.add(markKey(seen));
+    // Seen for the first time: an occurrence that already ended is history from before it was configured.
+    const b = known ? null : latestBoundary(w, now);
+    if (b?.kind === "thawed")
+      for (const lock of w.locks ?? [ROOT]) {
+        await once(key, lock, "frozen", b.o.from, null);
+        await once(key, lock, "thawed", b.o.until, null);
+      }
+  }
   const b = latestBoundary(w, now);
   if (!b) return;
-  const key = windowKey(w);
-  const quiet = b.kind === "thawed" && !(await windowKnown(key));
   for (const lock of w.locks ?? [ROOT]) {
-    const mark = { window: key, lock, kind: b.kind, at: b.at };
-    if (recorded.has(markKey(mark))) continue;
-    const event: Event = { lock, at: b.at, kind: b.kind, releaseId: null, name: "", reason: w.reason };
-    // Written now, or found written by another replica or an earlier run; a failed write is tried again.
-    if ((await recordOnce(mark, quiet ? [] : [event])) || health().ok) recorded.add(markKey(mark));
+    // An occurrence that began and ended while the daemon was down: its start is recorded before its end.
+    if (b.kind === "thawed") await once(key, lock, "frozen", b.o.from, w.reason);
+    await once(key, lock, b.kind, b.at, w.reason);
   }
+}
+
+// Records a boundary (with its event, or none when `reason` is null) unless this daemon knows it is recorded.
+async function once(window: string, lock: string, kind: "frozen" | "thawed", at: number, reason: string | null) {
+  const mark = { window, lock, kind, at };
+  if (recorded.has(markKey(mark))) return;
+  const events: Event[] = reason === null ? [] : [{ lock, at, kind, releaseId: null, name: "", reason }];
+  // Written now, or found written by another replica or an earlier run; a failed write is tried again.
+  if ((await recordOnce(mark, events)) || health().ok) recorded.add(markKey(mark));
 }

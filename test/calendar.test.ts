@@ -84,6 +84,15 @@ describe("parseWindow reads each of the three schedules", () => {
 
 describe("parseWindow refuses a bad window with the problem, naming the key", () => {
   const weekly = { reason: "weekend", every: "Fri 16:00 - Mon 08:00" };
+  test("a cron window whose every start falls on an end never begins, and is refused rather than searched forever", () => {
+    expect(problem({ reason: "x", start: "0 9 * * 1", end: "0 9 * * *" })).toStartWith(
+      'start = "0 9 * * 1" never begins a window',
+    );
+    expect(problem({ reason: "x", start: "0 9 * * *", end: "0 09 * * *" })).toStartWith("start = ");
+  });
+  test("a time zone is an IANA name, not an offset", () => {
+    expect(problem({ ...weekly, timezone: "+01:00" })).toStartWith('timezone = "+01:00" is not a time zone');
+  });
   test("an unknown key is a problem, so a typo is not silently ignored", () => {
     expect(problem({ ...weekly, timezon: BUDAPEST })).toStartWith(
       "unknown key timezon: expected one of reason, locks,",

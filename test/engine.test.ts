@@ -19,7 +19,7 @@ import {
   state,
   waiting,
 } from "../src/engine.ts";
-import { calendarSettled, keepCalendar, stopCalendar } from "../src/freezes.ts";
+import { calendarSettled, keepCalendar, replaceCalendar, stopCalendar } from "../src/freezes.ts";
 import { block, type Outcome, ROOT, renew, stop, unblock } from "../src/release.ts";
 import { openMemoryStore } from "../src/store/memory.ts";
 import { openSqliteStore } from "../src/store/sqlite.ts";
@@ -454,8 +454,10 @@ for (const [storeName, makeStore] of stores) {
         await calendar(window());
         const waiter = start(LOCK, holder("patient"), 3600, new AbortController().signal);
         await inLine(1);
-        await clock.advance(THAW - T0);
+        await clock.advance(THAW - T0 + 1); // the calendar records the thaw, which wakes the waiter
         expect(reasonOf(await waiter)).toBe("granted");
+        const [started, thawed] = await history(2, LOCK);
+        expect([thawed?.kind, started?.kind]).toEqual(["thawed", "started"]); // the thaw first, then the start
       });
 
       test("a waiter whose wait ends before the freeze does is told timeout", async () => {
@@ -501,6 +503,60 @@ for (const [storeName, makeStore] of stores) {
         await calendar(window("2026-11-27 07:00", "2026-11-27 08:00"));
         expect(await boundaries()).toEqual([]);
         expect(reasonOf(await startNow("sion"))).toBe("granted");
+      });
+
+      test("a reload that removes a window in force records the thaw now, and its waiters try again at once", async () => {
+        await calendar(window());
+        const waiter = start(LOCK, holder("patient"), 3600, new AbortController().signal);
+        await inLine(1);
+        replaceCalendar([]);
+        expect(reasonOf(await waiter)).toBe("granted");
+        await calendarSettled();
+        expect(await boundaries()).toEqual(["frozen default 08:00", "thawed default 09:00"]);
+        expect((await history(10, LOCK)).find((e) => e.kind === "thawed")?.reason).toBe(
+          "test freeze (removed from the calendar)",
+        );
+      });
+
+      test("a reload that only edits a window in force is the same freeze: no thaw, no second start", async () => {
+        await calendar(window());
+        replaceCalendar([{ ...window(), reason: "test freeze, edited" }]);
+        await calendarSettled();
+        await clock.advance(60_000);
+        await calendarSettled();
+        expect(await boundaries()).toEqual(["frozen default 08:00"]);
+        expect(reasonOf(await startNow("sion"))).toBe("frozen");
+      });
+
+      test("an occurrence that began and ended while the daemon was down is recorded, its start before its end", async () => {
+        if (storeName === "memory") return; // memory keeps nothing across a restart
+        await calendar(window("2026-11-27 09:30", "2026-11-27 10:00")); // seen, not yet in force
+        expect(await boundaries()).toEqual([]);
+        stopCalendar();
+        await closeEngine();
+        clock.jump(2 * 3_600_000);
+        await openEngine(store, clock);
+        await calendar(window("2026-11-27 09:30", "2026-11-27 10:00"));
+        expect(await boundaries()).toEqual(["frozen default 09:30", "thawed default 10:00"]);
+      });
+
+      test("a window that comes back every few minutes records each end at its own time", async () => {
+        const often = parseWindow({
+          reason: "often",
+          locks: [LOCK],
+          start: "*/2 * * * *",
+          end: "1-59/2 * * * *",
+        }) as Window;
+        await calendar(often);
+        await clock.advance(4 * 60_000 + 1); // each boundary is looked at a millisecond after it
+        await calendarSettled();
+        expect(await boundaries()).toEqual([
+          "frozen default 09:00",
+          "thawed default 09:01",
+          "frozen default 09:02",
+          "thawed default 09:03",
+          "frozen default 09:04",
+        ]);
       });
 
       test("a window on every lock records its boundaries on the root", async () => {

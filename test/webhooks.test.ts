@@ -109,27 +109,38 @@ describe("the standard format follows Standard Webhooks", () => {
 });
 
 describe("Slack and Teams get the shapes their services accept", () => {
-  test("Slack: text (escaped) and blocks with a section and a context", () => {
+  test("Slack: text (escaped, not read as formatting) and blocks with a plain-text section and context", () => {
     const body = JSON.parse(
       render(hook({ url: "https://hooks.slack.com/services/T/B/X", format: "slack" }), "m", event({ name: "<b>&" }), T0)
         .body,
     );
     expect(body.text).toBe("release #42 on prod by &lt;b&gt;&amp;, started by ana: v2.3.1");
     expect(body.blocks.map((b: { type: string }) => b.type)).toEqual(["section", "context"]);
-    expect(body.blocks[0].text).toEqual({ type: "mrkdwn", text: body.text });
+    expect(body.mrkdwn).toBe(false);
+    expect(body.blocks[0].text).toEqual({ type: "plain_text", text: body.text, emoji: false });
+    expect(body.blocks[1].elements[0].type).toBe("plain_text");
   });
 
-  test("Teams: a message with one Adaptive Card attachment (1.4) holding a TextBlock and a FactSet", () => {
+  test("Teams: one Adaptive Card (1.4) of RichTextBlocks, whose TextRuns are never read as markdown", () => {
+    const link = "[click](https://evil.example)";
     const body = JSON.parse(
-      render(hook({ url: "https://example.logic.azure.com/workflows/x", format: "teams" }), "m", event(), T0).body,
+      render(
+        hook({ url: "https://example.logic.azure.com/workflows/x", format: "teams" }),
+        "m",
+        event({ name: link }),
+        T0,
+      ).body,
     );
     expect(body.type).toBe("message");
     expect(body.attachments).toHaveLength(1);
     const [a] = body.attachments;
     expect(a.contentType).toBe("application/vnd.microsoft.card.adaptive");
     expect(a.content).toMatchObject({ type: "AdaptiveCard", version: "1.4" });
-    expect(a.content.body.map((b: { type: string }) => b.type)).toEqual(["TextBlock", "FactSet"]);
-    expect(a.content.body[1].facts).toContainEqual({ title: "Lock", value: "prod" });
+    const blocks = a.content.body as { type: string; inlines: { type: string; text: string }[] }[];
+    expect(new Set(blocks.map((b) => b.type))).toEqual(new Set(["RichTextBlock"]));
+    expect(new Set(blocks.flatMap((b) => b.inlines.map((i) => i.type)))).toEqual(new Set(["TextRun"]));
+    expect(blocks.map((b) => b.inlines.map((i) => i.text).join(""))).toContain("Lock: prod");
+    expect(blocks.map((b) => b.inlines.map((i) => i.text).join(""))).toContain(`Name: ${link}`);
   });
 });
 
@@ -317,7 +328,7 @@ describe("delivery: in order, at least once, never in the way", () => {
       "release #1 on team/a started by a",
       "release #2 on team/b started by b",
     ]);
-    expect(teams.got.map((g) => JSON.parse(g.body).attachments[0].content.body[0].text)).toEqual([
+    expect(teams.got.map((g) => JSON.parse(g.body).attachments[0].content.body[0].inlines[0].text)).toEqual([
       "release #1 on team/a started by a",
       "release #2 on team/b started by b",
     ]);
@@ -423,6 +434,7 @@ describe("delivery: in order, at least once, never in the way", () => {
     await until(async () => types(r.got).at(-1) === "e", "the newest");
     expect(types(r.got.slice(1))).toEqual(["c", "d", "e"]);
     expect(webhookStatuses()[0]?.dropped).toBe(2);
+    expect(r.got).toHaveLength(4); // the new oldest waited for the retry the receiver was on, and was not tried at once
     r.stop();
   });
 

@@ -6,11 +6,13 @@
 // - Standard Webhooks (standardwebhooks.com): headers webhook-id, webhook-timestamp (Unix seconds) and
 //   webhook-signature "v1,<base64 HMAC-SHA256 of id.timestamp.body>", the key being the base64 after
 //   "whsec_"; body {type, timestamp, data}.
-// - Slack incoming webhooks: `text` (shown in notifications, and alone where blocks are not), and
-//   `blocks` with a "section" (mrkdwn text) and a "context" block; &, < and > escaped as Slack asks.
+// - Slack incoming webhooks: `text` (shown in notifications, and alone where blocks are not) with
+//   `mrkdwn: false`, and `blocks` with a "section" and a "context" of plain_text; &, < and > escaped as
+//   Slack asks. Names and reasons come from whoever may start: they are never read as formatting.
 // - Teams Workflows ("Post to a channel when a webhook request is received"): {type: "message",
 //   attachments: [{contentType: "application/vnd.microsoft.card.adaptive", content: AdaptiveCard}]},
-//   the card version 1.4 with a TextBlock and a FactSet.
+//   the card version 1.4 with RichTextBlocks of TextRuns, which (unlike TextBlock and FactSet) are not
+//   read as markdown: a name like "[click](https://evil.example)" shows as written.
 import { describeEvent, type Event, iso } from "../release.ts";
 import { type EventName, type Format, paceWords, type Webhook } from "./webhook.ts";
 
@@ -118,9 +120,10 @@ function slack(text: string, e: Event | "ping") {
           .join(" · ");
   return {
     text: slackEscape(text),
+    mrkdwn: false,
     blocks: [
-      { type: "section", text: { type: "mrkdwn", text: slackEscape(text) } },
-      { type: "context", elements: [{ type: "mrkdwn", text: slackEscape(context) }] },
+      { type: "section", text: { type: "plain_text", text: slackEscape(text), emoji: false } },
+      { type: "context", elements: [{ type: "plain_text", text: slackEscape(context), emoji: false }] },
     ],
   };
 }
@@ -148,8 +151,14 @@ function teams(text: string, e: Event | "ping") {
           type: "AdaptiveCard",
           version: "1.4",
           body: [
-            { type: "TextBlock", text, wrap: true, weight: "Bolder" },
-            ...(facts.length ? [{ type: "FactSet", facts }] : []),
+            { type: "RichTextBlock", inlines: [{ type: "TextRun", text, weight: "Bolder" }] },
+            ...facts.map((f) => ({
+              type: "RichTextBlock",
+              inlines: [
+                { type: "TextRun", text: `${f.title}: `, weight: "Bolder" },
+                { type: "TextRun", text: f.value },
+              ],
+            })),
           ],
         },
       },

@@ -67,6 +67,7 @@ export function openMemoryStore(historyLimit: number, clock: () => number = Date
         const p = progressOf(webhook);
         const newest = firstSeq + events.length - 1;
         const floor = Math.max(newest - backlog, firstSeq - 1); // beyond the backlog, or no longer kept
+        // Past the backlog the oldest go; the next one keeps the retry schedule the receiver is on.
         if (p.delivered < floor) Object.assign(p, { delivered: floor, dropped: p.dropped + floor - p.delivered });
         const from = p.delivered + 1 - firstSeq;
         const pending = events.slice(from, from + limit).map((event, i) => ({ seq: p.delivered + 1 + i, event }));

@@ -442,15 +442,11 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
               dropped: Number(row.dropped),
             };
             if (progress.delivered < floor) {
+              // The oldest go; the next one keeps the retry schedule the receiver is on.
               const skipped = floor - progress.delivered;
-              await tx`UPDATE releasestatus_webhooks SET delivered = ${floor}, dropped = dropped + ${skipped},
-                         attempts = 0, next_at = 0 WHERE key = ${webhook}`;
-              Object.assign(progress, {
-                delivered: floor,
-                dropped: progress.dropped + skipped,
-                attempts: 0,
-                nextAt: 0,
-              });
+              await tx`UPDATE releasestatus_webhooks SET delivered = ${floor}, dropped = dropped + ${skipped}
+                       WHERE key = ${webhook}`;
+              Object.assign(progress, { delivered: floor, dropped: progress.dropped + skipped });
             }
             const rows = await tx`
               SELECT seq, lock, at, kind, release_id, name, reason, made_by FROM releasestatus_events

@@ -143,6 +143,7 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
        WHERE key = ?1`,
     ),
     retry: db.query("UPDATE webhooks SET attempts = ?2, next_at = ?3 WHERE key = ?1"),
+    skip: db.query("UPDATE webhooks SET delivered = ?2, dropped = dropped + ?3 WHERE key = ?1"),
     pending: db.query<EventRow & { seq: number }, [number, number]>(
       "SELECT seq, lock, at, kind, release_id, name, reason, made_by FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
     ),
@@ -247,9 +248,10 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
         // Beyond the backlog, or pruned from the history before it could be delivered: dropped, and counted.
         const floor = Math.max((newest ?? 0) - backlog, (oldest ?? (newest ?? 0) + 1) - 1);
         if (row.delivered < floor) {
+          // The oldest go; the next one keeps the retry schedule the receiver is on.
           const skipped = floor - row.delivered;
-          write("NORMAL", () => q.advance.run(webhook, floor, skipped));
-          row = { ...row, delivered: floor, dropped: row.dropped + skipped, attempts: 0, next_at: 0 };
+          write("NORMAL", () => q.skip.run(webhook, floor, skipped));
+          row = { ...row, delivered: floor, dropped: row.dropped + skipped };
         }
         const events = q.pending.all(row.delivered, limit).map((r) => ({ seq: r.seq, event: toEvent(r) }));
         return { progress: toProgress(row), events, newest: newest ?? 0 };
