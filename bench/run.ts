@@ -275,6 +275,8 @@ async function main() {
       const ours = await start(OURS, sc.env);
       for (let i = 0; i < (sc.locks ?? 0); i++) await (await fetch(`${ours.url}/locks/team${i}/app/block`)).text();
       const headers = Object.fromEntries((sc.headers ?? []).map((h) => h.split(": ") as [string, string]));
+      // A store kept between runs (a file, PostgreSQL) may still hold the last run's release: end it first.
+      if (sc.prepare) await (await fetch(ours.url + sc.prepare.replace(/start\?.*$/, "stop"), { headers })).text();
       if (sc.prepare) expect1(await (await fetch(ours.url + sc.prepare, { headers })).text(), sc.prepare);
       const before = (await (await fetch(`${ours.url}/status?format=json`)).json()).lastReleaseId as number;
       entry.ours.push(await wrk(ours, sc.path, sc.script, sc.headers));
