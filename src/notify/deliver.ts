@@ -58,6 +58,7 @@ type Loop = {
   status: WebhookStatus;
   running: boolean;
   woken: boolean; // a wake that came while it was busy: its next pause ends at once, so none is lost
+  waitingToRetry: boolean; // its head failed and waits for its next attempt: commits do not wake it
   wake: () => void;
 };
 
@@ -74,9 +75,10 @@ type Options = {
 let options: Options | null = null;
 const loops = new Map<string, Loop>();
 let cancelReminders = () => {};
-// Every commit (this replica's or another's) wakes the loops: there may be something to send.
+// Every commit (this replica's or another's) wakes the loops: there may be something to send. Not one that
+// waits to try its head again: a new event changes nothing for it, and it would only look for nothing.
 const wakeAll = () => {
-  for (const loop of loops.values()) loop.wake();
+  for (const loop of loops.values()) if (!loop.waitingToRetry) loop.wake();
 };
 
 /**
@@ -107,6 +109,7 @@ export function deliver(hooks: Webhook[], o: Options): Promise<void> {
       hook,
       running: true,
       woken: false,
+      waitingToRetry: false,
       wake: () => {
         loop.woken = true;
       },
@@ -201,7 +204,9 @@ async function deliverLoop(loop: Loop, looked: () => void): Promise<void> {
     const wait = claim.progress.nextAt - clock.now();
     if (wait > 0) {
       loop.status.retryAt = claim.progress.nextAt;
+      loop.waitingToRetry = true;
       await pause(loop, wait, clock);
+      loop.waitingToRetry = false;
       continue;
     }
     loop.status.retryAt = null;
