@@ -17,7 +17,11 @@ const SCENARIOS: Record<string, Scenario> = {
   status: { env: { RS_DB: join(WORK, "s.db") }, path: "/status" },
   "status-json": { env: { RS_DB: join(WORK, "s.db") }, path: "/status?format=json" },
   cycle: { env: { RS_DB: ":memory:" }, path: "/", script: CYCLE },
-  "cycle-hanging-webhook": { env: { RS_DB: ":memory:", RS_CONFIG: process.env.HANGING_CONFIG ?? "" }, path: "/", script: CYCLE },
+  "cycle-hanging-webhook": {
+    env: { RS_DB: ":memory:", RS_CONFIG: process.env.HANGING_CONFIG ?? "" },
+    path: "/",
+    script: CYCLE,
+  },
   "cycle-file": { env: { RS_DB: join(WORK, "c.db") }, path: "/", script: CYCLE },
   locks: {
     env: { RS_DB: join(WORK, "l.db"), RS_MAX_LOCKS: "2000" },
