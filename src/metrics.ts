@@ -11,6 +11,7 @@ import { DEFAULT_LOCK, type Event, iso, type Outcome, type Reason, type Release,
 export const START_REFUSALS: Reason[] = [
   "running",
   "blocked",
+  "frozen",
   "queued",
   "timeout",
   "invalid",
