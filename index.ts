@@ -116,7 +116,7 @@ async function serve(cfg: Config): Promise<number> {
   const { state, expired } = await openEngine(store);
   logRestored(log, state, expired);
   learnFromHistory(await history(1000).catch(() => []));
-  keepCalendar(cfg.freezes, systemClock);
+  await keepCalendar(cfg.freezes, systemClock);
   await startWebhooks(cfg, store, log);
 
   let server: ReturnType<typeof startServer>;

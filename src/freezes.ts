@@ -80,12 +80,15 @@ export function upcoming(list: readonly Window[], now: number, count: number) {
   }));
 }
 
-/** Starts the calendar: starts ask it, and boundaries are recorded from now on. */
-export function keepCalendar(list: Window[], c: Clock): void {
+/**
+ * Starts the calendar: starts ask it, and boundaries are recorded from now on. Resolves after its first
+ * look, so that a freeze in force is in the history before the daemon answers anyone.
+ */
+export function keepCalendar(list: Window[], c: Clock): Promise<void> {
   windows = list;
   clock = c;
   useCalendar(frozenAt);
-  void tick();
+  return tick();
 }
 
 /** A reload: the new windows apply to the next start at once, and their boundaries are looked at now. */
@@ -99,8 +102,12 @@ export function replaceCalendar(list: Window[]): void {
   const [oldKeys, newKeys] = [keys(before), keys(list)];
   const removed = before.filter((w) => !newKeys.has(windowKey(w)) && occurrenceAt(w, now));
   const added = list.filter((w) => !oldKeys.has(windowKey(w)) && occurrenceAt(w, now));
-  void settleReload(removed, added, now).then(() => tick());
+  reloads.push(() => settleReload(removed, added, now)); // done by the keeper's next look, before the rest
+  void tick();
 }
+
+/** What reloads left for the keeper to record, in order. */
+const reloads: (() => Promise<void>)[] = [];
 
 // A window in force that a reload removed has ended now: recorded as thawed. One that a reload only edited
 // (another in force on the same lock took its place) is the same freeze: no thaw, and no second start.
@@ -125,6 +132,7 @@ export function stopCalendar(): void {
   clock = null;
   windows = [];
   recorded.clear();
+  reloads.length = 0;
 }
 
 // The latest boundary of a window at or before `now`: the start of the occurrence in force, else the
@@ -197,6 +205,7 @@ async function look(): Promise<void> {
   if (!c) return;
   cancelTick();
   try {
+    for (const settle of reloads.splice(0)) await settle();
     const now = c.now();
     for (const w of windows) await recordLatest(w, now);
   } catch {} // a store that is away: the next look tries again
@@ -213,7 +222,8 @@ async function recordLatest(w: Window, now: number): Promise<void> {
   const seen = { window: key, lock: ROOT, kind: "seen", at: 0 }; // the window was configured from then on
   if (!recorded.has(markKey(seen))) {
     const known = await windowKnown(key);
-    if (!known && !(await recordOnce(seen, []))) return; // not written: the next look tries again
+    // Written now, or just now by another replica; not written at all (the store is away): the next look tries again.
+    if (!known && !(await recordOnce(seen, [])) && !health().ok) return;
     recorded.add(markKey(seen));
     // Seen for the first time: an occurrence that already ended is history from before it was configured.
     const b = known ? null : latestBoundary(w, now);
