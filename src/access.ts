@@ -18,8 +18,6 @@ export type Token = {
 /** Tokens by the hex SHA-256 of the token, and whether reading needs one too. */
 export type Access = { tokens: ReadonlyMap<string, Token>; read: "open" | "token" };
 
-export const OPEN: Access = { tokens: new Map(), read: "open" };
-
 /** RS_TOKEN: may do everything, and is recorded as `token`. */
 export const everything = (sha256: string): Token => ({
   who: PLAIN_TOKEN,

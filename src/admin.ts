@@ -4,7 +4,7 @@ import { digestOf, RIGHTS, type Right } from "./access.ts";
 import { ConfigError, describeToken, parseConfigFile, readConfig, readConfigFile } from "./config.ts";
 import { describeSchedule, upcoming } from "./freezes.ts";
 import { LOCK_NAME_RULE, validLockName } from "./names.ts";
-import { ATTEMPT_TIMEOUT_MS } from "./notify/deliver.ts";
+import { send } from "./notify/deliver.ts";
 import { render } from "./notify/formats.ts";
 import type { Webhook } from "./notify/webhook.ts";
 import { iso } from "./release.ts";
@@ -72,21 +72,12 @@ export async function webhookTest(args: string[]): Promise<number> {
     if (!hook) return fail(`there is no webhook ${n}: ${process.env.RS_CONFIG} has ${hooks.length}`);
     const now = Date.now();
     const message = render(hook, `msg_ping_${now}`, "ping", now);
-    const answer = await fetch(hook.url, {
-      method: "POST",
-      headers: message.headers,
-      body: message.body,
-      redirect: "manual",
-      signal: AbortSignal.timeout(ATTEMPT_TIMEOUT_MS),
-    }).then(
-      async (res) => ({ status: res.status, text: (await res.text()).slice(0, 200).trim() }),
-      (e: Error) => ({ status: null, text: e.name === "TimeoutError" ? "no answer within 5 s" : e.message }),
-    );
+    const answer = await send(hook.url, message, now, { readBody: true });
     const ok = answer.status !== null && answer.status >= 200 && answer.status < 300;
     if (!ok) failed++;
-    print(
-      `${n}. ${hook.label} (${hook.format}): ${answer.status ?? "no answer"}${answer.text ? ` ${answer.text}` : ""}${ok ? "" : "  <- not accepted"}`,
-    );
+    const said =
+      answer.status === null ? `no answer: ${answer.error}` : `${answer.status}${answer.body ? ` ${answer.body}` : ""}`;
+    print(`${n}. ${hook.label} (${hook.format}): ${said}${ok ? "" : "  <- not accepted"}`);
   }
   return failed ? 1 : 0;
 }

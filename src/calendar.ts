@@ -60,7 +60,7 @@ export const CRON_REACH_DAYS = 400;
 const CANCELLED_STARTS = 1000; // starts cancelled by an end in a row, at most, before a search gives up
 const CHECKED_FROM = Date.UTC(2026, 0, 1); // where a cron window is tried once when read
 
-const DAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+export const DAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
 const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
 
 // ---------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 // and restarts, catching up on a boundary it missed while the daemon was down.
 // The schedule itself is src/calendar.ts (pure); this module reads the clock.
 import {
+  DAYS,
   describeFreeze,
   describeLocalTime,
   type Freeze,
@@ -60,7 +61,6 @@ export const freezeJson = (f: Freeze) => ({
 export function describeSchedule(w: Window): string {
   const r = w.rule;
   const at = (m: number) => `${String(Math.floor(m / 60)).padStart(2, "0")}:${String(m % 60).padStart(2, "0")}`;
-  const DAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
   if (r.kind === "weekly")
     return `every ${DAYS[r.start.day]} ${at(r.start.minute)} - ${DAYS[r.end.day]} ${at(r.end.minute)} (${w.timezone})`;
   if (r.kind === "once")

@@ -5,22 +5,19 @@
 import { describe, expect, test } from "bun:test";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { type Daemon, daemonsPerTest, historyKinds, runBinary, statusOf, tempDir, until } from "./daemon.ts";
+import {
+  configFile,
+  type Daemon,
+  daemonsPerTest,
+  freshDb,
+  historyKinds,
+  runBinary,
+  statusOf,
+  tempDir,
+  until,
+} from "./daemon.ts";
 
 const startDaemon = daemonsPerTest();
-// Each daemon on a store of its own: an SQLite file, or a new database when RS_TEST_DB names a PostgreSQL server.
-let databases = 0;
-async function freshDb(): Promise<string> {
-  const server = process.env.RS_TEST_DB;
-  if (!server) return join(tempDir(), "state.db");
-  const name = `access_${process.pid}_${++databases}`;
-  const admin = new Bun.SQL(server);
-  await admin.unsafe(`CREATE DATABASE ${name}`);
-  await admin.close();
-  const url = new URL(server);
-  url.pathname = `/${name}`;
-  return url.toString();
-}
 const daemon = async (env: Record<string, string> = {}) => startDaemon({ RS_DB: await freshDb(), ...env });
 const sha = (token: string) => new Bun.CryptoHasher("sha256").update(token).digest("hex");
 const as = (token: string) => ({ headers: { Authorization: `Bearer ${token}` } });
@@ -37,12 +34,11 @@ const TEAM = [
   tokenTable("bob", ["block"], ["prod"], BOB),
   tokenTable("ops", ["release", "block", "override"], ["*"], OPS),
 ].join("\n");
-
-function configFile(text: string): string {
-  const path = join(tempDir(), "releasestatus.toml");
-  writeFileSync(path, text);
-  return path;
-}
+const WITHOUT_ANA = TEAM.split("\n\n")
+  .filter((t) => !t.includes('"ana"'))
+  .join("\n\n");
+const queueOf = async (d: Daemon, lock: string) =>
+  (await (await d.get(`/locks/${lock}/status?format=json`)).json()).queue as unknown[];
 
 async function withTeam(extra = "", env: Record<string, string> = {}) {
   const file = configFile(`${extra}\n${TEAM}`);
@@ -238,14 +234,8 @@ describe("reloading on SIGHUP", () => {
     const { d, file } = await withTeam();
     expect(await d.body("/locks/prod/start?name=ana", as(ANA))).toBe("1\n");
     const waiter = d.body("/locks/prod/start?name=ops&wait=30", as(OPS));
-    await until(
-      async () => (await (await d.get("/locks/prod/status?format=json")).json()).queue.length === 1,
-      "the waiter in line",
-    );
-    const withoutAna = TEAM.split("\n\n")
-      .filter((t) => !t.includes('"ana"'))
-      .join("\n\n");
-    await reload(d, file, withoutAna, "configuration reloaded");
+    await until(async () => (await queueOf(d, "prod")).length === 1, "the waiter in line");
+    await reload(d, file, WITHOUT_ANA, "configuration reloaded");
     expect(d.output()).toContain("token removed: ana (release on prod, staging)");
     expect(d.output()).not.toContain(sha(ANA));
     const status = await (await d.get("/locks/prod/status?format=json")).json();
@@ -444,14 +434,8 @@ describe("what a hostile reviewer found, closed", () => {
     const { d, file } = await withTeam();
     expect(await d.body("/locks/prod/start?name=holder", as(OPS))).toBe("1\n");
     const waiter = d.get("/locks/prod/start?name=ana&wait=30", as(ANA));
-    await until(
-      async () => (await (await d.get("/locks/prod/status?format=json")).json()).queue.length === 1,
-      "the waiter in line",
-    );
-    const withoutAna = TEAM.split("\n\n")
-      .filter((t) => !t.includes('"ana"'))
-      .join("\n\n");
-    await reload(d, file, withoutAna, "configuration reloaded");
+    await until(async () => (await queueOf(d, "prod")).length === 1, "the waiter in line");
+    await reload(d, file, WITHOUT_ANA, "configuration reloaded");
     expect(await d.body("/locks/prod/stop", as(OPS))).toBe("1\n");
     const answer = await waiter;
     expect({ status: answer.status, body: await answer.text() }).toEqual({ status: 401, body: "0\n" });

@@ -2,7 +2,7 @@
 // stops it again. Every suite that speaks HTTP goes through here.
 
 import { afterEach } from "bun:test";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
@@ -150,4 +150,25 @@ export async function until(check: () => Promise<boolean>, what: string, ms = 15
     await Bun.sleep(20);
   }
   throw new Error(`timed out waiting for ${what}`);
+}
+
+/** A store of its own for one daemon: an SQLite file, or a new database when RS_TEST_DB names a PostgreSQL server. */
+let databases = 0;
+export async function freshDb(): Promise<string> {
+  const server = process.env.RS_TEST_DB;
+  if (!server) return join(tempDir(), "state.db");
+  const name = `test_${process.pid}_${++databases}`;
+  const admin = new Bun.SQL(server);
+  await admin.unsafe(`CREATE DATABASE ${name}`);
+  await admin.close();
+  const url = new URL(server);
+  url.pathname = `/${name}`;
+  return url.toString();
+}
+
+/** A configuration file (RS_CONFIG) holding `text`, in a directory of its own. */
+export function configFile(text: string): string {
+  const path = join(tempDir(), "releasestatus.toml");
+  writeFileSync(path, text);
+  return path;
 }

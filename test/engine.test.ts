@@ -7,7 +7,6 @@ import { join } from "node:path";
 import { SQL } from "bun";
 import { parseWindow, type Window } from "../src/calendar.ts";
 import {
-  type Clock,
   change,
   closeEngine,
   engine,
@@ -24,41 +23,10 @@ import { block, type Outcome, ROOT, renew, stop, unblock } from "../src/release.
 import { openMemoryStore } from "../src/store/memory.ts";
 import { openSqliteStore } from "../src/store/sqlite.ts";
 import type { Store } from "../src/store/store.ts";
+import { T0, testClock } from "./clock.ts";
 import { tempDir, until } from "./daemon.ts";
 
-const T0 = Date.parse("2026-11-27T09:00:00Z");
 const LOCK = "default";
-
-/** A clock that moves only when the test moves it; due timers run in order, each awaited. */
-function testClock() {
-  let now = T0;
-  let timers: { at: number; run: () => unknown }[] = [];
-  const clock: Clock & { advance(ms: number): Promise<void>; jump(ms: number): void } = {
-    now: () => now,
-    after(ms, run) {
-      const timer = { at: now + Math.max(ms, 0), run };
-      timers.push(timer);
-      return () => {
-        timers = timers.filter((t) => t !== timer);
-      };
-    },
-    jump(ms) {
-      now += ms; // time passes, but no timer has fired yet
-    },
-    async advance(ms) {
-      const end = now + ms;
-      for (;;) {
-        const due = timers.filter((t) => t.at <= end).sort((a, b) => a.at - b.at)[0];
-        if (!due) break;
-        timers = timers.filter((t) => t !== due);
-        now = due.at;
-        await due.run();
-      }
-      now = end;
-    },
-  };
-  return clock;
-}
 
 type StoreMaker = (clock: () => number) => Promise<Store>;
 

@@ -5,8 +5,7 @@
 // the engine's part (waiters, missed boundaries) in engine.test.ts.
 import { describe, expect, test } from "bun:test";
 import { writeFileSync } from "node:fs";
-import { join } from "node:path";
-import { type Daemon, daemonsPerTest, tempDir, until } from "./daemon.ts";
+import { configFile, type Daemon, daemonsPerTest, freshDb, until } from "./daemon.ts";
 
 const startDaemon = daemonsPerTest();
 const sha = (token: string) => new Bun.CryptoHasher("sha256").update(token).digest("hex");
@@ -17,26 +16,6 @@ const HOUR = 3_600_000;
 const minute = (t: number) => new Date(t).toISOString().slice(0, 16).replace("T", " ");
 const inForce = (reason: string, locks: string[] | null) =>
   `[[freeze]]\nreason = "${reason}"\n${locks ? `locks = ${JSON.stringify(locks)}\n` : ""}from = "${minute(Date.now() - HOUR)}"\nuntil = "${minute(Date.now() + 2 * HOUR)}"\n`;
-
-// Each daemon on a store of its own: an SQLite file, or a new database when RS_TEST_DB names a PostgreSQL server.
-let databases = 0;
-async function freshDb(): Promise<string> {
-  const server = process.env.RS_TEST_DB;
-  if (!server) return join(tempDir(), "state.db");
-  const name = `freezes_${process.pid}_${++databases}`;
-  const admin = new Bun.SQL(server);
-  await admin.unsafe(`CREATE DATABASE ${name}`);
-  await admin.close();
-  const url = new URL(server);
-  url.pathname = `/${name}`;
-  return url.toString();
-}
-
-function configFile(text: string): string {
-  const path = join(tempDir(), "releasestatus.toml");
-  writeFileSync(path, text);
-  return path;
-}
 
 const boundaries = async (d: Daemon) =>
   ((await (await d.get("/history?format=json")).json()).events as { kind: string; lock: string }[])

@@ -3,10 +3,8 @@
 // webhook by its host only, webhook-test, and (on PostgreSQL) three replicas
 // deliver every event, none twice without faults. Real receivers (Bun.serve).
 import { afterEach, describe, expect, test } from "bun:test";
-import { writeFileSync } from "node:fs";
-import { join } from "node:path";
 import type { Server } from "bun";
-import { type Daemon, daemonsPerTest, runBinary, tempDir, until } from "./daemon.ts";
+import { configFile, type Daemon, daemonsPerTest, freshDb, runBinary, until } from "./daemon.ts";
 
 const startDaemon = daemonsPerTest();
 const receivers: Server<undefined>[] = [];
@@ -42,24 +40,6 @@ function receiver(answer: () => Response | Promise<Response> = () => new Respons
   };
 }
 
-let databases = 0;
-async function freshDb(): Promise<string> {
-  const server = process.env.RS_TEST_DB;
-  if (!server) return join(tempDir(), "state.db");
-  const name = `webhooks_${process.pid}_${++databases}`;
-  const admin = new Bun.SQL(server);
-  await admin.unsafe(`CREATE DATABASE ${name}`);
-  await admin.close();
-  const url = new URL(server);
-  url.pathname = `/${name}`;
-  return url.toString();
-}
-
-function configFile(text: string): string {
-  const path = join(tempDir(), "releasestatus.toml");
-  writeFileSync(path, text);
-  return path;
-}
 const webhookConfig = (url: string, extra = "") => configFile(`[[webhook]]\nurl = "${url}"\n${extra}`);
 const statusOfHooks = async (d: Daemon) => (await (await d.get("/webhooks?format=json")).json()).webhooks;
 

@@ -8,7 +8,7 @@
 import { afterEach, beforeEach, describe, expect, test } from "bun:test";
 import { createHmac, timingSafeEqual } from "node:crypto";
 import type { Server } from "bun";
-import { type Clock, closeEngine, engine, openEngine, start } from "../src/engine.ts";
+import { closeEngine, engine, openEngine, start } from "../src/engine.ts";
 import {
   deliver,
   nextDelay,
@@ -22,11 +22,11 @@ import { hearsLock, labelled, parseWebhook, type Webhook } from "../src/notify/w
 import type { Event } from "../src/release.ts";
 import { openMemoryStore } from "../src/store/memory.ts";
 import type { Store } from "../src/store/store.ts";
+import { T0, testClock } from "./clock.ts";
 import { until } from "./daemon.ts";
 
 const SECRET_BYTES = new Uint8Array(32).map((_, i) => i + 1);
 const SECRET = `whsec_${Buffer.from(SECRET_BYTES).toString("base64")}`;
-const T0 = Date.parse("2026-11-27T09:00:00Z");
 
 const hook = (raw: Record<string, unknown>): Webhook => {
   const parsed = parseWebhook(raw);
@@ -219,34 +219,6 @@ describe("the retry schedule", () => {
     expect(nextDelay(1, 9 * 86_400_000, () => 0.5)).toBe(86_400_000);
   });
 });
-
-/** A clock that moves only when the test moves it (as in engine.test.ts). */
-function testClock() {
-  let now = T0;
-  let timers: { at: number; run: () => unknown }[] = [];
-  const clock: Clock & { advance(ms: number): Promise<void> } = {
-    now: () => now,
-    after(ms, run) {
-      const timer = { at: now + Math.max(ms, 0), run };
-      timers.push(timer);
-      return () => {
-        timers = timers.filter((t) => t !== timer);
-      };
-    },
-    async advance(ms) {
-      const end = now + ms;
-      for (;;) {
-        const due = timers.filter((t) => t.at <= end).sort((a, b) => a.at - b.at)[0];
-        if (!due) break;
-        timers = timers.filter((t) => t !== due);
-        now = due.at;
-        await due.run();
-      }
-      now = end;
-    },
-  };
-  return clock;
-}
 
 /** A receiver that records what it was sent and answers as the test says. */
 function receiver() {

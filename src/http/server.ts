@@ -119,7 +119,8 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
             () => `refused ${name}${lock === DEFAULT_LOCK || lock === ROOT ? "" : ` on ${lock}`}: ${o.message}`,
           );
         // The lock's status goes with a JSON answer only to a caller who may read it.
-        const status = mayRead(req) === null ? () => statusJson(lock === ROOT ? DEFAULT_LOCK : lock) : () => null;
+        // Asked only for a JSON answer: a plain 1 or 0 costs no second look at the token.
+        const status = () => (mayRead(req) === null ? statusJson(lock === ROOT ? DEFAULT_LOCK : lock) : null);
         return answer(ask.json, o, success(o, lock), status);
       };
       const access = cfg.access;

@@ -8,7 +8,7 @@ import { type Clock, engine, onCommit, recordOnce } from "../engine.ts";
 import type { Log } from "../log.ts";
 import { type Event, iso } from "../release.ts";
 import type { Outbox, Pending } from "../store/store.ts";
-import { messageId, render, wants } from "./formats.ts";
+import { type Message, messageId, render, wants } from "./formats.ts";
 import { hearsLock, paceWords, type Webhook } from "./webhook.ts";
 
 /** Waits before attempt 2, 3, …, 10 (attempt 1 is at once); after the 10th failure the event is dropped. */
@@ -245,35 +245,46 @@ async function deliverLoop(loop: Loop, looked: () => void): Promise<void> {
 
 // One attempt: cancelled (not raced) when the receiver takes longer than the limit. Redirects are not
 // followed: a signed body is for this URL only.
-async function attempt(
-  hook: Webhook,
-  p: Pending,
-): Promise<{ status: number | null; error: string; retryAfterMs: number | null }> {
+function attempt(hook: Webhook, p: Pending): Promise<Answer> {
   const o = options as Options;
   const now = o.clock.now();
   const message = render(hook, messageId(p.seq, p.event), p.event, now);
-  const limit = o.attemptTimeoutMs ?? ATTEMPT_TIMEOUT_MS;
+  return send(hook.url, message, now, { limit: o.attemptTimeoutMs, fetch: o.fetch });
+}
+
+export type Answer = { status: number | null; error: string; retryAfterMs: number | null; body: string };
+
+/**
+ * Posts one message: cancelled (not raced) when the receiver takes longer than the limit, redirects not
+ * followed (a signed body is for this URL only). The answer's body is read only when asked for.
+ */
+export async function send(
+  url: string,
+  message: Message,
+  now: number,
+  o: { limit?: number; fetch?: typeof fetch; readBody?: boolean } = {},
+): Promise<Answer> {
+  const limit = o.limit ?? ATTEMPT_TIMEOUT_MS;
   try {
-    const res = await (o.fetch ?? fetch)(hook.url, {
+    const res = await (o.fetch ?? fetch)(url, {
       method: "POST",
       headers: message.headers,
       body: message.body,
       redirect: "manual",
       signal: AbortSignal.timeout(limit),
     });
-    await res.body?.cancel().catch(() => {}); // the answer's body is not needed
+    const body = o.readBody ? (await res.text()).slice(0, 200).trim() : "";
+    if (!o.readBody) await res.body?.cancel().catch(() => {});
     return {
       status: res.status,
       error: `HTTP ${res.status}`,
       retryAfterMs: retryAfter(res.headers.get("retry-after"), now),
+      body,
     };
   } catch (e) {
     const timedOut = (e as Error).name === "TimeoutError" || (e as Error).name === "AbortError";
-    return {
-      status: null,
-      error: timedOut ? `no answer within ${limit / 1000} s` : (e as Error).message,
-      retryAfterMs: null,
-    };
+    const error = timedOut ? `no answer within ${limit / 1000} s` : (e as Error).message;
+    return { status: null, error, retryAfterMs: null, body: "" };
   }
 }
 
