@@ -74,6 +74,49 @@ describe("a full disk", () => {
   });
 });
 
+describe("a full disk and the wait line", () => {
+  test("a waiter whose joining could not be saved is answered storage and is not left in line", async () => {
+    const w = await startDaemon({ RS_DB: join(mountPoint, "line.db") });
+    try {
+      const started = await w.get("/start?name=holder&ttl=3600");
+      const id = started.headers.get("x-release-id");
+      const filler = fillDisk();
+      // Renewals commit and keep the release running: they fill what the write-ahead log had left.
+      let full = false;
+      for (let i = 0; i < 2000 && !full; i++) full = (await w.get(`/renew?id=${id}&ttl=3600`)).status === 503;
+      expect(full).toBe(true);
+      const queue = async () => (await (await w.get("/status?format=json")).json()).queue as unknown[];
+      // Joining may still fit where a renewal did not: each waiter that got in is sent away, until one cannot join.
+      let refused = null as Response | null;
+      for (let i = 0; i < 200 && !refused; i++) {
+        const gone = new AbortController();
+        let answered = null as Response | null;
+        const asking = w.get("/start?name=waiter&wait=60", { signal: gone.signal }).then(
+          (r) => (answered = r),
+          () => null,
+        );
+        await until(async () => answered !== null || (await queue()).length > 0, "the waiter to join or be answered");
+        if (answered) refused = answered;
+        else {
+          gone.abort();
+          await asking;
+          await until(async () => (await queue()).length === 0, "the waiter that went away to leave the line");
+        }
+      }
+      expect(refused?.status).toBe(503);
+      expect(refused?.headers.get("x-reason-code")).toBe("storage");
+      expect(await queue()).toEqual([]);
+
+      for (const f of filler) rmSync(f);
+      await until(async () => (await w.get("/healthz")).status === 200, "storage to work again");
+      expect(await w.body(`/stop?id=${id}`)).toBe("1\n");
+      expect(await w.body("/start?name=next")).toBe("1\n"); // no one left in line ahead of it
+    } finally {
+      await w.stop("SIGKILL");
+    }
+  });
+});
+
 // Root may write anywhere, so these run the binary as nobody (uid 65534).
 function asNobody(env: Record<string, string>) {
   const r = Bun.spawnSync(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", BINARY], {

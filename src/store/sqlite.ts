@@ -211,6 +211,7 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
         const preview = decideInLine(lock, stored(lock), now, decide, line, options, null);
         if (preview.committed && onlyQueueEvents(preview.committed.events)) level = "NORMAL";
       }
+      const putBack = line.save(); // a join that does not commit leaves no one in line
       const decision = write(level, () =>
         decideInLine(lock, stored(lock), now, decide, line, options, (w) => {
           for (const [name, e] of w.entries) q.save.run(name, ...toColumns(e));
@@ -218,6 +219,7 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
           append(w.events);
         }),
       );
+      if (!decision) putBack();
       return decision ?? { outcome: STORAGE_FAILED, committed: null, joined: null };
     },
     leave: async (lock, id, why) => {

@@ -218,6 +218,15 @@ export class LocalWaitLine {
     if (waiter) this.line = this.line.filter((w) => w !== waiter);
     return waiter;
   }
+
+  /** The line as it is, to put back if the transaction that changed it does not commit. */
+  save(): () => void {
+    const { line, nextId } = this;
+    return () => {
+      this.line = line;
+      this.nextId = nextId;
+    };
+  }
 }
 
 /** The event that records a waiter joining or leaving the line. */
