@@ -70,6 +70,7 @@ export const engine = {
   scopes: new Map<string, State>(), // each lock's state with its neighbours, worked out once per change
   expiries: new Map<string, () => void>(), // lease timers, by lock
   waiters: new Set<Waiter>(),
+  committing: 0, // commits asked for and not yet answered: until they are, memory may be out of date
   listeners: [] as ((h: Heard) => void)[],
   closing: false,
   // The freeze in force on a lock at a time: the calendar's answer (src/freezes.ts), none until it is set.
@@ -144,13 +145,14 @@ const waitingAhead = (lock: string): number => {
 
 /**
  * Runs a rule and commits what it changed. A refusal that changes nothing is decided from
- * memory when no other process can write the store; every change is decided by the store,
- * inside its write transaction, from what is stored.
+ * memory when no other process can write the store and no commit is on its way (it joins
+ * that commit instead, to be decided after what it changes); every change is decided by the
+ * store, inside its write transaction, from what is stored.
  */
 export function change(lock: string, rule: Rule): Outcome | Promise<Outcome> {
   if (engine.closing) return SHUTTING_DOWN;
   const s = store();
-  if (s.exclusive) {
+  if (memoryIsCurrent(s)) {
     const { outcome, change } = withExpiry(rule)(state(lock), engine.clock.now(), waitingAhead(lock));
     if (!change) return outcome;
   } else if (s.peek) return refuseFromCommitted(s, lock, rule);
@@ -185,7 +187,7 @@ export function start(
     const outcome = change(lock, rule); // the common case: a refusal from memory
     return outcome instanceof Promise ? outcome.then((o) => keepOnlyIfHeard(lock, o, gone)) : outcome;
   }
-  if (store().exclusive) {
+  if (memoryIsCurrent(store())) {
     const { outcome } = withExpiry(rule)(state(lock), engine.clock.now(), waitingAhead(lock));
     if (!outcome.ok && !WAITABLE.has(outcome.reason)) return outcome; // nothing to wait for
   }
@@ -294,9 +296,18 @@ export async function recordOnce(mark: Mark, events: Event[]): Promise<boolean> 
 /** Whether the calendar ever recorded a boundary of this window here. */
 export const windowKnown = (window: string): Promise<boolean> => store().marked(window);
 
+// What memory holds is what is stored: no other process writes the store, and nothing is being committed.
+const memoryIsCurrent = (s: Store): boolean => s.exclusive && engine.committing === 0;
+
 /** Commits through the store, then updates the cache and tells listeners. */
 async function commit(lock: string, rule: Rule, options: TransactOptions = {}): Promise<Decision> {
-  const decision = await store().transact(lock, withExpiry(rule), options);
+  engine.committing++;
+  let decision: Decision;
+  try {
+    decision = await store().transact(lock, withExpiry(rule), options);
+  } finally {
+    engine.committing--;
+  }
   if (decision.committed) heard(decision.committed, false);
   else if (!decision.outcome.ok && decision.outcome.reason === "storage")
     storageFailure(store().health().problem ?? "the store did not say why");

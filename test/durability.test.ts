@@ -137,6 +137,61 @@ describe("crash", () => {
   });
 });
 
+describe("crash with many clients", () => {
+  // Changes that arrive together are committed together: a kill -9 must lose none of those answered,
+  // on a lock of each client's own and on one they all contend for.
+  test("kill -9 while ten clients change locks at once: every acknowledged answer is in the history (15 rounds)", async () => {
+    let seed = 7;
+    const random = () => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed / 2 ** 31;
+    };
+    let checked = 0;
+    for (let round = 0; round < 15; round++) {
+      const db = join(tempDir(), "crash-many.db");
+      const d = await daemonOn(db);
+      const acknowledged: { lock: string; kind: "started" | "stopped"; id: number }[] = [];
+      let killed = false;
+      const client = async (lock: string) => {
+        let holding: number | null = null;
+        while (!killed) {
+          const path: string = holding === null ? `/locks/${lock}/start?name=c` : `/locks/${lock}/stop?id=${holding}`;
+          const res: Response | null = await d.get(path).catch(() => null);
+          const body = await res?.text().catch(() => null);
+          if (!res || body == null) return; // cut by the kill: unknown either way
+          if (body !== "1\n") continue; // another client holds the shared lock
+          if (holding === null) {
+            holding = Number(res.headers.get("x-release-id"));
+            acknowledged.push({ lock, kind: "started", id: holding });
+          } else {
+            acknowledged.push({ lock, kind: "stopped", id: holding });
+            holding = null;
+          }
+        }
+      };
+      const locks = ["a", "b", "c", "d", "e", "f", "shared", "shared", "shared", "shared"];
+      const clients = Promise.all(locks.map(client));
+      await Bun.sleep(5 + random() * 40); // a random moment to kill at: the test's point, not a wait
+      killed = true;
+      d.proc.kill("SIGKILL");
+      await d.proc.exited;
+      await clients;
+
+      const after = await daemonOn(db);
+      for (const lock of new Set(locks)) {
+        const { events } = await (await after.get(`/locks/${lock}/history?format=json&limit=1000`)).json();
+        const history = events as { kind: string; releaseId: number | null }[];
+        for (const a of acknowledged.filter((a) => a.lock === lock))
+          expect(history.some((e) => e.kind === a.kind && e.releaseId === a.id)).toBe(true);
+      }
+      checked += acknowledged.length;
+      await after.stop("SIGKILL");
+    }
+    console.log(`crash test with ten clients: ${checked} acknowledged answers checked against the history`);
+    expect(checked).toBeGreaterThan(15 * 10);
+  });
+});
+
 describe("the database file", () => {
   test("a second daemon on the same file refuses to start and the first keeps serving", async () => {
     const db = join(tempDir(), "shared.db");

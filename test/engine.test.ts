@@ -229,6 +229,34 @@ for (const [storeName, makeStore] of stores) {
       });
     });
 
+    // Replicas on a shared store may order requests that are in flight together either way; one daemon
+    // holding its store decides them in the order they came, each after what the ones before it changed.
+    describe.if(storeName !== "PostgreSQL")("changes asked for together", () => {
+      test("are decided in the order asked, each on what the ones before it committed", async () => {
+        const asked = [startNow("ana"), stopNow(), startNow("ben"), startNow("cy"), stopNow(), stopNow()];
+        expect((await Promise.all(asked)).map(reasonOf)).toEqual([
+          "granted",
+          "granted",
+          "granted",
+          "running",
+          "granted",
+          "not-running",
+        ]);
+        expect(await kinds()).toEqual(["started", "stopped", "started", "stopped"]);
+        expect((await history(10, LOCK)).map((e) => e.name).reverse()).toEqual(["ana", "", "ben", ""]);
+        expect(state(LOCK).release).toBeNull();
+      });
+
+      test("a refusal asked for while a change is on its way waits for it rather than answer from before it", async () => {
+        await startNow("ana");
+        const stopping = stopNow();
+        const starting = startNow("ben"); // memory still says ana holds the release
+        expect(reasonOf(await stopping)).toBe("granted");
+        expect(reasonOf(await starting)).toBe("granted");
+        expect(state(LOCK).release?.name).toBe("ben");
+      });
+    });
+
     describe("a grant nobody hears", () => {
       test("a release granted to a client that already went away is ended at once (abandoned)", async () => {
         const answer = await start(LOCK, holder("ghost"), 0, AbortSignal.abort());

@@ -6,6 +6,7 @@ import { type Event, STORAGE_FAILED } from "../release.ts";
 import {
   ancestorsOf,
   type Decide,
+  type Decision,
   decideInLine,
   type EventRow,
   LocalWaitLine,
@@ -16,6 +17,7 @@ import {
   type Store,
   type Stored,
   StoreOpenError,
+  type TransactOptions,
   toColumns,
   toEvent,
   toStored,
@@ -191,6 +193,38 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
       return null;
     }
   }
+  // Group commit: the changes asked for in one turn of the event loop are decided one after another, in
+  // the order asked, each on what the ones before it wrote, inside one write transaction that one fsync
+  // commits. Each is answered once that commit is known; if it fails, every one is answered `storage`
+  // and the wait line is put back as it was.
+  type Asked = { lock: string; decide: Decide; options: TransactOptions; answer: (d: Decision) => void };
+  let asked: Asked[] = [];
+  const commitAsked = () => {
+    const batch = asked;
+    asked = [];
+    const now = clock();
+    const putBack = line.save();
+    const decisions = write(durabilityFor(batch, now), () =>
+      batch.map(({ lock, decide, options }) =>
+        decideInLine(lock, stored(lock), now, decide, line, options, (w) => {
+          for (const [name, e] of w.entries) q.save.run(name, ...toColumns(e));
+          if (w.lastId !== null) q.count.run(w.lastId);
+          append(w.events);
+        }),
+      ),
+    );
+    if (!decisions) putBack();
+    batch.forEach((a, i) => {
+      a.answer(decisions?.[i] ?? { outcome: STORAGE_FAILED, committed: null, joined: null });
+    });
+  };
+  // Joining the line needs no fsync of its own, a grant does: for a lone join, a look first says which it is.
+  const durabilityFor = (batch: Asked[], now: number): "FULL" | "NORMAL" => {
+    const [only] = batch;
+    if (batch.length !== 1 || !only?.options.join) return "FULL";
+    const preview = decideInLine(only.lock, stored(only.lock), now, only.decide, line, only.options, null);
+    return preview.committed && onlyQueueEvents(preview.committed.events) ? "NORMAL" : "FULL";
+  };
   const watchdog = setInterval(() => {
     checkIdentity();
     if (!health.writable && !health.gone) write("NORMAL", () => q.probe.run()); // learns when storage works again
@@ -203,25 +237,11 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
     health: () => ({ writable: health.writable && !health.gone, readable: true, problem: health.problem }),
     readAll: async () => toStored(q.all.all()),
     read: async (lock) => stored(lock),
-    transact: async (lock, decide: Decide, options = {}) => {
-      const now = clock();
-      let level: "FULL" | "NORMAL" = "FULL";
-      if (options.join) {
-        // Joining the line needs no fsync of its own, a grant does: which one it is, a look first says.
-        const preview = decideInLine(lock, stored(lock), now, decide, line, options, null);
-        if (preview.committed && onlyQueueEvents(preview.committed.events)) level = "NORMAL";
-      }
-      const putBack = line.save(); // a join that does not commit leaves no one in line
-      const decision = write(level, () =>
-        decideInLine(lock, stored(lock), now, decide, line, options, (w) => {
-          for (const [name, e] of w.entries) q.save.run(name, ...toColumns(e));
-          if (w.lastId !== null) q.count.run(w.lastId);
-          append(w.events);
-        }),
-      );
-      if (!decision) putBack();
-      return decision ?? { outcome: STORAGE_FAILED, committed: null, joined: null };
-    },
+    transact: (lock, decide, options = {}) =>
+      new Promise<Decision>((answer) => {
+        if (asked.length === 0) setImmediate(commitAsked);
+        asked.push({ lock, decide, options, answer });
+      }),
     leave: async (lock, id, why) => {
       const waiter = line.leave(id); // leaves even when the event cannot be written
       if (!waiter) return null;
