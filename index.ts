@@ -103,14 +103,14 @@ async function serve(cfg: Config): Promise<number> {
     if (c.remote) return; // each replica logs and counts its own changes
     observe(c);
     for (const e of c.events)
-      log.info(describeEvent(e), {
+      log.info(describeEvent(e), () => ({
         event: e.kind,
         lock: e.lock,
         releaseId: e.releaseId,
         name: e.name,
         reason: e.reason,
         ...(e.by === undefined ? {} : { by: e.by }),
-      });
+      }));
   });
   onStorageFailure((problem) => log.refusal("storage", () => `could not save the release state: ${problem}`));
   const { state, expired } = await openEngine(store);

@@ -20,11 +20,12 @@ export function createLog(format: LogFormat) {
     console.log(lines); // not process.stdout: its Node stream machinery adds ~9 ms to start-up
   };
   process.on("exit", flush);
-  const write = (level: "info" | "warn" | "error", msg: string, fields: Fields = {}) => {
+  // Fields go only into JSON lines: given as a function, they are not even built for text.
+  const write = (level: "info" | "warn" | "error", msg: string, fields: Fields | (() => Fields) = {}) => {
     const time = new Date().toISOString();
     const line =
       format === "json"
-        ? JSON.stringify({ time, level, msg, ...fields })
+        ? JSON.stringify({ time, level, msg, ...(typeof fields === "function" ? fields() : fields) })
         : `${time} ${level === "info" ? "" : `${level}: `}${msg}`;
     if (pending.push(line) === 1) setImmediate(flush);
   };
@@ -50,7 +51,7 @@ export function createLog(format: LogFormat) {
   };
 
   return {
-    info: (msg: string, fields?: Fields) => write("info", msg, fields),
+    info: (msg: string, fields?: Fields | (() => Fields)) => write("info", msg, fields),
     warn: (msg: string, fields?: Fields) => write("warn", msg, fields),
     error: (msg: string, fields?: Fields) => write("error", msg, fields),
     /** `describe` is only called for the refusals that are logged one by one. */
