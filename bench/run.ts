@@ -395,7 +395,7 @@ async function main() {
   if (results.has(diskCycle)) {
     const r = commitsOf(diskCycle) / median(disk);
     targets.push({
-      what: "durable cycle on the SQLite file: commits/s",
+      what: "durable cycle on the SQLite file: state changes/s, each answered after the fsync that commits it",
       target: "≥ 0.85x the disk's fsync rate",
       measured: `${r.toFixed(2)}x (${commitsOf(diskCycle).toFixed(0)}/s)`,
       met: r >= 0.85,
