@@ -230,10 +230,7 @@ async function waitInLine(
       await nextTurn();
       if (gone.aborted || engine.closing) continue;
       const attempt = await commit(lock, rule, { self });
-      if (attempt.outcome.ok) {
-        await nextTurn(); // and once more before answering, for one that went away during the grant
-        return keepOnlyIfHeard(lock, attempt.outcome, gone);
-      }
+      if (attempt.outcome.ok) return keepOnlyIfHeard(lock, attempt.outcome, gone);
       // No longer allowed (its token was revoked while it waited): it leaves the line with that answer.
       if (attempt.outcome.reason === "unauthorized" || attempt.outcome.reason === "forbidden")
         return await leave(lock, self, "its token no longer allows it", attempt.outcome);
@@ -273,9 +270,13 @@ async function leave(lock: string, self: number, why: string, answer: Outcome): 
 }
 
 // A grant is only kept if its client is still there to hear it: otherwise it ends at once
-// (`abandoned`). A 1 lost on the wire after this point cannot be seen: a lease bounds it.
+// (`abandoned`). The event loop reads the sockets once more first, so a client that reset its
+// connection as the grant was committed (often in the same turn as its request) is seen. A 1
+// lost on the wire after this point cannot be seen: a lease bounds it.
 async function keepOnlyIfHeard(lock: string, granted: Outcome, gone: AbortSignal): Promise<Outcome> {
-  if (!gone.aborted || !granted.ok) return granted;
+  if (!granted.ok) return granted;
+  await nextTurn();
+  if (!gone.aborted) return granted;
   const id = granted.next.release?.id;
   if (id !== undefined) await commit(lock, (s, now) => abandon(s, id, now));
   return refuse("timeout", "the client went away");

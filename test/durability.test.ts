@@ -4,8 +4,9 @@
 import { Database } from "bun:sqlite";
 import { describe, expect, test } from "bun:test";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { connect } from "node:net";
 import { join } from "node:path";
-import { daemonsPerTest, runBinary, statusOf, tempDir } from "./daemon.ts";
+import { daemonsPerTest, runBinary, statusOf, tempDir, until } from "./daemon.ts";
 
 const daemon = daemonsPerTest();
 const daemonOn = (db: string, env: Record<string, string> = {}) => daemon({ RS_DB: db, ...env });
@@ -189,6 +190,43 @@ describe("crash with many clients", () => {
     }
     console.log(`crash test with ten clients: ${checked} acknowledged answers checked against the history`);
     expect(checked).toBeGreaterThan(15 * 10);
+  });
+});
+
+describe("a client that resets its connection", () => {
+  // Nobody can hear a 1 sent on a connection reset right after the request: such a grant must not stand.
+  test("right after asking for a release is not left holding it: the grant is abandoned", async () => {
+    const d = await daemonOn(join(tempDir(), "reset.db"));
+    const clients = 20;
+    await Promise.all(
+      Array.from(
+        { length: clients },
+        (_, i) =>
+          new Promise<void>((done) => {
+            const socket = connect(d.port, "127.0.0.1", () =>
+              socket.write(`GET /locks/reset/l${i}/start?name=gone${i} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`, () => {
+                socket.resetAndDestroy();
+                done();
+              }),
+            );
+            socket.on("error", () => done());
+          }),
+      ),
+    );
+    const kinds = async () =>
+      ((await (await d.get("/locks/reset/history?format=json&limit=1000")).json()).events as { kind: string }[]).map(
+        (e) => e.kind,
+      );
+    const settled = async () => {
+      const k = await kinds();
+      return k.filter((x) => x === "started").length === k.filter((x) => x === "abandoned").length;
+    };
+    await until(settled, "every grant to a client that reset its connection to be abandoned");
+    const running = (await (await d.get("/locks?format=json")).json()).filter((l: { running: boolean }) => l.running);
+    expect(running).toEqual([]);
+    console.log(
+      `reset clients: ${(await kinds()).filter((k) => k === "abandoned").length} of ${clients} granted, all abandoned`,
+    );
   });
 });
 

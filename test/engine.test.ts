@@ -265,6 +265,15 @@ for (const [storeName, makeStore] of stores) {
         expect(await kinds()).toEqual(["started", "abandoned"]);
         expect(reasonOf(await startNow("next"))).toBe("granted");
       });
+
+      test("so is one granted to a client that goes away in the turn its grant is committed", async () => {
+        const gone = new AbortController();
+        const answer = start(LOCK, holder("reset"), 0, gone.signal);
+        setImmediate(() => gone.abort()); // its connection reset, read by the event loop after the request
+        expect(reasonOf(await answer)).toBe("timeout");
+        expect(state(LOCK).release).toBeNull();
+        expect(await kinds()).toEqual(["started", "abandoned"]);
+      });
     });
 
     describe("shutdown", () => {
