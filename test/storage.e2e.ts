@@ -74,13 +74,49 @@ describe("a full disk", () => {
   });
 });
 
+describe("a disk that stays full", () => {
+  test("/healthz answers 200 only when a change can be saved: a storage check that writes nothing proves nothing", async () => {
+    const f = await startDaemon({ RS_DB: join(mountPoint, "health.db") });
+    let filler: string[] = [];
+    try {
+      const id = (await f.get("/start?name=holder&ttl=3600")).headers.get("x-release-id");
+      filler = fillDisk();
+      let full = false;
+      for (let i = 0; i < 2000 && !full; i++) full = (await f.get(`/renew?id=${id}&ttl=3600`)).status === 503;
+      expect(full).toBe(true);
+      // The daemon checks storage again each second and says when it last tried: wait for two checks.
+      const tried = async () => /tried again at (\S+)/.exec(await f.body("/healthz"))?.[1];
+      let first: string | undefined;
+      await until(async () => {
+        first = await tried();
+        return first !== undefined;
+      }, "a first check of storage");
+      await until(async () => (await tried()) !== first, "a second check of storage (or storage working again)");
+      for (let i = 0; i < 20; i++) {
+        const healthy = (await f.get("/healthz")).status === 200;
+        const renewed = (await f.get(`/renew?id=${id}&ttl=3600`)).status === 200;
+        if (healthy) expect(renewed).toBe(true); // a 200 is only given when a change can be saved
+      }
+      expect((await f.get("/healthz")).status).toBe(503);
+
+      for (const file of filler.splice(0)) rmSync(file);
+      await until(async () => (await f.get("/healthz")).status === 200, "storage to work again");
+      expect(await f.body(`/stop?id=${id}`)).toBe("1\n");
+    } finally {
+      for (const file of filler) rmSync(file);
+      await f.stop("SIGKILL");
+    }
+  });
+});
+
 describe("a full disk and the wait line", () => {
   test("a waiter whose joining could not be saved is answered storage and is not left in line", async () => {
     const w = await startDaemon({ RS_DB: join(mountPoint, "line.db") });
+    let filler: string[] = [];
     try {
       const started = await w.get("/start?name=holder&ttl=3600");
       const id = started.headers.get("x-release-id");
-      const filler = fillDisk();
+      filler = fillDisk();
       // Renewals commit and keep the release running: they fill what the write-ahead log had left.
       let full = false;
       for (let i = 0; i < 2000 && !full; i++) full = (await w.get(`/renew?id=${id}&ttl=3600`)).status === 503;
@@ -107,11 +143,12 @@ describe("a full disk and the wait line", () => {
       expect(refused?.headers.get("x-reason-code")).toBe("storage");
       expect(await queue()).toEqual([]);
 
-      for (const f of filler) rmSync(f);
+      for (const f of filler.splice(0)) rmSync(f);
       await until(async () => (await w.get("/healthz")).status === 200, "storage to work again");
       expect(await w.body(`/stop?id=${id}`)).toBe("1\n");
       expect(await w.body("/start?name=next")).toBe("1\n"); // no one left in line ahead of it
     } finally {
+      for (const f of filler) rmSync(f);
       await w.stop("SIGKILL");
     }
   });

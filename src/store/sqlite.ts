@@ -2,7 +2,7 @@
 // with full synchronous commits so that every answer of 1 survives a crash.
 import { Database } from "bun:sqlite";
 import { dirname, resolve } from "node:path";
-import { type Event, STORAGE_FAILED } from "../release.ts";
+import { type Event, iso, STORAGE_FAILED } from "../release.ts";
 import {
   ancestorsOf,
   type Decide,
@@ -66,6 +66,8 @@ const MIGRATIONS = [
      key TEXT PRIMARY KEY, delivered INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
      next_at INTEGER NOT NULL DEFAULT 0, dropped INTEGER NOT NULL DEFAULT 0
    );`,
+  // After a failed write, a write as large as a change's goes here each second, to learn when changes can be saved.
+  `CREATE TABLE storage_probe (id INTEGER PRIMARY KEY, pad BLOB NOT NULL);`,
 ];
 export const SCHEMA_VERSION = MIGRATIONS.length;
 
@@ -130,7 +132,9 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
       `SELECT lock, at, kind, release_id, name, reason, made_by FROM events
        WHERE lock = ?1 OR ?1 = '' OR substr(lock, 1, length(?1) + 1) = ?1 || '/' ORDER BY seq DESC LIMIT ?2`,
     ),
-    probe: db.query(HARMLESS_WRITE),
+    // As many pages as a change writes (a change: the lock, an event, its index and the id sequence).
+    probe: db.query("INSERT OR REPLACE INTO storage_probe (id, pad) VALUES (1, zeroblob(12288))"),
+    checkpoint: db.query<{ busy: number; log: number; checkpointed: number }, []>("PRAGMA wal_checkpoint(RESTART)"),
     mark: db.query("INSERT OR IGNORE INTO freeze_marks (window_key, lock, kind, at) VALUES (?, ?, ?, ?)"),
     marked: db.query<{ found: number }, [string]>("SELECT 1 AS found FROM freeze_marks WHERE window_key = ? LIMIT 1"),
     span: db.query<{ oldest: number | null; newest: number | null }, []>(
@@ -184,8 +188,6 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
       const result = inTransaction.immediate(work) as T;
       checkIdentity(); // a file removed or replaced: what we just committed is lost with it, so it is no answer
       if (health.gone) return null;
-      health.writable = true;
-      health.problem = null;
       return result;
     } catch (e) {
       health.writable = false;
@@ -204,7 +206,8 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
     asked = [];
     const now = clock();
     const putBack = line.save();
-    const decisions = write(durabilityFor(batch, now), () =>
+    const level = durabilityFor(batch, now);
+    const decisions = write(level, () =>
       batch.map(({ lock, decide, options }) =>
         decideInLine(lock, stored(lock), now, decide, line, options, (w) => {
           for (const [name, e] of w.entries) q.save.run(name, ...toColumns(e));
@@ -214,6 +217,7 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
       ),
     );
     if (!decisions) putBack();
+    else if (level === "FULL" && decisions.some((d) => d.committed)) saved();
     batch.forEach((a, i) => {
       a.answer(decisions?.[i] ?? { outcome: STORAGE_FAILED, committed: null, joined: null });
     });
@@ -225,10 +229,31 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
     const preview = decideInLine(only.lock, stored(only.lock), now, only.decide, line, only.options, null);
     return preview.committed && onlyQueueEvents(preview.committed.events) ? "NORMAL" : "FULL";
   };
+  // Storage works again only when a write as large as a change's reached the disk: a small one (a waiter
+  // joining, a webhook's progress, a transaction that wrote nothing) may fit where a change does not.
+  const saved = () => {
+    health.writable = true;
+    health.problem = null;
+  };
   const watchdog = setInterval(() => {
     checkIdentity();
-    if (!health.writable && !health.gone) write("NORMAL", () => q.probe.run()); // learns when storage works again
+    if (health.writable || health.gone) return;
+    // A disk may be full of this daemon's own write-ahead log: a checkpoint lets the log be written again
+    // from its start, in the space it already has. The probe proves a change fits; the checkpoint after it
+    // gives its space back to that change.
+    if (restartLog() && write("FULL", () => q.probe.run()) !== null && restartLog()) saved();
+    else health.problem = `${health.problem ?? "could not write"}; tried again at ${iso(clock())}`;
   }, 1000);
+  const restartLog = (): boolean => {
+    try {
+      const r = q.checkpoint.get();
+      if (r && r.busy === 0 && r.log === r.checkpointed) return true;
+      health.problem = `could not write ${where}: the write-ahead log could not be checkpointed`;
+    } catch (e) {
+      health.problem = `could not write ${where}: ${(e as Error).message}`;
+    }
+    return false;
+  };
   watchdog.unref?.();
 
   return {
@@ -255,6 +280,7 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
         append(events);
         return true;
       });
+      if (added) saved();
       return added ? { lock: mark.lock, events, before: null, after: null, entries: new Map() } : null;
     },
     marked: async (window) => q.marked.get(window) !== null,
