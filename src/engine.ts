@@ -278,8 +278,16 @@ async function keepOnlyIfHeard(lock: string, granted: Outcome, gone: AbortSignal
   await nextTurn();
   if (!gone.aborted) return granted;
   const id = granted.next.release?.id;
-  if (id !== undefined) await commit(lock, (s, now) => abandon(s, id, now));
+  if (id !== undefined) await abandonUntilSaved(lock, id);
   return refuse("timeout", "the client went away");
+}
+
+// While storage fails the abandon is tried again each second, as a lease's end is: a release nobody
+// was told of must not stay held. It stops once saved, or once that release is no longer held.
+async function abandonUntilSaved(lock: string, id: number): Promise<void> {
+  const { outcome } = await commit(lock, (s, now) => abandon(s, id, now));
+  if (!outcome.ok && outcome.reason === "storage" && !engine.closing)
+    engine.clock.after(1000, () => abandonUntilSaved(lock, id));
 }
 
 /**

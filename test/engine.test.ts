@@ -19,7 +19,7 @@ import {
   waiting,
 } from "../src/engine.ts";
 import { calendarSettled, keepCalendar, replaceCalendar, stopCalendar } from "../src/freezes.ts";
-import { block, type Outcome, ROOT, renew, stop, unblock } from "../src/release.ts";
+import { block, type Outcome, ROOT, renew, STORAGE_FAILED, stop, unblock } from "../src/release.ts";
 import { openMemoryStore } from "../src/store/memory.ts";
 import { openSqliteStore } from "../src/store/sqlite.ts";
 import type { Store } from "../src/store/store.ts";
@@ -271,6 +271,27 @@ for (const [storeName, makeStore] of stores) {
         const answer = start(LOCK, holder("reset"), 0, gone.signal);
         setImmediate(() => gone.abort()); // its connection reset, read by the event loop after the request
         expect(reasonOf(await answer)).toBe("timeout");
+        expect(state(LOCK).release).toBeNull();
+        expect(await kinds()).toEqual(["started", "abandoned"]);
+      });
+
+      test("a grant whose abandoning cannot be saved is abandoned once storage works again", async () => {
+        const saving = store.transact.bind(store);
+        let failing = false;
+        (store as { transact: Store["transact"] }).transact = (lock, decide, options) =>
+          failing
+            ? Promise.resolve({ outcome: STORAGE_FAILED, committed: null, joined: null })
+            : saving(lock, decide, options);
+        const gone = new AbortController();
+        const answer = start(LOCK, holder("reset"), 0, gone.signal);
+        setImmediate(() => {
+          gone.abort(); // gone as its grant was committed, and storage fails just then
+          failing = true;
+        });
+        expect(reasonOf(await answer)).toBe("timeout");
+        expect(state(LOCK).release?.name).toBe("reset");
+        failing = false;
+        await clock.advance(1000);
         expect(state(LOCK).release).toBeNull();
         expect(await kinds()).toEqual(["started", "abandoned"]);
       });
