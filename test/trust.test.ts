@@ -3,7 +3,7 @@
 // database that is gone, no release handed to a client that left, no waiter
 // lost from the history, no signal that kills a daemon with waiters.
 import { describe, expect, test } from "bun:test";
-import { linkSync, mkdirSync, readdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { linkSync, mkdirSync, readdirSync, renameSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { daemonsPerTest, historyKinds, runBinary, statusOf, tempDir, until } from "./daemon.ts";
 
@@ -56,6 +56,40 @@ describe("a database removed while the daemon runs", () => {
     expect(health.status).toBe(503);
     expect(await health.text()).toContain(`the database file ${db} was removed`);
     await until(async () => d.output().includes("was removed"), "the log to say the file was removed");
+  });
+
+  test("its write-ahead log removed: nothing more is granted, and what it held is not lost (SIGTERM writes it back)", async () => {
+    const db = join(tempDir(), "state.db");
+    const d = await daemon({ RS_DB: db });
+    const granted = await d.get("/start?name=before");
+    expect(await granted.text()).toBe("1\n");
+    rmSync(`${db}-wal`); // an operator cleaning up: the commits since the last checkpoint live only in it
+    const res = await d.get("/stop");
+    expect(res.status).toBe(503);
+    expect(res.headers.get("x-reason-code")).toBe("storage");
+    const health = await d.get("/healthz");
+    expect(health.status).toBe(503);
+    expect(await health.text()).toContain(`the write-ahead log ${db}-wal was removed`);
+    expect(await d.stop("SIGTERM")).toBe(0);
+    const again = await daemon({ RS_DB: db });
+    expect((await statusOf(again)).release?.id).toBe(Number(granted.headers.get("x-release-id")));
+    expect(await again.body("/start?name=second")).toBe("0\n");
+  });
+
+  test("a change answered storage because the file was moved away is not in the file when it comes back", async () => {
+    const dir = tempDir();
+    const db = join(dir, "data", "state.db");
+    mkdirSync(join(dir, "data"));
+    const d = await daemon({ RS_DB: db });
+    renameSync(join(dir, "data"), join(dir, "moved"));
+    const res = await d.get("/start?name=told-zero");
+    expect(res.status).toBe(503);
+    expect(await res.text()).toBe("0\n");
+    renameSync(join(dir, "moved"), join(dir, "data")); // put back, as the README says, then restarted
+    await d.stop("SIGKILL");
+    const again = await daemon({ RS_DB: db });
+    expect((await statusOf(again)).running).toBe(false);
+    expect(await historyKinds(again)).toEqual([]);
   });
 
   test("found by the watchdog within seconds even when nobody writes", async () => {

@@ -102,7 +102,10 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
     db.close();
     throw whyNotOurs(where, e as Error);
   }
-  const identity = fileIdentity(where); // the file we hold, whatever later happens to its name
+  // The files we hold, whatever later happens to their names: the database, and its write-ahead log, which
+  // holds every commit since the last checkpoint (SQLite keeps it open, and it is there after the first write).
+  const wal = `${where}-wal`;
+  const identity = { db: fileIdentity(where), wal: fileIdentity(wal) };
   const q = {
     all: db.query<LockRow, []>("SELECT * FROM lock"),
     // The lock, the locks above it (a JSON array of names) and the locks below it; the root's row holds the counter.
@@ -174,22 +177,36 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
   // (or a second daemon) start afresh while this one goes on granting.
   const checkIdentity = () => {
     if (health.gone) return;
-    const now = fileIdentity(where);
-    if (now !== null && now === identity) return;
+    const db = fileIdentity(where);
+    if (db === null || db !== identity.db) {
+      health.gone = true;
+      health.problem = `the database file ${where} was ${db === null ? "removed" : "replaced"} while the daemon ran: nothing more is granted; restore it and restart the daemon`;
+      return;
+    }
+    const log = identity.wal === null ? null : fileIdentity(wal);
+    if (identity.wal === null || log === identity.wal) return;
     health.gone = true;
-    health.problem = `the database file ${where} was ${now === null ? "removed" : "replaced"} while the daemon ran: nothing more is granted; restore it and restart the daemon`;
+    health.problem = `the write-ahead log ${wal} was ${log === null ? "removed" : "replaced"} while the daemon ran: the changes since the last checkpoint are only in the daemon's open copy, and a crash would lose them; nothing more is granted; stop the daemon with SIGTERM (it writes them back into the database as it closes) and start it again`;
   };
+  class Gone extends Error {}
   // Every write goes through here: a failure is reported, not thrown, so the caller answers storage.
   const inTransaction = db.transaction(<T>(work: () => T): T => work());
   function write<T>(level: "FULL" | "NORMAL", work: () => T): T | null {
     if (health.gone) return null;
     try {
       durability(level);
-      const result = inTransaction.immediate(work) as T;
-      checkIdentity(); // a file removed or replaced: what we just committed is lost with it, so it is no answer
+      const result = inTransaction.immediate(() => {
+        const done = work();
+        checkIdentity(); // a file moved away before the commit: nothing is written to it, and the answer is true
+        if (health.gone) throw new Gone();
+        return done;
+      }) as T;
+      // Moved away as it committed: whether that commit will count is unknown, so it is no answer.
+      checkIdentity();
       if (health.gone) return null;
       return result;
     } catch (e) {
+      if (e instanceof Gone) return null;
       health.writable = false;
       health.problem = `could not write ${where}: ${(e as Error).message}`;
       return null;
