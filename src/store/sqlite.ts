@@ -221,20 +221,27 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
   const commitAsked = () => {
     const batch = asked;
     asked = [];
-    const now = clock();
     const putBack = line.save();
-    const level = durabilityFor(batch, now);
-    const decisions = write(level, () =>
-      batch.map(({ lock, decide, options }) =>
-        decideInLine(lock, stored(lock), now, decide, line, options, (w) => {
-          for (const [name, e] of w.entries) q.save.run(name, ...toColumns(e));
-          if (w.lastId !== null) q.count.run(w.lastId);
-          append(w.events);
-        }),
-      ),
-    );
+    let decisions: Decision[] | null = null;
+    try {
+      const now = clock();
+      const level = durabilityFor(batch, now);
+      decisions = write(level, () =>
+        batch.map(({ lock, decide, options }) =>
+          decideInLine(lock, stored(lock), now, decide, line, options, (w) => {
+            for (const [name, e] of w.entries) q.save.run(name, ...toColumns(e));
+            if (w.lastId !== null) q.count.run(w.lastId);
+            append(w.events);
+          }),
+        ),
+      );
+      if (decisions && level === "FULL" && decisions.some((d) => d.committed)) saved();
+    } catch (e) {
+      // The look before a lone join could not read the file: every change in the batch is answered storage.
+      health.writable = false;
+      health.problem = `could not read ${where}: ${(e as Error).message}`;
+    }
     if (!decisions) putBack();
-    else if (level === "FULL" && decisions.some((d) => d.committed)) saved();
     batch.forEach((a, i) => {
       a.answer(decisions?.[i] ?? { outcome: STORAGE_FAILED, committed: null, joined: null });
     });
