@@ -100,8 +100,10 @@ describe("releasestatus run", () => {
 
   test("a server unreachable until the lease would have ended: the command gets SIGTERM", async () => {
     const d = await server();
-    const c = client(d, ["run", "--ttl", "2", "--", "sleep", "30"]);
-    await until(async () => (await status(d)).running, "the release to start");
+    const running = join(tempDir(), "running");
+    const c = client(d, ["run", "--ttl", "2", "--", "sh", "-c", `touch ${running}; exec sleep 30`]);
+    // The command runs once run has heard its 1 (the server shows the release a moment before it answers).
+    await until(async () => existsSync(running), "the command to run");
     d.proc.kill("SIGSTOP"); // the server hangs: renewals time out
     const { code, stderr } = await c.done;
     d.proc.kill("SIGCONT");
