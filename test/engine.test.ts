@@ -283,11 +283,12 @@ for (const [storeName, makeStore] of stores) {
             ? Promise.resolve({ outcome: STORAGE_FAILED, committed: null, joined: null })
             : saving(lock, decide, options);
         const gone = new AbortController();
-        const answer = start(LOCK, holder("reset"), 0, gone.signal);
-        setImmediate(() => {
+        onCommit((h) => {
+          if (!h.events.some((e) => e.kind === "started")) return;
           gone.abort(); // gone as its grant was committed, and storage fails just then
           failing = true;
         });
+        const answer = start(LOCK, holder("reset"), 0, gone.signal);
         expect(reasonOf(await answer)).toBe("timeout");
         expect(state(LOCK).release?.name).toBe("reset");
         failing = false;
