@@ -76,6 +76,20 @@ describe("a database removed while the daemon runs", () => {
     expect(await again.body("/start?name=second")).toBe("0\n");
   });
 
+  test("its write-ahead log removed behind a symbolic link to the file: found the same way", async () => {
+    const dir = tempDir();
+    mkdirSync(join(dir, "real"));
+    symlinkSync(join(dir, "real", "state.db"), join(dir, "link.db"));
+    const d = await daemon({ RS_DB: join(dir, "link.db") });
+    expect(await d.body("/start?name=before")).toBe("1\n");
+    rmSync(join(dir, "real", "state.db-wal")); // SQLite keeps it beside the file the link points to
+    const res = await d.get("/stop");
+    expect(res.status).toBe(503);
+    expect(await (await d.get("/healthz")).text()).toContain(
+      `the write-ahead log ${join(dir, "real", "state.db-wal")} was removed`,
+    );
+  });
+
   test("a change answered storage because the file was moved away is not in the file when it comes back", async () => {
     const dir = tempDir();
     const db = join(dir, "data", "state.db");

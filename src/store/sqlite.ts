@@ -104,7 +104,7 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
   }
   // The files we hold, whatever later happens to their names: the database, and its write-ahead log, which
   // holds every commit since the last checkpoint (SQLite keeps it open, and it is there after the first write).
-  const wal = `${where}-wal`;
+  const wal = `${realPath(where)}-wal`; // SQLite keeps it beside the file a symbolic link points to
   const identity = { db: fileIdentity(where), wal: fileIdentity(wal) };
   const q = {
     all: db.query<LockRow, []>("SELECT * FROM lock"),
@@ -386,6 +386,12 @@ function whyNotOurs(where: string, e: Error): StoreOpenError {
       `${where} is not a releasestatus database, or is damaged: point RS_DB at another file, or restore it from a backup; it was left as it is`,
     );
   return new StoreOpenError(`cannot use ${where} as the releasestatus database: ${e.message}`);
+}
+
+// The path with every symbolic link resolved, as SQLite resolves it to place its write-ahead log.
+function realPath(path: string): string {
+  const { realpathSync } = require("node:fs") as typeof import("node:fs");
+  return realpathSync(path);
 }
 
 // Device and inode: what the path names now, or null when it names nothing.
