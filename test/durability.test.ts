@@ -11,6 +11,15 @@ import { daemonsPerTest, runBinary, statusOf, tempDir, until } from "./daemon.ts
 const daemon = daemonsPerTest();
 const daemonOn = (db: string, env: Record<string, string> = {}) => daemon({ RS_DB: db, ...env });
 
+/** The same random moments on every run: a kill that finds a hole finds it again. */
+function seeded(seed: number): () => number {
+  let state = seed;
+  return () => {
+    state = (state * 1103515245 + 12345) % 2 ** 31;
+    return state / 2 ** 31;
+  };
+}
+
 describe("restart", () => {
   test("a release running at SIGTERM is still running after a restart, same holder, id and start", async () => {
     const db = join(tempDir(), "state.db");
@@ -64,11 +73,7 @@ describe("crash", () => {
   // the acknowledged answers imply, with the one request in flight at the kill allowed either way.
   test("kill -9 at random points: every acknowledged answer is in the history after a restart (30 rounds)", async () => {
     const db = join(tempDir(), "crash.db");
-    let seed = 42;
-    const random = () => {
-      seed = (seed * 1103515245 + 12345) % 2 ** 31;
-      return seed / 2 ** 31;
-    };
+    const random = seeded(42);
     let rounds = 0;
     let checked = 0;
     let inFlightRounds = 0;
@@ -142,11 +147,7 @@ describe("crash with many clients", () => {
   // Changes that arrive together are committed together: a kill -9 must lose none of those answered,
   // on a lock of each client's own and on one they all contend for.
   test("kill -9 while ten clients change locks at once: every acknowledged answer is in the history (15 rounds)", async () => {
-    let seed = 7;
-    const random = () => {
-      seed = (seed * 1103515245 + 12345) % 2 ** 31;
-      return seed / 2 ** 31;
-    };
+    const random = seeded(7);
     let checked = 0;
     for (let round = 0; round < 15; round++) {
       const db = join(tempDir(), "crash-many.db");

@@ -183,12 +183,11 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
       health.problem = `the database file ${where} was ${db === null ? "removed" : "replaced"} while the daemon ran: nothing more is granted; restore it and restart the daemon`;
       return;
     }
-    const log = identity.wal === null ? null : fileIdentity(wal);
-    if (identity.wal === null || log === identity.wal) return;
+    const log = identity.wal === null ? null : fileIdentity(wal); // none at start-up: nothing to compare
+    if (log === identity.wal) return;
     health.gone = true;
     health.problem = `the write-ahead log ${wal} was ${log === null ? "removed" : "replaced"} while the daemon ran: the changes since the last checkpoint are only in the daemon's open copy, and a crash would lose them; nothing more is granted; stop the daemon with SIGTERM (it writes them back into the database as it closes) and start it again`;
   };
-  class Gone extends Error {}
   // Every write goes through here: a failure is reported, not thrown, so the caller answers storage.
   const inTransaction = db.transaction(<T>(work: () => T): T => work());
   function write<T>(level: "FULL" | "NORMAL", work: () => T): T | null {
@@ -259,15 +258,6 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
     health.writable = true;
     health.problem = null;
   };
-  const watchdog = setInterval(() => {
-    checkIdentity();
-    if (health.writable || health.gone) return;
-    // A disk may be full of this daemon's own write-ahead log: a checkpoint lets the log be written again
-    // from its start, in the space it already has. The probe proves a change fits; the checkpoint after it
-    // gives its space back to that change.
-    if (restartLog() && write("FULL", () => q.probe.run()) !== null && restartLog()) saved();
-    else health.problem = `${health.problem ?? "could not write"}; tried again at ${iso(clock())}`;
-  }, 1000);
   const restartLog = (): boolean => {
     try {
       const r = q.checkpoint.get();
@@ -278,6 +268,15 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
     }
     return false;
   };
+  const watchdog = setInterval(() => {
+    checkIdentity();
+    if (health.writable || health.gone) return;
+    // A disk may be full of this daemon's own write-ahead log: a checkpoint lets the log be written again
+    // from its start, in the space it already has. The probe proves a change fits; the checkpoint after it
+    // gives its space back to that change.
+    if (restartLog() && write("FULL", () => q.probe.run()) !== null && restartLog()) saved();
+    else health.problem = `${health.problem ?? "could not write"}; tried again at ${iso(clock())}`;
+  }, 1000);
   watchdog.unref?.();
 
   return {
@@ -346,6 +345,9 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
     },
   };
 }
+
+/** Thrown inside a transaction whose file was moved away, to roll it back: health already says why. */
+class Gone extends Error {}
 
 // Says what is wrong with the place RS_DB points at. Only called once opening failed:
 // node:fs is loaded here rather than at the top, as loading it slows every start-up.
