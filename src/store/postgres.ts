@@ -354,7 +354,12 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     failed(e as Error);
   }
   let migrated = health.ok;
-  void subscribe(); // not awaited: with the database away, LISTEN retries on its own for a long while
+  // With the database there, the daemon answers only once it hears the other replicas: a change made through
+  // another one in its first moments would otherwise reach no /events stream here (the poll reads the state
+  // afresh, but carries no events). With the database away, LISTEN retries on its own for a long while, so
+  // it is not waited for then, nor for more than two seconds.
+  const subscribed = subscribe();
+  if (migrated) await Promise.race([subscribed, Bun.sleep(2000)]);
   let ticking = false; // a slow tick (the database away) is not stacked with the next
   const ticker = setInterval(async () => {
     if (ticking || health.closing) return;
