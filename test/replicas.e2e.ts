@@ -125,6 +125,70 @@ describe("replicas on one PostgreSQL", () => {
   });
 });
 
+describe("a read answer on a replica is one snapshot", () => {
+  // What a read answered for a lock: the counter, the release it showed running, and when the answer arrived.
+  type Seen = { lock: string; lastId: number; running: number | null; answeredAt: number; from: string };
+  const seenIn = (s: { lock: string; lastReleaseId: number; release: { id: number } | null }, from: string): Seen => ({
+    lock: s.lock,
+    lastId: s.lastReleaseId,
+    running: s.release?.id ?? null,
+    answeredAt: performance.now(),
+    from,
+  });
+
+  test("under concurrent starts and stops on distinct locks, no answer shows a lock from before a grant with the counter from after it", async () => {
+    const r = (await replicas(3)) as Daemon[];
+    const locks = ["c0", "c1", "c2", "c3", "c4", "c5"];
+    const lockOf = new Map<number, string>(); // release id -> its lock, from the answer that granted it (X-Release-Id)
+    const stopSentAt = new Map<number, number>();
+    const seen: Seen[] = [];
+    let working = true;
+    const replica = (n: number) => r[n % r.length] as Daemon;
+
+    const worker = async (lock: string, w: number) => {
+      for (let n = 0; n < 40; n++) {
+        const res = await replica(w + n).get(`/locks/${lock}/start?name=w${w}&format=json`);
+        const body = await res.json();
+        const id = Number(res.headers.get("x-release-id"));
+        expect(body.ok).toBe(true); // nobody else uses this lock
+        lockOf.set(id, lock);
+        seen.push(seenIn(body.status, `the start of ${id}`));
+        // Held while every replica is asked about it, so that reads overlap it.
+        await Promise.all(r.map((d) => status(d, lock)));
+        stopSentAt.set(id, performance.now());
+        expect(await replica(w + n + 1).body(`/locks/${lock}/stop?id=${id}`)).toBe("1\n");
+      }
+    };
+    const status = async (d: Daemon, lock: string) =>
+      seen.push(seenIn(await (await d.get(`/locks/${lock}/status?format=json`)).json(), "/status"));
+    const reader = async (k: number) => {
+      for (let n = 0; working; n++) {
+        const d = replica(k + n);
+        await status(d, locks[(k + n) % locks.length] as string);
+        if (n % 4 === 0)
+          for (const s of await (await d.get("/locks?format=json")).json())
+            if (locks.includes(s.lock)) seen.push(seenIn(s, "/locks"));
+      }
+    };
+    const readers = Array.from({ length: 6 }, (_, k) => reader(k));
+    await Promise.all(locks.map((lock, w) => worker(lock, w)));
+    working = false;
+    await Promise.all(readers);
+
+    // With lastReleaseId = K, every release up to K was granted at that moment: the newest of them on the
+    // lock, if its stop was not even sent before the answer arrived, must be the one shown running.
+    const mixed = seen.filter((s) => {
+      if (s.running !== null && s.running > s.lastId) return true;
+      let newest = 0;
+      for (const [id, lock] of lockOf) if (lock === s.lock && id <= s.lastId && id > newest) newest = id;
+      if (newest === 0 || (stopSentAt.get(newest) ?? Infinity) < s.answeredAt) return false;
+      return s.running !== newest;
+    });
+    expect(seen.length).toBeGreaterThan(300);
+    expect(mixed.slice(0, 5)).toEqual([]);
+  }, 120_000);
+});
+
 describe("losing the database", () => {
   test("answers storage and 503 while it is down, grants nothing twice, and resumes by itself", async () => {
     const [a, b] = (await replicas(2)) as [Daemon, Daemon];
