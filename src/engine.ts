@@ -129,6 +129,38 @@ export function state(lock: string = DEFAULT_LOCK): State {
 
 /** Every lock the engine knows of, by name. */
 export const locks = (): string[] => [...engine.known.entries.keys()];
+
+/**
+ * What a read answer is rendered from: every lock it shows, its neighbours and the id counter, as of
+ * one moment after the request arrived.
+ */
+export type Snapshot = { state(lock: string): State; locks(): string[] };
+
+// On a store no other process writes, the cache is what is committed, changed in one step per commit.
+const CACHE: Snapshot = { state, locks };
+
+const snapshotOf = (stored: Stored): Snapshot => ({
+  state: (lock) => scopeOf(lock, stored),
+  locks: () => [...stored.entries.keys()],
+});
+
+/**
+ * A snapshot for a read answer about `lock` (ROOT: every lock). On a shared store, one read of the rows,
+ * never the cache: there each lock keeps the version its last read brought, and the counter is the
+ * highest any read brought, so the cache can pair a lock from before a grant with the counter after it.
+ * Rejects when the store cannot be read.
+ */
+export function snapshot(lock: string = DEFAULT_LOCK): Snapshot | Promise<Snapshot> {
+  if (store().exclusive) return CACHE;
+  return readAfresh(lock).then(snapshotOf);
+}
+
+/** The state a change left, as its own transaction read and wrote it: a snapshot of its lock and the locks around it. */
+export function snapshotAfter(next: State): Snapshot {
+  const entries = new Map<string, Entry>([[next.lock, { release: next.release, block: next.block, version: 0 }]]);
+  for (const n of next.around) entries.set(n.lock, { release: n.release, block: n.block, version: 0 });
+  return snapshotOf({ lastId: next.lastId, entries });
+}
 export const isKnown = (lock: string): boolean => engine.known.entries.has(lock);
 
 /** Who waits, in order: for `lock` alone when given. */
@@ -370,8 +402,14 @@ async function heardFromElsewhere(lock: string, events: Event[]) {
 
 /** Reads the state around a lock from the store; with replicas, another may have changed it a moment ago. */
 export async function refresh(lock: string = DEFAULT_LOCK): Promise<void> {
+  await readAfresh(lock);
+}
+
+// One read of the rows around `lock`, remembered (the cache moves forward) and given back whole.
+async function readAfresh(lock: string): Promise<Stored> {
   const stored = await store().read(lock);
   remember(stored.entries, stored.lastId);
+  return stored;
 }
 
 const expiryDue = (e: Entry | undefined): boolean =>

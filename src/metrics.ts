@@ -2,7 +2,7 @@
 // on the page, both fed by the committed changes. Every per-lock series has a
 // `lock` label; the root's block is `releasestatus_blocked{lock=""}`.
 import { freezeOn } from "./calendar.ts";
-import { type Heard, isKnown, locks, state, waiting } from "./engine.ts";
+import { type Heard, isKnown, type Snapshot, waiting } from "./engine.ts";
 import { freezeWindows } from "./freezes.ts";
 import { webhookStatuses } from "./notify/deliver.ts";
 import { DEFAULT_LOCK, type Event, iso, type Outcome, type Reason, type Release, ROOT } from "./release.ts";
@@ -105,10 +105,11 @@ export function estimate(release: Release | null): { typicalSeconds: number; exp
 
 const label = (lock: string) => `lock="${lock.replace(/["\\]/g, "\\$&")}"`;
 
-export function renderMetrics(healthy: boolean): string {
+/** The metrics, the locks' series from one snapshot (see engine.ts `snapshot`). */
+export function renderMetrics(healthy: boolean, snap: Snapshot): string {
   const frozenLocks = freezeWindows().flatMap((w) => w.locks ?? []); // a freeze's lock is worth a series before it is used
   const names = [
-    ...new Set([...locks().filter((l) => l !== ROOT), ...metrics.byLock.keys(), ...frozenLocks, "default"]),
+    ...new Set([...snap.locks().filter((l) => l !== ROOT), ...metrics.byLock.keys(), ...frozenLocks, "default"]),
   ].sort();
   const out: string[] = [];
   const metric = (name: string, type: string, help: string, lines: string[]) =>
@@ -123,23 +124,23 @@ export function renderMetrics(healthy: boolean): string {
   const line = waiting();
 
   perLock("releasestatus_running", "Whether a release is running on the lock (1) or not (0).", (l) =>
-    state(l).release ? 1 : 0,
+    snap.state(l).release ? 1 : 0,
   );
   perLock(
     "releasestatus_blocked",
     'Whether the lock itself is blocked (1) or not (0); lock="" is the root, whose block blocks every lock.',
-    (l) => (state(l).block ? 1 : 0),
+    (l) => (snap.state(l).block ? 1 : 0),
     true,
   );
   perLock(
     "releasestatus_release_started_timestamp_seconds",
     "When the running release started, in seconds since the epoch; 0 when none runs.",
-    (l) => (state(l).release?.startedAt ?? 0) / 1000,
+    (l) => (snap.state(l).release?.startedAt ?? 0) / 1000,
   );
   perLock(
     "releasestatus_release_expires_timestamp_seconds",
     "When the running release's lease ends, in seconds since the epoch; 0 when none runs or it has no lease.",
-    (l) => (state(l).release?.expiresAt ?? 0) / 1000,
+    (l) => (snap.state(l).release?.expiresAt ?? 0) / 1000,
   );
   perLock(
     "releasestatus_waiting",
@@ -173,7 +174,7 @@ export function renderMetrics(healthy: boolean): string {
     );
   }
   metric("releasestatus_last_release_id", "gauge", "The highest release id granted so far, on any lock.", [
-    `releasestatus_last_release_id ${state(ROOT).lastId}`,
+    `releasestatus_last_release_id ${snap.state(ROOT).lastId}`,
   ]);
   metric("releasestatus_storage_healthy", "gauge", "Whether the last write to storage succeeded (1) or failed (0).", [
     `releasestatus_storage_healthy ${healthy ? 1 : 0}`,

@@ -6,7 +6,19 @@
 import type { Server } from "bun";
 import { type Action, forbidden, identify, reaches, type Token } from "../access.ts";
 import { type Config, MAX_TTL_SECONDS } from "../config.ts";
-import { backup, change, engine, health, history, isKnown, onCommit, refresh, start } from "../engine.ts";
+import {
+  backup,
+  change,
+  engine,
+  health,
+  history,
+  isKnown,
+  onCommit,
+  type Snapshot,
+  snapshot,
+  snapshotAfter,
+  start,
+} from "../engine.ts";
 import { boundaryRecorded, describeSchedule, freezeWindows, upcoming } from "../freezes.ts";
 import type { Log } from "../log.ts";
 import { countStart, renderMetrics } from "../metrics.ts";
@@ -111,7 +123,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     ) =>
     (ask: Ask & { lock: string }): Response | Promise<Response> => {
       const { req, lock } = ask;
-      const respond = (o: Outcome) => {
+      const respond = (o: Outcome): Response | Promise<Response> => {
         if (name === "start") countStart(lock, o);
         if (!o.ok)
           log.refusal(
@@ -120,8 +132,15 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
           );
         // The lock's status goes with a JSON answer only to a caller who may read it.
         // Asked only for a JSON answer: a plain 1 or 0 costs no second look at the token.
-        const status = () => (mayRead(req) === null ? statusJson(lock === ROOT ? DEFAULT_LOCK : lock) : null);
-        return answer(ask.json, o, success(o, lock), status);
+        if (!ask.json || mayRead(req) !== null) return answer(ask.json, o, success(o, lock));
+        const shown = lock === ROOT ? DEFAULT_LOCK : lock;
+        const withStatus = (snap: Snapshot) => answer(true, o, success(o, lock), () => statusJson(shown, snap));
+        // A change shows the state it left, as its transaction saw it; a refusal, a snapshot taken after it.
+        if (o.ok) return withStatus(snapshotAfter(o.next));
+        const snap = snapshot(shown);
+        return snap instanceof Promise
+          ? snap.then(withStatus, () => answer(true, o, success(o, lock)))
+          : withStatus(snap);
       };
       const access = cfg.access;
       let token = guard(req, name, lock);
@@ -233,7 +252,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
 
   const reads = {
     status: ({ lock = DEFAULT_LOCK, json: asJson }: Ask) =>
-      whenKnown(lock, () => (asJson ? json(statusJson(lock)) : text(statusText(lock))), asJson),
+      fromSnapshot(lock, (snap) => (asJson ? json(statusJson(lock, snap)) : text(statusText(lock, snap))), asJson),
     history: ({ url, lock, json: asJson }: Ask): Response | Promise<Response> => {
       const p = readQuery(url);
       if (!(p instanceof Map)) return answer(asJson, p);
@@ -314,7 +333,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     "/healthz": { methods: READ_METHODS, handle: () => healthz() },
     "/metrics": {
       methods: READ_METHODS,
-      handle: (req) => readable(req, () => whenKnown(DEFAULT_LOCK, metrics, false)),
+      handle: (req) => readable(req, () => fromSnapshot(ROOT, metrics, false)),
     },
     "/backup": { methods: READ_METHODS, handle: (req) => copyOfDatabase(req) },
     "/freezes": { methods: READ_METHODS, handle: (req) => readable(req, listFreezes) },
@@ -363,7 +382,11 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
 
   function listLocks(req: Request): Response | Promise<Response> {
     const asJson = wantsJson(req.url, req);
-    return whenKnown(ROOT, () => (asJson ? json(lockNames().map((l) => statusJson(l))) : text(locksText())), asJson);
+    return fromSnapshot(
+      ROOT,
+      (snap) => (asJson ? json(lockNames(snap).map((l) => statusJson(l, snap))) : text(locksText(snap))),
+      asJson,
+    );
   }
 
   // Every window of the freeze calendar, with its next three occurrences in UTC and on its own clock.
@@ -436,7 +459,8 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     return text(`storage failing: ${h.problem ?? "the release state cannot be saved"}; see the daemon's log\n`, 503);
   }
 
-  const metrics = () => text(renderMetrics(health().ok), 200, "text/plain; version=0.0.4; charset=utf-8");
+  const metrics = (snap: Snapshot) =>
+    text(renderMetrics(health().ok, snap), 200, "text/plain; version=0.0.4; charset=utf-8");
 
   // A consistent copy of the database, taken inside the daemon: the file is locked against sqlite3 from outside.
   function copyOfDatabase(req: Request): Response {
@@ -554,11 +578,19 @@ function unknown(asJson: boolean): Response {
   return res;
 }
 
-/** Renders once the state is current (with replicas, after a read from the database), or says it is unknown. */
-function whenKnown(lock: string, render: () => Response, asJson: boolean): Response | Promise<Response> {
-  if (engine.store?.exclusive) return render();
-  return refresh(lock).then(
-    () => (health().known ? render() : unknown(asJson)),
+/**
+ * Renders from one snapshot of the state around `lock` (ROOT: every lock) taken after the request arrived
+ * (with replicas, one read from the database), or says the state is unknown when it cannot be read.
+ */
+function fromSnapshot(
+  lock: string,
+  render: (snap: Snapshot) => Response,
+  asJson: boolean,
+): Response | Promise<Response> {
+  const snap = snapshot(lock);
+  if (!(snap instanceof Promise)) return render(snap);
+  return snap.then(
+    (s) => (health().known ? render(s) : unknown(asJson)),
     () => unknown(asJson),
   );
 }

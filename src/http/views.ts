@@ -1,7 +1,7 @@
 // What a lock looks like to a reader: /status and /locks as JSON and text,
 // events as JSON, and the live event streams of /events.
 import { describeLocalTime } from "../calendar.ts";
-import { health, locks, state, storeDescription, waiting } from "../engine.ts";
+import { health, type Snapshot, snapshot, storeDescription, waiting } from "../engine.ts";
 import { calendarOf, freezeJson, freezeWindows, frozenAt } from "../freezes.ts";
 import { estimate } from "../metrics.ts";
 import {
@@ -24,8 +24,9 @@ export const requireToken = (required: () => boolean) => {
   tokenRequired = required;
 };
 
-export function statusJson(lock: string = DEFAULT_LOCK) {
-  const s = state(lock);
+/** A lock's status, from one snapshot (see engine.ts `snapshot`): never pieced together from several reads. */
+export function statusJson(lock: string, snap: Snapshot) {
+  const s = snap.state(lock);
   const { release } = s;
   const blocked = blockOn(s);
   const holding = release ? null : releaseOn(s); // a release above or below that keeps this lock from starting
@@ -73,9 +74,9 @@ function freezesOf(lock: string) {
   return { freeze: now && freezeJson(now), nextFreeze: next && freezeJson(next) };
 }
 
-export function statusText(lock: string = DEFAULT_LOCK): string {
+export function statusText(lock: string, snap: Snapshot): string {
   const now = Date.now();
-  const s = state(lock);
+  const s = snap.state(lock);
   const { release } = s;
   const holding = release ? null : releaseOn(s);
   const idle = holding
@@ -104,23 +105,23 @@ export function statusText(lock: string = DEFAULT_LOCK): string {
 }
 
 /** Every lock that is held, blocked, waited for or has history, in tree order. */
-export function lockNames(): string[] {
-  const names = new Set(locks().filter((l) => l !== ROOT));
+export function lockNames(snap: Snapshot): string[] {
+  const names = new Set(snap.locks().filter((l) => l !== ROOT));
   for (const w of waiting()) names.add(w.lock);
   for (const w of freezeWindows()) for (const lock of w.locks ?? []) names.add(lock); // a frozen lock shows before it is used
   return [...names].sort();
 }
 
 /** One line per lock: what /locks says in text. */
-export function locksText(): string {
-  const root = state(ROOT).block;
+export function locksText(snap: Snapshot): string {
+  const root = snap.state(ROOT).block;
   const head = root ? `all locks: ${describeBlock(root, ROOT)}\n` : "";
   return (
     head +
-    lockNames()
+    lockNames(snap)
       .map(
         (lock) =>
-          `${lock}: ${statusText(lock)
+          `${lock}: ${statusText(lock, snap)
             .split("\n")[0]
             ?.replace(/^(running|idle): /, "")}\n`,
       )
@@ -165,9 +166,12 @@ export function eventStream(lock: string | undefined): ReadableStream<Uint8Array
   let stream: EventStream | null = null;
   return new ReadableStream<Uint8Array>({
     start(controller) {
-      stream = { controller, lock };
-      eventStreams.add(stream);
-      controller.enqueue(sse("status", { status: statusJson(lock) }, "retry: 1000\n"));
+      const opened: EventStream = { controller, lock };
+      stream = opened;
+      eventStreams.add(opened);
+      inTurn(lock ?? DEFAULT_LOCK, [opened], (snap) =>
+        send(opened, sse("status", { status: statusJson(lock ?? DEFAULT_LOCK, snap) }, "retry: 1000\n")),
+      );
     },
     cancel() {
       if (stream) eventStreams.delete(stream);
@@ -183,13 +187,50 @@ function send(stream: EventStream, frame: Uint8Array) {
   }
 }
 
+// A stream whose state cannot be read ends: the client connects again (after `retry`) and is sent a status
+// read then, rather than one that is not current.
+function end(stream: EventStream) {
+  eventStreams.delete(stream);
+  try {
+    stream.controller.close();
+  } catch {}
+}
+
+// Frames go out in the order their changes were heard. On a shared store each status is rendered from a
+// read of its own (sent at once, used in turn); on the others from memory, at once.
+let frames: Promise<void> = Promise.resolve();
+function inTurn(lock: string, streams: EventStream[], render: (snap: Snapshot) => void): void {
+  const snap = snapshot(lock);
+  if (snap instanceof Promise)
+    frames = frames.then(() =>
+      snap.then(render, () => {
+        for (const stream of streams) end(stream);
+      }),
+    );
+  else render(snap);
+}
+
 /** Sends a change to every open stream it concerns (also changes made through other replicas). */
 export function broadcastChange(events: Event[]): void {
   if (eventStreams.size === 0) return; // nothing is built for nobody
+  const concerned: { stream: EventStream; heard: Event[] }[] = [];
   for (const stream of eventStreams) {
     const heard = events.filter((e) => hears(stream.lock, e));
-    if (heard.length) send(stream, sse("change", { events: heard.map(eventJson), status: statusJson(stream.lock) }));
+    if (heard.length) concerned.push({ stream, heard });
   }
+  if (concerned.length === 0) return;
+  // Every stream's status from one snapshot of every lock.
+  inTurn(
+    ROOT,
+    concerned.map((c) => c.stream),
+    (snap) => {
+      for (const { stream, heard } of concerned)
+        send(
+          stream,
+          sse("change", { events: heard.map(eventJson), status: statusJson(stream.lock ?? DEFAULT_LOCK, snap) }),
+        );
+    },
+  );
 }
 
 /** A comment now and then keeps proxies from closing idle streams. */
