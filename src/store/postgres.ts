@@ -98,23 +98,30 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     WHERE name = ${lock} OR name = '' OR name = ANY(${ancestorsOf(lock)}::text[])
        OR ${lock} = '' OR substr(name, 1, length(${lock}) + 1) = ${lock} || '/'`;
 
+  // Every transaction that writes events takes the root's row first, and gives the database's time then.
+  // It holds the one id counter, and makes changes on overlapping locks (a parent and its child) wait for
+  // each other instead of deciding side by side. It also orders the events: a sequence number is taken at
+  // insert, not at commit, so without it an event numbered after another could commit first, and a webhook
+  // that delivered it would move past the other for good.
+  async function takeRoot(tx: SQL): Promise<number> {
+    const lockRoot = () => tx`
+      SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now
+      FROM releasestatus_lock WHERE name = '' FOR UPDATE`;
+    let [root] = await lockRoot();
+    if (!root) {
+      await tx`INSERT INTO releasestatus_lock (name) VALUES ('') ON CONFLICT (name) DO NOTHING`;
+      [root] = await lockRoot();
+    }
+    return Number(root.now);
+  }
+
   async function transact(lock: string, decide: Decide, options: TransactOptions = {}): Promise<Decision> {
     if (health.closing) return { outcome: STORAGE_FAILED, committed: null, joined: null };
     try {
       const decision = await inTransaction(async (tx, injected): Promise<Decision> => {
-        // Every change takes the root's row first: it holds the one id counter, and makes changes on
-        // overlapping locks (a parent and its child) wait for each other instead of deciding side by side.
-        const takeRoot = () => tx`
-          SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now
-          FROM releasestatus_lock WHERE name = '' FOR UPDATE`;
-        let [root] = await takeRoot();
-        if (!root) {
-          await tx`INSERT INTO releasestatus_lock (name) VALUES ('') ON CONFLICT (name) DO NOTHING`;
-          [root] = await takeRoot();
-        }
-        const dbNow = root.now;
+        const dbNow = await takeRoot(tx);
         const stored = toStored((await around(tx, lock)) as LockRow[]);
-        const now = injected ?? Number(dbNow);
+        const now = injected ?? dbNow;
         const self = options.self ?? null;
         const [{ ahead }] = await tx`
           SELECT count(*) AS ahead FROM releasestatus_live_waiters
@@ -205,11 +212,12 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     forget(id);
     try {
       return await inTransaction(async (tx, injected) => {
+        const dbNow = await takeRoot(tx); // first, as a change does: a waiter's row after the root's, never before
         const [gone] = await tx`
           UPDATE releasestatus_waiters SET done = true WHERE id = ${id} AND NOT done
-          RETURNING name, reason, made_by, (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now`;
+          RETURNING name, reason, made_by`;
         if (!gone) return null;
-        const at = injected ?? Number(gone.now);
+        const at = injected ?? dbNow;
         const events = [
           queueEvent(
             "left-queue",
@@ -388,6 +396,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     mark: async (mark, events) => {
       try {
         return await inTransaction(async (tx) => {
+          await takeRoot(tx); // its events are ordered with every change's
           const [added] = await tx`
             INSERT INTO releasestatus_freeze_marks (window_key, lock, kind, at)
             VALUES (${mark.window}, ${mark.lock}, ${mark.kind}, ${mark.at})
