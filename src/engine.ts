@@ -467,9 +467,6 @@ export const startOrWait = (req: StartRequest, waitSeconds: number, gone: AbortS
 export const isHealthy = (): boolean => health().ok;
 export const stateKnown = (): boolean => health().known;
 export const waitingList = (): Queued[] => waiting();
-/** With replicas, reads the state afresh before a read is answered; null when memory is already current. */
-export const freshen = (): Promise<void> | null =>
-  engine.store && !engine.store.exclusive ? refresh(DEFAULT_LOCK).catch(() => {}) : null;
 
 let storageFailure: (problem: string) => void = () => {};
 /** Told each time a change could not be saved, with what the store says is wrong. */
