@@ -212,18 +212,16 @@ async function waitInLine(
   const onGone = () => wake(waiter);
   gone.addEventListener("abort", onGone);
   let cancelThaw = () => {}; // a freeze ending commits nothing: a timer wakes the waiter then
+  let latest = first; // the last refusal it was given
   engine.waiters.add(waiter);
   try {
     for (;;) {
       if (engine.closing) return await leave(lock, self, "shutting down", SHUTTING_DOWN);
       if (gone.aborted) return await leave(lock, self, "disconnected", refuse("timeout", "the client went away"));
-      if (engine.clock.now() >= deadline)
-        return await leave(
-          lock,
-          self,
-          "timed out",
-          refuse("timeout", `waited ${waitSeconds}s; ${first.ok ? "" : first.message}`),
-        );
+      if (engine.clock.now() >= deadline) {
+        const holds = await whatHoldsItNow(lock, rule, self, latest);
+        return await leave(lock, self, "timed out", refuse("timeout", `waited ${waitSeconds}s; ${holds}`));
+      }
       waiter.woke = false;
       // Let the event loop read the sockets first: a client that went away as the release
       // came free is seen now, and leaves the line rather than being handed it.
@@ -231,6 +229,7 @@ async function waitInLine(
       if (gone.aborted || engine.closing) continue;
       const attempt = await commit(lock, rule, { self });
       if (attempt.outcome.ok) return keepOnlyIfHeard(lock, attempt.outcome, gone);
+      latest = attempt.outcome;
       // No longer allowed (its token was revoked while it waited): it leaves the line with that answer.
       if (attempt.outcome.reason === "unauthorized" || attempt.outcome.reason === "forbidden")
         return await leave(lock, self, "its token no longer allows it", attempt.outcome);
@@ -251,6 +250,19 @@ async function waitInLine(
 }
 
 const THAW_FALLBACK_MS = 1000;
+
+// The words of a timeout: what keeps the waiter out at this moment (the release that refused it as it
+// joined may have ended long ago, and a freeze or a block taken its place), decided by the rule on the
+// state as it is now; the last refusal when the lock came free just as the wait ran out.
+async function whatHoldsItNow(lock: string, rule: Rule, self: number, latest: Outcome): Promise<string> {
+  if (!store().exclusive) await refresh(lock).catch(() => {}); // another replica may have changed it
+  const ahead = store()
+    .waiting()
+    .filter((w) => w.id < self && overlaps(w.lock, lock)).length;
+  const { outcome } = withExpiry(rule)(state(lock), engine.clock.now(), ahead);
+  const refusal = outcome.ok ? latest : outcome;
+  return refusal.ok ? "" : refusal.message;
+}
 
 const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 

@@ -495,6 +495,19 @@ for (const [storeName, makeStore] of stores) {
         expect(reasonOf(await waiter)).toBe("timeout");
       });
 
+      test("a waiter's timeout names what holds the lock at the timeout, not what refused it when it joined", async () => {
+        const first = idOf(await startNow("sion")); // refuses the waiter as it joins
+        await calendar(window("2026-11-27 09:05", "2026-11-27 10:00"));
+        const waiter = start(LOCK, holder("patient"), 600, new AbortController().signal);
+        await inLine(1);
+        await clock.advance(6 * 60_000); // the freeze begins at 09:05
+        await change(LOCK, (s, now) => stop(s, first ?? null, { name: "sion" }, now)); // the waiter tries: frozen
+        await clock.advance(4 * 60_000);
+        const o = await waiter;
+        expect(reasonOf(o)).toBe("timeout");
+        expect(o.ok ? "" : o.message).toBe("waited 600s; releasing is frozen until Fri 10:00 UTC (test freeze)");
+      });
+
       test("each boundary is recorded once, on each lock the window names, also across a restart", async () => {
         await calendar(window(undefined, undefined, ["prod", "staging"]));
         expect(await boundaries()).toEqual(["frozen prod 08:00", "frozen staging 08:00"]);
