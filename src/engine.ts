@@ -31,6 +31,7 @@ import {
   type Decision,
   type Entry,
   type Mark,
+  type NextMarks,
   type Queued,
   type Store,
   type Stored,
@@ -310,6 +311,14 @@ async function abandonUntilSaved(lock: string, id: number): Promise<void> {
 export async function recordOnce(mark: Mark, events: Event[]): Promise<boolean> {
   if (engine.closing) return false;
   const committed = await store().mark(mark, events);
+  if (committed) heard(committed, false);
+  return committed !== null;
+}
+
+/** Records what `next` decides follows the latest mark of a series on a lock (see Store.markNext); false when nothing was. */
+export async function recordNext(series: string, lock: string, next: NextMarks): Promise<boolean> {
+  if (engine.closing) return false;
+  const committed = await store().markNext(series, lock, next);
   if (committed) heard(committed, false);
   return committed !== null;
 }

@@ -568,6 +568,46 @@ for (const [storeName, makeStore] of stores) {
         expect(reasonOf(await startNow("sion"))).toBe("frozen");
       });
 
+      describe("across reloads, the history says when the lock was frozen, in time order", () => {
+        const reload = async (...windows: Window[]) => {
+          replaceCalendar(windows);
+          await calendarSettled();
+        };
+        const other = (from: string, until: string) => ({ ...window(from, until), reason: "other freeze" });
+
+        test("a window moved out of force and back: thawed at the first reload, frozen again at the second", async () => {
+          await calendar(window());
+          await clock.advance(60_000);
+          await reload(window("2026-11-27 12:00", "2026-11-27 13:00"));
+          await clock.advance(60_000);
+          await reload(window());
+          expect(await boundaries()).toEqual([
+            "frozen default 08:00",
+            "thawed default 09:01",
+            "frozen default 09:02",
+          ]);
+          expect(reasonOf(await startNow("sion"))).toBe("frozen");
+        });
+
+        test("a second window added while the lock is frozen records nothing; the thaw comes when the last ends", async () => {
+          await calendar(window());
+          await clock.advance(60_000);
+          await reload(window(), other("2026-11-27 08:30", "2026-11-27 09:30"));
+          expect(await boundaries()).toEqual(["frozen default 08:00"]);
+          await clock.advance(30 * 60_000 + 1);
+          await calendarSettled();
+          expect(await boundaries()).toEqual(["frozen default 08:00", "thawed default 09:30"]);
+        });
+
+        test("removing one of two overlapping windows records nothing while the other keeps the lock frozen", async () => {
+          await calendar(window(), other("2026-11-27 08:30", "2026-11-27 09:30"));
+          await clock.advance(60_000);
+          await reload(other("2026-11-27 08:30", "2026-11-27 09:30"));
+          expect(await boundaries()).toEqual(["frozen default 08:00"]);
+          expect(reasonOf(await startNow("sion"))).toBe("frozen");
+        });
+      });
+
       test("an occurrence that began and ended while the daemon was down is recorded, its start before its end", async () => {
         if (storeName === "memory") return; // memory keeps nothing across a restart
         await calendar(window("2026-11-27 09:30", "2026-11-27 10:00")); // seen, not yet in force

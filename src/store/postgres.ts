@@ -31,6 +31,7 @@ import {
 
 const CHANNEL = "releasestatus";
 const MIGRATION_LOCK = 0x5253_7431; // pg_advisory_xact_lock key: replicas starting at once migrate one at a time
+const MARK_NEXT_LOCK = 0x5253_7432; // pg_advisory_xact_lock key: the calendar's marks, one replica at a time
 // Every POLL_MS each replica vouches for its waiters and wakes them: the safety net under
 // LISTEN/NOTIFY. A waiter not vouched for in 5 s no longer counts, and its row is deleted after
 // 10 s; but in the first seconds after the database (re)started every row counts and none is
@@ -395,6 +396,29 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
           if (!added) return null; // another replica, or an earlier run, recorded it
           await record(tx, mark.lock, events);
           return { lock: mark.lock, events, before: null, after: null, entries: new Map() };
+        });
+      } catch (e) {
+        if (e instanceof StorageError) return null;
+        throw e;
+      }
+    },
+    markNext: async (series, lock, next) => {
+      try {
+        return await inTransaction(async (tx) => {
+          // Replicas looking at once take turns: each decides on the latest mark the one before it wrote.
+          await tx`SELECT pg_advisory_xact_lock(${MARK_NEXT_LOCK})`;
+          const [row] = await tx`
+            SELECT kind, at FROM releasestatus_freeze_marks WHERE window_key = ${series} AND lock = ${lock}
+            ORDER BY at DESC LIMIT 1`;
+          const [newest] = await tx`SELECT at FROM releasestatus_events ORDER BY seq DESC LIMIT 1`;
+          const latest = row ? { window: series, lock, kind: String(row.kind), at: Number(row.at) } : null;
+          const found = next(latest, newest ? Number(newest.at) : -Infinity);
+          if (!found) return null;
+          for (const m of found.marks)
+            await tx`INSERT INTO releasestatus_freeze_marks (window_key, lock, kind, at)
+                     VALUES (${m.window}, ${m.lock}, ${m.kind}, ${m.at}) ON CONFLICT DO NOTHING`;
+          await record(tx, lock, found.events);
+          return { lock, events: found.events, before: null, after: null, entries: new Map() };
         });
       } catch (e) {
         if (e instanceof StorageError) return null;

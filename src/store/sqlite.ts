@@ -139,6 +139,10 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
     probe: db.query("INSERT OR REPLACE INTO storage_probe (id, pad) VALUES (1, zeroblob(12288))"),
     checkpoint: db.query<{ busy: number; log: number; checkpointed: number }, []>("PRAGMA wal_checkpoint(RESTART)"),
     mark: db.query("INSERT OR IGNORE INTO freeze_marks (window_key, lock, kind, at) VALUES (?, ?, ?, ?)"),
+    latestMark: db.query<{ kind: string; at: number }, [string, string]>(
+      "SELECT kind, at FROM freeze_marks WHERE window_key = ? AND lock = ? ORDER BY at DESC LIMIT 1",
+    ),
+    newestAt: db.query<{ at: number }, []>("SELECT at FROM events ORDER BY seq DESC LIMIT 1"),
     marked: db.query<{ found: number }, [string]>("SELECT 1 AS found FROM freeze_marks WHERE window_key = ? LIMIT 1"),
     span: db.query<{ oldest: number | null; newest: number | null }, []>(
       "SELECT min(seq) AS oldest, max(seq) AS newest FROM events",
@@ -305,6 +309,19 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
       });
       if (added) saved();
       return added ? { lock: mark.lock, events, before: null, after: null, entries: new Map() } : null;
+    },
+    markNext: async (series, lock, next) => {
+      const decided = write("FULL", () => {
+        const row = q.latestMark.get(series, lock);
+        const newest = q.newestAt.get()?.at ?? null;
+        const found = next(row && { window: series, lock, kind: row.kind, at: Number(row.at) }, newest ?? -Infinity);
+        if (!found) return null;
+        for (const m of found.marks) q.mark.run(m.window, m.lock, m.kind, m.at);
+        append(found.events);
+        return found;
+      });
+      if (decided) saved();
+      return decided ? { lock, events: decided.events, before: null, after: null, entries: new Map() } : null;
     },
     marked: async (window) => q.marked.get(window) !== null,
     outbox: {
