@@ -8,6 +8,7 @@
 import {
   abandon,
   andThen,
+  blockedOver,
   type Change,
   DEFAULT_LOCK,
   type Event,
@@ -22,6 +23,7 @@ import {
   type StartRequest,
   type State,
   start as startRule,
+  statusAfter,
   unchanged,
   WAITABLE,
 } from "./release.ts";
@@ -351,8 +353,18 @@ const withExpiry =
     const expired = expire(stored, now);
     const outcome = expired ? andThen(expired, (s) => rule(s, now, ahead)) : rule(stored, now, ahead);
     const change: Change | null = outcome.ok ? outcome : expired;
-    return { outcome, change: change && change.events.length > 0 ? change : null };
+    return { outcome, change: change && change.events.length > 0 ? withStatus(change) : null };
   };
+
+// Each event with what its lock is after the change (for webhooks, which send it later): blocked from the
+// state the change leaves, frozen from the calendar at the event's time.
+const withStatus = (c: Change): Change => ({
+  ...c,
+  events: c.events.map((e) => ({
+    ...e,
+    status: statusAfter(e.kind, { blocked: blockedOver(c.next, e.lock), frozen: engine.frozen(e.lock, e.at) !== null }),
+  })),
+});
 
 function heard(c: Committed, remote: boolean) {
   remember(c.entries, c.after?.lastId ?? engine.known.lastId);

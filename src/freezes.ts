@@ -15,8 +15,17 @@ import {
   occurrenceAt,
   type Window,
 } from "./calendar.ts";
-import { type Clock, health, recordNext, recordOnce, useCalendar, wakeWaiters, windowKnown } from "./engine.ts";
-import { type Frozen, iso, ROOT } from "./release.ts";
+import {
+  type Clock,
+  health,
+  recordNext,
+  recordOnce,
+  state,
+  useCalendar,
+  wakeWaiters,
+  windowKnown,
+} from "./engine.ts";
+import { blockedOver, type Event, type Frozen, iso, ROOT, statusAfter } from "./release.ts";
 import type { Mark, Marked } from "./store/store.ts";
 
 const MINUTE = 60_000;
@@ -222,10 +231,21 @@ function toMarks(lock: string, edges: Edge[], last: Mark | null, newestEventAt: 
     const at = Math.max(e.at, floor);
     floor = at + 1;
     marked.marks.push({ window: EDGES, lock, kind: e.kind, at });
-    if (e.reason !== null) marked.events.push({ lock, at, kind: e.kind, releaseId: null, name: "", reason: e.reason });
+    if (e.reason !== null) marked.events.push({ ...freezeEvent(lock, e.kind, at), reason: e.reason });
   }
   return marked;
 }
+
+// A frozen or thawed event, with what the lock is after it: a thaw may leave it blocked, or frozen from above.
+const freezeEvent = (lock: string, kind: "frozen" | "thawed", at: number): Event => ({
+  lock,
+  at,
+  kind,
+  releaseId: null,
+  name: "",
+  reason: "",
+  status: statusAfter(kind, { blocked: blockedOver(state(lock), lock), frozen: frozenAt(lock, at) !== null }),
+});
 
 /** Whether this daemon has looked at every lock of the window since its latest boundary, and recorded it. */
 export function boundaryRecorded(w: Window, now: number): boolean {

@@ -190,8 +190,9 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
   // Appends events, prunes the oldest, and tells the other replicas (NOTIFY is delivered on commit).
   async function record(tx: SQL, lock: string, events: Event[]) {
     for (const e of events)
-      await tx`INSERT INTO releasestatus_events (lock, at, kind, release_id, name, reason, made_by)
-               VALUES (${e.lock}, ${e.at}, ${e.kind}, ${e.releaseId}, ${e.name}, ${e.reason}, ${e.by ?? null})`;
+      await tx`INSERT INTO releasestatus_events (lock, at, kind, release_id, name, reason, made_by, status)
+               VALUES (${e.lock}, ${e.at}, ${e.kind}, ${e.releaseId}, ${e.name}, ${e.reason}, ${e.by ?? null},
+                 ${e.status ?? null})`;
     await tx`DELETE FROM releasestatus_events WHERE seq <= (SELECT max(seq) FROM releasestatus_events) - ${opts.historyLimit}`;
     await tx`SELECT pg_notify(${CHANNEL}, ${JSON.stringify({ replica, lock, events })})`;
   }
@@ -478,7 +479,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
               Object.assign(progress, { delivered: floor, dropped: progress.dropped + skipped });
             }
             const rows = await tx`
-              SELECT seq, lock, at, kind, release_id, name, reason, made_by FROM releasestatus_events
+              SELECT seq, lock, at, kind, release_id, name, reason, made_by, status FROM releasestatus_events
               WHERE seq > ${progress.delivered} ORDER BY seq LIMIT ${limit}`;
             const events = (rows as (EventRow & { seq: string })[]).map((r) => ({
               seq: Number(r.seq),
@@ -562,6 +563,8 @@ const MIGRATIONS = [
      key text PRIMARY KEY, delivered bigint NOT NULL, attempts int NOT NULL DEFAULT 0,
      next_at bigint NOT NULL DEFAULT 0, dropped bigint NOT NULL DEFAULT 0,
      holder text, held_until timestamptz);`,
+  // What the lock is after each event, as webhooks say it (sent later, when the lock may have changed again).
+  `ALTER TABLE releasestatus_events ADD COLUMN status text;`,
 ];
 const SCHEMA_VERSION = MIGRATIONS.length;
 

@@ -68,6 +68,8 @@ const MIGRATIONS = [
    );`,
   // After a failed write, a write as large as a change's goes here each second, to learn when changes can be saved.
   `CREATE TABLE storage_probe (id INTEGER PRIMARY KEY, pad BLOB NOT NULL);`,
+  // What the lock is after each event, as webhooks say it (sent later, when the lock may have changed again).
+  `ALTER TABLE events ADD COLUMN status TEXT;`,
 ];
 export const SCHEMA_VERSION = MIGRATIONS.length;
 
@@ -125,7 +127,7 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
     ),
     count: db.query("UPDATE lock SET last_id = ? WHERE name = ''"),
     append: db.query(
-      "INSERT INTO events (lock, at, kind, release_id, name, reason, made_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
+      "INSERT INTO events (lock, at, kind, release_id, name, reason, made_by, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     ),
     prune: db.query("DELETE FROM events WHERE seq <= (SELECT max(seq) FROM events) - ?"),
     history: db.query<EventRow, [number]>(
@@ -158,7 +160,7 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
     retry: db.query("UPDATE webhooks SET attempts = ?2, next_at = ?3 WHERE key = ?1"),
     skip: db.query("UPDATE webhooks SET delivered = ?2, dropped = dropped + ?3 WHERE key = ?1"),
     pending: db.query<EventRow & { seq: number }, [number, number]>(
-      "SELECT seq, lock, at, kind, release_id, name, reason, made_by FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+      "SELECT seq, lock, at, kind, release_id, name, reason, made_by, status FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
     ),
   };
   const line = new LocalWaitLine();
@@ -167,7 +169,7 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
 
   const stored = (lock: string): Stored => toStored(q.around.all(lock, JSON.stringify(ancestorsOf(lock))));
   const append = (events: Event[]) => {
-    for (const e of events) q.append.run(e.lock, e.at, e.kind, e.releaseId, e.name, e.reason, e.by ?? null);
+    for (const e of events) q.append.run(e.lock, e.at, e.kind, e.releaseId, e.name, e.reason, e.by ?? null, e.status ?? null);
     q.prune.run(historyLimit);
   };
   // Joining or leaving the line grants nothing: such a commit is not worth an fsync of its own

@@ -302,7 +302,7 @@ export type LockRow = Record<
 export type EventRow = Record<
   "lock" | "at" | "kind" | "release_id" | "name" | "reason" | "made_by",
   string | number | null
->;
+> & { status?: string | null }; // read for the outbox only
 
 const num = (v: string | number | null): number | null => (v === null ? null : Number(v));
 const str = (v: string | number | null): string => (v === null ? "" : String(v));
@@ -372,6 +372,7 @@ export const toEvent = (row: EventRow): Event => ({
   name: str(row.name),
   reason: str(row.reason),
   by: by(row.made_by),
+  ...(row.status == null ? {} : { status: row.status }),
 });
 
 /** Whether an event concerns `lock`: on it, or on a lock under it. */
