@@ -1,7 +1,7 @@
 // The freeze calendar at work: which locks are frozen now (for starts, status,
-// metrics and the page), and the keeper that records each window's beginning
-// and end in the history (`frozen`, `thawed`) exactly once, whatever replicas
-// and restarts, catching up on a boundary it missed while the daemon was down.
+// metrics and the page), and the keeper that records when each lock becomes
+// frozen and stops being so (`frozen`, `thawed`) exactly once, whatever
+// replicas, restarts and reloads, catching up on what it missed while down.
 // The schedule itself is src/calendar.ts (pure); this module reads the clock.
 import {
   DAYS,
@@ -15,16 +15,7 @@ import {
   occurrenceAt,
   type Window,
 } from "./calendar.ts";
-import {
-  type Clock,
-  health,
-  recordNext,
-  recordOnce,
-  state,
-  useCalendar,
-  wakeWaiters,
-  windowKnown,
-} from "./engine.ts";
+import { type Clock, health, recordNext, recordOnce, state, useCalendar, wakeWaiters, windowKnown } from "./engine.ts";
 import { blockedOver, type Event, type Frozen, iso, ROOT, statusAfter } from "./release.ts";
 import type { Mark, Marked } from "./store/store.ts";
 
@@ -166,7 +157,7 @@ function pieceBefore(span: Span, t: number): Piece | null {
   const inForce = pieceAt(span, end - 1);
   if (inForce) return { ...inForce, until: Math.min(inForce.until, end) };
   const b = latestBoundary(span.window, end);
-  if (!b || b.kind !== "thawed" || b.o.until <= span.from) return null;
+  if (b?.kind !== "thawed" || b.o.until <= span.from) return null;
   return { from: Math.max(b.o.from, span.from), until: b.o.until, span };
 }
 
@@ -219,7 +210,8 @@ function nextEdges(spans: Span[], last: Mark | null, now: number): Edge[] {
   return last === null ? [{ kind: "thawed", at: now, reason: null }] : [];
 }
 
-const thawReason = (p: Piece): string => (p.span.removed ? `${p.span.window.reason} (removed from the calendar)` : p.span.window.reason);
+const thawReason = (p: Piece): string =>
+  p.span.removed ? `${p.span.window.reason} (removed from the calendar)` : p.span.window.reason;
 
 // The edges as marks and events, each dated no earlier than the one before it (and strictly after the last
 // mark, so the latest mark is the latest edge), nor than the newest event in the history.

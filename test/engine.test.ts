@@ -581,11 +581,7 @@ for (const [storeName, makeStore] of stores) {
           await reload(window("2026-11-27 12:00", "2026-11-27 13:00"));
           await clock.advance(60_000);
           await reload(window());
-          expect(await boundaries()).toEqual([
-            "frozen default 08:00",
-            "thawed default 09:01",
-            "frozen default 09:02",
-          ]);
+          expect(await boundaries()).toEqual(["frozen default 08:00", "thawed default 09:01", "frozen default 09:02"]);
           expect(reasonOf(await startNow("sion"))).toBe("frozen");
         });
 

@@ -161,7 +161,10 @@ describe("across SIGHUP reloads, the history and the webhooks tell what /status 
       },
     });
     servers.push(server);
-    return { got, hook: `[[webhook]]\nurl = "http://127.0.0.1:${server.port}/hook"\nevents = ["frozen", "thawed", "blocked"]\n` };
+    return {
+      got,
+      hook: `[[webhook]]\nurl = "http://127.0.0.1:${server.port}/hook"\nevents = ["frozen", "thawed", "blocked"]\n`,
+    };
   };
   const notInForce = (reason: string) =>
     `[[freeze]]\nreason = "${reason}"\nlocks = ["prod"]\nfrom = "${minute(Date.now() + 5 * HOUR)}"\nuntil = "${minute(Date.now() + 6 * HOUR)}"\n`;

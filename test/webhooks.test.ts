@@ -304,7 +304,12 @@ describe("delivery: in order, at least once, never in the way", () => {
       const r = receiver();
       await run([hook({ url: r.url, events: ["thawed", "unblocked"] })]);
       const everyLock = parseWindow({ reason: "holidays", from: "2026-11-27 08:00", until: "2026-11-27 12:00" });
-      const onProd = parseWindow({ reason: "prod", locks: ["prod"], from: "2026-11-27 08:00", until: "2026-11-27 09:10" });
+      const onProd = parseWindow({
+        reason: "prod",
+        locks: ["prod"],
+        from: "2026-11-27 08:00",
+        until: "2026-11-27 09:10",
+      });
       keepCalendar([everyLock, onProd] as Window[], clock);
       await calendarSettled();
       await blockAs("staging", "bob");

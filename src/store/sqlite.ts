@@ -169,7 +169,8 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
 
   const stored = (lock: string): Stored => toStored(q.around.all(lock, JSON.stringify(ancestorsOf(lock))));
   const append = (events: Event[]) => {
-    for (const e of events) q.append.run(e.lock, e.at, e.kind, e.releaseId, e.name, e.reason, e.by ?? null, e.status ?? null);
+    for (const e of events)
+      q.append.run(e.lock, e.at, e.kind, e.releaseId, e.name, e.reason, e.by ?? null, e.status ?? null);
     q.prune.run(historyLimit);
   };
   // Joining or leaving the line grants nothing: such a commit is not worth an fsync of its own
