@@ -8,6 +8,7 @@
 import {
   abandon,
   andThen,
+  blockedOver,
   type Change,
   DEFAULT_LOCK,
   type Event,
@@ -22,6 +23,7 @@ import {
   type StartRequest,
   type State,
   start as startRule,
+  statusAfter,
   unchanged,
   WAITABLE,
 } from "./release.ts";
@@ -31,6 +33,7 @@ import {
   type Decision,
   type Entry,
   type Mark,
+  type NextMarks,
   type Queued,
   type Store,
   type Stored,
@@ -244,18 +247,16 @@ async function waitInLine(
   const onGone = () => wake(waiter);
   gone.addEventListener("abort", onGone);
   let cancelThaw = () => {}; // a freeze ending commits nothing: a timer wakes the waiter then
+  let latest = first; // the last refusal it was given
   engine.waiters.add(waiter);
   try {
     for (;;) {
       if (engine.closing) return await leave(lock, self, "shutting down", SHUTTING_DOWN);
       if (gone.aborted) return await leave(lock, self, "disconnected", refuse("timeout", "the client went away"));
-      if (engine.clock.now() >= deadline)
-        return await leave(
-          lock,
-          self,
-          "timed out",
-          refuse("timeout", `waited ${waitSeconds}s; ${first.ok ? "" : first.message}`),
-        );
+      if (engine.clock.now() >= deadline) {
+        const holds = await whatHoldsItNow(lock, rule, self, latest);
+        return await leave(lock, self, "timed out", refuse("timeout", `waited ${waitSeconds}s; ${holds}`));
+      }
       waiter.woke = false;
       // Let the event loop read the sockets first: a client that went away as the release
       // came free is seen now, and leaves the line rather than being handed it.
@@ -263,6 +264,7 @@ async function waitInLine(
       if (gone.aborted || engine.closing) continue;
       const attempt = await commit(lock, rule, { self });
       if (attempt.outcome.ok) return keepOnlyIfHeard(lock, attempt.outcome, gone);
+      latest = attempt.outcome;
       // No longer allowed (its token was revoked while it waited): it leaves the line with that answer.
       if (attempt.outcome.reason === "unauthorized" || attempt.outcome.reason === "forbidden")
         return await leave(lock, self, "its token no longer allows it", attempt.outcome);
@@ -283,6 +285,19 @@ async function waitInLine(
 }
 
 const THAW_FALLBACK_MS = 1000;
+
+// The words of a timeout: what keeps the waiter out at this moment (the release that refused it as it
+// joined may have ended long ago, and a freeze or a block taken its place), decided by the rule on the
+// state as it is now; the last refusal when the lock came free just as the wait ran out.
+async function whatHoldsItNow(lock: string, rule: Rule, self: number, latest: Outcome): Promise<string> {
+  if (!store().exclusive) await refresh(lock).catch(() => {}); // another replica may have changed it
+  const ahead = store()
+    .waiting()
+    .filter((w) => w.id < self && overlaps(w.lock, lock)).length;
+  const { outcome } = withExpiry(rule)(state(lock), engine.clock.now(), ahead);
+  const refusal = outcome.ok ? latest : outcome;
+  return refusal.ok ? "" : refusal.message;
+}
 
 const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
@@ -334,6 +349,14 @@ export async function recordOnce(mark: Mark, events: Event[]): Promise<boolean> 
   return committed !== null;
 }
 
+/** Records what `next` decides follows the latest mark of a series on a lock (see Store.markNext); false when nothing was. */
+export async function recordNext(series: string, lock: string, next: NextMarks): Promise<boolean> {
+  if (engine.closing) return false;
+  const committed = await store().markNext(series, lock, next);
+  if (committed) heard(committed, false);
+  return committed !== null;
+}
+
 /** Whether the calendar ever recorded a boundary of this window here. */
 export const windowKnown = (window: string): Promise<boolean> => store().marked(window);
 
@@ -362,8 +385,18 @@ const withExpiry =
     const expired = expire(stored, now);
     const outcome = expired ? andThen(expired, (s) => rule(s, now, ahead)) : rule(stored, now, ahead);
     const change: Change | null = outcome.ok ? outcome : expired;
-    return { outcome, change: change && change.events.length > 0 ? change : null };
+    return { outcome, change: change && change.events.length > 0 ? withStatus(change) : null };
   };
+
+// Each event with what its lock is after the change (for webhooks, which send it later): blocked from the
+// state the change leaves, frozen from the calendar at the event's time.
+const withStatus = (c: Change): Change => ({
+  ...c,
+  events: c.events.map((e) => ({
+    ...e,
+    status: statusAfter(e.kind, { blocked: blockedOver(c.next, e.lock), frozen: engine.frozen(e.lock, e.at) !== null }),
+  })),
+});
 
 function heard(c: Committed, remote: boolean) {
   remember(c.entries, c.after?.lastId ?? engine.known.lastId);

@@ -1,7 +1,7 @@
 // The freeze calendar at work: which locks are frozen now (for starts, status,
-// metrics and the page), and the keeper that records each window's beginning
-// and end in the history (`frozen`, `thawed`) exactly once, whatever replicas
-// and restarts, catching up on a boundary it missed while the daemon was down.
+// metrics and the page), and the keeper that records when each lock becomes
+// frozen and stops being so (`frozen`, `thawed`) exactly once, whatever
+// replicas, restarts and reloads, catching up on what it missed while down.
 // The schedule itself is src/calendar.ts (pure); this module reads the clock.
 import {
   DAYS,
@@ -15,9 +15,9 @@ import {
   occurrenceAt,
   type Window,
 } from "./calendar.ts";
-import { type Clock, health, recordOnce, useCalendar, wakeWaiters, windowKnown } from "./engine.ts";
-import { type Event, type Frozen, iso, ROOT } from "./release.ts";
-import { markKey } from "./store/store.ts";
+import { type Clock, health, recordNext, recordOnce, state, useCalendar, wakeWaiters, windowKnown } from "./engine.ts";
+import { blockedOver, type Event, type Frozen, iso, ROOT, statusAfter } from "./release.ts";
+import type { Mark, Marked } from "./store/store.ts";
 
 const MINUTE = 60_000;
 const HOUR = 3_600_000;
@@ -28,7 +28,6 @@ const TICK_MS = 60_000; // at the latest: catches reloads, clock jumps and a dat
 let windows: Window[] = [];
 let clock: Clock | null = null;
 let cancelTick = () => {};
-const recorded = new Set<string>(); // marks known to be in the store: not written again each tick
 
 /** A window's identity in the store: the same definition is the same window across restarts and replicas. */
 export const windowKey = (w: Window): string =>
@@ -91,48 +90,159 @@ export function keepCalendar(list: Window[], c: Clock): Promise<void> {
   return tick();
 }
 
-/** A reload: the new windows apply to the next start at once, and their boundaries are looked at now. */
+/**
+ * A reload: the new windows apply to the next start at once, and waiters try again. What the history says
+ * follows from the lock's freeze before and after: a window the reload removed froze its locks only up to
+ * now, and one it added freezes them only from now (never back-dated before the reload).
+ */
 export function replaceCalendar(list: Window[]): void {
-  const before = windows;
+  const now = clock?.now() ?? 0;
+  const [before, after] = [new Set(windows.map(windowKey)), new Set(list.map(windowKey))];
+  for (const w of windows)
+    if (!after.has(windowKey(w))) {
+      retired.push({ window: w, from: horizon(w), until: now, removed: true });
+      horizons.delete(windowKey(w)); // should it come back, it counts from then
+    }
+  for (const w of list) if (!before.has(windowKey(w))) horizons.set(windowKey(w), now);
   windows = list;
   wakeWaiters(); // a freeze may have gone: waiters try again now, not when it would have ended
-  if (!clock) return;
-  const now = clock.now();
-  const keys = (ws: Window[]) => new Set(ws.map(windowKey));
-  const [oldKeys, newKeys] = [keys(before), keys(list)];
-  const removed = before.filter((w) => !newKeys.has(windowKey(w)) && occurrenceAt(w, now));
-  const added = list.filter((w) => !oldKeys.has(windowKey(w)) && occurrenceAt(w, now));
-  reloads.push(() => settleReload(removed, added, now)); // done by the keeper's next look, before the rest
-  void tick();
-}
-
-/** What reloads left for the keeper to record, in order. */
-const reloads: (() => Promise<void>)[] = [];
-
-// A window in force that a reload removed has ended now: recorded as thawed. One that a reload only edited
-// (another in force on the same lock took its place) is the same freeze: no thaw, and no second start.
-async function settleReload(removed: Window[], added: Window[], now: number) {
-  const locksOf = (ws: Window[]) => new Set(ws.flatMap((w) => w.locks ?? [ROOT]));
-  const [wasFrozen, isFrozen] = [locksOf(removed), locksOf(added)];
-  try {
-    for (const w of removed)
-      for (const lock of w.locks ?? [ROOT])
-        if (!isFrozen.has(lock))
-          await once(windowKey(w), lock, "thawed", now, `${w.reason} (removed from the calendar)`);
-    for (const w of added) {
-      const o = occurrenceAt(w, now);
-      for (const lock of w.locks ?? [ROOT])
-        if (o && wasFrozen.has(lock)) await once(windowKey(w), lock, "frozen", o.from, null);
-    }
-  } catch {} // a store that is away: the next look records what it can
+  if (clock) void tick();
 }
 
 export function stopCalendar(): void {
   cancelTick();
   clock = null;
   windows = [];
-  recorded.clear();
-  reloads.length = 0;
+  horizons.clear();
+  retired.length = 0;
+  lookedAt.clear();
+  seen.clear();
+}
+
+// ---- the keeper: the history of each lock's freeze ----
+//
+// What is recorded is the edges of "is this lock frozen by a window that names it" (the root for a window
+// on every lock): `frozen` when it becomes so, `thawed` when it stops, each once. The last edge of each lock
+// is a mark in the store (series EDGES), and the next one is decided on it inside the write transaction, so
+// replicas and restarts agree. An edge is dated when it took effect (a window's start or end, a reload), but
+// never before the lock's last edge nor an event already in the history: /history stays in time order.
+
+const EDGES = "freeze"; // the marks' series: a window's key is 64 hex digits, so this cannot be one
+
+/** From when each window counts, by key: since a reload added it; from its first sight; always when known. */
+const horizons = new Map<string, number>();
+/** Windows a reload removed, which froze their locks up to the reload: kept until the keeper has looked. */
+const retired: Span[] = [];
+/** When the keeper last looked at each lock and found its history complete: for /freezes. */
+const lookedAt = new Map<string, number>();
+
+/** A window as the keeper counts it: its occurrences, cut to the time it was in the calendar. */
+type Span = { window: Window; from: number; until: number; removed: boolean };
+/** One occurrence, so cut, and the window it is of. */
+type Piece = Occurrence & { span: Span };
+
+const horizon = (w: Window): number => horizons.get(windowKey(w)) ?? Number.NEGATIVE_INFINITY;
+const locksOf = (w: Window): string[] => w.locks ?? [ROOT];
+
+// The occurrence of the span's window in force at `t`, cut to the span; null when there is none.
+function pieceAt(span: Span, t: number): Piece | null {
+  if (t < span.from || t >= span.until) return null;
+  const o = occurrenceAt(span.window, t);
+  return o && { from: Math.max(o.from, span.from), until: Math.min(o.until, span.until), span };
+}
+
+// The last occurrence of the span's window that ended at or before `t`, cut to the span.
+function pieceBefore(span: Span, t: number): Piece | null {
+  const end = Math.min(t, span.until);
+  const inForce = pieceAt(span, end - 1);
+  if (inForce) return { ...inForce, until: Math.min(inForce.until, end) };
+  const b = latestBoundary(span.window, end);
+  if (b?.kind !== "thawed" || b.o.until <= span.from) return null;
+  return { from: Math.max(b.o.from, span.from), until: b.o.until, span };
+}
+
+// The freeze (overlapping and touching occurrences together) that holds at `t`: from its start, named by the
+// occurrence that ends last, as /status names it.
+function freezeAt(spans: Span[], t: number): Piece | null {
+  const cover = (at: number) => spans.map((s) => pieceAt(s, at)).filter((p) => p !== null);
+  const now = cover(t);
+  if (now.length === 0) return null;
+  const named = now.reduce((a, b) => (b.until > a.until ? b : a));
+  let from = Math.min(...now.map((p) => p.from));
+  for (let step = 0; step < 100; step++) {
+    const before = cover(from - 1);
+    if (before.length === 0) break;
+    from = Math.min(...before.map((p) => p.from));
+  }
+  return { ...named, from };
+}
+
+// The freeze that ended last at or before `t`, from its start to its end, named by the occurrence that ended it.
+function freezeBefore(spans: Span[], t: number): Piece | null {
+  const ended = spans.map((s) => pieceBefore(s, t)).filter((p) => p !== null);
+  if (ended.length === 0) return null;
+  const last = ended.reduce((a, b) => (b.until > a.until ? b : a));
+  return { ...last, from: freezeAt(spans, last.until - 1)?.from ?? last.from };
+}
+
+type Edge = { kind: "frozen" | "thawed"; at: number; reason: string | null }; // reason null: a mark, no event
+
+// What follows the lock's last edge, as the calendar says at `now`.
+function nextEdges(spans: Span[], last: Mark | null, now: number): Edge[] {
+  const since = last?.at ?? Number.NEGATIVE_INFINITY;
+  const current = freezeAt(spans, now);
+  const frozen = (p: Piece): Edge => ({ kind: "frozen", at: p.from, reason: p.span.window.reason });
+  if (last?.kind === "frozen") {
+    // A freeze that ended after the one recorded began, before the one now (if any): the lock thawed then.
+    const ended = freezeBefore(spans, current?.from ?? now);
+    const thawedThen = ended && ended.until > since ? ended : null;
+    if (current && !thawedThen) return []; // the same freeze goes on (a reload may have changed its windows)
+    const thawed: Edge = thawedThen
+      ? { kind: "thawed", at: thawedThen.until, reason: thawReason(thawedThen) }
+      : { kind: "thawed", at: now, reason: "its window is no longer in the calendar" };
+    return current ? [thawed, frozen(current)] : [thawed];
+  }
+  if (current) return [frozen(current)];
+  const ended = last === null ? null : freezeBefore(spans, now); // a lock first looked at has no past here
+  if (ended && ended.until > since)
+    return [frozen(ended), { kind: "thawed", at: ended.until, reason: thawReason(ended) }];
+  // The first look at a lock that is not frozen: marked, so a later look knows what came after it.
+  return last === null ? [{ kind: "thawed", at: now, reason: null }] : [];
+}
+
+const thawReason = (p: Piece): string =>
+  p.span.removed ? `${p.span.window.reason} (removed from the calendar)` : p.span.window.reason;
+
+// The edges as marks and events, each dated no earlier than the one before it (and strictly after the last
+// mark, so the latest mark is the latest edge), nor than the newest event in the history.
+function toMarks(lock: string, edges: Edge[], last: Mark | null, newestEventAt: number): Marked | null {
+  if (edges.length === 0) return null;
+  let floor = Math.max(newestEventAt, (last?.at ?? Number.NEGATIVE_INFINITY) + 1);
+  const marked: Marked = { marks: [], events: [] };
+  for (const e of edges) {
+    const at = Math.max(e.at, floor);
+    floor = at + 1;
+    marked.marks.push({ window: EDGES, lock, kind: e.kind, at });
+    if (e.reason !== null) marked.events.push({ ...freezeEvent(lock, e.kind, at), reason: e.reason });
+  }
+  return marked;
+}
+
+// A frozen or thawed event, with what the lock is after it: a thaw may leave it blocked, or frozen from above.
+const freezeEvent = (lock: string, kind: "frozen" | "thawed", at: number): Event => ({
+  lock,
+  at,
+  kind,
+  releaseId: null,
+  name: "",
+  reason: "",
+  status: statusAfter(kind, { blocked: blockedOver(state(lock), lock), frozen: frozenAt(lock, at) !== null }),
+});
+
+/** Whether this daemon has looked at every lock of the window since its latest boundary, and recorded it. */
+export function boundaryRecorded(w: Window, now: number): boolean {
+  const at = latestBoundary(w, now)?.at;
+  return at === undefined || locksOf(w).every((lock) => (lookedAt.get(lock) ?? Number.NEGATIVE_INFINITY) >= at);
 }
 
 // The latest boundary of a window at or before `now`: the start of the occurrence in force, else the
@@ -155,14 +265,6 @@ function latestBoundary(w: Window, now: number): { kind: "frozen" | "thawed"; at
     if (last) return { kind: "thawed", at: last.until, o: last };
   }
   return null;
-}
-
-/** Whether this daemon has seen the window's latest boundary recorded in the store (by it, or by another replica). */
-export function boundaryRecorded(w: Window, now: number): boolean {
-  const b = latestBoundary(w, now);
-  if (!b) return true;
-  const key = windowKey(w);
-  return (w.locks ?? [ROOT]).every((lock) => recorded.has(markKey({ window: key, lock, kind: b.kind, at: b.at })));
 }
 
 // When the next boundary of any window comes: the keeper looks again then.
@@ -205,48 +307,44 @@ async function look(): Promise<void> {
   if (!c) return;
   cancelTick();
   try {
-    for (const settle of reloads.splice(0)) await settle();
+    await learnHorizons(c.now());
     const now = c.now();
-    for (const w of windows) await recordLatest(w, now);
+    const removed = [...retired];
+    const spans: Span[] = [
+      ...windows.map((w) => ({ window: w, from: horizon(w), until: Number.POSITIVE_INFINITY, removed: false })),
+      ...removed,
+    ];
+    let complete = true;
+    for (const lock of new Set(spans.flatMap((s) => locksOf(s.window)))) {
+      const on = spans.filter((s) => locksOf(s.window).includes(lock));
+      await recordNext(EDGES, lock, (last, newestEventAt) =>
+        toMarks(lock, nextEdges(on, last, now), last, newestEventAt),
+      );
+      if (health().ok) lookedAt.set(lock, now);
+      else complete = false; // a store that is away: the next look records what it can
+    }
+    // What they froze has been recorded: they no longer count (a reload meanwhile may have added more).
+    if (complete) retired.splice(0, removed.length);
   } catch {} // a store that is away: the next look tries again
   if (clock !== c) return;
   const now = c.now();
   cancelTick = c.after(Math.max(nextBoundary(now) - now, 0) + 1, () => tick());
 }
 
-// Records the window's latest boundary on each lock it names (the root when it names none), once. A window
-// never seen before starts quietly: its past end is marked without an event, so adding a window to the
-// file does not write history for a time it was not configured; if it is in force, its start is recorded.
-async function recordLatest(w: Window, now: number): Promise<void> {
-  const key = windowKey(w);
-  const seen = { window: key, lock: ROOT, kind: "seen", at: 0 }; // the window was configured from then on
-  if (!recorded.has(markKey(seen))) {
+// A window first seen counts from its start if it is in force, else from now: adding it to the file writes
+// no history for a time it was not configured. One seen before (by this daemon or another, in an earlier
+// run) counts always: a boundary it had while the daemon was down is recorded when it is back. Each window is
+// marked seen in the store.
+async function learnHorizons(now: number): Promise<void> {
+  for (const w of windows) {
+    const key = windowKey(w);
+    if (horizons.has(key) && seen.has(key)) continue;
+    const seenMark = { window: key, lock: ROOT, kind: "seen", at: 0 };
     const known = await windowKnown(key);
     // Written now, or just now by another replica; not written at all (the store is away): the next look tries again.
-    if (!known && !(await recordOnce(seen, [])) && !health().ok) return;
-    recorded.add(markKey(seen));
-    // Seen for the first time: an occurrence that already ended is history from before it was configured.
-    const b = known ? null : latestBoundary(w, now);
-    if (b?.kind === "thawed")
-      for (const lock of w.locks ?? [ROOT]) {
-        await once(key, lock, "frozen", b.o.from, null);
-        await once(key, lock, "thawed", b.o.until, null);
-      }
-  }
-  const b = latestBoundary(w, now);
-  if (!b) return;
-  for (const lock of w.locks ?? [ROOT]) {
-    // An occurrence that began and ended while the daemon was down: its start is recorded before its end.
-    if (b.kind === "thawed") await once(key, lock, "frozen", b.o.from, w.reason);
-    await once(key, lock, b.kind, b.at, w.reason);
+    if (!known && !(await recordOnce(seenMark, [])) && !health().ok) throw new Error("the store is away");
+    seen.add(key);
+    if (!horizons.has(key)) horizons.set(key, known ? Number.NEGATIVE_INFINITY : (occurrenceAt(w, now)?.from ?? now));
   }
 }
-
-// Records a boundary (with its event, or none when `reason` is null) unless this daemon knows it is recorded.
-async function once(window: string, lock: string, kind: "frozen" | "thawed", at: number, reason: string | null) {
-  const mark = { window, lock, kind, at };
-  if (recorded.has(markKey(mark))) return;
-  const events: Event[] = reason === null ? [] : [{ lock, at, kind, releaseId: null, name: "", reason }];
-  // Written now, or found written by another replica or an earlier run; a failed write is tried again.
-  if ((await recordOnce(mark, events)) || health().ok) recorded.add(markKey(mark));
-}
+const seen = new Set<string>(); // windows known to be marked seen in the store

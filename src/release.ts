@@ -65,7 +65,40 @@ export type Event = {
   name: string; // what the request said
   reason: string;
   by?: string; // whose token made it (the token's `who`); absent without tokens
+  status?: string; // what the lock is after it (statusAfter), as a webhook says; absent in events from before
 };
+
+// What the lock is once an event happened: a word a webhook receiver can switch on.
+const STATUS: Record<EventKind, string> = {
+  started: "running",
+  stopped: "idle",
+  expired: "idle",
+  abandoned: "idle",
+  renewed: "running",
+  "long-running": "running",
+  overridden: "running",
+  blocked: "blocked",
+  unblocked: "open",
+  frozen: "frozen",
+  thawed: "open",
+  waiting: "queued",
+  "left-queue": "queued",
+};
+const ENDS_SOMETHING: ReadonlySet<EventKind> = new Set(["stopped", "expired", "abandoned", "unblocked", "thawed"]);
+
+/**
+ * What the lock is after an event of this kind: an event that ends something (a release, a block, a freeze)
+ * says what still keeps the lock from starting, a block (its own or from above) before a freeze.
+ */
+export function statusAfter(kind: EventKind, still: { blocked: boolean; frozen: boolean }): string {
+  if (ENDS_SOMETHING.has(kind) && still.blocked) return "blocked";
+  if (ENDS_SOMETHING.has(kind) && still.frozen) return "frozen";
+  return STATUS[kind];
+}
+
+/** Whether a block on `lock` or above it is in the state (the state of `lock`, or of a lock overlapping it). */
+export const blockedOver = (s: State, lock: string): boolean =>
+  [{ lock: s.lock, block: s.block }, ...s.around].some((n) => n.block && (n.lock === lock || isAncestor(n.lock, lock)));
 
 /** Why a request was answered 0. The README lists every code. */
 export type Reason =

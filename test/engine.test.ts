@@ -495,6 +495,19 @@ for (const [storeName, makeStore] of stores) {
         expect(reasonOf(await waiter)).toBe("timeout");
       });
 
+      test("a waiter's timeout names what holds the lock at the timeout, not what refused it when it joined", async () => {
+        const first = idOf(await startNow("sion")); // refuses the waiter as it joins
+        await calendar(window("2026-11-27 09:05", "2026-11-27 10:00"));
+        const waiter = start(LOCK, holder("patient"), 600, new AbortController().signal);
+        await inLine(1);
+        await clock.advance(6 * 60_000); // the freeze begins at 09:05
+        await change(LOCK, (s, now) => stop(s, first ?? null, { name: "sion" }, now)); // the waiter tries: frozen
+        await clock.advance(4 * 60_000);
+        const o = await waiter;
+        expect(reasonOf(o)).toBe("timeout");
+        expect(o.ok ? "" : o.message).toBe("waited 600s; releasing is frozen until Fri 10:00 UTC (test freeze)");
+      });
+
       test("each boundary is recorded once, on each lock the window names, also across a restart", async () => {
         await calendar(window(undefined, undefined, ["prod", "staging"]));
         expect(await boundaries()).toEqual(["frozen prod 08:00", "frozen staging 08:00"]);
@@ -553,6 +566,42 @@ for (const [storeName, makeStore] of stores) {
         await calendarSettled();
         expect(await boundaries()).toEqual(["frozen default 08:00"]);
         expect(reasonOf(await startNow("sion"))).toBe("frozen");
+      });
+
+      describe("across reloads, the history says when the lock was frozen, in time order", () => {
+        const reload = async (...windows: Window[]) => {
+          replaceCalendar(windows);
+          await calendarSettled();
+        };
+        const other = (from: string, until: string) => ({ ...window(from, until), reason: "other freeze" });
+
+        test("a window moved out of force and back: thawed at the first reload, frozen again at the second", async () => {
+          await calendar(window());
+          await clock.advance(60_000);
+          await reload(window("2026-11-27 12:00", "2026-11-27 13:00"));
+          await clock.advance(60_000);
+          await reload(window());
+          expect(await boundaries()).toEqual(["frozen default 08:00", "thawed default 09:01", "frozen default 09:02"]);
+          expect(reasonOf(await startNow("sion"))).toBe("frozen");
+        });
+
+        test("a second window added while the lock is frozen records nothing; the thaw comes when the last ends", async () => {
+          await calendar(window());
+          await clock.advance(60_000);
+          await reload(window(), other("2026-11-27 08:30", "2026-11-27 09:30"));
+          expect(await boundaries()).toEqual(["frozen default 08:00"]);
+          await clock.advance(30 * 60_000 + 1);
+          await calendarSettled();
+          expect(await boundaries()).toEqual(["frozen default 08:00", "thawed default 09:30"]);
+        });
+
+        test("removing one of two overlapping windows records nothing while the other keeps the lock frozen", async () => {
+          await calendar(window(), other("2026-11-27 08:30", "2026-11-27 09:30"));
+          await clock.advance(60_000);
+          await reload(other("2026-11-27 08:30", "2026-11-27 09:30"));
+          expect(await boundaries()).toEqual(["frozen default 08:00"]);
+          expect(reasonOf(await startNow("sion"))).toBe("frozen");
+        });
       });
 
       test("an occurrence that began and ended while the daemon was down is recorded, its start before its end", async () => {

@@ -3,7 +3,7 @@
 // once across restarts (and, on PostgreSQL, across replicas), and a reload
 // takes effect at once. The schedule itself is specified in calendar.test.ts,
 // the engine's part (waiters, missed boundaries) in engine.test.ts.
-import { describe, expect, test } from "bun:test";
+import { afterEach, describe, expect, test } from "bun:test";
 import { writeFileSync } from "node:fs";
 import { configFile, type Daemon, daemonsPerTest, freshDb, until } from "./daemon.ts";
 
@@ -139,5 +139,94 @@ describe("a window's boundaries are recorded once each", () => {
       await until(async () => (await (await r.get("/freezes?format=json")).json()).freezes[0].recorded, "recorded");
     for (const r of replicas) expect((await boundaries(r)).sort()).toEqual(["frozen prod", "frozen staging"]);
     for (const r of replicas) expect(await r.body("/locks/prod/start")).toBe("0\n");
+  });
+});
+
+describe("across SIGHUP reloads, the history and the webhooks tell what /status says, in time order", () => {
+  const servers: { stop(force: boolean): void }[] = [];
+  afterEach(() => {
+    for (const s of servers.splice(0)) s.stop(true);
+  });
+  // A webhook receiver on loopback: what it was sent, as "type lock status". New to the database, it is sent
+  // the events after its first look, which comes after the calendar's: not the frozen recorded at start-up.
+  const receiver = () => {
+    const got: string[] = [];
+    const server = Bun.serve({
+      port: 0,
+      hostname: "127.0.0.1",
+      async fetch(req) {
+        const { type, data } = await req.json();
+        got.push(`${type} ${data.lock} ${data.status}`);
+        return new Response("ok");
+      },
+    });
+    servers.push(server);
+    return {
+      got,
+      hook: `[[webhook]]\nurl = "http://127.0.0.1:${server.port}/hook"\nevents = ["frozen", "thawed", "blocked"]\n`,
+    };
+  };
+  const notInForce = (reason: string) =>
+    `[[freeze]]\nreason = "${reason}"\nlocks = ["prod"]\nfrom = "${minute(Date.now() + 5 * HOUR)}"\nuntil = "${minute(Date.now() + 6 * HOUR)}"\n`;
+  const freezeEvents = async (d: Daemon) =>
+    ((await (await d.get("/locks/prod/history?format=json")).json()).events as { kind: string; at: string }[])
+      .filter((e) => e.kind === "frozen" || e.kind === "thawed")
+      .reverse();
+  const reload = async (d: Daemon, file: string, text: string, n: number) => {
+    writeFileSync(file, text);
+    d.proc.kill("SIGHUP");
+    await until(async () => d.output().split("configuration reloaded").length > n, `reload ${n}`);
+  };
+  const frozenNow = async (d: Daemon) => (await (await d.get("/locks/prod/status?format=json")).json()).freeze !== null;
+  // Blocks the lock and waits for that to arrive: whatever was sent before it has arrived too, in order.
+  const allSent = async (d: Daemon, r: { got: string[] }) => {
+    expect(await d.body("/locks/prod/block?name=ana")).toBe("1\n");
+    await until(async () => r.got.includes("lock.blocked prod blocked"), "the blocked delivery");
+    return r.got.slice(0, -1);
+  };
+  const expectInTimeOrder = (events: { at: string }[]) =>
+    expect(events.map((e) => e.at)).toEqual(events.map((e) => e.at).sort());
+
+  test("a window moved out of force and back: thawed, then frozen again, each recorded and sent", async () => {
+    const r = receiver();
+    const file = configFile(`${r.hook}${inForce("test freeze", ["prod"])}`);
+    const d = await startDaemon({ RS_DB: await freshDb(), RS_CONFIG: file });
+    const before = await Bun.file(file).text();
+    await reload(d, file, `${r.hook}${notInForce("test freeze")}`, 1);
+    expect(await frozenNow(d)).toBe(false);
+    await reload(d, file, before, 2);
+    expect(await frozenNow(d)).toBe(true);
+    await until(async () => (await freezeEvents(d)).length === 3, "three freeze events");
+    const events = await freezeEvents(d);
+    expect(events.map((e) => e.kind)).toEqual(["frozen", "thawed", "frozen"]);
+    expectInTimeOrder(events);
+    expect(await allSent(d, r)).toEqual(["lock.thawed prod open", "lock.frozen prod frozen"]);
+  });
+
+  test("a second window added while the lock is frozen records and sends nothing", async () => {
+    const r = receiver();
+    const file = configFile(`${r.hook}${inForce("first", ["prod"])}`);
+    const d = await startDaemon({ RS_DB: await freshDb(), RS_CONFIG: file });
+    await reload(d, file, `${r.hook}${inForce("first", ["prod"])}${inForce("second", ["prod"])}`, 1);
+    expect(d.output()).toContain("freeze windows: 1 → 2");
+    expect(await d.body("/locks/prod/start")).toBe("0\n"); // the reload is done: its look came first
+    const events = await freezeEvents(d);
+    expect(events.map((e) => e.kind)).toEqual(["frozen"]);
+    expect(await allSent(d, r)).toEqual([]);
+  });
+
+  test("removing one of two overlapping windows records and sends nothing while the other freezes the lock", async () => {
+    const r = receiver();
+    const file = configFile(`${r.hook}${inForce("first", ["prod"])}${inForce("second", ["prod"])}`);
+    const d = await startDaemon({ RS_DB: await freshDb(), RS_CONFIG: file });
+    await reload(d, file, `${r.hook}${inForce("second", ["prod"])}`, 1);
+    expect(await frozenNow(d)).toBe(true);
+    expect((await freezeEvents(d)).map((e) => e.kind)).toEqual(["frozen"]);
+    // Then removing the other too thaws it: recorded after the first, and sent.
+    await reload(d, file, r.hook, 2);
+    expect(await allSent(d, r)).toEqual(["lock.thawed prod open"]);
+    const events = await freezeEvents(d);
+    expect(events.map((e) => e.kind)).toEqual(["frozen", "thawed"]);
+    expectInTimeOrder(events);
   });
 });

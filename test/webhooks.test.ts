@@ -8,7 +8,9 @@
 import { afterEach, beforeEach, describe, expect, test } from "bun:test";
 import { createHmac, timingSafeEqual } from "node:crypto";
 import type { Server } from "bun";
-import { closeEngine, engine, openEngine, start } from "../src/engine.ts";
+import { parseWindow, type Window } from "../src/calendar.ts";
+import { change, closeEngine, engine, openEngine, start } from "../src/engine.ts";
+import { calendarSettled, keepCalendar, stopCalendar } from "../src/freezes.ts";
 import {
   deliver,
   nextDelay,
@@ -19,7 +21,7 @@ import {
 } from "../src/notify/deliver.ts";
 import { messageId, render, wants } from "../src/notify/formats.ts";
 import { hearsLock, labelled, parseWebhook, type Webhook } from "../src/notify/webhook.ts";
-import type { Event } from "../src/release.ts";
+import { block, type Event, ROOT, unblock } from "../src/release.ts";
 import { openMemoryStore } from "../src/store/memory.ts";
 import type { Store } from "../src/store/store.ts";
 import { T0, testClock } from "./clock.ts";
@@ -277,6 +279,47 @@ describe("delivery: in order, at least once, never in the way", () => {
   afterEach(async () => {
     stopDelivery();
     await closeEngine();
+  });
+
+  describe("a webhook's status is what the lock is after the event, not a word fixed per kind", () => {
+    const statuses = (got: { body: string }[]) =>
+      got.map((g) => JSON.parse(g.body)).map((b) => `${b.type} ${b.data.lock} ${b.data.status}`);
+    const blockAs = (lock: string, name: string) => change(lock, (s, now) => block(s, { name, reason: "" }, now));
+    const unblockAs = (lock: string, name: string) => change(lock, (s, now) => unblock(s, { name }, now));
+    afterEach(() => stopCalendar());
+
+    test("unblocking a lock still blocked from above says blocked; open once nothing blocks it", async () => {
+      const r = receiver();
+      await run([hook({ url: r.url, events: ["unblocked"] })]);
+      await blockAs(ROOT, "ana");
+      await blockAs("prod", "bob");
+      await unblockAs("prod", "bob");
+      await unblockAs(ROOT, "ana");
+      await until(async () => r.got.length === 2, "two deliveries");
+      expect(statuses(r.got)).toEqual(["lock.unblocked prod blocked", "lock.unblocked  open"]);
+      r.stop();
+    });
+
+    test("a thaw on a lock another window still freezes says frozen; unblocking a frozen lock says frozen", async () => {
+      const r = receiver();
+      await run([hook({ url: r.url, events: ["thawed", "unblocked"] })]);
+      const everyLock = parseWindow({ reason: "holidays", from: "2026-11-27 08:00", until: "2026-11-27 12:00" });
+      const onProd = parseWindow({
+        reason: "prod",
+        locks: ["prod"],
+        from: "2026-11-27 08:00",
+        until: "2026-11-27 09:10",
+      });
+      keepCalendar([everyLock, onProd] as Window[], clock);
+      await calendarSettled();
+      await blockAs("staging", "bob");
+      await unblockAs("staging", "bob");
+      await clock.advance(10 * 60_000 + 1);
+      await calendarSettled();
+      await until(async () => r.got.length === 2, "two deliveries");
+      expect(statuses(r.got)).toEqual(["lock.unblocked staging frozen", "lock.thawed prod frozen"]);
+      r.stop();
+    });
   });
 
   test("every event arrives once, in order", async () => {

@@ -13,7 +13,7 @@
 //   attachments: [{contentType: "application/vnd.microsoft.card.adaptive", content: AdaptiveCard}]},
 //   the card version 1.4 with RichTextBlocks of TextRuns, which (unlike TextBlock and FactSet) are not
 //   read as markdown: a name like "[click](https://evil.example)" shows as written.
-import { describeEvent, type Event, iso } from "../release.ts";
+import { describeEvent, type Event, iso, statusAfter } from "../release.ts";
 import { type EventName, type Format, paceWords, type Webhook } from "./webhook.ts";
 
 /** The Standard Webhooks type of each event kind. */
@@ -31,23 +31,6 @@ const TYPES: Record<EventName, string> = {
   thawed: "lock.thawed",
   waiting: "queue.waiting",
   "left-queue": "queue.left",
-};
-
-// What the lock is once the event happened: a word a receiver can switch on.
-const STATUS: Record<EventName, string> = {
-  started: "running",
-  stopped: "idle",
-  expired: "idle",
-  abandoned: "idle",
-  renewed: "running",
-  "long-running": "running",
-  overridden: "running",
-  blocked: "blocked",
-  unblocked: "open",
-  frozen: "frozen",
-  thawed: "open",
-  waiting: "queued",
-  "left-queue": "queued",
 };
 
 export type Message = { headers: Record<string, string>; body: string };
@@ -94,7 +77,7 @@ function standard(h: Webhook, id: string, e: Event | "ping", now: number): Messa
             by: e.by ?? null,
             reason: e.reason,
             at: iso(e.at),
-            status: STATUS[e.kind as EventName] ?? null,
+            status: e.status ?? statusAfter(e.kind, { blocked: false, frozen: false }), // stored since it was known
             message: line(e),
           },
         },

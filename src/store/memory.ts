@@ -7,6 +7,7 @@ import {
   decideInLine,
   type Entry,
   LocalWaitLine,
+  type Mark,
   markKey,
   type Progress,
   queueEvent,
@@ -34,6 +35,7 @@ export function openMemoryStore(historyLimit: number, clock: () => number = Date
     return p;
   };
   const marks = new Set<string>();
+  const latestMark = new Map<string, Mark>(); // markNext's latest, by series and lock
   const snapshot = (): Stored => ({ lastId: stored.lastId, entries: new Map(stored.entries) });
 
   return {
@@ -60,6 +62,16 @@ export function openMemoryStore(historyLimit: number, clock: () => number = Date
       marks.add(markKey(mark));
       append(added);
       return { lock: mark.lock, events: added, before: null, after: null, entries: new Map() };
+    },
+    markNext: async (series, lock, next) => {
+      const decided = next(latestMark.get(`${series} ${lock}`) ?? null, events[events.length - 1]?.at ?? -Infinity);
+      if (!decided) return null;
+      for (const m of decided.marks) {
+        marks.add(markKey(m));
+        latestMark.set(`${series} ${lock}`, m);
+      }
+      append(decided.events);
+      return { lock, events: decided.events, before: null, after: null, entries: new Map() };
     },
     marked: async (window) => [...marks].some((m) => m.startsWith(`${window} `)),
     outbox: {

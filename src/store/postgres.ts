@@ -31,6 +31,7 @@ import {
 
 const CHANNEL = "releasestatus";
 const MIGRATION_LOCK = 0x5253_7431; // pg_advisory_xact_lock key: replicas starting at once migrate one at a time
+const MARK_NEXT_LOCK = 0x5253_7432; // pg_advisory_xact_lock key: the calendar's marks, one replica at a time
 // Every POLL_MS each replica vouches for its waiters and wakes them: the safety net under
 // LISTEN/NOTIFY. A waiter not vouched for in 5 s no longer counts, and its row is deleted after
 // 10 s; but in the first seconds after the database (re)started every row counts and none is
@@ -196,8 +197,9 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
   // Appends events, prunes the oldest, and tells the other replicas (NOTIFY is delivered on commit).
   async function record(tx: SQL, lock: string, events: Event[]) {
     for (const e of events)
-      await tx`INSERT INTO releasestatus_events (lock, at, kind, release_id, name, reason, made_by)
-               VALUES (${e.lock}, ${e.at}, ${e.kind}, ${e.releaseId}, ${e.name}, ${e.reason}, ${e.by ?? null})`;
+      await tx`INSERT INTO releasestatus_events (lock, at, kind, release_id, name, reason, made_by, status)
+               VALUES (${e.lock}, ${e.at}, ${e.kind}, ${e.releaseId}, ${e.name}, ${e.reason}, ${e.by ?? null},
+                 ${e.status ?? null})`;
     await tx`DELETE FROM releasestatus_events WHERE seq <= (SELECT max(seq) FROM releasestatus_events) - ${opts.historyLimit}`;
     await tx`SELECT pg_notify(${CHANNEL}, ${JSON.stringify({ replica, lock, events })})`;
   }
@@ -410,6 +412,29 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
         throw e;
       }
     },
+    markNext: async (series, lock, next) => {
+      try {
+        return await inTransaction(async (tx) => {
+          // Replicas looking at once take turns: each decides on the latest mark the one before it wrote.
+          await tx`SELECT pg_advisory_xact_lock(${MARK_NEXT_LOCK})`;
+          const [row] = await tx`
+            SELECT kind, at FROM releasestatus_freeze_marks WHERE window_key = ${series} AND lock = ${lock}
+            ORDER BY at DESC LIMIT 1`;
+          const [newest] = await tx`SELECT at FROM releasestatus_events ORDER BY seq DESC LIMIT 1`;
+          const latest = row ? { window: series, lock, kind: String(row.kind), at: Number(row.at) } : null;
+          const found = next(latest, newest ? Number(newest.at) : -Infinity);
+          if (!found) return null;
+          for (const m of found.marks)
+            await tx`INSERT INTO releasestatus_freeze_marks (window_key, lock, kind, at)
+                     VALUES (${m.window}, ${m.lock}, ${m.kind}, ${m.at}) ON CONFLICT DO NOTHING`;
+          await record(tx, lock, found.events);
+          return { lock, events: found.events, before: null, after: null, entries: new Map() };
+        });
+      } catch (e) {
+        if (e instanceof StorageError) return null;
+        throw e;
+      }
+    },
     marked: async (window) => {
       const rows = await inTransaction(
         (tx) => tx`SELECT 1 FROM releasestatus_freeze_marks WHERE window_key = ${window} LIMIT 1`,
@@ -463,7 +488,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
               Object.assign(progress, { delivered: floor, dropped: progress.dropped + skipped });
             }
             const rows = await tx`
-              SELECT seq, lock, at, kind, release_id, name, reason, made_by FROM releasestatus_events
+              SELECT seq, lock, at, kind, release_id, name, reason, made_by, status FROM releasestatus_events
               WHERE seq > ${progress.delivered} ORDER BY seq LIMIT ${limit}`;
             const events = (rows as (EventRow & { seq: string })[]).map((r) => ({
               seq: Number(r.seq),
@@ -547,6 +572,8 @@ const MIGRATIONS = [
      key text PRIMARY KEY, delivered bigint NOT NULL, attempts int NOT NULL DEFAULT 0,
      next_at bigint NOT NULL DEFAULT 0, dropped bigint NOT NULL DEFAULT 0,
      holder text, held_until timestamptz);`,
+  // What the lock is after each event, as webhooks say it (sent later, when the lock may have changed again).
+  `ALTER TABLE releasestatus_events ADD COLUMN status text;`,
 ];
 const SCHEMA_VERSION = MIGRATIONS.length;
 

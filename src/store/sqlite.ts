@@ -68,6 +68,8 @@ const MIGRATIONS = [
    );`,
   // After a failed write, a write as large as a change's goes here each second, to learn when changes can be saved.
   `CREATE TABLE storage_probe (id INTEGER PRIMARY KEY, pad BLOB NOT NULL);`,
+  // What the lock is after each event, as webhooks say it (sent later, when the lock may have changed again).
+  `ALTER TABLE events ADD COLUMN status TEXT;`,
 ];
 export const SCHEMA_VERSION = MIGRATIONS.length;
 
@@ -125,7 +127,7 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
     ),
     count: db.query("UPDATE lock SET last_id = ? WHERE name = ''"),
     append: db.query(
-      "INSERT INTO events (lock, at, kind, release_id, name, reason, made_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
+      "INSERT INTO events (lock, at, kind, release_id, name, reason, made_by, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     ),
     prune: db.query("DELETE FROM events WHERE seq <= (SELECT max(seq) FROM events) - ?"),
     history: db.query<EventRow, [number]>(
@@ -139,6 +141,10 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
     probe: db.query("INSERT OR REPLACE INTO storage_probe (id, pad) VALUES (1, zeroblob(12288))"),
     checkpoint: db.query<{ busy: number; log: number; checkpointed: number }, []>("PRAGMA wal_checkpoint(RESTART)"),
     mark: db.query("INSERT OR IGNORE INTO freeze_marks (window_key, lock, kind, at) VALUES (?, ?, ?, ?)"),
+    latestMark: db.query<{ kind: string; at: number }, [string, string]>(
+      "SELECT kind, at FROM freeze_marks WHERE window_key = ? AND lock = ? ORDER BY at DESC LIMIT 1",
+    ),
+    newestAt: db.query<{ at: number }, []>("SELECT at FROM events ORDER BY seq DESC LIMIT 1"),
     marked: db.query<{ found: number }, [string]>("SELECT 1 AS found FROM freeze_marks WHERE window_key = ? LIMIT 1"),
     span: db.query<{ oldest: number | null; newest: number | null }, []>(
       "SELECT min(seq) AS oldest, max(seq) AS newest FROM events",
@@ -154,7 +160,7 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
     retry: db.query("UPDATE webhooks SET attempts = ?2, next_at = ?3 WHERE key = ?1"),
     skip: db.query("UPDATE webhooks SET delivered = ?2, dropped = dropped + ?3 WHERE key = ?1"),
     pending: db.query<EventRow & { seq: number }, [number, number]>(
-      "SELECT seq, lock, at, kind, release_id, name, reason, made_by FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+      "SELECT seq, lock, at, kind, release_id, name, reason, made_by, status FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
     ),
   };
   const line = new LocalWaitLine();
@@ -163,7 +169,8 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
 
   const stored = (lock: string): Stored => toStored(q.around.all(lock, JSON.stringify(ancestorsOf(lock))));
   const append = (events: Event[]) => {
-    for (const e of events) q.append.run(e.lock, e.at, e.kind, e.releaseId, e.name, e.reason, e.by ?? null);
+    for (const e of events)
+      q.append.run(e.lock, e.at, e.kind, e.releaseId, e.name, e.reason, e.by ?? null, e.status ?? null);
     q.prune.run(historyLimit);
   };
   // Joining or leaving the line grants nothing: such a commit is not worth an fsync of its own
@@ -305,6 +312,19 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
       });
       if (added) saved();
       return added ? { lock: mark.lock, events, before: null, after: null, entries: new Map() } : null;
+    },
+    markNext: async (series, lock, next) => {
+      const decided = write("FULL", () => {
+        const row = q.latestMark.get(series, lock);
+        const newest = q.newestAt.get()?.at ?? null;
+        const found = next(row && { window: series, lock, kind: row.kind, at: Number(row.at) }, newest ?? -Infinity);
+        if (!found) return null;
+        for (const m of found.marks) q.mark.run(m.window, m.lock, m.kind, m.at);
+        append(found.events);
+        return found;
+      });
+      if (decided) saved();
+      return decided ? { lock, events: decided.events, before: null, after: null, entries: new Map() } : null;
     },
     marked: async (window) => q.marked.get(window) !== null,
     outbox: {

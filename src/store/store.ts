@@ -93,6 +93,13 @@ export interface Store {
    * was already marked, or could not be written (it is tried again on the next tick).
    */
   mark(mark: Mark, events: Event[]): Promise<Committed | null>;
+  /**
+   * Records what comes after the latest mark of `series` on `lock`, decided on it as stored: reads that mark
+   * and the time of the newest event, asks `next` which marks (of the same series and lock, later than it)
+   * and events follow, and commits them together in one write transaction, so replicas looking at once
+   * record each once. Null when `next` says nothing, or it could not be written (tried again on the next tick).
+   */
+  markNext(series: string, lock: string, next: NextMarks): Promise<Committed | null>;
   /** Whether any boundary of this window was ever marked: a window never seen before starts quietly. */
   marked(window: string): Promise<boolean>;
   /** Webhook deliveries: the events committed are the outbox, and each webhook's progress is kept beside them. */
@@ -145,6 +152,10 @@ export interface Outbox {
 /** A boundary of a freeze window on a lock: the window's key, and which boundary, when. */
 export type Mark = { window: string; lock: string; kind: string; at: number }; // also a reminder: "long-running"
 export const markKey = (m: Mark) => `${m.window} ${m.lock} ${m.kind} ${m.at}`;
+/** What markNext records: marks and the events they stand for. */
+export type Marked = { marks: Mark[]; events: Event[] };
+/** Decides what markNext records, from the latest mark and the time of the newest event (-Infinity: none). */
+export type NextMarks = (latest: Mark | null, newestEventAt: number) => Marked | null;
 
 /** Start-up problems with the database: the daemon says so and exits 2. */
 export class StoreOpenError extends Error {}
@@ -291,7 +302,7 @@ export type LockRow = Record<
 export type EventRow = Record<
   "lock" | "at" | "kind" | "release_id" | "name" | "reason" | "made_by",
   string | number | null
->;
+> & { status?: string | null }; // read for the outbox only
 
 const num = (v: string | number | null): number | null => (v === null ? null : Number(v));
 const str = (v: string | number | null): string => (v === null ? "" : String(v));
@@ -361,6 +372,7 @@ export const toEvent = (row: EventRow): Event => ({
   name: str(row.name),
   reason: str(row.reason),
   by: by(row.made_by),
+  ...(row.status == null ? {} : { status: row.status }),
 });
 
 /** Whether an event concerns `lock`: on it, or on a lock under it. */
