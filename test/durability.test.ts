@@ -194,6 +194,64 @@ describe("crash with many clients", () => {
   });
 });
 
+describe("a damaged write-ahead log", () => {
+  // Five releases started, then kill -9: they live only in the log, in frames SQLite checks one after another.
+  async function crashedWithFiveReleases() {
+    const db = join(tempDir(), "state.db");
+    const d = await daemonOn(db);
+    for (let i = 1; i <= 5; i++) expect(await d.body(`/locks/l${i}/start?name=first`)).toBe("1\n");
+    await d.stop("SIGKILL");
+    const log = readFileSync(`${db}-wal`);
+    const frameSize = 24 + log.readUInt32BE(8); // a frame: its 24-byte header, then a page
+    const frames = Math.floor((log.length - 32) / frameSize);
+    const frameAt = (n: number) => 32 + (n - 1) * frameSize; // n counts from 1
+    return { db, log, frames, frameSize, frameAt };
+  }
+  const flipped = (bytes: Buffer, at: number, count = 16) => {
+    const copy = Buffer.from(bytes);
+    for (let i = at; i < at + count; i++) copy[i] = (copy[i] as number) ^ 0xff;
+    return copy;
+  };
+  const running = async (db: string) => {
+    const d = await daemonOn(db);
+    return ((await (await d.get("/locks?format=json")).json()) as { running: boolean }[]).filter((l) => l.running)
+      .length;
+  };
+
+  test("with frames of the log after a bad one stops start-up with exit 2 and one line, and leaves both files as they were", async () => {
+    const { db, log, frames, frameAt } = await crashedWithFiveReleases();
+    expect(frames).toBeGreaterThan(3);
+    const damaged = flipped(log, frameAt(3) + 24 + 100); // 16 bytes of frame 3's page
+    writeFileSync(`${db}-wal`, damaged);
+    const file = readFileSync(db);
+    const { code, stderr } = await runBinary([], { RS_PORT: "1", RS_DB: db });
+    expect(code).toBe(2);
+    expect(stderr.trimEnd().split("\n")).toEqual([
+      expect.stringContaining(`the write-ahead log ${db}-wal is damaged: frame 3 of ${frames} fails its checksum`),
+    ]);
+    expect(readFileSync(db).equals(file)).toBe(true);
+    expect(readFileSync(`${db}-wal`).equals(damaged)).toBe(true);
+    writeFileSync(`${db}-wal`, log); // the same files with the log as it was restore all five
+    expect(await running(db)).toBe(5);
+  });
+
+  test("ending in the middle of a frame (a torn last write) still starts, with what it holds", async () => {
+    const { db, log, frames, frameAt } = await crashedWithFiveReleases();
+    writeFileSync(`${db}-wal`, log.subarray(0, frameAt(frames) + 100));
+    expect(await running(db)).toBeGreaterThanOrEqual(4); // the last commit may have been the torn one
+  });
+
+  test("whose later frames carry the salts of an older log still starts", async () => {
+    const { db, log, frames, frameAt } = await crashedWithFiveReleases();
+    const older = Buffer.from(log);
+    // Frames left from before the log was restarted: another pair of salts (bytes 8-15 of a frame's header).
+    for (let n = 4; n <= frames; n++)
+      older.writeUInt32BE((older.readUInt32BE(frameAt(n) + 8) + 0x1000) >>> 0, frameAt(n) + 8);
+    writeFileSync(`${db}-wal`, older);
+    await daemonOn(db);
+  });
+});
+
 describe("a client that resets its connection", () => {
   // Nobody can hear a 1 sent on a connection reset right after the request: such a grant must not stand.
   test("right after asking for a release is not left holding it: the grant is abandoned", async () => {

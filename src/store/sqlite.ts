@@ -22,9 +22,11 @@ import {
   toEvent,
   toStored,
 } from "./store.ts";
+import { lostFrames } from "./wal.ts";
 
 const APPLICATION_ID = 0x52537431; // "RSt1" in the file header marks the file as ours
 const HARMLESS_WRITE = "UPDATE lock SET last_id = last_id WHERE name = ''"; // proves the file can be written
+const SQLITE_FCNTL_NULL_IO = 43; // sqlite3.h: the connection no longer reads or writes the file (not in bun:sqlite's constants)
 
 // Each entry brings the schema from version i to i+1; never edit one that has shipped.
 const MIGRATIONS = [
@@ -92,6 +94,9 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
     // Held for the life of the process, on the file itself: a second daemon, through any path or
     // link to it, cannot read or write it. Set before WAL, so that no -shm file is shared either.
     db.run("PRAGMA locking_mode = EXCLUSIVE");
+    // The first read takes the lock (an exclusive one when there is a write-ahead log, before SQLite reads it).
+    db.query("PRAGMA user_version").get();
+    refuseDamagedLog(db, where); // under that lock: no other daemon is writing the log as it is read
     prepareSchema(db, where); // reads first: nothing is written to a file that is not ours
     db.run("PRAGMA journal_mode = WAL");
     db.run("PRAGMA synchronous = FULL"); // fsync the WAL on every commit: a 1 is on disk before it is sent
@@ -104,7 +109,7 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
   }
   // The files we hold, whatever later happens to their names: the database, and its write-ahead log, which
   // holds every commit since the last checkpoint (SQLite keeps it open, and it is there after the first write).
-  const wal = `${realPath(where)}-wal`; // SQLite keeps it beside the file a symbolic link points to
+  const wal = logOf(where);
   const identity = { db: fileIdentity(where), wal: fileIdentity(wal) };
   const q = {
     all: db.query<LockRow, []>("SELECT * FROM lock"),
@@ -396,11 +401,42 @@ function realPath(path: string): string {
   return realpathSync(path);
 }
 
+// The write-ahead log: SQLite keeps it beside the file a symbolic link points to.
+const logOf = (file: string) => `${realPath(file)}-wal`;
+
 // Device and inode: what the path names now, or null when it names nothing.
 function fileIdentity(path: string): string | null {
   const { statSync } = require("node:fs") as typeof import("node:fs"); // loaded on first use, after start-up's hot path
   const st = statSync(path, { throwIfNoEntry: false });
   return st ? `${st.dev}:${st.ino}` : null;
+}
+
+// SQLite recovers the write-ahead log up to its first bad frame without a word: frames of the same log after
+// it are commits it would drop (releases answered 1, then forgotten and their ids handed out again).
+function refuseDamagedLog(db: Database, where: string) {
+  const log = logOf(where);
+  const lost = lostFrames(readIfThere(log));
+  if (!lost) return;
+  // Closing would checkpoint what SQLite recovered into the database and delete the log, and with it the
+  // evidence: the connection is cut off from the file first, so that both are left as they were.
+  db.fileControl(SQLITE_FCNTL_NULL_IO, null);
+  const what =
+    "badHeader" in lost
+      ? "its header is damaged, so SQLite would drop every commit in it"
+      : `frame ${lost.badFrame} of ${lost.frames} fails its checksum, and SQLite would drop the ${lost.framesAfter} frames of the same log after it`;
+  throw new StoreOpenError(
+    `the write-ahead log ${log} is damaged: ${what} (releases answered 1 would be forgotten); both files were left as they were: restore them from a backup, or accept the loss by opening the database once with sqlite3, then start again`,
+  );
+}
+
+function readIfThere(path: string): Uint8Array {
+  const { readFileSync } = require("node:fs") as typeof import("node:fs");
+  try {
+    return readFileSync(path);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return new Uint8Array(0); // no log: nothing to recover
+    throw e;
+  }
 }
 
 function prepareSchema(db: Database, where: string) {
