@@ -352,6 +352,52 @@ describe("the database file", () => {
     expect(stderr).toContain("schema version 99, newer than this releasestatus understands");
   });
 
+  test("a releasestatus database with a table dropped is refused with one line saying what is missing", async () => {
+    const db = join(tempDir(), "dropped.db");
+    await (await daemonOn(db)).stop();
+    const raw = new Database(db);
+    raw.run("DROP TABLE webhooks");
+    raw.close();
+    const before = readFileSync(db);
+    const { code, stderr } = await runBinary([], { RS_PORT: "1", RS_DB: db });
+    expect(code).toBe(2);
+    expect(stderr.trimEnd().split("\n")).toEqual([expect.stringContaining(`${db} does not have the tables`)]);
+    expect(stderr).toContain("webhooks");
+    expect(readFileSync(db).equals(before)).toBe(true);
+  });
+
+  test("a releasestatus database without the row that counts release ids is refused: ids would be handed out again", async () => {
+    const db = join(tempDir(), "no-counter.db");
+    await (await daemonOn(db)).stop();
+    const raw = new Database(db);
+    raw.run("DELETE FROM lock WHERE name = ''");
+    raw.close();
+    const { code, stderr } = await runBinary([], { RS_PORT: "1", RS_DB: db });
+    expect(code).toBe(2);
+    expect(stderr.trimEnd().split("\n")).toEqual([expect.stringContaining("the row that counts release ids")]);
+  });
+
+  test("a schema version below zero is refused with one line naming it", async () => {
+    const db = join(tempDir(), "negative.db");
+    await (await daemonOn(db)).stop();
+    const raw = new Database(db);
+    raw.run("PRAGMA user_version = -1");
+    raw.close();
+    const { code, stderr } = await runBinary([], { RS_PORT: "1", RS_DB: db });
+    expect(code).toBe(2);
+    expect(stderr.trimEnd().split("\n")).toEqual([
+      expect.stringContaining(`${db} has schema version -1, which no releasestatus writes`),
+    ]);
+  });
+
+  test("RS_DB naming something that is not a regular file (/dev/null) is refused as such", async () => {
+    const { code, stderr } = await runBinary([], { RS_PORT: "1", RS_DB: "/dev/null" });
+    expect(code).toBe(2);
+    expect(stderr.trimEnd().split("\n")).toEqual([
+      "releasestatus: RS_DB=/dev/null is not a regular file: point RS_DB at a file (it is created if missing)",
+    ]);
+  });
+
   test("a missing directory is reported with the path and what to do", async () => {
     const db = join(tempDir(), "no", "such", "dir", "state.db");
     const { code, stderr } = await runBinary([], { RS_PORT: "1", RS_DB: db });

@@ -83,6 +83,7 @@ const toProgress = (r: ProgressRow): Progress => ({
 
 export function openSqliteStore(path: string, historyLimit: number, clock: () => number = Date.now): Store {
   const where = resolve(path);
+  refuseNonFile(where); // a device such as /dev/null opens, and then fails in ways that say nothing useful
   let db: Database;
   try {
     db = new Database(path, { create: true, readwrite: true, strict: true });
@@ -368,7 +369,7 @@ function explainPlace(file: string, e: Error): StoreOpenError {
       );
     return new StoreOpenError(`the directory ${dir} for RS_DB does not exist: create it or point RS_DB elsewhere`);
   }
-  if (existsSync(file) && !statSync(file).isFile()) return new StoreOpenError(`RS_DB=${file} is not a regular file`);
+  if (existsSync(file) && !statSync(file).isFile()) return notAFile(file);
   try {
     accessSync(dir, constants.W_OK); // SQLite adds -wal, -shm and -lock files beside the database
     if (existsSync(file)) accessSync(file, constants.R_OK | constants.W_OK);
@@ -378,6 +379,15 @@ function explainPlace(file: string, e: Error): StoreOpenError {
     );
   }
   return new StoreOpenError(`cannot use ${file} as the releasestatus database: ${e.message}`);
+}
+
+const notAFile = (file: string) =>
+  new StoreOpenError(`RS_DB=${file} is not a regular file: point RS_DB at a file (it is created if missing)`);
+
+function refuseNonFile(file: string) {
+  const { statSync } = require("node:fs") as typeof import("node:fs");
+  const st = statSync(file, { throwIfNoEntry: false });
+  if (st && !st.isFile()) throw notAFile(file);
 }
 
 // Says why the file could not be taken: another daemon holds it, it is not ours, or the place is wrong.
@@ -455,14 +465,53 @@ function prepareSchema(db: Database, where: string) {
       `${where} is not a releasestatus database: point RS_DB at another file; it was left as it is`,
     );
   }
+  if (version < 0)
+    throw new StoreOpenError(
+      `${where} has schema version ${version}, which no releasestatus writes: it was changed by something else; restore it from a backup; it was left as it is`,
+    );
   if (version > SCHEMA_VERSION)
     throw new StoreOpenError(
       `${where} has schema version ${version}, newer than this releasestatus understands (${SCHEMA_VERSION}): run a newer releasestatus; it was left as it is`,
     );
   for (let v = version; v < SCHEMA_VERSION; v++) {
-    db.transaction(() => {
-      db.run(MIGRATIONS[v] as string);
-      db.run(`PRAGMA user_version = ${v + 1}`);
-    }).immediate();
+    try {
+      db.transaction(() => {
+        db.run(MIGRATIONS[v] as string);
+        db.run(`PRAGMA user_version = ${v + 1}`);
+      }).immediate();
+    } catch (e) {
+      throw new StoreOpenError(
+        `${where} could not be brought from schema version ${v} to ${v + 1} (${(e as Error).message}): it was changed by something else; restore it from a backup; it was left at version ${v}`,
+      );
+    }
   }
+  checkSchema(db, where);
+}
+
+// Every table, index and column, as "table: column, column" lines: what the migrations made must all be there.
+const SCHEMA_QUERY = `SELECT m.type || ' ' || m.name || ': ' || coalesce(group_concat(c.name, ', '), '') AS line
+  FROM sqlite_master m LEFT JOIN pragma_table_info(m.name) c GROUP BY m.name ORDER BY m.name`;
+const schemaOf = (db: Database) =>
+  db
+    .query<{ line: string }, []>(SCHEMA_QUERY)
+    .all()
+    .map((r) => r.line);
+
+// A file at the current version that lacks a table or column (changed by hand, or by another program) would
+// fail at its first query; one without the root's row would hand out release ids again.
+function checkSchema(db: Database, where: string) {
+  const made = new Database(":memory:");
+  for (const migration of MIGRATIONS) made.run(migration);
+  const expected = schemaOf(made);
+  made.close();
+  const found = new Set(schemaOf(db));
+  const missing = expected.filter((line) => !found.has(line));
+  if (missing.length > 0)
+    throw new StoreOpenError(
+      `${where} does not have the tables and columns of schema version ${SCHEMA_VERSION}, though it says it does (missing or different: ${missing.join("; ")}): it was changed by something else; restore it from a backup; it was left as it is`,
+    );
+  if (db.query("SELECT 1 FROM lock WHERE name = ''").get() === null)
+    throw new StoreOpenError(
+      `${where} has lost the row that counts release ids (the lock named ''), so ids would be handed out again: restore it from a backup; it was left as it is`,
+    );
 }
