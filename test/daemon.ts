@@ -1,6 +1,7 @@
 // Starts the real compiled binary for tests, on a free loopback port, and
 // stops it again. Every suite that speaks HTTP goes through here.
 
+import { Database } from "bun:sqlite";
 import { afterEach } from "bun:test";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -164,6 +165,16 @@ export async function freshDb(): Promise<string> {
   const url = new URL(server);
   url.pathname = `/${name}`;
   return url.toString();
+}
+
+/**
+ * Ends every lease stored in the SQLite file of a stopped daemon an hour ago: a lease that ran out while the
+ * daemon was down, however long the machine took to get there (a real one-second lease may run out before the kill).
+ */
+export function leasesRanOutWhileDown(db: string) {
+  const raw = new Database(db);
+  raw.run("UPDATE lock SET expires_at = ? WHERE expires_at IS NOT NULL", [Date.now() - 3_600_000]);
+  raw.close();
 }
 
 /** A configuration file (RS_CONFIG) holding `text`, in a directory of its own. */

@@ -22,9 +22,11 @@ import {
   toEvent,
   toStored,
 } from "./store.ts";
+import { lostFrames } from "./wal.ts";
 
 const APPLICATION_ID = 0x52537431; // "RSt1" in the file header marks the file as ours
 const HARMLESS_WRITE = "UPDATE lock SET last_id = last_id WHERE name = ''"; // proves the file can be written
+const SQLITE_FCNTL_NULL_IO = 43; // sqlite3.h: the connection no longer reads or writes the file (not in bun:sqlite's constants)
 
 // Each entry brings the schema from version i to i+1; never edit one that has shipped.
 const MIGRATIONS = [
@@ -83,6 +85,7 @@ const toProgress = (r: ProgressRow): Progress => ({
 
 export function openSqliteStore(path: string, historyLimit: number, clock: () => number = Date.now): Store {
   const where = resolve(path);
+  refuseNonFile(where); // a device such as /dev/null opens, and then fails in ways that say nothing useful
   let db: Database;
   try {
     db = new Database(path, { create: true, readwrite: true, strict: true });
@@ -94,6 +97,9 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
     // Held for the life of the process, on the file itself: a second daemon, through any path or
     // link to it, cannot read or write it. Set before WAL, so that no -shm file is shared either.
     db.run("PRAGMA locking_mode = EXCLUSIVE");
+    // The first read takes the lock (an exclusive one when there is a write-ahead log, before SQLite reads it).
+    db.query("PRAGMA user_version").get();
+    refuseDamagedLog(db, where); // under that lock: no other daemon is writing the log as it is read
     prepareSchema(db, where); // reads first: nothing is written to a file that is not ours
     db.run("PRAGMA journal_mode = WAL");
     db.run("PRAGMA synchronous = FULL"); // fsync the WAL on every commit: a 1 is on disk before it is sent
@@ -106,7 +112,7 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
   }
   // The files we hold, whatever later happens to their names: the database, and its write-ahead log, which
   // holds every commit since the last checkpoint (SQLite keeps it open, and it is there after the first write).
-  const wal = `${realPath(where)}-wal`; // SQLite keeps it beside the file a symbolic link points to
+  const wal = logOf(where);
   const identity = { db: fileIdentity(where), wal: fileIdentity(wal) };
   const q = {
     all: db.query<LockRow, []>("SELECT * FROM lock"),
@@ -383,7 +389,7 @@ function explainPlace(file: string, e: Error): StoreOpenError {
       );
     return new StoreOpenError(`the directory ${dir} for RS_DB does not exist: create it or point RS_DB elsewhere`);
   }
-  if (existsSync(file) && !statSync(file).isFile()) return new StoreOpenError(`RS_DB=${file} is not a regular file`);
+  if (existsSync(file) && !statSync(file).isFile()) return notAFile(file);
   try {
     accessSync(dir, constants.W_OK); // SQLite adds -wal, -shm and -lock files beside the database
     if (existsSync(file)) accessSync(file, constants.R_OK | constants.W_OK);
@@ -393,6 +399,15 @@ function explainPlace(file: string, e: Error): StoreOpenError {
     );
   }
   return new StoreOpenError(`cannot use ${file} as the releasestatus database: ${e.message}`);
+}
+
+const notAFile = (file: string) =>
+  new StoreOpenError(`RS_DB=${file} is not a regular file: point RS_DB at a file (it is created if missing)`);
+
+function refuseNonFile(file: string) {
+  const { statSync } = require("node:fs") as typeof import("node:fs");
+  const st = statSync(file, { throwIfNoEntry: false });
+  if (st && !st.isFile()) throw notAFile(file);
 }
 
 // Says why the file could not be taken: another daemon holds it, it is not ours, or the place is wrong.
@@ -416,11 +431,42 @@ function realPath(path: string): string {
   return realpathSync(path);
 }
 
+// The write-ahead log: SQLite keeps it beside the file a symbolic link points to.
+const logOf = (file: string) => `${realPath(file)}-wal`;
+
 // Device and inode: what the path names now, or null when it names nothing.
 function fileIdentity(path: string): string | null {
   const { statSync } = require("node:fs") as typeof import("node:fs"); // loaded on first use, after start-up's hot path
   const st = statSync(path, { throwIfNoEntry: false });
   return st ? `${st.dev}:${st.ino}` : null;
+}
+
+// SQLite recovers the write-ahead log up to its first bad frame without a word: frames of the same log after
+// it are commits it would drop (releases answered 1, then forgotten and their ids handed out again).
+function refuseDamagedLog(db: Database, where: string) {
+  const log = logOf(where);
+  const lost = lostFrames(readIfThere(log));
+  if (!lost) return;
+  // Closing would checkpoint what SQLite recovered into the database and delete the log, and with it the
+  // evidence: the connection is cut off from the file first, so that both are left as they were.
+  db.fileControl(SQLITE_FCNTL_NULL_IO, null);
+  const what =
+    "badHeader" in lost
+      ? "its header is damaged, so SQLite would drop every commit in it"
+      : `frame ${lost.badFrame} of ${lost.frames} fails its checksum, and SQLite would drop the ${lost.framesAfter} frames of the same log after it`;
+  throw new StoreOpenError(
+    `the write-ahead log ${log} is damaged: ${what} (releases answered 1 would be forgotten); both files were left as they were: restore them from a backup, or accept the loss by opening the database once with sqlite3, then start again`,
+  );
+}
+
+function readIfThere(path: string): Uint8Array {
+  const { readFileSync } = require("node:fs") as typeof import("node:fs");
+  try {
+    return readFileSync(path);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return new Uint8Array(0); // no log: nothing to recover
+    throw e;
+  }
 }
 
 function prepareSchema(db: Database, where: string) {
@@ -439,14 +485,53 @@ function prepareSchema(db: Database, where: string) {
       `${where} is not a releasestatus database: point RS_DB at another file; it was left as it is`,
     );
   }
+  if (version < 0)
+    throw new StoreOpenError(
+      `${where} has schema version ${version}, which no releasestatus writes: it was changed by something else; restore it from a backup; it was left as it is`,
+    );
   if (version > SCHEMA_VERSION)
     throw new StoreOpenError(
       `${where} has schema version ${version}, newer than this releasestatus understands (${SCHEMA_VERSION}): run a newer releasestatus; it was left as it is`,
     );
   for (let v = version; v < SCHEMA_VERSION; v++) {
-    db.transaction(() => {
-      db.run(MIGRATIONS[v] as string);
-      db.run(`PRAGMA user_version = ${v + 1}`);
-    }).immediate();
+    try {
+      db.transaction(() => {
+        db.run(MIGRATIONS[v] as string);
+        db.run(`PRAGMA user_version = ${v + 1}`);
+      }).immediate();
+    } catch (e) {
+      throw new StoreOpenError(
+        `${where} could not be brought from schema version ${v} to ${v + 1} (${(e as Error).message}): it was changed by something else; restore it from a backup; it was left at version ${v}`,
+      );
+    }
   }
+  checkSchema(db, where);
+}
+
+// Every table, index and column, as "table: column, column" lines: what the migrations made must all be there.
+const SCHEMA_QUERY = `SELECT m.type || ' ' || m.name || ': ' || coalesce(group_concat(c.name, ', '), '') AS line
+  FROM sqlite_master m LEFT JOIN pragma_table_info(m.name) c GROUP BY m.name ORDER BY m.name`;
+const schemaOf = (db: Database) =>
+  db
+    .query<{ line: string }, []>(SCHEMA_QUERY)
+    .all()
+    .map((r) => r.line);
+
+// A file at the current version that lacks a table or column (changed by hand, or by another program) would
+// fail at its first query; one without the root's row would hand out release ids again.
+function checkSchema(db: Database, where: string) {
+  const made = new Database(":memory:");
+  for (const migration of MIGRATIONS) made.run(migration);
+  const expected = schemaOf(made);
+  made.close();
+  const found = new Set(schemaOf(db));
+  const missing = expected.filter((line) => !found.has(line));
+  if (missing.length > 0)
+    throw new StoreOpenError(
+      `${where} does not have the tables and columns of schema version ${SCHEMA_VERSION}, though it says it does (missing or different: ${missing.join("; ")}): it was changed by something else; restore it from a backup; it was left as it is`,
+    );
+  if (db.query("SELECT 1 FROM lock WHERE name = ''").get() === null)
+    throw new StoreOpenError(
+      `${where} has lost the row that counts release ids (the lock named ''), so ids would be handed out again: restore it from a backup; it was left as it is`,
+    );
 }
