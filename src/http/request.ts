@@ -80,16 +80,17 @@ function parsePairs(s: string): Params | Refusal {
 
 const decode = (s: string) => (s.includes("%") || s.includes("+") ? decodeURIComponent(s.replaceAll("+", " ")) : s);
 
-// Control characters; U+FFFD, which is what invalid UTF-8 sent raw becomes on the way in; and the
-// bidirectional controls, which make a name read as another in logs and on the page.
-const UNWANTED = /[\p{Cc}\p{Cs}\u2028\u2029\ufffd\u202a-\u202e\u2066-\u2069]/u;
+// Control characters; U+FFFD, which is what invalid UTF-8 sent raw becomes on the way in; line and
+// paragraph separators; and every invisible format character (category Cf: direction marks and
+// overrides, zero-width characters), which make a name read as another in logs and on the page.
+const UNWANTED = /[\p{Cc}\p{Cs}\p{Cf}\u2028\u2029\ufffd]/u;
 
 export function text(p: Params, key: string): string {
   const value = (p.get(key) ?? "").trim();
   if ([...value].length > MAX_TEXT) throw new Invalid(`${key} is longer than ${MAX_TEXT} characters: shorten it`);
   if (UNWANTED.test(value))
     throw new Invalid(
-      `${key} has control characters, direction overrides or invalid UTF-8: send plain text, percent-encoded as UTF-8`,
+      `${key} has control characters, invisible format characters (such as direction marks) or invalid UTF-8: send plain text, percent-encoded as UTF-8`,
     );
   return value;
 }

@@ -337,14 +337,23 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
       );
     const name = rest.slice(0, cut);
     const action = rest.slice(cut + 1);
-    const route = lockRoutes[action];
+    const route = Object.hasOwn(lockRoutes, action) ? lockRoutes[action] : undefined;
     // A reader without a token learns nothing, not even which locks exist.
     const unread = route?.methods === READ_METHODS ? mayRead(req) : null;
     if (unread) return answer(asJson, unread);
     const refused = admit(name);
     if (refused) return answer(asJson, refused);
-    if (action === "")
+    if (action === "") {
+      // /locks/prod/start/ is a mistyped action, not the page of a lock named prod/start.
+      const last = name.slice(name.lastIndexOf("/") + 1);
+      if (Object.hasOwn(lockRoutes, last))
+        return notFound(
+          path,
+          asJson,
+          `${path.slice(0, 120)} is no page: the action ${last} is ${path.slice(0, -1).slice(0, 120)}, without the trailing slash`,
+        );
       return req.method === "GET" || req.method === "HEAD" ? page() : notAllowed(req, path, READ_METHODS);
+    }
     if (!route)
       return notFound(
         path,
@@ -495,6 +504,22 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
       );
   }
 
+  // What Bun's routes do not take: a path we do not have, or a method not in ALL_METHODS (TRACE, CONNECT),
+  // which on a path we have is 405 like any other method it does not take.
+  function otherMethods(req: Request, server: Server<undefined>): Response | Promise<Response> {
+    const url = req.url;
+    const path = pathOrNull(url);
+    if (path === null) return notFound(url, wantsJson(url, req)); // CONNECT host:port, say
+    // A method the routes take came here by a path they do not have, though its URL, normalized by Bun, may
+    // look like one (/./start, /a/../locks/prod/start): it reaches nothing.
+    if ((ALL_METHODS as readonly string[]).includes(req.method)) return notFound(path, wantsJson(url, req));
+    // Any other method is allowed nowhere: lockPath answers it as it answers PUT (405), after its own checks.
+    if (path.startsWith("/locks/")) return refuseTokenInUrl(lockPath)(req, server);
+    const route = Object.hasOwn(table, path) ? table[path] : undefined;
+    if (!route) return notFound(path, wantsJson(url, req));
+    return refuseTokenInUrl((req) => notAllowed(req, path, route.methods))(req, server);
+  }
+
   onCommit(({ events }) => broadcastChange(events));
   setInterval(keepStreamsAlive, 15_000).unref();
 
@@ -505,7 +530,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     development: false,
     maxRequestBodySize: 64 * 1024,
     routes,
-    fetch: (req) => notFound(new URL(req.url).pathname, wantsJson(req.url, req)),
+    fetch: otherMethods,
     error(e) {
       log.error(`internal error while answering a request: ${e.message}`);
       return text("0\n", 500);
@@ -536,6 +561,13 @@ const refuseTokenInUrl =
 // such a path the URL parser would change nothing (no escapes, no dot segments), and it costs more.
 const PLAIN_PATH = /^[a-z]+:\/\/[^/?#]*((?:\/[a-z0-9][a-z0-9._-]*)+\/?)(?:\?|$)/;
 const pathOf = (url: string): string => PLAIN_PATH.exec(url)?.[1] ?? new URL(url).pathname;
+const pathOrNull = (url: string): string | null => {
+  try {
+    return pathOf(url);
+  } catch {
+    return null; // no URL at all
+  }
+};
 
 const notFound = (
   path: string,
