@@ -188,7 +188,10 @@ describe("paths are what they say", () => {
 
   test("CONNECT in authority form (host:port) is 404 and no internal error", async () => {
     const d = await daemon();
-    const { status } = await raw(d, `CONNECT 127.0.0.1:${d.port} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`);
+    const { status } = await raw(
+      d,
+      `CONNECT 127.0.0.1:${d.port} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`,
+    );
     expect(status).toBe(404);
     expect(d.output()).not.toContain("internal error");
   });
