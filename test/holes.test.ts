@@ -6,6 +6,7 @@
 import { Database } from "bun:sqlite";
 import { describe, expect, test } from "bun:test";
 import { writeFileSync } from "node:fs";
+import { connect } from "node:net";
 import { join } from "node:path";
 import { type Daemon, daemonsPerTest, runBinary, statusOf, tempDir, until } from "./daemon.ts";
 
@@ -129,6 +130,58 @@ describe("a body is a form or it is refused, whatever the headers say or omit", 
     const { status, body } = await raw(d, post("/start?name=q", "Content-Type:\r\n", ""));
     expect({ status, body }).toEqual({ status: 200, body: "1\n" });
     expect((await statusOf(d)).release.name).toBe("q");
+  });
+});
+
+describe("a /start whose answer cannot be delivered starts nothing", () => {
+  const start = (lock: string, end = "") =>
+    `GET /locks/${lock}/start?name=ana HTTP/1.1\r\nHost: 127.0.0.1\r\n${end}\r\n`;
+  const refusedInLog = (d: Daemon, lock: string) =>
+    until(
+      async () => d.output().includes(`refused start on ${lock}: the client went away`),
+      `the start on ${lock} refused`,
+    );
+  const eventsOn = async (d: Daemon, lock: string) =>
+    (await (await d.get(`/locks/${lock}/history?format=json`)).json()).events;
+
+  test("pipelined behind another request (Bun closes such a connection): nothing is started, not started and abandoned", async () => {
+    const d = await daemon();
+    await raw(d, `${start("piped")}GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`);
+    await refusedInLog(d, "piped");
+    expect(await eventsOn(d, "piped")).toEqual([]);
+  });
+
+  test("sent half-closed (nc -N): nothing is started", async () => {
+    const d = await daemon();
+    // Paused, so that the request and its end are both waiting when the daemon reads them: a client's
+    // end that comes later than the request is not "already closed", and may be granted.
+    d.proc.kill("SIGSTOP");
+    const socket = connect(d.port, "127.0.0.1");
+    socket.on("error", () => {});
+    await new Promise<void>((sent) => socket.on("connect", () => socket.end(start("half"), sent)));
+    d.proc.kill("SIGCONT");
+    await refusedInLog(d, "half");
+    expect(await eventsOn(d, "half")).toEqual([]);
+    socket.destroy();
+  });
+
+  test("pipelined requests that are answered at once are all answered, in order", async () => {
+    const d = await daemon();
+    const get = (path: string, end = "") => `GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\n${end}\r\n`;
+    const sent = await new Promise<string>((resolve) => {
+      let out = "";
+      const socket = connect(d.port, "127.0.0.1", () =>
+        socket.write(get("/healthz") + get("/status") + get("/healthz", "Connection: close\r\n")),
+      );
+      socket.on("data", (c) => (out += c));
+      socket.on("close", () => resolve(out));
+    });
+    expect(
+      sent
+        .split("\r\n\r\n")
+        .slice(1)
+        .map((b) => b.split("HTTP/1.1")[0]),
+    ).toEqual(["ok\n", "idle: no release is running\n", "ok\n"]);
   });
 });
 
