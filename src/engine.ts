@@ -184,25 +184,31 @@ const waitingAhead = (lock: string): number => {
  * that commit instead, to be decided after what it changes); every change is decided by the
  * store, inside its write transaction, from what is stored.
  */
-export function change(lock: string, rule: Rule): Outcome | Promise<Outcome> {
-  if (engine.closing) return SHUTTING_DOWN;
+export function change(lock: string, rule: Rule, gone?: AbortSignal): Outcome | Promise<Outcome> {
+  const refused = refusalFromMemory(lock, rule);
+  if (refused) return refused;
   const s = store();
-  if (memoryIsCurrent(s)) {
-    const { outcome, change } = withExpiry(rule)(state(lock), engine.clock.now(), waitingAhead(lock));
-    if (!change) return outcome;
-  } else if (s.peek) return refuseFromCommitted(s, lock, rule);
-  return commit(lock, rule).then((d) => d.outcome);
+  if (!memoryIsCurrent(s) && s.peek) return refuseFromCommitted(s, lock, rule, gone);
+  return commit(lock, rule, {}, gone).then((d) => d.outcome);
+}
+
+// The outcome of a rule that would change nothing, when memory is what is stored; null when the store decides.
+function refusalFromMemory(lock: string, rule: Rule): Outcome | null {
+  if (engine.closing) return SHUTTING_DOWN;
+  if (!memoryIsCurrent(store())) return null;
+  const { outcome, change } = withExpiry(rule)(state(lock), engine.clock.now(), waitingAhead(lock));
+  return change ? null : outcome;
 }
 
 // Shared stores: a refusal that changes nothing is decided on one plain read of what is committed (a
 // correct answer as of that read); anything else is decided again inside the write transaction.
-async function refuseFromCommitted(s: Store, lock: string, rule: Rule): Promise<Outcome> {
+async function refuseFromCommitted(s: Store, lock: string, rule: Rule, gone?: AbortSignal): Promise<Outcome> {
   try {
     const { stored, ahead, now } = await (s.peek as NonNullable<Store["peek"]>)(lock);
     const { outcome, change } = withExpiry(rule)(scopeOf(lock, stored), now, ahead);
     if (!outcome.ok && !change && !engine.closing) return outcome;
   } catch {} // the transaction says what is wrong
-  return (await commit(lock, rule)).outcome;
+  return (await commit(lock, rule, {}, gone)).outcome;
 }
 
 /**
@@ -219,19 +225,22 @@ export function start(
 ): Outcome | Promise<Outcome> {
   const rule: Rule = (s, now, ahead) => stillAllowed() ?? startRule(s, req, now, ahead, () => engine.frozen(lock, now));
   if (waitSeconds === 0 || engine.closing) {
-    const outcome = change(lock, rule); // the common case: a refusal from memory
-    return outcome instanceof Promise ? outcome.then((o) => keepOnlyIfHeard(lock, o, gone)) : outcome;
+    const refused = refusalFromMemory(lock, rule); // the common case
+    if (refused) return refused;
+    return (change(lock, rule, gone) as Promise<Outcome>).then((o) => keepOnlyIfHeard(lock, o, gone));
   }
   if (memoryIsCurrent(store())) {
     const { outcome } = withExpiry(rule)(state(lock), engine.clock.now(), waitingAhead(lock));
     if (!outcome.ok && !WAITABLE.has(outcome.reason)) return outcome; // nothing to wait for
   }
-  return commit(lock, rule, { join: req }).then((d) => {
+  return commit(lock, rule, { join: req }, gone).then((d) => {
     if (d.outcome.ok) return keepOnlyIfHeard(lock, d.outcome, gone);
     if (!d.joined) return d.outcome;
     return waitInLine(lock, rule, d.joined.id, d.outcome, waitSeconds, gone);
   });
 }
+
+const WENT_AWAY = refuse("timeout", "the client went away");
 
 async function waitInLine(
   lock: string,
@@ -252,18 +261,17 @@ async function waitInLine(
   try {
     for (;;) {
       if (engine.closing) return await leave(lock, self, "shutting down", SHUTTING_DOWN);
-      if (gone.aborted) return await leave(lock, self, "disconnected", refuse("timeout", "the client went away"));
+      if (gone.aborted) return await leave(lock, self, "disconnected", WENT_AWAY);
       if (engine.clock.now() >= deadline) {
         const holds = await whatHoldsItNow(lock, rule, self, latest);
         return await leave(lock, self, "timed out", refuse("timeout", `waited ${waitSeconds}s; ${holds}`));
       }
       waiter.woke = false;
-      // Let the event loop read the sockets first: a client that went away as the release
-      // came free is seen now, and leaves the line rather than being handed it.
-      await nextTurn();
-      if (gone.aborted || engine.closing) continue;
-      const attempt = await commit(lock, rule, { self });
+      // The commit reads the sockets first: a client that went away as the release came free is
+      // seen then, and leaves the line (at the top of the loop) rather than being handed it.
+      const attempt = await commit(lock, rule, { self }, gone);
       if (attempt.outcome.ok) return keepOnlyIfHeard(lock, attempt.outcome, gone);
+      if (gone.aborted || engine.closing) continue;
       latest = attempt.outcome;
       // No longer allowed (its token was revoked while it waited): it leaves the line with that answer.
       if (attempt.outcome.reason === "unauthorized" || attempt.outcome.reason === "forbidden")
@@ -299,7 +307,9 @@ async function whatHoldsItNow(lock: string, rule: Rule, self: number, latest: Ou
   return refusal.ok ? "" : refusal.message;
 }
 
-const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
+// Bun runs the immediates queued before a turn of its event loop ahead of reading the sockets, and
+// those queued while they run after it: the second of two immediates comes after the sockets were read.
+const socketsRead = () => new Promise<void>((resolve) => setImmediate(() => setImmediate(resolve)));
 
 // Every commit on the lock, another replica's change, the deadline and the client going away
 // wake a waiter; one that comes while it is busy trying is not lost (`woke`).
@@ -322,11 +332,11 @@ async function leave(lock: string, self: number, why: string, answer: Outcome): 
 // lost on the wire after this point cannot be seen: a lease bounds it.
 async function keepOnlyIfHeard(lock: string, granted: Outcome, gone: AbortSignal): Promise<Outcome> {
   if (!granted.ok) return granted;
-  await nextTurn();
+  await socketsRead();
   if (!gone.aborted) return granted;
   const id = granted.next.release?.id;
   if (id !== undefined) await abandonUntilSaved(lock, id);
-  return refuse("timeout", "the client went away");
+  return WENT_AWAY;
 }
 
 // While storage fails the abandon is tried again each second, as a lease's end is: a release nobody
@@ -364,10 +374,17 @@ export const windowKnown = (window: string): Promise<boolean> => store().marked(
 const memoryIsCurrent = (s: Store): boolean => s.exclusive && engine.committing === 0;
 
 /** Commits through the store, then updates the cache and tells listeners. */
-async function commit(lock: string, rule: Rule, options: TransactOptions = {}): Promise<Decision> {
+async function commit(lock: string, rule: Rule, options: TransactOptions = {}, gone?: AbortSignal): Promise<Decision> {
   engine.committing++;
   let decision: Decision;
   try {
+    // Nothing is started for a client that cannot hear the answer. The sockets are read once more
+    // first: a client whose request side is already closed (a half-close), or who sent another
+    // request behind this one (pipelining, which Bun answers by closing the connection), is seen as
+    // gone here, before anything is decided, rather than granted a release that must then be
+    // abandoned. Every commit waits alike, so none overtakes one asked before it.
+    await socketsRead();
+    if (gone?.aborted) return { outcome: WENT_AWAY, committed: null, joined: null };
     decision = await store().transact(lock, withExpiry(rule), options);
   } finally {
     engine.committing--;

@@ -388,6 +388,64 @@ describe("releasestatus token", () => {
   });
 });
 
+describe("a request without a valid token learns nothing about which locks exist", () => {
+  // What a caller sees of one path: the same for a lock that exists and one that does not.
+  const seen = async (d: Daemon, path: string, init: RequestInit = {}) => {
+    const res = await d.get(path, init);
+    return { status: res.status, code: res.headers.get("x-reason-code"), reason: res.headers.get("x-reason") };
+  };
+  const sameFor = async (d: Daemon, known: string, unknown: string, init: RequestInit = {}) => {
+    const a = await seen(d, known, init);
+    const b = await seen(d, unknown, init);
+    expect({ unknown, ...b }).toEqual({ unknown, ...a, reason: a.reason?.replaceAll("prod", "nope") ?? null });
+    return a;
+  };
+
+  for (const read of ["open", "token"]) {
+    test(`read = "${read}": a change on a lock RS_LOCKS does not allow is 401 like one it allows, naming no lock`, async () => {
+      const { d } = await withTeam(`read = "${read}"\nlocks = ["prod", "staging"]`);
+      for (const action of ["start", "stop", "renew", "block", "unblock"]) {
+        const a = await sameFor(d, `/locks/prod/${action}`, `/locks/nope/${action}`);
+        expect(a.status).toBe(401);
+        expect(a.reason).not.toContain("staging");
+      }
+      expect((await (await d.get("/history?format=json", as(OPS))).json()).events).toEqual([]);
+    });
+  }
+
+  test("the original's paths without a token are 401, not a list of RS_LOCKS, when default is not one of them", async () => {
+    const { d } = await withTeam('locks = ["prod", "staging"]');
+    for (const path of ["/start", "/stop"]) {
+      const { status, reason } = await seen(d, path);
+      expect({ path, status }).toEqual({ path, status: 401 });
+      expect(reason).not.toContain("staging");
+    }
+  });
+
+  test("at RS_MAX_LOCKS a change without a token is 401 for a new name as for one in use", async () => {
+    const { d } = await withTeam("", { RS_MAX_LOCKS: "2" }); // the lock default and one more
+    expect(await d.body("/locks/prod/start?name=ops", as(OPS))).toBe("1\n");
+    expect((await d.get("/locks/nope/start", as(OPS))).headers.get("x-reason")).toContain("RS_MAX_LOCKS");
+    expect((await sameFor(d, "/locks/prod/stop", "/locks/nope/stop")).status).toBe(401);
+    expect((await sameFor(d, "/locks/prod/start", "/locks/nope/start", { method: "POST" })).status).toBe(401);
+  });
+
+  test('read = "token": a lock\'s page, an unknown action and a wrong method answer the same for any name', async () => {
+    const { d } = await withTeam('read = "token"\nlocks = ["prod", "staging"]');
+    expect((await sameFor(d, "/locks/prod/", "/locks/nope/")).status).toBe(200);
+    expect((await sameFor(d, "/locks/prod/launch", "/locks/nope/launch")).status).toBe(404);
+    expect((await sameFor(d, "/locks/prod/start", "/locks/nope/start", { method: "PUT" })).status).toBe(405);
+    expect((await sameFor(d, "/locks/prod/status", "/locks/nope/status", { method: "PUT" })).status).toBe(405);
+  });
+
+  test("with a valid token the caller is told which lock does not exist", async () => {
+    const { d } = await withTeam('read = "token"\nlocks = ["prod", "staging"]');
+    const res = await d.get("/locks/nope/start", as(OPS));
+    expect(res.status).toBe(404);
+    expect(res.headers.get("x-reason")).toContain("RS_LOCKS allows only prod, staging");
+  });
+});
+
 describe("what a hostile reviewer found, closed", () => {
   test("a reload that would leave no token at all is refused: an emptied file does not open the daemon", async () => {
     const { d, file } = await withTeam();

@@ -258,18 +258,28 @@ for (const [storeName, makeStore] of stores) {
     });
 
     describe("a grant nobody hears", () => {
-      test("a release granted to a client that already went away is ended at once (abandoned)", async () => {
+      test("a client that already went away is granted nothing: nothing is started", async () => {
         const answer = await start(LOCK, holder("ghost"), 0, AbortSignal.abort());
         expect(reasonOf(answer)).toBe("timeout");
         expect(state(LOCK).release).toBeNull();
-        expect(await kinds()).toEqual(["started", "abandoned"]);
+        expect(await kinds()).toEqual([]);
         expect(reasonOf(await startNow("next"))).toBe("granted");
       });
 
-      test("so is one granted to a client that goes away in the turn its grant is committed", async () => {
+      test("nor one whose going away the event loop reads right after its request (a half-close, a pipelined request)", async () => {
         const gone = new AbortController();
+        const answer = start(LOCK, holder("half-closed"), 0, gone.signal);
+        setImmediate(() => gone.abort()); // read in the turn after the request
+        expect(reasonOf(await answer)).toBe("timeout");
+        expect(await kinds()).toEqual([]);
+      });
+
+      test("one granted to a client that goes away as its grant is committed is ended at once (abandoned)", async () => {
+        const gone = new AbortController();
+        onCommit((h) => {
+          if (h.events.some((e) => e.kind === "started")) gone.abort(); // its connection reset just then
+        });
         const answer = start(LOCK, holder("reset"), 0, gone.signal);
-        setImmediate(() => gone.abort()); // its connection reset, read by the event loop after the request
         expect(reasonOf(await answer)).toBe("timeout");
         expect(state(LOCK).release).toBeNull();
         expect(await kinds()).toEqual(["started", "abandoned"]);

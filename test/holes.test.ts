@@ -6,8 +6,9 @@
 import { Database } from "bun:sqlite";
 import { describe, expect, test } from "bun:test";
 import { writeFileSync } from "node:fs";
+import { connect } from "node:net";
 import { join } from "node:path";
-import { type Daemon, daemonsPerTest, runBinary, statusOf, tempDir } from "./daemon.ts";
+import { type Daemon, daemonsPerTest, runBinary, statusOf, tempDir, until } from "./daemon.ts";
 
 const daemon = daemonsPerTest();
 
@@ -83,6 +84,107 @@ describe("the fence cannot be bypassed", () => {
   });
 });
 
+describe("a body is a form or it is refused, whatever the headers say or omit", () => {
+  const form = "Content-Type: application/x-www-form-urlencoded\r\n";
+  const post = (path: string, headers: string, body: string) =>
+    `POST ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n${headers}\r\n${body}`;
+  for (const [what, request] of [
+    ["without a Content-Type", post("/stop", "Content-Length: 4\r\n", "id=1")],
+    ["with an empty Content-Type", post("/stop", "Content-Type:\r\nContent-Length: 4\r\n", "id=1")],
+    ["chunked, without a Content-Type", post("/stop", "Transfer-Encoding: chunked\r\n", "4\r\nid=1\r\n0\r\n\r\n")],
+  ] as const) {
+    test(`a POST body ${what} is 415 and changes nothing`, async () => {
+      const d = await daemon();
+      await d.body("/start?name=holder");
+      await d.body("/stop");
+      await d.body("/start?name=other"); // release #2: id=1 would be the wrong id, no id stops it
+      const { status, body } = await raw(d, request);
+      expect({ status, body }).toEqual({ status: 415, body: "0\n" });
+      expect((await statusOf(d)).release.name).toBe("other");
+    });
+  }
+
+  test("a GET with a body is 400: the body cannot be read, so it is not ignored either", async () => {
+    const d = await daemon();
+    await d.body("/start?name=holder");
+    for (const headers of ["Content-Length: 4\r\n", "Transfer-Encoding: chunked\r\n"]) {
+      const body = headers.startsWith("Transfer") ? "4\r\nid=9\r\n0\r\n\r\n" : "id=9";
+      const request = `GET /stop HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n${headers}\r\n${body}`;
+      expect(await raw(d, request)).toEqual({ status: 400, body: "0\n" });
+    }
+    expect((await statusOf(d)).release.name).toBe("holder");
+  });
+
+  test("a form body declared and cut short grants nothing and is no internal error", async () => {
+    const d = await daemon();
+    const socket = await Bun.connect({ hostname: "127.0.0.1", port: d.port, socket: { data() {} } });
+    socket.write(post("/start", `${form}Content-Length: 40\r\n`, "name=cut"));
+    socket.end(); // 8 bytes of the 40 declared
+    await until(async () => /cut short|internal error/.test(d.output()), "the cut-short body to be answered");
+    expect(d.output()).not.toContain("internal error");
+    expect((await statusOf(d)).running).toBe(false);
+  });
+
+  test("a POST without a body acts on its query string, whatever Content-Type it names", async () => {
+    const d = await daemon();
+    const { status, body } = await raw(d, post("/start?name=q", "Content-Type:\r\n", ""));
+    expect({ status, body }).toEqual({ status: 200, body: "1\n" });
+    expect((await statusOf(d)).release.name).toBe("q");
+  });
+});
+
+describe("a /start whose answer cannot be delivered starts nothing", () => {
+  const start = (lock: string, end = "") =>
+    `GET /locks/${lock}/start?name=ana HTTP/1.1\r\nHost: 127.0.0.1\r\n${end}\r\n`;
+  const refusedInLog = (d: Daemon, lock: string) =>
+    until(
+      async () => d.output().includes(`refused start on ${lock}: the client went away`),
+      `the start on ${lock} refused`,
+    );
+  const eventsOn = async (d: Daemon, lock: string) =>
+    (await (await d.get(`/locks/${lock}/history?format=json`)).json()).events;
+
+  test("pipelined behind another request (Bun closes such a connection): nothing is started, not started and abandoned", async () => {
+    const d = await daemon();
+    await raw(d, `${start("piped")}GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`);
+    await refusedInLog(d, "piped");
+    expect(await eventsOn(d, "piped")).toEqual([]);
+  });
+
+  test("sent half-closed (nc -N): nothing is started", async () => {
+    const d = await daemon();
+    // Paused, so that the request and its end are both waiting when the daemon reads them: a client's
+    // end that comes later than the request is not "already closed", and may be granted.
+    d.proc.kill("SIGSTOP");
+    const socket = connect(d.port, "127.0.0.1");
+    socket.on("error", () => {});
+    await new Promise<void>((sent) => socket.on("connect", () => socket.end(start("half"), sent)));
+    d.proc.kill("SIGCONT");
+    await refusedInLog(d, "half");
+    expect(await eventsOn(d, "half")).toEqual([]);
+    socket.destroy();
+  });
+
+  test("pipelined requests that are answered at once are all answered, in order", async () => {
+    const d = await daemon();
+    const get = (path: string, end = "") => `GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\n${end}\r\n`;
+    const sent = await new Promise<string>((resolve) => {
+      let out = "";
+      const socket = connect(d.port, "127.0.0.1", () =>
+        socket.write(get("/healthz") + get("/status") + get("/healthz", "Connection: close\r\n")),
+      );
+      socket.on("data", (c) => (out += c));
+      socket.on("close", () => resolve(out));
+    });
+    expect(
+      sent
+        .split("\r\n\r\n")
+        .slice(1)
+        .map((b) => b.split("HTTP/1.1")[0]),
+    ).toEqual(["ok\n", "idle: no release is running\n", "ok\n"]);
+  });
+});
+
 describe("one daemon per port", () => {
   test("a second daemon on the same port exits 2 saying the port is in use, and the first keeps answering", async () => {
     const d = await daemon();
@@ -96,11 +198,55 @@ describe("one daemon per port", () => {
 describe("paths are what they say", () => {
   test("dot segments are not a way to an endpoint: 404, not 405", async () => {
     const d = await daemon();
-    for (const target of ["/./start", "/a/../start", "/locks/../start"]) {
+    for (const target of ["/./start", "/a/../start", "/locks/../start", "/a/../locks/prod/start"]) {
       const { status } = await raw(d, get(target));
       expect(status).toBe(404);
     }
     expect((await statusOf(d)).running).toBe(false);
+  });
+
+  test("a trailing slash after an action is 404, not the page of a lock named after the action", async () => {
+    const d = await daemon();
+    for (const target of ["/locks/prod/start/", "/locks/prod/eu/status/"]) {
+      const res = await d.get(target);
+      expect({ target, status: res.status, code: res.headers.get("x-reason-code") }).toEqual({
+        target,
+        status: 404,
+        code: "not-found",
+      });
+      expect(res.headers.get("x-reason")).toContain("without the trailing slash");
+    }
+    expect((await d.get("/locks/prod/")).status).toBe(200);
+  });
+
+  test("an action named like a property every object has (constructor, __proto__) is 404, not an internal error", async () => {
+    const d = await daemon();
+    for (const target of ["/locks/prod/constructor", "/locks/prod/__proto__", "/locks/prod/toString"])
+      expect({ target, status: (await d.get(target)).status }).toEqual({ target, status: 404 });
+    expect(d.output()).not.toContain("internal error");
+  });
+
+  test("TRACE and CONNECT on an endpoint are 405 like any other method it does not take", async () => {
+    const d = await daemon();
+    for (const method of ["TRACE", "CONNECT", "PUT"]) {
+      for (const path of ["/start", "/locks/prod/start", "/status"]) {
+        const res = await d.get(path, { method });
+        expect({ method, path, status: res.status }).toEqual({ method, path, status: 405 });
+        expect(res.headers.get("allow")).toBe(path === "/status" ? "GET, HEAD" : "GET, POST");
+      }
+    }
+    expect((await d.get("/nowhere", { method: "TRACE" })).status).toBe(404);
+    expect((await statusOf(d)).running).toBe(false);
+  });
+
+  test("CONNECT in authority form (host:port) is 404 and no internal error", async () => {
+    const d = await daemon();
+    const { status } = await raw(
+      d,
+      `CONNECT 127.0.0.1:${d.port} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`,
+    );
+    expect(status).toBe(404);
+    expect(d.output()).not.toContain("internal error");
   });
 });
 
@@ -120,9 +266,21 @@ describe("names and reasons are plain text", () => {
 
   test("bidirectional controls, which spoof names in logs and on the page, are refused", async () => {
     const d = await daemon();
-    for (const c of ["\u202e", "\u2066", "\u202a"]) {
+    for (const c of ["\u202e", "\u2066", "\u202a", "\u200e", "\u200f", "\u061c"]) {
       const res = await d.get(`/start?name=${encodeURIComponent(`ana${c}nimda`)}`);
       expect(res.status).toBe(400);
+    }
+    expect((await statusOf(d)).running).toBe(false);
+  });
+
+  test("every invisible format character (Unicode Cf) is refused, in names and reasons", async () => {
+    const d = await daemon();
+    for (const c of ["\u200b", "\u2060", "\ufeff", "\u00ad", "\u{e0001}"]) {
+      for (const key of ["name", "reason"]) {
+        const res = await d.get(`/start?${key}=${encodeURIComponent(`ana${c}x`)}`);
+        expect({ c, key, status: res.status }).toEqual({ c, key, status: 400 });
+        expect(res.headers.get("x-reason")).toContain("invisible format characters");
+      }
     }
     expect((await statusOf(d)).running).toBe(false);
   });

@@ -14,26 +14,43 @@ export class Invalid extends Error {}
 
 export type Params = Map<string, string>;
 
-/** The query string, plus a form body on POST; a Refusal when it cannot be decoded or is not a form. */
+/**
+ * The query string, plus a form body on POST; a Refusal when it cannot be decoded, or when a body
+ * comes that is not a form. A body is never ignored: it may hold the very parameter (`id=`, `ttl=`)
+ * that makes the request safe.
+ */
 export function readParams(req: Request, url: string): Params | Refusal | Promise<Params | Refusal> {
   const query = readQuery(url);
-  if (req.method !== "POST" || !(query instanceof Map)) return query;
-  const type = req.headers.get("content-type");
-  if (type === null) return query; // no body, or one that says nothing: read nothing from it
+  if (!(query instanceof Map) || !hasBody(req)) return query;
+  // Bun hands a GET no body to read, even one it was sent.
+  if (req.method !== "POST")
+    return refuse(
+      "invalid",
+      `a ${req.method} request with a body is not understood: put the parameters in the query string, or POST them as ${FORM}`,
+    );
+  const type = req.headers.get("content-type") ?? "";
   // Media types are case-insensitive (RFC 9110); parameters such as charset may follow.
   if (type.split(";")[0]?.trim().toLowerCase() !== FORM)
     return refuse(
       "unsupported-media-type",
-      `a body of type ${type.slice(0, 60)} is not understood: send parameters in the query string or as ${FORM}`,
+      `${type === "" ? "a body without a Content-Type" : `a body of type ${type.slice(0, 60)}`} is not understood: send parameters in the query string or as ${FORM} (curl --data does)`,
     );
+  // A client that went away mid-body never hears an answer: it must not be granted anything.
+  const cutShort = () => refuse("invalid", "the request body was cut short: send the whole body it declares");
   return req.text().then((body) => {
-    // A client that went away mid-body never hears an answer: it must not be granted anything.
-    if (req.signal.aborted) return refuse("invalid", "the request body was cut short");
+    if (req.signal.aborted) return cutShort();
     const fromBody = parsePairs(body);
     if (!(fromBody instanceof Map)) return fromBody;
     for (const [k, v] of fromBody) if (!query.has(k)) query.set(k, v);
     return query;
-  });
+  }, cutShort);
+}
+
+// Whether a body comes with the request, by its framing (RFC 9112): a Content-Length above 0, or any
+// Transfer-Encoding. Content-Type says nothing about it: a body is sent without one, and one is named without a body.
+function hasBody(req: Request): boolean {
+  const length = req.headers.get("content-length");
+  return req.headers.has("transfer-encoding") || (length !== null && Number(length) !== 0);
 }
 
 export function readQuery(url: string): Params | Refusal {
@@ -63,16 +80,17 @@ function parsePairs(s: string): Params | Refusal {
 
 const decode = (s: string) => (s.includes("%") || s.includes("+") ? decodeURIComponent(s.replaceAll("+", " ")) : s);
 
-// Control characters; U+FFFD, which is what invalid UTF-8 sent raw becomes on the way in; and the
-// bidirectional controls, which make a name read as another in logs and on the page.
-const UNWANTED = /[\p{Cc}\p{Cs}\u2028\u2029\ufffd\u202a-\u202e\u2066-\u2069]/u;
+// Control characters; U+FFFD, which is what invalid UTF-8 sent raw becomes on the way in; line and
+// paragraph separators; and every invisible format character (category Cf: direction marks and
+// overrides, zero-width characters), which make a name read as another in logs and on the page.
+const UNWANTED = /[\p{Cc}\p{Cs}\p{Cf}\u2028\u2029\ufffd]/u;
 
 export function text(p: Params, key: string): string {
   const value = (p.get(key) ?? "").trim();
   if ([...value].length > MAX_TEXT) throw new Invalid(`${key} is longer than ${MAX_TEXT} characters: shorten it`);
   if (UNWANTED.test(value))
     throw new Invalid(
-      `${key} has control characters, direction overrides or invalid UTF-8: send plain text, percent-encoded as UTF-8`,
+      `${key} has control characters, invisible format characters (such as direction marks) or invalid UTF-8: send plain text, percent-encoded as UTF-8`,
     );
   return value;
 }

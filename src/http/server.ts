@@ -86,23 +86,36 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
   // Who may change anything: browsers only from this daemon's own page and a trusted host name; with
   // tokens, only a token whose rights and locks cover the change. The token comes back, to be recorded.
   function guard(req: Request, action: Action, lock: string): Refusal | Token | null {
+    const token = authenticate(req);
+    if (token === null || "ok" in token) return token;
+    const why = forbidden(token, action, lock);
+    return why === null ? token : refuse("forbidden", why);
+  }
+
+  // Who sends a change, whatever it is about: a browser from another site, or no valid token, is refused.
+  function authenticate(req: Request): Refusal | Token | null {
     const crossSite = sameSite(req, cfg.hosts);
     if (crossSite) return crossSite;
     if (cfg.access.tokens.size === 0) return null;
-    const token = identify(cfg.access, bearer(req));
-    if (!token) return UNAUTHORIZED;
-    const why = forbidden(token, action, lock);
-    return why === null ? token : refuse("forbidden", why);
+    return identify(cfg.access, bearer(req)) ?? UNAUTHORIZED;
   }
 
   // With read = "token" in the configuration file, reading needs a valid token too.
   const mayRead = (req: Request): Refusal | null =>
     cfg.access.read === "open" || identify(cfg.access, bearer(req)) ? null : UNAUTHORIZED;
 
+  // A caller refused before any lock name is looked at, so that one without a valid token learns
+  // nothing, not even which locks exist (RS_LOCKS, or a new name beyond RS_MAX_LOCKS).
+  const refusedBeforeName = (req: Request, methods: string[]): Refusal | null => {
+    if (methods === READ_METHODS) return mayRead(req);
+    const who = authenticate(req);
+    return who !== null && "ok" in who ? who : null;
+  };
+
   // A lock named in a path: valid, allowed, and (beyond RS_MAX_LOCKS) not new.
   function admit(name: string): Refusal | null {
-    if (!validLockName(name))
-      return refuse("invalid", `${JSON.stringify(name.slice(0, 120))} is not a lock name: ${LOCK_NAME_RULE}`);
+    const invalid = validName(name);
+    if (invalid) return invalid;
     if (cfg.locks && !cfg.locks.includes(name))
       return refuse("unknown-lock", `there is no lock ${name}: RS_LOCKS allows only ${cfg.locks.join(", ")}`);
     const inUse = engine.known.entries.size - (isKnown(ROOT) ? 1 : 0); // the root is no lock of its own
@@ -305,9 +318,8 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
       methods: route.methods,
       handle: (req: Request, server: Server<undefined>, url: string) => {
         const asJson = wantsJson(url, req);
-        // A reader without a token learns nothing, not even which locks exist.
-        const unread = route.methods === READ_METHODS ? mayRead(req) : null;
-        if (unread) return answer(asJson, unread);
+        const refused = refusedBeforeName(req, route.methods);
+        if (refused) return answer(asJson, refused);
         // With RS_LOCKS, the original's paths exist only if the default lock is one of them.
         if (lock === DEFAULT_LOCK && cfg.locks && !cfg.locks.includes(DEFAULT_LOCK))
           return answer(
@@ -356,14 +368,9 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
       );
     const name = rest.slice(0, cut);
     const action = rest.slice(cut + 1);
-    const route = lockRoutes[action];
-    // A reader without a token learns nothing, not even which locks exist.
-    const unread = route?.methods === READ_METHODS ? mayRead(req) : null;
-    if (unread) return answer(asJson, unread);
-    const refused = admit(name);
-    if (refused) return answer(asJson, refused);
-    if (action === "")
-      return req.method === "GET" || req.method === "HEAD" ? page() : notAllowed(req, path, READ_METHODS);
+    const route = Object.hasOwn(lockRoutes, action) ? lockRoutes[action] : undefined;
+    // What the path and method say is answered first, the same for every name; the name is looked at last.
+    if (action === "") return lockPage(req, path, name, asJson);
     if (!route)
       return notFound(
         path,
@@ -371,7 +378,24 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
         `there is no action ${action.slice(0, 40)} on a lock: use start, stop, renew, block, unblock, status, history or events`,
       );
     if (!allows(route.methods, req.method)) return notAllowed(req, path, route.methods);
+    const refused = refusedBeforeName(req, route.methods) ?? admit(name);
+    if (refused) return answer(asJson, refused);
     return route.run({ req, server, url, lock: name, json: asJson });
+  }
+
+  // /locks/NAME/: the page, for any lock name to a caller who may not read (it learns nothing from it).
+  function lockPage(req: Request, path: string, name: string, asJson: boolean): Response {
+    // /locks/prod/start/ is a mistyped action, not the page of a lock named prod/start.
+    const last = name.slice(name.lastIndexOf("/") + 1);
+    if (Object.hasOwn(lockRoutes, last))
+      return notFound(
+        path,
+        asJson,
+        `${path.slice(0, 120)} is no page: the action ${last} is ${path.slice(0, -1).slice(0, 120)}, without the trailing slash`,
+      );
+    if (req.method !== "GET" && req.method !== "HEAD") return notAllowed(req, path, READ_METHODS);
+    const refused = mayRead(req) === null ? admit(name) : validName(name);
+    return refused ? answer(asJson, refused) : page();
   }
 
   // A read that, with read = "token", needs a valid token.
@@ -519,6 +543,22 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
       );
   }
 
+  // What Bun's routes do not take: a path we do not have, or a method not in ALL_METHODS (TRACE, CONNECT),
+  // which on a path we have is 405 like any other method it does not take.
+  function otherMethods(req: Request, server: Server<undefined>): Response | Promise<Response> {
+    const url = req.url;
+    const path = pathOrNull(url);
+    if (path === null) return notFound(url, wantsJson(url, req)); // CONNECT host:port, say
+    // A method the routes take came here by a path they do not have, though its URL, normalized by Bun, may
+    // look like one (/./start, /a/../locks/prod/start): it reaches nothing.
+    if ((ALL_METHODS as readonly string[]).includes(req.method)) return notFound(path, wantsJson(url, req));
+    // Any other method is allowed nowhere: lockPath answers it as it answers PUT (405), after its own checks.
+    if (path.startsWith("/locks/")) return refuseTokenInUrl(lockPath)(req, server);
+    const route = Object.hasOwn(table, path) ? table[path] : undefined;
+    if (!route) return notFound(path, wantsJson(url, req));
+    return refuseTokenInUrl((req) => notAllowed(req, path, route.methods))(req, server);
+  }
+
   onCommit(({ events }) => broadcastChange(events));
   setInterval(keepStreamsAlive, 15_000).unref();
 
@@ -529,7 +569,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     development: false,
     maxRequestBodySize: 64 * 1024,
     routes,
-    fetch: (req) => notFound(new URL(req.url).pathname, wantsJson(req.url, req)),
+    fetch: otherMethods,
     error(e) {
       log.error(`internal error while answering a request: ${e.message}`);
       return text("0\n", 500);
@@ -538,6 +578,11 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
 }
 
 const allows = (methods: string[], method: string) => methods.includes(method);
+
+const validName = (name: string): Refusal | null =>
+  validLockName(name)
+    ? null
+    : refuse("invalid", `${JSON.stringify(name.slice(0, 120))} is not a lock name: ${LOCK_NAME_RULE}`);
 
 const UNAUTHORIZED = refuse(
   "unauthorized",
@@ -560,6 +605,13 @@ const refuseTokenInUrl =
 // such a path the URL parser would change nothing (no escapes, no dot segments), and it costs more.
 const PLAIN_PATH = /^[a-z]+:\/\/[^/?#]*((?:\/[a-z0-9][a-z0-9._-]*)+\/?)(?:\?|$)/;
 const pathOf = (url: string): string => PLAIN_PATH.exec(url)?.[1] ?? new URL(url).pathname;
+const pathOrNull = (url: string): string | null => {
+  try {
+    return pathOf(url);
+  } catch {
+    return null; // no URL at all
+  }
+};
 
 const notFound = (
   path: string,
