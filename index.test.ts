@@ -245,6 +245,11 @@ describe("start-up", () => {
     ["RS_PORT out of range", { RS_PORT: "70000" }, /RS_PORT="70000" is not valid/],
     ["RS_PORT zero", { RS_PORT: "0" }, /RS_PORT="0" is not valid/],
     ["a bad RS_LOG_FORMAT", { RS_PORT: "8080", RS_LOG_FORMAT: "xml" }, /RS_LOG_FORMAT="xml" is not valid/],
+    [
+      "an RS_DB_POOL of no connection",
+      { RS_PORT: "8080", RS_DB_POOL: "0" },
+      /RS_DB_POOL="0" is not valid: expected a whole number from 1 to 100/,
+    ],
   ];
   for (const [what, env, message] of cases) {
     test(`${what} is one clear line on stderr and exit code 2`, async () => {

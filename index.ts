@@ -43,6 +43,7 @@ Settings (environment; the file RS_CONFIG names may hold them too, and lists of 
   RS_DB             SQLite file for state and history (default releasestatus.db; :memory: keeps nothing),
                     or postgres://user:password@host:5432/db to share the lock between replicas
   RS_DB_FILE        file holding RS_DB (for secrets)
+  RS_DB_POOL        PostgreSQL: most connections a replica opens, besides one for LISTEN (default 4)
   RS_HISTORY_LIMIT  events kept in the history (default 10000)
   RS_TTL            lease in seconds for a start without ttl= (default: releases never expire)
   RS_MAX_WAIT       longest wait= allowed, in seconds (default 3600)
@@ -198,7 +199,7 @@ async function openStore(cfg: Config): Promise<Store> {
   if (cfg.db === ":memory:") return openMemoryStore(cfg.historyLimit);
   if (!isPostgres(cfg.db)) return openSqliteStore(cfg.db, cfg.historyLimit);
   const { openPostgresStore } = await import("./src/store/postgres.ts");
-  return openPostgresStore({ url: cfg.db, historyLimit: cfg.historyLimit });
+  return openPostgresStore({ url: cfg.db, historyLimit: cfg.historyLimit, pool: cfg.dbPool });
 }
 
 function logRestored(log: Log, state: State, expired: Event[]) {

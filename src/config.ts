@@ -15,6 +15,7 @@ export type Config = {
   port: number;
   host: string;
   db: string;
+  dbPool: number; // PostgreSQL: the most connections a replica opens for its work (LISTEN takes one more)
   historyLimit: number;
   ttlSeconds: number | null; // lease given to a /start without ttl=; null: releases never expire
   maxWaitSeconds: number;
@@ -53,6 +54,7 @@ export function readConfig(env: Env): Config {
     port: setting(from, "RS_PORT", rawPort, 1, 65535),
     host: set.RS_HOST || "0.0.0.0",
     db: readDb(set, from),
+    dbPool: setting(from, "RS_DB_POOL", set.RS_DB_POOL ?? "4", 1, 100),
     historyLimit: setting(from, "RS_HISTORY_LIMIT", set.RS_HISTORY_LIMIT ?? "10000", 1, 10_000_000),
     ttlSeconds: set.RS_TTL ? setting(from, "RS_TTL", set.RS_TTL, 1, MAX_TTL_SECONDS) : null,
     maxWaitSeconds: setting(from, "RS_MAX_WAIT", set.RS_MAX_WAIT ?? "3600", 0, 7 * 24 * 3600),
@@ -178,6 +180,7 @@ const FILE_SETTINGS: Record<string, { env: string; kind: "number" | "string" | "
   host: { env: "RS_HOST", kind: "string" },
   db: { env: "RS_DB", kind: "string" },
   db_file: { env: "RS_DB_FILE", kind: "string" },
+  db_pool: { env: "RS_DB_POOL", kind: "number" },
   history_limit: { env: "RS_HISTORY_LIMIT", kind: "number" },
   ttl: { env: "RS_TTL", kind: "number" },
   max_wait: { env: "RS_MAX_WAIT", kind: "number" },

@@ -48,7 +48,7 @@ if (pgUrl?.startsWith("postgres")) {
         END IF; END $$`;
       await sql.close();
       const { openPostgresStore } = await import("../src/store/postgres.ts");
-      return openPostgresStore({ url: pgUrl, historyLimit: 10_000, now: clock });
+      return openPostgresStore({ url: pgUrl, historyLimit: 10_000, pool: 4, now: clock });
     },
   ]);
 }

@@ -120,3 +120,55 @@ describe("a database outage", () => {
     expect((await d.get("/history")).status).toBe(200);
   }, 60_000);
 });
+
+describe("a database administered by others", () => {
+  // The line a replica that may not start prints before it exits 2.
+  async function refusal(env: Record<string, string>): Promise<string> {
+    const started = await daemon(env).then(
+      () => null,
+      (e: Error) => e.message,
+    );
+    if (started === null) throw new Error("the daemon started, where it should have exited 2");
+    expect(started).toContain("exited with 2");
+    return started;
+  }
+
+  test("a statement_timeout of 1 ms set on the role and the database bounds none of the daemon's statements: it starts and serves", async () => {
+    const url = pg.role("rs_hasty", { owner: true });
+    pg.psql("ALTER ROLE rs_hasty SET statement_timeout = '1ms'; ALTER ROLE rs_hasty SET lock_timeout = '1ms'");
+    pg.psql("ALTER DATABASE rs_hasty SET statement_timeout = '1ms'");
+    const [a, b] = await Promise.all([daemon({ RS_DB: url }), daemon({ RS_DB: url })]);
+    if (!a || !b) throw new Error("two replicas expected");
+    expect(await a.body("/start?name=sion")).toBe("1\n");
+    expect((await statusOf(b)).release.name).toBe("sion");
+    expect(await b.body("/stop")).toBe("1\n");
+  }, 60_000);
+
+  test("a role that may not CREATE in the schema, on a fresh database, exits 2 naming the grant", async () => {
+    const url = pg.role("rs_guest"); // the database is postgres's: since PostgreSQL 15 others may not create in public
+    const line = await refusal({ RS_DB: url });
+    expect(line).toContain(
+      "the role rs_guest may not CREATE in schema public: GRANT CREATE ON SCHEMA public TO rs_guest, or create the tables as their owner first",
+    );
+    expect(pg.psql("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'releasestatus%'", "rs_guest").trim()).toBe(
+      "0",
+    );
+  }, 60_000);
+
+  test("tables owned by another role, without grants, exit 2 naming the grants; with them it serves", async () => {
+    const url = pg.role("rs_tenant");
+    // The owner creates the tables: a replica run once as postgres on that database.
+    const owner = await daemon({ RS_DB: url.replace("//rs_tenant:", "//postgres:") });
+    await owner.stop();
+    pg.psql("REVOKE CREATE ON SCHEMA public FROM PUBLIC", "rs_tenant");
+    const line = await refusal({ RS_DB: url });
+    const grants = line.match(/GRANT [^;\n]+ TO rs_tenant/g) ?? [];
+    expect(grants).toContain(
+      "GRANT SELECT, INSERT, UPDATE, DELETE ON releasestatus_schema, releasestatus_lock, releasestatus_events, releasestatus_waiters, releasestatus_freeze_marks, releasestatus_webhooks TO rs_tenant",
+    );
+    for (const grant of grants) pg.psql(grant, "rs_tenant");
+    const d = await daemon({ RS_DB: url });
+    expect(await d.body("/start?name=tenant")).toBe("1\n");
+    expect(pg.psql("SELECT holder FROM releasestatus_lock WHERE name = 'default'", "rs_tenant").trim()).toBe("tenant");
+  }, 60_000);
+});

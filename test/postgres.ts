@@ -33,13 +33,23 @@ export function startCluster() {
     );
   ctl("start");
   asPostgres(`${PG_BIN}/createdb -h ${dir} -p ${port} -U postgres releasestatus`);
+  const psql = (query: string, database = "releasestatus") =>
+    asPostgres(`${PG_BIN}/psql -h ${dir} -p ${port} -U postgres -d ${database} -tAc "${query}"`);
   return {
     port,
     url: `postgres://postgres:${PASSWORD}@127.0.0.1:${port}/releasestatus`,
     stop: () => ctl("stop -m fast"),
     start: () => ctl("start"),
-    psql: (query: string) =>
-      asPostgres(`${PG_BIN}/psql -h ${dir} -p ${port} -U postgres -d releasestatus -tAc "${query}"`),
+    psql,
+    /** A login role (password PASSWORD) with a database of its own, which it owns when `owner`; the URL for both. */
+    role: (name: string, opts: { owner?: boolean; settings?: string } = {}) => {
+      psql(`CREATE ROLE ${name} LOGIN PASSWORD '${PASSWORD}' ${opts.settings ?? ""}`);
+      psql(`CREATE DATABASE ${name}${opts.owner ? ` OWNER ${name}` : ""}`);
+      return `postgres://${name}:${PASSWORD}@127.0.0.1:${port}/${name}`;
+    },
+    /** How many connections `role` holds now. */
+    connectionsOf: (role: string) =>
+      Number(psql(`SELECT count(*) FROM pg_stat_activity WHERE usename = '${role}'`).trim()),
     destroy: () => {
       try {
         ctl("stop -m immediate");

@@ -261,3 +261,50 @@ describe("losing the database", () => {
     expect(unknown.code).toBe(2);
   });
 });
+
+describe("a small pool of connections that shrinks when idle", () => {
+  // Keeps `inFlight` requests going on `d` until `done()` holds (at most `most` requests in all).
+  async function load(d: Daemon, inFlight: number, done: () => boolean, most = 5000) {
+    let sent = 0;
+    const answers: number[] = [];
+    const worker = async () => {
+      while (!done() && sent < most) {
+        sent++;
+        const res = await d.get(sent % 2 ? "/start?name=load" : "/stop");
+        await res.text();
+        answers.push(res.status);
+      }
+    };
+    await Promise.all(Array.from({ length: inFlight }, worker));
+    return answers;
+  }
+
+  test("replicas under load stay within RS_DB_POOL + 1 connections each, and give back all but two once idle", async () => {
+    // Two replicas of pool 2 need 3 connections each at most: the role's limit of 6 is never in the way.
+    const url = pg.role("rs_pool", { owner: true, settings: "CONNECTION LIMIT 6" });
+    const [a, b] = (await replicas(2, { RS_DB: url, RS_DB_POOL: "2" })) as [Daemon, Daemon];
+    let requests = 0;
+    const answers = await Promise.all([a, b].map((d) => load(d, 8, () => ++requests > 600)));
+    expect(answers.flat().filter((status) => status !== 200)).toEqual([]);
+    // Idle, each keeps one connection for its heartbeat and one for LISTEN.
+    await until(async () => pg.connectionsOf("rs_pool") <= 4, "the idle replicas to give connections back", 60_000);
+    expect(await a.body("/stop")).toMatch(/^[01]\n$/);
+  }, 120_000);
+
+  test("a replica refused a connection by the role's limit answers again once another replica's idle ones are freed", async () => {
+    const url = pg.role("rs_crowd", { owner: true, settings: "CONNECTION LIMIT 4" });
+    const a = await daemon({ RS_DB: url, RS_DB_POOL: "3" });
+    let loaded = false;
+    const busy = load(a, 6, () => loaded, 20_000);
+    await until(async () => pg.connectionsOf("rs_crowd") === 4, "replica a to take every connection the role may have");
+    const b = await daemon({ RS_DB: url, RS_DB_POOL: "3" });
+    const refused = await b.get("/start?name=b");
+    loaded = true;
+    await busy;
+    expect(refused.status).toBe(503);
+    expect(refused.headers.get("x-reason-code")).toBe("storage");
+    await until(async () => (await b.get("/healthz")).status === 200, "replica b to heal", 60_000);
+    await b.body("/stop");
+    expect(await b.body("/start?name=b")).toBe("1\n");
+  }, 120_000);
+});

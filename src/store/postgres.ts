@@ -37,18 +37,60 @@ const MARK_NEXT_LOCK = 0x5253_7432; // pg_advisory_xact_lock key: the calendar's
 // 10 s; but in the first seconds after the database (re)started every row counts and none is
 // deleted, so that replicas can vouch for their waiters again before a newcomer takes their place.
 const POLL_MS = 1000;
-// Set in each transaction: the database aborts what runs longer, so no answer races a commit.
+// The daemon's own bounds, sent as each connection opens (the migration's and LISTEN's too), so that they win
+// over what the server, the database or the role sets: the database aborts what runs longer, so no answer
+// races a commit, and a server's shorter statement_timeout does not stop the daemon.
 const LIMITS = { lock_timeout: "2s", statement_timeout: "4s", idle_in_transaction_session_timeout: "5s" };
+// A connection the load no longer needs is closed after this long unused.
+const IDLE_SECONDS = 10;
 
-// Credentials that do not work, or a database that does not exist, are configuration errors.
-const CONFIGURATION_ERRORS = new Set(["28P01", "28000", "3D000"]);
+// Credentials that do not work, a database that does not exist, or one the role may not connect to, are
+// configuration errors.
+const CONFIGURATION_ERRORS = new Set(["28P01", "28000", "3D000", "42501"]);
 
-type Options = { url: string; historyLimit: number; now?: () => number };
+type Options = { url: string; historyLimit: number; pool: number; now?: () => number };
+
+/** The part of Bun's SQL client the store uses, over a pool of `size` connections at most. */
+type Pool = {
+  // biome-ignore lint/suspicious/noExplicitAny: rows, as Bun's client types them
+  (strings: TemplateStringsArray, ...values: unknown[]): Promise<any>;
+  begin: SQL["begin"];
+  listen: SQL["listen"];
+  close(options: { timeout: number }): Promise<unknown>;
+};
+
+/**
+ * Clients of one connection each, and the first free one taken: the connections beyond what the load needs go
+ * unused and close, so an idle replica keeps one (for its heartbeat) besides LISTEN's. Bun's own pool does not
+ * shrink so: it opens all its connections at once and hands transactions to each in turn, keeping all in use.
+ */
+function connect(url: string, size: number): Pool {
+  const clients = Array.from({ length: size }, () => ({
+    sql: new SQL(url, { max: 1, idleTimeout: IDLE_SECONDS, connectionTimeout: 3, connection: LIMITS }),
+    busy: 0,
+  }));
+  async function use<T>(work: (sql: SQL) => Promise<T>): Promise<T> {
+    const client = clients.find((c) => c.busy === 0) ?? clients.reduce((a, b) => (b.busy < a.busy ? b : a));
+    client.busy++;
+    try {
+      return await work(client.sql);
+    } finally {
+      client.busy--;
+    }
+  }
+  const first = (clients[0] as { sql: SQL }).sql;
+  const query = (strings: TemplateStringsArray, ...values: unknown[]) => use((sql) => sql(strings, ...values));
+  return Object.assign(query, {
+    begin: ((...args: Parameters<SQL["begin"]>) => use((sql) => sql.begin(...args))) as SQL["begin"],
+    listen: first.listen.bind(first), // LISTEN has a connection of its own
+    close: (options: { timeout: number }) => Promise.all(clients.map((c) => c.sql.close(options))),
+  });
+}
 
 export async function openPostgresStore(opts: Options): Promise<Store> {
   const url = new URL(opts.url);
   const description = `PostgreSQL ${url.hostname}:${url.port || 5432}${url.pathname}`;
-  const sql = new SQL(opts.url, { max: 10, connectionTimeout: 3, idleTimeout: 30 });
+  const sql = connect(opts.url, opts.pool);
   const replica = crypto.randomUUID();
   const health = { ok: false, failures: 0, retryAt: 0, problem: null as string | null, closing: false };
   let line: Queued[] = []; // every replica's waiters, as last read
@@ -78,9 +120,6 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     if (Date.now() < health.retryAt) throw new StorageError(health.problem ?? `${description} is failing`);
     try {
       const result = await sql.begin(async (tx) => {
-        await tx`SELECT set_config('lock_timeout', ${LIMITS.lock_timeout}, true),
-                        set_config('statement_timeout', ${LIMITS.statement_timeout}, true),
-                        set_config('idle_in_transaction_session_timeout', ${LIMITS.idle_in_transaction_session_timeout}, true)`;
         return work(tx as unknown as SQL, opts.now ? opts.now() : null);
       });
       succeeded();
@@ -358,9 +397,9 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     succeeded();
   } catch (e) {
     const code = String((e as { errno?: string }).errno ?? "");
+    if (e instanceof StoreOpenError) throw new StoreOpenError(`${description}: ${e.message}`);
     if (CONFIGURATION_ERRORS.has(code))
       throw new StoreOpenError(`PostgreSQL refused ${description}: ${(e as Error).message}; check RS_DB`);
-    if (e instanceof StoreOpenError) throw e;
     failed(e as Error);
   }
   let migrated = health.ok;
@@ -577,17 +616,81 @@ const MIGRATIONS = [
 ];
 const SCHEMA_VERSION = MIGRATIONS.length;
 
-async function migrate(sql: SQL) {
+// The tables, the view and the sequences the daemon uses: a role that does not own them needs grants on them.
+const TABLES = [
+  "releasestatus_schema",
+  "releasestatus_lock",
+  "releasestatus_events",
+  "releasestatus_waiters",
+  "releasestatus_freeze_marks",
+  "releasestatus_webhooks",
+];
+const VIEWS = ["releasestatus_live_waiters"];
+const SEQUENCES = ["releasestatus_events_seq_seq", "releasestatus_waiters_id_seq"];
+const INSUFFICIENT_PRIVILEGE = "42501";
+
+type Place = { role: string; schema: string | null; may_create: boolean | null };
+
+// The tables are created in the first schema of the role's search_path, which the role must be allowed to create in.
+function cannotCreate({ role, schema }: Place): string {
+  if (schema === null)
+    return `the role ${role} has no schema to create the releasestatus tables in (its search_path names none that exists): create one it may CREATE in, or ALTER ROLE ${role} SET search_path to one`;
+  return `the role ${role} may not CREATE in schema ${schema}: GRANT CREATE ON SCHEMA ${schema} TO ${role}, or create the tables as their owner first`;
+}
+
+/** The GRANT statements the role lacks on the tables that exist (none when it owns them). */
+async function missingGrants(tx: SQL, role: string): Promise<string[]> {
+  const [missing] = await tx`
+    SELECT array(SELECT t FROM unnest(${TABLES}::text[]) t
+                 WHERE NOT coalesce(has_table_privilege(to_regclass(t), 'SELECT') AND has_table_privilege(to_regclass(t), 'INSERT')
+                   AND has_table_privilege(to_regclass(t), 'UPDATE') AND has_table_privilege(to_regclass(t), 'DELETE'), true)) AS tables,
+           array(SELECT v FROM unnest(${VIEWS}::text[]) v
+                 WHERE NOT coalesce(has_table_privilege(to_regclass(v), 'SELECT'), true)) AS views,
+           array(SELECT s FROM unnest(${SEQUENCES}::text[]) s
+                 WHERE NOT coalesce(has_sequence_privilege(to_regclass(s), 'USAGE'), true)) AS sequences`;
+  const { tables, views, sequences } = missing as Record<string, string[]>;
+  return [
+    ...(tables?.length ? [`GRANT SELECT, INSERT, UPDATE, DELETE ON ${tables.join(", ")} TO ${role}`] : []),
+    ...(views?.length ? [`GRANT SELECT ON ${views.join(", ")} TO ${role}`] : []),
+    ...(sequences?.length ? [`GRANT USAGE ON SEQUENCE ${sequences.join(", ")} TO ${role}`] : []),
+  ];
+}
+
+// A privilege missing is a configuration error (StoreOpenError), named with the grant that would mend it.
+async function migrate(sql: Pool) {
   await sql.begin(async (tx) => {
     await tx`SELECT pg_advisory_xact_lock(${MIGRATION_LOCK})`;
-    await tx`CREATE TABLE IF NOT EXISTS releasestatus_schema (version int NOT NULL)`;
+    const [place] = (await tx`
+      SELECT quote_ident(current_user) AS role, quote_ident(current_schema()) AS schema,
+             has_schema_privilege(current_schema(), 'CREATE') AS may_create,
+             to_regclass('releasestatus_schema') IS NOT NULL AS made`) as (Place & { made: boolean })[];
+    if (!place) throw new Error("the database answered no row");
+    // Created only when missing: tables an administrator created as their owner need no CREATE.
+    if (!place.made) {
+      if (!place.may_create) throw new StoreOpenError(cannotCreate(place));
+      await tx`CREATE TABLE releasestatus_schema (version int NOT NULL)`;
+    }
+    const grants = await missingGrants(tx as unknown as SQL, place.role);
+    if (grants.length)
+      throw new StoreOpenError(
+        `the role ${place.role} may not use the releasestatus tables, which another role owns: ${grants.join("; ")}`,
+      );
     const [row] = await tx`SELECT version FROM releasestatus_schema`;
     const version = row ? Number(row.version) : 0;
     if (version > SCHEMA_VERSION)
       throw new StoreOpenError(
         `the database has releasestatus schema version ${version}, newer than this releasestatus understands (${SCHEMA_VERSION}): run a newer releasestatus`,
       );
-    for (let v = version; v < SCHEMA_VERSION; v++) await tx.unsafe(MIGRATIONS[v] as string);
+    try {
+      for (let v = version; v < SCHEMA_VERSION; v++) await tx.unsafe(MIGRATIONS[v] as string);
+    } catch (e) {
+      if ((e as { errno?: string }).errno !== INSUFFICIENT_PRIVILEGE) throw e;
+      throw new StoreOpenError(
+        place.may_create
+          ? `the role ${place.role} may not bring the releasestatus tables from schema version ${version} to ${SCHEMA_VERSION} (${(e as Error).message}): run this releasestatus once as their owner`
+          : cannotCreate(place),
+      );
+    }
     if (!row) await tx`INSERT INTO releasestatus_schema (version) VALUES (${SCHEMA_VERSION})`;
     else if (version < SCHEMA_VERSION) await tx`UPDATE releasestatus_schema SET version = ${SCHEMA_VERSION}`;
   });
