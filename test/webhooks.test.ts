@@ -379,6 +379,8 @@ describe("delivery: in order, at least once, never in the way", () => {
     await run([hook({ url: r.url })]);
     await starts("a");
     await until(async () => r.got.length === 1, "the first attempt");
+    // The clock moves only once the 429 was heard and the retry planned from it, not while it is on its way.
+    await until(async () => webhookStatuses()[0]?.lastFailure != null, "the 429 to be recorded");
     r.answerWith(() => new Response("ok"));
     await clock.advance(59_000);
     expect(r.got).toHaveLength(1);
