@@ -141,3 +141,27 @@ describe("a window's boundaries are recorded once each", () => {
     for (const r of replicas) expect(await r.body("/locks/prod/start")).toBe("0\n");
   });
 });
+
+// 2,000 cron windows like the README's "monthly close", each at its own minute and in one of three zones,
+// on a lock nobody starts: the calendar is computed for each of them, but no start is frozen by them.
+const manyCronWindows = (count: number) =>
+  Array.from({ length: count }, (_, i) => {
+    const zone = ["UTC", "Europe/Budapest", "America/New_York"][i % 3];
+    const [minute, hour] = [i % 60, 12 + (Math.floor(i / 60) % 12)];
+    return `[[freeze]]\nreason = "close ${i}"\nlocks = ["ledger"]\nstart = "${minute} ${hour} L * *"\nend = "${minute} ${hour - 3} 2 * *"\ntimezone = "${zone}"\n`;
+  }).join("\n");
+
+describe("the calendar costs milliseconds, not the event loop, with thousands of cron windows", () => {
+  test("with 2,000 cron windows the daemon answers at start-up, and /freezes while a /start is answered", async () => {
+    // Searched minute by minute this took minutes to start and tens of seconds per /freezes: far past the timeout.
+    const d = await startDaemon({ RS_DB: await freshDb(), RS_CONFIG: configFile(manyCronWindows(2000)) });
+    const reads = [1, 2, 3, 4].map(() => d.get("/freezes?format=json").then((r) => r.json()));
+    const start = d.body("/start?name=ana");
+    expect(await start).toBe("1\n");
+    for (const { freezes } of await Promise.all(reads)) {
+      expect(freezes).toHaveLength(2000);
+      expect(freezes.every((f: { next: unknown[] }) => f.next.length === 3)).toBe(true);
+    }
+    expect(await d.body("/locks/ledger/status")).toMatch(/^(frozen|next freeze): /m);
+  });
+});
