@@ -206,12 +206,19 @@ function readOnce(raw: Record<string, unknown>, timezone: string): Rule {
   if (raw.until === undefined) fail(`from is given without until: a one-off window needs both, ${ONCE_EXAMPLE}`);
   const fromText = text("from", raw.from, "2026-12-18 12:00");
   const untilText = text("until", raw.until, "2027-01-04 08:00");
-  const from = instantOf(localTime("from", fromText), timezone);
-  const until = instantOf(localTime("until", untilText), timezone);
-  if (until <= from)
+  const [fromWall, untilWall] = [localTime("from", fromText), localTime("until", untilText)];
+  if (untilWall <= fromWall)
     fail(
       `until = ${JSON.stringify(untilText)} is not after from = ${JSON.stringify(fromText)}: the window would be empty`,
     );
+  const [from, until] = [instantOf(fromWall, timezone), instantOf(untilWall, timezone)];
+  // A time in a spring gap means the gap's end, so until can only fail to be after from when from is in the gap.
+  if (until <= from) {
+    const [before, after] = [wallOf(from - 1, timezone) + 1, wallOf(from, timezone)].map(clockTime);
+    fail(
+      `from = ${JSON.stringify(fromText)} does not exist in ${timezone}: clocks jump from ${before} to ${after}, so the window would be empty; choose a time outside the gap`,
+    );
+  }
   return { kind: "once", from, until };
 }
 
@@ -814,6 +821,12 @@ function zoneName(t: number, timezone: string): string {
 
 const two = (n: number) => String(n).padStart(2, "0");
 
+/** "08:00": the time of day of a wall time. */
+const clockTime = (wall: number): string => {
+  const at = new Date(wall);
+  return `${two(at.getUTCHours())}:${two(at.getUTCMinutes())}`;
+};
+
 /**
  * `t` on the zone's clock: "Mon 08:00 CET" when it is less than six days after
  * `now`, so the day name alone is unmistakable; else, or without `now`, with the
@@ -822,7 +835,7 @@ const two = (n: number) => String(n).padStart(2, "0");
 export function describeLocalTime(t: number, timezone: string, now?: number): string {
   const wall = new Date(wallOf(t, timezone));
   const day = DAYS[wall.getUTCDay()];
-  const clock = `${two(wall.getUTCHours())}:${two(wall.getUTCMinutes())}`;
+  const clock = clockTime(wall.getTime());
   const soon = now !== undefined && now <= t && t < now + 6 * DAY;
   const date = `${wall.getUTCFullYear()}-${two(wall.getUTCMonth() + 1)}-${two(wall.getUTCDate())}`;
   return `${day} ${soon ? "" : `${date} `}${clock} ${zoneName(t, timezone)}`;

@@ -195,6 +195,33 @@ describe("parseWindow refuses a bad window with the problem, naming the key", ()
   });
 });
 
+describe("a one-off window a daylight-saving gap would leave empty is refused, naming the gap", () => {
+  // Europe/Budapest on 28 March 2027 and New York on 8 March 2026 jump from 02:00 to 03:00; Lord Howe by 30 minutes.
+  test("from in the gap, and until in it or at its end: the gap is named, with the times the clocks jump between", () => {
+    const gap =
+      'from = "2027-03-28 02:30" does not exist in Europe/Budapest: clocks jump from 02:00 to 03:00, so the window would be empty; choose a time outside the gap';
+    expect(problem({ reason: "r", from: "2027-03-28 02:30", until: "2027-03-28 02:45", timezone: BUDAPEST })).toBe(gap);
+    expect(problem({ reason: "r", from: "2027-03-28 02:30", until: "2027-03-28 03:00", timezone: BUDAPEST })).toBe(gap);
+    expect(
+      problem({ reason: "r", from: "2026-03-08 02:00", until: "2026-03-08 02:59", timezone: NEW_YORK }),
+    ).toStartWith('from = "2026-03-08 02:00" does not exist in America/New_York: clocks jump from 02:00 to 03:00,');
+    expect(
+      problem({ reason: "r", from: "2026-10-04 02:10", until: "2026-10-04 02:20", timezone: "Australia/Lord_Howe" }),
+    ).toContain("clocks jump from 02:00 to 02:30");
+  });
+  test("a window that only begins or ends in the gap is kept, from the gap's end; one that runs backwards is still that", () => {
+    expect(
+      window({ reason: "r", from: "2027-03-28 01:30", until: "2027-03-28 02:30", timezone: BUDAPEST }).rule,
+    ).toEqual({
+      kind: "once",
+      ...span("2027-03-28T01:30:00+01:00", "2027-03-28T03:00:00+02:00"),
+    });
+    expect(problem({ reason: "r", from: "2027-03-28 02:45", until: "2027-03-28 02:30", timezone: BUDAPEST })).toBe(
+      'until = "2027-03-28 02:30" is not after from = "2027-03-28 02:45": the window would be empty',
+    );
+  });
+});
+
 describe("a weekly window is in force from its start (inclusive) to its end (exclusive)", () => {
   const friday = "2026-01-09"; // a winter week in Budapest: CET, +01:00 throughout
   test("across a week boundary: Fri 16:00 to Mon 08:00", () => {

@@ -5,7 +5,7 @@
 // the engine's part (waiters, missed boundaries) in engine.test.ts.
 import { describe, expect, test } from "bun:test";
 import { writeFileSync } from "node:fs";
-import { configFile, type Daemon, daemonsPerTest, freshDb, until } from "./daemon.ts";
+import { configFile, type Daemon, daemonsPerTest, freshDb, runBinary, until } from "./daemon.ts";
 
 const startDaemon = daemonsPerTest();
 const sha = (token: string) => new Bun.CryptoHasher("sha256").update(token).digest("hex");
@@ -163,5 +163,18 @@ describe("the calendar costs milliseconds, not the event loop, with thousands of
       expect(freezes.every((f: { next: unknown[] }) => f.next.length === 3)).toBe(true);
     }
     expect(await d.body("/locks/ledger/status")).toMatch(/^(frozen|next freeze): /m);
+  });
+});
+
+describe("a one-off window inside a daylight-saving gap stops start-up, naming the gap", () => {
+  test("exit code 2, the file's line, and the times the clocks jump between", async () => {
+    const file = configFile(
+      '[[freeze]]\nreason = "migration"\nfrom = "2027-03-28 02:30"\nuntil = "2027-03-28 02:50"\ntimezone = "Europe/Budapest"\n',
+    );
+    const started = await runBinary([], { RS_CONFIG: file, RS_PORT: "1" });
+    expect(started.code).toBe(2);
+    expect(started.stderr).toContain(
+      `${file}:3: from = "2027-03-28 02:30" does not exist in Europe/Budapest: clocks jump from 02:00 to 03:00, so the window would be empty; choose a time outside the gap`,
+    );
   });
 });
