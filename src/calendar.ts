@@ -1,7 +1,8 @@
 // The freeze calendar: windows of time during which releasing on some locks is
 // frozen, as pure functions of a window and an instant (epoch milliseconds).
 // Nothing here reads the clock or does I/O: the daemon passes the time in, so
-// the same rules serve start-up checks, requests and tests.
+// the same rules serve start-up checks, requests and tests. (What is worked out
+// is kept, see Occurrences, but the answers depend only on the window and time.)
 //
 // A window has one of three schedules, each read in the window's time zone:
 //   every = "Fri 16:00 - Mon 08:00"                       weekly, day and time to day and time
@@ -120,16 +121,26 @@ function readLocks(value: unknown): string[] | null {
 
 // Intl knows the zones the runtime's time zone data knows; its spelling is kept, so
 // "europe/budapest" reads back as "Europe/Budapest".
+const zoneSpellings = new Map<string, string | null>(); // as written → as Intl spells it, or null: not a zone; asked once each
+
 function readTimezone(value: unknown): string {
   if (value === undefined) return "UTC";
   const name = text("timezone", value, "Europe/Budapest");
   // Intl also takes offsets ("+01:00"), which know no daylight saving: only names are time zones here.
   if (!/^[A-Za-z][A-Za-z0-9_+-]*(\/[A-Za-z0-9_+-]+)*$/.test(name))
     fail(`timezone = ${JSON.stringify(name)} is not a time zone: expected an IANA name such as "Europe/Budapest"`);
+  if (!zoneSpellings.has(name)) zoneSpellings.set(name, spelledByIntl(name));
+  const zone = zoneSpellings.get(name);
+  if (!zone)
+    fail(`timezone = ${JSON.stringify(name)} is not a time zone: expected an IANA name such as "Europe/Budapest"`);
+  return zone;
+}
+
+function spelledByIntl(name: string): string | null {
   try {
     return new Intl.DateTimeFormat("en-US", { timeZone: name }).resolvedOptions().timeZone;
   } catch {
-    fail(`timezone = ${JSON.stringify(name)} is not a time zone: expected an IANA name such as "Europe/Budapest"`);
+    return null;
   }
 }
 
@@ -195,12 +206,19 @@ function readOnce(raw: Record<string, unknown>, timezone: string): Rule {
   if (raw.until === undefined) fail(`from is given without until: a one-off window needs both, ${ONCE_EXAMPLE}`);
   const fromText = text("from", raw.from, "2026-12-18 12:00");
   const untilText = text("until", raw.until, "2027-01-04 08:00");
-  const from = instantOf(localTime("from", fromText), timezone);
-  const until = instantOf(localTime("until", untilText), timezone);
-  if (until <= from)
+  const [fromWall, untilWall] = [localTime("from", fromText), localTime("until", untilText)];
+  if (untilWall <= fromWall)
     fail(
       `until = ${JSON.stringify(untilText)} is not after from = ${JSON.stringify(fromText)}: the window would be empty`,
     );
+  const [from, until] = [instantOf(fromWall, timezone), instantOf(untilWall, timezone)];
+  // A time in a spring gap means the gap's end, so until can only fail to be after from when from is in the gap.
+  if (until <= from) {
+    const [before, after] = [wallOf(from - 1, timezone) + 1, wallOf(from, timezone)].map(clockTime);
+    fail(
+      `from = ${JSON.stringify(fromText)} does not exist in ${timezone}: clocks jump from ${before} to ${after}, so the window would be empty; choose a time outside the gap`,
+    );
+  }
   return { kind: "once", from, until };
 }
 
@@ -270,7 +288,7 @@ function readCron(key: string, value: string): Cron {
     // starting with *, a day matching either fires; "13 * FRI" is every 13th and every Friday.
     eitherDay: !fields[2]?.startsWith("*") && !fields[4]?.startsWith("*"),
   };
-  const gap = longestGap(cron);
+  const gap = longestGapOf(cron);
   if (gap === null) fail(`${said} never fires: no date has the day-of-month, month and day-of-week it asks for`);
   if (gap > CRON_REACH_DAYS)
     fail(
@@ -319,38 +337,42 @@ function cronValue(said: string, token: string, field: Field): number {
   return n;
 }
 
-// The Gregorian calendar, weekdays included, repeats every 400 years (146097 days,
-// a whole number of weeks): one walk through a cycle finds the longest wait between
-// firing days, or that there is none. The walk counts the date along rather than
-// asking Date for each day: about a millisecond, once per cron, at start-up.
+// The Gregorian calendar, weekdays included, repeats every 400 years (4800 months,
+// a whole number of weeks): one walk through a cycle, a month at a time, finds the
+// longest wait between firing days, or that there is none. A wait longer than a
+// month runs from a month's last firing day to a later month's first, so those are
+// the only ones measured; a wait within a month (at most 30 days) never matters.
 const CYCLE_DAYS = 146_097;
+const CYCLE_START = Date.UTC(2000, 0, 1) / DAY; // as days since 1970-01-01
+
+// Thousands of windows share a few day rules ("L * *", "* * MON-FRI"): each rule is walked once.
+const gaps = new Map<string, number | null>();
+
+function longestGapOf(c: Cron): number | null {
+  const rule = JSON.stringify([c.days, c.lastDay, c.months, c.weekdays, c.eitherDay]);
+  let gap = gaps.get(rule);
+  if (gap === undefined) {
+    gap = longestGap(c);
+    gaps.set(rule, gap);
+  }
+  return gap;
+}
 
 function longestGap(c: Cron): number | null {
   let first: number | null = null;
   let last = 0;
   let longest = 0;
-  let year = 2000;
-  let month = 1;
-  let dayOfMonth = 1;
-  let weekday = 6; // 2000-01-01 was a Saturday
-  for (let day = 0; day < CYCLE_DAYS; day++) {
-    const length = monthLength(year, month);
-    if (firesOnDate(c, month, dayOfMonth, dayOfMonth === length, weekday)) {
-      if (first === null) first = day;
-      else longest = Math.max(longest, day - last);
-      last = day;
+  let monthStart = CYCLE_START;
+  for (let year = 2000; year < 2400; year++)
+    for (let month = 1; month <= 12; month++) {
+      const days = firingDays(c, year, month, monthStart);
+      if (days !== 0) {
+        if (first === null) first = monthStart + lowestBit(days);
+        else longest = Math.max(longest, monthStart + lowestBit(days) - last);
+        last = monthStart + highestBit(days);
+      }
+      monthStart += monthLength(year, month);
     }
-    weekday = (weekday + 1) % 7;
-    dayOfMonth++;
-    if (dayOfMonth > length) {
-      dayOfMonth = 1;
-      month++;
-    }
-    if (month > 12) {
-      month = 1;
-      year++;
-    }
-  }
   return first === null ? null : Math.max(longest, first + CYCLE_DAYS - last);
 }
 
@@ -359,25 +381,126 @@ function monthLength(year: number, month: number): number {
   return month === 4 || month === 6 || month === 9 || month === 11 ? 30 : 31;
 }
 
+// A month's firing days are a set of bits, bit 0 for the 1st: the search jumps to the
+// next month that has one, then straight to the day, instead of trying date after date.
+
+/** A cron's days as bits: day-of-month, and day-of-week laid on a month for each weekday its 1st can fall on. */
+type DayBits = { days: number; weekdays: number[] };
+const dayBitsOf = new WeakMap<Cron, DayBits>(); // beside the cron, not in it: a window's identity is its JSON
+
+function dayBits(c: Cron): DayBits {
+  let bits = dayBitsOf.get(c);
+  if (bits === undefined) {
+    const set = (on: (dayOfMonth: number) => boolean) => {
+      let b = 0;
+      for (let d = 1; d <= 31; d++) if (on(d)) b |= 1 << (d - 1);
+      return b;
+    };
+    bits = {
+      days: set((d) => c.days[d] === true),
+      weekdays: [0, 1, 2, 3, 4, 5, 6].map((firstWeekday) =>
+        set((d) => c.weekdays[(firstWeekday + d - 1) % 7] === true),
+      ),
+    };
+    dayBitsOf.set(c, bits);
+  }
+  return bits;
+}
+
+/**
+ * The days of a month the cron fires on, as bits: its month, and its day-of-month and day-of-week (either or
+ * both, see eitherDay). `monthStart` is the month's 1st, as days since 1970-01-01.
+ */
+function firingDays(c: Cron, year: number, month: number, monthStart: number): number {
+  if (!c.months[month]) return 0;
+  const bits = dayBits(c);
+  const length = monthLength(year, month);
+  const onDay = bits.days | (c.lastDay ? 1 << (length - 1) : 0);
+  const onWeekday = bits.weekdays[weekdayOf(monthStart)] ?? 0;
+  return (c.eitherDay ? onDay | onWeekday : onDay & onWeekday) & (2 ** length - 1);
+}
+
+const lowestBit = (bits: number): number => 31 - Math.clz32(bits & -bits);
+const highestBit = (bits: number): number => 31 - Math.clz32(bits);
+
+/** The first local day from `day` to `last` (days since 1970-01-01) the cron fires on, or null. */
+function firingDayFrom(c: Cron, day: number, last: number): number | null {
+  const date = new Date(day * DAY);
+  let [year, month] = [date.getUTCFullYear(), date.getUTCMonth() + 1];
+  let monthStart = day - (date.getUTCDate() - 1);
+  let earlier = (1 << (date.getUTCDate() - 1)) - 1; // the days of the month before `day`
+  while (monthStart <= last) {
+    const days = firingDays(c, year, month, monthStart) & ~earlier;
+    if (days !== 0) return monthStart + lowestBit(days) <= last ? monthStart + lowestBit(days) : null;
+    monthStart += monthLength(year, month);
+    [year, month] = month === 12 ? [year + 1, 1] : [year, month + 1];
+    earlier = 0;
+  }
+  return null;
+}
+
+/** The last local day from `first` to `day` the cron fires on, or null. */
+function firingDayUntil(c: Cron, day: number, first: number): number | null {
+  const date = new Date(day * DAY);
+  let [year, month] = [date.getUTCFullYear(), date.getUTCMonth() + 1];
+  let monthStart = day - (date.getUTCDate() - 1);
+  let upTo = 2 ** date.getUTCDate() - 1; // the days of the month up to `day`
+  while (monthStart + monthLength(year, month) > first) {
+    const days = firingDays(c, year, month, monthStart) & upTo;
+    if (days !== 0) return monthStart + highestBit(days) >= first ? monthStart + highestBit(days) : null;
+    [year, month] = month === 1 ? [year - 1, 12] : [year, month - 1];
+    monthStart -= monthLength(year, month);
+    upTo = 2 ** 31 - 1;
+  }
+  return null;
+}
+
 // ---------------------------------------------------------------------------
 // Occurrences: when a window is in force.
+//
+// Working an occurrence out searches the schedule on the window's clock: quick, but
+// thousands of windows asked afresh for every start, page and tick of the keeper
+// add up. So each window keeps the occurrences it has worked out, and moves them on
+// as time goes: a boundary is searched for once, when time first reaches it.
+
+/** What a window knows of its occurrences: each one overlapping [from, until), in order, and the last over by `from`. */
+type Known = { from: number; until: number; list: Occurrence[]; previous?: Occurrence | null }; // previous: undefined until asked
+const knownOf = new WeakMap<Window, Known>(); // beside the window, not in it: a reload's new windows start afresh
+
+/** What `w` knows, up to and past `t`: the occurrence in force at `t`, or the next one, is in the list. */
+function known(w: Window, t: number): Known {
+  let k = knownOf.get(w);
+  if (k === undefined || t < k.from || t >= k.until) {
+    // Asked for the first time, or about a time it does not know (a clock set back or jumped ahead, a test):
+    // worked out afresh at t, which costs no more than learning the occurrences in between one by one.
+    const o = inForceAt(w, t);
+    k = { from: t, until: o ? o.until : t, list: o ? [o] : [] };
+    knownOf.set(w, k);
+    if (!o) learnNext(w, k);
+  }
+  // Time has moved on: of the occurrences over by t, only the latest is kept (lastOccurrence asks for it).
+  const overByT = (o: Occurrence | undefined) => o !== undefined && o.until <= t;
+  while (overByT(k.list[1])) {
+    const over = k.list.shift() as Occurrence;
+    k.previous = over;
+    k.from = over.until;
+  }
+  return k;
+}
+
+/** Learns the window's next occurrence after those it knows; none (ever again) leaves nothing more to learn. */
+function learnNext(w: Window, k: Known): void {
+  const next = firstFrom(w, k.until);
+  if (next) k.list.push(next);
+  k.until = next ? next.until : Number.POSITIVE_INFINITY;
+}
+
+const copy = (o: Occurrence): Occurrence => ({ from: o.from, until: o.until });
 
 /** The occurrence of `w` in force at `t` (from ≤ t < until), or null. */
 export function occurrenceAt(w: Window, t: number): Occurrence | null {
-  const r = w.rule;
-  if (r.kind === "once") return r.from <= t && t < r.until ? { from: r.from, until: r.until } : null;
-  if (r.kind === "weekly") {
-    // The latest start day on or before today, and the one a week before: a weekly
-    // window lasts less than a week of wall time, so no other occurrence can cover t.
-    const today = Math.floor(wallOf(t, w.timezone) / DAY);
-    const latest = today - mod(weekdayOf(today) - r.start.day, 7);
-    for (const day of [latest, latest - 7]) {
-      const o = weeklyFrom(r.start, r.end, day, w.timezone);
-      if (o.from <= t && t < o.until) return o;
-    }
-    return null;
-  }
-  return cronAt(r.start, r.end, w.timezone, t);
+  const o = known(w, t).list.find((o) => o.from <= t && t < o.until);
+  return o ? copy(o) : null;
 }
 
 /**
@@ -386,36 +509,64 @@ export function occurrenceAt(w: Window, t: number): Occurrence | null {
  * Occurrences a daylight-saving gap leaves empty are skipped.
  */
 export function nextOccurrences(w: Window, after: number, count: number): Occurrence[] {
+  if (count <= 0) return [];
+  const k = known(w, after);
+  const coming = () => k.list.filter((o) => o.until > after);
+  while (coming().length < count && k.until < Number.POSITIVE_INFINITY) learnNext(w, k);
+  return coming().slice(0, count).map(copy);
+}
+
+/** The latest occurrence of `w` over by `t` (until ≤ t), looked for as far back as CRON_REACH_DAYS; or null. */
+export function lastOccurrence(w: Window, t: number): Occurrence | null {
+  const k = known(w, t);
+  let over = k.list.filter((o) => o.until <= t).at(-1);
+  if (over === undefined) {
+    if (k.previous === undefined) k.previous = lastBefore(w, k.from);
+    over = k.previous ?? undefined;
+  }
+  return over && over.until >= t - CRON_REACH_DAYS * DAY ? copy(over) : null;
+}
+
+// Each schedule answers three questions from scratch; the cache above asks them.
+
+/** The occurrence in force at `t`, or null. */
+function inForceAt(w: Window, t: number): Occurrence | null {
   const r = w.rule;
-  const found: Occurrence[] = [];
-  if (count <= 0) return found;
-  if (r.kind === "once") {
-    if (r.until > after) found.push({ from: r.from, until: r.until });
-    return found;
-  }
-  if (r.kind === "weekly") {
-    const today = Math.floor(wallOf(after, w.timezone) / DAY);
-    // From the start day a week before the latest: that occurrence may still be in force.
-    let day = today - mod(weekdayOf(today) - r.start.day, 7) - 7;
-    for (let weeks = 0; found.length < count && weeks < count + 3; weeks++, day += 7) {
-      const o = weeklyFrom(r.start, r.end, day, w.timezone);
-      if (o.until > after && o.from < o.until) found.push(o);
-    }
-    return found;
-  }
-  const now = cronAt(r.start, r.end, w.timezone, after);
-  if (now) found.push(now);
-  let from = now ? now.until : after;
-  while (found.length < count) {
-    const next = cronAfter(r.start, r.end, w.timezone, from);
-    if (next === null) break;
-    found.push(next);
-    from = next.until;
-  }
-  return found;
+  if (r.kind === "once") return r.from <= t && t < r.until ? { from: r.from, until: r.until } : null;
+  // A weekly window lasts less than a week of wall time: the latest start or the one before covers t, if any does.
+  if (r.kind === "weekly")
+    return weeksAround(w.timezone, r, t, [0, -1]).find((o) => o.from <= t && t < o.until) ?? null;
+  return cronAt(r.start, r.end, w.timezone, t);
+}
+
+/** The first occurrence that starts at `t` or later, where `t` is not inside one; null if none (within reach). */
+function firstFrom(w: Window, t: number): Occurrence | null {
+  const r = w.rule;
+  if (r.kind === "once") return r.from >= t ? { from: r.from, until: r.until } : null;
+  // At or after, not only after: a spring gap can move a start onto the previous end.
+  if (r.kind === "weekly") return weeksAround(w.timezone, r, t, [0, 1, 2]).find((o) => o.from >= t) ?? null;
+  return cronAfter(r.start, r.end, w.timezone, t); // a cron start at t would be in force at t, or cancelled by the end there
+}
+
+/** The latest occurrence over by `t` (until ≤ t), or null if none (within reach). */
+function lastBefore(w: Window, t: number): Occurrence | null {
+  const r = w.rule;
+  if (r.kind === "once") return r.until <= t ? { from: r.from, until: r.until } : null;
+  if (r.kind === "weekly") return weeksAround(w.timezone, r, t, [0, -1, -2, -3]).find((o) => o.until <= t) ?? null;
+  return cronBefore(r.start, r.end, w.timezone, t);
 }
 
 // ---- Weekly
+
+/**
+ * The weekly occurrences starting the given numbers of weeks after the latest start
+ * day on or before t's date, in that order, without those a daylight-saving gap leaves empty.
+ */
+function weeksAround(timezone: string, r: { start: WeekTime; end: WeekTime }, t: number, weeks: number[]) {
+  const today = Math.floor(wallOf(t, timezone) / DAY);
+  const latest = today - mod(weekdayOf(today) - r.start.day, 7);
+  return weeks.map((n) => weeklyFrom(r.start, r.end, latest + 7 * n, timezone)).filter((o) => o.from < o.until);
+}
 
 /** The occurrence of a weekly window that starts on local day `day` (days since 1970-01-01). */
 function weeklyFrom(start: WeekTime, end: WeekTime, day: number, timezone: string): Occurrence {
@@ -458,34 +609,37 @@ function cronAfter(start: Cron, end: Cron, timezone: string, t: number): Occurre
   return until === null ? null : { from, until };
 }
 
-/** Whether the cron fires on local day `day` (days since 1970-01-01). */
-function firesOn(c: Cron, day: number): boolean {
-  const date = new Date(day * DAY);
-  const year = date.getUTCFullYear();
-  const month = date.getUTCMonth() + 1;
-  const dayOfMonth = date.getUTCDate();
-  return firesOnDate(c, month, dayOfMonth, dayOfMonth === monthLength(year, month), date.getUTCDay());
+/** The latest cron occurrence over by `t`; null if none within reach. */
+function cronBefore(start: Cron, end: Cron, timezone: string, t: number): Occurrence | null {
+  // The occurrence of the latest start that is not cancelled; if it is still running at t, the one before.
+  let started = lastFiring(start, timezone, t);
+  for (let tries = 0; started !== null && tries <= CANCELLED_STARTS; tries++) {
+    const lastEnd = lastFiring(end, timezone, started);
+    if (lastEnd === started) {
+      started = lastFiring(start, timezone, started - 1);
+      continue;
+    }
+    const from = lastEnd === null ? started : (nextFiring(start, timezone, lastEnd) ?? started);
+    const until = nextFiring(end, timezone, started);
+    if (until === null) return null;
+    if (until <= t) return { from, until };
+    started = lastFiring(start, timezone, from - 1);
+  }
+  return null;
 }
 
-/** Whether the cron fires on a date: its month, and its day-of-month and day-of-week (either or both, see eitherDay). */
-function firesOnDate(c: Cron, month: number, dayOfMonth: number, lastOfMonth: boolean, weekday: number): boolean {
-  if (!c.months[month]) return false;
-  const onDay = c.days[dayOfMonth] === true || (c.lastDay && lastOfMonth);
-  const onWeekday = c.weekdays[weekday] === true;
-  return c.eitherDay ? onDay || onWeekday : onDay && onWeekday;
-}
-
-// Day by day, then within the day by halving: the firing times of a day, as
-// instants, rise with the wall time, so the first one after `t` is found in
-// about ten time zone look-ups rather than one per minute.
+// Month by month, then day by day within the bits of a month, then within the day
+// by halving: the firing times of a day, as instants, rise with the wall time, so
+// the first one after `t` is found in about ten time zone look-ups, not one a minute.
 
 /** The first time the cron fires strictly after `t`, or null if not within reach. */
 function nextFiring(c: Cron, timezone: string, t: number): number | null {
   const today = Math.floor(wallOf(t, timezone) / DAY);
-  for (let day = today; day <= today + CRON_REACH_DAYS; day++) {
-    if (!firesOn(c, day)) continue;
-    const i = firstWhere(c.times.length, (i) => firing(c, day, i, timezone) > t);
-    if (i < c.times.length) return firing(c, day, i, timezone);
+  for (let day = firingDayFrom(c, today, today + CRON_REACH_DAYS); day !== null; ) {
+    const on = day;
+    const i = firstWhere(c.times.length, (i) => firing(c, on, i, timezone) > t);
+    if (i < c.times.length) return firing(c, on, i, timezone);
+    day = firingDayFrom(c, on + 1, today + CRON_REACH_DAYS);
   }
   return null;
 }
@@ -493,10 +647,11 @@ function nextFiring(c: Cron, timezone: string, t: number): number | null {
 /** The last time the cron fired at or before `t`, or null if not within reach. */
 function lastFiring(c: Cron, timezone: string, t: number): number | null {
   const today = Math.floor(wallOf(t, timezone) / DAY);
-  for (let day = today; day >= today - CRON_REACH_DAYS; day--) {
-    if (!firesOn(c, day)) continue;
-    const i = firstWhere(c.times.length, (i) => firing(c, day, i, timezone) > t) - 1;
-    if (i >= 0) return firing(c, day, i, timezone);
+  for (let day = firingDayUntil(c, today, today - CRON_REACH_DAYS); day !== null; ) {
+    const on = day;
+    const i = firstWhere(c.times.length, (i) => firing(c, on, i, timezone) > t) - 1;
+    if (i >= 0) return firing(c, on, i, timezone);
+    day = firingDayUntil(c, on - 1, today - CRON_REACH_DAYS);
   }
   return null;
 }
@@ -506,8 +661,11 @@ const firing = (c: Cron, day: number, i: number, timezone: string): number =>
 
 /** The first index in 0..n where `ok` holds, given it holds for every index after one where it does; n if none. */
 function firstWhere(n: number, ok: (i: number) => boolean): number {
-  let low = 0;
-  let high = n;
+  // The ends first: on every day but t's own, a cron's search wants its first or last time of the day.
+  if (n === 0 || ok(0)) return 0;
+  if (!ok(n - 1)) return n;
+  let low = 1;
+  let high = n - 1;
   while (low < high) {
     const mid = (low + high) >> 1;
     if (ok(mid)) high = mid;
@@ -542,8 +700,31 @@ function clockOf(timezone: string): Intl.DateTimeFormat {
   return clock;
 }
 
+// Asking Intl costs microseconds, and a search asks thousands of times. A zone's
+// offset changes a few times a year at most, so each UTC day is asked about at its
+// two ends once: the same offset at both means the day has none of the rare changes
+// (the same assumption instantOf makes of the days around a wall time), and every
+// instant of it has that offset. Only a day with a change asks Intl for each instant.
+const steadyDays = new Map<string, number | null>(); // "zone day" → the day's offset, or null if it changes that day
+const STEADY_DAYS_KEPT = 100_000;
+
 /** How far the zone's clock is ahead of UTC at instant `t`, in milliseconds. */
 function offsetAt(t: number, timezone: string): number {
+  if (timezone === "UTC") return 0;
+  const day = Math.floor(t / DAY);
+  const key = `${timezone} ${day}`;
+  let steady = steadyDays.get(key);
+  if (steady === undefined) {
+    const [start, end] = [askOffset(day * DAY, timezone), askOffset((day + 1) * DAY, timezone)];
+    steady = start === end ? start : null;
+    if (steadyDays.size >= STEADY_DAYS_KEPT) steadyDays.clear();
+    steadyDays.set(key, steady);
+  }
+  return steady ?? askOffset(t, timezone);
+}
+
+/** The zone's offset at `t`, as Intl tells it. */
+function askOffset(t: number, timezone: string): number {
   const f: Record<string, number> = {};
   for (const part of clockOf(timezone).formatToParts(t)) f[part.type] = Number(part.value);
   const wall = Date.UTC(f.year ?? 0, (f.month ?? 1) - 1, f.day ?? 1, f.hour ?? 0, f.minute ?? 0, f.second ?? 0);
@@ -562,6 +743,7 @@ export function instantOf(wall: number, timezone: string): number {
   // The offsets a day either side bracket any change near `wall`.
   const before = offsetAt(wall - DAY, timezone);
   const after = offsetAt(wall + DAY, timezone);
+  if (before === after) return wall - after; // no change near: what the checks below would find, without asking
   const guesses = [wall - Math.max(before, after), wall - Math.min(before, after)]; // earlier first
   for (const t of guesses) if (wallOf(t, timezone) === wall) return t;
   if (after <= before) return wall - after; // no gap, no match: a change this method cannot see; the plain guess
@@ -639,6 +821,12 @@ function zoneName(t: number, timezone: string): string {
 
 const two = (n: number) => String(n).padStart(2, "0");
 
+/** "08:00": the time of day of a wall time. */
+const clockTime = (wall: number): string => {
+  const at = new Date(wall);
+  return `${two(at.getUTCHours())}:${two(at.getUTCMinutes())}`;
+};
+
 /**
  * `t` on the zone's clock: "Mon 08:00 CET" when it is less than six days after
  * `now`, so the day name alone is unmistakable; else, or without `now`, with the
@@ -647,7 +835,7 @@ const two = (n: number) => String(n).padStart(2, "0");
 export function describeLocalTime(t: number, timezone: string, now?: number): string {
   const wall = new Date(wallOf(t, timezone));
   const day = DAYS[wall.getUTCDay()];
-  const clock = `${two(wall.getUTCHours())}:${two(wall.getUTCMinutes())}`;
+  const clock = clockTime(wall.getTime());
   const soon = now !== undefined && now <= t && t < now + 6 * DAY;
   const date = `${wall.getUTCFullYear()}-${two(wall.getUTCMonth() + 1)}-${two(wall.getUTCDate())}`;
   return `${day} ${soon ? "" : `${date} `}${clock} ${zoneName(t, timezone)}`;

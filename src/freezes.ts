@@ -9,6 +9,7 @@ import {
   describeLocalTime,
   type Freeze,
   freezeOn,
+  lastOccurrence,
   nextFreeze,
   nextOccurrences,
   type Occurrence,
@@ -19,9 +20,6 @@ import { type Clock, health, recordNext, recordOnce, state, useCalendar, wakeWai
 import { blockedOver, type Event, type Frozen, iso, ROOT, statusAfter } from "./release.ts";
 import type { Mark, Marked } from "./store/store.ts";
 
-const MINUTE = 60_000;
-const HOUR = 3_600_000;
-const DAY = 86_400_000;
 const TICK_MS = 60_000; // at the latest: catches reloads, clock jumps and a database that was away
 
 /** The calendar in force: the configuration's windows (replaced on reload). */
@@ -250,21 +248,8 @@ export function boundaryRecorded(w: Window, now: number): boolean {
 function latestBoundary(w: Window, now: number): { kind: "frozen" | "thawed"; at: number; o: Occurrence } | null {
   const inForce = occurrenceAt(w, now);
   if (inForce) return { kind: "frozen", at: inForce.from, o: inForce };
-  // The last occurrence that ended: looked for in ever longer stretches before now, and within one,
-  // page by page, so a window that comes back every few minutes is not cut short at the first page.
-  for (const back of [2 * MINUTE, HOUR, DAY, 8 * DAY, 40 * DAY, 400 * DAY]) {
-    let after = now - back;
-    let last: Occurrence | undefined;
-    for (let page = 0; page < 64; page++) {
-      const found = nextOccurrences(w, after, 64);
-      const ended = found.filter((o) => o.until <= now);
-      last = ended[ended.length - 1] ?? last;
-      if (ended.length < 64 || !last) break;
-      after = last.until;
-    }
-    if (last) return { kind: "thawed", at: last.until, o: last };
-  }
-  return null;
+  const last = lastOccurrence(w, now);
+  return last && { kind: "thawed", at: last.until, o: last };
 }
 
 // When the next boundary of any window comes: the keeper looks again then.

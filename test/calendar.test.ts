@@ -3,16 +3,19 @@
 // expectation reads as the clock on the wall would show it.
 import { describe, expect, test } from "bun:test";
 import {
+  type Cron,
   covers,
   describeFreeze,
   describeLocalTime,
   freezeOn,
+  lastOccurrence,
   nextFreeze,
   nextOccurrences,
   type Occurrence,
   occurrenceAt,
   parseWindow,
   type Window,
+  wallOf,
 } from "../src/calendar.ts";
 
 const at = (iso: string): number => {
@@ -189,6 +192,33 @@ describe("parseWindow refuses a bad window with the problem, naming the key", ()
     expect(cron("0 0 31 4,6 *")).toContain("never fires");
     expect(cron("0 0 29 2 *")).toStartWith('start = "0 0 29 2 *" fires less than once every 400 days');
     expect(parseWindow({ reason: "r", start: "0 0 24 12 *", end: "0 0 2 1 *" })).not.toBeString(); // yearly is fine
+  });
+});
+
+describe("a one-off window a daylight-saving gap would leave empty is refused, naming the gap", () => {
+  // Europe/Budapest on 28 March 2027 and New York on 8 March 2026 jump from 02:00 to 03:00; Lord Howe by 30 minutes.
+  test("from in the gap, and until in it or at its end: the gap is named, with the times the clocks jump between", () => {
+    const gap =
+      'from = "2027-03-28 02:30" does not exist in Europe/Budapest: clocks jump from 02:00 to 03:00, so the window would be empty; choose a time outside the gap';
+    expect(problem({ reason: "r", from: "2027-03-28 02:30", until: "2027-03-28 02:45", timezone: BUDAPEST })).toBe(gap);
+    expect(problem({ reason: "r", from: "2027-03-28 02:30", until: "2027-03-28 03:00", timezone: BUDAPEST })).toBe(gap);
+    expect(
+      problem({ reason: "r", from: "2026-03-08 02:00", until: "2026-03-08 02:59", timezone: NEW_YORK }),
+    ).toStartWith('from = "2026-03-08 02:00" does not exist in America/New_York: clocks jump from 02:00 to 03:00,');
+    expect(
+      problem({ reason: "r", from: "2026-10-04 02:10", until: "2026-10-04 02:20", timezone: "Australia/Lord_Howe" }),
+    ).toContain("clocks jump from 02:00 to 02:30");
+  });
+  test("a window that only begins or ends in the gap is kept, from the gap's end; one that runs backwards is still that", () => {
+    expect(
+      window({ reason: "r", from: "2027-03-28 01:30", until: "2027-03-28 02:30", timezone: BUDAPEST }).rule,
+    ).toEqual({
+      kind: "once",
+      ...span("2027-03-28T01:30:00+01:00", "2027-03-28T03:00:00+02:00"),
+    });
+    expect(problem({ reason: "r", from: "2027-03-28 02:45", until: "2027-03-28 02:30", timezone: BUDAPEST })).toBe(
+      'until = "2027-03-28 02:30" is not after from = "2027-03-28 02:45": the window would be empty',
+    );
   });
 });
 
@@ -515,5 +545,133 @@ describe("occurrenceAt and nextOccurrences tell the same story", () => {
         for (let t = at(from); t < at(to); t += 17 * 60_000)
           expect([t, occurrenceAt(w, t)]).toEqual([t, listed.find((o) => o.from <= t && t < o.until) ?? null]);
       }
+  });
+});
+
+// ---------------------------------------------------------------------------
+// The cron search against the rule itself. The reference walks the zone's clock
+// minute by minute: a cron fires at the first instant the clock shows a time it
+// names, or the instant a spring gap that skipped such a time ends; a start runs
+// until the next end, and a start at an end's very instant is cancelled by it.
+// Slow and plain on purpose: the calendar must jump, and agree with it.
+
+const MINUTE = 60_000;
+const HOUR = 3_600_000;
+const DAY = 86_400_000;
+// The state is known from the first end in the span on; the year 2026 is what gets checked.
+const SPAN = { from: at("2025-07-01T00:00:00Z"), until: at("2027-01-15T00:00:00Z") };
+
+/** What the zone's clock shows at each minute of the span, in minutes since 1970 as if the zone were UTC. */
+function clockReadings(timezone: string): Float64Array {
+  const readings = new Float64Array((SPAN.until - SPAN.from) / MINUTE);
+  const reading = (t: number) => wallOf(t, timezone) / MINUTE;
+  for (let hour = SPAN.from; hour < SPAN.until; hour += HOUR) {
+    const first = (hour - SPAN.from) / MINUTE;
+    const offset = reading(hour) - hour / MINUTE;
+    const steady = reading(hour + HOUR - MINUTE) - (hour + HOUR - MINUTE) / MINUTE === offset;
+    for (let i = 0; i < 60; i++)
+      readings[first + i] = steady ? (hour + i * MINUTE) / MINUTE + offset : reading(hour + i * MINUTE);
+  }
+  return readings;
+}
+
+/** Whether the cron names a wall time, in minutes since 1970 as if the zone were UTC; `times` has a 1 for each minute of the day it names. */
+function namesWallMinute(c: Cron, times: Uint8Array, wallMinute: number): boolean {
+  if (times[wallMinute % 1440] !== 1) return false;
+  const date = new Date(Math.floor(wallMinute / 1440) * DAY);
+  const dayOfMonth = date.getUTCDate();
+  const last = new Date(date.getTime() + DAY).getUTCDate() === 1;
+  const onDay = c.days[dayOfMonth] === true || (c.lastDay && last);
+  const onWeekday = c.weekdays[date.getUTCDay()] === true;
+  return c.months[date.getUTCMonth() + 1] === true && (c.eitherDay ? onDay || onWeekday : onDay && onWeekday);
+}
+
+/** For each minute of the span, 1 if the cron fires then. */
+function firingsByMinute(c: Cron, readings: Float64Array): Uint8Array {
+  const times = new Uint8Array(1440);
+  for (const m of c.times) times[m] = 1;
+  const fired = new Uint8Array(readings.length);
+  let shown = (readings[0] ?? 0) - 1; // the latest time the clock has shown: in an autumn fold it shows earlier ones again
+  for (let i = 0; i < readings.length; i++) {
+    const wall = readings[i] ?? 0;
+    // This minute is the first to show its time, and also the times a spring gap skipped just before it.
+    for (let m = shown + 1; m <= wall && fired[i] === 0; m++) if (namesWallMinute(c, times, m)) fired[i] = 1;
+    shown = Math.max(shown, wall);
+  }
+  return fired;
+}
+
+/** The window's occurrences in the span, from its first end on (before it, whether a start was pending is unknown). */
+function occurrencesByMinute(w: Window, readings: Float64Array): Occurrence[] {
+  if (w.rule.kind !== "cron") throw new Error("expected a cron window");
+  const [starts, ends] = [firingsByMinute(w.rule.start, readings), firingsByMinute(w.rule.end, readings)];
+  const found: Occurrence[] = [];
+  let known = false;
+  let since: number | null = null;
+  for (let i = 0; i < readings.length; i++) {
+    const t = SPAN.from + i * MINUTE;
+    if (ends[i] === 1) {
+      if (known && since !== null) found.push({ from: since, until: t });
+      since = null; // a start at this very instant is cancelled
+      known = true;
+    } else if (starts[i] === 1 && since === null) since = t;
+  }
+  return found;
+}
+
+/** The same pseudo-random numbers on every run, so a failure is found again. */
+function seeded(seed: number): () => number {
+  let state = seed;
+  return () => {
+    state = (state * 1103515245 + 12345) % 2 ** 31;
+    return state / 2 ** 31;
+  };
+}
+
+function randomCron(random: () => number): string {
+  const int = (n: number) => Math.floor(random() * n);
+  const pick = <T>(...choices: T[]): T => choices[int(choices.length)] as T;
+  const minute = pick(`${int(60)}`, `${int(60)},${int(60)}`, `${int(50)}-59/${pick(7, 13)}`, `*/${pick(15, 20, 30)}`);
+  const hour = pick("*", `${int(24)}`, `${pick(1, 2, 3)}`, `${int(12)},${12 + int(12)}`, `1-3`, `*/${pick(2, 5, 7)}`);
+  const day = pick("*", "*", "*", `${1 + int(28)}`, "L", `${1 + int(14)}-${15 + int(16)}`, "*/3", "L,15");
+  const month = pick("*", "*", "*", "*", `${1 + int(12)},${1 + int(12)}`, `${1 + int(6)}-${7 + int(6)}`, "*/2");
+  const weekday = pick("*", "*", "*", `${int(7)}`, "MON-FRI", "0,6", "SUN", "7");
+  return `${minute} ${hour} ${day} ${month} ${weekday}`;
+}
+
+describe("the cron search agrees with a minute-by-minute walk of the clock", () => {
+  const zones = ["UTC", BUDAPEST, NEW_YORK, "Australia/Lord_Howe", "Asia/Kolkata"]; // Lord Howe moves by 30 minutes
+  test("next occurrences, the one in force and the last one over, for 60 random cron windows over a year", () => {
+    const random = seeded(2026);
+    const readings = new Map(zones.map((z) => [z, clockReadings(z)]));
+    let windows = 0;
+    let compared = 0;
+    while (windows < 60) {
+      const timezone = zones[windows % zones.length] ?? "UTC";
+      const w = parseWindow({ reason: "r", start: randomCron(random), end: randomCron(random), timezone });
+      if (typeof w === "string") continue; // never fires, too rarely, or never begins: refused, not searched
+      windows++;
+      const said = w.rule.kind === "cron" ? `${w.rule.start.text} to ${w.rule.end.text} in ${timezone}` : "";
+      const expected = occurrencesByMinute(w, readings.get(timezone) as Float64Array);
+      const first = expected[0];
+      const known = first ? first.from - 1 : SPAN.until; // from here on the reference is sure
+      const within = SPAN.until - known;
+      // Walking forward from the first, as the daemon does, and from random moments (the calendar jumps about).
+      const listed = nextOccurrences(w, known, Math.min(expected.length, 60));
+      expect([said, listed]).toEqual([said, expected.slice(0, 60)]);
+      const moments = Array.from({ length: 40 }, () => known + Math.floor(random() * within));
+      for (const t of [...moments.slice(0, 25).sort((a, b) => a - b), ...moments.slice(25)]) {
+        const later = expected.filter((o) => o.until > t);
+        // Only what the reference saw end before the span does: an occurrence running past it is not known.
+        const next = nextOccurrences(w, t, Math.min(3, later.length));
+        expect([said, t, next]).toEqual([said, t, later.slice(0, 3)]);
+        const inForce = later[0] && later[0].from <= t ? later[0] : null;
+        if (later.length > 0) expect([said, t, occurrenceAt(w, t)]).toEqual([said, t, inForce]);
+        const over = expected.filter((o) => o.until <= t).at(-1);
+        if (over) expect([said, t, lastOccurrence(w, t)]).toEqual([said, t, over]);
+        compared++;
+      }
+    }
+    expect(compared).toBe(60 * 40);
   });
 });

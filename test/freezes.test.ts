@@ -5,7 +5,7 @@
 // the engine's part (waiters, missed boundaries) in engine.test.ts.
 import { afterEach, describe, expect, test } from "bun:test";
 import { writeFileSync } from "node:fs";
-import { configFile, type Daemon, daemonsPerTest, freshDb, until } from "./daemon.ts";
+import { configFile, type Daemon, daemonsPerTest, freshDb, runBinary, until } from "./daemon.ts";
 
 const startDaemon = daemonsPerTest();
 const sha = (token: string) => new Bun.CryptoHasher("sha256").update(token).digest("hex");
@@ -230,5 +230,42 @@ describe("across SIGHUP reloads, the history and the webhooks tell what /status 
     const events = await freezeEvents(d);
     expect(events.map((e) => e.kind)).toEqual(["frozen", "thawed"]);
     expectInTimeOrder(events);
+  });
+});
+
+// 2,000 cron windows like the README's "monthly close", each at its own minute and in one of three zones,
+// on a lock nobody starts: the calendar is computed for each of them, but no start is frozen by them.
+const manyCronWindows = (count: number) =>
+  Array.from({ length: count }, (_, i) => {
+    const zone = ["UTC", "Europe/Budapest", "America/New_York"][i % 3];
+    const [minute, hour] = [i % 60, 12 + (Math.floor(i / 60) % 12)];
+    return `[[freeze]]\nreason = "close ${i}"\nlocks = ["ledger"]\nstart = "${minute} ${hour} L * *"\nend = "${minute} ${hour - 3} 2 * *"\ntimezone = "${zone}"\n`;
+  }).join("\n");
+
+describe("the calendar costs milliseconds, not the event loop, with thousands of cron windows", () => {
+  test("with 2,000 cron windows the daemon answers at start-up, and /freezes while a /start is answered", async () => {
+    // Searched minute by minute this took minutes to start and tens of seconds per /freezes: far past the timeout.
+    const d = await startDaemon({ RS_DB: await freshDb(), RS_CONFIG: configFile(manyCronWindows(2000)) });
+    const reads = [1, 2, 3, 4].map(() => d.get("/freezes?format=json").then((r) => r.json()));
+    const start = d.body("/start?name=ana");
+    expect(await start).toBe("1\n");
+    for (const { freezes } of await Promise.all(reads)) {
+      expect(freezes).toHaveLength(2000);
+      expect(freezes.every((f: { next: unknown[] }) => f.next.length === 3)).toBe(true);
+    }
+    expect(await d.body("/locks/ledger/status")).toMatch(/^(frozen|next freeze): /m);
+  });
+});
+
+describe("a one-off window inside a daylight-saving gap stops start-up, naming the gap", () => {
+  test("exit code 2, the file's line, and the times the clocks jump between", async () => {
+    const file = configFile(
+      '[[freeze]]\nreason = "migration"\nfrom = "2027-03-28 02:30"\nuntil = "2027-03-28 02:50"\ntimezone = "Europe/Budapest"\n',
+    );
+    const started = await runBinary([], { RS_CONFIG: file, RS_PORT: "1" });
+    expect(started.code).toBe(2);
+    expect(started.stderr).toContain(
+      `${file}:3: from = "2027-03-28 02:30" does not exist in Europe/Budapest: clocks jump from 02:00 to 03:00, so the window would be empty; choose a time outside the gap`,
+    );
   });
 });
