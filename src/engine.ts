@@ -30,15 +30,17 @@ import {
   type Decide,
   type Decision,
   type Entry,
+  forgets,
   type Mark,
   type Queued,
+  type Room,
   type Store,
   type Stored,
   scopeOf,
   type TransactOptions,
 } from "./store/store.ts";
 
-export type { Committed, Queued };
+export type { Committed, Queued, Room };
 
 /** A transition: the state as stored, the store's time, and how many wait ahead of the caller. */
 export type Rule = (s: State, now: number, waitingAhead: number) => Outcome;
@@ -71,6 +73,7 @@ export const engine = {
   expiries: new Map<string, () => void>(), // lease timers, by lock
   waiters: new Set<Waiter>(),
   committing: 0, // commits asked for and not yet answered: until they are, memory may be out of date
+  heard: 0, // commits heard so far: a read that overlapped one may be older than it
   listeners: [] as ((h: Heard) => void)[],
   closing: false,
   // The freeze in force on a lock at a time: the calendar's answer (src/freezes.ts), none until it is set.
@@ -149,25 +152,25 @@ const waitingAhead = (lock: string): number => {
  * that commit instead, to be decided after what it changes); every change is decided by the
  * store, inside its write transaction, from what is stored.
  */
-export function change(lock: string, rule: Rule): Outcome | Promise<Outcome> {
+export function change(lock: string, rule: Rule, room?: Room): Outcome | Promise<Outcome> {
   if (engine.closing) return SHUTTING_DOWN;
   const s = store();
   if (memoryIsCurrent(s)) {
     const { outcome, change } = withExpiry(rule)(state(lock), engine.clock.now(), waitingAhead(lock));
     if (!change) return outcome;
-  } else if (s.peek) return refuseFromCommitted(s, lock, rule);
-  return commit(lock, rule).then((d) => d.outcome);
+  } else if (s.peek) return refuseFromCommitted(s, lock, rule, room);
+  return commit(lock, rule, { room }).then((d) => d.outcome);
 }
 
 // Shared stores: a refusal that changes nothing is decided on one plain read of what is committed (a
 // correct answer as of that read); anything else is decided again inside the write transaction.
-async function refuseFromCommitted(s: Store, lock: string, rule: Rule): Promise<Outcome> {
+async function refuseFromCommitted(s: Store, lock: string, rule: Rule, room?: Room): Promise<Outcome> {
   try {
     const { stored, ahead, now } = await (s.peek as NonNullable<Store["peek"]>)(lock);
     const { outcome, change } = withExpiry(rule)(scopeOf(lock, stored), now, ahead);
     if (!outcome.ok && !change && !engine.closing) return outcome;
   } catch {} // the transaction says what is wrong
-  return (await commit(lock, rule)).outcome;
+  return (await commit(lock, rule, { room })).outcome;
 }
 
 /**
@@ -181,20 +184,21 @@ export function start(
   waitSeconds: number,
   gone: AbortSignal,
   stillAllowed: () => Refusal | null = () => null, // asked at each attempt: a reload may have revoked the caller's token
+  room?: Room, // how many lock names may be stored, for the caller's token
 ): Outcome | Promise<Outcome> {
   const rule: Rule = (s, now, ahead) => stillAllowed() ?? startRule(s, req, now, ahead, () => engine.frozen(lock, now));
   if (waitSeconds === 0 || engine.closing) {
-    const outcome = change(lock, rule); // the common case: a refusal from memory
+    const outcome = change(lock, rule, room); // the common case: a refusal from memory
     return outcome instanceof Promise ? outcome.then((o) => keepOnlyIfHeard(lock, o, gone)) : outcome;
   }
   if (memoryIsCurrent(store())) {
     const { outcome } = withExpiry(rule)(state(lock), engine.clock.now(), waitingAhead(lock));
     if (!outcome.ok && !WAITABLE.has(outcome.reason)) return outcome; // nothing to wait for
   }
-  return commit(lock, rule, { join: req }).then((d) => {
+  return commit(lock, rule, { join: req, room }).then((d) => {
     if (d.outcome.ok) return keepOnlyIfHeard(lock, d.outcome, gone);
     if (!d.joined) return d.outcome;
-    return waitInLine(lock, rule, d.joined.id, d.outcome, waitSeconds, gone);
+    return waitInLine(lock, rule, d.joined.id, d.outcome, waitSeconds, gone, room);
   });
 }
 
@@ -205,6 +209,7 @@ async function waitInLine(
   first: Outcome,
   waitSeconds: number,
   gone: AbortSignal,
+  room: Room | undefined,
 ): Promise<Outcome> {
   const deadline = engine.clock.now() + waitSeconds * 1000;
   const waiter: Waiter = { lock, woke: false, wake: () => {} };
@@ -229,7 +234,7 @@ async function waitInLine(
       // came free is seen now, and leaves the line rather than being handed it.
       await nextTurn();
       if (gone.aborted || engine.closing) continue;
-      const attempt = await commit(lock, rule, { self });
+      const attempt = await commit(lock, rule, { self, room });
       if (attempt.outcome.ok) return keepOnlyIfHeard(lock, attempt.outcome, gone);
       // No longer allowed (its token was revoked while it waited): it leaves the line with that answer.
       if (attempt.outcome.reason === "unauthorized" || attempt.outcome.reason === "forbidden")
@@ -334,6 +339,7 @@ const withExpiry =
   };
 
 function heard(c: Committed, remote: boolean) {
+  engine.heard++;
   remember(c.entries, c.after?.lastId ?? engine.known.lastId);
   for (const listener of engine.listeners) listener({ ...c, remote });
   wakeWaiters(c.lock);
@@ -345,7 +351,8 @@ function remember(entries: Map<string, Entry>, lastId: number) {
   for (const [lock, entry] of entries) {
     const cached = engine.known.entries.get(lock);
     if (cached && entry.version < cached.version) continue;
-    engine.known.entries.set(lock, entry);
+    if (forgets(lock, entry)) engine.known.entries.delete(lock);
+    else engine.known.entries.set(lock, entry);
     armExpiry(lock);
   }
   engine.scopes.clear();
@@ -370,8 +377,18 @@ async function heardFromElsewhere(lock: string, events: Event[]) {
 
 /** Reads the state around a lock from the store; with replicas, another may have changed it a moment ago. */
 export async function refresh(lock: string = DEFAULT_LOCK): Promise<void> {
+  const heardBefore = engine.heard;
   const stored = await store().read(lock);
   remember(stored.entries, stored.lastId);
+  // A lock another replica forgot is missing from the read: it is forgotten here too. Not when a commit was
+  // heard during the read, which may have stored a name the read began too early to see (the next one will).
+  if (engine.heard !== heardBefore) return;
+  for (const name of [...engine.known.entries.keys()])
+    if (overlaps(name, lock) && !stored.entries.has(name)) {
+      engine.known.entries.delete(name);
+      armExpiry(name);
+    }
+  engine.scopes.clear();
 }
 
 const expiryDue = (e: Entry | undefined): boolean =>

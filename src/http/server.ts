@@ -6,7 +6,7 @@
 import type { Server } from "bun";
 import { type Action, forbidden, identify, reaches, type Token } from "../access.ts";
 import { type Config, MAX_TTL_SECONDS } from "../config.ts";
-import { backup, change, engine, health, history, isKnown, onCommit, refresh, start } from "../engine.ts";
+import { backup, change, engine, health, history, onCommit, type Room, refresh, start } from "../engine.ts";
 import { boundaryRecorded, describeSchedule, freezeWindows, upcoming } from "../freezes.ts";
 import type { Log } from "../log.ts";
 import { countStart, renderMetrics } from "../metrics.ts";
@@ -87,19 +87,26 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
   const mayRead = (req: Request): Refusal | null =>
     cfg.access.read === "open" || identify(cfg.access, bearer(req)) ? null : UNAUTHORIZED;
 
-  // A lock named in a path: valid, allowed, and (beyond RS_MAX_LOCKS) not new.
+  // A lock named in a path: valid, and allowed. Whether there is room for one more name is decided when a
+  // change would store it (see roomFor).
   function admit(name: string): Refusal | null {
     if (!validLockName(name))
       return refuse("invalid", `${JSON.stringify(name.slice(0, 120))} is not a lock name: ${LOCK_NAME_RULE}`);
     if (cfg.locks && !cfg.locks.includes(name))
       return refuse("unknown-lock", `there is no lock ${name}: RS_LOCKS allows only ${cfg.locks.join(", ")}`);
-    const inUse = engine.known.entries.size - (isKnown(ROOT) ? 1 : 0); // the root is no lock of its own
-    if (!cfg.locks && !isKnown(name) && inUse >= cfg.maxLocks)
-      return refuse(
-        "invalid",
-        `lock ${name} would be one lock more than RS_MAX_LOCKS (${cfg.maxLocks}): use a lock that exists`,
-      );
     return null;
+  }
+
+  // How many lock names a change may find stored before it stores one more (none with RS_LOCKS, whose names
+  // are fixed). A token limited to some locks may hold only its share of RS_MAX_LOCKS under them: so many
+  // that all such tokens together leave a share for everyone else, and none can use up a lock outside its scope.
+  function roomFor(token: Token | null): Room | undefined {
+    if (cfg.locks) return undefined;
+    if (!token || token.locks === "*") return { most: cfg.maxLocks, share: null };
+    let limited = 0;
+    for (const t of cfg.access.tokens.values()) if (t.locks !== "*") limited++;
+    const most = Math.max(1, Math.floor(cfg.maxLocks / (limited + 1)));
+    return { most: cfg.maxLocks, share: { who: token.who, locks: token.locks, most } };
   }
 
   // A state-changing endpoint: guard, parse, run, answer; a bad parameter is 400 invalid.
@@ -180,7 +187,14 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
           const again = guard(req, override === undefined ? "start" : "override", lock);
           return again !== null && "ok" in again ? again : null;
         };
-        return start(lock, { ...holder(p, token), ttlSeconds, override }, wait, req.signal, stillAllowed);
+        return start(
+          lock,
+          { ...holder(p, token), ttlSeconds, override },
+          wait,
+          req.signal,
+          stillAllowed,
+          roomFor(token),
+        );
       },
       (o, lock) =>
         o.ok && o.next.release
@@ -217,7 +231,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
       "block",
       (p, { lock, token }) => {
         const who = holder(p, token);
-        return change(lock, (s, now) => block(s, who, now));
+        return change(lock, (s, now) => block(s, who, now), roomFor(token));
       },
       (o, lock) => ({ message: o.ok && o.next.block ? describeBlock(o.next.block, lock) : "" }),
     ),
