@@ -80,6 +80,7 @@ export type Reason =
   | "invalid"
   | "storage"
   | "shutting-down"
+  | "too-many-streams"
   | "unauthorized"
   | "forbidden"
   | "not-found"

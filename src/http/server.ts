@@ -50,6 +50,7 @@ import {
   keepStreamsAlive,
   lockNames,
   locksText,
+  openStreams,
   requireToken,
   statusJson,
   statusText,
@@ -266,7 +267,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
         () => unknown(asJson),
       );
     },
-    events: ({ req, server, lock }: Ask): Response => {
+    events: ({ req, server, lock, json: asJson }: Ask): Response => {
       const headers = {
         ...SECURITY_HEADERS,
         "Content-Type": "text/event-stream; charset=utf-8",
@@ -274,6 +275,15 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
       };
       // HEAD has no body to send: a stream opened for it would never be read, and never be let go.
       if (req.method === "HEAD") return new Response(null, { headers });
+      // Each stream holds a connection and up to MAX_UNSENT_BYTES: their number is bounded too.
+      if (openStreams() >= cfg.maxStreams)
+        return answer(
+          asJson,
+          refuse(
+            "too-many-streams",
+            `${cfg.maxStreams} event streams are open, as many as RS_MAX_STREAMS allows: try again later (a page reconnects by itself), or raise RS_MAX_STREAMS`,
+          ),
+        );
       server.timeout(req, 0); // a stream is quiet between changes; Bun would cut it after 10 s
       return new Response(eventStream(lock), { headers });
     },
