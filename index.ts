@@ -52,7 +52,9 @@ Settings (environment; the file RS_CONFIG names may hold them too, and lists of 
   RS_LOG_FORMAT     text (default) or json
   RS_HOSTS          host names a browser may reach the daemon by (besides IP addresses and localhost)
   RS_LOCKS          the only lock names allowed, comma-separated (default: any)
-  RS_MAX_LOCKS      without RS_LOCKS, the most lock names kept (default 1000)
+  RS_MAX_LOCKS      without RS_LOCKS, the most lock names holding a release or block (default 1000;
+                    a token limited to some locks holds at most RS_MAX_LOCKS / (limited tokens + 1))
+  RS_MAX_STREAMS    event streams (/events) open at once (default 100)
   RS_WEBHOOK_BACKLOG events a webhook may fall behind before the oldest are dropped (default 10000)
 
 Endpoints: /start /stop /block /unblock /renew /status /history /healthz /metrics /events /locks /freezes /webhooks /backup,

@@ -23,6 +23,7 @@ export type Config = {
   hosts: string[]; // host names a browser may reach the daemon by, besides IP addresses and localhost
   locks: string[] | null; // the only lock names allowed; null: any, up to maxLocks
   maxLocks: number;
+  maxStreams: number; // event streams (/events) open at once
   access: Access; // the tokens (RS_TOKEN's and the file's) and whether reading needs one
   freezes: Window[]; // the freeze calendar, in the file's order
   webhooks: Webhook[]; // where events are sent
@@ -62,6 +63,7 @@ export function readConfig(env: Env): Config {
     hosts: list(from, "RS_HOSTS", set.RS_HOSTS, HOST_NAME, "host names such as releases.example.com"),
     locks: set.RS_LOCKS === undefined ? null : readLocks(from, set.RS_LOCKS),
     maxLocks: setting(from, "RS_MAX_LOCKS", set.RS_MAX_LOCKS ?? "1000", 1, 100_000),
+    maxStreams: setting(from, "RS_MAX_STREAMS", set.RS_MAX_STREAMS ?? "100", 1, 100_000),
     access: accessFrom(token, file),
     freezes: file?.freezes ?? [],
     webhooks: labelled(file?.webhooks ?? []),
@@ -189,6 +191,7 @@ const FILE_SETTINGS: Record<string, { env: string; kind: "number" | "string" | "
   hosts: { env: "RS_HOSTS", kind: "list" },
   locks: { env: "RS_LOCKS", kind: "list" },
   max_locks: { env: "RS_MAX_LOCKS", kind: "number" },
+  max_streams: { env: "RS_MAX_STREAMS", kind: "number" },
   webhook_backlog: { env: "RS_WEBHOOK_BACKLOG", kind: "number" },
 };
 const TOKEN_KEYS = ["who", "can", "locks", "sha256"];
@@ -429,7 +432,7 @@ export function applyReload(cfg: Config, next: Config): { changed: string[]; nee
   const changed = [...tokenChanges(cfg.access, next.access)];
   if (cfg.access.read !== next.access.read) changed.push(`reading is now ${next.access.read}`);
   const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
-  for (const k of ["ttlSeconds", "maxWaitSeconds", "hosts", "locks", "maxLocks"] as const)
+  for (const k of ["ttlSeconds", "maxWaitSeconds", "hosts", "locks", "maxLocks", "maxStreams"] as const)
     if (!same(cfg[k], next[k])) changed.push(`${k}: ${JSON.stringify(cfg[k])} → ${JSON.stringify(next[k])}`);
   const windows = (c: Config) => JSON.stringify(c.freezes);
   if (windows(cfg) !== windows(next))
@@ -449,6 +452,7 @@ export function applyReload(cfg: Config, next: Config): { changed: string[]; nee
   cfg.hosts = next.hosts;
   cfg.locks = next.locks;
   cfg.maxLocks = next.maxLocks;
+  cfg.maxStreams = next.maxStreams;
   return { changed, needRestart };
 }
 

@@ -32,16 +32,18 @@ import {
   type Decide,
   type Decision,
   type Entry,
+  forgets,
   type Mark,
   type NextMarks,
   type Queued,
+  type Room,
   type Store,
   type Stored,
   scopeOf,
   type TransactOptions,
 } from "./store/store.ts";
 
-export type { Committed, Queued };
+export type { Committed, Queued, Room };
 
 /** A transition: the state as stored, the store's time, and how many wait ahead of the caller. */
 export type Rule = (s: State, now: number, waitingAhead: number) => Outcome;
@@ -74,6 +76,7 @@ export const engine = {
   expiries: new Map<string, () => void>(), // lease timers, by lock
   waiters: new Set<Waiter>(),
   committing: 0, // commits asked for and not yet answered: until they are, memory may be out of date
+  heard: 0, // commits heard so far: a read that overlapped one may be older than it
   listeners: [] as ((h: Heard) => void)[],
   closing: false,
   // The freeze in force on a lock at a time: the calendar's answer (src/freezes.ts), none until it is set.
@@ -184,12 +187,12 @@ const waitingAhead = (lock: string): number => {
  * that commit instead, to be decided after what it changes); every change is decided by the
  * store, inside its write transaction, from what is stored.
  */
-export function change(lock: string, rule: Rule, gone?: AbortSignal): Outcome | Promise<Outcome> {
+export function change(lock: string, rule: Rule, room?: Room, gone?: AbortSignal): Outcome | Promise<Outcome> {
   const refused = refusalFromMemory(lock, rule);
   if (refused) return refused;
   const s = store();
-  if (!memoryIsCurrent(s) && s.peek) return refuseFromCommitted(s, lock, rule, gone);
-  return commit(lock, rule, {}, gone).then((d) => d.outcome);
+  if (!memoryIsCurrent(s) && s.peek) return refuseFromCommitted(s, lock, rule, room, gone);
+  return commit(lock, rule, { room }, gone).then((d) => d.outcome);
 }
 
 // The outcome of a rule that would change nothing, when memory is what is stored; null when the store decides.
@@ -202,13 +205,19 @@ function refusalFromMemory(lock: string, rule: Rule): Outcome | null {
 
 // Shared stores: a refusal that changes nothing is decided on one plain read of what is committed (a
 // correct answer as of that read); anything else is decided again inside the write transaction.
-async function refuseFromCommitted(s: Store, lock: string, rule: Rule, gone?: AbortSignal): Promise<Outcome> {
+async function refuseFromCommitted(
+  s: Store,
+  lock: string,
+  rule: Rule,
+  room?: Room,
+  gone?: AbortSignal,
+): Promise<Outcome> {
   try {
     const { stored, ahead, now } = await (s.peek as NonNullable<Store["peek"]>)(lock);
     const { outcome, change } = withExpiry(rule)(scopeOf(lock, stored), now, ahead);
     if (!outcome.ok && !change && !engine.closing) return outcome;
   } catch {} // the transaction says what is wrong
-  return (await commit(lock, rule, {}, gone)).outcome;
+  return (await commit(lock, rule, { room }, gone)).outcome;
 }
 
 /**
@@ -222,21 +231,22 @@ export function start(
   waitSeconds: number,
   gone: AbortSignal,
   stillAllowed: () => Refusal | null = () => null, // asked at each attempt: a reload may have revoked the caller's token
+  room?: Room, // how many lock names may be stored, for the caller's token
 ): Outcome | Promise<Outcome> {
   const rule: Rule = (s, now, ahead) => stillAllowed() ?? startRule(s, req, now, ahead, () => engine.frozen(lock, now));
   if (waitSeconds === 0 || engine.closing) {
     const refused = refusalFromMemory(lock, rule); // the common case
     if (refused) return refused;
-    return (change(lock, rule, gone) as Promise<Outcome>).then((o) => keepOnlyIfHeard(lock, o, gone));
+    return (change(lock, rule, room, gone) as Promise<Outcome>).then((o) => keepOnlyIfHeard(lock, o, gone));
   }
   if (memoryIsCurrent(store())) {
     const { outcome } = withExpiry(rule)(state(lock), engine.clock.now(), waitingAhead(lock));
     if (!outcome.ok && !WAITABLE.has(outcome.reason)) return outcome; // nothing to wait for
   }
-  return commit(lock, rule, { join: req }, gone).then((d) => {
+  return commit(lock, rule, { join: req, room }, gone).then((d) => {
     if (d.outcome.ok) return keepOnlyIfHeard(lock, d.outcome, gone);
     if (!d.joined) return d.outcome;
-    return waitInLine(lock, rule, d.joined.id, d.outcome, waitSeconds, gone);
+    return waitInLine(lock, rule, d.joined.id, d.outcome, waitSeconds, gone, room);
   });
 }
 
@@ -249,6 +259,7 @@ async function waitInLine(
   first: Outcome,
   waitSeconds: number,
   gone: AbortSignal,
+  room: Room | undefined,
 ): Promise<Outcome> {
   const deadline = engine.clock.now() + waitSeconds * 1000;
   const waiter: Waiter = { lock, woke: false, wake: () => {} };
@@ -269,7 +280,7 @@ async function waitInLine(
       waiter.woke = false;
       // The commit reads the sockets first: a client that went away as the release came free is
       // seen then, and leaves the line (at the top of the loop) rather than being handed it.
-      const attempt = await commit(lock, rule, { self }, gone);
+      const attempt = await commit(lock, rule, { self, room }, gone);
       if (attempt.outcome.ok) return keepOnlyIfHeard(lock, attempt.outcome, gone);
       if (gone.aborted || engine.closing) continue;
       latest = attempt.outcome;
@@ -416,6 +427,7 @@ const withStatus = (c: Change): Change => ({
 });
 
 function heard(c: Committed, remote: boolean) {
+  engine.heard++;
   remember(c.entries, c.after?.lastId ?? engine.known.lastId);
   for (const listener of engine.listeners) listener({ ...c, remote });
   wakeWaiters(c.lock);
@@ -427,7 +439,8 @@ function remember(entries: Map<string, Entry>, lastId: number) {
   for (const [lock, entry] of entries) {
     const cached = engine.known.entries.get(lock);
     if (cached && entry.version < cached.version) continue;
-    engine.known.entries.set(lock, entry);
+    if (forgets(lock, entry)) engine.known.entries.delete(lock);
+    else engine.known.entries.set(lock, entry);
     armExpiry(lock);
   }
   engine.scopes.clear();
@@ -457,8 +470,19 @@ export async function refresh(lock: string = DEFAULT_LOCK): Promise<void> {
 
 // One read of the rows around `lock`, remembered (the cache moves forward) and given back whole.
 async function readAfresh(lock: string): Promise<Stored> {
+  const heardBefore = engine.heard;
   const stored = await store().read(lock);
   remember(stored.entries, stored.lastId);
+  // A lock another replica forgot is missing from the read: it is forgotten here too. Not when a commit was
+  // heard during the read, which may have stored a name the read began too early to see (the next one will).
+  if (engine.heard === heardBefore) {
+    for (const name of [...engine.known.entries.keys()])
+      if (overlaps(name, lock) && !stored.entries.has(name)) {
+        engine.known.entries.delete(name);
+        armExpiry(name);
+      }
+    engine.scopes.clear();
+  }
   return stored;
 }
 

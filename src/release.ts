@@ -113,6 +113,7 @@ export type Reason =
   | "invalid"
   | "storage"
   | "shutting-down"
+  | "too-many-streams"
   | "unauthorized"
   | "forbidden"
   | "not-found"

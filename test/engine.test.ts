@@ -22,7 +22,7 @@ import { calendarSettled, keepCalendar, replaceCalendar, stopCalendar } from "..
 import { block, type Outcome, ROOT, renew, STORAGE_FAILED, stop, unblock } from "../src/release.ts";
 import { openMemoryStore } from "../src/store/memory.ts";
 import { openSqliteStore } from "../src/store/sqlite.ts";
-import type { Store } from "../src/store/store.ts";
+import type { Room, Store } from "../src/store/store.ts";
 import { T0, testClock } from "./clock.ts";
 import { tempDir, until } from "./daemon.ts";
 
@@ -651,6 +651,50 @@ for (const [storeName, makeStore] of stores) {
         );
         expect(await boundaries()).toEqual(["frozen  08:00"]);
         expect(reasonOf(await on("prod/eu", "sion"))).toBe("frozen");
+      });
+    });
+
+    describe("lock names that hold nothing are forgotten", () => {
+      const on = (lock: string, ttl: number | null = null, room?: Room) =>
+        start(lock, holder("sion", ttl), 0, new AbortController().signal, undefined, room);
+      const stored = async () => (await store.readAll()).entries;
+
+      test("a lock whose release stopped or ran out is no longer stored; its history stays", async () => {
+        await on("staging/a");
+        await change("staging/a", (s, now) => stop(s, null, { name: "" }, now));
+        await on("staging/b", 5);
+        await clock.advance(5_000);
+        expect([...(await stored()).keys()].filter((l) => l.startsWith("staging"))).toEqual([]);
+        expect(state("staging/b").release).toBeNull();
+        expect((await history(10, "staging")).map((e) => `${e.kind} ${e.lock}`)).toEqual([
+          "expired staging/b",
+          "started staging/b",
+          "stopped staging/a",
+          "started staging/a",
+        ]);
+      });
+
+      test("a name used again starts above the version it was forgotten at, so no cache takes it for an older answer", async () => {
+        const before = (await on("staging/a")).ok && (await stored()).get("staging/a")?.version;
+        await change("staging/a", (s, now) => stop(s, null, { name: "" }, now));
+        await on("staging/a");
+        expect((await stored()).get("staging/a")?.version).toBeGreaterThan((before || 0) + 1);
+      });
+
+      test("beyond the room, a change that would store a new name is refused and changes nothing; one on a stored name is not", async () => {
+        const room: Room = { most: 2, share: { who: "stage", locks: ["staging"], most: 1 } };
+        expect(reasonOf(await on("staging/a", null, room))).toBe("granted");
+        const refused = await on("staging/b", null, room);
+        expect(refused.ok ? "" : refused.message).toContain("stage's token may hold under staging (1,");
+        expect(reasonOf(await change("staging/a", (s, now) => block(s, { name: "ana", reason: "" }, now), room))).toBe(
+          "granted",
+        );
+        expect(reasonOf(await on("prod/eu", null, { most: 2, share: null }))).toBe("granted");
+        const full = await on("prod/us", null, { most: 2, share: null });
+        expect(full.ok ? "" : `${full.reason}: ${full.message}`).toContain(
+          "invalid: lock prod/us would be one lock more than RS_MAX_LOCKS (2)",
+        );
+        expect([...(await stored()).keys()].filter((l) => l.includes("/")).sort()).toEqual(["prod/eu", "staging/a"]);
       });
     });
   });

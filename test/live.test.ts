@@ -1,6 +1,6 @@
 // GET /events: Server-Sent Events for the page and for `curl -N`.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { type Daemon, startDaemon } from "./daemon.ts";
+import { type Daemon, daemonsPerTest, startDaemon, until } from "./daemon.ts";
 
 let d: Daemon;
 beforeAll(async () => {
@@ -61,5 +61,90 @@ describe("/events", () => {
     await events.next();
     expect(await s.stop("SIGTERM")).toBe(0);
     expect((await events.next()).done).toBe(true);
+  });
+});
+
+const daemon = daemonsPerTest();
+const LONG = "x".repeat(200); // the longest name and reason: big frames fill a socket sooner
+
+/**
+ * A client that asks for /events over a raw socket, reads the status line of the answer, and then reads
+ * nothing until told to: the socket's buffers fill up, and then what the daemon has not sent yet. Told to
+ * read, it reads until the daemon's end of the stream (a close or a reset), and exits.
+ */
+function silentClient(port: number) {
+  const request = "GET /events HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\n\\r\\n";
+  const proc = Bun.spawn(
+    [
+      "bash",
+      "-c",
+      `exec 3<>/dev/tcp/127.0.0.1/${port}; printf '${request}' >&3; read -r status <&3; echo "$status"; read _; cat <&3 >/dev/null`,
+    ],
+    { stdin: "pipe", stdout: "pipe", stderr: "ignore" },
+  );
+  return {
+    proc,
+    /** The answer's status line, once the stream is open. */
+    answered: async () => {
+      let text = "";
+      for await (const chunk of proc.stdout) {
+        text += new TextDecoder().decode(chunk);
+        if (text.includes("\n")) break;
+      }
+      return text.trim();
+    },
+    readToEnd: () => {
+      proc.stdin.write("read\n");
+      proc.stdin.end();
+    },
+  };
+}
+
+/** Whether a new stream is accepted now; one that is, is closed again at once. */
+async function streamAccepted(d: Daemon): Promise<boolean> {
+  const controller = new AbortController();
+  const res = await d.get("/events", { signal: controller.signal });
+  controller.abort();
+  return res.status === 200;
+}
+
+describe("/events: a client that does not read", () => {
+  test("is cut off once its unsent events pass the bound, and sees the end of its stream when it reads", async () => {
+    const d = await daemon({ RS_MAX_STREAMS: "1" }); // the one stream's place frees when it is cut
+    const silent = silentClient(d.port);
+    try {
+      expect(await silent.answered()).toBe("HTTP/1.1 200 OK");
+      expect(await streamAccepted(d)).toBe(false);
+      // Changes until the daemon lets the stream go (its place is free again): more than socket buffers hold, but bounded.
+      let cut = false;
+      for (let batch = 0; batch < 100 && !cut; batch++) {
+        for (let i = 0; i < 100; i++) {
+          await d.body(`/block?name=${LONG}&reason=${LONG}`);
+          await d.body("/unblock");
+        }
+        cut = await streamAccepted(d);
+      }
+      expect(cut).toBe(true);
+      silent.readToEnd();
+      await until(async () => silent.proc.exitCode !== null, "the silent client to read to the end of its stream");
+    } finally {
+      silent.proc.kill();
+    }
+  });
+});
+
+describe("/events: RS_MAX_STREAMS", () => {
+  test("beyond it a new stream is refused 503 too-many-streams, saying why; once one closes, one more is accepted", async () => {
+    const d = await daemon({ RS_MAX_STREAMS: "2" });
+    const open = [new AbortController(), new AbortController()];
+    for (const controller of open) await readEvents(await d.get("/events", { signal: controller.signal })).next();
+    const refused = await d.get("/events");
+    expect(refused.status).toBe(503);
+    expect(await refused.text()).toBe("0\n");
+    expect(refused.headers.get("x-reason-code")).toBe("too-many-streams");
+    expect(refused.headers.get("x-reason")).toContain("2 event streams are open, as many as RS_MAX_STREAMS allows");
+    open[0]?.abort();
+    await until(() => streamAccepted(d), "a new stream to be accepted once one closed");
+    open[1]?.abort();
   });
 });

@@ -2,7 +2,7 @@
 // behaves as the original's endpoints do, on lock NAME; the original's paths act
 // on the default lock, and /block on the root.
 import { describe, expect, test } from "bun:test";
-import { type Daemon, daemonsPerTest, statusOf, until } from "./daemon.ts";
+import { configFile, type Daemon, daemonsPerTest, freshDb, statusOf, until } from "./daemon.ts";
 
 const daemon = daemonsPerTest();
 const json = { headers: { Accept: "application/json" } };
@@ -67,17 +67,17 @@ describe("/locks/NAME/…", () => {
 });
 
 describe("GET /locks", () => {
-  test("lists every lock that is held, blocked, waited for or has history, in text and JSON", async () => {
+  test("lists every lock that is held, blocked or waited for, in text and JSON", async () => {
     const d = await daemon();
     await d.body("/locks/prod/eu/start?name=sion&reason=v2.3.1");
     await d.body("/locks/staging/block?name=ana");
     await d.body("/locks/old/start");
-    await d.body("/locks/old/stop");
+    await d.body("/locks/old/stop"); // holds nothing now: forgotten, with its history kept
     const text = await d.body("/locks");
-    expect(text).toMatch(/^old: no release is running on old$/m);
+    expect(text).not.toMatch(/^old:/m);
     expect(text).toMatch(/^prod\/eu: release #1 by sion \(v2\.3\.1\) on prod\/eu running since/m);
     const list = await (await d.get("/locks", json)).json();
-    expect(list.map((l: { lock: string }) => l.lock)).toEqual(["old", "prod/eu", "staging"]);
+    expect(list.map((l: { lock: string }) => l.lock)).toEqual(["prod/eu", "staging"]);
     expect(list.find((l: { lock: string }) => l.lock === "staging").blocked).toBe(true);
   });
 });
@@ -179,5 +179,80 @@ describe("bad names and limits", () => {
     expect(res.status).toBe(400);
     expect(res.headers.get("x-reason")).toContain("RS_MAX_LOCKS");
     expect(await d.body("/locks/a/stop")).toBe("1\n"); // existing locks still work
+  });
+});
+
+describe("no token can use up RS_MAX_LOCKS for locks outside its scope", () => {
+  const sha = (token: string) => new Bun.CryptoHasher("sha256").update(token).digest("hex");
+  const STAGE = "stage-token-0123456789abcdef";
+  const PROD = "prod-token-0123456789abcdef";
+  const as = (token: string) => ({ headers: { Authorization: `Bearer ${token}` } });
+  const team = configFile(
+    [
+      ["stage", ["staging"], STAGE],
+      ["prod", ["prod"], PROD],
+    ]
+      .map(
+        ([who, locks, token]) =>
+          `[[token]]\nwho = "${who}"\ncan = ["release", "block"]\nlocks = ${JSON.stringify(locks)}\nsha256 = "${sha(token as string)}"\n`,
+      )
+      .join("\n"),
+  );
+  // The locks /locks lists, but the original's, which SQLite always keeps.
+  const lockList = async (d: Daemon) =>
+    ((await (await d.get("/locks", json)).json()) as { lock: string }[])
+      .map((l) => l.lock)
+      .filter((l) => l !== "default");
+  const answerOf = async (res: Response) => ({
+    body: await res.text(),
+    status: res.status,
+    reason: res.headers.get("x-reason") ?? "",
+  });
+
+  test("a lock whose release stopped is forgotten: starting and stopping many names leaves room for new ones, also after a restart", async () => {
+    // RS_MAX_LOCKS 6 and two limited tokens: each may hold 6 / (2 + 1) = 2 names; staging uses 8 in turn.
+    const env = { RS_DB: await freshDb(), RS_CONFIG: team, RS_MAX_LOCKS: "6" };
+    let d = await daemon(env);
+    for (let i = 1; i <= 8; i++) {
+      expect(await d.body(`/locks/staging/junk${i}/start?name=pipeline`, as(STAGE))).toBe("1\n");
+      expect(await d.body(`/locks/staging/junk${i}/stop`, as(STAGE))).toBe("1\n");
+    }
+    expect(await d.body("/locks/prod/eu/start?name=deploy", as(PROD))).toBe("1\n");
+    await d.stop();
+    d = await daemon(env);
+    expect(await d.body("/locks/prod/us/start?name=deploy", as(PROD))).toBe("1\n");
+  });
+
+  test("a token limited to some locks holds at most its share of RS_MAX_LOCKS under them; the others keep theirs", async () => {
+    // RS_MAX_LOCKS 6 and two limited tokens: each may hold 6 / (2 + 1) = 2 names.
+    const env = { RS_DB: await freshDb(), RS_CONFIG: team, RS_MAX_LOCKS: "6" };
+    let d = await daemon(env);
+    expect(await d.body("/locks/staging/a/start", as(STAGE))).toBe("1\n");
+    expect(await d.body("/locks/staging/b/block", as(STAGE))).toBe("1\n");
+    const third = await answerOf(await d.get("/locks/staging/c/start", as(STAGE)));
+    expect(third).toMatchObject({ body: "0\n", status: 400 });
+    expect(third.reason).toContain("stage's token may hold under staging (2, its share of RS_MAX_LOCKS)");
+    expect(third.reason).toContain("end a release or block there first");
+    expect(await lockList(d)).toEqual(["staging/a", "staging/b"]);
+    expect(await d.body("/locks/prod/eu/start", as(PROD))).toBe("1\n");
+    expect(await d.body("/locks/prod/us/block", as(PROD))).toBe("1\n");
+    await d.stop();
+    d = await daemon(env); // counted from what is stored
+    expect((await answerOf(await d.get("/locks/staging/c/start", as(STAGE)))).status).toBe(400);
+    expect(await d.body("/locks/staging/a/stop", as(STAGE))).toBe("1\n");
+    expect(await d.body("/locks/staging/c/start", as(STAGE))).toBe("1\n");
+  });
+
+  test("a forgotten lock's history stays readable", async () => {
+    const d = await daemon({ RS_DB: await freshDb() });
+    expect(await d.body("/locks/old/start?name=sion")).toBe("1\n");
+    expect(await d.body("/locks/old/stop?name=sion")).toBe("1\n");
+    expect(await lockList(d)).toEqual([]);
+    const { events } = await (await d.get("/locks/old/history", json)).json();
+    expect(events.map((e: { kind: string; name: string }) => `${e.kind} ${e.name}`)).toEqual([
+      "stopped sion",
+      "started sion",
+    ]);
+    expect(await d.body("/locks/old/status")).toBe("idle: no release is running on old\n");
   });
 });

@@ -29,7 +29,14 @@ async function promtool(exposition: string) {
 
 // The reason codes a /start can be refused for, as the README lists them: every code in its table but
 // those only other endpoints give.
-const NOT_FOR_START = new Set(["not-running", "not-blocked", "wrong-id", "not-found", "method-not-allowed"]);
+const NOT_FOR_START = new Set([
+  "not-running",
+  "not-blocked",
+  "wrong-id",
+  "not-found",
+  "method-not-allowed",
+  "too-many-streams",
+]);
 const README_START_REFUSALS = [
   ...readFileSync(join(import.meta.dir, "..", "README.md"), "utf8").matchAll(/^\| `([a-z-]+)` +\| (\d{3}) +\|/gm),
 ]

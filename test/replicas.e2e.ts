@@ -112,6 +112,16 @@ describe("replicas on one PostgreSQL", () => {
     expect((await status(a)).release.name).toBe("next");
   }, 30_000);
 
+  test("a lock forgotten through one replica (its release stopped) is forgotten on the others too", async () => {
+    const [a, b] = (await replicas(2)) as [Daemon, Daemon];
+    const lockList = async (d: Daemon) => (await d.body("/locks")).split("\n").filter((l) => l.startsWith("team/"));
+    expect(await a.body("/locks/team/x/start?name=sion")).toBe("1\n");
+    await until(async () => (await lockList(b)).some((l) => l.includes("release #")), "b to show the release");
+    expect(await a.body("/locks/team/x/stop")).toBe("1\n");
+    await until(async () => (await lockList(b)).length === 0, "b to forget the lock");
+    expect((await (await b.get("/locks/team/x/status?format=json")).json()).running).toBe(false);
+  });
+
   test("changes made through one replica reach /events on another", async () => {
     const [a, b] = (await replicas(2)) as [Daemon, Daemon];
     const controller = new AbortController();

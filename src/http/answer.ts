@@ -22,6 +22,7 @@ export const HTTP_STATUS: Record<Reason, number> = {
   "unsupported-media-type": 415,
   storage: 503,
   "shutting-down": 503,
+  "too-many-streams": 503,
 };
 
 export const PLAIN = "text/plain; charset=utf-8";

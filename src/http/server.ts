@@ -12,8 +12,8 @@ import {
   engine,
   health,
   history,
-  isKnown,
   onCommit,
+  type Room,
   type Snapshot,
   snapshot,
   snapshotAfter,
@@ -62,6 +62,7 @@ import {
   keepStreamsAlive,
   lockNames,
   locksText,
+  openStreams,
   requireToken,
   statusJson,
   statusText,
@@ -112,19 +113,26 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     return who !== null && "ok" in who ? who : null;
   };
 
-  // A lock named in a path: valid, allowed, and (beyond RS_MAX_LOCKS) not new.
+  // A lock named in a path: valid, and allowed. Whether there is room for one more name is decided when a
+  // change would store it (see roomFor).
   function admit(name: string): Refusal | null {
     const invalid = validName(name);
     if (invalid) return invalid;
     if (cfg.locks && !cfg.locks.includes(name))
       return refuse("unknown-lock", `there is no lock ${name}: RS_LOCKS allows only ${cfg.locks.join(", ")}`);
-    const inUse = engine.known.entries.size - (isKnown(ROOT) ? 1 : 0); // the root is no lock of its own
-    if (!cfg.locks && !isKnown(name) && inUse >= cfg.maxLocks)
-      return refuse(
-        "invalid",
-        `lock ${name} would be one lock more than RS_MAX_LOCKS (${cfg.maxLocks}): use a lock that exists`,
-      );
     return null;
+  }
+
+  // How many lock names a change may find stored before it stores one more (none with RS_LOCKS, whose names
+  // are fixed). A token limited to some locks may hold only its share of RS_MAX_LOCKS under them: so many
+  // that all such tokens together leave a share for everyone else, and none can use up a lock outside its scope.
+  function roomFor(token: Token | null): Room | undefined {
+    if (cfg.locks) return undefined;
+    if (!token || token.locks === "*") return { most: cfg.maxLocks, share: null };
+    let limited = 0;
+    for (const t of cfg.access.tokens.values()) if (t.locks !== "*") limited++;
+    const most = Math.max(1, Math.floor(cfg.maxLocks / (limited + 1)));
+    return { most: cfg.maxLocks, share: { who: token.who, locks: token.locks, most } };
   }
 
   // A state-changing endpoint: guard, parse, run, answer; a bad parameter is 400 invalid.
@@ -212,7 +220,14 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
           const again = guard(req, override === undefined ? "start" : "override", lock);
           return again !== null && "ok" in again ? again : null;
         };
-        return start(lock, { ...holder(p, token), ttlSeconds, override }, wait, req.signal, stillAllowed);
+        return start(
+          lock,
+          { ...holder(p, token), ttlSeconds, override },
+          wait,
+          req.signal,
+          stillAllowed,
+          roomFor(token),
+        );
       },
       (o, lock) =>
         o.ok && o.next.release
@@ -249,7 +264,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
       "block",
       (p, { lock, token }) => {
         const who = holder(p, token);
-        return change(lock, (s, now) => block(s, who, now));
+        return change(lock, (s, now) => block(s, who, now), roomFor(token));
       },
       (o, lock) => ({ message: o.ok && o.next.block ? describeBlock(o.next.block, lock) : "" }),
     ),
@@ -284,7 +299,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
         () => unknown(asJson),
       );
     },
-    events: ({ req, server, lock }: Ask): Response => {
+    events: ({ req, server, lock, json: asJson }: Ask): Response => {
       const headers = {
         ...SECURITY_HEADERS,
         "Content-Type": "text/event-stream; charset=utf-8",
@@ -292,6 +307,15 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
       };
       // HEAD has no body to send: a stream opened for it would never be read, and never be let go.
       if (req.method === "HEAD") return new Response(null, { headers });
+      // Each stream holds a connection and up to MAX_UNSENT_BYTES: their number is bounded too.
+      if (openStreams() >= cfg.maxStreams)
+        return answer(
+          asJson,
+          refuse(
+            "too-many-streams",
+            `${cfg.maxStreams} event streams are open, as many as RS_MAX_STREAMS allows: try again later (a page reconnects by itself), or raise RS_MAX_STREAMS`,
+          ),
+        );
       server.timeout(req, 0); // a stream is quiet between changes; Bun would cut it after 10 s
       return new Response(eventStream(lock), { headers });
     },

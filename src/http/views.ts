@@ -152,6 +152,16 @@ type EventStream = { controller: ReadableStreamDefaultController<Uint8Array>; lo
 const eventStreams = new Set<EventStream>();
 const encoder = new TextEncoder();
 
+/**
+ * The most a stream may have waiting to be sent. A client that lets this much pile up is not reading (or
+ * reads far slower than changes come): its stream is closed, which frees what it held, and it reconnects
+ * for a fresh snapshot. A browser that reads keeps well under it.
+ */
+export const MAX_UNSENT_BYTES = 64 * 1024;
+
+/** How many event streams are open now. */
+export const openStreams = (): number => eventStreams.size;
+
 const sse = (event: string, data: unknown, prefix = "") =>
   encoder.encode(`${prefix}event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
 
@@ -164,24 +174,29 @@ const hears = (lock: string | undefined, e: Event) => lock === undefined || over
 /** A Server-Sent Events stream: a snapshot on connect, then one event per change that concerns `lock`. */
 export function eventStream(lock: string | undefined): ReadableStream<Uint8Array> {
   let stream: EventStream | null = null;
-  return new ReadableStream<Uint8Array>({
-    start(controller) {
-      const opened: EventStream = { controller, lock };
-      stream = opened;
-      eventStreams.add(opened);
-      inTurn(lock ?? DEFAULT_LOCK, [opened], (snap) =>
-        send(opened, sse("status", { status: statusJson(lock ?? DEFAULT_LOCK, snap) }, "retry: 1000\n")),
-      );
+  return new ReadableStream<Uint8Array>(
+    {
+      start(controller) {
+        const opened: EventStream = { controller, lock };
+        stream = opened;
+        eventStreams.add(opened);
+        inTurn(lock ?? DEFAULT_LOCK, [opened], (snap) =>
+          send(opened, sse("status", { status: statusJson(lock ?? DEFAULT_LOCK, snap) }, "retry: 1000\n")),
+        );
+      },
+      cancel() {
+        if (stream) eventStreams.delete(stream);
+      },
     },
-    cancel() {
-      if (stream) eventStreams.delete(stream);
-    },
-  });
+    // Counted in bytes, so that desiredSize says how far the unsent part is past MAX_UNSENT_BYTES.
+    { highWaterMark: MAX_UNSENT_BYTES, size: (chunk) => chunk?.byteLength ?? 0 },
+  );
 }
 
 function send(stream: EventStream, frame: Uint8Array) {
   try {
     stream.controller.enqueue(frame);
+    if ((stream.controller.desiredSize ?? 0) < 0) cut(stream);
   } catch {
     eventStreams.delete(stream); // the client went away
   }
@@ -208,6 +223,13 @@ function inTurn(lock: string, streams: EventStream[], render: (snap: Snapshot) =
       }),
     );
   else render(snap);
+}
+
+// Ends a stream whose client does not read: what is queued is dropped at once (closing would wait for the
+// client to read it), and the connection is closed.
+function cut(stream: EventStream) {
+  eventStreams.delete(stream);
+  stream.controller.error(new Error(`the client did not read ${MAX_UNSENT_BYTES} bytes of events`));
 }
 
 /** Sends a change to every open stream it concerns (also changes made through other replicas). */

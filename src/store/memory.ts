@@ -2,10 +2,13 @@
 // The engine's specification runs on it with an injected clock.
 import type { Event } from "../release.ts";
 import {
+  type CountNames,
   concerns,
+  counted,
   type Decide,
   decideInLine,
   type Entry,
+  forgets,
   LocalWaitLine,
   type Mark,
   markKey,
@@ -13,6 +16,7 @@ import {
   queueEvent,
   type Store,
   type Stored,
+  under,
 } from "./store.ts";
 
 export function openMemoryStore(historyLimit: number, clock: () => number = Date.now): Store {
@@ -36,6 +40,11 @@ export function openMemoryStore(historyLimit: number, clock: () => number = Date
   };
   const marks = new Set<string>();
   const latestMark = new Map<string, Mark>(); // markNext's latest, by series and lock
+  const count: CountNames = (locks) => {
+    let n = 0;
+    for (const name of stored.entries.keys()) if (counted(name) && (locks === null || under(locks, name))) n++;
+    return n;
+  };
   const snapshot = (): Stored => ({ lastId: stored.lastId, entries: new Map(stored.entries) });
 
   return {
@@ -45,8 +54,11 @@ export function openMemoryStore(historyLimit: number, clock: () => number = Date
     readAll: async () => snapshot(),
     read: async () => snapshot(),
     transact: async (lock, decide: Decide, options = {}) =>
-      decideInLine(lock, stored, clock(), decide, line, options, (w) => {
-        for (const [name, e] of w.entries) stored.entries.set(name, e);
+      decideInLine(lock, stored, clock(), decide, line, options, count, (w) => {
+        for (const [name, e] of w.entries) {
+          if (forgets(name, e)) stored.entries.delete(name);
+          else stored.entries.set(name, e);
+        }
         if (w.lastId !== null) stored.lastId = w.lastId;
         append(w.events);
       }),

@@ -6,7 +6,7 @@
 // are kept alive by their replica's heartbeat; NOTIFY tells the other replicas
 // of a change, with a poll each second as the safety net.
 import { SQL } from "bun";
-import { type Event, ROOT, STORAGE_FAILED, WAITABLE } from "../release.ts";
+import { DEFAULT_LOCK, type Event, ROOT, STORAGE_FAILED, WAITABLE } from "../release.ts";
 import {
   ancestorsOf,
   type Committed,
@@ -15,7 +15,9 @@ import {
   type Decision,
   type Entry,
   type EventRow,
+  forgets,
   type LockRow,
+  noRoom,
   type Queued,
   queueEvent,
   StorageError,
@@ -23,6 +25,7 @@ import {
   type Stored,
   StoreOpenError,
   scopeOf,
+  storesNewName,
   type TransactOptions,
   toColumns,
   toEvent,
@@ -169,7 +172,17 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
             AND (lock = ${lock} OR lock = ANY(${ancestorsOf(lock)}::text[])
                  OR ${lock} = '' OR substr(lock, 1, length(${lock}) + 1) = ${lock} || '/')`;
         const before = scopeOf(lock, stored);
-        const { outcome, change } = decide(before, now, Number(ahead));
+        let verdict = decide(before, now, Number(ahead));
+        // The names are counted only when the change would store a new one: every change holds the root's
+        // row, so no other replica can store one meanwhile.
+        const { room } = options;
+        if (room && storesNewName(lock, stored, verdict)) {
+          const total = await countNames(tx, null);
+          const share = room.share ? await countNames(tx, room.share.locks) : 0;
+          const full = noRoom(lock, room, (locks) => (locks === null ? total : share));
+          if (full) verdict = { outcome: full, change: null };
+        }
+        const { outcome, change } = verdict;
         const joining = !outcome.ok && options.join !== undefined && WAITABLE.has(outcome.reason);
         const events = [...(change?.events ?? [])];
         let joined: Queued | null = null;
@@ -187,6 +200,10 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
         const after = change?.next ?? before;
         const entries = change ? changedEntries(lock, stored, after) : new Map<string, Entry>();
         for (const [name, entry] of entries) {
+          if (forgets(name, entry)) {
+            await tx`DELETE FROM releasestatus_lock WHERE name = ${name}`;
+            continue;
+          }
           const [
             releaseId,
             holder,
@@ -231,6 +248,17 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
       if (e instanceof StorageError) return { outcome: STORAGE_FAILED, committed: null, joined: null };
       throw e;
     }
+  }
+
+  // The names that count against RS_MAX_LOCKS (not the root, not the original's lock); with `locks`, only
+  // those that are one of them or under one.
+  async function countNames(tx: SQL, locks: readonly string[] | null): Promise<number> {
+    const [{ n }] = await tx`
+      SELECT count(*) AS n FROM releasestatus_lock
+      WHERE name <> '' AND name <> ${DEFAULT_LOCK} AND (${locks === null}::boolean OR EXISTS (
+        SELECT 1 FROM unnest(${locks ?? []}::text[]) AS s(lock)
+        WHERE name = s.lock OR substr(name, 1, length(s.lock) + 1) = s.lock || '/'))`;
+    return Number(n);
   }
 
   // Appends events, prunes the oldest, and tells the other replicas (NOTIFY is delivered on commit).
@@ -613,6 +641,11 @@ const MIGRATIONS = [
      holder text, held_until timestamptz);`,
   // What the lock is after each event, as webhooks say it (sent later, when the lock may have changed again).
   `ALTER TABLE releasestatus_events ADD COLUMN status text;`,
+  // Lock names that hold nothing are forgotten (their history stays): those kept before are let go too. The
+  // root keeps the highest version, so that a name used again starts above what a cache may remember of it.
+  `UPDATE releasestatus_lock SET version = (SELECT max(version) FROM releasestatus_lock) WHERE name = '';
+   DELETE FROM releasestatus_lock
+   WHERE release_id IS NULL AND blocked_since IS NULL AND name NOT IN ('', 'default');`,
 ];
 const SCHEMA_VERSION = MIGRATIONS.length;
 

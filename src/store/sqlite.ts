@@ -2,13 +2,15 @@
 // with full synchronous commits so that every answer of 1 survives a crash.
 import { Database } from "bun:sqlite";
 import { dirname, resolve } from "node:path";
-import { type Event, iso, STORAGE_FAILED } from "../release.ts";
+import { DEFAULT_LOCK, type Event, iso, STORAGE_FAILED } from "../release.ts";
 import {
   ancestorsOf,
+  type CountNames,
   type Decide,
   type Decision,
   decideInLine,
   type EventRow,
+  forgets,
   LocalWaitLine,
   type LockRow,
   onlyQueueEvents,
@@ -72,6 +74,10 @@ const MIGRATIONS = [
   `CREATE TABLE storage_probe (id INTEGER PRIMARY KEY, pad BLOB NOT NULL);`,
   // What the lock is after each event, as webhooks say it (sent later, when the lock may have changed again).
   `ALTER TABLE events ADD COLUMN status TEXT;`,
+  // Lock names that hold nothing are forgotten (their history stays): those kept before are let go too. The
+  // root keeps the highest version, so that a name used again starts above what a cache may remember of it.
+  `UPDATE lock SET version = (SELECT max(version) FROM lock) WHERE name = '';
+   DELETE FROM lock WHERE release_id IS NULL AND blocked_since IS NULL AND name NOT IN ('', 'default');`,
 ];
 export const SCHEMA_VERSION = MIGRATIONS.length;
 
@@ -132,6 +138,13 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
          release_by = excluded.release_by, block_by = excluded.block_by`,
     ),
     count: db.query("UPDATE lock SET last_id = ? WHERE name = ''"),
+    forget: db.query("DELETE FROM lock WHERE name = ?"),
+    // The names that count against RS_MAX_LOCKS (not the root, not the original's lock); with a JSON array
+    // of locks, only those names that are one of them or under one.
+    names: db.query<{ n: number }, [string | null, string]>(
+      `SELECT count(*) AS n FROM lock WHERE name <> '' AND name <> ?2 AND (?1 IS NULL OR EXISTS (
+         SELECT 1 FROM json_each(?1) AS s WHERE name = s.value OR substr(name, 1, length(s.value) + 1) = s.value || '/'))`,
+    ),
     append: db.query(
       "INSERT INTO events (lock, at, kind, release_id, name, reason, made_by, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     ),
@@ -174,6 +187,7 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
   let synchronous: "FULL" | "NORMAL" = "FULL";
 
   const stored = (lock: string): Stored => toStored(q.around.all(lock, JSON.stringify(ancestorsOf(lock))));
+  const count: CountNames = (locks) => q.names.get(locks === null ? null : JSON.stringify(locks), DEFAULT_LOCK)?.n ?? 0;
   const append = (events: Event[]) => {
     for (const e of events)
       q.append.run(e.lock, e.at, e.kind, e.releaseId, e.name, e.reason, e.by ?? null, e.status ?? null);
@@ -240,8 +254,10 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
       const level = durabilityFor(batch, now);
       decisions = write(level, () =>
         batch.map(({ lock, decide, options }) =>
-          decideInLine(lock, stored(lock), now, decide, line, options, (w) => {
-            for (const [name, e] of w.entries) q.save.run(name, ...toColumns(e));
+          decideInLine(lock, stored(lock), now, decide, line, options, count, (w) => {
+            for (const [name, e] of w.entries)
+              if (forgets(name, e)) q.forget.run(name);
+              else q.save.run(name, ...toColumns(e));
             if (w.lastId !== null) q.count.run(w.lastId);
             append(w.events);
           }),
@@ -262,7 +278,7 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
   const durabilityFor = (batch: Asked[], now: number): "FULL" | "NORMAL" => {
     const [only] = batch;
     if (batch.length !== 1 || !only?.options.join) return "FULL";
-    const preview = decideInLine(only.lock, stored(only.lock), now, only.decide, line, only.options, null);
+    const preview = decideInLine(only.lock, stored(only.lock), now, only.decide, line, only.options, count, null);
     return preview.committed && onlyQueueEvents(preview.committed.events) ? "NORMAL" : "FULL";
   };
   // Storage works again only when a write as large as a change's reached the disk: a small one (a waiter

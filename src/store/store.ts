@@ -6,6 +6,7 @@
 import {
   type Block,
   type Change,
+  DEFAULT_LOCK,
   type Event,
   type EventKind,
   type Holder,
@@ -13,8 +14,10 @@ import {
   type Neighbour,
   type Outcome,
   overlaps,
+  type Refusal,
   type Release,
   ROOT,
+  refuse,
   type State,
   WAITABLE,
 } from "../release.ts";
@@ -50,7 +53,17 @@ export type Queued = { id: number; lock: string; name: string; reason: string; s
 export type TransactOptions = {
   self?: number; // the caller's own place in the wait line: only waiters before it count as ahead
   join?: Holder; // join the wait line in the same transaction when the answer is a refusal worth waiting out
+  room?: Room; // how many lock names may be stored: a change that would store one more is refused beyond it
 };
+
+/**
+ * How many lock names may be stored (RS_MAX_LOCKS), and, for a token limited to some locks, how many of
+ * them may be under its locks (its share): so no token can use up the names that others' locks need.
+ */
+export type Room = { most: number; share: { who: string; locks: readonly string[]; most: number } | null };
+
+/** Counts the stored lock names that count against RS_MAX_LOCKS: all of them, or those under `locks`. */
+export type CountNames = (locks: readonly string[] | null) => number;
 
 export type Decision = {
   outcome: Outcome;
@@ -186,18 +199,85 @@ export function scopeOf(lock: string, stored: Stored): State {
   return { lock, lastId: stored.lastId, release: own.release, block: own.block, around };
 }
 
-/** The locks a change rewrote (its own, and any neighbour whose lease it ended), with their new versions. */
+/**
+ * Whether a lock's row is deleted rather than written: it holds no release and no block, so nothing is
+ * lost (its history stays in the events), and names used once do not pile up. The root keeps the id
+ * counter, and the original's lock is always there.
+ */
+export const forgets = (name: string, e: Entry): boolean =>
+  e.release === null && e.block === null && name !== ROOT && name !== DEFAULT_LOCK;
+
+/** Whether a lock name counts against RS_MAX_LOCKS: the root and the original's lock are always there. */
+export const counted = (name: string): boolean => name !== ROOT && name !== DEFAULT_LOCK;
+
+/**
+ * The locks a change rewrote (its own, and any neighbour whose lease it ended), with their new versions.
+ * A lock it forgets leaves its version in the root's row, and a name used again starts above that: a
+ * cache that still remembers the forgotten row never mistakes the new one for an older answer.
+ */
 export function changedEntries(lock: string, stored: Stored, after: State): Map<string, Entry> {
   const changed = new Map<string, Entry>();
+  const root = stored.entries.get(ROOT) ?? EMPTY_ENTRY;
+  let forgotten = 0; // the highest version among the rows this change forgets
   const put = (name: string, release: Release | null, block: Block | null) => {
-    const before = stored.entries.get(name) ?? EMPTY_ENTRY;
-    if (before.release !== release || before.block !== block)
-      changed.set(name, { release, block, version: before.version + 1 });
+    const before = stored.entries.get(name);
+    if (before?.release === release && before?.block === block) return;
+    if (!before && release === null && block === null) return;
+    const entry = { release, block, version: (before ?? root).version + 1 };
+    changed.set(name, entry);
+    if (forgets(name, entry)) forgotten = Math.max(forgotten, entry.version);
   };
   put(lock, after.release, after.block);
   for (const n of after.around) put(n.lock, n.release, n.block);
+  if (forgotten > 0) {
+    const newRoot = changed.get(ROOT) ?? root;
+    changed.set(ROOT, { ...newRoot, version: Math.max(newRoot.version, forgotten) });
+  }
   return changed;
 }
+
+/** Whether a verdict's change would store a lock name that is not stored yet, and counts against RS_MAX_LOCKS. */
+export function storesNewName(lock: string, stored: Stored, verdict: Verdict): boolean {
+  if (!verdict.change || stored.entries.has(lock) || !counted(lock)) return false;
+  const entry = changedEntries(lock, stored, verdict.change.next).get(lock);
+  return entry !== undefined && !forgets(lock, entry);
+}
+
+/**
+ * The refusal of a change that would store one lock name more than there is room for: RS_MAX_LOCKS
+ * in all, or the asking token's share of it under its locks; null when there is room. Asked in the
+ * write transaction, with counts of the names stored there, so every store and replica decides alike.
+ */
+export function noRoom(lock: string, room: Room, count: CountNames): Refusal | null {
+  if (count(null) >= room.most)
+    return refuse(
+      "invalid",
+      `lock ${lock} would be one lock more than RS_MAX_LOCKS (${room.most}): use a lock that holds a release or a block now, or end one on a lock no longer needed`,
+    );
+  const share = room.share;
+  if (share && count(share.locks) >= share.most)
+    return refuse(
+      "invalid",
+      `lock ${lock} would be one lock more than ${share.who}'s token may hold under ${share.locks.join(", ")} (${share.most}, its share of RS_MAX_LOCKS): end a release or block there first, or use a lock that holds one`,
+    );
+  return null;
+}
+
+/** The verdict, or, when its change would store a lock name beyond the room there is, that refusal, changing nothing. */
+export function withinRoom(
+  lock: string,
+  stored: Stored,
+  verdict: Verdict,
+  room: Room | undefined,
+  count: CountNames,
+): Verdict {
+  const full = room && storesNewName(lock, stored, verdict) ? noRoom(lock, room, count) : null;
+  return full ? { outcome: full, change: null } : verdict;
+}
+
+/** Whether `name` is one of `locks` or under one of them. */
+export const under = (locks: readonly string[], name: string): boolean =>
+  locks.some((l) => l === name || isAncestor(l, name));
 
 /**
  * A wait line kept in this process: right for a store that no other process shares
@@ -264,10 +344,12 @@ export function decideInLine(
   decide: Decide,
   line: LocalWaitLine,
   options: TransactOptions,
+  count: CountNames,
   write: ((w: Writes) => void) | null,
 ): Decision {
   const before = scopeOf(lock, stored);
-  const { outcome, change } = decide(before, now, line.ahead(lock, options.self));
+  const verdict = decide(before, now, line.ahead(lock, options.self));
+  const { outcome, change } = withinRoom(lock, stored, verdict, options.room, count);
   const joining = !outcome.ok && options.join !== undefined && WAITABLE.has(outcome.reason);
   const events = [...(change?.events ?? [])];
   if (joining && options.join) events.push(queueEvent("waiting", lock, options.join, now, options.join.reason));
