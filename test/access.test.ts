@@ -423,7 +423,7 @@ describe("a request without a valid token learns nothing about which locks exist
   });
 
   test("at RS_MAX_LOCKS a change without a token is 401 for a new name as for one in use", async () => {
-    const { d } = await withTeam("", { RS_MAX_LOCKS: "2" }); // the lock default and one more
+    const { d } = await withTeam("", { RS_MAX_LOCKS: "1" }); // one lock besides default
     expect(await d.body("/locks/prod/start?name=ops", as(OPS))).toBe("1\n");
     expect((await d.get("/locks/nope/start", as(OPS))).headers.get("x-reason")).toContain("RS_MAX_LOCKS");
     expect((await sameFor(d, "/locks/prod/stop", "/locks/nope/stop")).status).toBe(401);

@@ -29,6 +29,7 @@ import { lostFrames } from "./wal.ts";
 const APPLICATION_ID = 0x52537431; // "RSt1" in the file header marks the file as ours
 const HARMLESS_WRITE = "UPDATE lock SET last_id = last_id WHERE name = ''"; // proves the file can be written
 const SQLITE_FCNTL_NULL_IO = 43; // sqlite3.h: the connection no longer reads or writes the file (not in bun:sqlite's constants)
+const SQLITE_FCNTL_PERSIST_WAL = 10; // sqlite3.h: the write-ahead log is not deleted when the connection closes
 
 // Each entry brings the schema from version i to i+1; never edit one that has shipped.
 const MIGRATIONS = [
@@ -465,6 +466,7 @@ function refuseDamagedLog(db: Database, where: string) {
   if (!lost) return;
   // Closing would checkpoint what SQLite recovered into the database and delete the log, and with it the
   // evidence: the connection is cut off from the file first, so that both are left as they were.
+  db.fileControl(SQLITE_FCNTL_PERSIST_WAL, 1);
   db.fileControl(SQLITE_FCNTL_NULL_IO, null);
   const what =
     "badHeader" in lost
