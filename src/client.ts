@@ -4,6 +4,7 @@ import { constants } from "node:os";
 import { LOCK_NAME_RULE, validLockName } from "./names.ts";
 import { wholeNumber } from "./numbers.ts";
 import { print, readSecretFile } from "./terminal.ts";
+import { visible } from "./visible.ts";
 
 // Exit codes from sysexits.h, so scripts can tell "not now" from "broken".
 const EXIT = {
@@ -412,6 +413,6 @@ function failure(e: unknown, command: string): number {
   if (e instanceof Interrupted) return 130;
   const code = e instanceof UsageError ? EXIT.usage : e instanceof Unavailable ? EXIT.unavailable : null;
   if (code === null) throw e;
-  console.error(`releasestatus ${command}: ${(e as Error).message}`);
+  console.error(`releasestatus ${command}: ${visible((e as Error).message)}`); // it may quote an argument
   return code;
 }

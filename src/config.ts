@@ -10,6 +10,7 @@ import { LOCK_NAME_RULE, validLockName } from "./names.ts";
 import { labelled, parseWebhook, type Webhook } from "./notify/webhook.ts";
 import { wholeNumber } from "./numbers.ts";
 import { readSecretFile } from "./terminal.ts";
+import { visible } from "./visible.ts";
 
 export type Config = {
   port: number;
@@ -29,7 +30,12 @@ export type Config = {
   file: string | null; // RS_CONFIG: re-read on SIGHUP
 };
 
-export class ConfigError extends Error {}
+// Messages quote what the file or the environment holds: made visible once, here, for all of them.
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(visible(message));
+  }
+}
 
 export const MAX_TTL_SECONDS = 7 * 24 * 3600;
 
@@ -189,6 +195,7 @@ const FILE_SETTINGS: Record<string, { env: string; kind: "number" | "string" | "
   webhook_backlog: { env: "RS_WEBHOOK_BACKLOG", kind: "number" },
 };
 const TOKEN_KEYS = ["who", "can", "locks", "sha256"];
+const EMPTY_SHA256 = digestOf("");
 
 /** Reads and checks the whole file; a problem is a ConfigError "FILE:LINE: what is wrong". */
 export function readConfigFile(path: string): ConfigFile {
@@ -351,6 +358,12 @@ function readTokenTable(
     throw problem(
       line("sha256"),
       "sha256 is not valid: expected the 64 hex digits of the token's SHA-256 (never the token itself); 'releasestatus token' prints both",
+    );
+  // A client that sends "Authorization: Bearer " with nothing after it must not be this holder.
+  if (sha256.toLowerCase() === EMPTY_SHA256)
+    throw problem(
+      line("sha256"),
+      "sha256 is the SHA-256 of the empty string, which no token may be: make a token with 'releasestatus token'",
     );
   return { who, can: new Set(can as Right[]), locks: scope, sha256: sha256.toLowerCase(), named: true };
 }

@@ -459,6 +459,26 @@ describe("what a hostile reviewer found, closed", () => {
     }
   });
 
+  test("an error quoting a refused value escapes direction overrides and other invisible characters", async () => {
+    const { code, stderr } = await runBinary([
+      "check-config",
+      configFile(tokenTable("ana\u202eevil", ["release"], ["*"], "x")),
+    ]);
+    expect(code).toBe(2);
+    expect(stderr).toContain('who = "ana\\u202eevil" is not valid');
+    expect(stderr).not.toMatch(/[\u202a-\u202e\u2066-\u2069]/);
+  });
+
+  test("a token whose sha256 is that of the empty string is refused: an empty bearer token must never match", async () => {
+    const empty = sha("");
+    for (const digest of [empty, empty.toUpperCase()]) {
+      const file = configFile(`[[token]]\nwho = "x"\ncan = ["release"]\nlocks = ["*"]\nsha256 = "${digest}"\n`);
+      const { code, stderr } = await runBinary(["check-config", file]);
+      expect(code).toBe(2);
+      expect(stderr).toContain(":5: sha256 is the SHA-256 of the empty string");
+    }
+  });
+
   test("a reload never logs a database URL, which may hold a password", async () => {
     const file = configFile(`db = "postgres://rs:OLDpass@127.0.0.1:1/x"\n${TEAM}`);
     const d = await startDaemon({ RS_CONFIG: file, RS_DB: "" }); // the file's db; it is away, the daemon still starts
