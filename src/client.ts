@@ -32,10 +32,11 @@ Options:
   --token-file FILE  file holding the server's token (default: $RS_TOKEN)
 
 COMMAND runs in a process group of its own: signals to run (INT, TERM, HUP) go to the
-whole group, and if run itself dies, even by kill -9, a watchdog kills the group
-within a second. If no renewal is confirmed within two thirds of the lease (counted
-from when the last confirmed one was sent), the group is sent SIGTERM, and SIGKILL
-a twelfth of the lease before the lease could run out on the server.
+whole group; Ctrl-Z (TSTP) is refused, since a paused run cannot renew. If no renewal
+is confirmed within two thirds of the lease (counted from when /start, then the last
+confirmed renewal, was sent), the group is sent SIGTERM, and SIGKILL a twelfth of the
+lease before the lease could run out on the server. A watchdog in a session of its
+own does this even when run is stopped, and kills the group at once if run dies.
 
 Exit codes: COMMAND's own (128+N when a signal ended it); 75 when the release could
 not be had; 69 when the server cannot be reached or answers unexpectedly; 70 when the
