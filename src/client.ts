@@ -377,7 +377,7 @@ async function startWatchdog(): Promise<Watchdog> {
   send("clock");
   const reader = dog.stdout.getReader();
   const { value } = await reader.read();
-  const offset = Number(new TextDecoder().decode(value)) - performance.now();
+  const offset = (value ? Number(new TextDecoder().decode(value)) : Number.NaN) - performance.now();
   reader.releaseLock();
   if (!Number.isFinite(offset))
     throw new Unavailable("the watchdog did not start, so the command could not be guarded");
