@@ -9,6 +9,7 @@ import { render } from "./notify/formats.ts";
 import type { Webhook } from "./notify/webhook.ts";
 import { iso } from "./release.ts";
 import { print } from "./terminal.ts";
+import { visible } from "./visible.ts";
 
 const EXIT_INVALID = 2; // as the daemon exits on a bad configuration
 
@@ -124,6 +125,6 @@ export function makeToken(args: string[]): number {
 }
 
 function fail(message: string): number {
-  console.error(`releasestatus: ${message}`);
+  console.error(`releasestatus: ${visible(message)}`); // it may quote an argument
   return EXIT_INVALID;
 }

@@ -4,6 +4,7 @@ import { constants } from "node:os";
 import { LOCK_NAME_RULE, validLockName } from "./names.ts";
 import { wholeNumber } from "./numbers.ts";
 import { print, readSecretFile } from "./terminal.ts";
+import { visible } from "./visible.ts";
 
 // Exit codes from sysexits.h, so scripts can tell "not now" from "broken".
 const EXIT = {
@@ -31,10 +32,11 @@ Options:
   --token-file FILE  file holding the server's token (default: $RS_TOKEN)
 
 COMMAND runs in a process group of its own: signals to run (INT, TERM, HUP) go to the
-whole group, and if run itself dies, even by kill -9, a watchdog kills the group
-within a second. If no renewal is confirmed within two thirds of the lease (counted
-from when the last confirmed one was sent), the group is sent SIGTERM, and SIGKILL
-a twelfth of the lease before the lease could run out on the server.
+whole group; Ctrl-Z (TSTP) is refused, since a paused run cannot renew. If no renewal
+is confirmed within two thirds of the lease (counted from when /start, then the last
+confirmed renewal, was sent), the group is sent SIGTERM, and SIGKILL a twelfth of the
+lease before the lease could run out on the server. A watchdog in a session of its
+own does this even when run is stopped, and kills the group at once if run dies.
 
 Exit codes: COMMAND's own (128+N when a signal ended it); 75 when the release could
 not be had; 69 when the server cannot be reached or answers unexpectedly; 70 when the
@@ -123,6 +125,7 @@ export async function run(args: string[]): Promise<number> {
   let ttl: number;
   let query: URLSearchParams;
   let signals: { dispose: () => void } | null = null;
+  let watchdog: Watchdog | null = null;
   try {
     const split = args.indexOf("--");
     const opts = parseOptions(
@@ -150,6 +153,8 @@ export async function run(args: string[]): Promise<number> {
     const pending: NodeJS.Signals[] = [];
     let onSignal: (signal: NodeJS.Signals) => void = () => abort.abort(); // Ctrl-C while waiting leaves the line
     signals = onSignals((signal) => onSignal(signal));
+    watchdog = await startWatchdog(); // before the release is asked for: nothing may hold it unguarded
+    const sentAt = performance.now(); // the first lease is counted from here: the server grants it later
     const res = await call(server, `${at(server, "start")}?${query}`, (wait + 30) * 1000, abort.signal);
     onSignal = (signal) => pending.push(signal); // until the command runs, then handed on to it
     const answer = (await res.json().catch(() => null)) as {
@@ -165,13 +170,14 @@ export async function run(args: string[]): Promise<number> {
       console.error(`releasestatus run: not releasing (${answer.reason}): ${answer.message}`);
       return EXIT.tempFail;
     }
-    return await holdWhileRunning(server, answer.releaseId ?? 0, ttl, command, (forward) => {
+    return await holdWhileRunning(server, answer.releaseId ?? 0, ttl, sentAt, command, watchdog, (forward) => {
       onSignal = forward;
       for (const signal of pending.splice(0)) forward(signal);
     });
   } catch (e) {
     return failure(e, "run");
   } finally {
+    watchdog?.done();
     signals?.dispose();
   }
 }
@@ -181,97 +187,137 @@ async function holdWhileRunning(
   server: Server,
   id: number,
   ttl: number,
+  sentAt: number,
   command: string[],
+  watchdog: Watchdog,
   forwardSignals: (forward: (signal: NodeJS.Signals) => void) => void,
 ): Promise<number> {
-  const watchdog = startWatchdog();
-  let child: ReturnType<typeof Bun.spawn>;
-  try {
-    child = Bun.spawn(command, {
-      stdio: ["inherit", "inherit", "inherit"],
-      env: { ...process.env, RS_RELEASE_ID: String(id) },
-      detached: true, // a session and process group of its own: signals reach the command's children too
-    });
-  } catch (e) {
-    watchdog.done();
-    await stopRelease(server, id);
-    console.error(`releasestatus run: cannot run ${command[0]}: ${(e as Error).message}`);
-    return 127;
-  }
-  watchdog.guard(child.pid);
+  let pgid = 0; // the command's process group, once it runs
   const group = (signal: NodeJS.Signals) => {
     try {
-      process.kill(-child.pid, signal);
+      if (pgid > 1) process.kill(-pgid, signal);
     } catch {} // the group is gone already
   };
-  forwardSignals(group); // the command decides how to end
   let lost: string | null = null;
-  const renewal = keepLease(server, id, ttl, {
-    lost(why) {
-      lost ??= why;
-      console.error(`releasestatus run: lost release #${id}: ${why}; sending the command SIGTERM`);
-      group("SIGTERM");
-      setTimeout(() => group("SIGKILL"), 10_000).unref(); // a command that ignores SIGTERM
+  let ours = true; // false once the server refused the lease, or it may have run out: then it is not stopped
+  const lose = (why: string, then: string) => {
+    if (lost) return;
+    lost = why;
+    console.error(`releasestatus run: lost release #${id}: ${why}; ${then}`);
+  };
+  // Ends the command at once: the release is gone, or nothing would end the command in time if run stopped.
+  const end = (why: string) => {
+    lose(why, "sending the command SIGTERM");
+    group("SIGTERM");
+    setTimeout(() => group("SIGKILL"), 10_000).unref(); // a command that ignores SIGTERM
+  };
+  watchdog.exited.then(() => end("the watchdog ended, so nothing would end the command in time if run stopped"));
+  const lease = keepLease(server, id, ttl, sentAt, {
+    confirmed: (deadline) => watchdog.until(deadline),
+    refused: (why) => {
+      ours = false;
+      end(why);
     },
-    kill: () => group("SIGKILL"), // the lease is about to run out on the server
+    // The watchdog sends the SIGTERM and the SIGKILL, on time even if this process is stopped.
+    lapsed: (why) => {
+      ours = false;
+      lose(why, "the command is sent SIGTERM, and SIGKILL before the lease could run out");
+    },
   });
-  const code = await child.exited;
-  group("SIGKILL"); // nothing the command started may go on without the release
-  renewal.stop();
+  // An answer heard late (after a wait in line, say) leaves less of the first lease: renew before running.
+  if (performance.now() - sentAt >= (ttl * 1000) / 3) await lease.renew();
+  let code = 0;
+  let child: ReturnType<typeof Bun.spawn> | null = null;
+  if (!lost) {
+    try {
+      child = Bun.spawn(command, {
+        stdio: ["inherit", "inherit", "inherit"],
+        env: { ...process.env, RS_RELEASE_ID: String(id) },
+        detached: true, // a session and process group of its own: signals reach the command's children too
+      });
+    } catch (e) {
+      console.error(`releasestatus run: cannot run ${command[0]}: ${(e as Error).message}`);
+      code = 127;
+    }
+  }
+  if (child) {
+    pgid = child.pid;
+    watchdog.guard(pgid);
+    forwardSignals(group); // the command decides how to end
+    code = await child.exited;
+    group("SIGKILL"); // nothing the command started may go on without the release
+  }
+  lease.stop();
   watchdog.done();
+  const stopped = ours ? await stopRelease(server, id) : null;
   if (lost) return EXIT.software;
-  const stopped = await stopRelease(server, id);
   if (stopped) {
     console.error(`releasestatus run: lost release #${id} before the command finished: ${stopped}`);
     return EXIT.software;
   }
-  const signal = child.signalCode as NodeJS.Signals | null;
+  const signal = child?.signalCode as NodeJS.Signals | null | undefined;
   return signal ? 128 + (constants.signals[signal] ?? 0) : code;
 }
 
 /**
- * Renews every third of the lease. The lease is counted from when the last confirmed renewal was
- * SENT (the server counts from when it arrived, which is later): with no confirmation for two
- * thirds of it the command is told to end, and it is killed a twelfth of the lease before the
- * lease could end on the server. A refusal (wrong-id) means the release is gone already.
+ * When the command must end, on this process's monotonic clock, given when the last confirmed
+ * renewal (or the start) was SENT: the server counts the lease from when it arrived, which is later.
+ * Two thirds of the lease without a confirmation: SIGTERM. A twelfth of the lease before the lease
+ * could run out on the server: SIGKILL, so the group is dead before anyone else can be granted.
  */
-function keepLease(server: Server, id: number, ttl: number, on: { lost: (why: string) => void; kill: () => void }) {
+type Deadline = { term: number; kill: number };
+const deadlineFrom = (sentAt: number, lease: number): Deadline => ({
+  term: sentAt + (lease * 2) / 3,
+  kill: sentAt + lease - lease / 12,
+});
+
+/**
+ * Renews every third of the lease; each confirmation moves the deadline (told to the watchdog). A
+ * refusal (wrong-id) means the release is gone already; a deadline passed means it may soon be.
+ */
+function keepLease(
+  server: Server,
+  id: number,
+  ttl: number,
+  startSentAt: number,
+  on: { confirmed: (deadline: Deadline) => void; refused: (why: string) => void; lapsed: (why: string) => void },
+) {
   const lease = ttl * 1000;
-  let confirmedSentAt = Date.now(); // the start's own answer stands for its sending
+  let confirmedSentAt = startSentAt;
   let done = false;
-  let killed = false;
   const every = lease / 3;
+  on.confirmed(deadlineFrom(confirmedSentAt, lease));
+  const check = () => {
+    const since = performance.now() - confirmedSentAt;
+    if (!done && performance.now() >= deadlineFrom(confirmedSentAt, lease).term) {
+      done = true;
+      on.lapsed(
+        `no renewal reached the server for ${ttl}s of lease (the last confirmed one was sent ${(since / 1000).toFixed(1)}s ago), so the command is ended before the lease can run out`,
+      );
+    }
+  };
   const renew = async () => {
-    const sentAt = Date.now();
+    const sentAt = performance.now();
     try {
       const res = await call(server, `${at(server, "renew")}?id=${id}&ttl=${ttl}&format=json`, Math.min(every, 5000));
       const answer = (await res.json()) as { ok: boolean; reason: string; message: string };
-      if (answer.ok) confirmedSentAt = Math.max(confirmedSentAt, sentAt);
-      else if (!done && answer.reason === "wrong-id") {
+      check(); // heard after the deadline: the watchdog has acted on it already
+      if (done) return;
+      if (answer.ok && sentAt > confirmedSentAt) {
+        confirmedSentAt = sentAt;
+        on.confirmed(deadlineFrom(confirmedSentAt, lease));
+      } else if (!answer.ok && answer.reason === "wrong-id") {
         done = true;
-        on.lost(answer.message);
+        on.refused(answer.message);
       }
     } catch {}
   };
   const renewals = setInterval(renew, every);
-  const watch = setInterval(
-    () => {
-      const since = Date.now() - confirmedSentAt;
-      if (!done && since >= (lease * 2) / 3) {
-        done = true;
-        on.lost(
-          `no renewal reached the server for ${ttl}s of lease (the last confirmed one was sent ${(since / 1000).toFixed(1)}s ago), so the command is ended before the lease can run out`,
-        );
-      }
-      if (!killed && since >= lease - lease / 12) {
-        killed = true;
-        on.kill();
-      }
-    },
-    Math.min(100, lease / 24),
-  );
+  const watch = setInterval(check, Math.min(100, lease / 24));
   return {
+    renew,
     stop: () => {
+      check(); // the command may have ended by the watchdog's hand before this process looked
       done = true;
       clearInterval(renewals);
       clearInterval(watch);
@@ -297,45 +343,106 @@ async function stopRelease(server: Server, id: number): Promise<string | null> {
 }
 
 /**
- * A small process (this binary, in a hidden mode) that holds a pipe from run: if run dies by any
- * means, even kill -9, the pipe closes and the watchdog kills the command's whole group.
+ * A small process (this binary, in a hidden mode), in a session of its own so that neither the
+ * terminal's job control (Ctrl-Z, Ctrl-C) nor a signal to run's group reaches it. It holds the
+ * deadline of the last confirmed renewal and ends the command's group on time by itself, so a run
+ * that is stopped (SIGSTOP), starved or killed cannot leave the command going without the release;
+ * and if run dies by any means, even kill -9, the pipe closes and it kills the group at once.
  */
-function startWatchdog() {
+type Watchdog = {
+  until: (deadline: Deadline) => void;
+  guard: (pgid: number) => void;
+  done: () => void;
+  exited: Promise<unknown>; // before done: the command has lost its guard
+};
+
+async function startWatchdog(): Promise<Watchdog> {
   const self = process.execPath;
   const script = Bun.main.endsWith(".ts") ? [Bun.main] : []; // run from source: bun index.ts
-  const dog = Bun.spawn([self, ...script, WATCHDOG], { stdin: "pipe", stdout: "ignore", stderr: "inherit" });
-  return {
-    guard: (pgid: number) => {
-      dog.stdin.write(`${pgid}\n`);
+  const dog = Bun.spawn([self, ...script, WATCHDOG], {
+    stdin: "pipe",
+    stdout: "pipe",
+    stderr: "inherit",
+    detached: true,
+  });
+  let finished = false;
+  const send = (line: string) => {
+    try {
+      dog.stdin.write(`${line}\n`);
       dog.stdin.flush();
-    },
+    } catch {} // it is gone: `exited` says so
+  };
+  // Each process has its own monotonic clock. One round trip lines them up: the watchdog read its clock
+  // somewhere between asking and hearing, and taking it as read when heard can only move deadlines earlier.
+  send("clock");
+  const reader = dog.stdout.getReader();
+  const { value } = await reader.read();
+  const offset = (value ? Number(new TextDecoder().decode(value)) : Number.NaN) - performance.now();
+  reader.releaseLock();
+  if (!Number.isFinite(offset))
+    throw new Unavailable("the watchdog did not start, so the command could not be guarded");
+  return {
+    until: ({ term, kill }) => send(`until ${term + offset} ${kill + offset}`),
+    guard: (pgid) => send(`guard ${pgid}`),
     done: () => {
+      if (finished) return;
+      finished = true;
+      send("done");
       try {
-        dog.stdin.write("done\n");
         dog.stdin.end();
       } catch {}
     },
+    exited: dog.exited.then(() => {
+      if (!finished) return;
+      return new Promise(() => {}); // ended as asked: nothing to say
+    }),
   };
 }
 
 export const WATCHDOG = "__watchdog";
 
-/** The watchdog's own life: wait for a group to guard, then for "done" or the end of the pipe. */
+/**
+ * The watchdog's own life. Lines from run: "clock" (answered with this process's clock), "until TERM KILL"
+ * (the deadline, on this clock), "guard PGID" (the command's group), "done". At TERM the group gets
+ * SIGTERM, at KILL SIGKILL; when the pipe ends before "done", run is gone: SIGKILL at once.
+ */
 export async function watchdog(): Promise<number> {
-  for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(signal, () => {}); // outlive run's signals
+  for (const signal of ["SIGINT", "SIGTERM", "SIGHUP", "SIGTSTP"] as const) process.on(signal, () => {}); // outlive run's
   let pgid = 0;
+  let deadline: Deadline = { term: Number.POSITIVE_INFINITY, kill: Number.POSITIVE_INFINITY };
+  let termed = false;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const group = (signal: NodeJS.Signals) => {
+    try {
+      if (pgid > 1) process.kill(-pgid, signal);
+    } catch {} // the group is gone already
+  };
+  const enforce = () => {
+    clearTimeout(timer);
+    const now = performance.now();
+    if (now >= deadline.kill) return group("SIGKILL");
+    if (now >= deadline.term && !termed) {
+      termed = true;
+      group("SIGTERM");
+    }
+    const next = termed ? deadline.kill : deadline.term;
+    if (Number.isFinite(next)) timer = setTimeout(enforce, Math.max(0, next - now));
+  };
   let text = "";
   for await (const chunk of Bun.stdin.stream()) {
     text += new TextDecoder().decode(chunk);
-    if (text.includes("done\n")) return 0;
-    const first = /^(\d+)\n/.exec(text);
-    if (first) pgid = Number(first[1]);
+    const lines = text.split("\n");
+    text = lines.pop() ?? "";
+    for (const line of lines) {
+      const [word, a, b] = line.split(" ");
+      if (word === "done") return 0;
+      if (word === "clock") console.log(performance.now());
+      if (word === "guard") pgid = Number(a);
+      if (word === "until") deadline = { term: Number(a), kill: Number(b) };
+      enforce();
+    }
   }
-  if (pgid > 1) {
-    try {
-      process.kill(-pgid, "SIGKILL");
-    } catch {}
-  }
+  group("SIGKILL");
   return 0;
 }
 
@@ -359,6 +466,14 @@ function onSignals(handler: (signal: NodeJS.Signals) => void) {
     process.on(name, listener);
     return [name, listener] as const;
   });
+  // Ctrl-Z would stop run alone (the command has a session of its own): its lease would lapse and the
+  // command be killed mid-deploy by the watchdog. Pausing a deploy is refused instead; it runs on.
+  const refuseSuspend = () =>
+    console.error(
+      "releasestatus run: Ctrl-Z is refused: a paused run cannot renew its lease, so the command would be killed mid-deploy; it runs on (Ctrl-C ends it)",
+    );
+  process.on("SIGTSTP", refuseSuspend);
+  listeners.push(["SIGTSTP", refuseSuspend]);
   return {
     dispose: () => {
       for (const [name, listener] of listeners) process.off(name, listener);
@@ -412,6 +527,6 @@ function failure(e: unknown, command: string): number {
   if (e instanceof Interrupted) return 130;
   const code = e instanceof UsageError ? EXIT.usage : e instanceof Unavailable ? EXIT.unavailable : null;
   if (code === null) throw e;
-  console.error(`releasestatus ${command}: ${(e as Error).message}`);
+  console.error(`releasestatus ${command}: ${visible((e as Error).message)}`); // it may quote an argument
   return code;
 }

@@ -10,6 +10,7 @@ import { LOCK_NAME_RULE, validLockName } from "./names.ts";
 import { labelled, parseWebhook, type Webhook } from "./notify/webhook.ts";
 import { wholeNumber } from "./numbers.ts";
 import { readSecretFile } from "./terminal.ts";
+import { visible } from "./visible.ts";
 
 export type Config = {
   port: number;
@@ -31,7 +32,12 @@ export type Config = {
   file: string | null; // RS_CONFIG: re-read on SIGHUP
 };
 
-export class ConfigError extends Error {}
+// Messages quote what the file or the environment holds: made visible once, here, for all of them.
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(visible(message));
+  }
+}
 
 export const MAX_TTL_SECONDS = 7 * 24 * 3600;
 
@@ -195,6 +201,7 @@ const FILE_SETTINGS: Record<string, { env: string; kind: "number" | "string" | "
   webhook_backlog: { env: "RS_WEBHOOK_BACKLOG", kind: "number" },
 };
 const TOKEN_KEYS = ["who", "can", "locks", "sha256"];
+const EMPTY_SHA256 = digestOf("");
 
 /** Reads and checks the whole file; a problem is a ConfigError "FILE:LINE: what is wrong". */
 export function readConfigFile(path: string): ConfigFile {
@@ -358,6 +365,12 @@ function readTokenTable(
       line("sha256"),
       "sha256 is not valid: expected the 64 hex digits of the token's SHA-256 (never the token itself); 'releasestatus token' prints both",
     );
+  // A client that sends "Authorization: Bearer " with nothing after it must not be this holder.
+  if (sha256.toLowerCase() === EMPTY_SHA256)
+    throw problem(
+      line("sha256"),
+      "sha256 is the SHA-256 of the empty string, which no token may be: make a token with 'releasestatus token'",
+    );
   return { who, can: new Set(can as Right[]), locks: scope, sha256: sha256.toLowerCase(), named: true };
 }
 
@@ -388,25 +401,84 @@ function firstLineOf(lines: string[], key: string): number {
   return i < 0 ? 1 : i + 1;
 }
 
-// Bun's TOML parser does not say where it stopped: the first prefix of lines that fails alike does.
+// Bun's TOML parser does not say where it stopped. Re-parsing every prefix of the file to find out
+// is quadratic (a 6,000-line file held a reload for seconds), so the file is cut into statements (a
+// table header, or a key with its whole value) and each is parsed alone: every parse is small, and
+// together they read the file once. Only an error between statements (a key or table defined twice)
+// needs them together: then a binary search over whole statements, O(n log n).
 function syntaxErrorLine(source: string, message: string): number {
   const lines = source.split("\n");
-  const fails = (n: number): string | null => {
-    try {
-      Bun.TOML.parse(lines.slice(0, n).join("\n"));
-      return null;
-    } catch (e) {
-      return (e as Error).message;
-    }
-  };
-  for (let n = 1; n <= lines.length; n++) {
-    if (fails(n) !== message) continue;
-    // A problem at the end of a line is often only named once the next line is read: the line before,
-    // if it is the first to fail at all, is where it is.
-    if (n > 1 && fails(n - 1) !== null && (n === 2 || fails(n - 2) === null)) return n - 1;
-    return n;
+  const all = statements(lines);
+  const text = (from: number, to: number) => `${lines.slice(from, to).join("\n")}\n`;
+  const alone = all.find((s) => failure(text(s.from, s.to)) === message);
+  if (alone) return alone.from + firstFailingLine(lines.slice(alone.from, alone.to), message) + 1;
+  // The first statement with which the file so far fails: before it, every statement is valid on its own.
+  let [good, bad] = [0, all.length];
+  while (bad - good > 1) {
+    const mid = Math.floor((good + bad) / 2);
+    if (failure(text(0, all[mid - 1]?.to ?? 0)) === null) good = mid;
+    else bad = mid;
   }
-  return lines.length;
+  return (all[bad - 1]?.from ?? lines.length - 1) + 1;
+}
+
+const failure = (text: string): string | null => {
+  try {
+    Bun.TOML.parse(text);
+    return null;
+  } catch (e) {
+    return (e as Error).message;
+  }
+};
+
+/**
+ * The file's statements as line ranges [from, to). A statement starts on a line that is outside any
+ * bracket and multi-line string and holds more than a comment; it runs to the next one. Only the
+ * shape is followed (strings, comments, brackets): the parser says what is wrong.
+ */
+function statements(lines: string[]): { from: number; to: number }[] {
+  const found: { from: number; to: number }[] = [];
+  let depth = 0; // open [ and {
+  let multi: '"""' | "'''" | null = null; // inside a multi-line string
+  lines.forEach((line, n) => {
+    if (depth === 0 && multi === null && !/^\s*(#|$)/.test(line)) {
+      const last = found.at(-1);
+      if (last) last.to = n;
+      found.push({ from: n, to: lines.length });
+    }
+    for (let i = 0; i < line.length; i++) {
+      if (multi !== null) {
+        if (multi === '"""' && line[i] === "\\") i++;
+        else if (line.startsWith(multi, i)) [multi, i] = [null, i + 2];
+        continue;
+      }
+      const c = line[i];
+      if (c === "#") break;
+      if (c === '"' || c === "'") {
+        if (line.startsWith(c.repeat(3), i)) [multi, i] = [c === '"' ? '"""' : "'''", i + 2];
+        else i = endOfString(line, i);
+      } else if (c === "[" || c === "{") depth++;
+      else if ((c === "]" || c === "}") && depth > 0) depth--;
+    }
+  });
+  return found;
+}
+
+// Where a one-line string that opens at `i` closes (a basic string minds its escapes); the line's end if never.
+function endOfString(line: string, i: number): number {
+  const quote = line[i];
+  for (let j = i + 1; j < line.length; j++) {
+    if (quote === '"' && line[j] === "\\") j++;
+    else if (line[j] === quote) return j;
+  }
+  return line.length;
+}
+
+// Within one statement (a few lines), the first prefix that fails alike is where the problem is (0-based).
+// Each prefix ends with its newline, so that a problem at the end of a line is named on that line.
+function firstFailingLine(lines: string[], message: string): number {
+  const index = lines.findIndex((_, n) => failure(`${lines.slice(0, n + 1).join("\n")}\n`) === message);
+  return Math.max(index, 0);
 }
 
 // ---- reloading (SIGHUP) ----

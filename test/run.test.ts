@@ -1,15 +1,16 @@
 // `releasestatus run` and `status`: the compiled binary as both server and client.
 import { describe, expect, test } from "bun:test";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { BINARY, type Daemon, daemonsPerTest, freePort, historyKinds, statusOf, tempDir, until } from "./daemon.ts";
 
 const server = daemonsPerTest();
 
-/** Starts `releasestatus ARGS` against `d`; the caller awaits `done`. */
-function client(d: Daemon | null, args: string[], env: Record<string, string> = {}) {
+/** Starts `releasestatus ARGS` against `d`; the caller awaits `done`. With `detached`, run gets a session and process group of its own, as a shell gives a job. */
+function client(d: Daemon | null, args: string[], env: Record<string, string> = {}, detached = false) {
   const proc = Bun.spawn([BINARY, ...args], {
     env: { PATH: process.env.PATH ?? "", USER: "tester", ...(d ? { RS_URL: d.url } : {}), ...env },
+    detached,
     stdin: "ignore",
     stdout: "pipe",
     stderr: "pipe",
@@ -250,6 +251,134 @@ describe("run never overlaps the next release", () => {
     expect(missing.code).toBe(127);
     expect((await status(d)).running).toBe(false);
   });
+});
+
+// The processes whose parent is `pid`, from /proc.
+function childrenOf(pid: number): { pid: number; command: string }[] {
+  const found: { pid: number; command: string }[] = [];
+  for (const entry of readdirSync("/proc").filter((e) => /^\d+$/.test(e))) {
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      if (Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]) === pid)
+        found.push({ pid: Number(entry), command: readFileSync(`/proc/${entry}/cmdline`, "utf8") });
+    } catch {} // gone meanwhile
+  }
+  return found;
+}
+
+/** A command (sh, which ignores SIGTERM unless `yielding`) and its grandchild (sleep), both writing their pids. */
+function stubbornCommand(yielding = false) {
+  const dir = tempDir();
+  const [shell, grandchild] = [join(dir, "sh"), join(dir, "sleep")];
+  const trap = yielding ? "" : "trap '' TERM; ";
+  const argv = ["sh", "-c", `${trap}sleep 300 & echo $! > ${grandchild}; echo $$ > ${shell}; wait`];
+  const started = () => until(async () => pidIn(shell) > 0 && pidIn(grandchild) > 0, "the command and its grandchild");
+  return { argv, started, pids: () => [pidIn(shell), pidIn(grandchild)] };
+}
+
+describe("whatever happens to run, the command is gone before the release can be given to anyone else", () => {
+  for (const [what, stop] of [
+    ["run alone is stopped (SIGSTOP)", (pid: number) => process.kill(pid, "SIGSTOP")],
+    ["run's whole process group is stopped, as a terminal stops a job", (pid: number) => process.kill(-pid, "SIGSTOP")],
+  ] as const)
+    test(`${what}: the watchdog kills the command's group, grandchild included, before the lease runs out`, async () => {
+      const d = await server();
+      const command = stubbornCommand();
+      const c = client(d, ["run", "--ttl", "3", "--", ...command.argv], {}, true);
+      try {
+        await command.started();
+        stop(c.proc.pid);
+        expect(await d.body("/start?name=next&wait=30")).toBe("1\n"); // granted the moment the lease runs out
+        expect(command.pids().map(alive)).toEqual([false, false]);
+      } finally {
+        process.kill(-c.proc.pid, "SIGCONT");
+      }
+      expect((await c.done).code).toBe(70);
+    }, 30_000);
+
+  test("kill -9 of run's whole process group: the watchdog, in a session of its own, still kills the command", async () => {
+    const d = await server();
+    const command = stubbornCommand();
+    const c = client(d, ["run", "--", ...command.argv], {}, true);
+    await command.started();
+    process.kill(-c.proc.pid, "SIGKILL");
+    await c.done;
+    await until(async () => command.pids().every((pid) => !alive(pid)), "the command and its grandchild to end");
+  });
+
+  test("the watchdog killed: run ends the command itself, gives the release back and exits 70", async () => {
+    const d = await server();
+    const command = stubbornCommand(true);
+    const c = client(d, ["run", "--", ...command.argv]);
+    await command.started();
+    const dog = childrenOf(c.proc.pid).find((p) => p.command.includes("__watchdog"));
+    expect(dog).toBeDefined();
+    process.kill(dog?.pid ?? 0, "SIGKILL");
+    const { code, stderr } = await c.done;
+    expect(code).toBe(70);
+    expect(stderr).toContain("the watchdog ended");
+    await until(async () => command.pids().every((pid) => !alive(pid)), "the command and its grandchild to end");
+    expect((await status(d)).running).toBe(false);
+  });
+
+  test("Ctrl-Z (SIGTSTP) to run is refused with a reason: the command runs on and the lease is renewed", async () => {
+    const d = await server();
+    const go = join(tempDir(), "go");
+    const c = client(d, ["run", "--ttl", "2", "--", "sh", "-c", `until [ -f ${go} ]; do sleep 0.05; done`]);
+    await until(async () => (await status(d)).running, "the release to start");
+    c.proc.kill("SIGTSTP");
+    const renewals = async () => (await kinds(d)).filter((k) => k === "renewed").length;
+    const before = await renewals();
+    await until(async () => (await renewals()) >= before + 2, "two more renewals"); // run was not stopped
+    await Bun.write(go, "");
+    const { code, stderr } = await c.done;
+    expect(code).toBe(0);
+    expect(stderr).toContain("Ctrl-Z is refused");
+  });
+
+  test("the first lease is counted from when /start was sent: an answer heard after it ran out runs nothing", async () => {
+    const d = await server();
+    let hear = () => {};
+    const heard = new Promise<void>((resolve) => {
+      hear = resolve;
+    });
+    // Between run and the daemon, a network that holds /start's answer back until it is told to let it through.
+    const proxy = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch: async (req) => {
+        const url = new URL(req.url);
+        const res = await fetch(d.url + url.pathname + url.search, { method: req.method, headers: req.headers });
+        if (url.pathname !== "/start") return res;
+        const body = await res.text();
+        await heard;
+        return new Response(body, { status: res.status, headers: res.headers });
+      },
+    });
+    try {
+      const pidFile = join(tempDir(), "pid");
+      const c = client(null, [
+        "run",
+        "--ttl",
+        "2",
+        "--url",
+        `http://127.0.0.1:${proxy.port}`,
+        "--",
+        "sh",
+        "-c",
+        `echo $$ > ${pidFile}; sleep 30`,
+      ]);
+      await until(async () => (await status(d)).running, "the release to be granted");
+      expect(await d.body("/start?name=next&wait=30")).toBe("1\n"); // the lease ran out unrenewed
+      hear();
+      const { code, stderr } = await c.done;
+      expect(code).toBe(70);
+      expect(stderr).toContain("lost release #1");
+      expect(existsSync(pidFile)).toBe(false); // the command never ran
+    } finally {
+      proxy.stop(true);
+    }
+  }, 30_000);
 });
 
 describe("run and status on a named lock", () => {

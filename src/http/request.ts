@@ -4,13 +4,18 @@
 // `unauthorized`) and changes nothing.
 import { wholeNumber } from "../numbers.ts";
 import { type Refusal, refuse } from "../release.ts";
+import { visible } from "../visible.ts";
 
 const MAX_TEXT = 200; // characters in a name or reason
 const MAX_URL = 8192; // bytes in a request's URL
 const FORM = "application/x-www-form-urlencoded";
 
-/** A request that is itself wrong: answered 400 with reason `invalid`, changing nothing. */
-export class Invalid extends Error {}
+/** A request that is itself wrong: answered 400 with reason `invalid`, changing nothing. Its message may quote a parameter as sent: made visible. */
+export class Invalid extends Error {
+  constructor(message: string) {
+    super(visible(message));
+  }
+}
 
 export type Params = Map<string, string>;
 

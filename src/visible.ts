@@ -1,0 +1,11 @@
+// Text quoted back to a person (in an error, a log line) must read as it is. A direction override
+// (U+202E) reverses the rest of the line, other format and control characters hide or break it:
+// each is shown as its escape, e.g. \u202e, so the line cannot be made to say something else.
+
+const INVISIBLE = /[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}]/gu;
+
+export const visible = (text: string): string =>
+  text.replace(INVISIBLE, (c) => {
+    const code = c.codePointAt(0) ?? 0;
+    return code > 0xffff ? `\\u{${code.toString(16)}}` : `\\u${code.toString(16).padStart(4, "0")}`;
+  });
