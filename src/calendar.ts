@@ -17,6 +17,7 @@
 
 import { LOCK_NAME_RULE, validLockName } from "./names.ts";
 import { DEFAULT_LOCK, isAncestor, ROOT } from "./release.ts";
+import { unreadable } from "./visible.ts";
 
 /** A time in the week: day 0 (Sunday) to 6 (Saturday), as Date's getUTCDay numbers them, and minutes after midnight. */
 export type WeekTime = { day: number; minute: number };
@@ -102,6 +103,10 @@ function readReason(value: unknown): string {
   if (value === undefined) fail('reason is missing: say why releasing is frozen, e.g. reason = "weekend"');
   const reason = text("reason", value, "weekend");
   if (reason.trim() === "") fail('reason is empty: say why releasing is frozen, e.g. reason = "weekend"');
+  if (unreadable(reason))
+    fail(
+      "reason has control characters or invisible format characters (such as direction marks): write it as plain text",
+    );
   if (reason.length > MAX_REASON)
     fail(`reason is ${reason.length} characters long: keep it to ${MAX_REASON}, it is shown with every refusal`);
   return reason;

@@ -9,3 +9,10 @@ export const visible = (text: string): string =>
     const code = c.codePointAt(0) ?? 0;
     return code > 0xffff ? `\\u{${code.toString(16)}}` : `\\u${code.toString(16).padStart(4, "0")}`;
   });
+
+// Text a person wrote for others to read (a name, a reason) holds none of these, nor U+FFFD, which is
+// what invalid UTF-8 becomes on the way in: such text is refused, not shown escaped.
+const UNREADABLE = /[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}\ufffd]/u;
+
+/** Whether text holds control characters, invisible format characters (direction marks, zero-width) or U+FFFD. */
+export const unreadable = (text: string): boolean => UNREADABLE.test(text);

@@ -105,6 +105,8 @@ describe("parseWindow refuses a bad window with the problem, naming the key", ()
     expect(problem({ every: weekly.every })).toStartWith("reason is missing");
     expect(problem({ ...weekly, reason: "  " })).toStartWith("reason is empty");
     expect(problem({ ...weekly, reason: "x".repeat(201) })).toStartWith("reason is 201 characters long");
+    for (const hidden of ["\u202e", "\u200f", "\u061c", "\u200b", "\u0007", "\u2028"])
+      expect(problem({ ...weekly, reason: `deploy${hidden}freeze` })).toStartWith("reason has control characters");
     expect(parseWindow({ ...weekly, reason: "x".repeat(200) })).not.toBeString();
     expect(problem({ ...weekly, reason: 7 })).toStartWith("reason must be a string in quotes");
   });

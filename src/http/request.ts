@@ -4,7 +4,7 @@
 // `unauthorized`) and changes nothing.
 import { wholeNumber } from "../numbers.ts";
 import { type Refusal, refuse } from "../release.ts";
-import { visible } from "../visible.ts";
+import { unreadable, visible } from "../visible.ts";
 
 const MAX_TEXT = 200; // characters in a name or reason
 const MAX_URL = 8192; // bytes in a request's URL
@@ -85,15 +85,11 @@ function parsePairs(s: string): Params | Refusal {
 
 const decode = (s: string) => (s.includes("%") || s.includes("+") ? decodeURIComponent(s.replaceAll("+", " ")) : s);
 
-// Control characters; U+FFFD, which is what invalid UTF-8 sent raw becomes on the way in; line and
-// paragraph separators; and every invisible format character (category Cf: direction marks and
-// overrides, zero-width characters), which make a name read as another in logs and on the page.
-const UNWANTED = /[\p{Cc}\p{Cs}\p{Cf}\u2028\u2029\ufffd]/u;
-
 export function text(p: Params, key: string): string {
   const value = (p.get(key) ?? "").trim();
   if ([...value].length > MAX_TEXT) throw new Invalid(`${key} is longer than ${MAX_TEXT} characters: shorten it`);
-  if (UNWANTED.test(value))
+  // Invisible format characters (direction marks, zero-width) make a name read as another in logs and on the page.
+  if (unreadable(value))
     throw new Invalid(
       `${key} has control characters, invisible format characters (such as direction marks) or invalid UTF-8: send plain text, percent-encoded as UTF-8`,
     );
