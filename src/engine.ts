@@ -378,6 +378,9 @@ export async function recordNext(series: string, lock: string, next: NextMarks):
   return committed !== null;
 }
 
+/** The locks whose latest mark of a series is of a kind (see Store.locksMarked). */
+export const locksMarked = (series: string, kind: string): Promise<string[]> => store().locksMarked(series, kind);
+
 /** Whether the calendar ever recorded a boundary of this window here. */
 export const windowKnown = (window: string): Promise<boolean> => store().marked(window);
 

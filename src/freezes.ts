@@ -16,7 +16,17 @@ import {
   occurrenceAt,
   type Window,
 } from "./calendar.ts";
-import { type Clock, health, recordNext, recordOnce, state, useCalendar, wakeWaiters, windowKnown } from "./engine.ts";
+import {
+  type Clock,
+  health,
+  locksMarked,
+  recordNext,
+  recordOnce,
+  state,
+  useCalendar,
+  wakeWaiters,
+  windowKnown,
+} from "./engine.ts";
 import { blockedOver, type Event, type Frozen, iso, ROOT, statusAfter } from "./release.ts";
 import type { Mark, Marked } from "./store/store.ts";
 
@@ -115,6 +125,7 @@ export function stopCalendar(): void {
   retired.length = 0;
   lookedAt.clear();
   seen.clear();
+  storedFreezesLookedAt = false;
 }
 
 // ---- the keeper: the history of each lock's freeze ----
@@ -133,6 +144,8 @@ const horizons = new Map<string, number>();
 const retired: Span[] = [];
 /** When the keeper last looked at each lock and found its history complete: for /freezes. */
 const lookedAt = new Map<string, number>();
+/** Whether the keeper has looked at the locks the store last recorded frozen (once, after each start). */
+let storedFreezesLookedAt = false;
 
 /** A window as the keeper counts it: its occurrences, cut to the time it was in the calendar. */
 type Span = { window: Window; from: number; until: number; removed: boolean };
@@ -299,8 +312,12 @@ async function look(): Promise<void> {
       ...windows.map((w) => ({ window: w, from: horizon(w), until: Number.POSITIVE_INFINITY, removed: false })),
       ...removed,
     ];
+    const locks = new Set(spans.flatMap((s) => locksOf(s.window)));
+    // The first look also takes the locks the store last recorded frozen: one whose window left the file while
+    // the daemon was down is no longer named by any window, and its thaw is recorded now, as a reload's would be.
+    if (!storedFreezesLookedAt) for (const lock of await locksMarked(EDGES, "frozen")) locks.add(lock);
     let complete = true;
-    for (const lock of new Set(spans.flatMap((s) => locksOf(s.window)))) {
+    for (const lock of locks) {
       const on = spans.filter((s) => locksOf(s.window).includes(lock));
       await recordNext(EDGES, lock, (last, newestEventAt) =>
         toMarks(lock, nextEdges(on, last, now), last, newestEventAt),
@@ -309,7 +326,10 @@ async function look(): Promise<void> {
       else complete = false; // a store that is away: the next look records what it can
     }
     // What they froze has been recorded: they no longer count (a reload meanwhile may have added more).
-    if (complete) retired.splice(0, removed.length);
+    if (complete) {
+      retired.splice(0, removed.length);
+      storedFreezesLookedAt = true;
+    }
   } catch {} // a store that is away: the next look tries again
   if (clock !== c) return;
   const now = c.now();

@@ -231,6 +231,21 @@ describe("across SIGHUP reloads, the history and the webhooks tell what /status 
     expect(events.map((e) => e.kind)).toEqual(["frozen", "thawed"]);
     expectInTimeOrder(events);
   });
+
+  test("a window removed from the file while the daemon was down: the restart records the thaw", async () => {
+    const db = await freshDb();
+    const file = configFile(inForce("test freeze", ["prod"]));
+    const first = await startDaemon({ RS_DB: db, RS_CONFIG: file });
+    await until(async () => (await freezeEvents(first)).length === 1, "the frozen recorded");
+    expect(await first.stop()).toBe(0);
+    writeFileSync(file, "");
+    const d = await startDaemon({ RS_DB: db, RS_CONFIG: file });
+    expect(await frozenNow(d)).toBe(false);
+    await until(async () => (await freezeEvents(d)).length === 2, "the thaw recorded");
+    const events = await freezeEvents(d);
+    expect(events.map((e) => e.kind)).toEqual(["frozen", "thawed"]);
+    expectInTimeOrder(events);
+  });
 });
 
 // 2,000 cron windows like the README's "monthly close", each at its own minute and in one of three zones,

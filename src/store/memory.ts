@@ -85,6 +85,8 @@ export function openMemoryStore(historyLimit: number, clock: () => number = Date
       append(decided.events);
       return { lock, events: decided.events, before: null, after: null, entries: new Map() };
     },
+    locksMarked: async (series, kind) =>
+      [...latestMark.values()].filter((m) => m.window === series && m.kind === kind).map((m) => m.lock),
     marked: async (window) => [...marks].some((m) => m.startsWith(`${window} `)),
     outbox: {
       claim: async (webhook, limit, backlog) => {

@@ -502,6 +502,14 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
         throw e;
       }
     },
+    locksMarked: async (series, kind) => {
+      const rows = await inTransaction(
+        (tx) => tx`
+          SELECT lock FROM releasestatus_freeze_marks AS m WHERE window_key = ${series} AND kind = ${kind}
+            AND at = (SELECT max(at) FROM releasestatus_freeze_marks WHERE window_key = ${series} AND lock = m.lock)`,
+      );
+      return (rows as { lock: string }[]).map((r) => r.lock);
+    },
     marked: async (window) => {
       const rows = await inTransaction(
         (tx) => tx`SELECT 1 FROM releasestatus_freeze_marks WHERE window_key = ${window} LIMIT 1`,

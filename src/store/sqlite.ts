@@ -164,6 +164,10 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
     latestMark: db.query<{ kind: string; at: number }, [string, string]>(
       "SELECT kind, at FROM freeze_marks WHERE window_key = ? AND lock = ? ORDER BY at DESC LIMIT 1",
     ),
+    locksMarked: db.query<{ lock: string }, [string, string]>(
+      `SELECT lock FROM freeze_marks AS m WHERE window_key = ?1 AND kind = ?2
+         AND at = (SELECT max(at) FROM freeze_marks WHERE window_key = ?1 AND lock = m.lock)`,
+    ),
     newestAt: db.query<{ at: number }, []>("SELECT at FROM events ORDER BY seq DESC LIMIT 1"),
     marked: db.query<{ found: number }, [string]>("SELECT 1 AS found FROM freeze_marks WHERE window_key = ? LIMIT 1"),
     span: db.query<{ oldest: number | null; newest: number | null }, []>(
@@ -349,6 +353,7 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
       if (decided) saved();
       return decided ? { lock, events: decided.events, before: null, after: null, entries: new Map() } : null;
     },
+    locksMarked: async (series, kind) => q.locksMarked.all(series, kind).map((r) => r.lock),
     marked: async (window) => q.marked.get(window) !== null,
     outbox: {
       claim: async (webhook, limit, backlog) => {

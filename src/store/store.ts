@@ -113,6 +113,8 @@ export interface Store {
    * record each once. Null when `next` says nothing, or it could not be written (tried again on the next tick).
    */
   markNext(series: string, lock: string, next: NextMarks): Promise<Committed | null>;
+  /** The locks whose latest mark of `series` is of `kind` (the freeze keeper: which locks it last recorded frozen). */
+  locksMarked(series: string, kind: string): Promise<string[]>;
   /** Whether any boundary of this window was ever marked: a window never seen before starts quietly. */
   marked(window: string): Promise<boolean>;
   /** Webhook deliveries: the events committed are the outbox, and each webhook's progress is kept beside them. */
