@@ -261,6 +261,22 @@ describe("start-up", () => {
     });
   }
 
+  test("an RS_ variable that is not a setting stops start-up, naming the setting it resembles", async () => {
+    const { code, stderr, stdout } = await runBinary([], { RS_PORT: "8080", RS_POTR: "8081" });
+    expect({ code, stdout }).toEqual({ code: 2, stdout: "" });
+    expect(stderr).toMatch(/RS_POTR is not a setting; did you mean RS_PORT\? .*releasestatus --help/);
+    expect(stderr.trimEnd().split("\n")).toHaveLength(1);
+  });
+
+  test("RS_ variables of the client and of test harnesses (RS_URL, RS_RELEASE_ID, RS_TEST_*) do not stop start-up", async () => {
+    const other = await startDaemon({ RS_URL: "http://x:1", RS_RELEASE_ID: "4", RS_TEST_ANYTHING: "1" });
+    try {
+      expect(await other.body("/healthz")).toBe("ok\n");
+    } finally {
+      await other.stop();
+    }
+  });
+
   test("--help and --version", async () => {
     const help = await runBinary(["--help"]);
     expect(help.code).toBe(0);

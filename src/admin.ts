@@ -85,9 +85,20 @@ export async function webhookTest(args: string[]): Promise<number> {
 
 const TOKEN_USAGE =
   "usage: releasestatus token --who NAME --can release,block,override --locks prod,staging (or --locks '*')";
+const TOKEN_HELP = `${TOKEN_USAGE}
+
+Makes a new random token for NAME, shown once on stderr, and prints on stdout the [[token]]
+block that grants it, to append to the RS_CONFIG file after its settings (releasestatus token
+... >> releasestatus.toml), then reload the daemon (kill -HUP <pid>).
+  --can    rights, comma-separated: release (start, stop, renew), block (block, unblock),
+           override (start during a freeze)
+  --locks  lock names, comma-separated (a lock and everything under it), or '*' for every lock and the root`;
+// TOML reads every key below a table as that table's: a setting written after this block would be the token's.
+const TOKEN_PLACE = "# Goes after the settings (port, locks, …): those go before the first table.";
 
 /** `releasestatus token`: a new random token, shown once, and the [[token]] block that grants it. */
 export function makeToken(args: string[]): number {
+  if (args.length === 1 && (args[0] === "--help" || args[0] === "-h")) return print(`${TOKEN_HELP}\n`);
   const options = new Map<string, string>();
   for (let i = 0; i < args.length; i += 2) {
     const [key, value] = [args[i], args[i + 1]];
@@ -105,6 +116,7 @@ export function makeToken(args: string[]): number {
     return fail(`--locks ${locks.join(",")} is not valid: expected '*' or lock names (${LOCK_NAME_RULE})`);
   const secret = `rs_${Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("base64url")}`;
   const block = [
+    TOKEN_PLACE,
     "[[token]]",
     `who = ${JSON.stringify(who)}`,
     `can = [${can.map((c) => JSON.stringify(c)).join(", ")}]`,

@@ -50,7 +50,8 @@ const STATUS_HELP = `Usage: releasestatus status [--lock NAME] [--url URL] [--js
 Prints who holds the release, since when, and who blocked releasing: for lock NAME, or
 without --lock for the default lock and then every other lock in use. --json prints the
 server's JSON status instead (without --lock, with every lock under "locks").
-Exit 69 when the server cannot be reached.
+Exit 69 when the server cannot be reached; 64 when it refuses (no such lock, e.g. RS_LOCKS
+without default and no --lock; or a token needed to read).
 `;
 
 type Server = { url: string; headers: Record<string, string>; lock: string };
@@ -68,7 +69,13 @@ export async function status(args: string[]): Promise<number> {
     if (opts.help) return print(STATUS_HELP);
     const server = serverFrom(opts);
     const format = opts.json ? "?format=json" : "";
-    const own = await (await call(server, `${at(server, "status")}${format}`, 10_000)).text();
+    const asked = await call(server, `${at(server, "status")}${format}`, 10_000);
+    // A lock that is not there (RS_LOCKS without default) or may not be read is no status to print as one.
+    if (asked.status >= 400 && asked.status < 500)
+      throw new UsageError(
+        `${asked.headers.get("x-reason") ?? `the server answered HTTP ${asked.status}`}${asked.headers.get("x-reason-code") === "unknown-lock" ? ": name one with --lock NAME" : ""}`,
+      );
+    const own = await asked.text();
     if (opts.lock !== undefined) return print(own);
     const all = await (await call(server, `/locks${format}`, 10_000)).text();
     if (opts.json) return print(JSON.stringify({ ...JSON.parse(own), locks: JSON.parse(all) }));

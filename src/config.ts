@@ -47,6 +47,7 @@ type Env = Record<string, string | undefined>;
 type Origins = Map<string, string>;
 
 export function readConfig(env: Env): Config {
+  refuseUnknownVariables(env);
   if (env.RS_CONFIG === "") throw new ConfigError("RS_CONFIG is empty: name a TOML file, or leave it unset");
   const file = env.RS_CONFIG ? readConfigFile(env.RS_CONFIG) : null;
   const set: Env = { ...file?.settings };
@@ -76,6 +77,50 @@ export function readConfig(env: Env): Config {
     webhookBacklog: setting(from, "RS_WEBHOOK_BACKLOG", set.RS_WEBHOOK_BACKLOG ?? "10000", 1, 1_000_000),
     file: env.RS_CONFIG || null,
   };
+}
+
+// Every RS_ variable the daemon reads: the file's settings, and those only the environment can give.
+const settingNames = () => ["RS_CONFIG", "RS_TOKEN", ...Object.values(FILE_SETTINGS).map((s) => s.env)];
+// RS_ variables that are not the daemon's but may well be in its environment: the client's (run, status)
+// and those a command run by `releasestatus run` is given, and test harnesses' (RS_TEST_DB, RS_TEST_IMAGE).
+const NOT_SETTINGS = ["RS_URL", "RS_RELEASE_ID"];
+
+/** A misspelt setting (RS_POTR) would be silently ignored and the default used: it stops start-up instead. */
+function refuseUnknownVariables(env: Env) {
+  const settings = settingNames();
+  for (const name of Object.keys(env).sort()) {
+    if (!name.startsWith("RS_") || settings.includes(name) || NOT_SETTINGS.includes(name)) continue;
+    if (name.startsWith("RS_TEST_")) continue;
+    const near = closest(name, settings);
+    throw new ConfigError(
+      `${name} is not a setting${near ? `; did you mean ${near}? Correct` : ": correct"} or unset it ('releasestatus --help' lists the settings)`,
+    );
+  }
+}
+
+// The setting within two edits (a swapped, missing or wrong letter or two) of a misspelt name, if one is.
+function closest(name: string, names: string[]): string | null {
+  let best: { name: string; distance: number } | null = null;
+  for (const n of names) {
+    const distance = editDistance(name, n);
+    if (distance <= 2 && (best === null || distance < best.distance)) best = { name: n, distance };
+  }
+  return best?.name ?? null;
+}
+
+// Optimal string alignment distance: a swap of two neighbouring letters (POTR for PORT) counts as one edit.
+function editDistance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => i || j));
+  for (let i = 1; i <= a.length; i++)
+    for (let j = 1; j <= b.length; j++) {
+      const row = d[i] as number[];
+      const up = d[i - 1] as number[];
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      row[j] = Math.min((up[j] as number) + 1, (row[j - 1] as number) + 1, (up[j - 1] as number) + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1])
+        row[j] = Math.min(row[j] as number, ((d[i - 2] as number[])[j - 2] as number) + 1);
+    }
+  return (d[a.length] as number[])[b.length] as number;
 }
 
 // How a setting is named in an error: where the file says it, else as the environment variable.
@@ -221,7 +266,8 @@ export function parseConfigFile(path: string, source: string): ConfigFile {
     doc = Bun.TOML.parse(source) as Record<string, unknown>;
   } catch (e) {
     const what = (e as Error).message.replace(/^TOML Parse error: /, "");
-    throw problem(syntaxErrorLine(source, (e as Error).message), `not valid TOML: ${what}`);
+    const line = syntaxErrorLine(source, (e as Error).message);
+    throw problem(line, `not valid TOML: ${what}${redefinedSetting(source, what, line)}`);
   }
   const at = (table: string | null, index: number, key: string | null) => lineOf(source, table, index, key);
   const file: ConfigFile = {
@@ -238,7 +284,7 @@ export function parseConfigFile(path: string, source: string): ConfigFile {
     if (key === "token") {
       if (!Array.isArray(value)) throw problem(line, "token must be a list of tables: write each as [[token]]");
       value.forEach((raw, i) => {
-        file.tokens.push(readTokenTable(raw, (k) => at("token", i, k), problem));
+        file.tokens.push(readTokenTable(raw, (k) => at("token", i, k), problem, source));
       });
       continue;
     }
@@ -258,7 +304,10 @@ export function parseConfigFile(path: string, source: string): ConfigFile {
         }
         // The problem names its key first ("every = …", "until is before from"): point at that line.
         const key = /^(?:unknown key )?([a-z_]+)\b/.exec(window)?.[1] ?? null;
-        throw problem(at("freeze", i, key), window || "each [[freeze]] must be a table with a reason and a schedule");
+        throw problem(
+          at("freeze", i, key),
+          settingInTable(window, source) ?? (window || "each [[freeze]] must be a table with a reason and a schedule"),
+        );
       });
       continue;
     }
@@ -273,7 +322,10 @@ export function parseConfigFile(path: string, source: string): ConfigFile {
           return;
         }
         const key = /^([a-z_]+)\b/.exec(hook)?.[1] ?? null;
-        throw problem(at("webhook", i, key), hook || "each [[webhook]] must be a table with a url");
+        throw problem(
+          at("webhook", i, key),
+          settingInTable(hook, source) ?? (hook || "each [[webhook]] must be a table with a url"),
+        );
       });
       continue;
     }
@@ -288,17 +340,63 @@ export function parseConfigFile(path: string, source: string): ConfigFile {
     file.settings[known.env] = settingText(key, value, known.kind, (what) => problem(line, what));
     file.origins.set(known.env, `${path}:${line}: ${key} = ${show(value)}`);
   }
-  const seen = new Map<string, number>();
-  file.tokens.forEach((t, i) => {
-    const first = seen.get(t.sha256);
-    if (first !== undefined)
-      throw problem(
+  refuseTwice(
+    file.tokens,
+    (t) => t.sha256,
+    (first, i) =>
+      problem(
         at("token", i, "sha256"),
         `this sha256 is also token #${first + 1}'s: each token needs its own (make one with 'releasestatus token')`,
-      );
-    seen.set(t.sha256, i);
-  });
+      ),
+  );
+  // The history records a token's who as "by": two tokens with one who could not be told apart there.
+  refuseTwice(
+    file.tokens,
+    (t) => t.who,
+    (first, i) =>
+      problem(
+        at("token", i, "who"),
+        `who = ${show(file.tokens[i]?.who)} is also token #${first + 1}'s: each holder has one token (to replace a token, change its sha256)`,
+      ),
+  );
   return file;
+}
+
+// The first table that repeats a value of an earlier one is a problem, naming the earlier one.
+function refuseTwice<T>(tables: T[], value: (t: T) => string, problem: (first: number, i: number) => Error) {
+  const seen = new Map<string, number>();
+  tables.forEach((t, i) => {
+    const first = seen.get(value(t));
+    if (first !== undefined) throw problem(first, i);
+    seen.set(value(t), i);
+  });
+}
+
+// ---- a single setting written below a table ----
+// TOML reads every key after a [[table]] header as part of that table, to the next header: a setting
+// appended after `releasestatus token … >> FILE` lands in the last [[token]]. The errors say where it belongs.
+
+const isSetting = (key: string) => Object.hasOwn(FILE_SETTINGS, key) || key === "read";
+
+/** The file's first table header as written ("[[token]]"): settings go above it. */
+const firstTable = (source: string) => /^\s*(\[\[?\s*[A-Za-z0-9_.-]+\s*\]\]?)/m.exec(source)?.[1] ?? "[[token]]";
+
+const belongsAbove = (source: string) =>
+  `move it above the first ${firstTable(source)} table (settings go before the first table)`;
+
+/** "port is not a webhook setting" or "unknown key port" about a single setting: where it belongs instead. */
+function settingInTable(problem: string, source: string): string | null {
+  const key = /^unknown key ([a-z_]+)|^([a-z_]+) is not a [a-z]+ setting/.exec(problem);
+  const name = key?.[1] ?? key?.[2];
+  return name && isSetting(name) ? `${name} is a setting: ${belongsAbove(source)}` : null;
+}
+
+/** "Cannot redefine key 'locks'" below a table: maybe the setting locks, read as the table's. */
+function redefinedSetting(source: string, what: string, line: number): string {
+  const key = /Cannot redefine key '([a-z_]+)'/.exec(what)?.[1];
+  const tableLine = source.split("\n").findIndex((l) => /^\s*\[/.test(l)) + 1;
+  if (!key || !isSetting(key) || tableLine === 0 || line <= tableLine) return "";
+  return `: if this ${key} is meant as the setting, ${belongsAbove(source)}`;
 }
 
 const show = (v: unknown) => (typeof v === "string" ? JSON.stringify(v) : Array.isArray(v) ? "[…]" : String(v));
@@ -318,6 +416,19 @@ function settingText(key: string, value: unknown, kind: "number" | "string" | "l
   throw fail(`${key} = ${show(value)} is not valid: expected a non-empty list of strings, e.g. ["a", "b"]`);
 }
 
+/** What is wrong with a list of strings that must each pass: null when nothing, else the entry at fault or "not a list". */
+function badEntry(list: unknown, valid: (entry: string) => boolean): { entry: string } | "not a list" | null {
+  if (!Array.isArray(list) || list.length === 0) return "not a list";
+  const bad = list.find((e) => typeof e !== "string" || !valid(e));
+  return bad === undefined ? null : { entry: typeof bad === "string" ? JSON.stringify(bad) : String(bad) };
+}
+
+// A short list as written, so that its bad entry can be seen in place; a long one as […].
+const listed = (v: unknown) =>
+  Array.isArray(v) && v.length <= 10
+    ? `[${v.map((e) => (typeof e === "string" ? JSON.stringify(e) : String(e))).join(", ")}]`
+    : show(v);
+
 // Plain ASCII: a name that looks like another (a Cyrillic "о", a trailing space) must not pass for it in the history.
 const WHO = /^[A-Za-z0-9]([A-Za-z0-9 ._@+-]{0,62}[A-Za-z0-9._@+-])?$/;
 
@@ -325,13 +436,16 @@ function readTokenTable(
   raw: unknown,
   line: (key: string | null) => number,
   problem: (line: number, what: string) => Error,
+  source: string,
 ): Token {
   if (typeof raw !== "object" || raw === null || Array.isArray(raw))
     throw problem(line(null), "each [[token]] must be a table with who, can, locks and sha256");
   const t = raw as Record<string, unknown>;
   for (const key of Object.keys(t))
-    if (!TOKEN_KEYS.includes(key))
-      throw problem(line(key), `${key} is not a token setting: expected ${TOKEN_KEYS.join(", ")}`);
+    if (!TOKEN_KEYS.includes(key)) {
+      const unknown = `${key} is not a token setting: expected ${TOKEN_KEYS.join(", ")}`;
+      throw problem(line(key), settingInTable(unknown, source) ?? unknown);
+    }
   for (const key of TOKEN_KEYS)
     if (!(key in t))
       throw problem(
@@ -346,20 +460,24 @@ function readTokenTable(
     );
   if (who.toLowerCase() === "token")
     throw problem(line("who"), `who = ${show(who)} is what RS_TOKEN is recorded as ("token"): choose another name`);
-  if (!Array.isArray(can) || can.length === 0 || !can.every((c) => RIGHTS.includes(c as Right)))
+  const rights = RIGHTS.map((r) => `"${r}"`).join(", ");
+  const badRight = badEntry(can, (c) => RIGHTS.includes(c as Right));
+  if (badRight !== null)
     throw problem(
       line("can"),
-      `can = ${show(can)} is not valid: expected a non-empty list of ${RIGHTS.map((r) => `"${r}"`).join(", ")}`,
+      `can = ${listed(can)} is not valid: ${badRight === "not a list" ? "expected a non-empty list" : `${badRight.entry} is not a right; expected some`} of ${rights}`,
     );
   let scope: Token["locks"];
   if (Array.isArray(locks) && locks.length === 1 && locks[0] === "*") scope = "*";
-  else if (Array.isArray(locks) && locks.length > 0 && locks.every((l) => typeof l === "string" && validLockName(l)))
+  else {
+    const badLock = badEntry(locks, (l) => validLockName(l));
+    if (badLock !== null)
+      throw problem(
+        line("locks"),
+        `locks = ${listed(locks)} is not valid: ${badLock === "not a list" ? "" : `${badLock.entry} is not a lock name; `}expected ["*"] for every lock and the root, or a list of lock names (${LOCK_NAME_RULE})`,
+      );
     scope = locks as string[];
-  else
-    throw problem(
-      line("locks"),
-      `locks = ${show(locks)} is not valid: expected ["*"] for every lock and the root, or a list of lock names (${LOCK_NAME_RULE})`,
-    );
+  }
   if (typeof sha256 !== "string" || !/^[0-9a-fA-F]{64}$/.test(sha256))
     throw problem(
       line("sha256"),

@@ -1,13 +1,20 @@
 // Counts for /metrics (Prometheus text format) and the "usually takes" estimate
-// on the page, both fed by the committed changes. Every per-lock series has a
-// `lock` label; the root's block is `releasestatus_blocked{lock=""}`.
-import { freezeOn } from "./calendar.ts";
+// on the page, both fed by the committed changes and by every answer to a start.
+// Every per-lock series has a `lock` label; the root's block is
+// `releasestatus_blocked{lock="/"}`, and refused starts on a name with no series of
+// its own are counted on `lock="(other)"`, so that none is missed and random names
+// cannot grow the metrics.
+import { readdirSync, readFileSync } from "node:fs";
+import pkg from "../package.json" with { type: "json" };
+import { covers, freezeOn } from "./calendar.ts";
+import type { Config } from "./config.ts";
 import { type Heard, isKnown, type Snapshot, waiting } from "./engine.ts";
 import { freezeWindows } from "./freezes.ts";
+import { validLockName } from "./names.ts";
 import { webhookStatuses } from "./notify/deliver.ts";
-import { DEFAULT_LOCK, type Event, iso, type Outcome, type Reason, type Release, ROOT } from "./release.ts";
+import { DEFAULT_LOCK, type Event, iso, type Reason, type Release, ROOT } from "./release.ts";
 
-/** Every reason a /start can be refused for: each is exported at zero for every lock, so rates work at once. */
+/** Every reason a /start can be refused for. */
 export const START_REFUSALS: Reason[] = [
   "running",
   "blocked",
@@ -23,6 +30,13 @@ export const START_REFUSALS: Reason[] = [
   "storage",
   "shutting-down",
 ];
+/** The label of refused starts on a name with no series of its own: never a lock name, which has no parentheses. */
+export const OTHER = "(other)";
+/** The root's label: "" would fold into "no label" in `sum by (lock)`. */
+const ROOT_LABEL = "/";
+/** What the counts need of the configuration: which locks exist, whether tokens are asked for. */
+export type Setup = Pick<Config, "locks" | "access">;
+
 // Seconds: from a few seconds (so that short releases are not read as half a minute) to half a day.
 const BUCKETS = [1, 5, 15, 30, 60, 300, 600, 900, 1800, 3600, 7200, 14400, 43200];
 const RECENT = 20; // completed releases the estimate looks at
@@ -49,12 +63,53 @@ function counts(lock: string): LockCounts {
   return c;
 }
 
-export function countStart(lock: string, o: Outcome): void {
-  // Only locks that exist get series of their own: refused starts on ever new names must not grow the metrics.
-  if (!o.ok && lock !== DEFAULT_LOCK && !isKnown(lock)) return;
-  const c = counts(lock);
-  if (o.ok) c.started++;
-  else c.refused[o.reason] = (c.refused[o.reason] ?? 0) + 1;
+/**
+ * One answer to a start, as the HTTP layer gave it: started (reason null) or refused with a reason. A refusal is
+ * counted on the lock asked for when that lock has series (see seriesLocks), else on OTHER.
+ */
+export function countStart(lock: string, reason: Reason | null, setup: Setup): void {
+  if (reason === null) {
+    counts(lock).started++;
+    return;
+  }
+  const c = counts(hasSeries(lock, setup) ? lock : OTHER);
+  c.refused[reason] = (c.refused[reason] ?? 0) + 1;
+}
+
+// With RS_LOCKS, exactly its names; else names in use, used before, or named by the configuration.
+function hasSeries(lock: string, setup: Setup): boolean {
+  if (!validLockName(lock)) return false;
+  if (setup.locks) return setup.locks.includes(lock);
+  return lock === DEFAULT_LOCK || metrics.byLock.has(lock) || isKnown(lock) || configured(setup).includes(lock);
+}
+
+// The locks a team's configuration names: its tokens' scopes and its freeze windows.
+function configured(setup: Setup): string[] {
+  const scoped = [...setup.access.tokens.values()].flatMap((t) => (t.locks === "*" ? [] : t.locks));
+  return [...scoped, ...freezeWindows().flatMap((w) => w.locks ?? [])];
+}
+
+/** The locks with series of their own (the root aside): with RS_LOCKS, its names; else every lock that has one. */
+function seriesLocks(snap: Snapshot, setup: Setup): string[] {
+  if (setup.locks) return [...setup.locks].sort();
+  const names = [...snap.locks(), ...metrics.byLock.keys(), ...configured(setup), DEFAULT_LOCK];
+  return [...new Set(names.filter((l) => l !== ROOT && l !== OTHER))].sort();
+}
+
+/** The reasons a start on `lock` can be refused for with this configuration: only these are exported at zero. */
+function possibleRefusals(lock: string, setup: Setup): Reason[] {
+  const tokens = setup.access.tokens.size > 0;
+  const windows = freezeWindows();
+  const frozen = lock === OTHER ? !setup.locks && windows.length > 0 : windows.some((w) => covers(w, lock));
+  return START_REFUSALS.filter((r) => {
+    if (r === "unauthorized") return tokens;
+    if (r === "frozen") return frozen;
+    // Only a name RS_LOCKS does not allow is unknown, and such a name has no series of its own.
+    if (r === "unknown-lock") return lock === OTHER && setup.locks !== null;
+    // With RS_LOCKS, a start on another name is refused before the rules of any lock are asked.
+    if (lock === OTHER && setup.locks) return ["invalid", "forbidden", "too-large", "shutting-down"].includes(r);
+    return true;
+  });
 }
 
 /** A commit listener: every release that ended adds its length to its lock's histogram and to the estimate. */
@@ -103,17 +158,74 @@ export function estimate(release: Release | null): { typicalSeconds: number; exp
   return { typicalSeconds: Math.round(median), expectedAt: iso(release.startedAt + median * 1000) };
 }
 
-const label = (lock: string) => `lock="${lock.replace(/["\\]/g, "\\$&")}"`;
+const label = (lock: string) => `lock="${(lock === ROOT ? ROOT_LABEL : lock).replace(/["\\]/g, "\\$&")}"`;
 
-/** The metrics, the locks' series from one snapshot (see engine.ts `snapshot`). */
-export function renderMetrics(healthy: boolean, snap: Snapshot): string {
-  const frozenLocks = freezeWindows().flatMap((w) => w.locks ?? []); // a freeze's lock is worth a series before it is used
-  const names = [
-    ...new Set([...snap.locks().filter((l) => l !== ROOT), ...metrics.byLock.keys(), ...frozenLocks, "default"]),
-  ].sort();
+type Metric = (name: string, type: string, help: string, lines: string[]) => void;
+
+/**
+ * The metrics, the locks' series from one snapshot (see engine.ts `snapshot`); with no snapshot (the state
+ * cannot be read), only those of the daemon itself, so that a scrape still says that storage fails.
+ */
+export function renderMetrics(healthy: boolean, snap: Snapshot | null, setup: Setup): string {
   const out: string[] = [];
-  const metric = (name: string, type: string, help: string, lines: string[]) =>
+  const metric: Metric = (name, type, help, lines) =>
     out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, ...lines);
+  metric("releasestatus_storage_healthy", "gauge", "Whether the last write to storage succeeded (1) or failed (0).", [
+    `releasestatus_storage_healthy ${healthy ? 1 : 0}`,
+  ]);
+  metric(
+    "releasestatus_build_info",
+    "gauge",
+    "Always 1: the version of releasestatus and of the Bun it was built with.",
+    [`releasestatus_build_info{version=${JSON.stringify(pkg.version)},bun_version=${JSON.stringify(Bun.version)}} 1`],
+  );
+  processMetrics(metric);
+  if (snap) lockMetrics(metric, snap, setup);
+  return `${out.join("\n")}\n`;
+}
+
+// When the process started, in seconds since the epoch: worked out once, as uptime grows with the clock.
+const PROCESS_START = Date.now() / 1000 - process.uptime();
+
+/** The process_* metrics every Prometheus client exports; open file descriptors only where /proc has them. */
+function processMetrics(metric: Metric) {
+  const cpu = process.cpuUsage();
+  metric("process_cpu_seconds_total", "counter", "User and system CPU time spent, in seconds.", [
+    `process_cpu_seconds_total ${(cpu.user + cpu.system) / 1e6}`,
+  ]);
+  metric("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", [
+    `process_resident_memory_bytes ${process.memoryUsage.rss()}`,
+  ]);
+  metric("process_start_time_seconds", "gauge", "Start time of the process since the epoch, in seconds.", [
+    `process_start_time_seconds ${PROCESS_START.toFixed(3)}`,
+  ]);
+  const fds = openFds();
+  if (fds !== null)
+    metric("process_open_fds", "gauge", "Number of open file descriptors.", [`process_open_fds ${fds}`]);
+  const max = maxFds();
+  if (max !== null)
+    metric("process_max_fds", "gauge", "Maximum number of open file descriptors.", [`process_max_fds ${max}`]);
+}
+
+function openFds(): number | null {
+  try {
+    return readdirSync("/proc/self/fd").length - 1; // the directory being read is one of them
+  } catch {
+    return null; // not Linux
+  }
+}
+
+function maxFds(): number | null {
+  try {
+    const limit = /^Max open files\s+(\d+)/m.exec(readFileSync("/proc/self/limits", "utf8"))?.[1];
+    return limit === undefined ? null : Number(limit);
+  } catch {
+    return null;
+  }
+}
+
+function lockMetrics(metric: Metric, snap: Snapshot, setup: Setup) {
+  const names = seriesLocks(snap, setup);
   const perLock = (name: string, help: string, value: (lock: string) => number, withRoot = false) =>
     metric(
       name,
@@ -128,7 +240,7 @@ export function renderMetrics(healthy: boolean, snap: Snapshot): string {
   );
   perLock(
     "releasestatus_blocked",
-    'Whether the lock itself is blocked (1) or not (0); lock="" is the root, whose block blocks every lock.',
+    `Whether the lock itself is blocked (1) or not (0); lock="${ROOT_LABEL}" is the root, whose block blocks every lock.`,
     (l) => (snap.state(l).block ? 1 : 0),
     true,
   );
@@ -176,9 +288,6 @@ export function renderMetrics(healthy: boolean, snap: Snapshot): string {
   metric("releasestatus_last_release_id", "gauge", "The highest release id granted so far, on any lock.", [
     `releasestatus_last_release_id ${snap.state(ROOT).lastId}`,
   ]);
-  metric("releasestatus_storage_healthy", "gauge", "Whether the last write to storage succeeded (1) or failed (0).", [
-    `releasestatus_storage_healthy ${healthy ? 1 : 0}`,
-  ]);
   metric(
     "releasestatus_releases_started_total",
     "counter",
@@ -188,10 +297,10 @@ export function renderMetrics(healthy: boolean, snap: Snapshot): string {
   metric(
     "releasestatus_start_refused_total",
     "counter",
-    "Starts refused since the daemon started, by lock and reason.",
-    names.flatMap((l) =>
-      Object.entries(counts(l).refused).map(
-        ([r, n]) => `releasestatus_start_refused_total{${label(l)},reason="${r}"} ${n}`,
+    `Starts refused since the daemon started, by lock and reason; lock="${OTHER}" for a name with no series of its own.`,
+    [...names, OTHER].flatMap((l) =>
+      START_REFUSALS.filter((r) => (counts(l).refused[r] ?? 0) > 0 || possibleRefusals(l, setup).includes(r)).map(
+        (r) => `releasestatus_start_refused_total{${label(l)},reason="${r}"} ${counts(l).refused[r] ?? 0}`,
       ),
     ),
   );
@@ -210,5 +319,4 @@ export function renderMetrics(healthy: boolean, snap: Snapshot): string {
       ];
     }),
   );
-  return `${out.join("\n")}\n`;
 }

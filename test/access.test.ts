@@ -284,8 +284,31 @@ describe("the configuration file is checked whole at start-up", () => {
       `${TEAM}\n[[token]]\nwho = "x"\nrole = "admin"\n`,
       /:\d+: role is not a token setting/,
     ],
-    ["an unknown right", tokenTable("x", ["deploy"], ["prod"], "t"), /:3: can = .* is not valid/],
-    ["a bad lock name", tokenTable("x", ["release"], ["Prod!"], "t"), /:4: locks = .* is not valid/],
+    [
+      "an unknown right, named among the valid ones",
+      tokenTable("x", ["release", "deploy"], ["prod"], "t"),
+      /:3: can = \["release", "deploy"\] is not valid: "deploy" is not a right; expected some of "release", "block", "override"/,
+    ],
+    [
+      "a bad lock name, named",
+      tokenTable("x", ["release"], ["prod", "Prod!"], "t"),
+      /:4: locks = \["prod", "Prod!"\] is not valid: "Prod!" is not a lock name/,
+    ],
+    [
+      "a setting written after a [[token]] table, which TOML reads as part of it",
+      `${TEAM}\nport = 8080\n`,
+      /:\d+: port is a setting: move it above the first \[\[token\]\] table \(settings go before the first table\)/,
+    ],
+    [
+      "a setting a token also has, written after a [[token]] table",
+      `${TEAM}\nlocks = ["prod"]\n`,
+      /:\d+: not valid TOML: Cannot redefine key 'locks': if this locks is meant as the setting, move it above the first \[\[token\]\] table \(settings go before the first table\)/,
+    ],
+    [
+      "two tokens for the same who",
+      `${TEAM}\n${tokenTable("ana", ["release"], ["dev"], "another-token")}`,
+      /:\d+: who = "ana" is also token #1's/,
+    ],
     [
       "a token in place of its digest",
       '[[token]]\nwho = "x"\ncan = ["release"]\nlocks = ["*"]\nsha256 = "s3cret"\n',
@@ -394,7 +417,7 @@ describe("releasestatus token", () => {
     expect(token).toBeDefined();
     expect(made.stdout).not.toContain(token as string);
     const block = made.stdout.trim().split("\n");
-    expect(block[0]).toBe("[[token]]");
+    expect(block[1]).toBe("[[token]]"); // after a comment that says where it goes
     expect(block.join("\n")).toContain(`sha256 = "${sha(token as string)}"`);
     expect(made.stderr).toContain("shown only now");
     const again = await runBinary(["token", "--who", "ana", "--can", "release", "--locks", "prod"]);
@@ -403,6 +426,22 @@ describe("releasestatus token", () => {
     expect(await d.body("/locks/staging/block?name=ana", as(token as string))).toBe("1\n");
     const [blocked] = (await (await d.get("/history?format=json")).json()).events;
     expect(blocked).toMatchObject({ kind: "blocked", name: "ana", by: "ana" });
+  });
+
+  test("the block starts with a comment that says it goes after the file's settings", async () => {
+    const made = await runBinary(["token", "--who", "ana", "--can", "release", "--locks", "prod"]);
+    expect(made.code).toBe(0);
+    const [comment, table] = made.stdout.split("\n");
+    expect(comment).toMatch(/^# .*after the settings/);
+    expect(table).toBe("[[token]]");
+  });
+
+  test("--help prints the usage on stdout and exits 0", async () => {
+    for (const help of ["--help", "-h"]) {
+      const { code, stdout, stderr } = await runBinary(["token", help]);
+      expect({ code, stderr }).toEqual({ code: 0, stderr: "" });
+      expect(stdout).toContain("usage: releasestatus token --who NAME");
+    }
   });
 
   test("bad arguments: exit 2, nothing printed on stdout", async () => {

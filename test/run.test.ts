@@ -432,6 +432,14 @@ describe("releasestatus status", () => {
     expect(stdout).toBe("idle: no release is running\n");
   });
 
+  test("without --lock, when RS_LOCKS has no default: exit 64 and words that say to name a lock", async () => {
+    const d = await server({ RS_LOCKS: "staging,prod" });
+    const { code, stdout, stderr } = await client(d, ["status"]).done;
+    expect({ code, stdout }).toEqual({ code: 64, stdout: "" });
+    expect(stderr).toContain("there is no lock default: RS_LOCKS allows only staging, prod");
+    expect(stderr).toContain("--lock");
+  });
+
   test("an unreachable server exits 69; --help explains", async () => {
     expect((await client(null, ["status", "--url", `http://127.0.0.1:${freePort()}`]).done).code).toBe(69);
     expect((await client(null, ["status", "--help"]).done).stdout).toContain("Usage: releasestatus status");

@@ -21,7 +21,7 @@ import {
 } from "../engine.ts";
 import { boundaryRecorded, describeSchedule, freezeWindows, upcoming } from "../freezes.ts";
 import type { Log } from "../log.ts";
-import { countStart, renderMetrics } from "../metrics.ts";
+import { countStart, renderMetrics, START_REFUSALS } from "../metrics.ts";
 import { LOCK_NAME_RULE, validLockName } from "../names.ts";
 import { webhookStatuses } from "../notify/deliver.ts";
 import {
@@ -33,6 +33,7 @@ import {
   type Event,
   iso,
   type Outcome,
+  type Reason,
   type Refusal,
   ROOT,
   refuse,
@@ -145,7 +146,6 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     (ask: Ask & { lock: string }): Response | Promise<Response> => {
       const { req, lock } = ask;
       const respond = (o: Outcome): Response | Promise<Response> => {
-        if (name === "start") countStart(lock, o);
         if (!o.ok)
           log.refusal(
             o.reason,
@@ -369,7 +369,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     "/healthz": { methods: READ_METHODS, handle: () => healthz() },
     "/metrics": {
       methods: READ_METHODS,
-      handle: (req) => readable(req, () => fromSnapshot(ROOT, metrics, false)),
+      handle: (req) => readable(req, metrics),
     },
     "/backup": { methods: READ_METHODS, handle: (req) => copyOfDatabase(req) },
     "/freezes": { methods: READ_METHODS, handle: (req) => readable(req, listFreezes) },
@@ -507,8 +507,34 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     return text(`storage failing: ${h.problem ?? "the release state cannot be saved"}; see the daemon's log\n`, 503);
   }
 
-  const metrics = (snap: Snapshot) =>
-    text(renderMetrics(health().ok, snap), 200, "text/plain; version=0.0.4; charset=utf-8");
+  const metricsText = (snap: Snapshot | null) =>
+    text(renderMetrics(health().ok, snap, cfg), 200, "text/plain; version=0.0.4; charset=utf-8");
+  // While the state cannot be read, the daemon's own metrics still say so (storage_healthy 0), without the locks'.
+  const metrics = (): Response | Promise<Response> => {
+    const snap = snapshot(ROOT);
+    if (!(snap instanceof Promise)) return metricsText(snap);
+    return snap.then(
+      (s) => metricsText(health().known ? s : null),
+      () => metricsText(null),
+    );
+  };
+
+  // Every answer to a start is counted here, whatever gave it (the token, the lock's name, a parameter, the
+  // rules), on the lock the path names: the refusals that never reach a lock's rules are the ones an alert needs.
+  const countingStarts =
+    (handle: Handler): Handler =>
+    (req, server) => {
+      const lock = startedLock(req.url);
+      const res = handle(req, server);
+      if (lock === null) return res;
+      return res instanceof Promise ? res.then((r) => counted(lock, r)) : counted(lock, res);
+    };
+  const counted = (lock: string, res: Response): Response => {
+    const reason = res.headers.get("X-Reason-Code") as Reason | null;
+    if (reason === null ? res.headers.has("X-Release-Id") : START_REFUSALS.includes(reason))
+      countStart(lock, reason, cfg);
+    return res;
+  };
 
   // A consistent copy of the database, taken inside the daemon: the file is locked against sqlite3 from outside.
   function copyOfDatabase(req: Request): Response {
@@ -562,8 +588,8 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
   for (const [path, route] of Object.entries(table)) {
     routes[path] = {};
     for (const method of ALL_METHODS)
-      (routes[path] as Record<string, Handler>)[method] = refuseTokenInUrl(
-        allows(route.methods, method) ? route.handle : (req) => notAllowed(req, path, route.methods),
+      (routes[path] as Record<string, Handler>)[method] = countingStarts(
+        refuseTokenInUrl(allows(route.methods, method) ? route.handle : (req) => notAllowed(req, path, route.methods)),
       );
   }
 
@@ -602,6 +628,13 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
 }
 
 const allows = (methods: string[], method: string) => methods.includes(method);
+
+/** The lock a start's path asks for (/start: the default lock), or null for any other path. */
+function startedLock(url: string): string | null {
+  const path = pathOrNull(url);
+  if (path === "/start") return DEFAULT_LOCK;
+  return path?.startsWith("/locks/") && path.endsWith("/start") ? path.slice("/locks/".length, -"/start".length) : null;
+}
 
 const validName = (name: string): Refusal | null =>
   validLockName(name)
