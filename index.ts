@@ -12,11 +12,12 @@ import { keepCalendar, replaceCalendar, stopCalendar } from "./src/freezes.ts";
 import { closeEventStreams, startServer } from "./src/http/server.ts";
 import { createLog, type Log } from "./src/log.ts";
 import { learnFromHistory, observe } from "./src/metrics.ts";
-import { blockOn, describeBlock, describeEvent, describeRelease, type Event, type State } from "./src/release.ts";
+import { blockOn, type Event, type State } from "./src/release.ts";
 import { openMemoryStore } from "./src/store/memory.ts";
 import { openSqliteStore } from "./src/store/sqlite.ts";
 import { type Store, StoreOpenError } from "./src/store/store.ts";
 import { print } from "./src/terminal.ts";
+import { describeBlock, describeEvent, describeRelease } from "./src/words.ts";
 
 const USAGE = `releasestatus ${pkg.version}: lets only one QA release run at a time.
 

@@ -5,7 +5,8 @@ import { freezeOn } from "./calendar.ts";
 import { type Heard, isKnown, type Snapshot, waiting } from "./engine.ts";
 import { freezeWindows } from "./freezes.ts";
 import { webhookStatuses } from "./notify/deliver.ts";
-import { DEFAULT_LOCK, type Event, iso, type Outcome, type Reason, type Release, ROOT } from "./release.ts";
+import { DEFAULT_LOCK, type Event, type Outcome, type Reason, type Release, ROOT } from "./release.ts";
+import { iso } from "./words.ts";
 
 /** Every reason a /start can be refused for: each is exported at zero for every lock, so rates work at once. */
 export const START_REFUSALS: Reason[] = [

@@ -8,6 +8,8 @@
 // root (""). A release on a lock excludes releases on its ancestors and its
 // descendants; a block on a lock blocks starts on it and everything under it.
 
+import { describeBlock, describeRelease, on } from "./words.ts";
+
 export type Release = {
   id: number; // the fencing token: grows with every grant, never reused
   name: string;
@@ -30,8 +32,9 @@ export type State = {
   around: Neighbour[]; // its ancestors and descendants that hold a release or a block
 };
 
-export const ROOT = ""; // the root of the tree: /block and /unblock act on it
-export const DEFAULT_LOCK = "default"; // the original's one lock: /start, /stop, /renew, /status
+import { DEFAULT_LOCK, ROOT } from "./names.ts";
+
+export { DEFAULT_LOCK, ROOT };
 
 /** Whether `above` is an ancestor of `below` (the root is above every other lock). */
 export const isAncestor = (above: string, below: string): boolean =>
@@ -138,7 +141,6 @@ export type StartRequest = Holder & {
 /** A freeze in force on a lock, as the calendar (src/calendar.ts) says: its words, and when it ends. */
 export type Frozen = { reason: string; until: number; message: string };
 
-export const UNKNOWN_USER = "an unknown user";
 export const EMPTY_STATE: State = { lock: DEFAULT_LOCK, lastId: 0, release: null, block: null, around: [] };
 export const emptyState = (lock: string): State => ({ ...EMPTY_STATE, lock });
 
@@ -154,48 +156,6 @@ export const STORAGE_FAILED = refuse(
 
 /** A rule that changes nothing: run it to end a lease that ran out on the way. */
 export const unchanged = (s: State): Change => ({ ok: true, next: s, events: [] });
-
-export const iso = (ms: number): string => new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z");
-
-const who = (name: string): string => name || UNKNOWN_USER;
-// A name, and whose token it came with when that is someone else: "sion (token of ana)", "sion (with RS_TOKEN)".
-const whoBy = (name: string, by: string | undefined): string =>
-  differs(name, by) ? `${who(name)} (${by === PLAIN_TOKEN ? "with RS_TOKEN" : `token of ${by}`})` : who(name);
-const differs = (name: string, by: string | undefined): by is string => by !== undefined && by !== name;
-const byWords = (by: string) => (by === PLAIN_TOKEN ? "with RS_TOKEN" : `by ${by}`);
-/** What `by` says for a change made with RS_TOKEN (no named token may take this name). */
-export const PLAIN_TOKEN = "token";
-
-// A release or block never changes once made, so its words are worked out once:
-// a refused start, the commonest request, then costs no date formatting.
-const described = new WeakMap<Release | Block, string>();
-const once = <T extends Release | Block>(x: T, words: (x: T) => string): string => {
-  const known = described.get(x);
-  if (known !== undefined) return known;
-  const d = words(x);
-  described.set(x, d);
-  return d;
-};
-
-// The original's lock and the root need no naming: with one lock, the words are exactly as they were.
-const on = (lock: string) => (lock === DEFAULT_LOCK || lock === ROOT ? "" : ` on ${lock}`);
-
-export const describeRelease = (r: Release, lock: string = DEFAULT_LOCK): string =>
-  once(
-    r,
-    () =>
-      `release #${r.id} by ${who(r.name)}${r.reason ? ` (${r.reason})` : ""}${on(lock)}${startedBy(r.name, r.by)} running since ${iso(r.startedAt)}`,
-  );
-
-// "release #42 by sion, started by ana": said when a token of one person started it in another's name.
-const startedBy = (name: string, by: string | undefined) => (differs(name, by) ? `, started ${byWords(by)},` : "");
-
-export const describeBlock = (b: Block, lock: string = ROOT): string =>
-  once(
-    b,
-    () =>
-      `releasing${on(lock)} blocked by ${whoBy(b.name, b.by)} since ${iso(b.since)}${b.reason ? `: ${b.reason}` : ""}`,
-  );
 
 /** The block that stops starts on this lock: its own, else the nearest above it. */
 export function blockOn(s: State): { lock: string; block: Block } | null {
@@ -366,41 +326,4 @@ export function andThen(first: Change, then: (s: State) => Outcome): Outcome {
   const second = then(first.next);
   if (!second.ok) return second;
   return { ok: true, next: second.next, events: [...first.events, ...second.events] };
-}
-
-/** One human sentence per event: the log line, and the history's text form. */
-export function describeEvent(e: Event): string {
-  const n = whoBy(e.name, e.by);
-  const what = e.reason ? `: ${e.reason}` : "";
-  const where = on(e.lock);
-  switch (e.kind) {
-    case "started":
-      return differs(e.name, e.by)
-        ? `release #${e.releaseId}${where} by ${who(e.name)}, started ${byWords(e.by)}${what}`
-        : `release #${e.releaseId}${where} started by ${n}${what}`;
-    case "stopped":
-      return `release #${e.releaseId}${where} stopped by ${n}`;
-    case "expired":
-      return `release #${e.releaseId}${where} by ${n} expired: its lease ran out`;
-    case "renewed":
-      return `release #${e.releaseId}${where} lease renewed by ${n}`;
-    case "blocked":
-      return `releasing${where} blocked by ${n}${what}`;
-    case "unblocked":
-      return `releasing${where} unblocked by ${n}`;
-    case "waiting":
-      return `${n} is waiting for the release${where}${what}`;
-    case "left-queue":
-      return `${n} left the queue${what}`;
-    case "abandoned":
-      return `release #${e.releaseId}${where} by ${n} abandoned: ${e.reason}`;
-    case "frozen":
-      return `releasing${where} frozen by the calendar: ${e.reason}`;
-    case "thawed":
-      return `releasing${where} thawed: the freeze ended (${e.reason})`;
-    case "long-running":
-      return `release #${e.releaseId}${where} by ${n} is still running: ${e.reason}`;
-    case "overridden":
-      return `release #${e.releaseId}${where} overrode a freeze, by ${n}: ${e.reason}`;
-  }
 }

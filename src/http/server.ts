@@ -27,11 +27,7 @@ import { webhookStatuses } from "../notify/deliver.ts";
 import {
   block,
   DEFAULT_LOCK,
-  describeBlock,
-  describeEvent,
-  describeRelease,
   type Event,
-  iso,
   type Outcome,
   type Refusal,
   ROOT,
@@ -41,6 +37,7 @@ import {
   stop,
   unblock,
 } from "../release.ts";
+import { describeBlock, describeEvent, describeRelease, iso } from "../words.ts";
 import { answer, json, SECURITY_HEADERS, type Success, text, wantsJson } from "./answer.ts";
 import pageText from "./page.html" with { type: "text" };
 import {

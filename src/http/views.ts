@@ -4,19 +4,8 @@ import { describeLocalTime } from "../calendar.ts";
 import { health, type Snapshot, snapshot, storeDescription, waiting } from "../engine.ts";
 import { calendarOf, freezeJson, freezeWindows, frozenAt } from "../freezes.ts";
 import { estimate } from "../metrics.ts";
-import {
-  blockOn,
-  DEFAULT_LOCK,
-  describeBlock,
-  describeEvent,
-  describeRelease,
-  type Event,
-  iso,
-  overlaps,
-  ROOT,
-  releaseOn,
-  UNKNOWN_USER,
-} from "../release.ts";
+import { blockOn, DEFAULT_LOCK, type Event, overlaps, ROOT, releaseOn } from "../release.ts";
+import { describeBlock, describeEvent, describeRelease, iso, UNKNOWN_USER } from "../words.ts";
 
 // Told to the page, so it asks for the token before the first change; a reload may change it.
 let tokenRequired = () => false;

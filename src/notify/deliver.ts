@@ -6,8 +6,9 @@
 // the next reload. Long-running reminders are recorded once, like any event.
 import { type Clock, engine, onCommit, recordOnce } from "../engine.ts";
 import type { Log } from "../log.ts";
-import { type Event, iso } from "../release.ts";
+import type { Event } from "../release.ts";
 import type { Outbox, Pending } from "../store/store.ts";
+import { iso } from "../words.ts";
 import { type Message, messageId, render, wants } from "./formats.ts";
 import { hearsLock, paceWords, type Webhook } from "./webhook.ts";
 

@@ -2,7 +2,8 @@
 // with full synchronous commits so that every answer of 1 survives a crash.
 import { Database } from "bun:sqlite";
 import { dirname, resolve } from "node:path";
-import { DEFAULT_LOCK, type Event, iso, STORAGE_FAILED } from "../release.ts";
+import { DEFAULT_LOCK, type Event, STORAGE_FAILED } from "../release.ts";
+import { iso } from "../words.ts";
 import {
   ancestorsOf,
   type CountNames,
