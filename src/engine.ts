@@ -63,7 +63,7 @@ export const systemClock: Clock = {
 /** What listeners (log, metrics, live page) hear: a committed change, ours or another replica's. */
 export type Heard = Committed & { remote: boolean };
 
-type Waiter = { lock: string; woke: boolean; wake: () => void };
+type Waiter = { id: number; lock: string; woke: boolean; wake: () => void };
 
 export { DEFAULT_LOCK, ROOT };
 
@@ -262,7 +262,7 @@ async function waitInLine(
   room: Room | undefined,
 ): Promise<Outcome> {
   const deadline = engine.clock.now() + waitSeconds * 1000;
-  const waiter: Waiter = { lock, woke: false, wake: () => {} };
+  const waiter: Waiter = { id: self, lock, woke: false, wake: () => {} };
   const cancelDeadline = engine.clock.after(waitSeconds * 1000, () => wake(waiter));
   const onGone = () => wake(waiter);
   gone.addEventListener("abort", onGone);
@@ -446,10 +446,19 @@ function remember(entries: Map<string, Entry>, lastId: number) {
   engine.scopes.clear();
 }
 
-/** Lets waiters try again: those on locks overlapping `lock`, or all (the calendar changed). */
+/**
+ * Lets the waiters try again that a change on `lock` (undefined: the calendar, any lock) can let through:
+ * those whose lock overlaps it and that no earlier waiter overlaps. Any other is refused `queued` until the
+ * one ahead of it is served or leaves, and that commit wakes it in turn, so a change wakes one waiter per
+ * line, not the whole line.
+ */
 export function wakeWaiters(lock?: string) {
-  for (const w of engine.waiters) if (lock === undefined || overlaps(w.lock, lock)) wake(w);
+  if (engine.waiters.size === 0) return;
+  const line = store().waiting();
+  for (const w of engine.waiters) if ((lock === undefined || overlaps(w.lock, lock)) && firstInLine(w, line)) wake(w);
 }
+
+const firstInLine = (w: Waiter, line: Queued[]): boolean => !line.some((q) => q.id < w.id && overlaps(q.lock, w.lock));
 
 // Another replica changed something (or the poll came round): read afresh, then let waiters try.
 async function heardFromElsewhere(lock: string, events: Event[]) {

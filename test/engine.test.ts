@@ -257,6 +257,36 @@ for (const [storeName, makeStore] of stores) {
       });
     });
 
+    describe("waking only the waiters a change can let through", () => {
+      test("a stop wakes the first in line; each grant wakes the next; the rest sleep", async () => {
+        await startNow("holder");
+        const gone = new AbortController().signal;
+        const names = ["first", "second", "third", "fourth", "fifth"];
+        const waiters = new Map<string, Outcome | Promise<Outcome>>();
+        for (const [i, name] of names.entries()) {
+          waiters.set(name, start(LOCK, holder(name), 60, gone));
+          await inLine(i + 1);
+        }
+        // Count each waiter's attempts from now on: the store sees its place in line as `self`.
+        const ids = new Map(waiting(LOCK).map((w) => [w.id, w.name]));
+        const tries = new Map<string, number>();
+        const transact = store.transact.bind(store);
+        store.transact = (lock, decide, options = {}) => {
+          const name = options.self === undefined ? undefined : ids.get(options.self);
+          if (name) tries.set(name, (tries.get(name) ?? 0) + 1);
+          return transact(lock, decide, options);
+        };
+        await stopNow();
+        expect(reasonOf(await (waiters.get("first") as Promise<Outcome>))).toBe("granted");
+        await stopNow();
+        expect(reasonOf(await (waiters.get("second") as Promise<Outcome>))).toBe("granted");
+        // The third was woken by the second's grant and tried; nothing let the fourth or fifth through.
+        expect(tries.get("fourth") ?? 0).toBe(0);
+        expect(tries.get("fifth") ?? 0).toBe(0);
+        expect(tries.get("first")).toBe(1);
+      });
+    });
+
     describe("a grant nobody hears", () => {
       test("a client that already went away is granted nothing: nothing is started", async () => {
         const answer = await start(LOCK, holder("ghost"), 0, AbortSignal.abort());
