@@ -61,7 +61,7 @@ export function countStart(lock: string, o: Outcome): void {
 /** A commit listener: every release that ended adds its length to its lock's histogram and to the estimate. */
 export function observe({ events, before }: Heard): void {
   if (!before) return;
-  const releases = [before.release, ...before.around.map((n) => n.release)];
+  const releases = [...before.releases, ...before.around.flatMap((n) => n.releases)];
   for (const e of events) {
     if (e.kind !== "stopped" && e.kind !== "expired" && e.kind !== "abandoned") continue;
     const ended = releases.find((r) => r?.id === e.releaseId);

@@ -2,7 +2,7 @@
 // refusals, the log, the history and webhooks. Kept apart from the rules (release.ts), which
 // decide, so that a new way of saying something touches only this file.
 import { DEFAULT_LOCK, ROOT } from "./names.ts";
-import type { Block, Event, Release } from "./release.ts";
+import type { Block, Event, Release, State } from "./release.ts";
 
 export const UNKNOWN_USER = "an unknown user";
 
@@ -37,6 +37,17 @@ export const describeRelease = (r: Release, lock: string = DEFAULT_LOCK): string
     () =>
       `release #${r.id} by ${who(r.name)}${r.reason ? ` (${r.reason})` : ""}${on(lock)}${startedBy(r.name, r.by)} running since ${iso(r.startedAt)}`,
   );
+
+/** A lock with a limit whose every slot is taken: "staging/devices holds 3 of 3: release #41 by …; release #42 by …". */
+export const describeFull = (releases: Release[], limit: number, lock: string): string =>
+  `${lock} holds ${releases.length} of ${limit}: ${releases.map((r) => describeRelease(r, lock)).join("; ")}`;
+
+/** What holds a lock now, in words: for a wrong id, the releases that are running instead. */
+export const describeHolders = (s: State): string => {
+  if (!s.release) return `no release is running${on(s.lock)}`;
+  if (s.releases.length === 1) return describeRelease(s.release, s.lock);
+  return describeFull(s.releases, s.limit, s.lock);
+};
 
 // "release #42 by sion, started by ana": said when a token of one person started it in another's name.
 const startedBy = (name: string, by: string | undefined) => (differs(name, by) ? `, started ${byWords(by)},` : "");
