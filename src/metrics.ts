@@ -124,8 +124,15 @@ export function renderMetrics(healthy: boolean, snap: Snapshot): string {
     );
   const line = waiting();
 
-  perLock("releasestatus_running", "Whether a release is running on the lock (1) or not (0).", (l) =>
-    snap.state(l).release ? 1 : 0,
+  perLock(
+    "releasestatus_running",
+    "How many releases hold the lock: 0 or 1, up to its limit for a lock declared with one.",
+    (l) => snap.state(l).releases.length,
+  );
+  perLock(
+    "releasestatus_limit",
+    "How many releases may hold the lock at once ([[lock]] limit; 1 unless declared).",
+    (l) => snap.state(l).limit,
   );
   perLock(
     "releasestatus_blocked",

@@ -100,6 +100,20 @@ describe("a lock with a limit", () => {
   });
 });
 
+describe("metrics of a lock with a limit", () => {
+  test("releasestatus_running counts the releases holding each lock; releasestatus_limit says how many may", async () => {
+    const d = await withDevices();
+    await d.body("/locks/staging/devices/start?name=a");
+    await d.body("/locks/staging/devices/start?name=b");
+    await d.body("/start?name=sion");
+    const text = await d.body("/metrics");
+    expect(text).toContain('releasestatus_running{lock="staging/devices"} 2\n');
+    expect(text).toContain('releasestatus_limit{lock="staging/devices"} 3\n');
+    expect(text).toContain('releasestatus_running{lock="default"} 1\n');
+    expect(text).toContain('releasestatus_limit{lock="default"} 1\n');
+  });
+});
+
 describe("[[lock]] tables", () => {
   test("a limit that is not a whole number from 1 to 1000 stops start-up with exit code 2 and the file's line", async () => {
     const file = configFile('[[lock]]\nname = "staging/devices"\nlimit = 0\n');
