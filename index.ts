@@ -6,17 +6,19 @@
 // The client commands (run, status, healthcheck) are in src/client.ts.
 
 import pkg from "./package.json" with { type: "json" };
-import { applyReload, type Config, ConfigError, isPostgres, readConfig } from "./src/config.ts";
+import { applyReload, type Config, ConfigError, declaredLock, isPostgres, readConfig } from "./src/config.ts";
 import { closeEngine, history, onCommit, onStorageFailure, openEngine, systemClock } from "./src/engine.ts";
 import { keepCalendar, replaceCalendar, stopCalendar } from "./src/freezes.ts";
 import { closeEventStreams, startServer } from "./src/http/server.ts";
+import { describeLocks } from "./src/http/views.ts";
 import { createLog, type Log } from "./src/log.ts";
 import { learnFromHistory, observe } from "./src/metrics.ts";
-import { blockOn, describeBlock, describeEvent, describeRelease, type Event, type State } from "./src/release.ts";
+import { blockOn, type Event, type State } from "./src/release.ts";
 import { openMemoryStore } from "./src/store/memory.ts";
 import { openSqliteStore } from "./src/store/sqlite.ts";
 import { type Store, StoreOpenError } from "./src/store/store.ts";
 import { print } from "./src/terminal.ts";
+import { describeBlock, describeEvent, describeRelease } from "./src/words.ts";
 
 const USAGE = `releasestatus ${pkg.version}: lets only one QA release run at a time.
 
@@ -116,7 +118,8 @@ async function serve(cfg: Config): Promise<number> {
       }));
   });
   onStorageFailure((problem) => log.refusal("storage", () => `could not save the release state: ${problem}`));
-  const { state, expired } = await openEngine(store);
+  const { state, expired } = await openEngine(store, systemClock, (lock) => declaredLock(cfg, lock)?.limit ?? 1);
+  describeLocks((lock) => declaredLock(cfg, lock)?.description ?? "");
   logRestored(log, state, expired);
   learnFromHistory(await history(1000).catch(() => []));
   await keepCalendar(cfg.freezes, systemClock);

@@ -1,7 +1,8 @@
 // Who may do what, on which locks. A token is known by its SHA-256 (the
 // configuration file holds only that); it has a holder (`who`), rights, and a
 // scope of locks. RS_TOKEN is one more token that may do everything.
-import { isAncestor, PLAIN_TOKEN, ROOT } from "./release.ts";
+import { isAncestor, ROOT } from "./release.ts";
+import { PLAIN_TOKEN } from "./words.ts";
 
 /** release: start, stop, renew · block: block, unblock · override: start during a freeze. */
 export type Right = "release" | "block" | "override";

@@ -7,9 +7,9 @@ import { LOCK_NAME_RULE, validLockName } from "./names.ts";
 import { send } from "./notify/deliver.ts";
 import { render } from "./notify/formats.ts";
 import type { Webhook } from "./notify/webhook.ts";
-import { iso } from "./release.ts";
 import { print } from "./terminal.ts";
 import { visible } from "./visible.ts";
+import { iso } from "./words.ts";
 
 const EXIT_INVALID = 2; // as the daemon exits on a bad configuration
 

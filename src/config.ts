@@ -29,8 +29,18 @@ export type Config = {
   freezes: Window[]; // the freeze calendar, in the file's order
   webhooks: Webhook[]; // where events are sent
   webhookBacklog: number; // events a webhook may fall behind before the oldest are dropped
+  declared: DeclaredLock[]; // the file's [[lock]] tables: locks with a limit or a description
   file: string | null; // RS_CONFIG: re-read on SIGHUP
 };
+
+/** A lock the file declares: how many releases may hold it at once, and words for the page. */
+export type DeclaredLock = { name: string; limit: number; description: string };
+
+export const MAX_LIMIT = 1000;
+
+/** The [[lock]] table that declares `name`, if any: read live, so a reload changes limits at once. */
+export const declaredLock = (cfg: Config, name: string): DeclaredLock | undefined =>
+  cfg.declared.find((l) => l.name === name);
 
 // Messages quote what the file or the environment holds: made visible once, here, for all of them.
 export class ConfigError extends Error {
@@ -75,6 +85,7 @@ export function readConfig(env: Env): Config {
     freezes: file?.freezes ?? [],
     webhooks: labelled(file?.webhooks ?? []),
     webhookBacklog: setting(from, "RS_WEBHOOK_BACKLOG", set.RS_WEBHOOK_BACKLOG ?? "10000", 1, 1_000_000),
+    declared: file?.locks ?? [],
     file: env.RS_CONFIG || null,
   };
 }
@@ -225,6 +236,7 @@ export type ConfigFile = {
   read: "open" | "token";
   freezes: Window[];
   webhooks: Omit<Webhook, "label">[];
+  locks: DeclaredLock[];
 };
 
 // The file's single settings, and the environment variable each stands for.
@@ -278,6 +290,7 @@ export function parseConfigFile(path: string, source: string): ConfigFile {
     read: "open",
     freezes: [],
     webhooks: [],
+    locks: [],
   };
   for (const [key, value] of Object.entries(doc)) {
     const line = at(null, 0, key);
@@ -329,13 +342,23 @@ export function parseConfigFile(path: string, source: string): ConfigFile {
       });
       continue;
     }
+    if (key === "lock") {
+      if (!Array.isArray(value)) throw problem(line, "lock must be a list of tables: write each as [[lock]]");
+      value.forEach((raw, i) => {
+        const declared = readLockTable(raw, (k) => at("lock", i, k), problem, source);
+        if (file.locks.some((l) => l.name === declared.name))
+          throw problem(at("lock", i, "name"), `lock ${declared.name} is also an earlier [[lock]]'s: keep one`);
+        file.locks.push(declared);
+      });
+      continue;
+    }
     const known = FILE_SETTINGS[key];
     if (!known)
       throw problem(
         line,
         key === "token_sha256" || key === "rs_token"
           ? `${key} is not a setting: the file holds no plain tokens; list them as [[token]] tables with their sha256`
-          : `${key} is not a setting: expected one of ${[...Object.keys(FILE_SETTINGS), "read", "[[token]]", "[[freeze]]", "[[webhook]]"].join(", ")}`,
+          : `${key} is not a setting: expected one of ${[...Object.keys(FILE_SETTINGS), "read", "[[token]]", "[[freeze]]", "[[webhook]]", "[[lock]]"].join(", ")}`,
       );
     file.settings[known.env] = settingText(key, value, known.kind, (what) => problem(line, what));
     file.origins.set(known.env, `${path}:${line}: ${key} = ${show(value)}`);
@@ -428,6 +451,39 @@ const listed = (v: unknown) =>
   Array.isArray(v) && v.length <= 10
     ? `[${v.map((e) => (typeof e === "string" ? JSON.stringify(e) : String(e))).join(", ")}]`
     : show(v);
+
+const LOCK_KEYS = ["name", "limit", "description"];
+
+// A [[lock]] table: a lock name, a limit from 1 to MAX_LIMIT (1 when left out), and words for the page.
+function readLockTable(
+  raw: unknown,
+  line: (key: string | null) => number,
+  problem: (line: number, what: string) => Error,
+  source: string,
+): DeclaredLock {
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw))
+    throw problem(line(null), 'each [[lock]] must be a table with a name, e.g. name = "staging/devices", limit = 3');
+  const t = raw as Record<string, unknown>;
+  for (const key of Object.keys(t))
+    if (!LOCK_KEYS.includes(key)) {
+      const unknown = `unknown key ${key} in [[lock]]: expected ${LOCK_KEYS.join(", ")}`;
+      throw problem(line(key), settingInTable(unknown, source) ?? unknown);
+    }
+  const { name, limit = 1, description = "" } = t;
+  if (typeof name !== "string" || !validLockName(name))
+    throw problem(
+      line("name"),
+      `name = ${show(name)} is not valid: expected a lock name in quotes (${LOCK_NAME_RULE}), e.g. name = "staging/devices"`,
+    );
+  if (typeof limit !== "number" || !Number.isInteger(limit) || limit < 1 || limit > MAX_LIMIT)
+    throw problem(
+      line("limit"),
+      `limit = ${show(limit)} is not valid: expected how many releases may hold ${name} at once, a whole number from 1 to ${MAX_LIMIT} without quotes`,
+    );
+  if (typeof description !== "string")
+    throw problem(line("description"), `description = ${show(description)} is not valid: expected words in quotes`);
+  return { name, limit, description };
+}
 
 // Plain ASCII: a name that looks like another (a Cyrillic "о", a trailing space) must not pass for it in the history.
 const WHO = /^[A-Za-z0-9]([A-Za-z0-9 ._@+-]{0,62}[A-Za-z0-9._@+-])?$/;
@@ -622,7 +678,7 @@ export function applyReload(cfg: Config, next: Config): { changed: string[]; nee
   const changed = [...tokenChanges(cfg.access, next.access)];
   if (cfg.access.read !== next.access.read) changed.push(`reading is now ${next.access.read}`);
   const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
-  for (const k of ["ttlSeconds", "maxWaitSeconds", "hosts", "locks", "maxLocks", "maxStreams"] as const)
+  for (const k of ["ttlSeconds", "maxWaitSeconds", "hosts", "locks", "maxLocks", "maxStreams", "declared"] as const)
     if (!same(cfg[k], next[k])) changed.push(`${k}: ${JSON.stringify(cfg[k])} → ${JSON.stringify(next[k])}`);
   const windows = (c: Config) => JSON.stringify(c.freezes);
   if (windows(cfg) !== windows(next))
@@ -643,6 +699,7 @@ export function applyReload(cfg: Config, next: Config): { changed: string[]; nee
   cfg.locks = next.locks;
   cfg.maxLocks = next.maxLocks;
   cfg.maxStreams = next.maxStreams;
+  cfg.declared = next.declared;
   return { changed, needRestart };
 }
 

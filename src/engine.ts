@@ -63,7 +63,7 @@ export const systemClock: Clock = {
 /** What listeners (log, metrics, live page) hear: a committed change, ours or another replica's. */
 export type Heard = Committed & { remote: boolean };
 
-type Waiter = { lock: string; woke: boolean; wake: () => void };
+type Waiter = { id: number; lock: string; woke: boolean; wake: () => void };
 
 export { DEFAULT_LOCK, ROOT };
 
@@ -79,6 +79,8 @@ export const engine = {
   heard: 0, // commits heard so far: a read that overlapped one may be older than it
   listeners: [] as ((h: Heard) => void)[],
   closing: false,
+  // How many releases may hold a lock at once: the configuration's [[lock]] tables, read at each decision.
+  limitOf: ((_lock: string) => 1) as (lock: string) => number,
   // The freeze in force on a lock at a time: the calendar's answer (src/freezes.ts), none until it is set.
   frozen: ((_lock: string, _now: number) => null) as (lock: string, now: number) => Frozen | null,
 };
@@ -97,9 +99,14 @@ const store = (): Store => {
  * Reads every lock and ends the leases that ran out while the daemon was down. Says what the
  * default lock held (with the root's block) before, and what it ended.
  */
-export async function openEngine(s: Store, clock: Clock = systemClock): Promise<{ state: State; expired: Event[] }> {
+export async function openEngine(
+  s: Store,
+  clock: Clock = systemClock,
+  limitOf: (lock: string) => number = () => 1,
+): Promise<{ state: State; expired: Event[] }> {
   engine.store = s;
   engine.clock = clock;
+  engine.limitOf = limitOf;
   engine.known = { lastId: 0, entries: new Map() };
   engine.scopes.clear();
   for (const cancel of engine.expiries.values()) cancel();
@@ -113,8 +120,7 @@ export async function openEngine(s: Store, clock: Clock = systemClock): Promise<
   const before = state(DEFAULT_LOCK);
   const expired: Event[] = [];
   for (const [lock, e] of [...engine.known.entries])
-    if (e.release?.expiresAt != null && e.release.expiresAt <= clock.now())
-      expired.push(...((await commit(lock, unchanged)).committed?.events ?? []));
+    if (expiryDue(e)) expired.push(...((await commit(lock, unchanged)).committed?.events ?? []));
   return { state: before, expired };
 }
 
@@ -126,7 +132,7 @@ export function onCommit(listener: (h: Heard) => void): void {
 export function state(lock: string = DEFAULT_LOCK): State {
   let s = engine.scopes.get(lock);
   if (!s) {
-    s = scopeOf(lock, engine.known);
+    s = scopeWithLimit(lock, engine.known);
     if (engine.scopes.size >= 4096) engine.scopes.clear(); // reads of many names that were never used stay bounded
     engine.scopes.set(lock, s);
   }
@@ -145,8 +151,15 @@ export type Snapshot = { state(lock: string): State; locks(): string[] };
 // On a store no other process writes, the cache is what is committed, changed in one step per commit.
 const CACHE: Snapshot = { state, locks };
 
+// The store knows no limits: each state the engine reads or decides on gets its lock's from the configuration.
+const withLimit = (s: State): State => {
+  const limit = engine.limitOf(s.lock);
+  return limit === s.limit ? s : { ...s, limit };
+};
+const scopeWithLimit = (lock: string, stored: Stored): State => withLimit(scopeOf(lock, stored));
+
 const snapshotOf = (stored: Stored): Snapshot => ({
-  state: (lock) => scopeOf(lock, stored),
+  state: (lock) => scopeWithLimit(lock, stored),
   locks: () => [...stored.entries.keys()],
 });
 
@@ -163,8 +176,8 @@ export function snapshot(lock: string = DEFAULT_LOCK): Snapshot | Promise<Snapsh
 
 /** The state a change left, as its own transaction read and wrote it: a snapshot of its lock and the locks around it. */
 export function snapshotAfter(next: State): Snapshot {
-  const entries = new Map<string, Entry>([[next.lock, { release: next.release, block: next.block, version: 0 }]]);
-  for (const n of next.around) entries.set(n.lock, { release: n.release, block: n.block, version: 0 });
+  const entries = new Map<string, Entry>([[next.lock, { releases: next.releases, block: next.block, version: 0 }]]);
+  for (const n of next.around) entries.set(n.lock, { releases: n.releases, block: n.block, version: 0 });
   return snapshotOf({ lastId: next.lastId, entries });
 }
 export const isKnown = (lock: string): boolean => engine.known.entries.has(lock);
@@ -214,7 +227,7 @@ async function refuseFromCommitted(
 ): Promise<Outcome> {
   try {
     const { stored, ahead, now } = await (s.peek as NonNullable<Store["peek"]>)(lock);
-    const { outcome, change } = withExpiry(rule)(scopeOf(lock, stored), now, ahead);
+    const { outcome, change } = withExpiry(rule)(scopeWithLimit(lock, stored), now, ahead);
     if (!outcome.ok && !change && !engine.closing) return outcome;
   } catch {} // the transaction says what is wrong
   return (await commit(lock, rule, { room }, gone)).outcome;
@@ -262,7 +275,7 @@ async function waitInLine(
   room: Room | undefined,
 ): Promise<Outcome> {
   const deadline = engine.clock.now() + waitSeconds * 1000;
-  const waiter: Waiter = { lock, woke: false, wake: () => {} };
+  const waiter: Waiter = { id: self, lock, woke: false, wake: () => {} };
   const cancelDeadline = engine.clock.after(waitSeconds * 1000, () => wake(waiter));
   const onGone = () => wake(waiter);
   gone.addEventListener("abort", onGone);
@@ -345,7 +358,7 @@ async function keepOnlyIfHeard(lock: string, granted: Outcome, gone: AbortSignal
   if (!granted.ok) return granted;
   await socketsRead();
   if (!gone.aborted) return granted;
-  const id = granted.next.release?.id;
+  const id = granted.release?.id;
   if (id !== undefined) await abandonUntilSaved(lock, id);
   return WENT_AWAY;
 }
@@ -412,7 +425,8 @@ async function commit(lock: string, rule: Rule, options: TransactOptions = {}, g
 // A rule, after ending any lease that ran out before it: the refusal may carry that change.
 const withExpiry =
   (rule: Rule): Decide =>
-  (stored, now, ahead) => {
+  (asStored, now, ahead) => {
+    const stored = withLimit(asStored);
     const expired = expire(stored, now);
     const outcome = expired ? andThen(expired, (s) => rule(s, now, ahead)) : rule(stored, now, ahead);
     const change: Change | null = outcome.ok ? outcome : expired;
@@ -449,10 +463,19 @@ function remember(entries: Map<string, Entry>, lastId: number) {
   engine.scopes.clear();
 }
 
-/** Lets waiters try again: those on locks overlapping `lock`, or all (the calendar changed). */
+/**
+ * Lets the waiters try again that a change on `lock` (undefined: the calendar, any lock) can let through:
+ * those whose lock overlaps it and that no earlier waiter overlaps. Any other is refused `queued` until the
+ * one ahead of it is served or leaves, and that commit wakes it in turn, so a change wakes one waiter per
+ * line, not the whole line.
+ */
 export function wakeWaiters(lock?: string) {
-  for (const w of engine.waiters) if (lock === undefined || overlaps(w.lock, lock)) wake(w);
+  if (engine.waiters.size === 0) return;
+  const line = store().waiting();
+  for (const w of engine.waiters) if ((lock === undefined || overlaps(w.lock, lock)) && firstInLine(w, line)) wake(w);
 }
+
+const firstInLine = (w: Waiter, line: Queued[]): boolean => !line.some((q) => q.id < w.id && overlaps(q.lock, w.lock));
 
 // Another replica changed something (or the poll came round): read afresh, then let waiters try.
 async function heardFromElsewhere(lock: string, events: Event[]) {
@@ -489,15 +512,25 @@ async function readAfresh(lock: string): Promise<Stored> {
   return stored;
 }
 
-const expiryDue = (e: Entry | undefined): boolean =>
-  e?.release?.expiresAt != null && e.release.expiresAt <= engine.clock.now();
+// When the first lease of a lock's releases runs out; null when none of them has one.
+const firstExpiry = (e: Entry | undefined): number | null => {
+  let first: number | null = null;
+  for (const r of e?.releases ?? [])
+    if (r.expiresAt !== null && (first === null || r.expiresAt < first)) first = r.expiresAt;
+  return first;
+};
+
+const expiryDue = (e: Entry | undefined): boolean => {
+  const at = firstExpiry(e);
+  return at !== null && at <= engine.clock.now();
+};
 
 // Ends the lease when it runs out; while storage fails, tries again each second.
 function armExpiry(lock: string) {
   engine.expiries.get(lock)?.();
   engine.expiries.delete(lock);
-  const at = engine.known.entries.get(lock)?.release?.expiresAt;
-  if (at == null || engine.closing) return;
+  const at = firstExpiry(engine.known.entries.get(lock));
+  if (at === null || engine.closing) return;
   const cancel = engine.clock.after(Math.max(at - engine.clock.now(), 0), async () => {
     engine.expiries.delete(lock);
     await change(lock, unchanged);

@@ -27,8 +27,9 @@ import {
   wakeWaiters,
   windowKnown,
 } from "./engine.ts";
-import { blockedOver, type Event, type Frozen, iso, ROOT, statusAfter } from "./release.ts";
+import { blockedOver, type Event, type Frozen, ROOT, statusAfter } from "./release.ts";
 import type { Mark, Marked } from "./store/store.ts";
+import { iso } from "./words.ts";
 
 const TICK_MS = 60_000; // at the latest: catches reloads, clock jumps and a database that was away
 

@@ -12,7 +12,8 @@ import { type Heard, isKnown, type Snapshot, waiting } from "./engine.ts";
 import { freezeWindows } from "./freezes.ts";
 import { validLockName } from "./names.ts";
 import { webhookStatuses } from "./notify/deliver.ts";
-import { DEFAULT_LOCK, type Event, iso, type Reason, type Release, ROOT } from "./release.ts";
+import { DEFAULT_LOCK, type Event, type Reason, type Release, ROOT } from "./release.ts";
+import { iso } from "./words.ts";
 
 /** Every reason a /start can be refused for. */
 export const START_REFUSALS: Reason[] = [
@@ -115,7 +116,7 @@ function possibleRefusals(lock: string, setup: Setup): Reason[] {
 /** A commit listener: every release that ended adds its length to its lock's histogram and to the estimate. */
 export function observe({ events, before }: Heard): void {
   if (!before) return;
-  const releases = [before.release, ...before.around.map((n) => n.release)];
+  const releases = [...before.releases, ...before.around.flatMap((n) => n.releases)];
   for (const e of events) {
     if (e.kind !== "stopped" && e.kind !== "expired" && e.kind !== "abandoned") continue;
     const ended = releases.find((r) => r?.id === e.releaseId);
@@ -235,8 +236,15 @@ function lockMetrics(metric: Metric, snap: Snapshot, setup: Setup) {
     );
   const line = waiting();
 
-  perLock("releasestatus_running", "Whether a release is running on the lock (1) or not (0).", (l) =>
-    snap.state(l).release ? 1 : 0,
+  perLock(
+    "releasestatus_running",
+    "How many releases hold the lock: 0 or 1, up to its limit for a lock declared with one.",
+    (l) => snap.state(l).releases.length,
+  );
+  perLock(
+    "releasestatus_limit",
+    "How many releases may hold the lock at once ([[lock]] limit; 1 unless declared).",
+    (l) => snap.state(l).limit,
   );
   perLock(
     "releasestatus_blocked",

@@ -9,3 +9,6 @@ const SEGMENT = /^[a-z0-9][a-z0-9._-]{0,31}$/;
 export function validLockName(name: string): boolean {
   return name.length > 0 && name.length <= 100 && name.split("/").every((s) => SEGMENT.test(s));
 }
+
+export const ROOT = ""; // the root of the tree: /block and /unblock act on it
+export const DEFAULT_LOCK = "default"; // the original's one lock: /start, /stop, /renew, /status

@@ -8,6 +8,8 @@
 // root (""). A release on a lock excludes releases on its ancestors and its
 // descendants; a block on a lock blocks starts on it and everything under it.
 
+import { describeBlock, describeFull, describeHolders, describeRelease, on } from "./words.ts";
+
 export type Release = {
   id: number; // the fencing token: grows with every grant, never reused
   name: string;
@@ -20,18 +22,24 @@ export type Release = {
 export type Block = { name: string; reason: string; since: number; by?: string };
 
 /** A lock above or below the one decided on, as far as the decision needs it. */
-export type Neighbour = { lock: string; release: Release | null; block: Block | null };
+export type Neighbour = { lock: string; releases: Release[]; block: Block | null };
 
 export type State = {
   lock: string; // the lock this state is of
   lastId: number; // the highest release id ever granted, on any lock: one counter for the whole daemon
-  release: Release | null;
+  limit: number; // how many releases may hold this lock at once: 1 unless the configuration declares more
+  releases: Release[]; // the releases holding it, oldest first
+  release: Release | null; // the oldest of them: for a lock whose limit is 1, the one release (see holding)
   block: Block | null;
   around: Neighbour[]; // its ancestors and descendants that hold a release or a block
 };
 
-export const ROOT = ""; // the root of the tree: /block and /unblock act on it
-export const DEFAULT_LOCK = "default"; // the original's one lock: /start, /stop, /renew, /status
+/** The state with these releases holding its lock: `releases` and `release` always agree. */
+export const holding = (s: State, releases: Release[]): State => ({ ...s, releases, release: releases[0] ?? null });
+
+import { DEFAULT_LOCK, ROOT } from "./names.ts";
+
+export { DEFAULT_LOCK, ROOT };
 
 /** Whether `above` is an ancestor of `below` (the root is above every other lock). */
 export const isAncestor = (above: string, below: string): boolean =>
@@ -109,6 +117,8 @@ export type Reason =
   | "not-running"
   | "not-blocked"
   | "wrong-id"
+  | "full" // every slot of a lock with a limit is taken
+  | "ambiguous" // a stop without an id on a lock that several releases hold
   | "timeout"
   | "invalid"
   | "storage"
@@ -123,7 +133,7 @@ export type Reason =
   | "unsupported-media-type";
 
 export type Refusal = { ok: false; reason: Reason; message: string; until?: number }; // until: when a freeze ends
-export type Change = { ok: true; next: State; events: Event[] };
+export type Change = { ok: true; next: State; events: Event[]; release?: Release }; // release: the one it granted or renewed
 export type Outcome = Change | Refusal;
 
 /** Who asks: the name the request gave, and whose token it sent (absent without tokens). */
@@ -138,14 +148,21 @@ export type StartRequest = Holder & {
 /** A freeze in force on a lock, as the calendar (src/calendar.ts) says: its words, and when it ends. */
 export type Frozen = { reason: string; until: number; message: string };
 
-export const UNKNOWN_USER = "an unknown user";
-export const EMPTY_STATE: State = { lock: DEFAULT_LOCK, lastId: 0, release: null, block: null, around: [] };
+export const EMPTY_STATE: State = {
+  lock: DEFAULT_LOCK,
+  lastId: 0,
+  limit: 1,
+  releases: [],
+  release: null,
+  block: null,
+  around: [],
+};
 export const emptyState = (lock: string): State => ({ ...EMPTY_STATE, lock });
 
 export const refuse = (reason: Reason, message: string): Refusal => ({ ok: false, reason, message });
 
 /** Refusals that end by themselves, and so are worth waiting out with wait=. */
-export const WAITABLE: ReadonlySet<Reason> = new Set(["running", "blocked", "frozen", "queued"]);
+export const WAITABLE: ReadonlySet<Reason> = new Set(["running", "full", "blocked", "frozen", "queued"]);
 export const SHUTTING_DOWN = refuse("shutting-down", "the daemon is shutting down; try again shortly");
 export const STORAGE_FAILED = refuse(
   "storage",
@@ -154,48 +171,6 @@ export const STORAGE_FAILED = refuse(
 
 /** A rule that changes nothing: run it to end a lease that ran out on the way. */
 export const unchanged = (s: State): Change => ({ ok: true, next: s, events: [] });
-
-export const iso = (ms: number): string => new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z");
-
-const who = (name: string): string => name || UNKNOWN_USER;
-// A name, and whose token it came with when that is someone else: "sion (token of ana)", "sion (with RS_TOKEN)".
-const whoBy = (name: string, by: string | undefined): string =>
-  differs(name, by) ? `${who(name)} (${by === PLAIN_TOKEN ? "with RS_TOKEN" : `token of ${by}`})` : who(name);
-const differs = (name: string, by: string | undefined): by is string => by !== undefined && by !== name;
-const byWords = (by: string) => (by === PLAIN_TOKEN ? "with RS_TOKEN" : `by ${by}`);
-/** What `by` says for a change made with RS_TOKEN (no named token may take this name). */
-export const PLAIN_TOKEN = "token";
-
-// A release or block never changes once made, so its words are worked out once:
-// a refused start, the commonest request, then costs no date formatting.
-const described = new WeakMap<Release | Block, string>();
-const once = <T extends Release | Block>(x: T, words: (x: T) => string): string => {
-  const known = described.get(x);
-  if (known !== undefined) return known;
-  const d = words(x);
-  described.set(x, d);
-  return d;
-};
-
-// The original's lock and the root need no naming: with one lock, the words are exactly as they were.
-const on = (lock: string) => (lock === DEFAULT_LOCK || lock === ROOT ? "" : ` on ${lock}`);
-
-export const describeRelease = (r: Release, lock: string = DEFAULT_LOCK): string =>
-  once(
-    r,
-    () =>
-      `release #${r.id} by ${who(r.name)}${r.reason ? ` (${r.reason})` : ""}${on(lock)}${startedBy(r.name, r.by)} running since ${iso(r.startedAt)}`,
-  );
-
-// "release #42 by sion, started by ana": said when a token of one person started it in another's name.
-const startedBy = (name: string, by: string | undefined) => (differs(name, by) ? `, started ${byWords(by)},` : "");
-
-export const describeBlock = (b: Block, lock: string = ROOT): string =>
-  once(
-    b,
-    () =>
-      `releasing${on(lock)} blocked by ${whoBy(b.name, b.by)} since ${iso(b.since)}${b.reason ? `: ${b.reason}` : ""}`,
-  );
 
 /** The block that stops starts on this lock: its own, else the nearest above it. */
 export function blockOn(s: State): { lock: string; block: Block } | null {
@@ -209,7 +184,15 @@ export function blockOn(s: State): { lock: string; block: Block } | null {
 /** A release this lock's would overlap: its own, else one above or below it. */
 export function releaseOn(s: State): { lock: string; release: Release } | null {
   if (s.release) return { lock: s.lock, release: s.release };
-  for (const n of s.around) if (n.release) return { lock: n.lock, release: n.release };
+  return releaseAround(s);
+}
+
+/** A release above or below this lock: it keeps this lock from starting whatever this lock's limit. */
+export function releaseAround(s: State): { lock: string; release: Release } | null {
+  for (const n of s.around) {
+    const [release] = n.releases;
+    if (release) return { lock: n.lock, release };
+  }
   return null;
 }
 
@@ -226,8 +209,9 @@ export function start(
 ): Outcome {
   if (s.lock === ROOT)
     return refuse("invalid", "the root holds no release: start a named lock, e.g. /start or /locks/prod/start");
-  const running = releaseOn(s);
+  const running = s.limit === 1 ? releaseOn(s) : releaseAround(s);
   if (running) return refuse("running", describeRelease(running.release, running.lock));
+  if (s.releases.length >= s.limit) return refuse("full", describeFull(s.releases, s.limit, s.lock));
   const blocked = blockOn(s);
   if (blocked) return refuse("blocked", describeBlock(blocked.block, blocked.lock));
   const frozen = freeze();
@@ -250,18 +234,33 @@ export function start(
     frozen && req.override !== undefined
       ? [{ ...started, kind: "overridden", reason: `${req.override} (over: ${frozen.message})` }]
       : [];
-  return { ok: true, next: { ...s, lastId: id, release }, events: [...overridden, started] };
-}
-
-/** Ends the running release; with an id, only if it is that release (fencing). */
-export function stop(s: State, id: number | null, actor: Actor, now: number): Outcome {
-  if (!s.release) return refuse("not-running", `no release is running${on(s.lock)}`);
-  if (id !== null && id !== s.release.id)
-    return refuse("wrong-id", `release #${id} is not running; ${describeRelease(s.release, s.lock)}`);
-  const r = s.release;
   return {
     ok: true,
-    next: { ...s, release: null },
+    next: holding({ ...s, lastId: id }, [...s.releases, release]),
+    events: [...overridden, started],
+    release,
+  };
+}
+
+/**
+ * Ends a release holding the lock: with an id, only that release (fencing); without one, the release
+ * holding it when it is the only one.
+ */
+export function stop(s: State, id: number | null, actor: Actor, now: number): Outcome {
+  if (!s.release) return refuse("not-running", `no release is running${on(s.lock)}`);
+  if (id === null && s.releases.length > 1)
+    return refuse(
+      "ambiguous",
+      `${describeFull(s.releases, s.limit, s.lock)}: give the id of the release to stop, e.g. id=${s.release.id}`,
+    );
+  const r = id === null ? s.release : s.releases.find((held) => held.id === id);
+  if (!r) return refuse("wrong-id", `release #${id} is not running; ${describeHolders(s)}`);
+  return {
+    ok: true,
+    next: holding(
+      s,
+      s.releases.filter((held) => held !== r),
+    ),
     events: [
       { lock: s.lock, at: now, kind: "stopped", releaseId: r.id, name: actor.name, reason: r.reason, by: actor.by },
     ],
@@ -270,14 +269,17 @@ export function stop(s: State, id: number | null, actor: Actor, now: number): Ou
 
 /** Extends the lease of release `id` to `ttlSeconds` from now. */
 export function renew(s: State, id: number, ttlSeconds: number, now: number, by?: string): Outcome {
-  if (!s.release) return refuse("wrong-id", `release #${id} is not running; no release is running${on(s.lock)}`);
-  if (s.release.id !== id)
-    return refuse("wrong-id", `release #${id} is not running; ${describeRelease(s.release, s.lock)}`);
-  const release = { ...s.release, expiresAt: now + ttlSeconds * 1000 };
+  const held = s.releases.find((r) => r.id === id);
+  if (!held) return refuse("wrong-id", `release #${id} is not running; ${describeHolders(s)}`);
+  const release = { ...held, expiresAt: now + ttlSeconds * 1000 };
   return {
     ok: true,
-    next: { ...s, release },
+    next: holding(
+      s,
+      s.releases.map((r) => (r === held ? release : r)),
+    ),
     events: [{ lock: s.lock, at: now, kind: "renewed", releaseId: id, name: release.name, reason: release.reason, by }],
+    release,
   };
 }
 
@@ -321,7 +323,7 @@ export function stillBlocked(s: State): string | null {
   return above ? `still blocked from above: ${describeBlock(above.block, above.lock)}` : null;
 }
 
-const due = (r: Release | null, now: number): r is Release => r !== null && r.expiresAt !== null && r.expiresAt <= now;
+const due = (r: Release, now: number): boolean => r.expiresAt !== null && r.expiresAt <= now;
 
 /** Ends every release in view (this lock's, and those above and below it) whose lease has run out; null when none is due. */
 export function expire(s: State, now: number): Change | null {
@@ -335,28 +337,32 @@ export function expire(s: State, now: number): Change | null {
     by: r.by,
   });
   const events: Event[] = [];
-  if (due(s.release, now)) events.push(ended(s.lock, s.release));
+  // The releases of one lock that are still within their lease; each that ran out is recorded.
+  const kept = (lock: string, releases: Release[]): Release[] => {
+    if (!releases.some((r) => due(r, now))) return releases;
+    for (const r of releases) if (due(r, now)) events.push(ended(lock, r));
+    return releases.filter((r) => !due(r, now));
+  };
+  const own = kept(s.lock, s.releases);
   const around = s.around.map((n) => {
-    if (!due(n.release, now)) return n;
-    events.push(ended(n.lock, n.release));
-    return { ...n, release: null };
+    const releases = kept(n.lock, n.releases);
+    return releases === n.releases ? n : { ...n, releases };
   });
   if (events.length === 0) return null;
-  return {
-    ok: true,
-    next: { ...s, release: due(s.release, now) ? null : s.release, around },
-    events,
-  };
+  return { ok: true, next: holding({ ...s, around }, own), events };
 }
 
 /** Ends a release granted to a client that went away before it could be told: nobody holds it. */
 export function abandon(s: State, id: number, now: number): Outcome {
-  const r = s.release;
-  if (!r || r.id !== id) return refuse("wrong-id", `release #${id} is not running`);
+  const r = s.releases.find((held) => held.id === id);
+  if (!r) return refuse("wrong-id", `release #${id} is not running`);
   const reason = "the client went away before it was told";
   return {
     ok: true,
-    next: { ...s, release: null },
+    next: holding(
+      s,
+      s.releases.filter((held) => held !== r),
+    ),
     events: [{ lock: s.lock, at: now, kind: "abandoned", releaseId: id, name: r.name, reason, by: r.by }],
   };
 }
@@ -365,42 +371,5 @@ export function abandon(s: State, id: number, now: number): Outcome {
 export function andThen(first: Change, then: (s: State) => Outcome): Outcome {
   const second = then(first.next);
   if (!second.ok) return second;
-  return { ok: true, next: second.next, events: [...first.events, ...second.events] };
-}
-
-/** One human sentence per event: the log line, and the history's text form. */
-export function describeEvent(e: Event): string {
-  const n = whoBy(e.name, e.by);
-  const what = e.reason ? `: ${e.reason}` : "";
-  const where = on(e.lock);
-  switch (e.kind) {
-    case "started":
-      return differs(e.name, e.by)
-        ? `release #${e.releaseId}${where} by ${who(e.name)}, started ${byWords(e.by)}${what}`
-        : `release #${e.releaseId}${where} started by ${n}${what}`;
-    case "stopped":
-      return `release #${e.releaseId}${where} stopped by ${n}`;
-    case "expired":
-      return `release #${e.releaseId}${where} by ${n} expired: its lease ran out`;
-    case "renewed":
-      return `release #${e.releaseId}${where} lease renewed by ${n}`;
-    case "blocked":
-      return `releasing${where} blocked by ${n}${what}`;
-    case "unblocked":
-      return `releasing${where} unblocked by ${n}`;
-    case "waiting":
-      return `${n} is waiting for the release${where}${what}`;
-    case "left-queue":
-      return `${n} left the queue${what}`;
-    case "abandoned":
-      return `release #${e.releaseId}${where} by ${n} abandoned: ${e.reason}`;
-    case "frozen":
-      return `releasing${where} frozen by the calendar: ${e.reason}`;
-    case "thawed":
-      return `releasing${where} thawed: the freeze ended (${e.reason})`;
-    case "long-running":
-      return `release #${e.releaseId}${where} by ${n} is still running: ${e.reason}`;
-    case "overridden":
-      return `release #${e.releaseId}${where} overrode a freeze, by ${n}: ${e.reason}`;
-  }
+  return { ...second, events: [...first.events, ...second.events] };
 }

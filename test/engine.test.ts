@@ -257,6 +257,36 @@ for (const [storeName, makeStore] of stores) {
       });
     });
 
+    describe("waking only the waiters a change can let through", () => {
+      test("a stop wakes the first in line; each grant wakes the next; the rest sleep", async () => {
+        await startNow("holder");
+        const gone = new AbortController().signal;
+        const names = ["first", "second", "third", "fourth", "fifth"];
+        const waiters = new Map<string, Outcome | Promise<Outcome>>();
+        for (const [i, name] of names.entries()) {
+          waiters.set(name, start(LOCK, holder(name), 60, gone));
+          await inLine(i + 1);
+        }
+        // Count each waiter's attempts from now on: the store sees its place in line as `self`.
+        const ids = new Map(waiting(LOCK).map((w) => [w.id, w.name]));
+        const tries = new Map<string, number>();
+        const transact = store.transact.bind(store);
+        store.transact = (lock, decide, options = {}) => {
+          const name = options.self === undefined ? undefined : ids.get(options.self);
+          if (name) tries.set(name, (tries.get(name) ?? 0) + 1);
+          return transact(lock, decide, options);
+        };
+        await stopNow();
+        expect(reasonOf(await (waiters.get("first") as Promise<Outcome>))).toBe("granted");
+        await stopNow();
+        expect(reasonOf(await (waiters.get("second") as Promise<Outcome>))).toBe("granted");
+        // The third was woken by the second's grant and tried; nothing let the fourth or fifth through.
+        expect(tries.get("fourth") ?? 0).toBe(0);
+        expect(tries.get("fifth") ?? 0).toBe(0);
+        expect(tries.get("first")).toBe(1);
+      });
+    });
+
     describe("a grant nobody hears", () => {
       test("a client that already went away is granted nothing: nothing is started", async () => {
         const answer = await start(LOCK, holder("ghost"), 0, AbortSignal.abort());
@@ -329,6 +359,88 @@ for (const [storeName, makeStore] of stores) {
         expect(heard.map((h) => h.events.map((e) => e.kind))).toEqual([["started"], ["stopped"]]);
         expect(heard[0]?.before?.release).toBeNull();
         expect(heard[0]?.after?.release?.name).toBe("sion");
+      });
+    });
+
+    describe("a lock with a limit", () => {
+      const LIMITS: Record<string, number> = { "staging/devices": 3, "team0/canary": 2, "team1/canary": 3 };
+      beforeEach(() => {
+        engine.limitOf = (lock) => LIMITS[lock] ?? 1;
+      });
+      const on = (lock: string, name: string, wait = 0, ttl: number | null = null) =>
+        start(lock, holder(name, ttl), wait, new AbortController().signal);
+      const stopId = (lock: string, id: number) => change(lock, (s, now) => stop(s, id, { name: "" }, now));
+      const holders = (lock: string) => state(lock).releases.map((r) => r.name);
+
+      test("is held by up to its limit; the next is refused full", async () => {
+        for (const name of ["a", "b", "c"]) expect(reasonOf(await on("staging/devices", name))).toBe("granted");
+        expect(reasonOf(await on("staging/devices", "d"))).toBe("full");
+        expect(holders("staging/devices")).toEqual(["a", "b", "c"]);
+      });
+
+      test("waiters are granted in order while slots free; a newcomer does not pass them", async () => {
+        for (const name of ["a", "b", "c"]) await on("staging/devices", name);
+        const w1 = on("staging/devices", "w1", 60);
+        await inLine(1);
+        const w2 = on("staging/devices", "w2", 60);
+        await inLine(2);
+        await stopId("staging/devices", 1);
+        expect(reasonOf(await w1)).toBe("granted");
+        expect(reasonOf(await on("staging/devices", "newcomer"))).toBe("full");
+        await stopId("staging/devices", 2);
+        expect(reasonOf(await w2)).toBe("granted");
+        expect(holders("staging/devices")).toEqual(["c", "w1", "w2"]);
+      });
+
+      test("each lease runs out on its own, and its slot goes to the first waiter", async () => {
+        await on("staging/devices", "short", 0, 10);
+        await on("staging/devices", "long", 0, 100);
+        await on("staging/devices", "forever");
+        const waiter = on("staging/devices", "waiter", 60);
+        await inLine(1);
+        await clock.advance(10_000);
+        expect(reasonOf(await waiter)).toBe("granted");
+        expect(holders("staging/devices")).toEqual(["long", "forever", "waiter"]);
+      });
+
+      test("200 concurrent starts and waiters over locks with limits: never more than allowed, waiters served in order", async () => {
+        const locks = ["staging/devices", "team0/canary", "team1/canary", "solo"];
+        const most = new Map<string, number>();
+        onCommit(() => {
+          for (const lock of locks) {
+            const n = state(lock).releases.length;
+            most.set(lock, Math.max(most.get(lock) ?? 0, n)); // checked below: never above the limit
+          }
+        });
+        const claims = Array.from({ length: 200 }, (_, i) =>
+          // A one-second lease: each second the clock moves, every release ends and the line moves on.
+          on(locks[i % locks.length] as string, `c${i}`, 600, 1),
+        );
+        const held = () => locks.reduce((n, lock) => n + state(lock).releases.length, 0);
+        // Each lock full, or nobody waiting for it: nothing more can happen until the clock moves.
+        const settled = () =>
+          until(
+            async () =>
+              engine.waiters.size === waiting().length &&
+              locks.every((l) => state(l).releases.length === (LIMITS[l] ?? 1) || waiting(l).length === 0),
+            "every lock full or its line empty",
+          );
+        await until(async () => held() + waiting().length === 200, "every claim granted or in line");
+        for (let second = 0; second < 200 && engine.waiters.size > 0; second++) {
+          await settled();
+          await clock.advance(1_000);
+        }
+        const answers = await Promise.all(claims);
+        expect(answers.map(reasonOf).filter((r) => r !== "granted")).toEqual([]);
+        for (const lock of locks) expect(most.get(lock)).toBe(LIMITS[lock] ?? 1);
+        // Served in order: on each lock, those who waited started in the order they joined the line.
+        for (const lock of locks) {
+          const events = (await history(10_000, lock)).reverse();
+          const joined = events.filter((e) => e.kind === "waiting").map((e) => e.name);
+          const waited = new Set(joined);
+          const served = events.filter((e) => e.kind === "started" && waited.has(e.name)).map((e) => e.name);
+          expect(served).toEqual(joined);
+        }
       });
     });
 

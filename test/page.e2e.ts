@@ -313,6 +313,23 @@ describe("the board", () => {
   }
 });
 
+describe("the page, for a lock with a limit", () => {
+  test('the board shows "2 of 3" with each holder; the lock\'s page shows the releasing state', async () => {
+    const file = join(tempDir(), "releasestatus.toml");
+    writeFileSync(file, '[[lock]]\nname = "staging/devices"\nlimit = 3\n');
+    const { d, page } = await open({ RS_CONFIG: file }, undefined, "/");
+    await d.body("/locks/staging/devices/start?name=ana&reason=pixel");
+    await d.body("/locks/staging/devices/start?name=bob");
+    const tile = page.locator(".tile", { hasText: "staging/devices" });
+    await tile.locator("text=2 of 3").waitFor();
+    expect(await tile.textContent()).toContain("#1 by ana: pixel");
+    expect(await tile.textContent()).toContain("#2 by bob");
+    expect(await tile.getAttribute("class")).toContain("running");
+    await page.click(".tile >> text=staging/devices");
+    await page.locator("#headline", { hasText: "Releasing: 2 of 3" }).waitFor();
+  });
+});
+
 describe("the page with named tokens", () => {
   const FORBIDDEN_IN_CONSOLE = "Failed to load resource: the server responded with a status of 403 (Forbidden)";
   const sha = (token: string) => new Bun.CryptoHasher("sha256").update(token).digest("hex");

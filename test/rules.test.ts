@@ -4,6 +4,7 @@ import {
   andThen,
   block,
   EMPTY_STATE,
+  emptyState,
   expire,
   type Outcome,
   renew,
@@ -117,5 +118,44 @@ describe("leases", () => {
     expect(o.ok && o.events.map((e) => e.kind)).toEqual(["expired", "started"]);
     expect(o.ok && o.next.release?.id).toBe(2);
     expect(reason(andThen(expired, (s) => stop(s, null, { name: "" }, T)))).toBe("not-running");
+  });
+});
+
+describe("a lock with a limit", () => {
+  const devices = { ...emptyState("staging/devices"), limit: 3 };
+  const holders = (s: State) => s.releases.map((r) => r.id);
+  const three = [1, 2, 3].reduce((s) => next(start(s, sion, T, 0)), devices);
+  test("is held by up to its limit of releases at once, each with its own id", () => {
+    expect(holders(three)).toEqual([1, 2, 3]);
+  });
+  test("one more start is refused full, naming the holders", () => {
+    const o = start(three, sion, T, 0);
+    expect(reason(o)).toBe("full");
+    expect(o.ok ? "" : o.message).toContain("3 of 3");
+    expect(o.ok ? "" : o.message).toContain("release #1");
+  });
+  test("a stop without an id is refused ambiguous and changes nothing; with an id it ends that release only", () => {
+    const o = stop(three, null, { name: "" }, T);
+    expect(reason(o)).toBe("ambiguous");
+    expect(o.ok ? "" : o.message).toContain("id=");
+    expect(holders(next(stop(three, 2, { name: "" }, T)))).toEqual([1, 3]);
+    expect(reason(stop(three, 9, { name: "" }, T))).toBe("wrong-id");
+  });
+  test("renew and lease expiry act on each release alone", () => {
+    const leased = next(start(devices, { ...sion, ttlSeconds: 10 }, T, 0));
+    const two = next(start(leased, { ...sion, ttlSeconds: 60 }, T, 0));
+    expect(holders(expire(two, T + 10_000)?.next ?? two)).toEqual([2]);
+    const renewed = next(renew(two, 1, 100, T + 5_000));
+    expect(renewed.releases.map((r) => r.expiresAt)).toEqual([T + 105_000, T + 60_000]);
+  });
+  test("a release on it still keeps the locks above and below it from starting", () => {
+    const below = {
+      ...emptyState("staging/devices/pixel-7"),
+      around: [{ lock: "staging/devices", releases: three.releases, block: null }],
+    };
+    expect(reason(start(below, sion, T, 0))).toBe("running");
+  });
+  test("a limit-1 lock keeps its words: a second start is refused running", () => {
+    expect(reason(start(running, sion, T, 0))).toBe("running");
   });
 });

@@ -11,6 +11,8 @@ export const HTTP_STATUS: Record<Reason, number> = {
   "not-running": 200,
   "not-blocked": 200,
   "wrong-id": 200,
+  full: 200,
+  ambiguous: 200,
   timeout: 200,
   invalid: 400,
   unauthorized: 401,

@@ -27,11 +27,7 @@ import { webhookStatuses } from "../notify/deliver.ts";
 import {
   block,
   DEFAULT_LOCK,
-  describeBlock,
-  describeEvent,
-  describeRelease,
   type Event,
-  iso,
   type Outcome,
   type Reason,
   type Refusal,
@@ -42,6 +38,7 @@ import {
   stop,
   unblock,
 } from "../release.ts";
+import { describeBlock, describeEvent, describeRelease, iso } from "../words.ts";
 import { answer, json, SECURITY_HEADERS, type Success, text, wantsJson } from "./answer.ts";
 import pageText from "./page.html" with { type: "text" };
 import {
@@ -119,10 +116,13 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
   function admit(name: string): Refusal | null {
     const invalid = validName(name);
     if (invalid) return invalid;
-    if (cfg.locks && !cfg.locks.includes(name))
+    if (cfg.locks && !cfg.locks.includes(name) && !declared(name))
       return refuse("unknown-lock", `there is no lock ${name}: RS_LOCKS allows only ${cfg.locks.join(", ")}`);
     return null;
   }
+
+  // A lock the file declares ([[lock]]) is known as RS_LOCKS's are.
+  const declared = (name: string): boolean => cfg.declared.some((l) => l.name === name);
 
   // How many lock names a change may find stored before it stores one more (none with RS_LOCKS, whose names
   // are fixed). A token limited to some locks may hold only its share of RS_MAX_LOCKS under them: so many
@@ -230,9 +230,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
         );
       },
       (o, lock) =>
-        o.ok && o.next.release
-          ? { message: describeRelease(o.next.release, lock), releaseId: o.next.release.id }
-          : { message: "" },
+        o.ok && o.release ? { message: describeRelease(o.release, lock), releaseId: o.release.id } : { message: "" },
     ),
     stop: changing(
       "stop",
@@ -257,7 +255,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
         return change(lock, (s, now) => renew(s, release, ttl, now, token?.who));
       },
       (o) => ({
-        message: o.ok && o.next.release?.expiresAt ? `the lease now ends at ${iso(o.next.release.expiresAt)}` : "",
+        message: o.ok && o.release?.expiresAt ? `the lease now ends at ${iso(o.release.expiresAt)}` : "",
       }),
     ),
     block: changing(

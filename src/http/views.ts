@@ -4,25 +4,29 @@ import { describeLocalTime } from "../calendar.ts";
 import { health, type Snapshot, snapshot, storeDescription, waiting } from "../engine.ts";
 import { calendarOf, freezeJson, freezeWindows, frozenAt } from "../freezes.ts";
 import { estimate } from "../metrics.ts";
-import {
-  blockOn,
-  DEFAULT_LOCK,
-  describeBlock,
-  describeEvent,
-  describeRelease,
-  type Event,
-  iso,
-  overlaps,
-  ROOT,
-  releaseOn,
-  UNKNOWN_USER,
-} from "../release.ts";
+import { blockOn, DEFAULT_LOCK, type Event, overlaps, type Release, ROOT, releaseOn } from "../release.ts";
+import { describeBlock, describeEvent, describeRelease, iso, UNKNOWN_USER } from "../words.ts";
 
 // Told to the page, so it asks for the token before the first change; a reload may change it.
 let tokenRequired = () => false;
 export const requireToken = (required: () => boolean) => {
   tokenRequired = required;
 };
+
+// The page's words for the locks the configuration declares ([[lock]] description); a reload may change them.
+let descriptionOf = (_lock: string): string => "";
+export const describeLocks = (describe: (lock: string) => string) => {
+  descriptionOf = describe;
+};
+
+const releaseJson = (release: Release) => ({
+  id: release.id,
+  name: release.name,
+  reason: release.reason,
+  startedAt: iso(release.startedAt),
+  expiresAt: release.expiresAt === null ? null : iso(release.expiresAt),
+  ...(release.by === undefined ? {} : { by: release.by }),
+});
 
 /** A lock's status, from one snapshot (see engine.ts `snapshot`): never pieced together from several reads. */
 export function statusJson(lock: string, snap: Snapshot) {
@@ -31,19 +35,17 @@ export function statusJson(lock: string, snap: Snapshot) {
   const blocked = blockOn(s);
   const holding = release ? null : releaseOn(s); // a release above or below that keeps this lock from starting
   const h = health();
+  const description = descriptionOf(lock);
   return {
     lock,
     known: h.known,
     running: release !== null,
     blocked: blocked !== null,
-    release: release && {
-      id: release.id,
-      name: release.name,
-      reason: release.reason,
-      startedAt: iso(release.startedAt),
-      expiresAt: release.expiresAt === null ? null : iso(release.expiresAt),
-      ...(release.by === undefined ? {} : { by: release.by }),
-    },
+    // `release` is kept for locks whose limit is 1, so consumers written before limits keep working.
+    ...(s.limit === 1 ? { release: release && releaseJson(release) } : {}),
+    releases: s.releases.map(releaseJson),
+    limit: s.limit,
+    ...(description ? { description } : {}),
     block: blocked && {
       name: blocked.block.name,
       reason: blocked.block.reason,
@@ -82,10 +84,14 @@ export function statusText(lock: string, snap: Snapshot): string {
   const idle = holding
     ? `idle: no release is running on ${lock}, but ${describeRelease(holding.release, holding.lock)}`
     : `idle: no release is running${lock === DEFAULT_LOCK ? "" : ` on ${lock}`}`;
+  const running = (r: Release) =>
+    `${describeRelease(r, lock)}, for ${duration(now - r.startedAt)}${r.expiresAt === null ? "" : `; lease ends ${iso(r.expiresAt)}`}`;
   const lines = [
-    release
-      ? `running: ${describeRelease(release, lock)}, for ${duration(now - release.startedAt)}${release.expiresAt === null ? "" : `; lease ends ${iso(release.expiresAt)}`}`
-      : idle,
+    !release
+      ? idle
+      : s.limit === 1
+        ? `running: ${running(release)}`
+        : `running: ${s.releases.length} of ${s.limit}: ${s.releases.map(running).join("; ")}`,
   ];
   const blocked = blockOn(s);
   if (blocked) lines.push(`blocked: ${describeBlock(blocked.block, blocked.lock)}`);

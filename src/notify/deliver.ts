@@ -6,8 +6,9 @@
 // the next reload. Long-running reminders are recorded once, like any event.
 import { type Clock, engine, onCommit, recordOnce } from "../engine.ts";
 import type { Log } from "../log.ts";
-import { type Event, iso } from "../release.ts";
+import type { Event } from "../release.ts";
 import type { Outbox, Pending } from "../store/store.ts";
+import { iso } from "../words.ts";
 import { type Message, messageId, render, wants } from "./formats.ts";
 import { hearsLock, paceWords, type Webhook } from "./webhook.ts";
 
@@ -296,26 +297,24 @@ async function remind(): Promise<void> {
   const now = o.clock.now();
   const paces = new Set<number>();
   for (const { hook } of loops.values()) if (hook.remindAfterMs !== null) paces.add(hook.remindAfterMs);
-  for (const [lock, entry] of engine.known.entries) {
-    const r = entry.release;
-    if (!r) continue;
-    for (const every of paces) {
-      const n = Math.floor((now - r.startedAt) / every);
-      if (n < 1) continue;
-      const at = r.startedAt + n * every;
-      const event: Event = {
-        lock,
-        at,
-        kind: "long-running",
-        releaseId: r.id,
-        name: r.name,
-        reason: `running for ${paceWords(n * every)} (every ${paceWords(every)})`,
-        by: r.by,
-      };
-      await recordOnce({ window: `remind ${every} ${r.id}`, lock, kind: "long-running", at }, [event]).catch(
-        () => false,
-      );
-    }
-  }
+  for (const [lock, entry] of engine.known.entries)
+    for (const r of entry.releases)
+      for (const every of paces) {
+        const n = Math.floor((now - r.startedAt) / every);
+        if (n < 1) continue;
+        const at = r.startedAt + n * every;
+        const event: Event = {
+          lock,
+          at,
+          kind: "long-running",
+          releaseId: r.id,
+          name: r.name,
+          reason: `running for ${paceWords(n * every)} (every ${paceWords(every)})`,
+          by: r.by,
+        };
+        await recordOnce({ window: `remind ${every} ${r.id}`, lock, kind: "long-running", at }, [event]).catch(
+          () => false,
+        );
+      }
   if (options === o) cancelReminders = o.clock.after(60_000, () => remind());
 }

@@ -13,7 +13,8 @@
 //   attachments: [{contentType: "application/vnd.microsoft.card.adaptive", content: AdaptiveCard}]},
 //   the card version 1.4 with RichTextBlocks of TextRuns, which (unlike TextBlock and FactSet) are not
 //   read as markdown: a name like "[click](https://evil.example)" shows as written.
-import { describeEvent, type Event, iso, statusAfter } from "../release.ts";
+import { type Event, statusAfter } from "../release.ts";
+import { describeEvent, iso } from "../words.ts";
 import { type EventName, type Format, paceWords, type Webhook } from "./webhook.ts";
 
 /** The Standard Webhooks type of each event kind. */

@@ -216,17 +216,18 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
             version,
             releaseBy,
             blockBy,
+            otherReleases,
           ] = toColumns(entry);
           await tx`
             INSERT INTO releasestatus_lock (name, release_id, holder, release_reason, started_at, expires_at,
-              blocked_by, block_reason, blocked_since, version, release_by, block_by)
+              blocked_by, block_reason, blocked_since, version, release_by, block_by, other_releases)
             VALUES (${name}, ${releaseId}, ${holder}, ${releaseReason}, ${startedAt}, ${expiresAt},
-              ${blockedBy}, ${blockReason}, ${blockedSince}, ${version}, ${releaseBy}, ${blockBy})
+              ${blockedBy}, ${blockReason}, ${blockedSince}, ${version}, ${releaseBy}, ${blockBy}, ${otherReleases})
             ON CONFLICT (name) DO UPDATE SET release_id = excluded.release_id, holder = excluded.holder,
               release_reason = excluded.release_reason, started_at = excluded.started_at,
               expires_at = excluded.expires_at, blocked_by = excluded.blocked_by,
               block_reason = excluded.block_reason, blocked_since = excluded.blocked_since, version = excluded.version,
-              release_by = excluded.release_by, block_by = excluded.block_by`;
+              release_by = excluded.release_by, block_by = excluded.block_by, other_releases = excluded.other_releases`;
         }
         if (after.lastId !== stored.lastId)
           await tx`UPDATE releasestatus_lock SET last_id = ${after.lastId} WHERE name = ''`;
@@ -654,6 +655,8 @@ const MIGRATIONS = [
   `UPDATE releasestatus_lock SET version = (SELECT max(version) FROM releasestatus_lock) WHERE name = '';
    DELETE FROM releasestatus_lock
    WHERE release_id IS NULL AND blocked_since IS NULL AND name NOT IN ('', 'default');`,
+  // Locks with a limit: the releases after the oldest (which keeps the columns above), as a JSON list.
+  `ALTER TABLE releasestatus_lock ADD COLUMN other_releases text;`,
 ];
 const SCHEMA_VERSION = MIGRATIONS.length;
 

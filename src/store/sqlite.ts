@@ -2,7 +2,8 @@
 // with full synchronous commits so that every answer of 1 survives a crash.
 import { Database } from "bun:sqlite";
 import { dirname, resolve } from "node:path";
-import { DEFAULT_LOCK, type Event, iso, STORAGE_FAILED } from "../release.ts";
+import { DEFAULT_LOCK, type Event, STORAGE_FAILED } from "../release.ts";
+import { iso } from "../words.ts";
 import {
   ancestorsOf,
   type CountNames,
@@ -79,6 +80,8 @@ const MIGRATIONS = [
   // root keeps the highest version, so that a name used again starts above what a cache may remember of it.
   `UPDATE lock SET version = (SELECT max(version) FROM lock) WHERE name = '';
    DELETE FROM lock WHERE release_id IS NULL AND blocked_since IS NULL AND name NOT IN ('', 'default');`,
+  // Locks with a limit: the releases after the oldest (which keeps the columns above), as a JSON list.
+  `ALTER TABLE lock ADD COLUMN other_releases TEXT;`,
 ];
 export const SCHEMA_VERSION = MIGRATIONS.length;
 
@@ -130,13 +133,13 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
     ),
     save: db.query(
       `INSERT INTO lock (name, last_id, release_id, holder, release_reason, started_at, expires_at,
-         blocked_by, block_reason, blocked_since, version, release_by, block_by)
-       VALUES (?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         blocked_by, block_reason, blocked_since, version, release_by, block_by, other_releases)
+       VALUES (?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
        ON CONFLICT (name) DO UPDATE SET release_id = excluded.release_id, holder = excluded.holder,
          release_reason = excluded.release_reason, started_at = excluded.started_at, expires_at = excluded.expires_at,
          blocked_by = excluded.blocked_by, block_reason = excluded.block_reason,
          blocked_since = excluded.blocked_since, version = excluded.version,
-         release_by = excluded.release_by, block_by = excluded.block_by`,
+         release_by = excluded.release_by, block_by = excluded.block_by, other_releases = excluded.other_releases`,
     ),
     count: db.query("UPDATE lock SET last_id = ? WHERE name = ''"),
     forget: db.query("DELETE FROM lock WHERE name = ?"),

@@ -10,6 +10,7 @@ import {
   type Event,
   type EventKind,
   type Holder,
+  holding,
   isAncestor,
   type Neighbour,
   type Outcome,
@@ -29,8 +30,8 @@ import {
 export type Decide = (stored: State, now: number, ahead: number) => Verdict;
 export type Verdict = { outcome: Outcome; change: Change | null };
 
-/** One lock as stored: its release and block, and a number that grows with every change to it. */
-export type Entry = { release: Release | null; block: Block | null; version: number };
+/** One lock as stored: the releases holding it (oldest first), its block, and a number that grows with every change to it. */
+export type Entry = { releases: Release[]; block: Block | null; version: number };
 
 /** The state around a lock as stored: every lock the decision may touch, and the id counter. */
 export type Stored = { lastId: number; entries: Map<string, Entry> };
@@ -182,7 +183,7 @@ export class StorageError extends Error {}
 export const onlyQueueEvents = (events: Event[]): boolean =>
   events.every((e) => e.kind === "waiting" || e.kind === "left-queue");
 
-export const EMPTY_ENTRY: Entry = { release: null, block: null, version: 0 };
+export const EMPTY_ENTRY: Entry = { releases: [], block: null, version: 0 };
 
 /** The names above a lock, nearest last: `prod/eu/x` → "", "prod", "prod/eu". */
 export function ancestorsOf(lock: string): string[] {
@@ -196,9 +197,13 @@ export function scopeOf(lock: string, stored: Stored): State {
   const own = stored.entries.get(lock) ?? EMPTY_ENTRY;
   const around: Neighbour[] = [];
   for (const [name, e] of stored.entries)
-    if (name !== lock && (e.release || e.block) && overlaps(name, lock))
-      around.push({ lock: name, release: e.release, block: e.block });
-  return { lock, lastId: stored.lastId, release: own.release, block: own.block, around };
+    if (name !== lock && (e.releases.length > 0 || e.block) && overlaps(name, lock))
+      around.push({ lock: name, releases: e.releases, block: e.block });
+  // The store knows no limits (the configuration does): the engine gives the decision its lock's.
+  return holding(
+    { lock, lastId: stored.lastId, limit: 1, releases: [], release: null, block: own.block, around },
+    own.releases,
+  );
 }
 
 /**
@@ -207,7 +212,7 @@ export function scopeOf(lock: string, stored: Stored): State {
  * counter, and the original's lock is always there.
  */
 export const forgets = (name: string, e: Entry): boolean =>
-  e.release === null && e.block === null && name !== ROOT && name !== DEFAULT_LOCK;
+  e.releases.length === 0 && e.block === null && name !== ROOT && name !== DEFAULT_LOCK;
 
 /** Whether a lock name counts against RS_MAX_LOCKS: the root and the original's lock are always there. */
 export const counted = (name: string): boolean => name !== ROOT && name !== DEFAULT_LOCK;
@@ -221,22 +226,25 @@ export function changedEntries(lock: string, stored: Stored, after: State): Map<
   const changed = new Map<string, Entry>();
   const root = stored.entries.get(ROOT) ?? EMPTY_ENTRY;
   let forgotten = 0; // the highest version among the rows this change forgets
-  const put = (name: string, release: Release | null, block: Block | null) => {
+  const put = (name: string, releases: Release[], block: Block | null) => {
     const before = stored.entries.get(name);
-    if (before?.release === release && before?.block === block) return;
-    if (!before && release === null && block === null) return;
-    const entry = { release, block, version: (before ?? root).version + 1 };
+    if (before && sameReleases(before.releases, releases) && before.block === block) return;
+    if (!before && releases.length === 0 && block === null) return;
+    const entry = { releases, block, version: (before ?? root).version + 1 };
     changed.set(name, entry);
     if (forgets(name, entry)) forgotten = Math.max(forgotten, entry.version);
   };
-  put(lock, after.release, after.block);
-  for (const n of after.around) put(n.lock, n.release, n.block);
+  put(lock, after.releases, after.block);
+  for (const n of after.around) put(n.lock, n.releases, n.block);
   if (forgotten > 0) {
     const newRoot = changed.get(ROOT) ?? root;
     changed.set(ROOT, { ...newRoot, version: Math.max(newRoot.version, forgotten) });
   }
   return changed;
 }
+
+// Rules never change a release in place: the same objects in the same order are the same releases.
+const sameReleases = (a: Release[], b: Release[]): boolean => a.length === b.length && a.every((r, i) => r === b[i]);
 
 /** Whether a verdict's change would store a lock name that is not stored yet, and counts against RS_MAX_LOCKS. */
 export function storesNewName(lock: string, stored: Stored, verdict: Verdict): boolean {
@@ -380,7 +388,8 @@ export type LockRow = Record<
   | "block_reason"
   | "blocked_since"
   | "release_by"
-  | "block_by",
+  | "block_by"
+  | "other_releases",
   string | number | null
 >;
 export type EventRow = Record<
@@ -394,7 +403,7 @@ const str = (v: string | number | null): string => (v === null ? "" : String(v))
 const by = (v: string | number | null | undefined): string | undefined => (v == null ? undefined : String(v));
 
 export function toEntry(row: LockRow): Entry {
-  const release: Release | null =
+  const first: Release | null =
     row.release_id === null
       ? null
       : {
@@ -414,8 +423,14 @@ export function toEntry(row: LockRow): Entry {
           since: Number(row.blocked_since),
           by: by(row.block_by),
         };
-  return { release, block, version: Number(row.version ?? 0) };
+  const releases = first ? [first, ...otherReleases(row.other_releases)] : [];
+  return { releases, block, version: Number(row.version ?? 0) };
 }
+
+// A lock with a limit keeps its oldest release in the row's columns, as every lock always has (so rows of
+// the previous version read unchanged), and the releases after it as a JSON list in `other_releases`.
+const otherReleases = (v: string | number | null | undefined): Release[] =>
+  v == null || v === "" ? [] : (JSON.parse(String(v)) as Release[]);
 
 /** Rows as read (the root's row carries the id counter) into the stored state. */
 export function toStored(rows: LockRow[]): Stored {
@@ -431,7 +446,7 @@ export function toStored(rows: LockRow[]): Stored {
 
 /** The columns of a lock's row after `name` and `last_id`, in the order both stores write them. */
 export function toColumns(e: Entry): (string | number | null)[] {
-  const r = e.release;
+  const r = e.releases[0];
   const b = e.block;
   return [
     r?.id ?? null,
@@ -445,6 +460,7 @@ export function toColumns(e: Entry): (string | number | null)[] {
     e.version,
     r?.by ?? null,
     b?.by ?? null,
+    e.releases.length > 1 ? JSON.stringify(e.releases.slice(1)) : null,
   ];
 }
 

@@ -1,0 +1,97 @@
+// The words that describe outcomes: releases, blocks and events as people read them, in
+// refusals, the log, the history and webhooks. Kept apart from the rules (release.ts), which
+// decide, so that a new way of saying something touches only this file.
+import { DEFAULT_LOCK, ROOT } from "./names.ts";
+import type { Block, Event, Release, State } from "./release.ts";
+
+export const UNKNOWN_USER = "an unknown user";
+
+export const iso = (ms: number): string => new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z");
+
+const who = (name: string): string => name || UNKNOWN_USER;
+// A name, and whose token it came with when that is someone else: "sion (token of ana)", "sion (with RS_TOKEN)".
+const whoBy = (name: string, by: string | undefined): string =>
+  differs(name, by) ? `${who(name)} (${by === PLAIN_TOKEN ? "with RS_TOKEN" : `token of ${by}`})` : who(name);
+const differs = (name: string, by: string | undefined): by is string => by !== undefined && by !== name;
+const byWords = (by: string) => (by === PLAIN_TOKEN ? "with RS_TOKEN" : `by ${by}`);
+/** What `by` says for a change made with RS_TOKEN (no named token may take this name). */
+export const PLAIN_TOKEN = "token";
+
+// A release or block never changes once made, so its words are worked out once:
+// a refused start, the commonest request, then costs no date formatting.
+const described = new WeakMap<Release | Block, string>();
+const once = <T extends Release | Block>(x: T, words: (x: T) => string): string => {
+  const known = described.get(x);
+  if (known !== undefined) return known;
+  const d = words(x);
+  described.set(x, d);
+  return d;
+};
+
+// The original's lock and the root need no naming: with one lock, the words are exactly as they were.
+export const on = (lock: string) => (lock === DEFAULT_LOCK || lock === ROOT ? "" : ` on ${lock}`);
+
+export const describeRelease = (r: Release, lock: string = DEFAULT_LOCK): string =>
+  once(
+    r,
+    () =>
+      `release #${r.id} by ${who(r.name)}${r.reason ? ` (${r.reason})` : ""}${on(lock)}${startedBy(r.name, r.by)} running since ${iso(r.startedAt)}`,
+  );
+
+/** A lock with a limit whose every slot is taken: "staging/devices holds 3 of 3: release #41 by …; release #42 by …". */
+export const describeFull = (releases: Release[], limit: number, lock: string): string =>
+  `${lock} holds ${releases.length} of ${limit}: ${releases.map((r) => describeRelease(r, lock)).join("; ")}`;
+
+/** What holds a lock now, in words: for a wrong id, the releases that are running instead. */
+export const describeHolders = (s: State): string => {
+  if (!s.release) return `no release is running${on(s.lock)}`;
+  if (s.releases.length === 1) return describeRelease(s.release, s.lock);
+  return describeFull(s.releases, s.limit, s.lock);
+};
+
+// "release #42 by sion, started by ana": said when a token of one person started it in another's name.
+const startedBy = (name: string, by: string | undefined) => (differs(name, by) ? `, started ${byWords(by)},` : "");
+
+export const describeBlock = (b: Block, lock: string = ROOT): string =>
+  once(
+    b,
+    () =>
+      `releasing${on(lock)} blocked by ${whoBy(b.name, b.by)} since ${iso(b.since)}${b.reason ? `: ${b.reason}` : ""}`,
+  );
+
+/** One human sentence per event: the log line, and the history's text form. */
+export function describeEvent(e: Event): string {
+  const n = whoBy(e.name, e.by);
+  const what = e.reason ? `: ${e.reason}` : "";
+  const where = on(e.lock);
+  switch (e.kind) {
+    case "started":
+      return differs(e.name, e.by)
+        ? `release #${e.releaseId}${where} by ${who(e.name)}, started ${byWords(e.by)}${what}`
+        : `release #${e.releaseId}${where} started by ${n}${what}`;
+    case "stopped":
+      return `release #${e.releaseId}${where} stopped by ${n}`;
+    case "expired":
+      return `release #${e.releaseId}${where} by ${n} expired: its lease ran out`;
+    case "renewed":
+      return `release #${e.releaseId}${where} lease renewed by ${n}`;
+    case "blocked":
+      return `releasing${where} blocked by ${n}${what}`;
+    case "unblocked":
+      return `releasing${where} unblocked by ${n}`;
+    case "waiting":
+      return `${n} is waiting for the release${where}${what}`;
+    case "left-queue":
+      return `${n} left the queue${what}`;
+    case "abandoned":
+      return `release #${e.releaseId}${where} by ${n} abandoned: ${e.reason}`;
+    case "frozen":
+      return `releasing${where} frozen by the calendar: ${e.reason}`;
+    case "thawed":
+      return `releasing${where} thawed: the freeze ended (${e.reason})`;
+    case "long-running":
+      return `release #${e.releaseId}${where} by ${n} is still running: ${e.reason}`;
+    case "overridden":
+      return `release #${e.releaseId}${where} overrode a freeze, by ${n}: ${e.reason}`;
+  }
+}
