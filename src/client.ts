@@ -269,13 +269,14 @@ async function holdWhileRunning(
 /**
  * When the command must end, on this process's monotonic clock, given when the last confirmed
  * renewal (or the start) was SENT: the server counts the lease from when it arrived, which is later.
- * Two thirds of the lease without a confirmation: SIGTERM. A twelfth of the lease before the lease
- * could run out on the server: SIGKILL, so the group is dead before anyone else can be granted.
+ * Two thirds of the lease without a confirmation: SIGTERM. A twelfth of the lease (at least a second
+ * when the lease allows it) before the lease could run out on the server: SIGKILL, so the group is dead
+ * before anyone else can be granted, even on a busy machine where a timer fires late.
  */
 type Deadline = { term: number; kill: number };
 const deadlineFrom = (sentAt: number, lease: number): Deadline => ({
   term: sentAt + (lease * 2) / 3,
-  kill: sentAt + lease - lease / 12,
+  kill: sentAt + lease - Math.max(lease / 12, Math.min(1000, lease / 4)),
 });
 
 /**
@@ -416,13 +417,19 @@ export const WATCHDOG = "__watchdog";
 export async function watchdog(): Promise<number> {
   for (const signal of ["SIGINT", "SIGTERM", "SIGHUP", "SIGTSTP"] as const) process.on(signal, () => {}); // outlive run's
   let pgid = 0;
+  const run = process.ppid; // run, which started this process (a session of its own keeps the parent)
   let deadline: Deadline = { term: Number.POSITIVE_INFINITY, kill: Number.POSITIVE_INFINITY };
   let termed = false;
   let timer: ReturnType<typeof setTimeout> | undefined;
   const group = (signal: NodeJS.Signals) => {
-    try {
-      if (pgid > 1) process.kill(-pgid, signal);
-    } catch {} // the group is gone already
+    // run may be stopped between starting the command and saying its group: the command's group is then
+    // found as run's child's, so that it is never left running unguarded.
+    // Only while run lives (this process has not been handed to another parent): its pid is not yet anyone else's.
+    const groups = pgid > 1 ? [pgid] : process.ppid === run ? groupsOfChildren(run) : [];
+    for (const g of groups)
+      try {
+        process.kill(-g, signal);
+      } catch {} // the group is gone already
   };
   const enforce = () => {
     clearTimeout(timer);
@@ -451,6 +458,26 @@ export async function watchdog(): Promise<number> {
   }
   group("SIGKILL");
   return 0;
+}
+
+// The process groups of a process's children, other than this one (Linux's /proc; elsewhere none are found).
+function groupsOfChildren(parent: number): number[] {
+  const { readdirSync, readFileSync } = require("node:fs") as typeof import("node:fs");
+  const groups = new Set<number>();
+  let pids: string[] = [];
+  try {
+    pids = readdirSync("/proc").filter((name) => /^\d+$/.test(name));
+  } catch {}
+  for (const pid of pids) {
+    if (Number(pid) === process.pid) continue;
+    try {
+      // After the command's name, in parentheses (which may hold anything): state, parent, group.
+      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+      const [, ppid, pgrp] = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      if (Number(ppid) === parent && Number(pgrp) > 1) groups.add(Number(pgrp));
+    } catch {} // gone meanwhile
+  }
+  return [...groups];
 }
 
 async function call(server: Server, path: string, timeoutMs: number, signal?: AbortSignal): Promise<Response> {
