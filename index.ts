@@ -30,7 +30,9 @@ Usage:
   releasestatus backup FILE [--url URL]
                                   write a consistent copy of the daemon's SQLite database to FILE
   releasestatus healthcheck       exit 0 if the daemon on RS_PORT is healthy (for containers)
-  releasestatus check-config FILE check a configuration file (RS_CONFIG) without starting
+  releasestatus check-config [--online] FILE
+                                  check a configuration file (RS_CONFIG) without starting; --online
+                                  also fetches the keys of each [[trust]] issuer
   releasestatus token --who NAME --can release,block --locks prod,staging
                                   make a new named token and the [[token]] block that grants it
   releasestatus webhook-test [--webhook N]

@@ -23,7 +23,9 @@ export async function checkConfig(args: string[]): Promise<number> {
   const online = args[0] === "--online";
   const [path, ...rest] = online ? args.slice(1) : args;
   if (path === undefined || path.startsWith("-") || rest.length > 0)
-    return fail("usage: releasestatus check-config [--online] FILE (a TOML configuration file, as RS_CONFIG names it)");
+    return fail(
+      "usage: releasestatus check-config FILE (a TOML configuration file, as RS_CONFIG names it); check-config --online FILE also fetches each [[trust]] issuer's keys",
+    );
   try {
     const file = readConfigFile(path);
     // As the daemon would read it with this environment (which wins over the file); a port may come later.
