@@ -393,8 +393,9 @@ function readTokenTable(
 
 // [[trust]] tables share the checks of can and locks with [[token]].
 const TRUST_READING = {
-  rights: (can: unknown) => parseRights(can) ?? canProblem(can),
-  scope: (locks: unknown) => parseScope(locks) ?? locksProblem(locks),
+  rights: parseRights,
+  scope: parseScope,
+  problems: { can: (can: unknown) => canProblem(can), locks: (locks: unknown) => locksProblem(locks) },
   readFile: (path: string) => {
     const read = readSecretFile(path);
     return read.ok ? read.secret : { code: read.code };

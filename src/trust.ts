@@ -27,8 +27,9 @@ const MAX_WHO = 200;
 
 /** What parseTrust needs from the configuration file's reader: the shared checks of can and locks, a file reader. */
 export type TrustReading = {
-  rights: (can: unknown) => ReadonlySet<Right> | string;
-  scope: (locks: unknown) => readonly string[] | "*" | string;
+  rights: (can: unknown) => ReadonlySet<Right> | null;
+  scope: (locks: unknown) => readonly string[] | "*" | null;
+  problems: { can: (can: unknown) => string; locks: (locks: unknown) => string };
   readFile: (path: string) => string | { code: string };
 };
 
@@ -46,9 +47,9 @@ export function parseTrust(t: Record<string, unknown>, read: TrustReading): Trus
   if (typeof who !== "string" || !/^([^{}]|\{[^{}]+\})+$/.test(who))
     return `who = ${JSON.stringify(who)} is not valid: expected text with claims in braces, e.g. "{repository}@{ref} by {actor}"`;
   const can = read.rights(t.can);
-  if (typeof can === "string") return can;
+  if (can === null) return read.problems.can(t.can);
   const locks = read.scope(t.locks);
-  if (typeof locks === "string") return locks;
+  if (locks === null) return read.problems.locks(t.locks);
   const conditions = parseConditions(claims);
   if (typeof conditions === "string") return conditions;
   let jwks: JsonWebKey[] | null = null;

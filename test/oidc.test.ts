@@ -90,6 +90,14 @@ describe("a CI job's verified ID token gets the rights and locks of the [[trust]
   });
 });
 
+describe('a [[trust]] with locks = ["*"] reaches every lock and the root', () => {
+  test("its jobs may block all releases with /block", async () => {
+    const i = await issuer();
+    const { d } = await daemonWith(trust(i.url, 'repository = "acme/shop"', 'can = ["block"]\nlocks = ["*"]'));
+    expect(await d.body("/block?reason=incident", as(await i.sign(github(i.url))))).toBe("1\n");
+  });
+});
+
 describe("every claim condition of a [[trust]] must hold", () => {
   const cases: [string, Record<string, unknown>, boolean][] = [
     ["the exact value", {}, true],
