@@ -465,7 +465,7 @@ async function main() {
     const noise = 0.05 * figure(named, "ours", "cpuUsPerRequest");
     targets.push({
       what: "a CI job's ID token over a named token: CPU per refused start",
-      target: `at most one signature check (RS256 verify: ${job.verifyUs.toFixed(1)} µs in-process), within 5% noise`,
+      target: `at most one signature check (RS256 verify: ${job.verifyUs.toFixed(1)} µs of CPU in-process), within 5% noise`,
       measured: `${extra >= 0 ? "+" : ""}${extra.toFixed(1)} µs`,
       met: extra <= job.verifyUs + noise,
     });
@@ -495,7 +495,7 @@ async function main() {
 
 /**
  * An OpenID Connect issuer on loopback (discovery document and JWKS, one RSA key), a token it signed for the
- * benchmark, and what one RS256 signature check costs in this process (the median of 2000).
+ * benchmark, and the CPU one RS256 signature check costs in this process (5000 checks in flight together).
  */
 async function ciIssuer() {
   const b64 = (b: ArrayBuffer | string) =>
@@ -535,13 +535,19 @@ async function ciIssuer() {
   )}`;
   const params = { name: "RSASSA-PKCS1-v1_5" };
   const signature = await crypto.subtle.sign(params, pair.privateKey, new TextEncoder().encode(signed));
-  const times: number[] = [];
-  for (let i = 0; i < 2000; i++) {
-    const began = performance.now();
-    await crypto.subtle.verify(params, pair.publicKey, signature, new TextEncoder().encode(signed));
-    times.push((performance.now() - began) * 1000);
-  }
-  return { issuer, token: `${signed}.${b64(signature)}`, verifyUs: median(times), stop: () => server.stop(true) };
+  // CPU per check, as the load's figures are (all threads, checks in flight together as under load).
+  const checks = (count: number) =>
+    Promise.all(
+      Array.from({ length: count }, () =>
+        crypto.subtle.verify(params, pair.publicKey, signature, new TextEncoder().encode(signed)),
+      ),
+    );
+  await checks(200);
+  const cpu = process.cpuUsage();
+  await checks(5000);
+  const used = process.cpuUsage(cpu);
+  const verifyUs = (used.user + used.system) / 5000;
+  return { issuer, token: `${signed}.${b64(signature)}`, verifyUs, stop: () => server.stop(true) };
 }
 
 await main();
