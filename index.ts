@@ -6,7 +6,16 @@
 // The client commands (run, status, healthcheck) are in src/client.ts.
 
 import pkg from "./package.json" with { type: "json" };
-import { applyReload, type Config, ConfigError, declaredLock, isPostgres, readConfig } from "./src/config.ts";
+import { closed } from "./src/access.ts";
+import {
+  applyReload,
+  type Config,
+  ConfigError,
+  declaredLock,
+  describeTrust,
+  isPostgres,
+  readConfig,
+} from "./src/config.ts";
 import { closeEngine, history, onCommit, onStorageFailure, openEngine, systemClock } from "./src/engine.ts";
 import { keepCalendar, replaceCalendar, stopCalendar } from "./src/freezes.ts";
 import { closeEventStreams, startServer } from "./src/http/server.ts";
@@ -31,7 +40,9 @@ Usage:
   releasestatus backup FILE [--url URL]
                                   write a consistent copy of the daemon's SQLite database to FILE
   releasestatus healthcheck       exit 0 if the daemon on RS_PORT is healthy (for containers)
-  releasestatus check-config FILE check a configuration file (RS_CONFIG) without starting
+  releasestatus check-config [--online] FILE
+                                  check a configuration file (RS_CONFIG) without starting; --online
+                                  also fetches the keys of each [[trust]] issuer
   releasestatus token --who NAME --can release,block --locks prod,staging
                                   make a new named token and the [[token]] block that grants it
   releasestatus webhook-test [--webhook N]
@@ -138,7 +149,8 @@ async function serve(cfg: Config): Promise<number> {
     );
   }
   log.info(`releasestatus ${pkg.version} listening on ${cfg.host}:${server.port}, state in ${store.description}`);
-  if (cfg.access.tokens.size === 0)
+  void fetchTrustedKeys(cfg, log);
+  if (!closed(cfg.access))
     log.warn(
       "no token is set (RS_TOKEN or RS_CONFIG): anyone who can reach this port can start, stop and block releases",
     );
@@ -182,12 +194,26 @@ function reload(cfg: Config, log: Log, store: Store) {
   }
   const { changed, needRestart } = changes;
   // Who may read changed: open event streams end, and their readers come back with a token that still works.
-  const readers = (a: Config["access"]) => `${a.read} ${[...a.tokens.keys()].sort().join()}`;
+  const readers = (a: Config["access"]) =>
+    `${a.read} ${[...a.tokens.keys()].sort().join()} ${a.trust.map(describeTrust).join()}`;
   if (readers(before) !== readers(cfg.access)) closeEventStreams();
   replaceCalendar(cfg.freezes);
+  void fetchTrustedKeys(cfg, log);
   void startWebhooks(cfg, store, log);
   log.info(`SIGHUP received: configuration reloaded: ${changed.length ? changed.join("; ") : "nothing changed"}`);
   if (needRestart.length) log.warn(`SIGHUP received: these take effect only on a restart: ${needRestart.join(", ")}`);
+}
+
+/**
+ * Fetches the keys of each issuer a [[trust]] names, in the background, and logs what it found: the first
+ * job need not wait, and an issuer that cannot be reached delays nothing (its jobs are refused until it can).
+ */
+async function fetchTrustedKeys(cfg: Config, log: Log) {
+  if (cfg.access.trust.length === 0) return;
+  const [{ warmUp }, { keySources }] = await Promise.all([import("./src/oidc.ts"), import("./src/trust.ts")]);
+  for (const line of await warmUp(keySources(cfg.access.trust)))
+    if (line.startsWith("cannot")) log.warn(line);
+    else log.info(line);
 }
 
 /** Delivers events to the configuration's webhooks; the delivery code is loaded only when there are some. */

@@ -1,7 +1,10 @@
 // Who may do what, on which locks. A token is known by its SHA-256 (the
 // configuration file holds only that); it has a holder (`who`), rights, and a
-// scope of locks. RS_TOKEN is one more token that may do everything.
+// scope of locks. RS_TOKEN is one more token that may do everything. A CI job's
+// ID token (see src/trust.ts) becomes a token too, holding what each [[trust]] it matches grants.
+import { validLockName } from "./names.ts";
 import { isAncestor, ROOT } from "./release.ts";
+import type { Trust } from "./trust.ts";
 import { PLAIN_TOKEN } from "./words.ts";
 
 /** release: start, stop, renew · block: block, unblock · override: start during a freeze. */
@@ -14,10 +17,30 @@ export type Token = {
   locks: readonly string[] | "*"; // each a lock and everything under it; "*": every lock and the root
   sha256: string; // hex, lower case
   named: boolean; // false for RS_TOKEN, whose requests keep the name they send (or none)
+  grants?: readonly Grant[]; // a CI job's: each matching [[trust]]'s rights on its locks (can and locks are their union)
 };
+/** Rights on a scope of locks. */
+export type Grant = Pick<Token, "can" | "locks">;
 
 /** Tokens by the hex SHA-256 of the token, and whether reading needs one too. */
-export type Access = { tokens: ReadonlyMap<string, Token>; read: "open" | "token" };
+export type Access = { tokens: ReadonlyMap<string, Token>; read: "open" | "token"; trust: readonly Trust[] };
+
+/** Whether changes need a token: a named one, RS_TOKEN, or a CI job's ID token that a [[trust]] accepts. */
+export const closed = (a: Access): boolean => a.tokens.size > 0 || a.trust.length > 0;
+
+/** `can` as the configuration file writes it: a non-empty list of rights; null when it is not. */
+export const parseRights = (can: unknown): Set<Right> | null =>
+  Array.isArray(can) && can.length > 0 && can.every((c) => RIGHTS.includes(c as Right))
+    ? new Set(can as Right[])
+    : null;
+
+/** `locks` as the configuration file writes it: ["*"], or lock names; null when it is neither. */
+export function parseScope(locks: unknown): Token["locks"] | null {
+  if (Array.isArray(locks) && locks.length === 1 && locks[0] === "*") return "*";
+  if (Array.isArray(locks) && locks.length > 0 && locks.every((l) => typeof l === "string" && validLockName(l)))
+    return locks as string[];
+  return null;
+}
 
 /** RS_TOKEN: may do everything, and is recorded as `token`. */
 export const everything = (sha256: string): Token => ({
@@ -52,7 +75,7 @@ function sameText(a: string, b: string): boolean {
 }
 
 /** Whether the token's scope takes in `lock`: the root only with "*". */
-export const reaches = (t: Token, lock: string): boolean =>
+export const reaches = (t: Grant, lock: string): boolean =>
   t.locks === "*" || (lock !== ROOT && t.locks.some((l) => l === lock || isAncestor(l, lock)));
 
 /** What each action needs, and how to say it: "ana may not block prod/eu". */
@@ -69,10 +92,12 @@ export type Action = keyof typeof ACTIONS;
 /** Why the token may not do this, in words; null when it may. */
 export function forbidden(t: Token, action: Action, lock: string): string | null {
   const { right, words } = ACTIONS[action];
-  if (t.can.has(right) && reaches(t, lock)) return null;
+  // A right counts only on the scope it was granted with: the union of grants, never of rights and scopes apart.
+  const grants = t.grants ?? [t];
+  if (grants.some((g) => g.can.has(right) && reaches(g, lock))) return null;
   const where = lock === ROOT ? 'every lock (the root needs a token with locks = ["*"])' : lock;
-  const has = t.can.size === 0 ? "no rights" : `${[...t.can].join(", ")} on ${scopeWords(t)}`;
-  return `${t.who} may not ${words} ${where}: the token has ${has}`;
+  const has = grants.map((g) => (g.can.size === 0 ? "no rights" : `${[...g.can].join(", ")} on ${scopeWords(g)}`));
+  return `${t.who} may not ${words} ${where}: the token has ${has.join("; ")}`;
 }
 
-const scopeWords = (t: Token) => (t.locks === "*" ? "every lock" : t.locks.join(", "));
+const scopeWords = (t: Grant) => (t.locks === "*" ? "every lock" : t.locks.join(", "));

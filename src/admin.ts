@@ -1,23 +1,31 @@
 // Commands for whoever runs the daemon: `check-config FILE` checks a
 // configuration file without starting, and `token` makes a new named token.
 import { digestOf, RIGHTS, type Right } from "./access.ts";
-import { ConfigError, describeToken, parseConfigFile, readConfig, readConfigFile } from "./config.ts";
+import { ConfigError, describeToken, describeTrust, parseConfigFile, readConfig, readConfigFile } from "./config.ts";
 import { describeSchedule, upcoming } from "./freezes.ts";
 import { LOCK_NAME_RULE, validLockName } from "./names.ts";
 import { send } from "./notify/deliver.ts";
 import { render } from "./notify/formats.ts";
 import type { Webhook } from "./notify/webhook.ts";
+import { warmUp } from "./oidc.ts";
 import { print } from "./terminal.ts";
+import { keySources } from "./trust.ts";
 import { visible } from "./visible.ts";
 import { iso } from "./words.ts";
 
 const EXIT_INVALID = 2; // as the daemon exits on a bad configuration
 
-/** `releasestatus check-config FILE`: 0 and a summary when the daemon would start with it, 2 and the problem when not. */
-export function checkConfig(args: string[]): number {
-  const [path, ...rest] = args;
+/**
+ * `releasestatus check-config [--online] FILE`: 0 and a summary when the daemon would start with it, 2 and the
+ * problem when not. --online also fetches the keys of each [[trust]]'s issuer: 1 when one cannot be had.
+ */
+export async function checkConfig(args: string[]): Promise<number> {
+  const online = args[0] === "--online";
+  const [path, ...rest] = online ? args.slice(1) : args;
   if (path === undefined || path.startsWith("-") || rest.length > 0)
-    return fail("usage: releasestatus check-config FILE (a TOML configuration file, as RS_CONFIG names it)");
+    return fail(
+      "usage: releasestatus check-config FILE (a TOML configuration file, as RS_CONFIG names it); check-config --online FILE also fetches each [[trust]] issuer's keys",
+    );
   try {
     const file = readConfigFile(path);
     // As the daemon would read it with this environment (which wins over the file); a port may come later.
@@ -35,6 +43,16 @@ export function checkConfig(args: string[]): number {
       lines.push(
         `  ${h.label} (${h.format}${h.secret ? ", signed" : ""}): ${[...h.events].join(", ")} on ${h.locks?.join(", ") ?? "every lock"}${h.remindLabel ? `; reminders every ${h.remindLabel}` : ""}`,
       );
+    lines.push(`trust: ${cfg.access.trust.length}`);
+    for (const t of cfg.access.trust) lines.push(`  ${describeTrust(t)}`);
+    if (online) {
+      const found = await warmUp(keySources(cfg.access.trust));
+      for (const line of found) lines.push(`  ${line}`);
+      if (found.some((l) => l.startsWith("cannot"))) {
+        print(`${lines.join("\n")}\n`);
+        return 1;
+      }
+    }
     lines.push(`freeze windows: ${cfg.freezes.length}`);
     for (const { window: w, occurrences } of upcoming(cfg.freezes, Date.now(), 3)) {
       lines.push(`  ${w.reason} on ${w.locks?.join(", ") ?? "every lock"}: ${describeSchedule(w)}`);

@@ -1,6 +1,7 @@
 // The binary as a client of its own server: `releasestatus run` holds the
 // release for exactly as long as a command runs; `status` and `healthcheck` ask.
 import { constants } from "node:os";
+import { CIS, type Ci, jobToken, keepFresh, NoJobToken } from "./ci-identity.ts";
 import { LOCK_NAME_RULE, validLockName } from "./names.ts";
 import { wholeNumber } from "./numbers.ts";
 import { print, readSecretFile } from "./terminal.ts";
@@ -30,6 +31,9 @@ Options:
   --lock NAME        the lock to hold, e.g. prod/eu (default: the default lock, as /start uses)
   --url URL          the server (default: $RS_URL, else http://127.0.0.1:$RS_PORT, else http://127.0.0.1:8080)
   --token-file FILE  file holding the server's token (default: $RS_TOKEN)
+  --oidc CI          instead of a token, the job's OpenID Connect ID token from its CI:
+                     github, gitlab (from $RS_ID_TOKEN), circleci or buildkite
+  --audience AUD     with --oidc: the audience the server's [[trust]] expects
 
 COMMAND runs in a process group of its own: signals to run (INT, TERM, HUP) go to the
 whole group; Ctrl-Z (TSTP) is refused, since a paused run cannot renew. If no renewal
@@ -133,20 +137,23 @@ export async function run(args: string[]): Promise<number> {
   let query: URLSearchParams;
   let signals: { dispose: () => void } | null = null;
   let watchdog: Watchdog | null = null;
+  let stopRefreshing = () => {};
   try {
     const split = args.indexOf("--");
     const opts = parseOptions(
       split < 0 ? args : args.slice(0, split),
-      ["name", "reason", "wait", "ttl", "lock", "url", "token-file"],
+      ["name", "reason", "wait", "ttl", "lock", "url", "token-file", "oidc", "audience"],
       ["help"],
     );
     if (opts.help) return print(RUN_HELP);
+    const oidc = ciOption(opts);
     command = split < 0 ? [] : args.slice(split + 1);
     if (command.length === 0)
       throw new UsageError("no command given: put it after --, e.g. releasestatus run -- ./deploy.sh");
     ttl = seconds(opts.ttl, "--ttl", 60, MIN_TTL, MAX_TTL);
     const wait = seconds(opts.wait, "--wait", 0, 0, MAX_TTL);
     server = serverFrom(opts);
+    if (oidc) stopRefreshing = await useJobToken(server, oidc);
     query = new URLSearchParams({
       name: String(opts.name ?? process.env.USER ?? ""),
       reason: String(opts.reason ?? ""),
@@ -184,9 +191,35 @@ export async function run(args: string[]): Promise<number> {
   } catch (e) {
     return failure(e, "run");
   } finally {
+    stopRefreshing();
     watchdog?.done();
     signals?.dispose();
   }
+}
+
+/** --oidc CI and --audience AUD, checked: the job's ID token stands in for a stored token. */
+function ciOption(opts: Record<string, string | boolean | undefined>): { ci: Ci; audience: string } | null {
+  if (opts.oidc === undefined && opts.audience === undefined) return null;
+  const ci = opts.oidc as Ci | undefined;
+  if (!ci || !CIS.includes(ci))
+    throw new UsageError(`--oidc ${ci ?? ""} is not valid: expected github, gitlab, circleci or buildkite`);
+  if (typeof opts.audience !== "string" || opts.audience === "")
+    throw new UsageError("--oidc needs --audience: the audience the server's [[trust]] expects, e.g. its URL");
+  if (opts["token-file"] !== undefined || process.env.RS_TOKEN)
+    throw new UsageError("--oidc and a token (RS_TOKEN, --token-file) are both given: keep one");
+  return { ci, audience: opts.audience };
+}
+
+async function useJobToken(server: Server, { ci, audience }: { ci: Ci; audience: string }): Promise<() => void> {
+  let token: string;
+  try {
+    token = await jobToken(ci, audience);
+  } catch (e) {
+    if (e instanceof NoJobToken) throw new UsageError(`--oidc ${ci}: ${e.message}`);
+    throw e;
+  }
+  server.headers.Authorization = `Bearer ${token}`;
+  return keepFresh(ci, audience, server.headers, token);
 }
 
 /** Runs the command while renewing the lease; stops the release however the command ends. */

@@ -3,13 +3,24 @@
 // windows) come from a TOML file named by RS_CONFIG, which may also hold the
 // single settings; an environment variable wins over the file. A bad value is
 // one clear line (with the file's line when it came from the file) and exit code 2.
-import { type Access, digestOf, everything, RIGHTS, type Right, type Token } from "./access.ts";
+import {
+  type Access,
+  closed,
+  digestOf,
+  everything,
+  parseRights,
+  parseScope,
+  RIGHTS,
+  type Right,
+  type Token,
+} from "./access.ts";
 import { parseWindow, type Window } from "./calendar.ts";
 import type { LogFormat } from "./log.ts";
 import { LOCK_NAME_RULE, validLockName } from "./names.ts";
 import { labelled, parseWebhook, type Webhook } from "./notify/webhook.ts";
 import { wholeNumber } from "./numbers.ts";
 import { readSecretFile } from "./terminal.ts";
+import { parseTrust, type Trust } from "./trust.ts";
 import { visible } from "./visible.ts";
 
 export type Config = {
@@ -208,7 +219,7 @@ function readLocks(from: Origins, raw: string): string[] {
 }
 
 function accessFrom(token: string | null, file: ConfigFile | null): Access {
-  if (file?.read === "token" && file.tokens.length === 0 && token === null)
+  if (file?.read === "token" && file.tokens.length === 0 && file.trust.length === 0 && token === null)
     throw new ConfigError(
       `${file.path}: read = "token" with no token at all would close reading but leave changes open to anyone: add [[token]] tables or RS_TOKEN`,
     );
@@ -222,7 +233,7 @@ function accessFrom(token: string | null, file: ConfigFile | null): Access {
       );
     tokens.set(digest, everything(digest));
   }
-  return { tokens, read: file?.read ?? "open" };
+  return { tokens, read: file?.read ?? "open", trust: file?.trust ?? [] };
 }
 
 // ---- the configuration file ----
@@ -237,6 +248,7 @@ export type ConfigFile = {
   freezes: Window[];
   webhooks: Omit<Webhook, "label">[];
   locks: DeclaredLock[];
+  trust: Trust[]; // CI jobs let in by their ID tokens
 };
 
 // The file's single settings, and the environment variable each stands for.
@@ -291,6 +303,7 @@ export function parseConfigFile(path: string, source: string): ConfigFile {
     freezes: [],
     webhooks: [],
     locks: [],
+    trust: [],
   };
   for (const [key, value] of Object.entries(doc)) {
     const line = at(null, 0, key);
@@ -352,13 +365,37 @@ export function parseConfigFile(path: string, source: string): ConfigFile {
       });
       continue;
     }
+    if (key === "trust") {
+      if (!Array.isArray(value)) throw problem(line, "trust must be a list of tables: write each as [[trust]]");
+      value.forEach((raw, i) => {
+        const trust =
+          typeof raw === "object" && raw !== null ? parseTrust(raw as Record<string, unknown>, TRUST_READING) : "";
+        const key = typeof trust === "string" ? (/^([a-z_]+)\b/.exec(trust)?.[1] ?? null) : "jwks_file";
+        // A problem in [trust.claims] is pointed at its [[trust]]: the sub-table has no line of its own to find.
+        const at = (k: string | null) => lineOf(source, "trust", i, k === "claims" ? null : k);
+        if (typeof trust === "string")
+          throw problem(
+            at(key),
+            trust || "each [[trust]] must be a table with issuer, audience, can, locks and [trust.claims]",
+          );
+        // One issuer's keys come from one place: its tables must agree on jwks_file.
+        const other = file.trust.find((t) => t.issuer === trust.issuer && t.jwksFile !== trust.jwksFile);
+        if (other)
+          throw problem(
+            at(key),
+            `jwks_file differs from an earlier [[trust]] for ${trust.issuer}: give every table of one issuer the same (or none)`,
+          );
+        file.trust.push(trust);
+      });
+      continue;
+    }
     const known = FILE_SETTINGS[key];
     if (!known)
       throw problem(
         line,
         key === "token_sha256" || key === "rs_token"
           ? `${key} is not a setting: the file holds no plain tokens; list them as [[token]] tables with their sha256`
-          : `${key} is not a setting: expected one of ${[...Object.keys(FILE_SETTINGS), "read", "[[token]]", "[[freeze]]", "[[webhook]]", "[[lock]]"].join(", ")}`,
+          : `${key} is not a setting: expected one of ${[...Object.keys(FILE_SETTINGS), "read", "[[token]]", "[[freeze]]", "[[webhook]]", "[[lock]]", "[[trust]]"].join(", ")}`,
       );
     file.settings[known.env] = settingText(key, value, known.kind, (what) => problem(line, what));
     file.origins.set(known.env, `${path}:${line}: ${key} = ${show(value)}`);
@@ -516,24 +553,10 @@ function readTokenTable(
     );
   if (who.toLowerCase() === "token")
     throw problem(line("who"), `who = ${show(who)} is what RS_TOKEN is recorded as ("token"): choose another name`);
-  const rights = RIGHTS.map((r) => `"${r}"`).join(", ");
-  const badRight = badEntry(can, (c) => RIGHTS.includes(c as Right));
-  if (badRight !== null)
-    throw problem(
-      line("can"),
-      `can = ${listed(can)} is not valid: ${badRight === "not a list" ? "expected a non-empty list" : `${badRight.entry} is not a right; expected some`} of ${rights}`,
-    );
-  let scope: Token["locks"];
-  if (Array.isArray(locks) && locks.length === 1 && locks[0] === "*") scope = "*";
-  else {
-    const badLock = badEntry(locks, (l) => validLockName(l));
-    if (badLock !== null)
-      throw problem(
-        line("locks"),
-        `locks = ${listed(locks)} is not valid: ${badLock === "not a list" ? "" : `${badLock.entry} is not a lock name; `}expected ["*"] for every lock and the root, or a list of lock names (${LOCK_NAME_RULE})`,
-      );
-    scope = locks as string[];
-  }
+  const rights = parseRights(can);
+  if (rights === null) throw problem(line("can"), canProblem(can));
+  const scope = parseScope(locks);
+  if (scope === null) throw problem(line("locks"), locksProblem(locks));
   if (typeof sha256 !== "string" || !/^[0-9a-fA-F]{64}$/.test(sha256))
     throw problem(
       line("sha256"),
@@ -545,7 +568,29 @@ function readTokenTable(
       line("sha256"),
       "sha256 is the SHA-256 of the empty string, which no token may be: make a token with 'releasestatus token'",
     );
-  return { who, can: new Set(can as Right[]), locks: scope, sha256: sha256.toLowerCase(), named: true };
+  return { who, can: rights, locks: scope, sha256: sha256.toLowerCase(), named: true };
+}
+
+// [[trust]] tables share the checks of can and locks with [[token]].
+const TRUST_READING = {
+  rights: parseRights,
+  scope: parseScope,
+  problems: { can: (can: unknown) => canProblem(can), locks: (locks: unknown) => locksProblem(locks) },
+  readFile: (path: string) => {
+    const read = readSecretFile(path);
+    return read.ok ? read.secret : { code: read.code };
+  },
+};
+
+/** What is wrong with a `can` or a `locks` of a [[token]] or a [[trust]]. */
+export function canProblem(can: unknown): string {
+  const bad = badEntry(can, (c) => RIGHTS.includes(c as Right));
+  const rights = RIGHTS.map((r) => `"${r}"`).join(", ");
+  return `can = ${listed(can)} is not valid: ${bad === null || bad === "not a list" ? "expected a non-empty list" : `${bad.entry} is not a right; expected some`} of ${rights}`;
+}
+export function locksProblem(locks: unknown): string {
+  const bad = badEntry(locks, (l) => validLockName(l));
+  return `locks = ${listed(locks)} is not valid: ${bad === null || bad === "not a list" ? "" : `${bad.entry} is not a lock name; `}expected ["*"] for every lock and the root, or a list of lock names (${LOCK_NAME_RULE})`;
 }
 
 /** The line (1-based) of `key` in the index-th [[table]] (or at the top when table is null); else that table's line. */
@@ -667,7 +712,7 @@ const RESTART_ONLY = ["port", "host", "db", "historyLimit", "logFormat"] as cons
  */
 export function applyReload(cfg: Config, next: Config): { changed: string[]; needRestart: string[] } {
   // A file emptied or cut short by an editor must not open a closed daemon: that takes a restart.
-  if (cfg.access.tokens.size > 0 && next.access.tokens.size === 0)
+  if (closed(cfg.access) && !closed(next.access))
     throw new ConfigError(
       "the new configuration has no token at all, which would let anyone start, stop and block: if that is meant, restart the daemon with it",
     );
@@ -675,7 +720,7 @@ export function applyReload(cfg: Config, next: Config): { changed: string[]; nee
   const needRestart = RESTART_ONLY.filter((k) => cfg[k] !== next[k]).map((k) =>
     k === "db" ? "db" : `${k} (${JSON.stringify(cfg[k])} → ${JSON.stringify(next[k])})`,
   );
-  const changed = [...tokenChanges(cfg.access, next.access)];
+  const changed = [...tokenChanges(cfg.access, next.access), ...trustChanges(cfg.access.trust, next.access.trust)];
   if (cfg.access.read !== next.access.read) changed.push(`reading is now ${next.access.read}`);
   const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
   for (const k of ["ttlSeconds", "maxWaitSeconds", "hosts", "locks", "maxLocks", "maxStreams", "declared"] as const)
@@ -706,6 +751,17 @@ export function applyReload(cfg: Config, next: Config): { changed: string[]; nee
 /** A token in words, without its secret or its digest: "ana (release, block on prod, staging)". */
 export const describeToken = (t: Token): string =>
   `${t.who} (${[...t.can].join(", ")} on ${t.locks === "*" ? "every lock" : t.locks.join(", ")})`;
+
+/** A [[trust]] in words: "https://token.actions.githubusercontent.com for repository = acme/shop (release on prod)". */
+export const describeTrust = (t: Trust): string =>
+  `${t.issuer} for ${t.claims.map((c) => `${c.claim} = ${c.patterns.join(" or ")}`).join(", ")} (${[...t.can].join(", ")} on ${t.locks === "*" ? "every lock" : t.locks.join(", ")}; audience ${t.audience}${t.jwksFile ? `; keys from ${t.jwksFile}` : ""})`;
+
+function* trustChanges(before: readonly Trust[], after: readonly Trust[]): Generator<string> {
+  const words = (list: readonly Trust[]) => new Set(list.map(describeTrust));
+  const [was, is] = [words(before), words(after)];
+  for (const t of is) if (!was.has(t)) yield `trust added: ${t}`;
+  for (const t of was) if (!is.has(t)) yield `trust removed: ${t}`;
+}
 
 function* tokenChanges(before: Access, after: Access): Generator<string> {
   for (const [digest, t] of after.tokens) {

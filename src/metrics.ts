@@ -18,12 +18,14 @@ import { iso } from "./words.ts";
 /** Every reason a /start can be refused for. */
 export const START_REFUSALS: Reason[] = [
   "running",
+  "full",
   "blocked",
   "frozen",
   "queued",
   "timeout",
   "invalid",
   "unauthorized",
+  "issuer-unreachable",
   "forbidden",
   "too-large",
   "unsupported-media-type",
@@ -36,7 +38,7 @@ export const OTHER = "(other)";
 /** The root's label: "" would fold into "no label" in `sum by (lock)`. */
 const ROOT_LABEL = "/";
 /** What the counts need of the configuration: which locks exist, whether tokens are asked for. */
-export type Setup = Pick<Config, "locks" | "access">;
+export type Setup = Pick<Config, "locks" | "access" | "declared">;
 
 // Seconds: from a few seconds (so that short releases are not read as half a minute) to half a day.
 const BUCKETS = [1, 5, 15, 30, 60, 300, 600, 900, 1800, 3600, 7200, 14400, 43200];
@@ -99,11 +101,14 @@ function seriesLocks(snap: Snapshot, setup: Setup): string[] {
 
 /** The reasons a start on `lock` can be refused for with this configuration: only these are exported at zero. */
 function possibleRefusals(lock: string, setup: Setup): Reason[] {
-  const tokens = setup.access.tokens.size > 0;
+  const tokens = setup.access.tokens.size > 0 || setup.access.trust.length > 0;
   const windows = freezeWindows();
   const frozen = lock === OTHER ? !setup.locks && windows.length > 0 : windows.some((w) => covers(w, lock));
   return START_REFUSALS.filter((r) => {
     if (r === "unauthorized") return tokens;
+    if (r === "issuer-unreachable") return setup.access.trust.length > 0;
+    // Only a lock declared with a limit above 1 can be full (a limit-1 lock that is held is running).
+    if (r === "full") return setup.declared.some((d) => d.name === lock && d.limit > 1);
     if (r === "frozen") return frozen;
     // Only a name RS_LOCKS does not allow is unknown, and such a name has no series of its own.
     if (r === "unknown-lock") return lock === OTHER && setup.locks !== null;

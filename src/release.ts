@@ -124,6 +124,7 @@ export type Reason =
   | "storage"
   | "shutting-down"
   | "too-many-streams"
+  | "issuer-unreachable"
   | "unauthorized"
   | "forbidden"
   | "not-found"

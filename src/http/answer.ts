@@ -25,6 +25,7 @@ export const HTTP_STATUS: Record<Reason, number> = {
   storage: 503,
   "shutting-down": 503,
   "too-many-streams": 503,
+  "issuer-unreachable": 503,
 };
 
 export const PLAIN = "text/plain; charset=utf-8";

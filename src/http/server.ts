@@ -4,7 +4,7 @@
 // /unblock on the root: "block all releases"). Handlers parse the request,
 // call the engine once, and hand the outcome to answer.ts.
 import type { Server } from "bun";
-import { type Action, forbidden, identify, reaches, type Token } from "../access.ts";
+import { type Action, closed, forbidden, identify, reaches, type Token } from "../access.ts";
 import { type Config, MAX_TTL_SECONDS } from "../config.ts";
 import {
   backup,
@@ -24,6 +24,7 @@ import type { Log } from "../log.ts";
 import { countStart, renderMetrics, START_REFUSALS } from "../metrics.ts";
 import { LOCK_NAME_RULE, validLockName } from "../names.ts";
 import { webhookStatuses } from "../notify/deliver.ts";
+import { looksLikeJwt } from "../oidc.ts";
 import {
   block,
   DEFAULT_LOCK,
@@ -38,6 +39,7 @@ import {
   stop,
   unblock,
 } from "../release.ts";
+import { identifyJob, type Job, jobUnder } from "../trust.ts";
 import { describeBlock, describeEvent, describeRelease, iso } from "../words.ts";
 import { answer, json, SECURITY_HEADERS, type Success, text, wantsJson } from "./answer.ts";
 import pageText from "./page.html" with { type: "text" };
@@ -80,7 +82,28 @@ const ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
 export function startServer(cfg: Config, log: Log): Server<undefined> {
   // cfg.access is read on every request: a reload (SIGHUP) replaces it.
-  requireToken(() => cfg.access.tokens.size > 0);
+  requireToken(() => closed(cfg.access));
+
+  // A CI job's ID token ([[trust]]) is verified before its route runs, as checking a signature (and perhaps
+  // fetching the issuer's keys) cannot be done on the spot; the route then finds its caller as for a named token.
+  const jobs = new WeakMap<Request, Job>();
+  const identifyingJobs =
+    (handle: Route): Route =>
+    (req, server, url) => {
+      const trust = cfg.access.trust;
+      const sent = trust.length > 0 ? bearer(req) : "";
+      if (!looksLikeJwt(sent) || identify(cfg.access, sent)) return handle(req, server, url);
+      return identifyJob(trust, sent).then((job) => {
+        jobs.set(req, job);
+        return handle(req, server, url);
+      });
+    };
+
+  // Who sent the request: a named token, RS_TOKEN or a CI job (or why the job is refused); null when none.
+  function callerOf(req: Request): Token | Refusal | null {
+    const job = jobs.get(req);
+    return job ? jobUnder(job, cfg.access.trust) : identify(cfg.access, bearer(req));
+  }
 
   // Who may change anything: browsers only from this daemon's own page and a trusted host name; with
   // tokens, only a token whose rights and locks cover the change. The token comes back, to be recorded.
@@ -95,13 +118,16 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
   function authenticate(req: Request): Refusal | Token | null {
     const crossSite = sameSite(req, cfg.hosts);
     if (crossSite) return crossSite;
-    if (cfg.access.tokens.size === 0) return null;
-    return identify(cfg.access, bearer(req)) ?? UNAUTHORIZED;
+    if (!closed(cfg.access)) return null;
+    return callerOf(req) ?? UNAUTHORIZED;
   }
 
   // With read = "token" in the configuration file, reading needs a valid token too.
-  const mayRead = (req: Request): Refusal | null =>
-    cfg.access.read === "open" || identify(cfg.access, bearer(req)) ? null : UNAUTHORIZED;
+  const mayRead = (req: Request): Refusal | null => {
+    if (cfg.access.read === "open") return null;
+    const caller = callerOf(req);
+    return caller === null ? UNAUTHORIZED : "ok" in caller ? caller : null;
+  };
 
   // A caller refused before any lock name is looked at, so that one without a valid token learns
   // nothing, not even which locks exist (RS_LOCKS, or a new name beyond RS_MAX_LOCKS).
@@ -131,7 +157,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     if (cfg.locks) return undefined;
     if (!token || token.locks === "*") return { most: cfg.maxLocks, share: null };
     let limited = 0;
-    for (const t of cfg.access.tokens.values()) if (t.locks !== "*") limited++;
+    for (const t of [...cfg.access.tokens.values(), ...cfg.access.trust]) if (t.locks !== "*") limited++;
     const most = Math.max(1, Math.floor(cfg.maxLocks / (limited + 1)));
     return { most: cfg.maxLocks, share: { who: token.who, locks: token.locks, most } };
   }
@@ -561,9 +587,10 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
   function mayTakeCopy(req: Request): Refusal | null {
     const crossSite = sameSite(req, cfg.hosts);
     if (crossSite) return crossSite;
-    if (cfg.access.tokens.size === 0) return null;
-    const token = identify(cfg.access, bearer(req));
+    if (!closed(cfg.access)) return null;
+    const token = callerOf(req);
     if (!token) return UNAUTHORIZED;
+    if ("ok" in token) return token;
     if (reaches(token, ROOT)) return null;
     return refuse(
       "forbidden",
@@ -587,7 +614,9 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     routes[path] = {};
     for (const method of ALL_METHODS)
       (routes[path] as Record<string, Handler>)[method] = countingStarts(
-        refuseTokenInUrl(allows(route.methods, method) ? route.handle : (req) => notAllowed(req, path, route.methods)),
+        refuseTokenInUrl(
+          allows(route.methods, method) ? identifyingJobs(route.handle) : (req) => notAllowed(req, path, route.methods),
+        ),
       );
   }
 

@@ -5,6 +5,7 @@ import { health, type Snapshot, snapshot, storeDescription, waiting } from "../e
 import { calendarOf, freezeJson, freezeWindows, frozenAt } from "../freezes.ts";
 import { estimate } from "../metrics.ts";
 import { blockOn, DEFAULT_LOCK, type Event, overlaps, type Release, ROOT, releaseOn } from "../release.ts";
+import { runOf } from "../trust.ts";
 import { describeBlock, describeEvent, describeRelease, iso, UNKNOWN_USER } from "../words.ts";
 
 // Told to the page, so it asks for the token before the first change; a reload may change it.
@@ -25,7 +26,7 @@ const releaseJson = (release: Release) => ({
   reason: release.reason,
   startedAt: iso(release.startedAt),
   expiresAt: release.expiresAt === null ? null : iso(release.expiresAt),
-  ...(release.by === undefined ? {} : { by: release.by }),
+  ...byOf(release.by),
 });
 
 /** A lock's status, from one snapshot (see engine.ts `snapshot`): never pieced together from several reads. */
@@ -50,7 +51,7 @@ export function statusJson(lock: string, snap: Snapshot) {
       name: blocked.block.name,
       reason: blocked.block.reason,
       since: iso(blocked.block.since),
-      ...(blocked.block.by === undefined ? {} : { by: blocked.block.by }),
+      ...byOf(blocked.block.by),
       ...(blocked.lock === lock ? {} : { on: blocked.lock }), // a block from above says where it is
     },
     ...(holding ? { heldBy: { lock: holding.lock, id: holding.release.id, name: holding.release.name } } : {}),
@@ -58,7 +59,7 @@ export function statusJson(lock: string, snap: Snapshot) {
       name: w.name,
       reason: w.reason,
       since: iso(w.since),
-      ...(w.by === undefined ? {} : { by: w.by }),
+      ...byOf(w.by),
     })),
     lastReleaseId: s.lastId,
     estimate: estimate(release),
@@ -142,9 +143,16 @@ export const eventJson = (e: Event) => ({
   releaseId: e.releaseId,
   name: e.name,
   reason: e.reason,
-  ...(e.by === undefined ? {} : { by: e.by }),
+  ...byOf(e.by),
   message: describeEvent(e),
 });
+
+/** `by` when a token made it, and `run`, the CI run's link, when a CI job's ID token did. */
+export function byOf(by: string | undefined): { by?: string; run?: string } {
+  if (by === undefined) return {};
+  const run = runOf(by);
+  return run ? { by, run } : { by };
+}
 
 export function duration(ms: number): string {
   const s = Math.max(0, Math.floor(ms / 1000));

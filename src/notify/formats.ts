@@ -14,6 +14,7 @@
 //   the card version 1.4 with RichTextBlocks of TextRuns, which (unlike TextBlock and FactSet) are not
 //   read as markdown: a name like "[click](https://evil.example)" shows as written.
 import { type Event, statusAfter } from "../release.ts";
+import { runOf } from "../trust.ts";
 import { describeEvent, iso } from "../words.ts";
 import { type EventName, type Format, paceWords, type Webhook } from "./webhook.ts";
 
@@ -76,6 +77,7 @@ function standard(h: Webhook, id: string, e: Event | "ping", now: number): Messa
             releaseId: e.releaseId,
             name: e.name,
             by: e.by ?? null,
+            ...(runOf(e.by) ? { run: runOf(e.by) } : {}),
             reason: e.reason,
             at: iso(e.at),
             status: e.status ?? statusAfter(e.kind, { blocked: false, frozen: false }), // stored since it was known
