@@ -35,6 +35,7 @@ const NOT_FOR_START = new Set([
   "not-blocked",
   "wrong-id",
   "not-found",
+  "ambiguous",
   "method-not-allowed",
   "too-many-streams",
 ]);
@@ -64,8 +65,8 @@ describe("/metrics", () => {
     expect(res.headers.get("content-type")).toBe("text/plain; version=0.0.4; charset=utf-8");
     const m = await scrape();
     expect(README_START_REFUSALS.length).toBeGreaterThan(8);
-    // Without tokens, freezes or RS_LOCKS, no start can be unauthorized, frozen or on an unknown lock.
-    const CANNOT_HAPPEN = ["unauthorized", "frozen", "unknown-lock"];
+    // Without tokens, [[trust]], freezes, RS_LOCKS or a limit above 1, no start can be unauthorized, frozen, full or on an unknown lock.
+    const CANNOT_HAPPEN = ["unauthorized", "issuer-unreachable", "frozen", "unknown-lock", "full"];
     for (const reason of README_START_REFUSALS)
       expect([reason, m[`releasestatus_start_refused_total{lock="default",reason="${reason}"}`]]).toEqual([
         reason,
