@@ -144,6 +144,15 @@ describe("a database administered by others", () => {
     expect(await b.body("/stop")).toBe("1\n");
   }, 60_000);
 
+  test("a database read-only by default (default_transaction_read_only) does not stop the daemon: it starts and serves", async () => {
+    const url = pg.role("rs_readonly", { owner: true });
+    pg.psql("ALTER DATABASE rs_readonly SET default_transaction_read_only = on");
+    const d = await daemon({ RS_DB: url });
+    if (!d) throw new Error("a replica expected");
+    expect(await d.body("/start?name=sion")).toBe("1\n");
+    expect(await d.body("/stop")).toBe("1\n");
+  }, 60_000);
+
   test("a role that may not CREATE in the schema, on a fresh database, exits 2 naming the grant", async () => {
     const url = pg.role("rs_guest"); // the database is postgres's: since PostgreSQL 15 others may not create in public
     const line = await refusal({ RS_DB: url });

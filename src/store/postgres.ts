@@ -42,14 +42,21 @@ const MARK_NEXT_LOCK = 0x5253_7432; // pg_advisory_xact_lock key: the calendar's
 const POLL_MS = 1000;
 // The daemon's own bounds, sent as each connection opens (the migration's and LISTEN's too), so that they win
 // over what the server, the database or the role sets: the database aborts what runs longer, so no answer
-// races a commit, and a server's shorter statement_timeout does not stop the daemon.
-const LIMITS = { lock_timeout: "2s", statement_timeout: "4s", idle_in_transaction_session_timeout: "5s" };
+// races a commit, and a server's shorter statement_timeout (or a database set read-only by default) does not
+// stop the daemon.
+const LIMITS = {
+  lock_timeout: "2s",
+  statement_timeout: "4s",
+  idle_in_transaction_session_timeout: "5s",
+  default_transaction_read_only: "off",
+};
 // A connection the load no longer needs is closed after this long unused.
 const IDLE_SECONDS = 10;
 
 // Credentials that do not work, a database that does not exist, or one the role may not connect to, are
 // configuration errors.
-const CONFIGURATION_ERRORS = new Set(["28P01", "28000", "3D000", "42501"]);
+// A server that is read-only (a standby) cannot hold the lock either.
+const CONFIGURATION_ERRORS = new Set(["28P01", "28000", "3D000", "42501", "25006"]);
 
 type Options = { url: string; historyLimit: number; pool: number; now?: () => number };
 
