@@ -114,6 +114,7 @@ async function serve(cfg: Config): Promise<number> {
     if (e instanceof StoreOpenError) return fail(e.message);
     throw e;
   }
+  for (const notice of store.notices ?? []) log.warn(notice);
   if (!store.health().readable) log.warn(`${store.description} cannot be reached yet: answering storage until it can`);
   onCommit((c) => {
     if (c.remote) return; // each replica logs and counts its own changes

@@ -3,9 +3,9 @@
 
 import { Database } from "bun:sqlite";
 import { describe, expect, test } from "bun:test";
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
-import { join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { daemonsPerTest, runBinary, statusOf, tempDir, until } from "./daemon.ts";
 
 const daemon = daemonsPerTest();
@@ -247,6 +247,21 @@ describe("a damaged write-ahead log", () => {
     const { db, log, frames, frameAt } = await crashedWithFiveReleases();
     writeFileSync(`${db}-wal`, log.subarray(0, frameAt(frames) + 100));
     expect(await running(db)).toBeGreaterThanOrEqual(4); // the last commit may have been the torn one
+  });
+
+  test("whose last frame, whole in length, fails its checksum starts, says so, keeps a copy, and hands out no id again", async () => {
+    const { db, log, frames, frameAt } = await crashedWithFiveReleases();
+    const damaged = flipped(log, frameAt(frames) + 24 + 100); // the page of the last frame: the fifth start's commit
+    writeFileSync(`${db}-wal`, damaged);
+    const d = await daemonOn(db);
+    expect(d.output()).toContain(`the last frame (${frames}) of the write-ahead log ${db}-wal fails its checksum`);
+    const copies = readdirSync(dirname(db)).filter((f) => f.startsWith(`${basename(db)}-wal-damaged-`));
+    expect(copies).toHaveLength(1);
+    expect(readFileSync(join(dirname(db), copies[0] as string)).equals(damaged)).toBe(true);
+    // The lost commit granted id 5: a release now gets an id no commit before it can have handed out.
+    const res = await d.get("/locks/after/start?name=next");
+    expect(await res.text()).toBe("1\n");
+    expect(Number(res.headers.get("x-release-id"))).toBeGreaterThan(10_000);
   });
 
   test("whose later frames carry the salts of an older log still starts", async () => {

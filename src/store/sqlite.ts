@@ -28,6 +28,9 @@ import {
 import { lostFrames } from "./wal.ts";
 
 const APPLICATION_ID = 0x52537431; // "RSt1" in the file header marks the file as ours
+// After a log whose last commit was lost, ids go on this far ahead: one group commit grants far fewer, so no
+// id the lost commit handed out (a fencing token a deploy may hold) is handed out again.
+const IDS_SKIPPED = 10_000;
 const HARMLESS_WRITE = "UPDATE lock SET last_id = last_id WHERE name = ''"; // proves the file can be written
 const SQLITE_FCNTL_NULL_IO = 43; // sqlite3.h: the connection no longer reads or writes the file (not in bun:sqlite's constants)
 const SQLITE_FCNTL_PERSIST_WAL = 10; // sqlite3.h: the write-ahead log is not deleted when the connection closes
@@ -97,6 +100,7 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
   const where = resolve(path);
   refuseNonFile(where); // a device such as /dev/null opens, and then fails in ways that say nothing useful
   let db: Database;
+  let damagedTail: string | null = null; // what was found of a log whose last frame is bad, for the log
   try {
     db = new Database(path, { create: true, readwrite: true, strict: true });
   } catch (e) {
@@ -109,13 +113,15 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
     db.run("PRAGMA locking_mode = EXCLUSIVE");
     // The first read takes the lock (an exclusive one when there is a write-ahead log, before SQLite reads it).
     db.query("PRAGMA user_version").get();
-    refuseDamagedLog(db, where); // under that lock: no other daemon is writing the log as it is read
+    damagedTail = refuseDamagedLog(db, where); // under that lock: no other daemon is writing the log as it is read
     prepareSchema(db, where); // reads first: nothing is written to a file that is not ours
     db.run("PRAGMA journal_mode = WAL");
     db.run("PRAGMA synchronous = FULL"); // fsync the WAL on every commit: a 1 is on disk before it is sent
     // Takes the exclusive lock now, and finds a file it may not write now, not at the first start
     // (SQLite opens such a file read-only without a word).
     db.run(HARMLESS_WRITE);
+    // The commit the bad last frame ended may have handed out ids: they are never handed out again.
+    if (damagedTail) db.run(`UPDATE lock SET last_id = last_id + ${IDS_SKIPPED} WHERE name = ''`);
   } catch (e) {
     db.close();
     throw whyNotOurs(where, e as Error);
@@ -318,6 +324,7 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
 
   return {
     description: `SQLite ${where}`,
+    notices: damagedTail ? [damagedTail] : [],
     exclusive: true,
     health: () => ({ writable: health.writable && !health.gone, readable: true, problem: health.problem }),
     readAll: async () => toStored(q.all.all()),
@@ -467,11 +474,20 @@ function fileIdentity(path: string): string | null {
 }
 
 // SQLite recovers the write-ahead log up to its first bad frame without a word: frames of the same log after
-// it are commits it would drop (releases answered 1, then forgotten and their ids handed out again).
-function refuseDamagedLog(db: Database, where: string) {
+// it are commits it would drop (releases answered 1, then forgotten and their ids handed out again). A bad
+// last frame is a write cut short by a crash or damage, which nobody can tell apart: the daemon starts (a
+// power cut must not keep it down), keeps a copy of the log and says so; null when the log is sound.
+function refuseDamagedLog(db: Database, where: string): string | null {
   const log = logOf(where);
-  const lost = lostFrames(readIfThere(log));
-  if (!lost) return;
+  const bytes = readIfThere(log);
+  const lost = lostFrames(bytes);
+  if (!lost) return null;
+  if ("badLastFrame" in lost) {
+    const copy = `${log}-damaged-${new Date().toISOString().replace(/[-:]|\.\d+/g, "")}`;
+    const { writeFileSync } = require("node:fs") as typeof import("node:fs");
+    writeFileSync(copy, bytes, { flag: "wx" });
+    return `the last frame (${lost.badLastFrame}) of the write-ahead log ${log} fails its checksum: a write cut short by a crash, or damage; the change it ended is lost (if it was answered 1, the disk did not keep what it promised), the log as it was is kept in ${copy}, and release ids skip ${IDS_SKIPPED} ahead so that none it handed out is handed out again`;
+  }
   // Closing would checkpoint what SQLite recovered into the database and delete the log, and with it the
   // evidence: the connection is cut off from the file first, so that both are left as they were.
   db.fileControl(SQLITE_FCNTL_PERSIST_WAL, 1);
@@ -481,7 +497,7 @@ function refuseDamagedLog(db: Database, where: string) {
       ? "its header is damaged, so SQLite would drop every commit in it"
       : `frame ${lost.badFrame} of ${lost.frames} fails its checksum, and SQLite would drop the ${lost.framesAfter} frames of the same log after it`;
   throw new StoreOpenError(
-    `the write-ahead log ${log} is damaged: ${what} (releases answered 1 would be forgotten); both files were left as they were: restore them from a backup, or accept the loss by opening the database once with sqlite3, then start again`,
+    `the write-ahead log ${log} is damaged: ${what} (releases answered 1 would be forgotten); both files were left as they were: restore them from a backup, or accept the loss by opening the database once with sqlite3 (ids of the lost releases may then be handed out again), then start again`,
   );
 }
 

@@ -80,6 +80,7 @@ export type Health = {
 
 export interface Store {
   readonly description: string; // where state lives, for logs and /status; never a password
+  readonly notices?: readonly string[]; // what opening it found that the operator should hear of (logged as warnings)
   /** True when no other process can change what is stored: a refusal may then be decided from memory. */
   readonly exclusive: boolean;
   health(): Health;

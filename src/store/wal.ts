@@ -10,8 +10,14 @@ const MAGIC_LITTLE_ENDIAN = 0x377f0682; // the checksums are sums of little-endi
 const MAGIC_BIG_ENDIAN = 0x377f0683;
 const FORMAT = 3007000;
 
-/** What recovery would leave out although it belongs to the log: the first bad frame and how many follow it. */
-export type LostFrames = { badFrame: number; framesAfter: number; frames: number } | { badHeader: true };
+/**
+ * What recovery would leave out although it belongs to the log: the first bad frame and how many follow it; or
+ * only its last frame, whole in length but failing its checksum (a write cut short, or damage: nobody can tell).
+ */
+export type LostFrames =
+  | { badFrame: number; framesAfter: number; frames: number }
+  | { badHeader: true }
+  | { badLastFrame: number };
 
 /** null when SQLite's recovery would keep every frame of the log that could have been committed. */
 export function lostFrames(log: Uint8Array): LostFrames | null {
@@ -46,7 +52,9 @@ export function lostFrames(log: Uint8Array): LostFrames | null {
     if (valid) continue;
     let framesAfter = 0;
     for (let j = i + 1; j < frames; j++) if (ofThisLog(j)) framesAfter++;
-    return framesAfter === 0 ? null : { badFrame: i + 1, framesAfter, frames };
+    if (framesAfter > 0) return { badFrame: i + 1, framesAfter, frames };
+    // The last frame of this log (frames after it are from before the log restarted): the commit it ends is lost.
+    return ofThisLog(i) ? { badLastFrame: i + 1 } : null;
   }
   return null;
 }
