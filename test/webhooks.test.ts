@@ -177,6 +177,7 @@ describe("a [[webhook]] table is checked whole", () => {
   const BAD: [Record<string, unknown>, RegExp][] = [
     [{}, /^url is missing/],
     [{ url: "ftp://example.com" }, /^url is not valid/],
+    [{ url: "https://example.com/\u202ekoob" }, /^url is not valid/],
     [{ url: "https://e.com", format: "discord" }, /^format = "discord" is not valid/],
     [{ url: "https://e.com", events: ["started", "exploded"] }, /^events is not valid/],
     [{ url: "https://e.com", locks: ["Prod!"] }, /^locks is not valid/],

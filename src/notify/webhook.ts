@@ -5,6 +5,7 @@
 import { LOCK_NAME_RULE, validLockName } from "../names.ts";
 import { isAncestor } from "../release.ts";
 import { readSecretFile } from "../terminal.ts";
+import { unreadable } from "../visible.ts";
 
 export type Format = "standard" | "slack" | "teams";
 
@@ -48,7 +49,8 @@ export function parseWebhook(raw: Record<string, unknown>): Omit<Webhook, "label
   const url = secretOrFile(raw, "url", "url_file");
   if (typeof url !== "string" || url.startsWith("!"))
     return url === null ? "url is missing: give url or url_file" : url.slice(1);
-  if (!/^https?:\/\//i.test(url) || !URL.canParse(url))
+  // Control and invisible characters (a direction override) would make the URL read as another in logs.
+  if (!/^https?:\/\//i.test(url) || !URL.canParse(url) || unreadable(url))
     return `url is not valid: expected an http:// or https:// URL (the value is not shown: it may hold a secret)`;
   const format = raw.format ?? "standard";
   if (format !== "standard" && format !== "slack" && format !== "teams")
