@@ -28,13 +28,15 @@ import {
   windowKnown,
 } from "./engine.ts";
 import { blockedOver, type Event, type Frozen, ROOT, statusAfter } from "./release.ts";
-import type { Mark, Marked } from "./store/store.ts";
+import { ancestorsOf, type Mark, type Marked } from "./store/store.ts";
 import { iso } from "./words.ts";
 
 const TICK_MS = 60_000; // at the latest: catches reloads, clock jumps and a database that was away
 
 /** The calendar in force: the configuration's windows (replaced on reload). */
 let windows: Window[] = [];
+/** The same windows by the locks they name, and their place in the file: a lock's are looked up, not searched. */
+let index = indexOf([]);
 let clock: Clock | null = null;
 let cancelTick = () => {};
 
@@ -44,13 +46,34 @@ export const windowKey = (w: Window): string =>
 
 /** The freeze in force on `lock` at `now`, as a start sees it. */
 export function frozenAt(lock: string, now: number): Frozen | null {
-  const f = freezeOn(windows, lock, now);
+  const f = freezeOn(windowsOver(lock), lock, now);
   return f && { reason: f.reason, until: f.until, message: describeFreeze(lock, f, now) };
 }
 
 /** What /status, /freezes, the page and the metrics show of the calendar for a lock. */
 export function calendarOf(lock: string, now: number): { now: Freeze | null; next: Freeze | null } {
-  return { now: freezeOn(windows, lock, now), next: nextFreeze(windows, lock, now) };
+  const over = windowsOver(lock);
+  return { now: freezeOn(over, lock, now), next: nextFreeze(over, lock, now) };
+}
+
+/** The windows that cover `lock` (on every lock, on it, or on a lock above it), in the file's order. */
+export function windowsOver(lock: string): Window[] {
+  const found = new Set(index.every);
+  for (const name of [lock, ...ancestorsOf(lock)]) for (const w of index.byLock.get(name) ?? []) found.add(w);
+  return found.size <= 1
+    ? [...found]
+    : [...found].sort((a, b) => (index.place.get(a) ?? 0) - (index.place.get(b) ?? 0));
+}
+
+function indexOf(list: Window[]) {
+  const byLock = new Map<string, Window[]>();
+  for (const w of list) for (const name of w.locks ?? []) byLock.set(name, [...(byLock.get(name) ?? []), w]);
+  return { every: list.filter((w) => w.locks === null), byLock, place: new Map(list.map((w, i) => [w, i])) };
+}
+
+function useWindows(list: Window[]) {
+  windows = list;
+  index = indexOf(list);
 }
 
 export const freezeWindows = (): Window[] => windows;
@@ -93,7 +116,7 @@ export function upcoming(list: readonly Window[], now: number, count: number) {
  * look, so that a freeze in force is in the history before the daemon answers anyone.
  */
 export function keepCalendar(list: Window[], c: Clock): Promise<void> {
-  windows = list;
+  useWindows(list);
   clock = c;
   useCalendar(frozenAt);
   return tick();
@@ -113,7 +136,7 @@ export function replaceCalendar(list: Window[]): void {
       horizons.delete(windowKey(w)); // should it come back, it counts from then
     }
   for (const w of list) if (!before.has(windowKey(w))) horizons.set(windowKey(w), now);
-  windows = list;
+  useWindows(list);
   wakeWaiters(); // a freeze may have gone: waiters try again now, not when it would have ended
   if (clock) void tick();
 }
@@ -121,7 +144,7 @@ export function replaceCalendar(list: Window[]): void {
 export function stopCalendar(): void {
   cancelTick();
   clock = null;
-  windows = [];
+  useWindows([]);
   horizons.clear();
   retired.length = 0;
   lookedAt.clear();

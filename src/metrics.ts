@@ -6,10 +6,10 @@
 // cannot grow the metrics.
 import { readdirSync, readFileSync } from "node:fs";
 import pkg from "../package.json" with { type: "json" };
-import { covers, freezeOn } from "./calendar.ts";
+import { freezeOn } from "./calendar.ts";
 import type { Config } from "./config.ts";
 import { type Heard, isKnown, type Snapshot, waiting } from "./engine.ts";
-import { freezeWindows } from "./freezes.ts";
+import { freezeWindows, windowsOver } from "./freezes.ts";
 import { validLockName } from "./names.ts";
 import { webhookStatuses } from "./notify/deliver.ts";
 import { DEFAULT_LOCK, type Event, type Reason, type Release, ROOT } from "./release.ts";
@@ -102,8 +102,7 @@ function seriesLocks(snap: Snapshot, setup: Setup): string[] {
 /** The reasons a start on `lock` can be refused for with this configuration: only these are exported at zero. */
 function possibleRefusals(lock: string, setup: Setup): Reason[] {
   const tokens = setup.access.tokens.size > 0 || setup.access.trust.length > 0;
-  const windows = freezeWindows();
-  const frozen = lock === OTHER ? !setup.locks && windows.length > 0 : windows.some((w) => covers(w, lock));
+  const frozen = lock === OTHER ? !setup.locks && freezeWindows().length > 0 : windowsOver(lock).length > 0;
   return START_REFUSALS.filter((r) => {
     if (r === "unauthorized") return tokens;
     if (r === "issuer-unreachable") return setup.access.trust.length > 0;
@@ -276,7 +275,7 @@ function lockMetrics(metric: Metric, snap: Snapshot, setup: Setup) {
   perLock(
     "releasestatus_frozen",
     "Whether a freeze window of the calendar is in force on the lock (1) or not (0).",
-    (l) => (freezeOn(freezeWindows(), l, now) ? 1 : 0),
+    (l) => (freezeOn(windowsOver(l), l, now) ? 1 : 0),
   );
   const hooks = webhookStatuses();
   if (hooks.length) {
@@ -311,11 +310,12 @@ function lockMetrics(metric: Metric, snap: Snapshot, setup: Setup) {
     "releasestatus_start_refused_total",
     "counter",
     `Starts refused since the daemon started, by lock and reason; lock="${OTHER}" for a name with no series of its own.`,
-    [...names, OTHER].flatMap((l) =>
-      START_REFUSALS.filter((r) => (counts(l).refused[r] ?? 0) > 0 || possibleRefusals(l, setup).includes(r)).map(
+    [...names, OTHER].flatMap((l) => {
+      const possible = possibleRefusals(l, setup);
+      return START_REFUSALS.filter((r) => (counts(l).refused[r] ?? 0) > 0 || possible.includes(r)).map(
         (r) => `releasestatus_start_refused_total{${label(l)},reason="${r}"} ${counts(l).refused[r] ?? 0}`,
-      ),
-    ),
+      );
+    }),
   );
   const h = "releasestatus_release_duration_seconds";
   metric(
