@@ -3,6 +3,7 @@
 // webhook by its host only, webhook-test, and (on PostgreSQL) three replicas
 // deliver every event, none twice without faults. Real receivers (Bun.serve).
 import { afterEach, describe, expect, test } from "bun:test";
+import { writeFileSync } from "node:fs";
 import type { Server } from "bun";
 import { configFile, type Daemon, daemonsPerTest, freshDb, runBinary, until } from "./daemon.ts";
 
@@ -204,6 +205,46 @@ describe("replicas on PostgreSQL", () => {
           started: true,
           dropped: 0,
         });
+      } finally {
+        await admin.close();
+      }
+    },
+    30_000,
+  );
+
+  test.skipIf(!process.env.RS_TEST_DB)(
+    "a freeze boundary that commits after a later-numbered change is still delivered: the calendar's events are ordered too",
+    async () => {
+      const r = receiver();
+      const db = await freshDb();
+      const config = webhookConfig(r.url);
+      const d = await startDaemon({ RS_DB: db, RS_CONFIG: config });
+      const admin = new Bun.SQL(db);
+      try {
+        await admin.unsafe(`CREATE FUNCTION rs_test_slow() RETURNS trigger LANGUAGE plpgsql AS
+            $$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$;
+          CREATE TRIGGER rs_test_slow AFTER INSERT ON releasestatus_events FOR EACH ROW
+            WHEN (NEW.name = 'slow' AND NEW.kind = 'started') EXECUTE FUNCTION rs_test_slow();`);
+        const slow = d.body("/locks/s/start?name=slow");
+        await until(
+          async () =>
+            Number((await admin`SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event = 'PgSleep'`)[0].n) > 0,
+          "the start of slow to hold back its commit",
+        );
+        // A window in force on another lock, added by a reload while the start of slow has not committed.
+        const minute = (t: number) => new Date(t).toISOString().slice(0, 16).replace("T", " ");
+        const window = `[[freeze]]\nreason = "test"\nlocks = ["f"]\nfrom = "${minute(Date.now() - 3_600_000)}"\nuntil = "${minute(Date.now() + 3_600_000)}"\n`;
+        writeFileSync(config, `[[webhook]]\nurl = "${r.url}"\n${window}`);
+        d.proc.kill("SIGHUP");
+        expect(await slow).toBe("1\n");
+        await until(async () => r.got.some((g) => g.type === "lock.frozen"), "the frozen event");
+        expect(await d.body("/locks/s/stop")).toBe("1\n");
+        await until(async () => r.got.some((g) => g.type === "release.stopped"), "the stop of slow");
+        const [hook] = await statusOfHooks(d);
+        expect({
+          started: r.got.some((g) => g.type === "release.started" && g.name === "slow"),
+          dropped: hook.dropped,
+        }).toEqual({ started: true, dropped: 0 });
       } finally {
         await admin.close();
       }

@@ -34,7 +34,6 @@ import {
 
 const CHANNEL = "releasestatus";
 const MIGRATION_LOCK = 0x5253_7431; // pg_advisory_xact_lock key: replicas starting at once migrate one at a time
-const MARK_NEXT_LOCK = 0x5253_7432; // pg_advisory_xact_lock key: the calendar's marks, one replica at a time
 // Every POLL_MS each replica vouches for its waiters and wakes them: the safety net under
 // LISTEN/NOTIFY. A waiter not vouched for in 5 s no longer counts, and its row is deleted after
 // 10 s; but in the first seconds after the database (re)started every row counts and none is
@@ -490,8 +489,9 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     markNext: async (series, lock, next) => {
       try {
         return await inTransaction(async (tx) => {
-          // Replicas looking at once take turns: each decides on the latest mark the one before it wrote.
-          await tx`SELECT pg_advisory_xact_lock(${MARK_NEXT_LOCK})`;
+          // First the root's row, as every change does: its events are ordered with theirs, and replicas looking at
+          // once take turns, each deciding on the latest mark the one before it wrote.
+          await takeRoot(tx);
           const [row] = await tx`
             SELECT kind, at FROM releasestatus_freeze_marks WHERE window_key = ${series} AND lock = ${lock}
             ORDER BY at DESC LIMIT 1`;
