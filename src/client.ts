@@ -286,6 +286,15 @@ async function holdWhileRunning(
     forwardSignals(group); // the command decides how to end
     code = await child.exited;
     group("SIGKILL"); // nothing the command started may go on without the release
+    // The watchdog's clock may have reached the deadline a moment before this one's: if it ended the command,
+    // the lease lapsed, whatever the command's own exit code says.
+    if (!lost && (await watchdog.acted())) {
+      ours = false;
+      lose(
+        `no renewal reached the server for ${ttl}s of lease`,
+        "the watchdog ended the command before the lease could run out",
+      );
+    }
   }
   lease.stop();
   watchdog.done();
@@ -392,6 +401,7 @@ async function stopRelease(server: Server, id: number): Promise<string | null> {
  */
 type Watchdog = {
   until: (deadline: Deadline) => void;
+  acted: () => Promise<boolean>; // whether it sent the command SIGTERM or SIGKILL
   guard: (pgid: number) => void;
   done: () => void;
   exited: Promise<unknown>; // before done: the command has lost its guard
@@ -415,16 +425,20 @@ async function startWatchdog(): Promise<Watchdog> {
   };
   // Each process has its own monotonic clock. One round trip lines them up: the watchdog read its clock
   // somewhere between asking and hearing, and taking it as read when heard can only move deadlines earlier.
-  send("clock");
-  const reader = dog.stdout.getReader();
-  const { value } = await reader.read();
-  const offset = (value ? Number(new TextDecoder().decode(value)) : Number.NaN) - performance.now();
-  reader.releaseLock();
+  const ask = async (question: string): Promise<string> => {
+    send(question);
+    const reader = dog.stdout.getReader();
+    const { value } = await reader.read();
+    reader.releaseLock();
+    return value ? new TextDecoder().decode(value).trim() : "";
+  };
+  const offset = Number((await ask("clock")) || Number.NaN) - performance.now();
   if (!Number.isFinite(offset))
     throw new Unavailable("the watchdog did not start, so the command could not be guarded");
   return {
     until: ({ term, kill }) => send(`until ${term + offset} ${kill + offset}`),
     guard: (pgid) => send(`guard ${pgid}`),
+    acted: async () => (await ask("acted")) === "yes",
     done: () => {
       if (finished) return;
       finished = true;
@@ -444,7 +458,8 @@ export const WATCHDOG = "__watchdog";
 
 /**
  * The watchdog's own life. Lines from run: "clock" (answered with this process's clock), "until TERM KILL"
- * (the deadline, on this clock), "guard PGID" (the command's group), "done". At TERM the group gets
+ * (the deadline, on this clock), "guard PGID" (the command's group), "acted" (answered yes once it has sent
+ * the group a signal for the deadline), "done". At TERM the group gets
  * SIGTERM, at KILL SIGKILL; when the pipe ends before "done", run is gone: SIGKILL at once.
  */
 export async function watchdog(): Promise<number> {
@@ -467,7 +482,10 @@ export async function watchdog(): Promise<number> {
   const enforce = () => {
     clearTimeout(timer);
     const now = performance.now();
-    if (now >= deadline.kill) return group("SIGKILL");
+    if (now >= deadline.kill) {
+      termed = true;
+      return group("SIGKILL");
+    }
     if (now >= deadline.term && !termed) {
       termed = true;
       group("SIGTERM");
@@ -484,6 +502,7 @@ export async function watchdog(): Promise<number> {
       const [word, a, b] = line.split(" ");
       if (word === "done") return 0;
       if (word === "clock") console.log(performance.now());
+      if (word === "acted") console.log(termed ? "yes" : "no");
       if (word === "guard") pgid = Number(a);
       if (word === "until") deadline = { term: Number(a), kill: Number(b) };
       enforce();
