@@ -273,9 +273,9 @@ describe("names and reasons are plain text", () => {
     expect((await statusOf(d)).running).toBe(false);
   });
 
-  test("every invisible format character (Unicode Cf) is refused, in names and reasons", async () => {
+  test("every invisible format character (Unicode Cf) and the letters that draw nothing are refused, in names and reasons", async () => {
     const d = await daemon();
-    for (const c of ["\u200b", "\u2060", "\ufeff", "\u00ad", "\u{e0001}"]) {
+    for (const c of ["\u200b", "\u2060", "\ufeff", "\u00ad", "\u{e0001}", "\u3164", "\u115f", "\u034f", "\u2800"]) {
       for (const key of ["name", "reason"]) {
         const res = await d.get(`/start?${key}=${encodeURIComponent(`ana${c}x`)}`);
         expect({ c, key, status: res.status }).toEqual({ c, key, status: 400 });
