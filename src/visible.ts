@@ -14,7 +14,7 @@ export const visible = (text: string): string =>
 // what invalid UTF-8 becomes on the way in: such text is refused, not shown escaped.
 // Also the characters that draw nothing though they are letters or marks: the Hangul fillers, the combining
 // grapheme joiner and the blank Braille pattern, which make two names look the same.
-const UNREADABLE = /[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}\ufffd\u115f\u1160\u3164\uffa0\u034f\u2800]/u;
+const UNREADABLE = /[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}\ufffd\u115f\u1160\u3164\uffa0\u2800]|\u034f/u;
 
 /** Whether text holds control characters, invisible format characters (direction marks, zero-width) or U+FFFD. */
 export const unreadable = (text: string): boolean => UNREADABLE.test(text);
