@@ -92,6 +92,23 @@ describe("a body is a form or it is refused, whatever the headers say or omit", 
     ["without a Content-Type", post("/stop", "Content-Length: 4\r\n", "id=1")],
     ["with an empty Content-Type", post("/stop", "Content-Type:\r\nContent-Length: 4\r\n", "id=1")],
     ["chunked, without a Content-Type", post("/stop", "Transfer-Encoding: chunked\r\n", "4\r\nid=1\r\n0\r\n\r\n")],
+    [
+      "declared a form but compressed (Content-Encoding: gzip)",
+      Buffer.concat([
+        Buffer.from(
+          post("/stop", `${form}Content-Encoding: gzip\r\nContent-Length: ${Bun.gzipSync("id=1").length}\r\n`, ""),
+        ),
+        Bun.gzipSync("id=1"),
+      ]),
+    ],
+    [
+      "declared a form in UTF-16",
+      post(
+        "/stop",
+        "Content-Type: application/x-www-form-urlencoded; charset=utf-16le\r\nContent-Length: 8\r\n",
+        "i\0d\0=\x001\0",
+      ),
+    ],
   ] as const) {
     test(`a POST body ${what} is 415 and changes nothing`, async () => {
       const d = await daemon();

@@ -40,6 +40,14 @@ export function readParams(req: Request, url: string): Params | Refusal | Promis
       "unsupported-media-type",
       `${type === "" ? "a body without a Content-Type" : `a body of type ${type.slice(0, 60)}`} is not understood: send parameters in the query string or as ${FORM} (curl --data does)`,
     );
+  // A form in another encoding (UTF-16) or compressed would be read as other parameters, or none.
+  const charset = /;\s*charset\s*=\s*"?([^";\s]*)/i.exec(type)?.[1]?.toLowerCase();
+  const encoding = req.headers.get("content-encoding")?.trim().toLowerCase();
+  if ((charset !== undefined && charset !== "utf-8" && charset !== "utf8") || (encoding && encoding !== "identity"))
+    return refuse(
+      "unsupported-media-type",
+      `a form body ${encoding && encoding !== "identity" ? `with Content-Encoding ${encoding.slice(0, 30)}` : `in charset ${charset?.slice(0, 30)}`} is not understood: send it uncompressed, in UTF-8`,
+    );
   // A client that went away mid-body never hears an answer: it must not be granted anything.
   const cutShort = () => refuse("invalid", "the request body was cut short: send the whole body it declares");
   return req.text().then((body) => {
