@@ -1,0 +1,73 @@
+// The words, against the binary: status that lists everything that stops a start (text a script can
+// grep, JSON a program can switch on), and history that names who ended each release.
+import { describe, expect, test } from "bun:test";
+import { configFile, type Daemon, daemonsPerTest, runBinary } from "./daemon.ts";
+
+const daemon = daemonsPerTest();
+const HOUR = 3_600_000;
+const minute = (t: number) => new Date(t).toISOString().slice(0, 16).replace("T", " ");
+const prodFrozen = () =>
+  configFile(
+    `[[freeze]]\nreason = "weekend"\nlocks = ["prod"]\nfrom = "${minute(Date.now() - HOUR)}"\nuntil = "${minute(Date.now() + 2 * HOUR)}"\n`,
+  );
+const lines = async (d: Daemon, path: string) => (await d.body(path)).trimEnd().split("\n");
+const stoppedBy = async (d: Daemon, lock: string) =>
+  ((await (await d.get(`/locks/${lock}/status?format=json`)).json()).stoppedBy as { why: string }[]).map((s) => s.why);
+
+describe("status words list everything that stops a start before idle", () => {
+  test("a lock held by a release below it begins held:, not idle:", async () => {
+    const d = await daemon();
+    await d.body("/locks/prod/eu/start?name=sion&reason=v2");
+    const [first, ...rest] = await lines(d, "/locks/prod/status");
+    expect(first).toMatch(/^held: release #1 by sion \(v2\) on prod\/eu running since \S+Z$/);
+    expect(rest).toEqual(["idle: no release is running on prod"]);
+    expect(await stoppedBy(d, "prod")).toEqual(["held"]);
+  });
+
+  test("a blocked, frozen lock that nothing runs on says blocked:, then frozen:, then idle: (the rules' order)", async () => {
+    const d = await daemon({ RS_CONFIG: prodFrozen() });
+    await d.body("/locks/prod/block?name=ana&reason=audit");
+    const text = await lines(d, "/locks/prod/status");
+    expect(text.map((l) => l.split(":")[0])).toEqual(["blocked", "frozen", "idle"]);
+    expect(await stoppedBy(d, "prod")).toEqual(["blocked", "frozen"]);
+  });
+
+  test("a free lock says idle: first and stoppedBy is empty", async () => {
+    const d = await daemon();
+    expect(await d.body("/status")).toBe("idle: no release is running\n");
+    expect(await stoppedBy(d, "default")).toEqual([]);
+  });
+
+  test("a running lock keeps running: first, then blocked: and frozen: (the original's lines unchanged)", async () => {
+    const d = await daemon({ RS_CONFIG: prodFrozen() });
+    await d.body("/locks/prod/start?name=sion&override=hotfix");
+    await d.body("/block?name=ana&reason=holidays");
+    const text = await lines(d, "/locks/prod/status");
+    expect(text.map((l) => l.split(":")[0])).toEqual(["running", "blocked", "frozen"]);
+    expect(await stoppedBy(d, "prod")).toEqual(["running", "blocked", "frozen"]);
+  });
+
+  test("/locks says, on the lock's one line, everything that stops its start", async () => {
+    const d = await daemon({ RS_CONFIG: prodFrozen() });
+    await d.body("/locks/prod/start?name=sion&override=hotfix");
+    await d.body("/locks/prod/block?name=ana&reason=audit");
+    await d.body("/locks/staging/eu/start?name=bob");
+    await d.body("/locks/staging/block?name=carol");
+    const text = await d.body("/locks");
+    expect(text).toMatch(
+      /^prod: release #1 by sion on prod running since \S+, for \d+s; blocked: releasing on prod blocked by ana since \S+: audit; frozen: releasing on prod is frozen until .*\(weekend\)$/m,
+    );
+    expect(text).toMatch(
+      /^staging: held: release #2 by bob on staging\/eu running since \S+; blocked: releasing on staging blocked by carol since \S+; idle: no release is running on staging$/m,
+    );
+    expect(text).toMatch(/^staging\/eu: release #2 by bob on staging\/eu running since \S+, for \d+s; blocked: /m);
+  });
+
+  test("releasestatus status lists the other locks with what stops them", async () => {
+    const d = await daemon({ RS_CONFIG: prodFrozen() });
+    await d.body("/locks/prod/eu/start?name=sion&override=hotfix");
+    const { stdout, code } = await runBinary(["status", "--url", d.url]);
+    expect(code).toBe(0);
+    expect(stdout).toMatch(/^prod: held: release #1 by sion on prod\/eu .*; frozen: releasing on prod is frozen/m);
+  });
+});
