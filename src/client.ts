@@ -177,7 +177,8 @@ export async function run(args: string[]): Promise<number> {
       console.error(`releasestatus run: not releasing (${answer.reason}): ${answer.message}`);
       return EXIT.tempFail;
     }
-    return await holdWhileRunning(server, answer.releaseId ?? 0, ttl, sentAt, command, watchdog, (forward) => {
+    const release = { id: answer.releaseId ?? 0, name: query.get("name") ?? "" };
+    return await holdWhileRunning(server, release, ttl, sentAt, command, watchdog, (forward) => {
       onSignal = forward;
       for (const signal of pending.splice(0)) forward(signal);
     });
@@ -192,7 +193,7 @@ export async function run(args: string[]): Promise<number> {
 /** Runs the command while renewing the lease; stops the release however the command ends. */
 async function holdWhileRunning(
   server: Server,
-  id: number,
+  { id, name }: { id: number; name: string },
   ttl: number,
   sentAt: number,
   command: string[],
@@ -256,7 +257,7 @@ async function holdWhileRunning(
   }
   lease.stop();
   watchdog.done();
-  const stopped = ours ? await stopRelease(server, id) : null;
+  const stopped = ours ? await stopRelease(server, id, name) : null;
   if (lost) return EXIT.software;
   if (stopped) {
     console.error(`releasestatus run: lost release #${id} before the command finished: ${stopped}`);
@@ -333,10 +334,12 @@ function keepLease(
 }
 
 /** Stops exactly this release; says why when it was no longer running (someone stopped it, or it expired). */
-async function stopRelease(server: Server, id: number): Promise<string | null> {
+async function stopRelease(server: Server, id: number, name: string): Promise<string | null> {
+  // With its name, so that the history says who ended it.
+  const query = new URLSearchParams({ id: String(id), name, format: "json" });
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
-      const res = await call(server, `${at(server, "stop")}?id=${id}&format=json`, 5000);
+      const res = await call(server, `${at(server, "stop")}?${query}`, 5000);
       const answer = (await res.json().catch(() => null)) as { ok: boolean; reason: string; message: string } | null;
       if (answer && !answer.ok && (answer.reason === "wrong-id" || answer.reason === "not-running"))
         return answer.message;

@@ -71,3 +71,35 @@ describe("status words list everything that stops a start before idle", () => {
     expect(stdout).toMatch(/^prod: held: release #1 by sion on prod\/eu .*; frozen: releasing on prod is frozen/m);
   });
 });
+
+describe("history names who ended each release", () => {
+  const stoppedLine = async (d: Daemon) =>
+    ((await (await d.get("/history?format=json")).json()).events as { kind: string; message: string }[]).find(
+      (e) => e.kind === "stopped",
+    )?.message;
+
+  test("a stop by id without a name is credited to the release's holder, whose script alone has the id", async () => {
+    const d = await daemon();
+    const id = (await d.get("/start?name=sion&reason=v2")).headers.get("x-release-id");
+    expect(await d.body(`/stop?id=${id}`)).toBe("1\n");
+    expect(await stoppedLine(d)).toBe(`release #${id} stopped by sion`);
+  });
+
+  test("a stop without an id nor a name stays an unknown user's; a named stop is its namer's", async () => {
+    const d = await daemon();
+    await d.body("/start?name=sion");
+    await d.body("/stop");
+    expect(await stoppedLine(d)).toBe("release #1 stopped by an unknown user");
+    const id = (await d.get("/start?name=sion")).headers.get("x-release-id");
+    await d.body(`/stop?id=${id}&name=ana`);
+    expect(await stoppedLine(d)).toBe("release #2 stopped by ana");
+  });
+
+  test("releasestatus run stops with its --name", async () => {
+    const d = await daemon();
+    const ran = await runBinary(["run", "--url", d.url, "--name", "alice", "--", "true"], { USER: "someone-else" });
+    expect(ran.code).toBe(0);
+    const { events } = await (await d.get("/history?format=json")).json();
+    expect(events.find((e: { kind: string }) => e.kind === "stopped")).toMatchObject({ name: "alice" });
+  });
+});

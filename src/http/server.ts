@@ -25,6 +25,7 @@ import { countStart, renderMetrics, START_REFUSALS } from "../metrics.ts";
 import { LOCK_NAME_RULE, validLockName } from "../names.ts";
 import { webhookStatuses } from "../notify/deliver.ts";
 import {
+  type Actor,
   block,
   DEFAULT_LOCK,
   type Event,
@@ -34,6 +35,7 @@ import {
   ROOT,
   refuse,
   renew,
+  type State,
   stillBlocked,
   stop,
   unblock,
@@ -199,6 +201,11 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     by: token?.who,
   });
 
+  // A stop by id that gives no name is the holder's own script ending its release (only it was told the
+  // id): credited to the holder, from the stored release, rather than to "an unknown user".
+  const creditedTo = (who: Actor, s: State, release: number | null): Actor =>
+    who.name || release === null ? who : { ...who, name: s.releases.find((r) => r.id === release)?.name ?? "" };
+
   /** Every action on a lock; the table below says where each is reached. */
   const actions = {
     start: changing(
@@ -237,7 +244,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
       (p, { lock, token }) => {
         const release = id(p);
         const who = actor(p, token);
-        return change(lock, (s, now) => stop(s, release, who, now));
+        return change(lock, (s, now) => stop(s, release, creditedTo(who, s, release), now));
       },
       () => ({ message: "the release is over" }),
     ),
