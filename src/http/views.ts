@@ -15,7 +15,18 @@ import {
   releaseOn,
   type State,
 } from "../release.ts";
-import { describeBlock, describeEvent, describeFull, describeRelease, iso, on, UNKNOWN_USER } from "../words.ts";
+import {
+  describeBlock,
+  describeEvent,
+  describeFull,
+  describeRelease,
+  duration,
+  iso,
+  on,
+  UNKNOWN_USER,
+} from "../words.ts";
+
+export { duration }; // said in status, and long known here
 
 // Told to the page, so it asks for the token before the first change; a reload may change it.
 let tokenRequired = () => false;
@@ -186,12 +197,6 @@ export const eventJson = (e: Event) => ({
   ...(e.by === undefined ? {} : { by: e.by }),
   message: describeEvent(e),
 });
-
-export function duration(ms: number): string {
-  const s = Math.max(0, Math.floor(ms / 1000));
-  const [h, m, sec] = [Math.floor(s / 3600), Math.floor((s % 3600) / 60), s % 60];
-  return h ? `${h}h ${m}m` : m ? `${m}m ${sec}s` : `${sec}s`;
-}
 
 // ---- live events ----
 
