@@ -1,7 +1,9 @@
 // The words, against the binary: status that lists everything that stops a start (text a script can
 // grep, JSON a program can switch on), and history that names who ended each release.
 import { describe, expect, test } from "bun:test";
-import { configFile, type Daemon, daemonsPerTest, runBinary } from "./daemon.ts";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { configFile, type Daemon, daemonsPerTest, runBinary, tempDir, until } from "./daemon.ts";
 
 const daemon = daemonsPerTest();
 const HOUR = 3_600_000;
@@ -101,5 +103,40 @@ describe("history names who ended each release", () => {
     expect(ran.code).toBe(0);
     const { events } = await (await d.get("/history?format=json")).json();
     expect(events.find((e: { kind: string }) => e.kind === "stopped")).toMatchObject({ name: "alice" });
+  });
+});
+
+describe("the README's curl script says while it waits, and what it gave back", () => {
+  // The script as the README has it, pointed at the test's daemon, deploying with `true`.
+  const script = (url: string) => {
+    const readme = readFileSync(join(import.meta.dir, "..", "README.md"), "utf8");
+    const body = readme.split("### A deploy script with curl alone")[1]?.split("```sh\n")[1]?.split("```")[0] ?? "";
+    expect(body).toContain("./deploy.sh staging");
+    return body.replace(/^RS=.*$/m, `RS=${url}`).replace("./deploy.sh staging", "true");
+  };
+
+  test("while another release holds the lock it prints what holds it and the line; at the end, what it gave back", async () => {
+    const d = await daemon();
+    await d.body("/start?name=first");
+    await d.body("/stop");
+    await d.body("/start?name=sion&reason=v1");
+    const dir = tempDir();
+    writeFileSync(join(dir, "deploy"), script(d.url));
+    const out = join(dir, "out");
+    // Output to a file: the script's own sleeps may outlive it, holding a pipe open.
+    const proc = Bun.spawn(["sh", join(dir, "deploy")], {
+      env: { PATH: process.env.PATH ?? "", USER: "bob" },
+      stdout: Bun.file(out),
+      stderr: Bun.file(join(dir, "err")),
+    });
+    const said = () => (existsSync(out) ? readFileSync(out, "utf8") : "");
+    await until(async () => said().includes("waiting: 1. bob"), "the script to say it waits");
+    expect(said()).toContain("running: release #2 by sion (v1) running since");
+    expect(said()).toMatch(/usually: takes \d+s, expected to end around \S+Z/);
+    await d.body("/stop?name=sion");
+    expect(await proc.exited).toBe(0);
+    expect(said()).toMatch(/gave back release 3\n$/);
+    const { events } = await (await d.get("/history?format=json")).json();
+    expect(events[0]).toMatchObject({ kind: "stopped", releaseId: 3, name: "bob" });
   });
 });

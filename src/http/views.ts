@@ -143,6 +143,11 @@ export function statusText(lock: string, snap: Snapshot): string {
     : s.limit === 1
       ? [`running: ${running(release)}`, ...others]
       : [`running: ${s.releases.length} of ${s.limit}: ${s.releases.map(running).join("; ")}`, ...others];
+  const usually = estimate(release);
+  if (usually)
+    lines.push(
+      `usually: takes ${duration(usually.typicalSeconds * 1000)}, expected to end around ${usually.expectedAt}`,
+    );
   const { next } = calendarOf(lock, now);
   if (next)
     lines.push(
