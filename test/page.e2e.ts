@@ -644,8 +644,14 @@ describe("with the original's lock the only one, / is that lock's page", () => {
     await page.locator("#headline", { hasText: "Free" }).waitFor();
     expect(await page.locator("#board").isHidden()).toBe(true);
     await d.body("/start?name=sion");
-    await page.locator("#headline", { hasText: "Releasing" }).waitFor();
+    await d.body("/stop?name=sion"); // a completed release: an estimate
+    await d.body("/start?name=sion&reason=v2.3.1");
+    const waiter = d.body("/start?name=ana&reason=hotfix&wait=30");
+    await page.locator("#queue li", { hasText: "ana (hotfix)" }).waitFor();
+    await page.locator("#timing", { hasText: "Usually takes" }).waitFor();
     await page.screenshot({ path: join(import.meta.dir, "..", "docs", "page.png") });
+    await d.body("/stop?name=sion");
+    expect(await waiter).toBe("1\n");
     await d.body("/locks/staging/start?name=bob");
     await page.locator('.tile[data-state="releasing"]', { hasText: "staging" }).waitFor();
     expect(await page.locator("#one").isHidden()).toBe(true);
