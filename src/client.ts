@@ -21,12 +21,15 @@ const MAX_TTL = 7 * 24 * 3600; // as the server's
 const RUN_HELP = `Usage: releasestatus run [options] -- COMMAND [ARGS...]
 
 Takes the release, runs COMMAND with RS_RELEASE_ID set, renews the lease while it
-runs, and stops exactly this release when it ends, however it ends.
+runs, and stops exactly this release (with --name, for the history) when it ends,
+however it ends, then says which release it gave back.
 
 Options:
   --name NAME        who is releasing (default: $USER)
   --reason TEXT      what is released, e.g. v2.3.1
-  --wait SECONDS     wait in line up to this long for the release (default: do not wait)
+  --wait SECONDS     wait in line up to this long for the release (default: do not wait);
+                     meanwhile it says on stderr its place, what holds the lock and since
+                     when, and how long that usually takes; Ctrl-C leaves the line
   --ttl SECONDS      lease length, renewed every third of it (default 60, at least 2)
   --lock NAME        the lock to hold, e.g. prod/eu (default: the default lock, as /start uses)
   --url URL          the server (default: $RS_URL, else http://127.0.0.1:$RS_PORT, else http://127.0.0.1:8080)

@@ -476,6 +476,11 @@ const markOf = (page: Page, root: string) =>
       colour,
       border: getComputedStyle(el).borderTopColor,
       contrast: (hi + 0.05) / (lo + 0.05),
+      // A link that says so: the pointer, and the arrow after its name.
+      looksClickable:
+        el.tagName !== "A" ||
+        (getComputedStyle(el).cursor === "pointer" &&
+          getComputedStyle(el.querySelector(".name") as Element, "::after").content === '"›"'),
     };
   }, root);
 
@@ -498,12 +503,13 @@ const cutOff = (page: Page) =>
   });
 
 describe("each state has one colour, one symbol and one word, the same on the board and on the lock's page", () => {
-  for (const [width, height] of [
-    [1200, 900],
-    [360, 740],
+  for (const [width, height, scheme] of [
+    [1200, 900, "light"],
+    [360, 740, "dark"],
   ] as const)
-    test(`every state, readable without colour and at 4.5:1, nothing cut off (${width} px)`, async () => {
+    test(`every state, readable without colour and at 4.5:1, nothing cut off (${width} px, ${scheme})`, async () => {
       const { d, page } = await everyState({ width, height });
+      await page.emulateMedia({ colorScheme: scheme });
       for (const state of Object.keys(EVERY_STATE))
         await page.locator(`.tile[data-state="${state}"]`, { hasText: state }).first().waitFor();
       const onBoard: Record<string, Awaited<ReturnType<typeof markOf>>> = {};
@@ -515,6 +521,7 @@ describe("each state has one colour, one symbol and one word, the same on the bo
           word: true,
         });
         expect(tile.border).toBe(tile.colour); // the tile's frame is the state's colour
+        expect(tile.looksClickable).toBe(true);
         expect(tile.contrast).toBeGreaterThanOrEqual(4.5);
         onBoard[state] = tile;
       }
