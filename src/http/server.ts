@@ -201,8 +201,8 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     by: token?.who,
   });
 
-  // A stop by id that gives no name is the holder's own script ending its release (only it was told the
-  // id): credited to the holder, from the stored release, rather than to "an unknown user".
+  // A stop by id that gives no name is, in practice, the holder's own script ending its release (it was
+  // given the id): credited to the holder, from the stored release, rather than to "an unknown user".
   const creditedTo = (who: Actor, s: State, release: number | null): Actor =>
     who.name || release === null ? who : { ...who, name: s.releases.find((r) => r.id === release)?.name ?? "" };
 
