@@ -3,9 +3,11 @@
 import { describe, expect, test } from "bun:test";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { configFile, type Daemon, daemonsPerTest, runBinary, tempDir, until } from "./daemon.ts";
+import { configFile, type Daemon, daemonsPerTest, freshDb, runBinary, tempDir, until } from "./daemon.ts";
 
-const daemon = daemonsPerTest();
+const started = daemonsPerTest();
+// A store of its own for each daemon: on PostgreSQL (RS_TEST_DB) daemons would otherwise share one.
+const daemon = async (env: Record<string, string> = {}) => started({ RS_DB: await freshDb(), ...env });
 const HOUR = 3_600_000;
 const minute = (t: number) => new Date(t).toISOString().slice(0, 16).replace("T", " ");
 const prodFrozen = () =>
@@ -80,7 +82,7 @@ describe("history names who ended each release", () => {
       (e) => e.kind === "stopped",
     )?.message;
 
-  test("a stop by id without a name is credited to the release's holder, whose script alone has the id", async () => {
+  test("a stop by id without a name is credited to the release's holder, whose script was given the id", async () => {
     const d = await daemon();
     const id = (await d.get("/start?name=sion&reason=v2")).headers.get("x-release-id");
     expect(await d.body(`/stop?id=${id}`)).toBe("1\n");
