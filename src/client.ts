@@ -235,23 +235,18 @@ function sayWhileWaiting(server: Server, query: URLSearchParams): { stop: () => 
     said = words;
     console.error(`releasestatus run: ${visible(words)}`); // names and reasons come from others
   };
-  const again = () => {
-    if (!stopped)
-      timer = setTimeout(
-        () =>
-          look()
-            .catch(() => {})
-            .finally(again),
-        WAIT_WORDS_EVERY_MS,
-      );
-  };
-  let timer = setTimeout(
-    () =>
+  // A look, then the next one WAIT_WORDS_EVERY_MS after it ends (a slow server is not asked twice at once).
+  let timer: ReturnType<typeof setTimeout>;
+  const lookIn = (ms: number) => {
+    timer = setTimeout(() => {
       look()
-        .catch(() => {})
-        .finally(again),
-    1000,
-  );
+        .catch(() => {}) // a look that fails says nothing; the wait itself goes on
+        .finally(() => {
+          if (!stopped) lookIn(WAIT_WORDS_EVERY_MS);
+        });
+    }, ms);
+  };
+  lookIn(1000);
   return {
     stop: () => {
       stopped = true;

@@ -26,8 +26,6 @@ import {
   UNKNOWN_USER,
 } from "../words.ts";
 
-export { duration }; // said in status, and long known here
-
 // Told to the page, so it asks for the token before the first change; a reload may change it.
 let tokenRequired = () => false;
 export const requireToken = (required: () => boolean) => {
