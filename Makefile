@@ -36,7 +36,8 @@ test-slow: releasestatus
 test-storage: releasestatus
 	$(TEST) ./test/storage.e2e.ts
 
-# Needs Debian's chromium; screenshots land in artifacts/ (not committed).
+# Needs Debian's chromium; screenshots land in artifacts/ (not committed), and docs/board.png, page.png and
+# down.png, which the README shows, are taken anew.
 test-browser: releasestatus
 	$(TEST) ./test/page.e2e.ts
 

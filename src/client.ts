@@ -6,6 +6,7 @@ import { LOCK_NAME_RULE, validLockName } from "./names.ts";
 import { wholeNumber } from "./numbers.ts";
 import { print, readSecretFile } from "./terminal.ts";
 import { visible } from "./visible.ts";
+import { duration } from "./words.ts";
 
 // Exit codes from sysexits.h, so scripts can tell "not now" from "broken".
 const EXIT = {
@@ -21,12 +22,15 @@ const MAX_TTL = 7 * 24 * 3600; // as the server's
 const RUN_HELP = `Usage: releasestatus run [options] -- COMMAND [ARGS...]
 
 Takes the release, runs COMMAND with RS_RELEASE_ID set, renews the lease while it
-runs, and stops exactly this release when it ends, however it ends.
+runs, and stops exactly this release (with --name, for the history) when it ends,
+however it ends, then says which release it gave back.
 
 Options:
   --name NAME        who is releasing (default: $USER)
   --reason TEXT      what is released, e.g. v2.3.1
-  --wait SECONDS     wait in line up to this long for the release (default: do not wait)
+  --wait SECONDS     wait in line up to this long for the release (default: do not wait);
+                     meanwhile it says on stderr its place, what holds the lock and since
+                     when, and how long that usually takes; Ctrl-C leaves the line
   --ttl SECONDS      lease length, renewed every third of it (default 60, at least 2)
   --lock NAME        the lock to hold, e.g. prod/eu (default: the default lock, as /start uses)
   --url URL          the server (default: $RS_URL, else http://127.0.0.1:$RS_PORT, else http://127.0.0.1:8080)
@@ -169,7 +173,14 @@ export async function run(args: string[]): Promise<number> {
     signals = onSignals((signal) => onSignal(signal));
     watchdog = await startWatchdog(); // before the release is asked for: nothing may hold it unguarded
     const sentAt = performance.now(); // the first lease is counted from here: the server grants it later
-    const res = await call(server, `${at(server, "start")}?${query}`, (wait + 30) * 1000, abort.signal);
+    const waiting = wait > 0 ? sayWhileWaiting(server, query) : null;
+    const res = await call(server, `${at(server, "start")}?${query}`, (wait + 30) * 1000, abort.signal)
+      .catch((e) => {
+        if (e instanceof Interrupted)
+          console.error(`releasestatus run: interrupted: left the line for ${theLock(server)}; nothing was held`);
+        throw e;
+      })
+      .finally(() => waiting?.stop());
     onSignal = (signal) => pending.push(signal); // until the command runs, then handed on to it
     const answer = (await res.json().catch(() => null)) as {
       ok: boolean;
@@ -184,7 +195,8 @@ export async function run(args: string[]): Promise<number> {
       console.error(`releasestatus run: not releasing (${answer.reason}): ${answer.message}`);
       return EXIT.tempFail;
     }
-    return await holdWhileRunning(server, answer.releaseId ?? 0, ttl, sentAt, command, watchdog, (forward) => {
+    const release = { id: answer.releaseId ?? 0, name: query.get("name") ?? "", sentAt };
+    return await holdWhileRunning(server, release, ttl, command, watchdog, (forward) => {
       onSignal = forward;
       for (const signal of pending.splice(0)) forward(signal);
     });
@@ -222,16 +234,74 @@ async function useJobToken(server: Server, { ci, audience }: { ci: Ci; audience:
   return keepFresh(ci, audience, server.headers, token);
 }
 
-/** Runs the command while renewing the lease; stops the release however the command ends. */
+const theLock = (server: Server) => (server.lock === "default" ? "the release" : server.lock);
+const ordinal = (n: number) =>
+  `${n}${n % 100 >= 11 && n % 100 <= 13 ? "th" : (["th", "st", "nd", "rd"][n % 10] ?? "th")}`;
+
+type WaitingStatus = {
+  queue: { name: string; reason: string; since: string }[];
+  stoppedBy?: { message: string }[];
+  estimate: { typicalSeconds: number; expectedAt: string } | null;
+};
+
+/**
+ * While run waits in line (its /start?wait= is one long request), a second look at the status says where it
+ * is: its place, what holds the lock and since when, how long that usually takes. Said once a wait has lasted
+ * a second (a free lock answers before), then again only when the words change.
+ */
+function sayWhileWaiting(server: Server, query: URLSearchParams): { stop: () => void } {
+  const [name, reason] = [query.get("name") ?? "", query.get("reason") ?? ""];
+  let mine: string | null = null; // when run joined the line, as the server has it: its place from then on
+  let said = "";
+  let stopped = false;
+  const look = async () => {
+    const s = (await (await call(server, `${at(server, "status")}?format=json`, 5000)).json()) as WaitingStatus;
+    mine ??= s.queue.findLast((w) => w.name === name && w.reason === reason)?.since ?? null;
+    const place = s.queue.findIndex((w) => w.since === mine && w.name === name);
+    const where = place < 0 ? "" : ` (${ordinal(place + 1)} of ${s.queue.length} in line)`;
+    const holds = (s.stoppedBy ?? []).map((stop) => stop.message).join("; ") || "others ahead in line";
+    const usual = s.estimate
+      ? `; usually takes ${duration(s.estimate.typicalSeconds * 1000)}, expected to end around ${s.estimate.expectedAt}`
+      : "";
+    const words = `waiting for ${theLock(server)}${where}: ${holds}${usual}`;
+    if (stopped || words === said) return;
+    said = words;
+    console.error(`releasestatus run: ${visible(words)}`); // names and reasons come from others
+  };
+  // A look, then the next one WAIT_WORDS_EVERY_MS after it ends (a slow server is not asked twice at once).
+  let timer: ReturnType<typeof setTimeout>;
+  const lookIn = (ms: number) => {
+    timer = setTimeout(() => {
+      look()
+        .catch(() => {}) // a look that fails says nothing; the wait itself goes on
+        .finally(() => {
+          if (!stopped) lookIn(WAIT_WORDS_EVERY_MS);
+        });
+    }, ms);
+  };
+  lookIn(1000);
+  return {
+    stop: () => {
+      stopped = true;
+      clearTimeout(timer);
+    },
+  };
+}
+const WAIT_WORDS_EVERY_MS = 5000;
+
+/**
+ * Runs the command while renewing the lease; stops the release however the command ends. `sentAt`: when
+ * its /start was sent, on the monotonic clock.
+ */
 async function holdWhileRunning(
   server: Server,
-  id: number,
+  release: { id: number; name: string; sentAt: number },
   ttl: number,
-  sentAt: number,
   command: string[],
   watchdog: Watchdog,
   forwardSignals: (forward: (signal: NodeJS.Signals) => void) => void,
 ): Promise<number> {
+  const { id, sentAt } = release;
   let pgid = 0; // the command's process group, once it runs
   const group = (signal: NodeJS.Signals) => {
     try {
@@ -298,7 +368,7 @@ async function holdWhileRunning(
   }
   lease.stop();
   watchdog.done();
-  const stopped = ours ? await stopRelease(server, id) : null;
+  const stopped = ours ? await stopRelease(server, release) : null;
   if (lost) return EXIT.software;
   if (stopped) {
     console.error(`releasestatus run: lost release #${id} before the command finished: ${stopped}`);
@@ -376,13 +446,21 @@ function keepLease(
 }
 
 /** Stops exactly this release; says why when it was no longer running (someone stopped it, or it expired). */
-async function stopRelease(server: Server, id: number): Promise<string | null> {
+async function stopRelease(
+  server: Server,
+  { id, name, sentAt }: { id: number; name: string; sentAt: number },
+): Promise<string | null> {
+  // With its name, so that the history says who ended it.
+  const query = new URLSearchParams({ id: String(id), name, format: "json" });
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
-      const res = await call(server, `${at(server, "stop")}?id=${id}&format=json`, 5000);
+      const res = await call(server, `${at(server, "stop")}?${query}`, 5000);
       const answer = (await res.json().catch(() => null)) as { ok: boolean; reason: string; message: string } | null;
       if (answer && !answer.ok && (answer.reason === "wrong-id" || answer.reason === "not-running"))
         return answer.message;
+      // Said also after Ctrl-C: the person who pressed it learns the release is free for the next one.
+      if (answer?.ok)
+        console.error(`releasestatus run: gave back release #${id} after ${duration(performance.now() - sentAt)}`);
       return null;
     } catch {
       await Bun.sleep(500);

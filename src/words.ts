@@ -8,6 +8,13 @@ export const UNKNOWN_USER = "an unknown user";
 
 export const iso = (ms: number): string => new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z");
 
+/** A length of time as status and messages say it: "45s", "12m 5s", "2h 3m". */
+export function duration(ms: number): string {
+  const s = Math.max(0, Math.floor(ms / 1000));
+  const [h, m, sec] = [Math.floor(s / 3600), Math.floor((s % 3600) / 60), s % 60];
+  return h ? `${h}h ${m}m` : m ? `${m}m ${sec}s` : `${sec}s`;
+}
+
 const who = (name: string): string => name || UNKNOWN_USER;
 // A name, and whose token it came with when that is someone else: "sion (token of ana)", "sion (with RS_TOKEN)".
 const whoBy = (name: string, by: string | undefined): string =>
@@ -58,6 +65,16 @@ export const describeBlock = (b: Block, lock: string = ROOT): string =>
     () =>
       `releasing${on(lock)} blocked by ${whoBy(b.name, b.by)} since ${iso(b.since)}${b.reason ? `: ${b.reason}` : ""}`,
   );
+
+/**
+ * What an event alone does not say, looked up when a webhook is sent: how long the release it ended ran,
+ * and until when (in the window's own time zone) the freeze it began lasts.
+ */
+export type Told = { ranForMs?: number; until?: string };
+
+/** An event's sentence with what was looked up for it: "release #42 stopped by sion after 12m 5s". */
+export const describeTold = (e: Event, told: Told): string =>
+  `${describeEvent(e)}${told.ranForMs === undefined ? "" : ` after ${duration(told.ranForMs)}`}${told.until === undefined ? "" : `, until ${told.until}`}`;
 
 /** One human sentence per event: the log line, and the history's text form. */
 export function describeEvent(e: Event): string {

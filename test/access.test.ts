@@ -122,6 +122,28 @@ describe("a change needs a token whose rights and locks cover it", () => {
   });
 });
 
+describe("status JSON says what the asking token may do there, so the page offers only what can work", () => {
+  test("a scoped token may release but not block on prod; from the root's block, only ops may lift it", async () => {
+    const d = await daemon({ RS_CONFIG: configFile(TEAM) });
+    await d.body("/block?name=ops&reason=holidays", as(OPS));
+    const mayOf = async (token: string | null, lock: string) =>
+      (await (await d.get(`/locks/${lock}/status?format=json`, token ? as(token) : {})).json()).may;
+    expect(await mayOf(ANA, "prod/eu")).toEqual({
+      start: true,
+      stop: true,
+      block: false,
+      unblock: false,
+      override: false,
+      unblockAbove: false,
+    });
+    expect(await mayOf(BOB, "prod")).toMatchObject({ start: false, block: true, unblockAbove: false });
+    expect(await mayOf(OPS, "prod")).toMatchObject({ start: true, block: true, override: true, unblockAbove: true });
+    expect(await mayOf(ANA, "qa")).toMatchObject({ start: false, stop: false });
+    // Without a token nothing is known of rights: the page offers the buttons and asks for one.
+    expect(await mayOf(null, "prod")).toBeUndefined();
+  });
+});
+
 describe("every event records whose token made it (by) beside the name the request gave", () => {
   test("with a named token, by is the token's who and the name defaults to it", async () => {
     const { d } = await withTeam();

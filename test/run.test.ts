@@ -445,3 +445,61 @@ describe("releasestatus status", () => {
     expect((await client(null, ["status", "--help"]).done).stdout).toContain("Usage: releasestatus status");
   });
 });
+
+describe("run says while it waits, and what it gave back", () => {
+  // run's stderr as it comes: the words are checked while run still waits.
+  function watched(d: Daemon, args: string[]) {
+    const proc = Bun.spawn([BINARY, ...args], {
+      env: { PATH: process.env.PATH ?? "", USER: "tester", RS_URL: d.url },
+      stdin: "ignore",
+      stdout: "ignore",
+      stderr: "pipe",
+    });
+    let said = "";
+    const read = (async () => {
+      const decoder = new TextDecoder();
+      for await (const chunk of proc.stderr) said += decoder.decode(chunk, { stream: true });
+    })();
+    const done = Promise.all([proc.exited, read]).then(([code]) => ({ code, stderr: said }));
+    return { proc, done, said: () => said };
+  }
+
+  test("waiting in line, it says its place, who holds the lock, since when and how long it usually takes", async () => {
+    const d = await server();
+    await d.body("/start?name=first");
+    await d.body("/stop"); // one completed release: an estimate
+    await d.body("/start?name=sion&reason=v2");
+    const c = watched(d, ["run", "--name", "bob", "--wait", "60", "--", "true"]);
+    await until(async () => c.said().includes("waiting"), "run to say it waits");
+    expect(c.said()).toMatch(
+      /^releasestatus run: waiting for the release \(1st of 1 in line\): release #2 by sion \(v2\) running since \S+Z; usually takes \d+s, expected to end around \S+Z\n/,
+    );
+    await d.body("/stop?name=sion");
+    const { code, stderr } = await c.done;
+    expect(code).toBe(0);
+    expect(stderr).toMatch(/releasestatus run: gave back release #3 after \d+s\n$/);
+  });
+
+  test("Ctrl-C while waiting says it left the line holding nothing", async () => {
+    const d = await server();
+    await d.body("/start?name=sion");
+    const c = watched(d, ["run", "--wait", "60", "--", "true"]);
+    await until(async () => c.said().includes("waiting"), "run to say it waits");
+    c.proc.kill("SIGINT");
+    const { code, stderr } = await c.done;
+    expect(code).toBe(130);
+    expect(stderr).toMatch(/releasestatus run: interrupted: left the line for the release; nothing was held\n$/);
+    expect((await status(d)).queue).toEqual([]);
+  });
+
+  test("Ctrl-C while the command runs says which release it gave back", async () => {
+    const d = await server();
+    const pidFile = join(tempDir(), "pid");
+    const c = watched(d, ["run", "--", "sh", "-c", `echo $$ > ${pidFile}; exec sleep 30`]);
+    await until(async () => pidIn(pidFile) > 0, "the command to start");
+    c.proc.kill("SIGINT");
+    const { code, stderr } = await c.done;
+    expect(code).toBe(130);
+    expect(stderr).toMatch(/^releasestatus run: gave back release #1 after \d+s\n$/);
+  });
+});

@@ -8,6 +8,7 @@
 import { afterEach, beforeEach, describe, expect, test } from "bun:test";
 import { createHmac, timingSafeEqual } from "node:crypto";
 import type { Server } from "bun";
+import pkg from "../package.json" with { type: "json" };
 import { parseWindow, type Window } from "../src/calendar.ts";
 import { change, closeEngine, engine, openEngine, start } from "../src/engine.ts";
 import { calendarSettled, keepCalendar, stopCalendar } from "../src/freezes.ts";
@@ -21,7 +22,7 @@ import {
 } from "../src/notify/deliver.ts";
 import { messageId, render, wants } from "../src/notify/formats.ts";
 import { hearsLock, labelled, parseWebhook, type Webhook } from "../src/notify/webhook.ts";
-import { block, type Event, ROOT, unblock } from "../src/release.ts";
+import { block, type Event, ROOT, stop, unblock } from "../src/release.ts";
 import { openMemoryStore } from "../src/store/memory.ts";
 import type { Store } from "../src/store/store.ts";
 import { T0, testClock } from "./clock.ts";
@@ -350,6 +351,79 @@ describe("delivery: in order, at least once, never in the way", () => {
     ]);
     slack.stop();
     teams.stop();
+  });
+
+  describe("a message says what the event alone does not: how long a release ran, until when a freeze lasts", () => {
+    afterEach(() => stopCalendar());
+
+    test("stopped says how long the release ran, in every format", async () => {
+      const slack = receiver();
+      const plain = receiver();
+      await run([
+        hook({ url: slack.url, format: "slack", events: ["stopped"] }),
+        hook({ url: plain.url, events: ["stopped"] }),
+      ]);
+      await starts("a");
+      await clock.advance(12 * 60_000 + 5_000);
+      await change("team/a", (s, now) => stop(s, null, { name: "a" }, now));
+      await until(async () => slack.got.length === 1 && plain.got.length === 1, "the stop");
+      expect(JSON.parse(slack.got[0]?.body ?? "").text).toBe("release #1 on team/a stopped by a after 12m 5s");
+      expect(JSON.parse(plain.got[0]?.body ?? "").data.message).toBe("release #1 on team/a stopped by a after 12m 5s");
+      slack.stop();
+      plain.stop();
+    });
+
+    test("frozen says until when, in the window's own time zone", async () => {
+      const slack = receiver();
+      await run([hook({ url: slack.url, format: "slack", events: ["frozen"] })]);
+      const window = parseWindow({
+        reason: "holidays",
+        locks: ["prod"],
+        timezone: "Europe/Paris",
+        from: "2026-11-27 11:00",
+        until: "2026-11-27 13:30",
+      });
+      keepCalendar([window] as Window[], clock);
+      await calendarSettled();
+      await clock.advance(60 * 60_000 + 1);
+      await calendarSettled();
+      await until(async () => slack.got.length === 1, "the freeze");
+      expect(JSON.parse(slack.got[0]?.body ?? "").text).toBe(
+        "releasing on prod frozen by the calendar: holidays, until Fri 2026-11-27 13:30 CET",
+      );
+      slack.stop();
+    });
+
+    test("a stop on a frozen lock says frozen in the standard payload, not idle", async () => {
+      const r = receiver();
+      await run([hook({ url: r.url, events: ["stopped"] })]);
+      keepCalendar(
+        [
+          parseWindow({ reason: "x", locks: ["team"], from: "2026-11-27 08:00", until: "2026-11-27 12:00" }),
+        ] as Window[],
+        clock,
+      );
+      await calendarSettled();
+      await start(
+        "team/a",
+        { name: "a", reason: "", ttlSeconds: null, override: "hotfix" },
+        0,
+        new AbortController().signal,
+      );
+      await change("team/a", (s, now) => stop(s, null, { name: "a" }, now));
+      await until(async () => r.got.length === 1, "the stop");
+      expect(JSON.parse(r.got[0]?.body ?? "").data.status).toBe("frozen");
+      r.stop();
+    });
+  });
+
+  test("every webhook is sent with User-Agent releasestatus/VERSION, whatever Bun it was built with", async () => {
+    const r = receiver();
+    await run([hook({ url: r.url })]);
+    await starts("a");
+    await until(async () => r.got.length === 1, "one delivery");
+    expect(r.got[0]?.headers.get("user-agent")).toBe(`releasestatus/${pkg.version}`);
+    r.stop();
   });
 
   test("a receiver down for a while, then up: everything arrives in order, each event once", async () => {

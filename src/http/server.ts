@@ -27,6 +27,7 @@ import { LOCK_NAME_RULE, validLockName } from "../names.ts";
 import { webhookStatuses } from "../notify/deliver.ts";
 import { looksLikeJwt } from "../oidc.ts";
 import {
+  type Actor,
   block,
   DEFAULT_LOCK,
   type Event,
@@ -36,6 +37,7 @@ import {
   ROOT,
   refuse,
   renew,
+  type State,
   stillBlocked,
   stop,
   unblock,
@@ -226,6 +228,11 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     by: token?.who,
   });
 
+  // A stop by id that gives no name is, in practice, the holder's own script ending its release (it was
+  // given the id): credited to the holder, from the stored release, rather than to "an unknown user".
+  const creditedTo = (who: Actor, s: State, release: number | null): Actor =>
+    who.name || release === null ? who : { ...who, name: s.releases.find((r) => r.id === release)?.name ?? "" };
+
   /** Every action on a lock; the table below says where each is reached. */
   const actions = {
     start: changing(
@@ -264,7 +271,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
       (p, { lock, token }) => {
         const release = id(p);
         const who = actor(p, token);
-        return change(lock, (s, now) => stop(s, release, who, now));
+        return change(lock, (s, now) => stop(s, release, creditedTo(who, s, release), now));
       },
       () => ({ message: "the release is over" }),
     ),
@@ -303,9 +310,36 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     ),
   };
 
+  // What the token a request sent may do on a lock, so that the page offers only the buttons that can work;
+  // `unblockAbove`: lift the block from above (`on`: the root "", or a lock above) that stops this one.
+  // Undefined without a valid token (or without tokens): then the page offers every button, and asks for a
+  // token when a change needs one.
+  function mayOn(req: Request, lock: string, on: string | undefined) {
+    const token = cfg.access.tokens.size === 0 ? null : identify(cfg.access, bearer(req));
+    if (!token) return undefined;
+    const may = (action: Action, where = lock) => forbidden(token, action, where) === null;
+    return {
+      start: may("start"),
+      stop: may("stop"),
+      block: may("block"),
+      unblock: may("unblock"),
+      override: may("override"),
+      unblockAbove: on !== undefined && may("unblock", on),
+    };
+  }
+
   const reads = {
-    status: ({ lock = DEFAULT_LOCK, json: asJson }: Ask) =>
-      fromSnapshot(lock, (snap) => (asJson ? json(statusJson(lock, snap)) : text(statusText(lock, snap))), asJson),
+    status: ({ req, lock = DEFAULT_LOCK, json: asJson }: Ask) =>
+      fromSnapshot(
+        lock,
+        (snap) => {
+          if (!asJson) return text(statusText(lock, snap));
+          const status = statusJson(lock, snap);
+          const may = mayOn(req, lock, status.block ? status.block.on : undefined);
+          return json(may ? { ...status, may } : status);
+        },
+        asJson,
+      ),
     history: ({ url, lock, json: asJson }: Ask): Response | Promise<Response> => {
       const p = readQuery(url);
       if (!(p instanceof Map)) return answer(asJson, p);

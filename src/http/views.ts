@@ -4,9 +4,28 @@ import { describeLocalTime } from "../calendar.ts";
 import { health, type Snapshot, snapshot, storeDescription, waiting } from "../engine.ts";
 import { calendarOf, freezeJson, freezeWindows, frozenAt } from "../freezes.ts";
 import { estimate } from "../metrics.ts";
-import { blockOn, DEFAULT_LOCK, type Event, overlaps, type Release, ROOT, releaseOn } from "../release.ts";
+import {
+  blockOn,
+  DEFAULT_LOCK,
+  type Event,
+  overlaps,
+  type Release,
+  ROOT,
+  releaseAround,
+  releaseOn,
+  type State,
+} from "../release.ts";
 import { runOf } from "../trust.ts";
-import { describeBlock, describeEvent, describeRelease, iso, UNKNOWN_USER } from "../words.ts";
+import {
+  describeBlock,
+  describeEvent,
+  describeFull,
+  describeRelease,
+  duration,
+  iso,
+  on,
+  UNKNOWN_USER,
+} from "../words.ts";
 
 // Told to the page, so it asks for the token before the first change; a reload may change it.
 let tokenRequired = () => false;
@@ -28,6 +47,32 @@ const releaseJson = (release: Release) => ({
   expiresAt: release.expiresAt === null ? null : iso(release.expiresAt),
   ...byOf(release.by),
 });
+
+/** What keeps a start on a lock from being granted now: the word a script tests, and the words a person reads. */
+export type Stop = { why: "running" | "full" | "blocked" | "frozen" | "held"; message: string };
+
+/**
+ * Everything that stops a start on this lock now, each said once, in the order the rules refuse for them
+ * (release.ts `start`), so the first is what a start is told: its own release (a lock with a limit only
+ * once every slot is taken), a release above or below it, a block on it or above, a freeze. Empty when a
+ * start would be granted (but for a line of waiters, said apart).
+ */
+export function stoppedBy(lock: string, s: State, now: number): Stop[] {
+  const stops: Stop[] = [];
+  if (s.release && s.releases.length >= s.limit)
+    stops.push(
+      s.limit === 1
+        ? { why: "running", message: describeRelease(s.release, lock) }
+        : { why: "full", message: describeFull(s.releases, s.limit, lock) },
+    );
+  const around = releaseAround(s);
+  if (around) stops.push({ why: "held", message: describeRelease(around.release, around.lock) });
+  const blocked = blockOn(s);
+  if (blocked) stops.push({ why: "blocked", message: describeBlock(blocked.block, blocked.lock) });
+  const frozen = frozenAt(lock, now);
+  if (frozen) stops.push({ why: "frozen", message: frozen.message });
+  return stops;
+}
 
 /** A lock's status, from one snapshot (see engine.ts `snapshot`): never pieced together from several reads. */
 export function statusJson(lock: string, snap: Snapshot) {
@@ -61,6 +106,7 @@ export function statusJson(lock: string, snap: Snapshot) {
       since: iso(w.since),
       ...byOf(w.by),
     })),
+    stoppedBy: stoppedBy(lock, s, Date.now()),
     lastReleaseId: s.lastId,
     estimate: estimate(release),
     ...freezesOf(lock),
@@ -77,27 +123,30 @@ function freezesOf(lock: string) {
   return { freeze: now && freezeJson(now), nextFreeze: next && freezeJson(next) };
 }
 
+/**
+ * The status in lines a script can grep: the first says what stops a start. A lock a release holds begins
+ * `running:` (as the original's did), then what else stops a start; any other lock lists what stops it
+ * (`held:` by a release above or below, `blocked:`, `frozen:`) before `idle:`, so `^idle` means it is free.
+ */
 export function statusText(lock: string, snap: Snapshot): string {
   const now = Date.now();
   const s = snap.state(lock);
   const { release } = s;
-  const holding = release ? null : releaseOn(s);
-  const idle = holding
-    ? `idle: no release is running on ${lock}, but ${describeRelease(holding.release, holding.lock)}`
-    : `idle: no release is running${lock === DEFAULT_LOCK ? "" : ` on ${lock}`}`;
   const running = (r: Release) =>
     `${describeRelease(r, lock)}, for ${duration(now - r.startedAt)}${r.expiresAt === null ? "" : `; lease ends ${iso(r.expiresAt)}`}`;
-  const lines = [
-    !release
-      ? idle
-      : s.limit === 1
-        ? `running: ${running(release)}`
-        : `running: ${s.releases.length} of ${s.limit}: ${s.releases.map(running).join("; ")}`,
-  ];
-  const blocked = blockOn(s);
-  if (blocked) lines.push(`blocked: ${describeBlock(blocked.block, blocked.lock)}`);
-  const frozen = frozenAt(lock, now);
-  if (frozen) lines.push(`frozen: ${frozen.message}`);
+  const others = stoppedBy(lock, s, now)
+    .filter((stop) => stop.why !== "running" && stop.why !== "full") // its own releases are the running: line
+    .map((stop) => `${stop.why}: ${stop.message}`);
+  const lines = !release
+    ? [...others, `idle: no release is running${on(lock)}`]
+    : s.limit === 1
+      ? [`running: ${running(release)}`, ...others]
+      : [`running: ${s.releases.length} of ${s.limit}: ${s.releases.map(running).join("; ")}`, ...others];
+  const usually = estimate(release);
+  if (usually)
+    lines.push(
+      `usually: takes ${duration(usually.typicalSeconds * 1000)}, expected to end around ${usually.expectedAt}`,
+    );
   const { next } = calendarOf(lock, now);
   if (next)
     lines.push(
@@ -119,22 +168,28 @@ export function lockNames(snap: Snapshot): string[] {
   return [...names].sort();
 }
 
-/** One line per lock: what /locks says in text. */
+/**
+ * One line per lock, what /locks says in text: the lines of its status that say what holds or stops it,
+ * joined with "; ", so that one line says everything that stops a start. A first running: or idle: goes
+ * without its word, as it always has ("prod/eu: release #41 by sion …").
+ */
 export function locksText(snap: Snapshot): string {
   const root = snap.state(ROOT).block;
   const head = root ? `all locks: ${describeBlock(root, ROOT)}\n` : "";
+  const line = (lock: string) =>
+    statusText(lock, snap)
+      .split("\n")
+      .filter((l) => VERDICT.test(l))
+      .join("; ")
+      .replace(/^(running|idle): /, "");
   return (
     head +
     lockNames(snap)
-      .map(
-        (lock) =>
-          `${lock}: ${statusText(lock, snap)
-            .split("\n")[0]
-            ?.replace(/^(running|idle): /, "")}\n`,
-      )
+      .map((lock) => `${lock}: ${line(lock)}\n`)
       .join("")
   );
 }
+const VERDICT = /^(running|blocked|frozen|held|idle): /;
 
 export const eventJson = (e: Event) => ({
   lock: e.lock,
@@ -152,12 +207,6 @@ export function byOf(by: string | undefined): { by?: string; run?: string } {
   if (by === undefined) return {};
   const run = runOf(by);
   return run ? { by, run } : { by };
-}
-
-export function duration(ms: number): string {
-  const s = Math.max(0, Math.floor(ms / 1000));
-  const [h, m, sec] = [Math.floor(s / 3600), Math.floor((s % 3600) / 60), s % 60];
-  return h ? `${h}h ${m}m` : m ? `${m}m ${sec}s` : `${sec}s`;
 }
 
 // ---- live events ----

@@ -4,11 +4,14 @@
 // loop, one delivery at a time, and its progress is stored. A failure is tried
 // again on the Standard Webhooks schedule; 410 Gone disables the webhook until
 // the next reload. Long-running reminders are recorded once, like any event.
+
+import { describeLocalTime } from "../calendar.ts";
 import { type Clock, engine, onCommit, recordOnce } from "../engine.ts";
+import { calendarOf } from "../freezes.ts";
 import type { Log } from "../log.ts";
 import type { Event } from "../release.ts";
 import type { Outbox, Pending } from "../store/store.ts";
-import { iso } from "../words.ts";
+import { iso, type Told } from "../words.ts";
 import { type Message, messageId, render, wants } from "./formats.ts";
 import { hearsLock, paceWords, type Webhook } from "./webhook.ts";
 
@@ -246,12 +249,33 @@ async function deliverLoop(loop: Loop, looked: () => void): Promise<void> {
 
 // One attempt: cancelled (not raced) when the receiver takes longer than the limit. Redirects are not
 // followed: a signed body is for this URL only.
-function attempt(hook: Webhook, p: Pending): Promise<Answer> {
+async function attempt(hook: Webhook, p: Pending): Promise<Answer> {
   const o = options as Options;
+  const told = await lookUp(p.event);
   const now = o.clock.now();
-  const message = render(hook, messageId(p.seq, p.event), p.event, now);
+  const message = render(hook, messageId(p.seq, p.event), p.event, now, told);
   return send(hook.url, message, now, { limit: o.attemptTimeoutMs, fetch: o.fetch });
 }
+
+const ENDS_A_RELEASE: ReadonlySet<string> = new Set(["stopped", "expired", "abandoned"]);
+
+/**
+ * What a message says that its event does not: how long an ended release ran (from its start in the
+ * history; left out when that is too far back to find) and until when a freeze that began lasts.
+ */
+async function lookUp(e: Event): Promise<Told> {
+  if (e.kind === "frozen") {
+    const freeze = calendarOf(e.lock, e.at).now;
+    return freeze ? { until: describeLocalTime(freeze.until, freeze.window.timezone) } : {};
+  }
+  if (!ENDS_A_RELEASE.has(e.kind) || e.releaseId === null || !engine.store) return {};
+  const history = await engine.store.history(START_LOOKUP, e.lock).catch(() => []);
+  const started = history.find((h) => h.kind === "started" && h.releaseId === e.releaseId);
+  return started ? { ranForMs: e.at - started.at } : {};
+}
+// How far back a stop's start is looked for: a release with more events than this on its lock since it
+// started is sent without its length rather than delay every message.
+const START_LOOKUP = 500;
 
 export type Answer = { status: number | null; error: string; retryAfterMs: number | null; body: string };
 

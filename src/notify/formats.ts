@@ -13,9 +13,10 @@
 //   attachments: [{contentType: "application/vnd.microsoft.card.adaptive", content: AdaptiveCard}]},
 //   the card version 1.4 with RichTextBlocks of TextRuns, which (unlike TextBlock and FactSet) are not
 //   read as markdown: a name like "[click](https://evil.example)" shows as written.
+import pkg from "../../package.json" with { type: "json" };
 import { type Event, statusAfter } from "../release.ts";
 import { runOf } from "../trust.ts";
-import { describeEvent, iso } from "../words.ts";
+import { describeTold, iso, type Told } from "../words.ts";
 import { type EventName, type Format, paceWords, type Webhook } from "./webhook.ts";
 
 /** The Standard Webhooks type of each event kind. */
@@ -49,23 +50,27 @@ export function wants(h: Webhook, e: Event, hearsLock: (lock: string) => boolean
   );
 }
 
-/** The body and headers for one event, in the webhook's format; `now` is the send time (for the signature). */
-export function render(h: Webhook, id: string, e: Event | "ping", now: number): Message {
-  const text = e === "ping" ? "releasestatus: a test message; this webhook works" : line(e);
+/**
+ * The body and headers for one event, in the webhook's format; `now` is the send time (for the signature),
+ * `told` what was looked up for the event when it is sent (how long a release ran, until when a freeze lasts).
+ */
+export function render(h: Webhook, id: string, e: Event | "ping", now: number, told: Told = {}): Message {
+  const text = e === "ping" ? "releasestatus: a test message; this webhook works" : line(e, told);
   if (h.format === "slack") return { headers: JSON_HEADERS, body: JSON.stringify(slack(text, e)) };
   if (h.format === "teams") return { headers: JSON_HEADERS, body: JSON.stringify(teams(text, e)) };
-  return standard(h, id, e, now);
+  return standard(h, id, e, now, text);
 }
 
-const JSON_HEADERS = { "Content-Type": "application/json" };
+// Our own name, not the runtime's (Bun/1.4.4): a receiver's log and firewall can tell what calls it.
+const JSON_HEADERS = { "Content-Type": "application/json", "User-Agent": `releasestatus/${pkg.version}` };
 
 // One readable line, like the log's, naming the lock.
-const line = (e: Event) => {
-  const words = describeEvent(e);
+const line = (e: Event, told: Told) => {
+  const words = describeTold(e, told);
   return e.lock === "" || words.includes(` ${e.lock}`) ? words : `${words} (on ${e.lock})`;
 };
 
-function standard(h: Webhook, id: string, e: Event | "ping", now: number): Message {
+function standard(h: Webhook, id: string, e: Event | "ping", now: number, text: string): Message {
   const body = JSON.stringify(
     e === "ping"
       ? { type: "ping", timestamp: iso(now), data: { message: "a test message from releasestatus webhook-test" } }
@@ -81,7 +86,7 @@ function standard(h: Webhook, id: string, e: Event | "ping", now: number): Messa
             reason: e.reason,
             at: iso(e.at),
             status: e.status ?? statusAfter(e.kind, { blocked: false, frozen: false }), // stored since it was known
-            message: line(e),
+            message: text,
           },
         },
   );

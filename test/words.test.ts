@@ -1,0 +1,144 @@
+// The words, against the binary: status that lists everything that stops a start (text a script can
+// grep, JSON a program can switch on), and history that names who ended each release.
+import { describe, expect, test } from "bun:test";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { configFile, type Daemon, daemonsPerTest, freshDb, runBinary, tempDir, until } from "./daemon.ts";
+
+const started = daemonsPerTest();
+// A store of its own for each daemon: on PostgreSQL (RS_TEST_DB) daemons would otherwise share one.
+const daemon = async (env: Record<string, string> = {}) => started({ RS_DB: await freshDb(), ...env });
+const HOUR = 3_600_000;
+const minute = (t: number) => new Date(t).toISOString().slice(0, 16).replace("T", " ");
+const prodFrozen = () =>
+  configFile(
+    `[[freeze]]\nreason = "weekend"\nlocks = ["prod"]\nfrom = "${minute(Date.now() - HOUR)}"\nuntil = "${minute(Date.now() + 2 * HOUR)}"\n`,
+  );
+const lines = async (d: Daemon, path: string) => (await d.body(path)).trimEnd().split("\n");
+const stoppedBy = async (d: Daemon, lock: string) =>
+  ((await (await d.get(`/locks/${lock}/status?format=json`)).json()).stoppedBy as { why: string }[]).map((s) => s.why);
+
+describe("status words list everything that stops a start before idle", () => {
+  test("a lock held by a release below it begins held:, not idle:", async () => {
+    const d = await daemon();
+    await d.body("/locks/prod/eu/start?name=sion&reason=v2");
+    const [first, ...rest] = await lines(d, "/locks/prod/status");
+    expect(first).toMatch(/^held: release #1 by sion \(v2\) on prod\/eu running since \S+Z$/);
+    expect(rest).toEqual(["idle: no release is running on prod"]);
+    expect(await stoppedBy(d, "prod")).toEqual(["held"]);
+  });
+
+  test("a blocked, frozen lock that nothing runs on says blocked:, then frozen:, then idle: (the rules' order)", async () => {
+    const d = await daemon({ RS_CONFIG: prodFrozen() });
+    await d.body("/locks/prod/block?name=ana&reason=audit");
+    const text = await lines(d, "/locks/prod/status");
+    expect(text.map((l) => l.split(":")[0])).toEqual(["blocked", "frozen", "idle"]);
+    expect(await stoppedBy(d, "prod")).toEqual(["blocked", "frozen"]);
+  });
+
+  test("a free lock says idle: first and stoppedBy is empty", async () => {
+    const d = await daemon();
+    expect(await d.body("/status")).toBe("idle: no release is running\n");
+    expect(await stoppedBy(d, "default")).toEqual([]);
+  });
+
+  test("a running lock keeps running: first, then blocked: and frozen: (the original's lines unchanged)", async () => {
+    const d = await daemon({ RS_CONFIG: prodFrozen() });
+    await d.body("/locks/prod/start?name=sion&override=hotfix");
+    await d.body("/block?name=ana&reason=holidays");
+    const text = await lines(d, "/locks/prod/status");
+    expect(text.map((l) => l.split(":")[0])).toEqual(["running", "blocked", "frozen"]);
+    expect(await stoppedBy(d, "prod")).toEqual(["running", "blocked", "frozen"]);
+  });
+
+  test("/locks says, on the lock's one line, everything that stops its start", async () => {
+    const d = await daemon({ RS_CONFIG: prodFrozen() });
+    await d.body("/locks/prod/start?name=sion&override=hotfix");
+    await d.body("/locks/prod/block?name=ana&reason=audit");
+    await d.body("/locks/staging/eu/start?name=bob");
+    await d.body("/locks/staging/block?name=carol");
+    const text = await d.body("/locks");
+    expect(text).toMatch(
+      /^prod: release #1 by sion on prod running since \S+, for \d+s; blocked: releasing on prod blocked by ana since \S+: audit; frozen: releasing on prod is frozen until .*\(weekend\)$/m,
+    );
+    expect(text).toMatch(
+      /^staging: held: release #2 by bob on staging\/eu running since \S+; blocked: releasing on staging blocked by carol since \S+; idle: no release is running on staging$/m,
+    );
+    expect(text).toMatch(/^staging\/eu: release #2 by bob on staging\/eu running since \S+, for \d+s; blocked: /m);
+  });
+
+  test("releasestatus status lists the other locks with what stops them", async () => {
+    const d = await daemon({ RS_CONFIG: prodFrozen() });
+    await d.body("/locks/prod/eu/start?name=sion&override=hotfix");
+    const { stdout, code } = await runBinary(["status", "--url", d.url]);
+    expect(code).toBe(0);
+    expect(stdout).toMatch(/^prod: held: release #1 by sion on prod\/eu .*; frozen: releasing on prod is frozen/m);
+  });
+});
+
+describe("history names who ended each release", () => {
+  const stoppedLine = async (d: Daemon) =>
+    ((await (await d.get("/history?format=json")).json()).events as { kind: string; message: string }[]).find(
+      (e) => e.kind === "stopped",
+    )?.message;
+
+  test("a stop by id without a name is credited to the release's holder, whose script was given the id", async () => {
+    const d = await daemon();
+    const id = (await d.get("/start?name=sion&reason=v2")).headers.get("x-release-id");
+    expect(await d.body(`/stop?id=${id}`)).toBe("1\n");
+    expect(await stoppedLine(d)).toBe(`release #${id} stopped by sion`);
+  });
+
+  test("a stop without an id nor a name stays an unknown user's; a named stop is its namer's", async () => {
+    const d = await daemon();
+    await d.body("/start?name=sion");
+    await d.body("/stop");
+    expect(await stoppedLine(d)).toBe("release #1 stopped by an unknown user");
+    const id = (await d.get("/start?name=sion")).headers.get("x-release-id");
+    await d.body(`/stop?id=${id}&name=ana`);
+    expect(await stoppedLine(d)).toBe("release #2 stopped by ana");
+  });
+
+  test("releasestatus run stops with its --name", async () => {
+    const d = await daemon();
+    const ran = await runBinary(["run", "--url", d.url, "--name", "alice", "--", "true"], { USER: "someone-else" });
+    expect(ran.code).toBe(0);
+    const { events } = await (await d.get("/history?format=json")).json();
+    expect(events.find((e: { kind: string }) => e.kind === "stopped")).toMatchObject({ name: "alice" });
+  });
+});
+
+describe("the README's curl script says while it waits, and what it gave back", () => {
+  // The script as the README has it, pointed at the test's daemon, deploying with `true`.
+  const script = (url: string) => {
+    const readme = readFileSync(join(import.meta.dir, "..", "README.md"), "utf8");
+    const body = readme.split("### A deploy script with curl alone")[1]?.split("```sh\n")[1]?.split("```")[0] ?? "";
+    expect(body).toContain("./deploy.sh staging");
+    return body.replace(/^RS=.*$/m, `RS=${url}`).replace("./deploy.sh staging", "true");
+  };
+
+  test("while another release holds the lock it prints what holds it and the line; at the end, what it gave back", async () => {
+    const d = await daemon();
+    await d.body("/start?name=first");
+    await d.body("/stop");
+    await d.body("/start?name=sion&reason=v1");
+    const dir = tempDir();
+    writeFileSync(join(dir, "deploy"), script(d.url));
+    const out = join(dir, "out");
+    // Output to a file: the script's own sleeps may outlive it, holding a pipe open.
+    const proc = Bun.spawn(["sh", join(dir, "deploy")], {
+      env: { PATH: process.env.PATH ?? "", USER: "bob" },
+      stdout: Bun.file(out),
+      stderr: Bun.file(join(dir, "err")),
+    });
+    const said = () => (existsSync(out) ? readFileSync(out, "utf8") : "");
+    await until(async () => said().includes("waiting: 1. bob"), "the script to say it waits");
+    expect(said()).toContain("running: release #2 by sion (v1) running since");
+    expect(said()).toMatch(/usually: takes \d+s, expected to end around \S+Z/);
+    await d.body("/stop?name=sion");
+    expect(await proc.exited).toBe(0);
+    expect(said()).toMatch(/gave back release 3\n$/);
+    const { events } = await (await d.get("/history?format=json")).json();
+    expect(events[0]).toMatchObject({ kind: "stopped", releaseId: 3, name: "bob" });
+  });
+});
