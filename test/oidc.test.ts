@@ -337,7 +337,7 @@ describe("releasestatus run --oidc picks up the job's token by itself", () => {
         ACTIONS_ID_TOKEN_REQUEST_TOKEN: i.githubRequest.token,
       },
     );
-    expect(result.stderr).toBe("");
+    expect(result.stderr).toMatch(/^releasestatus run: gave back release #1 after \d+s\n$/); // and no other word
     expect(result.code).toBe(0);
     expect(await Bun.file(out).text()).toBe("1\n");
     const { events } = await (await d.get("/history?format=json")).json();
