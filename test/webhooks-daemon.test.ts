@@ -44,6 +44,30 @@ function receiver(answer: () => Response | Promise<Response> = () => new Respons
 const webhookConfig = (url: string, extra = "") => configFile(`[[webhook]]\nurl = "${url}"\n${extra}`);
 const statusOfHooks = async (d: Daemon) => (await (await d.get("/webhooks?format=json")).json()).webhooks;
 
+// A start by "slow" whose commit a trigger holds back a second after its event took its sequence number: the
+// request, once the database is sleeping on it.
+async function startHeldBack(admin: InstanceType<typeof Bun.SQL>, d: Daemon): Promise<{ slow: Promise<string> }> {
+  await admin.unsafe(`CREATE FUNCTION rs_test_slow() RETURNS trigger LANGUAGE plpgsql AS
+      $$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$;
+    CREATE TRIGGER rs_test_slow AFTER INSERT ON releasestatus_events FOR EACH ROW
+      WHEN (NEW.name = 'slow' AND NEW.kind = 'started') EXECUTE FUNCTION rs_test_slow();`);
+  const slow = d.body("/locks/s/start?name=slow");
+  await until(
+    async () => Number((await admin`SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event = 'PgSleep'`)[0].n) > 0,
+    "the start of slow to hold back its commit",
+  );
+  return { slow }; // not awaited here: it answers once the commit comes
+}
+
+// Every committed event is delivered, or at least counted as dropped: never skipped unseen.
+async function expectEveryEventOf(d: Daemon, r: { got: { type: string; name?: string }[] }, name: string) {
+  const [hook] = await statusOfHooks(d);
+  expect({
+    started: r.got.some((g) => g.type === "release.started" && g.name === name),
+    dropped: hook.dropped,
+  }).toEqual({ started: true, dropped: 0 });
+}
+
 describe("delivery survives a crash", () => {
   test("kill -9 right after commits: every event arrives after the restart, in order", async () => {
     const r = receiver(() => new Promise(() => {})); // hangs: nothing is acknowledged before the crash
@@ -174,10 +198,6 @@ describe("replicas on PostgreSQL", () => {
       const admin = new Bun.SQL(db);
       try {
         // The start of "slow" commits a second after its event took its sequence number.
-        await admin.unsafe(`CREATE FUNCTION rs_test_slow() RETURNS trigger LANGUAGE plpgsql AS
-            $$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$;
-          CREATE TRIGGER rs_test_slow AFTER INSERT ON releasestatus_events FOR EACH ROW
-            WHEN (NEW.name = 'slow' AND NEW.kind = 'started') EXECUTE FUNCTION rs_test_slow();`);
         expect(await d.body("/locks/q/start?name=holder")).toBe("1\n");
         const leaving = new AbortController();
         d.get("/locks/q/start?name=patient&wait=60", { signal: leaving.signal }).catch(() => {});
@@ -185,26 +205,13 @@ describe("replicas on PostgreSQL", () => {
           async () => (await (await d.get("/locks/q/status?format=json")).json()).queue.length === 1,
           "the waiter",
         );
-        const slow = d.body("/locks/s/start?name=slow");
-        await until(
-          async () =>
-            Number((await admin`SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event = 'PgSleep'`)[0].n) > 0,
-          "the start of slow to hold back its commit",
-        );
+        const { slow } = await startHeldBack(admin, d);
         leaving.abort(); // its left-queue event is written while the start of slow has not committed
         expect(await slow).toBe("1\n");
         await until(async () => r.got.some((g) => g.type === "queue.left"), "the left-queue event");
         expect(await d.body("/locks/s/stop")).toBe("1\n");
         await until(async () => r.got.some((g) => g.type === "release.stopped"), "the stop of slow");
-        const [hook] = await statusOfHooks(d);
-        // Every committed event is delivered, or at least counted as dropped: never skipped unseen.
-        expect({
-          started: r.got.some((g) => g.type === "release.started" && g.name === "slow"),
-          dropped: hook.dropped,
-        }).toEqual({
-          started: true,
-          dropped: 0,
-        });
+        await expectEveryEventOf(d, r, "slow");
       } finally {
         await admin.close();
       }
@@ -224,16 +231,7 @@ describe("replicas on PostgreSQL", () => {
       const d = await startDaemon({ RS_DB: db, RS_CONFIG: config });
       const admin = new Bun.SQL(db);
       try {
-        await admin.unsafe(`CREATE FUNCTION rs_test_slow() RETURNS trigger LANGUAGE plpgsql AS
-            $$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$;
-          CREATE TRIGGER rs_test_slow AFTER INSERT ON releasestatus_events FOR EACH ROW
-            WHEN (NEW.name = 'slow' AND NEW.kind = 'started') EXECUTE FUNCTION rs_test_slow();`);
-        const slow = d.body("/locks/s/start?name=slow");
-        await until(
-          async () =>
-            Number((await admin`SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event = 'PgSleep'`)[0].n) > 0,
-          "the start of slow to hold back its commit",
-        );
+        const { slow } = await startHeldBack(admin, d);
         // The window removed by a reload while the start of slow has not committed: the thaw is written meanwhile.
         writeFileSync(config, `[[webhook]]\nurl = "${r.url}"\n`);
         d.proc.kill("SIGHUP");
@@ -241,11 +239,7 @@ describe("replicas on PostgreSQL", () => {
         await until(async () => r.got.some((g) => g.type === "lock.thawed"), "the thawed event");
         expect(await d.body("/locks/s/stop")).toBe("1\n");
         await until(async () => r.got.some((g) => g.type === "release.stopped"), "the stop of slow");
-        const [hook] = await statusOfHooks(d);
-        expect({
-          started: r.got.some((g) => g.type === "release.started" && g.name === "slow"),
-          dropped: hook.dropped,
-        }).toEqual({ started: true, dropped: 0 });
+        await expectEveryEventOf(d, r, "slow");
       } finally {
         await admin.close();
       }
