@@ -6,7 +6,15 @@
 // The client commands (run, status, healthcheck) are in src/client.ts.
 
 import pkg from "./package.json" with { type: "json" };
-import { applyReload, type Config, ConfigError, declaredLock, isPostgres, readConfig } from "./src/config.ts";
+import {
+  applyReload,
+  type Config,
+  ConfigError,
+  declaredChildren,
+  declaredLock,
+  isPostgres,
+  readConfig,
+} from "./src/config.ts";
 import { closeEngine, history, onCommit, onStorageFailure, openEngine, systemClock } from "./src/engine.ts";
 import { keepCalendar, replaceCalendar, stopCalendar } from "./src/freezes.ts";
 import { closeEventStreams, startServer } from "./src/http/server.ts";
@@ -118,7 +126,12 @@ async function serve(cfg: Config): Promise<number> {
       }));
   });
   onStorageFailure((problem) => log.refusal("storage", () => `could not save the release state: ${problem}`));
-  const { state, expired } = await openEngine(store, systemClock, (lock) => declaredLock(cfg, lock)?.limit ?? 1);
+  const { state, expired } = await openEngine(
+    store,
+    systemClock,
+    (lock) => declaredLock(cfg, lock)?.limit ?? 1,
+    (lock) => declaredChildren(cfg, lock),
+  );
   describeLocks((lock) => declaredLock(cfg, lock)?.description ?? "");
   logRestored(log, state, expired);
   learnFromHistory(await history(1000).catch(() => []));

@@ -5,7 +5,8 @@
 // call the engine once, and hand the outcome to answer.ts.
 import type { Server } from "bun";
 import { type Action, forbidden, identify, reaches, type Token } from "../access.ts";
-import { type Config, MAX_TTL_SECONDS } from "../config.ts";
+import { claimProblem, isPool, poolParent, reach } from "../claim.ts";
+import { type Config, declaredChildren, MAX_TTL_SECONDS } from "../config.ts";
 import {
   backup,
   change,
@@ -114,6 +115,10 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
   // A lock named in a path: valid, and allowed. Whether there is room for one more name is decided when a
   // change would store it (see roomFor).
   function admit(name: string): Refusal | null {
+    if (isPool(name)) {
+      const problem = claimProblem([name], childrenOf);
+      return problem ? refuse("invalid", problem) : null; // its children are declared, so known
+    }
     const invalid = validName(name);
     if (invalid) return invalid;
     if (cfg.locks && !cfg.locks.includes(name) && !declared(name))
@@ -123,6 +128,32 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
 
   // A lock the file declares ([[lock]]) is known as RS_LOCKS's are.
   const declared = (name: string): boolean => cfg.declared.some((l) => l.name === name);
+  // The declared children of a lock: what a pool of it (`devices/*`) may take.
+  const childrenOf = (parent: string): string[] => declaredChildren(cfg, parent);
+
+  // What a start claims: the lock of its path, and each lock= it repeats (on /start, those alone), checked
+  // as a whole; a refusal when one of them is unknown or not the caller's to start.
+  function claimOf(p: Params, ask: ChangeAsk, action: Action): string[] | Refusal {
+    const asked = p.locks ?? [];
+    const names = asked.length > 0 && pathOf(ask.url) === "/start" ? asked : [ask.lock, ...asked];
+    const problem = claimProblem(names, childrenOf);
+    if (problem) throw new Invalid(problem);
+    for (const name of names.slice(1)) {
+      const refused = admit(name);
+      if (refused) return refused;
+    }
+    return allowedOn(names, ask.token, action) ?? names;
+  }
+
+  // A token must reach every lock a claim may hold (each child of its pools).
+  const allowedOn = (claim: readonly string[], token: Token | null, action: Action): Refusal | null => {
+    if (!token) return null;
+    for (const lock of reach(claim, childrenOf)) {
+      const why = forbidden(token, action, lock);
+      if (why) return refuse("forbidden", why);
+    }
+    return null;
+  };
 
   // How many lock names a change may find stored before it stores one more (none with RS_LOCKS, whose names
   // are fixed). A token limited to some locks may hold only its share of RS_MAX_LOCKS under them: so many
@@ -154,7 +185,15 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
         // The lock's status goes with a JSON answer only to a caller who may read it.
         // Asked only for a JSON answer: a plain 1 or 0 costs no second look at the token.
         if (!ask.json || mayRead(req) !== null) return answer(ask.json, o, success(o, lock));
-        const shown = lock === ROOT ? DEFAULT_LOCK : lock;
+        // A grant shows the first lock it holds (a pool's child); a refused pool, the lock it takes from.
+        const shown =
+          lock === ROOT
+            ? DEFAULT_LOCK
+            : o.ok && o.locks
+              ? (o.locks[0] as string)
+              : isPool(lock)
+                ? poolParent(lock)
+                : lock;
         const withStatus = (snap: Snapshot) => answer(true, o, success(o, lock), () => statusJson(shown, snap));
         // A change shows the state it left, as its transaction saw it; a refusal, a snapshot taken after it.
         if (o.ok) return withStatus(snapshotAfter(o.next));
@@ -203,25 +242,29 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
   const actions = {
     start: changing(
       "start",
-      (p, { req, server, lock, token }) => {
+      (p, ask) => {
+        const { req, server, lock, token } = ask;
         const ttlSeconds = whole(p, "ttl", 1, MAX_TTL_SECONDS) ?? cfg.ttlSeconds;
         const wait = whole(p, "wait", 0, cfg.maxWaitSeconds) ?? 0;
         const override = p.has("override") ? textParam(p, "override") : undefined;
         if (override === "")
           throw new Invalid("override is empty: say why this release may start during a freeze, e.g. override=hotfix");
+        const claim = claimOf(p, ask, "start");
+        if (!Array.isArray(claim)) return claim;
         // Overriding a freeze is its own right: asking for it without the right is refused, frozen or not.
-        const notAllowed = override !== undefined && token ? forbidden(token, "override", lock) : null;
-        if (notAllowed) return refuse("forbidden", notAllowed);
+        const notAllowed = override !== undefined ? allowedOn(claim, token, "override") : null;
+        if (notAllowed) return notAllowed;
         if (wait > 0) server.timeout(req, 0); // a waiter may sit quietly for up to RS_MAX_WAIT
         // A waiter is handed the release only while its token still may start it (a reload may revoke it).
         const access = cfg.access;
         const stillAllowed = () => {
           if (cfg.access === access) return null;
           const again = guard(req, override === undefined ? "start" : "override", lock);
-          return again !== null && "ok" in again ? again : null;
+          if (again !== null && "ok" in again) return again;
+          return allowedOn(claim, again, override === undefined ? "start" : "override");
         };
         return start(
-          lock,
+          claim.length === 1 ? lock : claim,
           { ...holder(p, token), ttlSeconds, override },
           wait,
           req.signal,
@@ -230,7 +273,13 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
         );
       },
       (o, lock) =>
-        o.ok && o.release ? { message: describeRelease(o.release, lock), releaseId: o.release.id } : { message: "" },
+        o.ok && o.release
+          ? {
+              message: describeRelease(o.release, o.locks?.[0] ?? lock),
+              releaseId: o.release.id,
+              locks: o.locks ?? [lock],
+            }
+          : { message: "" },
     ),
     stop: changing(
       "stop",

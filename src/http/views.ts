@@ -143,6 +143,7 @@ export const eventJson = (e: Event) => ({
   name: e.name,
   reason: e.reason,
   ...(e.by === undefined ? {} : { by: e.by }),
+  ...(e.locks ? { locks: e.locks } : {}),
   message: describeEvent(e),
 });
 

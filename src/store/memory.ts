@@ -46,6 +46,15 @@ export function openMemoryStore(historyLimit: number, clock: () => number = Date
     return n;
   };
   const snapshot = (): Stored => ({ lastId: stored.lastId, entries: new Map(stored.entries) });
+  // For a pool: when each of its children last came free, from the newest end of a release on it.
+  const withFreedAt = (locks: readonly string[] | undefined): Stored => {
+    if (!locks?.length) return stored;
+    const freedAt = new Map<string, number>();
+    for (const e of events)
+      if (e.kind === "stopped" || e.kind === "expired" || e.kind === "abandoned")
+        for (const l of e.locks ?? [e.lock]) if (locks.includes(l)) freedAt.set(l, e.at);
+    return { ...stored, freedAt };
+  };
 
   return {
     description: "memory (state is lost when the daemon stops)",
@@ -54,7 +63,7 @@ export function openMemoryStore(historyLimit: number, clock: () => number = Date
     readAll: async () => snapshot(),
     read: async () => snapshot(),
     transact: async (lock, decide: Decide, options = {}) =>
-      decideInLine(lock, stored, clock(), decide, line, options, count, (w) => {
+      decideInLine(lock, withFreedAt(options.freedOf), clock(), decide, line, options, count, (w) => {
         for (const [name, e] of w.entries) {
           if (forgets(name, e)) stored.entries.delete(name);
           else stored.entries.set(name, e);
