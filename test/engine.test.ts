@@ -588,7 +588,8 @@ for (const [storeName, makeStore] of stores) {
         // Nothing more can happen until the clock moves: no commit on its way, every waiter asleep.
         const quiet = () => engine.committing === 0 && engine.waiters.size === waiting().length;
         for (let second = 0; second < 400 && engine.waiters.size > 0; second++) {
-          await until(async () => quiet() && (await Bun.sleep(5), quiet()), "the engine quiet");
+          // Twice, a moment apart: a waiter woken in between would be trying again.
+          await until(async () => quiet() && (await Bun.sleep(5).then(quiet)), "the engine quiet");
           await clock.advance(1_000);
         }
         const outcomes = await Promise.all(answers);
