@@ -216,6 +216,15 @@ describe("claims of several locks", () => {
     expect(res.headers.get("x-lock")).toBe("shared-db,prod/eu");
   });
 
+  test("/start?lock=NAME claims NAME alone, not the default lock, also for a pool", async () => {
+    const d = await withPhones();
+    const res = await d.get("/start?lock=devices/*&name=ana");
+    expect(await res.text()).toBe("1\n");
+    expect(res.headers.get("x-lock")).toBe("devices/pixel-7");
+    expect((await status(d, "default")).running).toBe(false);
+    expect((await status(d, "devices/pixel-7")).releases.map((r: { name: string }) => r.name)).toEqual(["ana"]);
+  });
+
   test("a grant on one lock also names its lock in X-Lock", async () => {
     const d = await daemon({ RS_DB: await freshDb() });
     expect((await d.get("/locks/prod/start")).headers.get("x-lock")).toBe("prod");

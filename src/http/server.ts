@@ -203,14 +203,16 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
           : withStatus(snap);
       };
       const access = cfg.access;
-      let token = guard(req, name, lock);
+      // A start on /start with lock= in its query is on those locks, not the default lock (each is checked in claimOf).
+      const guarded = name === "start" ? (askedOnStart(ask.url) ?? lock) : lock;
+      let token = guard(req, name, guarded);
       if (token !== null && "ok" in token) return respond(token);
       const run = (p: Params | Refusal): Response | Promise<Response> => {
         if (!(p instanceof Map)) return respond(p);
         if (hasTokenParam(p)) return respond(TOKEN_IN_URL);
         // A reload while the body came in may have revoked the token: it is looked up again.
         if (cfg.access !== access) {
-          token = guard(req, name, lock);
+          token = guard(req, name, guarded);
           if (token !== null && "ok" in token) return respond(token);
         }
         let outcome: Outcome | Promise<Outcome>;
@@ -259,12 +261,12 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
         const access = cfg.access;
         const stillAllowed = () => {
           if (cfg.access === access) return null;
-          const again = guard(req, override === undefined ? "start" : "override", lock);
+          const again = guard(req, override === undefined ? "start" : "override", claim[0] as string);
           if (again !== null && "ok" in again) return again;
           return allowedOn(claim, again, override === undefined ? "start" : "override");
         };
         return start(
-          claim.length === 1 ? lock : claim,
+          claim,
           { ...holder(p, token), ttlSeconds, override },
           wait,
           req.signal,
@@ -675,6 +677,13 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
 }
 
 const allows = (methods: string[], method: string) => methods.includes(method);
+
+/** The first lock= of a start on /start, which takes the place of the default lock; null when there is none. */
+function askedOnStart(url: string): string | null {
+  if (pathOrNull(url) !== "/start") return null;
+  const p = readQuery(url);
+  return p instanceof Map ? (p.locks?.[0] ?? null) : null;
+}
 
 /** The lock a start's path asks for (/start: the default lock), or null for any other path. */
 function startedLock(url: string): string | null {
