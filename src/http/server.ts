@@ -245,7 +245,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     start: changing(
       "start",
       (p, ask) => {
-        const { req, server, lock, token } = ask;
+        const { req, server, token } = ask;
         const ttlSeconds = whole(p, "ttl", 1, MAX_TTL_SECONDS) ?? cfg.ttlSeconds;
         const wait = whole(p, "wait", 0, cfg.maxWaitSeconds) ?? 0;
         const override = p.has("override") ? textParam(p, "override") : undefined;
