@@ -132,7 +132,13 @@ async function serve(cfg: Config): Promise<number> {
     (lock) => declaredLock(cfg, lock)?.limit ?? 1,
     (lock) => declaredChildren(cfg, lock),
   );
-  describeLocks((lock) => declaredLock(cfg, lock)?.description ?? "");
+  // A lock with two declared children or more is shown as a pool on the board, even before it is used
+  // (one declared child, such as staging/devices of limit 3, is that lock's own tile, not a pool's).
+  const pools = () => {
+    const parents = cfg.declared.map((l) => l.name.slice(0, l.name.lastIndexOf("/"))).filter(Boolean);
+    return [...new Set(parents)].filter((p) => declaredChildren(cfg, p).length > 1);
+  };
+  describeLocks((lock) => declaredLock(cfg, lock)?.description ?? "", pools);
   logRestored(log, state, expired);
   learnFromHistory(await history(1000).catch(() => []));
   await keepCalendar(cfg.freezes, systemClock);

@@ -140,6 +140,9 @@ export function state(lock: string = DEFAULT_LOCK): State {
   return s;
 }
 
+/** The declared children of a lock: the members of its pool. */
+export const childrenOf = (lock: string): string[] => engine.childrenOf(lock);
+
 /** Every lock the engine knows of, by name. */
 export const locks = (): string[] => [...engine.known.entries.keys()];
 

@@ -274,6 +274,25 @@ describe("claims of several locks", () => {
     );
   });
 
+  test("the status of each of its locks lists the release with every lock it holds", async () => {
+    const d = await daemon({ RS_DB: await freshDb() });
+    await d.body("/start?lock=prod/eu&lock=shared-db&name=ana");
+    for (const lock of ["prod/eu", "shared-db"])
+      expect((await status(d, lock)).release).toMatchObject({ id: 1, locks: ["prod/eu", "shared-db"] });
+    expect(await d.body("/locks/shared-db/status")).toMatch(/^running: release #1 by ana on prod\/eu, shared-db/);
+  });
+
+  test("a pool's lock lists its members, free or held, and /locks shows it before it is used", async () => {
+    const d = await withPhones();
+    const listed = async () => (await (await d.get("/locks?format=json")).json()).map((s: { lock: string }) => s.lock);
+    expect(await listed()).toContain("devices");
+    await d.body("/locks/devices/*/start?name=ana");
+    const members = (await status(d, "devices")).members;
+    expect(members.map((m: { lock: string }) => m.lock)).toEqual(["devices/pixel-7", "devices/pixel-8"]);
+    expect(members[0].release).toMatchObject({ id: 1, name: "ana" });
+    expect(members[1].release).toBeNull();
+  });
+
   test("a pool can be one of several locks in a claim", async () => {
     const d = await withPhones();
     const res = await d.get("/start?lock=shared-db&lock=devices/*");

@@ -1,10 +1,11 @@
 // What a lock looks like to a reader: /status and /locks as JSON and text,
 // events as JSON, and the live event streams of /events.
 import { describeLocalTime } from "../calendar.ts";
-import { health, type Snapshot, snapshot, storeDescription, waiting } from "../engine.ts";
+import { childrenOf, health, type Snapshot, snapshot, storeDescription, waiting } from "../engine.ts";
 import { calendarOf, freezeJson, freezeWindows, frozenAt } from "../freezes.ts";
 import { estimate } from "../metrics.ts";
 import { blockOn, DEFAULT_LOCK, type Event, overlaps, type Release, ROOT, releaseOn } from "../release.ts";
+import { reachOf } from "../store/store.ts";
 import { describeBlock, describeEvent, describeRelease, iso, UNKNOWN_USER } from "../words.ts";
 
 // Told to the page, so it asks for the token before the first change; a reload may change it.
@@ -13,10 +14,13 @@ export const requireToken = (required: () => boolean) => {
   tokenRequired = required;
 };
 
-// The page's words for the locks the configuration declares ([[lock]] description); a reload may change them.
+// The page's words for the locks the configuration declares ([[lock]] description), and the locks whose
+// declared children make a pool (NAME/*); a reload may change them.
 let descriptionOf = (_lock: string): string => "";
-export const describeLocks = (describe: (lock: string) => string) => {
+let pools = (): string[] => [];
+export const describeLocks = (describe: (lock: string) => string, poolParents: () => string[] = () => []) => {
   descriptionOf = describe;
+  pools = poolParents;
 };
 
 const releaseJson = (release: Release) => ({
@@ -26,6 +30,7 @@ const releaseJson = (release: Release) => ({
   startedAt: iso(release.startedAt),
   expiresAt: release.expiresAt === null ? null : iso(release.expiresAt),
   ...(release.by === undefined ? {} : { by: release.by }),
+  ...(release.locks ? { locks: release.locks } : {}), // a release of several locks names them all
 });
 
 /** A lock's status, from one snapshot (see engine.ts `snapshot`): never pieced together from several reads. */
@@ -46,6 +51,7 @@ export function statusJson(lock: string, snap: Snapshot) {
     releases: s.releases.map(releaseJson),
     limit: s.limit,
     ...(description ? { description } : {}),
+    ...membersOf(lock, snap),
     block: blocked && {
       name: blocked.block.name,
       reason: blocked.block.reason,
@@ -66,6 +72,18 @@ export function statusJson(lock: string, snap: Snapshot) {
     tokenRequired: tokenRequired(),
     healthy: h.ok,
     store: storeDescription(),
+  };
+}
+
+// A lock whose declared children make a pool: each member, and the release holding it (absent for others).
+function membersOf(lock: string, snap: Snapshot) {
+  const members = childrenOf(lock);
+  if (members.length === 0) return {};
+  return {
+    members: members.map((member) => {
+      const [held] = snap.state(member).releases;
+      return { lock: member, release: held ? releaseJson(held) : null };
+    }),
   };
 }
 
@@ -113,7 +131,8 @@ export function statusText(lock: string, snap: Snapshot): string {
 /** Every lock that is held, blocked, waited for or has history, in tree order. */
 export function lockNames(snap: Snapshot): string[] {
   const names = new Set(snap.locks().filter((l) => l !== ROOT));
-  for (const w of waiting()) names.add(w.lock);
+  for (const w of waiting()) for (const lock of reachOf(w)) names.add(lock);
+  for (const pool of pools()) names.add(pool); // a pool shows its members before any is used
   for (const w of freezeWindows()) for (const lock of w.locks ?? []) names.add(lock); // a frozen lock shows before it is used
   return [...names].sort();
 }
