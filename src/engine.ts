@@ -539,7 +539,9 @@ const firstInLine = (w: Waiter, line: Queued[]): boolean =>
 
 // Another replica changed something (or the poll came round): read afresh, then let waiters try.
 async function heardFromElsewhere(lock: string, events: Event[]) {
-  await refresh(lock).catch(() => {});
+  // A release of several locks changed every one of its rows: each is read afresh.
+  const changed = new Set([lock, ...events.flatMap((e) => e.locks ?? [])]);
+  for (const l of changed) await refresh(l).catch(() => {});
   if (events.length) {
     const s = state(lock);
     for (const listener of engine.listeners)

@@ -225,6 +225,13 @@ describe("claims of several locks", () => {
     expect((await status(d, "devices/pixel-7")).releases.map((r: { name: string }) => r.name)).toEqual(["ana"]);
   });
 
+  test("with RS_LOCKS, /start?lock= is allowed on the locks it lists, also without default, and refused on others", async () => {
+    const d = await daemon({ RS_DB: await freshDb(), RS_LOCKS: "prod/eu,shared-db" });
+    expect(await d.body("/start?lock=prod/eu&lock=shared-db")).toBe("1\n");
+    expect(await reasonCode(d, "/start?lock=prod/us")).toBe("unknown-lock");
+    expect(await reasonCode(d, "/locks/prod/eu/start?lock=prod/us")).toBe("unknown-lock");
+  });
+
   test("a grant on one lock also names its lock in X-Lock", async () => {
     const d = await daemon({ RS_DB: await freshDb() });
     expect((await d.get("/locks/prod/start")).headers.get("x-lock")).toBe("prod");

@@ -138,7 +138,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     const names = asked.length > 0 && pathOf(ask.url) === "/start" ? asked : [ask.lock, ...asked];
     const problem = claimProblem(names, childrenOf);
     if (problem) throw new Invalid(problem);
-    for (const name of names.slice(1)) {
+    for (const name of names) {
       const refused = admit(name);
       if (refused) return refused;
     }
@@ -393,8 +393,10 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
         const asJson = wantsJson(url, req);
         const refused = refusedBeforeName(req, route.methods);
         if (refused) return answer(asJson, refused);
-        // With RS_LOCKS, the original's paths exist only if the default lock is one of them.
-        if (lock === DEFAULT_LOCK && cfg.locks && !cfg.locks.includes(DEFAULT_LOCK))
+        // With RS_LOCKS, the original's paths exist only if the default lock is one of them (a /start that
+        // names its locks with lock= is on those, each checked as the claim is read).
+        const onDefault = lock === DEFAULT_LOCK && !(action === "start" && askedOnStart(url) !== null);
+        if (onDefault && cfg.locks && !cfg.locks.includes(DEFAULT_LOCK))
           return answer(
             asJson,
             refuse("unknown-lock", `there is no lock default: RS_LOCKS allows only ${cfg.locks.join(", ")}`),
