@@ -6,15 +6,7 @@
 // The client commands (run, status, healthcheck) are in src/client.ts.
 
 import pkg from "./package.json" with { type: "json" };
-import {
-  applyReload,
-  type Config,
-  ConfigError,
-  declaredChildren,
-  declaredLock,
-  isPostgres,
-  readConfig,
-} from "./src/config.ts";
+import { applyReload, type Config, ConfigError, declaredChildren, declaredLock, readConfig } from "./src/config.ts";
 import { closeEngine, history, onCommit, onStorageFailure, openEngine, systemClock } from "./src/engine.ts";
 import { keepCalendar, replaceCalendar, stopCalendar } from "./src/freezes.ts";
 import { closeEventStreams, startServer } from "./src/http/server.ts";
@@ -22,8 +14,7 @@ import { describeLocks } from "./src/http/views.ts";
 import { createLog, type Log } from "./src/log.ts";
 import { learnFromHistory, observe } from "./src/metrics.ts";
 import { blockOn, type Event, type State } from "./src/release.ts";
-import { openMemoryStore } from "./src/store/memory.ts";
-import { openSqliteStore } from "./src/store/sqlite.ts";
+import { openStore } from "./src/store/schemes.ts";
 import { type Store, StoreOpenError } from "./src/store/store.ts";
 import { print } from "./src/terminal.ts";
 import { describeBlock, describeEvent, describeRelease } from "./src/words.ts";
@@ -216,14 +207,6 @@ async function startWebhooks(cfg: Config, store: Store, log: Log) {
   delivering = true;
   const { deliver } = await import("./src/notify/deliver.ts");
   await deliver(cfg.webhooks, { outbox: store.outbox, clock: systemClock, log, backlog: cfg.webhookBacklog });
-}
-
-/** SQLite by default; memory for RS_DB=:memory:; PostgreSQL (loaded only when asked for) for replicas. */
-async function openStore(cfg: Config): Promise<Store> {
-  if (cfg.db === ":memory:") return openMemoryStore(cfg.historyLimit);
-  if (!isPostgres(cfg.db)) return openSqliteStore(cfg.db, cfg.historyLimit);
-  const { openPostgresStore } = await import("./src/store/postgres.ts");
-  return openPostgresStore({ url: cfg.db, historyLimit: cfg.historyLimit, pool: cfg.dbPool });
 }
 
 function logRestored(log: Log, state: State, expired: Event[]) {

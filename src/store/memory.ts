@@ -3,6 +3,7 @@
 import type { Event } from "../release.ts";
 import {
   type CountNames,
+  catchUp,
   concerns,
   counted,
   type Decide,
@@ -99,11 +100,10 @@ export function openMemoryStore(historyLimit: number, clock: () => number = Date
     marked: async (window) => [...marks].some((m) => m.startsWith(`${window} `)),
     outbox: {
       claim: async (webhook, limit, backlog) => {
-        const p = progressOf(webhook);
         const newest = firstSeq + events.length - 1;
-        const floor = Math.max(newest - backlog, firstSeq - 1); // beyond the backlog, or no longer kept
-        // Past the backlog the oldest go; the next one keeps the retry schedule the receiver is on.
-        if (p.delivered < floor) Object.assign(p, { delivered: floor, dropped: p.dropped + floor - p.delivered });
+        const oldest = events.length > 0 ? firstSeq : null;
+        const p = progressOf(webhook);
+        Object.assign(p, catchUp(p, { oldest, newest }, backlog).progress);
         const from = p.delivered + 1 - firstSeq;
         const pending = events.slice(from, from + limit).map((event, i) => ({ seq: p.delivered + 1 + i, event }));
         return { progress: { ...p }, events: pending, newest };

@@ -6,11 +6,11 @@
 // are kept alive by their replica's heartbeat; NOTIFY tells the other replicas
 // of a change, with a poll each second as the safety net.
 import { SQL } from "bun";
-import { claimsOverlap } from "../claim.ts";
 import { DEFAULT_LOCK, type Event, ROOT, STORAGE_FAILED, WAITABLE } from "../release.ts";
 import {
   ancestorsOf,
   type Committed,
+  catchUp,
   changedEntries,
   type Decide,
   type Decision,
@@ -34,6 +34,7 @@ import {
   toColumns,
   toEvent,
   toStored,
+  waitersAhead,
 } from "./store.ts";
 
 const CHANNEL = "releasestatus";
@@ -171,11 +172,9 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
         const stored = await rowsOfClaim(tx, claim);
         const now = injected ?? dbNow;
         if (options.freedOf?.length) stored.freedAt = await freedAt(tx, options.freedOf);
-        const self = options.self ?? null;
         const waiters = (await tx`
-          SELECT id, lock, reach FROM releasestatus_live_waiters
-          WHERE (${self}::bigint IS NULL OR id < ${self}::bigint)`) as Record<string, string | null>[];
-        const ahead = waiters.filter((w) => claimsOverlap(reachOf(toQueued(w)), claim)).length;
+          SELECT id, lock, reach FROM releasestatus_live_waiters ORDER BY id`) as Record<string, string | null>[];
+        const ahead = waitersAhead(waiters.map(toQueued), claim, options.self);
         const before = scopeOf(lock, stored);
         let verdict = decide(stored, now, ahead);
         // The names are counted only when the change would store a new one: every change holds the root's
@@ -583,20 +582,17 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
             if (!row) return null;
             const [span] = await tx`SELECT min(seq) AS oldest, max(seq) AS newest FROM releasestatus_events`;
             const newest = Number(span?.newest ?? 0);
-            const floor = Math.max(newest - backlog, (span?.oldest == null ? newest + 1 : Number(span.oldest)) - 1);
-            const progress = {
+            const oldest = span?.oldest == null ? null : Number(span.oldest);
+            const stored = {
               delivered: Number(row.delivered),
               attempts: Number(row.attempts),
               nextAt: Number(row.next_at),
               dropped: Number(row.dropped),
             };
-            if (progress.delivered < floor) {
-              // The oldest go; the next one keeps the retry schedule the receiver is on.
-              const skipped = floor - progress.delivered;
-              await tx`UPDATE releasestatus_webhooks SET delivered = ${floor}, dropped = dropped + ${skipped}
+            const { progress, skipped } = catchUp(stored, { oldest, newest }, backlog);
+            if (skipped > 0)
+              await tx`UPDATE releasestatus_webhooks SET delivered = ${progress.delivered}, dropped = dropped + ${skipped}
                        WHERE key = ${webhook}`;
-              Object.assign(progress, { delivered: floor, dropped: progress.dropped + skipped });
-            }
             const rows = await tx`
               SELECT seq, lock, at, kind, release_id, name, reason, made_by, status, locks FROM releasestatus_events
               WHERE seq > ${progress.delivered} ORDER BY seq LIMIT ${limit}`;

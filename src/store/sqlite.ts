@@ -7,6 +7,7 @@ import { iso } from "../words.ts";
 import {
   ancestorsOf,
   type CountNames,
+  catchUp,
   type Decide,
   type Decision,
   decideInLine,
@@ -402,16 +403,10 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
           row = q.progress.get(webhook);
           if (!row) return null;
         }
-        // Beyond the backlog, or pruned from the history before it could be delivered: dropped, and counted.
-        const floor = Math.max((newest ?? 0) - backlog, (oldest ?? (newest ?? 0) + 1) - 1);
-        if (row.delivered < floor) {
-          // The oldest go; the next one keeps the retry schedule the receiver is on.
-          const skipped = floor - row.delivered;
-          write("NORMAL", () => q.skip.run(webhook, floor, skipped));
-          row = { ...row, delivered: floor, dropped: row.dropped + skipped };
-        }
-        const events = q.pending.all(row.delivered, limit).map((r) => ({ seq: r.seq, event: toEvent(r) }));
-        return { progress: toProgress(row), events, newest: newest ?? 0 };
+        const { progress, skipped } = catchUp(toProgress(row), { oldest, newest: newest ?? 0 }, backlog);
+        if (skipped > 0) write("NORMAL", () => q.skip.run(webhook, progress.delivered, skipped));
+        const events = q.pending.all(progress.delivered, limit).map((r) => ({ seq: r.seq, event: toEvent(r) }));
+        return { progress, events, newest: newest ?? 0 };
       },
       advance: async (webhook, seq, dropped) => {
         write("NORMAL", () => q.advance.run(webhook, seq, dropped));

@@ -70,6 +70,16 @@ export type Queued = {
 /** The locks a waiter's claim may hold. */
 export const reachOf = (w: Queued): readonly string[] => w.reach ?? [w.lock];
 
+/**
+ * The rule of the line, for every store: how many of `line` (in order) wait before `self` (all of them,
+ * without it) with a claim that overlaps `reach`. Each is served first: a claim passes no overlapping waiter.
+ */
+export function waitersAhead(line: readonly Queued[], reach: readonly string[], self: number | undefined): number {
+  let n = 0;
+  for (const w of line) if ((self === undefined || w.id < self) && claimsOverlap(reachOf(w), reach)) n++;
+  return n;
+}
+
 export type TransactOptions = {
   claim?: readonly string[]; // every lock the decision may hold (a pool's children too); without it, the one lock
   freedOf?: readonly string[]; // the locks whose last end the decision needs (a pool's children): see Stored.freedAt
@@ -184,6 +194,22 @@ export interface Outbox {
   advance(webhook: string, seq: number, dropped: number): Promise<void>;
   /** The next event failed `attempts` times: try again at `at`. */
   retry(webhook: string, attempts: number, at: number): Promise<void>;
+}
+
+/**
+ * Where a webhook's deliveries resume, the same on every store: events beyond `backlog` behind the newest, or
+ * pruned from the history (older than `oldest`; null: none kept) before they were delivered, are dropped and
+ * counted; the next one keeps the retry schedule the receiver is on. `skipped` says how many to record.
+ */
+export function catchUp(
+  p: Progress,
+  span: { oldest: number | null; newest: number },
+  backlog: number,
+): { progress: Progress; skipped: number } {
+  const floor = Math.max(span.newest - backlog, (span.oldest ?? span.newest + 1) - 1);
+  if (p.delivered >= floor) return { progress: p, skipped: 0 };
+  const skipped = floor - p.delivered;
+  return { progress: { ...p, delivered: floor, dropped: p.dropped + skipped }, skipped };
 }
 
 /** A boundary of a freeze window on a lock: the window's key, and which boundary, when. */
@@ -328,9 +354,7 @@ export class LocalWaitLine {
 
   /** Waiters before `self` (all, without it) whose claims overlap `reach`: they are served first. */
   ahead(reach: readonly string[], self: number | undefined): number {
-    let n = 0;
-    for (const w of this.line) if ((self === undefined || w.id < self) && claimsOverlap(reachOf(w), reach)) n++;
-    return n;
+    return waitersAhead(this.line, reach, self);
   }
 
   join(lock: string, who: Holder, now: number, reach?: readonly string[]): Queued {
