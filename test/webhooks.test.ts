@@ -489,4 +489,22 @@ describe("delivery: in order, at least once, never in the way", () => {
     expect(r.got).toHaveLength(2);
     r.stop();
   });
+
+  test("a release of several locks is reminded of once, naming all its locks", async () => {
+    const r = receiver();
+    await run([hook({ url: r.url, events: ["long-running"], remind_after: "2h" })]);
+    const o = await start(
+      ["team/a", "team/b"],
+      { name: "slow", reason: "", ttlSeconds: null },
+      0,
+      new AbortController().signal,
+    );
+    expect(o.ok).toBe(true);
+    await clock.advance(2 * 3_600_000);
+    await until(async () => r.got.length === 1, "the reminder");
+    expect(JSON.parse(r.got[0]?.body ?? "{}").data).toMatchObject({ lock: "team/a", locks: ["team/a", "team/b"] });
+    await clock.advance(60_000 * 5);
+    expect(r.got).toHaveLength(1);
+    r.stop();
+  });
 });
