@@ -300,6 +300,17 @@ describe("claims of several locks", () => {
     expect(members[1].release).toBeNull();
   });
 
+  test("a pool is only for start: stop, status and the rest on it are 400 invalid, naming what to do", async () => {
+    const d = await withPhones();
+    await d.body("/locks/devices/*/start");
+    for (const action of ["stop", "renew?id=1", "status", "history"]) {
+      const res = await d.get(`/locks/devices/*/${action}`);
+      expect(res.status).toBe(400);
+      expect(res.headers.get("x-reason")).toMatch(/devices\/\* is a pool: only start takes from it/);
+    }
+    expect((await status(d, "devices/pixel-7")).running).toBe(true);
+  });
+
   test("a pool can be one of several locks in a claim", async () => {
     const d = await withPhones();
     const res = await d.get("/start?lock=shared-db&lock=devices/*");

@@ -453,7 +453,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
         `there is no action ${action.slice(0, 40)} on a lock: use start, stop, renew, block, unblock, status, history or events`,
       );
     if (!allows(route.methods, req.method)) return notAllowed(req, path, route.methods);
-    const refused = refusedBeforeName(req, route.methods) ?? admit(name);
+    const refused = refusedBeforeName(req, route.methods) ?? admit(name) ?? poolOnlyStarts(name, action);
     if (refused) return answer(asJson, refused);
     return route.run({ req, server, url, lock: name, json: asJson });
   }
@@ -679,6 +679,15 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
 }
 
 const allows = (methods: string[], method: string) => methods.includes(method);
+
+// A pool names no one lock: only a start takes from it; anything else acts on the lock the start took.
+const poolOnlyStarts = (name: string, action: string): Refusal | null =>
+  isPool(name) && action !== "start"
+    ? refuse(
+        "invalid",
+        `${name} is a pool: only start takes from it; ${action} the lock the start took (its X-Lock), e.g. /locks/${poolParent(name)}/NAME/${action}`,
+      )
+    : null;
 
 /** The first lock= of a start on /start, which takes the place of the default lock; null when there is none. */
 function askedOnStart(url: string): string | null {
