@@ -203,7 +203,8 @@ function releasesOfSeveral(stored: Stored): Map<number, Release> {
 function mirror(rows: Rows, r: Release) {
   const copies = (r.locks ?? []).map((lock) => rows.get(lock)?.releases.find((x) => x.id === r.id));
   const ended = copies.some((c) => c === undefined);
-  const now = copies.find((c) => c !== undefined && c !== r);
+  // Each SQL row parses its own copy of the release: a renewal is told by its lease, not by the object.
+  const now = copies.find((c) => c !== undefined && c.expiresAt !== r.expiresAt);
   if (!ended && !now) return;
   for (const lock of r.locks ?? []) {
     const e = rows.get(lock);
