@@ -7,28 +7,13 @@ import type { Server } from "bun";
 import { type Action, forbidden, identify, reaches, type Token } from "../access.ts";
 import { claimProblem, isPool, poolParent, reach } from "../claim.ts";
 import { type Config, declaredChildren, MAX_TTL_SECONDS } from "../config.ts";
-import {
-  backup,
-  change,
-  engine,
-  health,
-  history,
-  onCommit,
-  type Room,
-  type Snapshot,
-  snapshot,
-  snapshotAfter,
-  start,
-} from "../engine.ts";
-import { boundaryRecorded, describeSchedule, freezeWindows, upcoming } from "../freezes.ts";
+import { backup, change, onCommit, type Room, type Snapshot, snapshot, snapshotAfter, start } from "../engine.ts";
 import type { Log } from "../log.ts";
-import { countStart, renderMetrics, START_REFUSALS } from "../metrics.ts";
+import { countStart, START_REFUSALS } from "../metrics.ts";
 import { LOCK_NAME_RULE, validLockName } from "../names.ts";
-import { webhookStatuses } from "../notify/deliver.ts";
 import {
   block,
   DEFAULT_LOCK,
-  type Event,
   type Outcome,
   type Reason,
   type Refusal,
@@ -39,9 +24,10 @@ import {
   stop,
   unblock,
 } from "../release.ts";
-import { describeBlock, describeEvent, describeRelease, iso } from "../words.ts";
-import { answer, json, SECURITY_HEADERS, type Success, text, wantsJson } from "./answer.ts";
+import { describeBlock, describeRelease, iso } from "../words.ts";
+import { answer, SECURITY_HEADERS, type Success, text, wantsJson } from "./answer.ts";
 import pageText from "./page.html" with { type: "text" };
+import { type Ask, readsOf } from "./reads.ts";
 import {
   bearer,
   hasTokenParam,
@@ -54,24 +40,11 @@ import {
   tokenInUrl,
   whole,
 } from "./request.ts";
-import {
-  broadcastChange,
-  eventJson,
-  eventStream,
-  keepStreamsAlive,
-  lockNames,
-  locksText,
-  openStreams,
-  requireToken,
-  statusJson,
-  statusText,
-} from "./views.ts";
+import { broadcastChange, keepStreamsAlive, requireToken, statusJson } from "./views.ts";
 
 type Handler = (req: Request, server: Server<undefined>) => Response | Promise<Response>;
 /** A route's handler, given the URL already read: Bun builds `req.url` anew on each access. */
 type Route = (req: Request, server: Server<undefined>, url: string) => Response | Promise<Response>;
-/** What a request is about: the lock (undefined: every lock), and how it wants its answer. */
-type Ask = { req: Request; server: Server<undefined>; url: string; lock: string | undefined; json: boolean };
 /** A change's request, with the token it came with (null when the daemon has no tokens). */
 type ChangeAsk = Ask & { lock: string; token: Token | null };
 
@@ -327,48 +300,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     ),
   };
 
-  const reads = {
-    status: ({ lock = DEFAULT_LOCK, json: asJson }: Ask) =>
-      fromSnapshot(lock, (snap) => (asJson ? json(statusJson(lock, snap)) : text(statusText(lock, snap))), asJson),
-    history: ({ url, lock, json: asJson }: Ask): Response | Promise<Response> => {
-      const p = readQuery(url);
-      if (!(p instanceof Map)) return answer(asJson, p);
-      let limit: number;
-      try {
-        limit = whole(p, "limit", 1, 1000) ?? 50;
-      } catch (e) {
-        return answer(asJson, refuse("invalid", (e as Error).message));
-      }
-      if (!health().known) return unknown(asJson);
-      return history(limit, lock).then(
-        (events: Event[]) => {
-          if (asJson) return json({ events: events.map(eventJson) });
-          return text(events.map((e) => `${iso(e.at)}  ${e.kind.padEnd(10)}  ${describeEvent(e)}\n`).join(""));
-        },
-        () => unknown(asJson),
-      );
-    },
-    events: ({ req, server, lock, json: asJson }: Ask): Response => {
-      const headers = {
-        ...SECURITY_HEADERS,
-        "Content-Type": "text/event-stream; charset=utf-8",
-        "X-Accel-Buffering": "no",
-      };
-      // HEAD has no body to send: a stream opened for it would never be read, and never be let go.
-      if (req.method === "HEAD") return new Response(null, { headers });
-      // Each stream holds a connection and up to MAX_UNSENT_BYTES: their number is bounded too.
-      if (openStreams() >= cfg.maxStreams)
-        return answer(
-          asJson,
-          refuse(
-            "too-many-streams",
-            `${cfg.maxStreams} event streams are open, as many as RS_MAX_STREAMS allows: try again later (a page reconnects by itself), or raise RS_MAX_STREAMS`,
-          ),
-        );
-      server.timeout(req, 0); // a stream is quiet between changes; Bun would cut it after 10 s
-      return new Response(eventStream(lock), { headers });
-    },
-  };
+  const reads = readsOf(cfg);
 
   // The table: each path, the methods it answers, and what it does.
   const lockRoutes: Record<
@@ -415,16 +347,16 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     "/status": on("status", DEFAULT_LOCK),
     "/history": on("history", undefined),
     "/events": on("events", undefined),
-    "/locks": { methods: READ_METHODS, handle: (req) => readable(req, listLocks) },
+    "/locks": { methods: READ_METHODS, handle: (req) => readable(req, reads.locks) },
     "/locks/*": { methods: [...ALL_METHODS], handle: (req, server, url) => lockPath(req, server, url) },
-    "/healthz": { methods: READ_METHODS, handle: () => healthz() },
+    "/healthz": { methods: READ_METHODS, handle: () => reads.healthz() },
     "/metrics": {
       methods: READ_METHODS,
-      handle: (req) => readable(req, metrics),
+      handle: (req) => readable(req, reads.metrics),
     },
     "/backup": { methods: READ_METHODS, handle: (req) => copyOfDatabase(req) },
-    "/freezes": { methods: READ_METHODS, handle: (req) => readable(req, listFreezes) },
-    "/webhooks": { methods: READ_METHODS, handle: (req) => readable(req, listWebhooks) },
+    "/freezes": { methods: READ_METHODS, handle: (req) => readable(req, reads.freezes) },
+    "/webhooks": { methods: READ_METHODS, handle: (req) => readable(req, reads.webhooks) },
   };
 
   // /locks/NAME/ACTION, or /locks/NAME/ for the page of one lock.
@@ -478,97 +410,6 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     const unread = mayRead(req);
     return unread ? answer(wantsJson(req.url, req), unread) : read(req);
   }
-
-  function listLocks(req: Request): Response | Promise<Response> {
-    const asJson = wantsJson(req.url, req);
-    return fromSnapshot(
-      ROOT,
-      (snap) => (asJson ? json(lockNames(snap).map((l) => statusJson(l, snap))) : text(locksText(snap))),
-      asJson,
-    );
-  }
-
-  // Every window of the freeze calendar, with its next three occurrences in UTC and on its own clock.
-  function listFreezes(req: Request): Response {
-    const now = Date.now();
-    const list = upcoming(freezeWindows(), now, 3).map(({ window: w, occurrences }) => ({
-      reason: w.reason,
-      locks: w.locks ?? "*",
-      timezone: w.timezone,
-      schedule: describeSchedule(w),
-      inForce: occurrences.some((o) => o.from <= now),
-      recorded: boundaryRecorded(w, now), // its latest start or end is in the history
-      next: occurrences.map((o) => ({
-        from: iso(o.from),
-        until: iso(o.until),
-        fromLocal: o.fromLocal,
-        untilLocal: o.untilLocal,
-      })),
-    }));
-    if (wantsJson(req.url, req)) return json({ freezes: list });
-    if (list.length === 0) return text("no freeze windows: the calendar is empty (see [[freeze]] in the README)\n");
-    return text(
-      list
-        .map(
-          (f) =>
-            `${f.reason} (${typeof f.locks === "string" ? "every lock" : f.locks.join(", ")}): ${f.schedule}${f.inForce ? ", in force now" : ""}\n${f.next.map((o) => `  ${o.fromLocal} - ${o.untilLocal}  (UTC ${o.from} - ${o.until})\n`).join("")}`,
-        )
-        .join(""),
-    );
-  }
-
-  // Each webhook by its host only (a Slack URL's path is a secret), and how its deliveries go.
-  function listWebhooks(req: Request): Response {
-    const list = webhookStatuses().map((w) => ({
-      webhook: w.label,
-      format: w.format,
-      disabled: w.disabled,
-      lastSuccess: w.lastSuccess && { at: iso(w.lastSuccess.at), status: w.lastSuccess.status },
-      lastFailure: w.lastFailure && {
-        at: iso(w.lastFailure.at),
-        status: w.lastFailure.status,
-        error: w.lastFailure.error,
-      },
-      backlog: w.backlog,
-      dropped: w.dropped,
-      deliveries: w.deliveries,
-    }));
-    if (wantsJson(req.url, req)) return json({ webhooks: list });
-    if (list.length === 0)
-      return text("no webhooks: list them as [[webhook]] in the RS_CONFIG file (see the README)\n");
-    return text(
-      list
-        .map((w) =>
-          [
-            `${w.webhook} (${w.format})${w.disabled ? `: disabled: ${w.disabled}` : ""}`,
-            `  delivered ${w.deliveries.delivered}, failed attempts ${w.deliveries.failed}, dropped ${w.dropped}; ${w.backlog} events behind`,
-            `  last success: ${w.lastSuccess ? `${w.lastSuccess.at} (${w.lastSuccess.status})` : "none yet"}`,
-            `  last failure: ${w.lastFailure ? `${w.lastFailure.at} (${w.lastFailure.status ?? "no answer"}: ${w.lastFailure.error})` : "none"}`,
-          ].join("\n"),
-        )
-        .join("\n")
-        .concat("\n"),
-    );
-  }
-
-  function healthz(): Response {
-    const h = health();
-    if (engine.closing) return text("shutting down\n", 503);
-    if (h.ok) return text("ok\n");
-    return text(`storage failing: ${h.problem ?? "the release state cannot be saved"}; see the daemon's log\n`, 503);
-  }
-
-  const metricsText = (snap: Snapshot | null) =>
-    text(renderMetrics(health().ok, snap, cfg), 200, "text/plain; version=0.0.4; charset=utf-8");
-  // While the state cannot be read, the daemon's own metrics still say so (storage_healthy 0), without the locks'.
-  const metrics = (): Response | Promise<Response> => {
-    const snap = snapshot(ROOT);
-    if (!(snap instanceof Promise)) return metricsText(snap);
-    return snap.then(
-      (s) => metricsText(health().known ? s : null),
-      () => metricsText(null),
-    );
-  };
 
   // Every answer to a start is counted here, whatever gave it (the token, the lock's name, a parameter, the
   // rules), on the lock the path names: the refusals that never reach a lock's rules are the ones an alert needs.
@@ -742,34 +583,6 @@ const notFound = (
   asJson: boolean,
   message = `there is no ${path.slice(0, 200)}; see the README for the endpoints`,
 ) => answer(asJson, refuse("not-found", message));
-
-// While the store cannot be read, the state is unknown: say so rather than show a stale one as current.
-const UNKNOWN = "the release state cannot be read, so it is unknown; see the daemon's log";
-function unknown(asJson: boolean): Response {
-  const res = asJson
-    ? json({ ok: false, reason: "storage", known: false, message: UNKNOWN }, 503)
-    : text(`unknown: ${UNKNOWN}\n`, 503);
-  res.headers.set("X-Reason-Code", "storage");
-  res.headers.set("X-Reason", UNKNOWN);
-  return res;
-}
-
-/**
- * Renders from one snapshot of the state around `lock` (ROOT: every lock) taken after the request arrived
- * (with replicas, one read from the database), or says the state is unknown when it cannot be read.
- */
-function fromSnapshot(
-  lock: string,
-  render: (snap: Snapshot) => Response,
-  asJson: boolean,
-): Response | Promise<Response> {
-  const snap = snapshot(lock);
-  if (!(snap instanceof Promise)) return render(snap);
-  return snap.then(
-    (s) => (health().known ? render(s) : unknown(asJson)),
-    () => unknown(asJson),
-  );
-}
 
 // bun-types declares .html imports as HTML bundles; with type "text" Bun embeds the file as a string.
 const pageHtml = pageText as unknown as string;
