@@ -232,6 +232,14 @@ describe("claims of several locks", () => {
     expect(await reasonCode(d, "/locks/prod/eu/start?lock=prod/us")).toBe("unknown-lock");
   });
 
+  test("a refused claim's JSON answer shows the status of the first lock it asked for", async () => {
+    const d = await daemon({ RS_DB: await freshDb() });
+    await d.body("/locks/shared-db/start?name=ana");
+    const body = await (await d.get("/start?lock=shared-db&lock=prod/eu&format=json")).json();
+    expect(body.reason).toBe("running");
+    expect(body.status.lock).toBe("shared-db");
+  });
+
   test("a grant on one lock also names its lock in X-Lock", async () => {
     const d = await daemon({ RS_DB: await freshDb() });
     expect((await d.get("/locks/prod/start")).headers.get("x-lock")).toBe("prod");

@@ -149,6 +149,8 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     ) =>
     (ask: Ask & { lock: string }): Response | Promise<Response> => {
       const { req, lock } = ask;
+      // A start on /start with lock= in its query is on those locks, not the default lock (each is checked in claimOf).
+      const guarded = name === "start" ? (askedOnStart(ask.url) ?? lock) : lock;
       const respond = (o: Outcome): Response | Promise<Response> => {
         if (!o.ok)
           log.refusal(
@@ -158,15 +160,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
         // The lock's status goes with a JSON answer only to a caller who may read it.
         // Asked only for a JSON answer: a plain 1 or 0 costs no second look at the token.
         if (!ask.json || mayRead(req) !== null) return answer(ask.json, o, success(o, lock));
-        // A grant shows the first lock it holds (a pool's child); a refused pool, the lock it takes from.
-        const shown =
-          lock === ROOT
-            ? DEFAULT_LOCK
-            : o.ok && o.locks
-              ? (o.locks[0] as string)
-              : isPool(lock)
-                ? poolParent(lock)
-                : lock;
+        const shown = shownAfter(o, guarded);
         const withStatus = (snap: Snapshot) => answer(true, o, success(o, lock), () => statusJson(shown, snap));
         // A change shows the state it left, as its transaction saw it; a refusal, a snapshot taken after it.
         if (o.ok) return withStatus(snapshotAfter(o.next));
@@ -176,8 +170,6 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
           : withStatus(snap);
       };
       const access = cfg.access;
-      // A start on /start with lock= in its query is on those locks, not the default lock (each is checked in claimOf).
-      const guarded = name === "start" ? (askedOnStart(ask.url) ?? lock) : lock;
       let token = guard(req, name, guarded);
       if (token !== null && "ok" in token) return respond(token);
       const run = (p: Params | Refusal): Response | Promise<Response> => {
@@ -520,6 +512,14 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
 }
 
 const allows = (methods: string[], method: string) => methods.includes(method);
+
+// The lock whose status goes with a JSON answer: a grant's first lock (a pool's child); for a refused start, the
+// first lock it asked for (a pool: the lock it takes from); the root's answers show the default lock, as before.
+function shownAfter(o: Outcome, asked: string): string {
+  if (asked === ROOT) return DEFAULT_LOCK;
+  if (o.ok && o.locks) return o.locks[0] as string;
+  return isPool(asked) ? poolParent(asked) : asked;
+}
 
 // A pool names no one lock: only a start takes from it; anything else acts on the lock the start took.
 const poolOnlyStarts = (name: string, action: string): Refusal | null =>
