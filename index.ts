@@ -7,7 +7,7 @@
 
 import pkg from "./package.json" with { type: "json" };
 import { applyReload, type Config, ConfigError, declaredChildren, declaredLock, readConfig } from "./src/config.ts";
-import { closeEngine, history, onCommit, onStorageFailure, openEngine, systemClock } from "./src/engine.ts";
+import { closeEngine, history, onCommit, openEngine, systemClock } from "./src/engine.ts";
 import { keepCalendar, replaceCalendar, stopCalendar } from "./src/freezes.ts";
 import { closeEventStreams, startServer } from "./src/http/server.ts";
 import { describeLocks } from "./src/http/views.ts";
@@ -116,13 +116,11 @@ async function serve(cfg: Config): Promise<number> {
         ...(e.by === undefined ? {} : { by: e.by }),
       }));
   });
-  onStorageFailure((problem) => log.refusal("storage", () => `could not save the release state: ${problem}`));
-  const { state, expired } = await openEngine(
-    store,
-    systemClock,
-    (lock) => declaredLock(cfg, lock)?.limit ?? 1,
-    (lock) => declaredChildren(cfg, lock),
-  );
+  const { state, expired } = await openEngine(store, systemClock, {
+    limitOf: (lock) => declaredLock(cfg, lock)?.limit ?? 1,
+    childrenOf: (lock) => declaredChildren(cfg, lock),
+    storageFailure: (problem) => log.refusal("storage", () => `could not save the release state: ${problem}`),
+  });
   // A lock with two declared children or more is shown as a pool on the board, even before it is used
   // (one declared child, such as staging/devices of limit 3, is that lock's own tile, not a pool's).
   const pools = () => {

@@ -80,6 +80,7 @@ export const engine = {
   limitOf: ((_lock: string) => 1) as (lock: string) => number,
   // The declared children of a lock ([[lock]] tables named under it): what a pool of it may take.
   childrenOf: ((_lock: string) => []) as (lock: string) => string[],
+  storageFailure: ((_problem: string) => {}) as (problem: string) => void,
   // The freeze in force on a lock at a time: the calendar's answer (src/freezes.ts), none until it is set.
   frozen: ((_lock: string, _now: number) => null) as (lock: string, now: number) => Frozen | null,
 };
@@ -94,6 +95,13 @@ const store = (): Store => {
   return engine.store;
 };
 
+/** What the engine is told at its opening: the configuration's limits and pools, and whom to tell of a failed write. */
+export type EngineSetup = {
+  limitOf?: (lock: string) => number; // how many releases may hold a lock at once (1 unless declared)
+  childrenOf?: (lock: string) => string[]; // a lock's declared children: what a pool of it may take
+  storageFailure?: (problem: string) => void; // told each time a change could not be saved, with what is wrong
+};
+
 /**
  * Reads every lock and ends the leases that ran out while the daemon was down. Says what the
  * default lock held (with the root's block) before, and what it ended.
@@ -101,13 +109,13 @@ const store = (): Store => {
 export async function openEngine(
   s: Store,
   clock: Clock = systemClock,
-  limitOf: (lock: string) => number = () => 1,
-  childrenOf: (lock: string) => string[] = () => [],
+  setup: EngineSetup = {},
 ): Promise<{ state: State; expired: Event[] }> {
   engine.store = s;
   engine.clock = clock;
-  engine.limitOf = limitOf;
-  engine.childrenOf = childrenOf;
+  engine.limitOf = setup.limitOf ?? (() => 1);
+  engine.childrenOf = setup.childrenOf ?? (() => []);
+  engine.storageFailure = setup.storageFailure ?? (() => {});
   engine.known = { lastId: 0, entries: new Map() };
   engine.scopes.clear();
   for (const cancel of engine.expiries.values()) cancel();
@@ -475,7 +483,7 @@ async function commit(
   }
   if (decision.committed) heard(decision.committed, false);
   else if (!decision.outcome.ok && decision.outcome.reason === "storage")
-    storageFailure(store().health().problem ?? "the store did not say why");
+    engine.storageFailure(store().health().problem ?? "the store did not say why");
   return decision;
 }
 
@@ -639,12 +647,6 @@ export const startOrWait = (req: StartRequest, waitSeconds: number, gone: AbortS
 export const isHealthy = (): boolean => health().ok;
 export const stateKnown = (): boolean => health().known;
 export const waitingList = (): Queued[] => waiting();
-
-let storageFailure: (problem: string) => void = () => {};
-/** Told each time a change could not be saved, with what the store says is wrong. */
-export function onStorageFailure(report: (problem: string) => void): void {
-  storageFailure = report;
-}
 
 /** A consistent copy of the whole database, taken inside the daemon; null when the store cannot give one. */
 export const backup = (): Uint8Array | null => store().backup();
