@@ -449,25 +449,19 @@ describe("run on several locks and pools", () => {
 
   test("run --lock 'devices/*' takes a declared child, names it in RS_LOCK, and renews and stops it there", async () => {
     const d = await server({ RS_CONFIG: configFile('[[lock]]\nname = "devices/pixel-7"\n') });
-    const out = join(tempDir(), "lock");
-    const c = client(d, [
-      "run",
-      "--lock",
-      "devices/*",
-      "--ttl",
-      "2",
-      "--",
-      "sh",
-      "-c",
-      `sleep 1.5; echo "$RS_LOCK" > ${out}`,
-    ]);
+    const dir = tempDir();
+    const [go, out] = [join(dir, "go"), join(dir, "lock")];
+    const command = `until [ -f ${go} ]; do sleep 0.05; done; echo "$RS_LOCK" > ${out}`;
+    const c = client(d, ["run", "--lock", "devices/*", "--ttl", "2", "--", "sh", "-c", command]);
+    const kinds = async () =>
+      (await (await d.get("/locks/devices/pixel-7/history?format=json")).json()).events.map(
+        (e: { kind: string }) => e.kind,
+      );
+    await until(async () => (await kinds()).includes("renewed"), "a renewal on devices/pixel-7");
+    await Bun.write(go, "");
     expect((await c.done).code).toBe(0);
     expect(readFileSync(out, "utf8")).toBe("devices/pixel-7\n");
-    const kinds = (await (await d.get("/locks/devices/pixel-7/history?format=json")).json()).events.map(
-      (e: { kind: string }) => e.kind,
-    );
-    expect(kinds[0]).toBe("stopped");
-    expect(kinds).toContain("renewed");
+    expect((await kinds())[0]).toBe("stopped");
   });
 });
 
