@@ -195,7 +195,9 @@ const sse = (event: string, data: unknown, prefix = "") =>
  * Whether a stream for `lock` (every lock when undefined) hears of an event: one on the lock, below it, or
  * above it (a block above blocks it; a release above keeps it from starting).
  */
-const hears = (lock: string | undefined, e: Event) => lock === undefined || overlaps(lock, e.lock);
+// A stream on a lock hears of what happens on it, above or below it: on any lock of a release that holds several.
+const hears = (lock: string | undefined, e: Event) =>
+  lock === undefined || (e.locks ?? [e.lock]).some((l) => overlaps(lock, l));
 
 /** A Server-Sent Events stream: a snapshot on connect, then one event per change that concerns `lock`. */
 export function eventStream(lock: string | undefined): ReadableStream<Uint8Array> {
