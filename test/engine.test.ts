@@ -503,6 +503,13 @@ for (const [storeName, makeStore] of stores) {
         expect(expired).toHaveLength(1);
       });
 
+      test("a pool's grant is stored on the child it took, never under the pool's name", async () => {
+        await claim(["phones/*", "shared-db"], "a");
+        const stored = await store.readAll();
+        expect([...stored.entries.keys()]).not.toContain("phones/*");
+        expect(stored.entries.get("phones/a")?.releases.map((r) => r.id)).toEqual([1]);
+      });
+
       test("a pool takes the child free the longest, ties by name", async () => {
         expect(lockOf(await claim(["phones/*"], "a"))).toEqual(["phones/a"]);
         expect(lockOf(await claim(["phones/*"], "b"))).toEqual(["phones/b"]);

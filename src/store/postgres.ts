@@ -180,7 +180,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
         // The names are counted only when the change would store a new one: every change holds the root's
         // row, so no other replica can store one meanwhile.
         const { room } = options;
-        const adding = room ? newNames(lock, stored, verdict) : [];
+        const adding = room ? newNames(stored, verdict) : [];
         if (room && adding.length > 0) {
           const total = await countNames(tx, null);
           const share = room.share ? await countNames(tx, room.share.locks) : 0;
@@ -211,7 +211,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
         }
         if (events.length === 0) return { outcome, committed: null, joined: null };
         const after = change?.next ?? before;
-        const entries = change ? changedEntries(lock, stored, after, change.also) : new Map<string, Entry>();
+        const entries = change ? changedEntries(stored, after, change.also) : new Map<string, Entry>();
         for (const [name, entry] of entries) {
           if (forgets(name, entry)) {
             await tx`DELETE FROM releasestatus_lock WHERE name = ${name}`;

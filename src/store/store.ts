@@ -269,7 +269,7 @@ export const counted = (name: string): boolean => name !== ROOT && name !== DEFA
  * A lock it forgets leaves its version in the root's row, and a name used again starts above that: a
  * cache that still remembers the forgotten row never mistakes the new one for an older answer.
  */
-export function changedEntries(lock: string, stored: Stored, after: State, also: Neighbour[] = []): Map<string, Entry> {
+export function changedEntries(stored: Stored, after: State, also: Neighbour[] = []): Map<string, Entry> {
   const changed = new Map<string, Entry>();
   const root = stored.entries.get(ROOT) ?? EMPTY_ENTRY;
   let forgotten = 0; // the highest version among the rows this change forgets
@@ -281,7 +281,8 @@ export function changedEntries(lock: string, stored: Stored, after: State, also:
     changed.set(name, entry);
     if (forgets(name, entry)) forgotten = Math.max(forgotten, entry.version);
   };
-  put(lock, after.releases, after.block);
+  // The lock the change decided on: a claim's first lock as held (a pool's child), not the pool it named.
+  put(after.lock, after.releases, after.block);
   for (const n of after.around) put(n.lock, n.releases, n.block);
   for (const n of also) put(n.lock, n.releases, n.block); // a claim's other locks: as they are after it
   if (forgotten > 0) {
@@ -295,10 +296,10 @@ export function changedEntries(lock: string, stored: Stored, after: State, also:
 const sameReleases = (a: Release[], b: Release[]): boolean => a.length === b.length && a.every((r, i) => r === b[i]);
 
 /** The lock names a verdict's change would store that are not stored yet, and count against RS_MAX_LOCKS. */
-export function newNames(lock: string, stored: Stored, verdict: Verdict): string[] {
+export function newNames(stored: Stored, verdict: Verdict): string[] {
   if (!verdict.change) return [];
   const names: string[] = [];
-  for (const [name, entry] of changedEntries(lock, stored, verdict.change.next, verdict.change.also))
+  for (const [name, entry] of changedEntries(stored, verdict.change.next, verdict.change.also))
     if (!stored.entries.has(name) && counted(name) && !forgets(name, entry)) names.push(name);
   return names;
 }
@@ -324,14 +325,8 @@ export function noRoom(lock: string, room: Room, count: CountNames, adding = 1):
 }
 
 /** The verdict, or, when its change would store a lock name beyond the room there is, that refusal, changing nothing. */
-export function withinRoom(
-  lock: string,
-  stored: Stored,
-  verdict: Verdict,
-  room: Room | undefined,
-  count: CountNames,
-): Verdict {
-  const adding = room ? newNames(lock, stored, verdict) : [];
+export function withinRoom(stored: Stored, verdict: Verdict, room: Room | undefined, count: CountNames): Verdict {
+  const adding = room ? newNames(stored, verdict) : [];
   const full = room && adding.length > 0 ? noRoom(adding[0] as string, room, count, adding.length) : null;
   return full ? { outcome: full, change: null } : verdict;
 }
@@ -409,13 +404,13 @@ export function decideInLine(
 ): Decision {
   const before = scopeOf(lock, stored);
   const verdict = decide(stored, now, line.ahead(options.claim ?? [lock], options.self));
-  const { outcome, change } = withinRoom(lock, stored, verdict, options.room, count);
+  const { outcome, change } = withinRoom(stored, verdict, options.room, count);
   const joining = !outcome.ok && options.join !== undefined && WAITABLE.has(outcome.reason);
   const events = [...(change?.events ?? [])];
   if (joining && options.join) events.push(queueEvent("waiting", lock, options.join, now, options.join.reason));
   if (events.length === 0) return { outcome, committed: null, joined: null };
   const after = change?.next ?? before;
-  const entries = change ? changedEntries(lock, stored, after, change.also) : new Map<string, Entry>();
+  const entries = change ? changedEntries(stored, after, change.also) : new Map<string, Entry>();
   const committed = { lock, events, before, after, entries };
   if (!write) return { outcome, committed, joined: null };
   write({ events, entries, lastId: after.lastId !== stored.lastId ? after.lastId : null });
