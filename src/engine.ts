@@ -70,6 +70,7 @@ export const engine = {
   clock: systemClock,
   known: { lastId: 0, entries: new Map<string, Entry>() } as Stored, // the cache that reads are answered from
   scopes: new Map<string, State>(), // each lock's state with its neighbours, worked out once per change
+  forgotten: new Map<string, number>(), // the version at which the cache let go of each lock no longer stored
   expiries: new Map<string, () => void>(), // lease timers, by lock
   waiters: new Set<Waiter>(),
   committing: 0, // commits asked for and not yet answered: until they are, memory may be out of date
@@ -118,6 +119,7 @@ export async function openEngine(
   engine.storageFailure = setup.storageFailure ?? (() => {});
   engine.known = { lastId: 0, entries: new Map() };
   engine.scopes.clear();
+  engine.forgotten.clear();
   for (const cancel of engine.expiries.values()) cancel();
   engine.expiries.clear();
   engine.closing = false;
@@ -516,13 +518,19 @@ function heard(c: Committed, remote: boolean) {
 }
 
 // The cache only moves forward: an older answer that arrives late never overwrites a newer one.
+// A read sent before a commit that forgot a lock may arrive after it: the forgotten row's version is kept, so
+// that such a read cannot bring the row back (a name used again starts above it: see changedEntries).
 function remember(entries: Map<string, Entry>, lastId: number) {
   if (lastId > engine.known.lastId) engine.known.lastId = lastId;
   for (const [lock, entry] of entries) {
     const cached = engine.known.entries.get(lock);
     if (cached && entry.version < cached.version) continue;
-    if (forgets(lock, entry)) engine.known.entries.delete(lock);
-    else engine.known.entries.set(lock, entry);
+    if (!cached && entry.version <= (engine.forgotten.get(lock) ?? -1)) continue;
+    if (forgets(lock, entry)) {
+      engine.known.entries.delete(lock);
+      if (engine.forgotten.size >= 4096) engine.forgotten.clear(); // bounded: many names used once
+      engine.forgotten.set(lock, entry.version);
+    } else engine.known.entries.set(lock, entry);
     armExpiry(lock);
   }
   engine.scopes.clear();
