@@ -11,20 +11,19 @@ import {
   applyReload,
   type Config,
   ConfigError,
+  declaredChildren,
   declaredLock,
   describeTrust,
-  isPostgres,
   readConfig,
 } from "./src/config.ts";
-import { closeEngine, history, onCommit, onStorageFailure, openEngine, systemClock } from "./src/engine.ts";
+import { closeEngine, history, onCommit, openEngine, systemClock } from "./src/engine.ts";
 import { keepCalendar, replaceCalendar, stopCalendar } from "./src/freezes.ts";
 import { closeEventStreams, startServer } from "./src/http/server.ts";
 import { describeLocks } from "./src/http/views.ts";
 import { createLog, type Log } from "./src/log.ts";
 import { learnFromHistory, observe } from "./src/metrics.ts";
 import { blockOn, type Event, type State } from "./src/release.ts";
-import { openMemoryStore } from "./src/store/memory.ts";
-import { openSqliteStore } from "./src/store/sqlite.ts";
+import { openStore } from "./src/store/schemes.ts";
 import { type Store, StoreOpenError } from "./src/store/store.ts";
 import { print } from "./src/terminal.ts";
 import { describeBlock, describeEvent, describeRelease } from "./src/words.ts";
@@ -129,9 +128,18 @@ async function serve(cfg: Config): Promise<number> {
         ...(e.by === undefined ? {} : { by: e.by }),
       }));
   });
-  onStorageFailure((problem) => log.refusal("storage", () => `could not save the release state: ${problem}`));
-  const { state, expired } = await openEngine(store, systemClock, (lock) => declaredLock(cfg, lock)?.limit ?? 1);
-  describeLocks((lock) => declaredLock(cfg, lock)?.description ?? "");
+  const { state, expired } = await openEngine(store, systemClock, {
+    limitOf: (lock) => declaredLock(cfg, lock)?.limit ?? 1,
+    childrenOf: (lock) => declaredChildren(cfg, lock),
+    storageFailure: (problem) => log.refusal("storage", () => `could not save the release state: ${problem}`),
+  });
+  // A lock with two declared children or more is shown as a pool on the board, even before it is used
+  // (one declared child, such as staging/devices of limit 3, is that lock's own tile, not a pool's).
+  const pools = () => {
+    const parents = cfg.declared.map((l) => l.name.slice(0, l.name.lastIndexOf("/"))).filter(Boolean);
+    return [...new Set(parents)].filter((p) => declaredChildren(cfg, p).length > 1);
+  };
+  describeLocks((lock) => declaredLock(cfg, lock)?.description ?? "", pools);
   logRestored(log, state, expired);
   learnFromHistory(await history(1000).catch(() => []));
   await keepCalendar(cfg.freezes, systemClock);
@@ -224,14 +232,6 @@ async function startWebhooks(cfg: Config, store: Store, log: Log) {
   delivering = true;
   const { deliver } = await import("./src/notify/deliver.ts");
   await deliver(cfg.webhooks, { outbox: store.outbox, clock: systemClock, log, backlog: cfg.webhookBacklog });
-}
-
-/** SQLite by default; memory for RS_DB=:memory:; PostgreSQL (loaded only when asked for) for replicas. */
-async function openStore(cfg: Config): Promise<Store> {
-  if (cfg.db === ":memory:") return openMemoryStore(cfg.historyLimit);
-  if (!isPostgres(cfg.db)) return openSqliteStore(cfg.db, cfg.historyLimit);
-  const { openPostgresStore } = await import("./src/store/postgres.ts");
-  return openPostgresStore({ url: cfg.db, historyLimit: cfg.historyLimit, pool: cfg.dbPool });
 }
 
 function logRestored(log: Log, state: State, expired: Event[]) {

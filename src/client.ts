@@ -2,6 +2,7 @@
 // release for exactly as long as a command runs; `status` and `healthcheck` ask.
 import { constants } from "node:os";
 import { CIS, type Ci, jobToken, keepFresh, NoJobToken } from "./ci-identity.ts";
+import { isPool, poolParent } from "./claim.ts";
 import { LOCK_NAME_RULE, validLockName } from "./names.ts";
 import { wholeNumber } from "./numbers.ts";
 import { print, readSecretFile } from "./terminal.ts";
@@ -21,9 +22,10 @@ const MAX_TTL = 7 * 24 * 3600; // as the server's
 
 const RUN_HELP = `Usage: releasestatus run [options] -- COMMAND [ARGS...]
 
-Takes the release, runs COMMAND with RS_RELEASE_ID set, renews the lease while it
-runs, and stops exactly this release (with --name, for the history) when it ends,
-however it ends, then says which release it gave back.
+Takes the release, runs COMMAND with RS_RELEASE_ID and RS_LOCK (every lock held,
+comma-separated) set, renews the lease while it runs, and stops exactly this release
+(with --name, for the history) when it ends, however it ends, then says which release
+it gave back.
 
 Options:
   --name NAME        who is releasing (default: $USER)
@@ -32,7 +34,9 @@ Options:
                      meanwhile it says on stderr its place, what holds the lock and since
                      when, and how long that usually takes; Ctrl-C leaves the line
   --ttl SECONDS      lease length, renewed every third of it (default 60, at least 2)
-  --lock NAME        the lock to hold, e.g. prod/eu (default: the default lock, as /start uses)
+  --lock NAME        the lock to hold, e.g. prod/eu (default: the default lock, as /start uses);
+                     repeat it to hold several at once (--lock prod/eu --lock shared-db), and
+                     give a pool as NAME/* to take any one free declared child ('devices/*')
   --url URL          the server (default: $RS_URL, else http://127.0.0.1:$RS_PORT, else http://127.0.0.1:8080)
   --token-file FILE  file holding the server's token (default: $RS_TOKEN)
   --oidc CI          instead of a token, the job's OpenID Connect ID token from its CI:
@@ -62,7 +66,7 @@ Exit 69 when the server cannot be reached; 64 when it refuses (no such lock, e.g
 without default and no --lock; or a token needed to read).
 `;
 
-type Server = { url: string; headers: Record<string, string>; lock: string };
+type Server = { url: string; headers: Record<string, string>; lock: string; more: string[] }; // more: run's other --lock
 
 /** Where an action on the server's lock is: the original's paths for the default lock, /locks/NAME/… for others. */
 const at = (server: Server, action: string) =>
@@ -165,6 +169,7 @@ export async function run(args: string[]): Promise<number> {
     query.set("ttl", String(ttl));
     if (wait > 0) query.set("wait", String(wait));
     query.set("format", "json");
+    for (const more of server.more) query.append("lock", more);
     const abort = new AbortController();
     // One set of handlers for the whole of run, never removed while it runs: a signal that came while
     // none was installed would end run at once, leaving its release (and perhaps its command) behind.
@@ -187,6 +192,8 @@ export async function run(args: string[]): Promise<number> {
       reason: string;
       message: string;
       releaseId?: number;
+      lock?: string;
+      locks?: string[];
     } | null;
     if (answer && !answer.ok && res.status === 400) throw new UsageError(`the server refused it: ${answer.message}`);
     if (!answer || (!answer.ok && res.status !== 200))
@@ -195,8 +202,11 @@ export async function run(args: string[]): Promise<number> {
       console.error(`releasestatus run: not releasing (${answer.reason}): ${answer.message}`);
       return EXIT.tempFail;
     }
-    const release = { id: answer.releaseId ?? 0, name: query.get("name") ?? "", sentAt };
-    return await holdWhileRunning(server, release, ttl, command, watchdog, (forward) => {
+    // Renewed and stopped on the first lock it holds (a pool's child, not the pool), which is the whole release.
+    const held = { ...server, lock: answer.lock ?? server.lock };
+    const locks = answer.locks ?? [held.lock];
+    const release = { id: answer.releaseId ?? 0, name: query.get("name") ?? "", sentAt, locks };
+    return await holdWhileRunning(held, release, ttl, command, watchdog, (forward) => {
       onSignal = forward;
       for (const signal of pending.splice(0)) forward(signal);
     });
@@ -295,13 +305,13 @@ const WAIT_WORDS_EVERY_MS = 5000;
  */
 async function holdWhileRunning(
   server: Server,
-  release: { id: number; name: string; sentAt: number },
+  release: { id: number; name: string; sentAt: number; locks: string[] },
   ttl: number,
   command: string[],
   watchdog: Watchdog,
   forwardSignals: (forward: (signal: NodeJS.Signals) => void) => void,
 ): Promise<number> {
-  const { id, sentAt } = release;
+  const { id, sentAt, locks } = release;
   let pgid = 0; // the command's process group, once it runs
   const group = (signal: NodeJS.Signals) => {
     try {
@@ -342,7 +352,7 @@ async function holdWhileRunning(
     try {
       child = Bun.spawn(command, {
         stdio: ["inherit", "inherit", "inherit"],
-        env: { ...process.env, RS_RELEASE_ID: String(id) },
+        env: { ...process.env, RS_RELEASE_ID: String(id), RS_LOCK: locks.join(",") },
         detached: true, // a session and process group of its own: signals reach the command's children too
       });
     } catch (e) {
@@ -645,26 +655,30 @@ function onSignals(handler: (signal: NodeJS.Signals) => void) {
   };
 }
 
-function serverFrom(opts: Record<string, string | boolean | undefined>): Server {
+function serverFrom(opts: Options): Server {
   const url = String(opts.url ?? process.env.RS_URL ?? `http://127.0.0.1:${process.env.RS_PORT || "8080"}`).replace(
     /\/+$/,
     "",
   );
   if (!/^https?:\/\/[^/]+$/.test(url))
     throw new UsageError(`--url ${url} is not valid: expected e.g. http://releases:8080`);
-  const lock = typeof opts.lock === "string" ? opts.lock : "default";
-  if (!validLockName(lock)) throw new UsageError(`--lock ${lock} is not a lock name: ${LOCK_NAME_RULE}`);
+  const [lock = "default", ...more] = typeof opts.lock === "string" ? [opts.lock, ...(opts.locks ?? [])] : [];
+  for (const name of [lock, ...more])
+    if (!validLockName(isPool(name) ? poolParent(name) : name))
+      throw new UsageError(`--lock ${name} is not a lock name (or pool, NAME/*): ${LOCK_NAME_RULE}`);
   let token = process.env.RS_TOKEN ?? null;
   if (typeof opts["token-file"] === "string") {
     const read = readSecretFile(opts["token-file"]);
     if (!read.ok) throw new UsageError(`cannot read --token-file ${opts["token-file"]}: ${read.code}`);
     token = read.secret;
   }
-  return { url, headers: token ? { Authorization: `Bearer ${token}` } : {}, lock };
+  return { url, headers: token ? { Authorization: `Bearer ${token}` } : {}, lock, more };
 }
 
-function parseOptions(args: string[], valued: string[], flags: string[]): Record<string, string | boolean | undefined> {
-  const opts: Record<string, string | boolean | undefined> = {};
+type Options = Record<string, string | boolean | undefined> & { locks?: string[] }; // locks: --lock after the first
+
+function parseOptions(args: string[], valued: string[], flags: string[]): Options {
+  const opts: Options = {};
   for (let i = 0; i < args.length; i++) {
     const arg = args[i] as string;
     const [key, inline] = arg.startsWith("--") ? arg.slice(2).split(/=(.*)/s, 2) : [arg, undefined];
@@ -673,7 +687,8 @@ function parseOptions(args: string[], valued: string[], flags: string[]): Record
     else if (valued.includes(key as string)) {
       const value = inline ?? args[++i];
       if (value === undefined) throw new UsageError(`${arg} needs a value`);
-      opts[key as string] = value;
+      if (key === "lock" && opts.lock !== undefined) opts.locks = [...(opts.locks ?? []), value];
+      else opts[key as string] = value;
     } else throw new UsageError(`unknown option ${arg}: see --help`);
   }
   return opts;

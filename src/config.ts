@@ -53,6 +53,12 @@ export const MAX_LIMIT = 1000;
 export const declaredLock = (cfg: Config, name: string): DeclaredLock | undefined =>
   cfg.declared.find((l) => l.name === name);
 
+/** The declared locks right under `parent` (`devices/pixel-7` under `devices`): what a pool of it may take. */
+export const declaredChildren = (cfg: Config, parent: string): string[] =>
+  cfg.declared
+    .map((l) => l.name)
+    .filter((name) => name.startsWith(`${parent}/`) && !name.slice(parent.length + 1).includes("/"));
+
 // Messages quote what the file or the environment holds: made visible once, here, for all of them.
 export class ConfigError extends Error {
   constructor(message: string) {

@@ -5,14 +5,14 @@
 // state object (a cache for reads and the page) change, and listeners hear of
 // it. Waiters take the release themselves, first come first served, when a
 // commit or another replica wakes them. Everything is keyed by lock name.
+import { claimsOverlap, isPool, poolParent, reach } from "./claim.ts";
+import { decideOn, decideStart, type Rule, type Setup } from "./decide.ts";
 import {
   abandon,
-  andThen,
   blockedOver,
   type Change,
   DEFAULT_LOCK,
   type Event,
-  expire,
   type Frozen,
   type Outcome,
   overlaps,
@@ -22,7 +22,6 @@ import {
   SHUTTING_DOWN,
   type StartRequest,
   type State,
-  start as startRule,
   statusAfter,
   unchanged,
   WAITABLE,
@@ -37,16 +36,14 @@ import {
   type NextMarks,
   type Queued,
   type Room,
+  reachOf,
   type Store,
   type Stored,
   scopeOf,
   type TransactOptions,
 } from "./store/store.ts";
 
-export type { Committed, Queued, Room };
-
-/** A transition: the state as stored, the store's time, and how many wait ahead of the caller. */
-export type Rule = (s: State, now: number, waitingAhead: number) => Outcome;
+export type { Committed, Queued, Room, Rule };
 
 /** Time as the engine sees it; tests inject one that moves only when they move it. */
 export type Clock = { now(): number; after(ms: number, run: () => unknown): () => void };
@@ -63,7 +60,7 @@ export const systemClock: Clock = {
 /** What listeners (log, metrics, live page) hear: a committed change, ours or another replica's. */
 export type Heard = Committed & { remote: boolean };
 
-type Waiter = { id: number; lock: string; woke: boolean; wake: () => void };
+type Waiter = { id: number; reach: readonly string[]; woke: boolean; wake: () => void };
 
 export { DEFAULT_LOCK, ROOT };
 
@@ -73,6 +70,7 @@ export const engine = {
   clock: systemClock,
   known: { lastId: 0, entries: new Map<string, Entry>() } as Stored, // the cache that reads are answered from
   scopes: new Map<string, State>(), // each lock's state with its neighbours, worked out once per change
+  forgotten: new Map<string, number>(), // the version at which the cache let go of each lock no longer stored
   expiries: new Map<string, () => void>(), // lease timers, by lock
   waiters: new Set<Waiter>(),
   committing: 0, // commits asked for and not yet answered: until they are, memory may be out of date
@@ -81,6 +79,9 @@ export const engine = {
   closing: false,
   // How many releases may hold a lock at once: the configuration's [[lock]] tables, read at each decision.
   limitOf: ((_lock: string) => 1) as (lock: string) => number,
+  // The declared children of a lock ([[lock]] tables named under it): what a pool of it may take.
+  childrenOf: ((_lock: string) => []) as (lock: string) => string[],
+  storageFailure: ((_problem: string) => {}) as (problem: string) => void,
   // The freeze in force on a lock at a time: the calendar's answer (src/freezes.ts), none until it is set.
   frozen: ((_lock: string, _now: number) => null) as (lock: string, now: number) => Frozen | null,
 };
@@ -95,6 +96,13 @@ const store = (): Store => {
   return engine.store;
 };
 
+/** What the engine is told at its opening: the configuration's limits and pools, and whom to tell of a failed write. */
+export type EngineSetup = {
+  limitOf?: (lock: string) => number; // how many releases may hold a lock at once (1 unless declared)
+  childrenOf?: (lock: string) => string[]; // a lock's declared children: what a pool of it may take
+  storageFailure?: (problem: string) => void; // told each time a change could not be saved, with what is wrong
+};
+
 /**
  * Reads every lock and ends the leases that ran out while the daemon was down. Says what the
  * default lock held (with the root's block) before, and what it ended.
@@ -102,13 +110,16 @@ const store = (): Store => {
 export async function openEngine(
   s: Store,
   clock: Clock = systemClock,
-  limitOf: (lock: string) => number = () => 1,
+  setup: EngineSetup = {},
 ): Promise<{ state: State; expired: Event[] }> {
   engine.store = s;
   engine.clock = clock;
-  engine.limitOf = limitOf;
+  engine.limitOf = setup.limitOf ?? (() => 1);
+  engine.childrenOf = setup.childrenOf ?? (() => []);
+  engine.storageFailure = setup.storageFailure ?? (() => {});
   engine.known = { lastId: 0, entries: new Map() };
   engine.scopes.clear();
+  engine.forgotten.clear();
   for (const cancel of engine.expiries.values()) cancel();
   engine.expiries.clear();
   engine.closing = false;
@@ -120,7 +131,7 @@ export async function openEngine(
   const before = state(DEFAULT_LOCK);
   const expired: Event[] = [];
   for (const [lock, e] of [...engine.known.entries])
-    if (expiryDue(e)) expired.push(...((await commit(lock, unchanged)).committed?.events ?? []));
+    if (expiryDue(e)) expired.push(...((await commit(lock, on(lock, unchanged))).committed?.events ?? []));
   return { state: before, expired };
 }
 
@@ -139,6 +150,9 @@ export function state(lock: string = DEFAULT_LOCK): State {
   return s;
 }
 
+/** The declared children of a lock: the members of its pool. */
+export const childrenOf = (lock: string): string[] => engine.childrenOf(lock);
+
 /** Every lock the engine knows of, by name. */
 export const locks = (): string[] => [...engine.known.entries.keys()];
 
@@ -150,6 +164,14 @@ export type Snapshot = { state(lock: string): State; locks(): string[] };
 
 // On a store no other process writes, the cache is what is committed, changed in one step per commit.
 const CACHE: Snapshot = { state, locks };
+
+// What the decisions ask of the configuration and the calendar, read afresh each time (a reload changes them).
+const SETUP: Setup = {
+  limitOf: (lock) => engine.limitOf(lock),
+  children: (lock) => engine.childrenOf(lock),
+  frozen: (lock, now) => engine.frozen(lock, now),
+  cached: (lock, stored) => (stored === engine.known ? state(lock) : undefined),
+};
 
 // The store knows no limits: each state the engine reads or decides on gets its lock's from the configuration.
 const withLimit = (s: State): State => {
@@ -182,15 +204,21 @@ export function snapshotAfter(next: State): Snapshot {
 }
 export const isKnown = (lock: string): boolean => engine.known.entries.has(lock);
 
-/** Who waits, in order: for `lock` alone when given. */
+/** Who waits, in order: for `lock` alone when given (a claim of several locks waits on each of them). */
 export const waiting = (lock?: string): Queued[] => {
   const line = engine.store ? store().waiting() : [];
-  return lock === undefined ? line : line.filter((w) => w.lock === lock);
+  return lock === undefined ? line : line.filter((w) => waitsOn(w, lock));
 };
 
-const waitingAhead = (lock: string): number => {
+// A waiter waits on the lock it asked for, on each lock its claim may hold, and on the lock a pool takes from.
+const waitsOn = (w: Queued, lock: string): boolean => {
+  if (w.lock === lock || w.reach?.includes(lock)) return true;
+  return isPool(w.lock) && poolParent(w.lock) === lock;
+};
+
+const waitingAhead = (claimReach: readonly string[]): number => {
   let n = 0;
-  for (const w of store().waiting()) if (overlaps(w.lock, lock)) n++;
+  for (const w of store().waiting()) if (claimsOverlap(reachOf(w), claimReach)) n++;
   return n;
 };
 
@@ -201,18 +229,25 @@ const waitingAhead = (lock: string): number => {
  * store, inside its write transaction, from what is stored.
  */
 export function change(lock: string, rule: Rule, room?: Room, gone?: AbortSignal): Outcome | Promise<Outcome> {
-  const refused = refusalFromMemory(lock, rule);
-  if (refused) return refused;
-  const s = store();
-  if (!memoryIsCurrent(s) && s.peek) return refuseFromCommitted(s, lock, rule, room, gone);
-  return commit(lock, rule, { room }, gone).then((d) => d.outcome);
+  return changeBy(lock, on(lock, rule), { room }, gone);
 }
 
-// The outcome of a rule that would change nothing, when memory is what is stored; null when the store decides.
-function refusalFromMemory(lock: string, rule: Rule): Outcome | null {
+// A decision on a lock (or a claim whose first lock it is): refused from memory or from one plain read when
+// it changes nothing, else decided by the store.
+function changeBy(lock: string, decide: Decide, options: TransactOptions, gone?: AbortSignal) {
+  const refused = refusalFromMemory(decide, options.claim ?? [lock]);
+  if (refused) return refused;
+  const s = store();
+  if (!memoryIsCurrent(s) && s.peek && options.claim === undefined)
+    return refuseFromCommitted(s, lock, decide, options, gone);
+  return commit(lock, decide, options, gone).then((d) => d.outcome);
+}
+
+// The outcome of a decision that would change nothing, when memory is what is stored; null when the store decides.
+function refusalFromMemory(decide: Decide, claimReach: readonly string[]): Outcome | null {
   if (engine.closing) return SHUTTING_DOWN;
   if (!memoryIsCurrent(store())) return null;
-  const { outcome, change } = withExpiry(rule)(state(lock), engine.clock.now(), waitingAhead(lock));
+  const { outcome, change } = decide(engine.known, engine.clock.now(), waitingAhead(claimReach));
   return change ? null : outcome;
 }
 
@@ -221,16 +256,16 @@ function refusalFromMemory(lock: string, rule: Rule): Outcome | null {
 async function refuseFromCommitted(
   s: Store,
   lock: string,
-  rule: Rule,
-  room?: Room,
+  decide: Decide,
+  options: TransactOptions,
   gone?: AbortSignal,
 ): Promise<Outcome> {
   try {
     const { stored, ahead, now } = await (s.peek as NonNullable<Store["peek"]>)(lock);
-    const { outcome, change } = withExpiry(rule)(scopeWithLimit(lock, stored), now, ahead);
+    const { outcome, change } = decide(stored, now, ahead);
     if (!outcome.ok && !change && !engine.closing) return outcome;
   } catch {} // the transaction says what is wrong
-  return (await commit(lock, rule, { room }, gone)).outcome;
+  return (await commit(lock, decide, options, gone)).outcome;
 }
 
 /**
@@ -239,27 +274,35 @@ async function refuseFromCommitted(
  * away is never left holding a release it was not told of.
  */
 export function start(
-  lock: string,
+  claim: string | readonly string[], // one lock, or a claim: several locks and pools (`devices/*`), granted together
   req: StartRequest,
   waitSeconds: number,
   gone: AbortSignal,
   stillAllowed: () => Refusal | null = () => null, // asked at each attempt: a reload may have revoked the caller's token
   room?: Room, // how many lock names may be stored, for the caller's token
 ): Outcome | Promise<Outcome> {
-  const rule: Rule = (s, now, ahead) => stillAllowed() ?? startRule(s, req, now, ahead, () => engine.frozen(lock, now));
+  const names = typeof claim === "string" ? [claim] : claim;
+  const lock = names[0] as string;
+  const decide = withStatus(decideStart(names, req, SETUP, stillAllowed));
+  // One exact lock is decided as any change on it is; a claim reads around every lock it may hold.
+  const one = names.length === 1 && !isPool(lock);
+  const claimReach = one ? [lock] : reach(names, engine.childrenOf);
+  const pools = names.filter(isPool).flatMap((p) => engine.childrenOf(poolParent(p)));
+  const options: TransactOptions = one ? { room } : { room, claim: claimReach, freedOf: pools };
   if (waitSeconds === 0 || engine.closing) {
-    const refused = refusalFromMemory(lock, rule); // the common case
+    const refused = refusalFromMemory(decide, claimReach); // the common case
     if (refused) return refused;
-    return (change(lock, rule, room, gone) as Promise<Outcome>).then((o) => keepOnlyIfHeard(lock, o, gone));
+    return (changeBy(lock, decide, options, gone) as Promise<Outcome>).then((o) => keepOnlyIfHeard(o, gone));
   }
   if (memoryIsCurrent(store())) {
-    const { outcome } = withExpiry(rule)(state(lock), engine.clock.now(), waitingAhead(lock));
+    const { outcome } = decide(engine.known, engine.clock.now(), waitingAhead(claimReach));
     if (!outcome.ok && !WAITABLE.has(outcome.reason)) return outcome; // nothing to wait for
   }
-  return commit(lock, rule, { join: req, room }, gone).then((d) => {
-    if (d.outcome.ok) return keepOnlyIfHeard(lock, d.outcome, gone);
+  const inLine = { ...options, claim: claimReach };
+  return commit(lock, decide, { ...inLine, join: req }, gone).then((d) => {
+    if (d.outcome.ok) return keepOnlyIfHeard(d.outcome, gone);
     if (!d.joined) return d.outcome;
-    return waitInLine(lock, rule, d.joined.id, d.outcome, waitSeconds, gone, room);
+    return waitInLine(lock, decide, inLine, d.joined.id, d.outcome, waitSeconds, gone);
   });
 }
 
@@ -267,15 +310,16 @@ const WENT_AWAY = refuse("timeout", "the client went away");
 
 async function waitInLine(
   lock: string,
-  rule: Rule,
+  decide: Decide,
+  options: TransactOptions & { claim: readonly string[] },
   self: number,
   first: Outcome,
   waitSeconds: number,
   gone: AbortSignal,
-  room: Room | undefined,
 ): Promise<Outcome> {
   const deadline = engine.clock.now() + waitSeconds * 1000;
-  const waiter: Waiter = { id: self, lock, woke: false, wake: () => {} };
+  const waiter: Waiter = { id: self, reach: options.claim, woke: false, wake: () => {} };
+  const leave = (why: string, answer: Outcome) => leaveLine(lock, options.claim, self, why, answer);
   const cancelDeadline = engine.clock.after(waitSeconds * 1000, () => wake(waiter));
   const onGone = () => wake(waiter);
   gone.addEventListener("abort", onGone);
@@ -284,22 +328,22 @@ async function waitInLine(
   engine.waiters.add(waiter);
   try {
     for (;;) {
-      if (engine.closing) return await leave(lock, self, "shutting down", SHUTTING_DOWN);
-      if (gone.aborted) return await leave(lock, self, "disconnected", WENT_AWAY);
+      if (engine.closing) return await leave("shutting down", SHUTTING_DOWN);
+      if (gone.aborted) return await leave("disconnected", WENT_AWAY);
       if (engine.clock.now() >= deadline) {
-        const holds = await whatHoldsItNow(lock, rule, self, latest);
-        return await leave(lock, self, "timed out", refuse("timeout", `waited ${waitSeconds}s; ${holds}`));
+        const holds = await whatHoldsItNow(decide, options.claim, self, latest);
+        return await leave("timed out", refuse("timeout", `waited ${waitSeconds}s; ${holds}`));
       }
       waiter.woke = false;
       // The commit reads the sockets first: a client that went away as the release came free is
       // seen then, and leaves the line (at the top of the loop) rather than being handed it.
-      const attempt = await commit(lock, rule, { self, room }, gone);
-      if (attempt.outcome.ok) return keepOnlyIfHeard(lock, attempt.outcome, gone);
+      const attempt = await commit(lock, decide, { ...options, self }, gone);
+      if (attempt.outcome.ok) return keepOnlyIfHeard(attempt.outcome, gone);
       if (gone.aborted || engine.closing) continue;
       latest = attempt.outcome;
       // No longer allowed (its token was revoked while it waited): it leaves the line with that answer.
       if (attempt.outcome.reason === "unauthorized" || attempt.outcome.reason === "forbidden")
-        return await leave(lock, self, "its token no longer allows it", attempt.outcome);
+        return await leave("its token no longer allows it", attempt.outcome);
       const { until } = attempt.outcome;
       if (until !== undefined) {
         cancelThaw();
@@ -321,12 +365,18 @@ const THAW_FALLBACK_MS = 1000;
 // The words of a timeout: what keeps the waiter out at this moment (the release that refused it as it
 // joined may have ended long ago, and a freeze or a block taken its place), decided by the rule on the
 // state as it is now; the last refusal when the lock came free just as the wait ran out.
-async function whatHoldsItNow(lock: string, rule: Rule, self: number, latest: Outcome): Promise<string> {
-  if (!store().exclusive) await refresh(lock).catch(() => {}); // another replica may have changed it
+async function whatHoldsItNow(
+  decide: Decide,
+  claimReach: readonly string[],
+  self: number,
+  latest: Outcome,
+): Promise<string> {
+  // Another replica may have changed it.
+  if (!store().exclusive) for (const l of claimReach) await refresh(l).catch(() => {});
   const ahead = store()
     .waiting()
-    .filter((w) => w.id < self && overlaps(w.lock, lock)).length;
-  const { outcome } = withExpiry(rule)(state(lock), engine.clock.now(), ahead);
+    .filter((w) => w.id < self && claimsOverlap(reachOf(w), claimReach)).length;
+  const { outcome } = decide(engine.known, engine.clock.now(), ahead);
   const refusal = outcome.ok ? latest : outcome;
   return refusal.ok ? "" : refusal.message;
 }
@@ -344,9 +394,17 @@ function wake(w: Waiter) {
   resolve();
 }
 
-async function leave(lock: string, self: number, why: string, answer: Outcome): Promise<Outcome> {
+// A waiter leaving lets through the next waiters its claim kept back.
+async function leaveLine(
+  lock: string,
+  claimReach: readonly string[],
+  self: number,
+  why: string,
+  answer: Outcome,
+): Promise<Outcome> {
   const committed = await store().leave(lock, self, why);
   if (committed) heard(committed, false);
+  wakeWaiters(claimReach);
   return answer;
 }
 
@@ -354,11 +412,12 @@ async function leave(lock: string, self: number, why: string, answer: Outcome): 
 // (`abandoned`). The event loop reads the sockets once more first, so a client that reset its
 // connection as the grant was committed (often in the same turn as its request) is seen. A 1
 // lost on the wire after this point cannot be seen: a lease bounds it.
-async function keepOnlyIfHeard(lock: string, granted: Outcome, gone: AbortSignal): Promise<Outcome> {
+async function keepOnlyIfHeard(granted: Outcome, gone: AbortSignal): Promise<Outcome> {
   if (!granted.ok) return granted;
   await socketsRead();
   if (!gone.aborted) return granted;
   const id = granted.release?.id;
+  const lock = granted.locks?.[0] ?? granted.next.lock;
   if (id !== undefined) await abandonUntilSaved(lock, id);
   return WENT_AWAY;
 }
@@ -366,7 +425,10 @@ async function keepOnlyIfHeard(lock: string, granted: Outcome, gone: AbortSignal
 // While storage fails the abandon is tried again each second, as a lease's end is: a release nobody
 // was told of must not stay held. It stops once saved, or once that release is no longer held.
 async function abandonUntilSaved(lock: string, id: number): Promise<void> {
-  const { outcome } = await commit(lock, (s, now) => abandon(s, id, now));
+  const { outcome } = await commit(
+    lock,
+    on(lock, (s, now) => abandon(s, id, now)),
+  );
   if (!outcome.ok && outcome.reason === "storage" && !engine.closing)
     engine.clock.after(1000, () => abandonUntilSaved(lock, id));
 }
@@ -401,7 +463,12 @@ export const windowKnown = (window: string): Promise<boolean> => store().marked(
 const memoryIsCurrent = (s: Store): boolean => s.exclusive && engine.committing === 0;
 
 /** Commits through the store, then updates the cache and tells listeners. */
-async function commit(lock: string, rule: Rule, options: TransactOptions = {}, gone?: AbortSignal): Promise<Decision> {
+async function commit(
+  lock: string,
+  decide: Decide,
+  options: TransactOptions = {},
+  gone?: AbortSignal,
+): Promise<Decision> {
   engine.committing++;
   let decision: Decision;
   try {
@@ -412,74 +479,85 @@ async function commit(lock: string, rule: Rule, options: TransactOptions = {}, g
     // abandoned. Every commit waits alike, so none overtakes one asked before it.
     await socketsRead();
     if (gone?.aborted) return { outcome: WENT_AWAY, committed: null, joined: null };
-    decision = await store().transact(lock, withExpiry(rule), options);
+    decision = await store().transact(lock, decide, options);
   } finally {
     engine.committing--;
   }
   if (decision.committed) heard(decision.committed, false);
   else if (!decision.outcome.ok && decision.outcome.reason === "storage")
-    storageFailure(store().health().problem ?? "the store did not say why");
+    engine.storageFailure(store().health().problem ?? "the store did not say why");
   return decision;
 }
 
-// A rule, after ending any lease that ran out before it: the refusal may carry that change.
-const withExpiry =
-  (rule: Rule): Decide =>
-  (asStored, now, ahead) => {
-    const stored = withLimit(asStored);
-    const expired = expire(stored, now);
-    const outcome = expired ? andThen(expired, (s) => rule(s, now, ahead)) : rule(stored, now, ahead);
-    const change: Change | null = outcome.ok ? outcome : expired;
-    return { outcome, change: change && change.events.length > 0 ? withStatus(change) : null };
-  };
+// A rule on one lock, after ending any lease that ran out before it (see decide.ts), its events with their status.
+const on = (lock: string, rule: Rule): Decide => withStatus(decideOn(lock, rule, SETUP));
 
 // Each event with what its lock is after the change (for webhooks, which send it later): blocked from the
 // state the change leaves, frozen from the calendar at the event's time.
-const withStatus = (c: Change): Change => ({
-  ...c,
-  events: c.events.map((e) => ({
-    ...e,
-    status: statusAfter(e.kind, { blocked: blockedOver(c.next, e.lock), frozen: engine.frozen(e.lock, e.at) !== null }),
-  })),
-});
+const withStatus =
+  (decide: Decide): Decide =>
+  (stored, now, ahead) => {
+    const { outcome, change } = decide(stored, now, ahead);
+    if (!change) return { outcome, change };
+    const events = change.events.map((e) => ({
+      ...e,
+      status: statusAfter(e.kind, {
+        blocked: blockedOver(change.next, e.lock),
+        frozen: engine.frozen(e.lock, e.at) !== null,
+      }),
+    }));
+    const withEvents: Change = { ...change, events };
+    return { outcome: outcome.ok ? { ...outcome, events } : outcome, change: withEvents };
+  };
 
 function heard(c: Committed, remote: boolean) {
   engine.heard++;
   remember(c.entries, c.after?.lastId ?? engine.known.lastId);
   for (const listener of engine.listeners) listener({ ...c, remote });
-  wakeWaiters(c.lock);
+  wakeWaiters([c.lock, ...c.entries.keys()]);
 }
 
 // The cache only moves forward: an older answer that arrives late never overwrites a newer one.
+// A read sent before a commit that forgot a lock may arrive after it: the forgotten row's version is kept, so
+// that such a read cannot bring the row back (a name used again starts above it: see changedEntries).
 function remember(entries: Map<string, Entry>, lastId: number) {
   if (lastId > engine.known.lastId) engine.known.lastId = lastId;
   for (const [lock, entry] of entries) {
     const cached = engine.known.entries.get(lock);
     if (cached && entry.version < cached.version) continue;
-    if (forgets(lock, entry)) engine.known.entries.delete(lock);
-    else engine.known.entries.set(lock, entry);
+    if (!cached && entry.version <= (engine.forgotten.get(lock) ?? -1)) continue;
+    if (forgets(lock, entry)) {
+      engine.known.entries.delete(lock);
+      if (engine.forgotten.size >= 4096) engine.forgotten.clear(); // bounded: many names used once
+      engine.forgotten.set(lock, entry.version);
+    } else engine.known.entries.set(lock, entry);
     armExpiry(lock);
   }
   engine.scopes.clear();
 }
 
 /**
- * Lets the waiters try again that a change on `lock` (undefined: the calendar, any lock) can let through:
- * those whose lock overlaps it and that no earlier waiter overlaps. Any other is refused `queued` until the
- * one ahead of it is served or leaves, and that commit wakes it in turn, so a change wakes one waiter per
+ * Lets the waiters try again that a change on `locks` (undefined: the calendar, any lock) can let through:
+ * those whose claim overlaps them and that no earlier waiter overlaps. Any other is refused `queued` until
+ * the one ahead of it is served or leaves, and that commit wakes it in turn, so a change wakes one waiter per
  * line, not the whole line.
  */
-export function wakeWaiters(lock?: string) {
+export function wakeWaiters(locks?: string | readonly string[]) {
   if (engine.waiters.size === 0) return;
+  const changed = typeof locks === "string" ? [locks] : locks;
   const line = store().waiting();
-  for (const w of engine.waiters) if ((lock === undefined || overlaps(w.lock, lock)) && firstInLine(w, line)) wake(w);
+  for (const w of engine.waiters)
+    if ((changed === undefined || claimsOverlap(w.reach, changed)) && firstInLine(w, line)) wake(w);
 }
 
-const firstInLine = (w: Waiter, line: Queued[]): boolean => !line.some((q) => q.id < w.id && overlaps(q.lock, w.lock));
+const firstInLine = (w: Waiter, line: Queued[]): boolean =>
+  !line.some((q) => q.id < w.id && claimsOverlap(reachOf(q), w.reach));
 
 // Another replica changed something (or the poll came round): read afresh, then let waiters try.
 async function heardFromElsewhere(lock: string, events: Event[]) {
-  await refresh(lock).catch(() => {});
+  // A release of several locks changed every one of its rows: each is read afresh.
+  const changed = new Set([lock, ...events.flatMap((e) => e.locks ?? [])]);
+  for (const l of changed) await refresh(l).catch(() => {});
   if (events.length) {
     const s = state(lock);
     for (const listener of engine.listeners)
@@ -577,12 +655,6 @@ export const startOrWait = (req: StartRequest, waitSeconds: number, gone: AbortS
 export const isHealthy = (): boolean => health().ok;
 export const stateKnown = (): boolean => health().known;
 export const waitingList = (): Queued[] => waiting();
-
-let storageFailure: (problem: string) => void = () => {};
-/** Told each time a change could not be saved, with what the store says is wrong. */
-export function onStorageFailure(report: (problem: string) => void): void {
-  storageFailure = report;
-}
 
 /** A consistent copy of the whole database, taken inside the daemon; null when the store cannot give one. */
 export const backup = (): Uint8Array | null => store().backup();

@@ -17,6 +17,7 @@ export type Release = {
   startedAt: number; // epoch milliseconds
   expiresAt: number | null; // null: the release never expires on its own
   by?: string; // who started it: the named token's `who`; absent without tokens
+  locks?: string[]; // every lock it holds, in the order asked, when it holds more than one (a claim of several)
 };
 
 export type Block = { name: string; reason: string; since: number; by?: string };
@@ -74,6 +75,7 @@ export type Event = {
   reason: string;
   by?: string; // whose token made it (the token's `who`); absent without tokens
   status?: string; // what the lock is after it (statusAfter), as a webhook says; absent in events from before
+  locks?: string[]; // every lock of its release, when the release holds more than one (`lock` is the first)
 };
 
 // What the lock is once an event happened: a word a webhook receiver can switch on.
@@ -134,7 +136,14 @@ export type Reason =
   | "unsupported-media-type";
 
 export type Refusal = { ok: false; reason: Reason; message: string; until?: number }; // until: when a freeze ends
-export type Change = { ok: true; next: State; events: Event[]; release?: Release }; // release: the one it granted or renewed
+export type Change = {
+  ok: true;
+  next: State;
+  events: Event[];
+  release?: Release; // the one it granted or renewed
+  locks?: string[]; // the locks a grant holds, in the order asked (a pool's child in place of the pool)
+  also?: Neighbour[]; // other locks it wrote, as they are after it: a claim's other locks, a release's other rows
+};
 export type Outcome = Change | Refusal;
 
 /** Who asks: the name the request gave, and whose token it sent (absent without tokens). */
@@ -198,16 +207,15 @@ export function releaseAround(s: State): { lock: string; release: Release } | nu
 }
 
 /**
- * Grants the release to `holder` if nothing runs, nothing blocks, no freeze is in force (or the
- * request overrides it) and nobody waits ahead.
+ * Why `req` may not start on this lock now, before anyone waiting is counted: something runs on it or
+ * around it, its slots are taken, it is blocked, or frozen (and the request does not override it). Null:
+ * it may. `frozen` is what a start records that overrides a freeze.
  */
-export function start(
+export function whyNotStart(
   s: State,
   req: StartRequest,
-  now: number,
-  waitingAhead: number,
-  freeze: () => Frozen | null = () => null, // asked only when nothing else refuses: it costs a calendar look
-): Outcome {
+  freeze: () => Frozen | null, // asked only when nothing else refuses: it costs a calendar look
+): Refusal | { frozen: Frozen | null } {
   if (s.lock === ROOT)
     return refuse("invalid", "the root holds no release: start a named lock, e.g. /start or /locks/prod/start");
   const running = s.limit === 1 ? releaseOn(s) : releaseAround(s);
@@ -217,29 +225,64 @@ export function start(
   if (blocked) return refuse("blocked", describeBlock(blocked.block, blocked.lock));
   const frozen = freeze();
   if (frozen && req.override === undefined) return { ...refuse("frozen", frozen.message), until: frozen.until };
-  if (waitingAhead > 0) return refuse("queued", `${waitingAhead} waiting ahead of you`);
-  const id = s.lastId + 1;
+  return { frozen };
+}
+
+/** The new release of a start, with the next id: on `locks` when it holds more than one. */
+export function newRelease(lastId: number, req: StartRequest, now: number, locks: string[]): Release {
   const expiresAt = req.ttlSeconds === null ? null : now + req.ttlSeconds * 1000;
-  const release: Release = { id, name: req.name, reason: req.reason, startedAt: now, expiresAt, by: req.by };
+  const release: Release = {
+    id: lastId + 1,
+    name: req.name,
+    reason: req.reason,
+    startedAt: now,
+    expiresAt,
+    by: req.by,
+  };
+  return locks.length > 1 ? { ...release, locks } : release;
+}
+
+/** The events that record a grant: `started`, after `overridden` when it went ahead during a freeze. */
+export function startEvents(release: Release, lock: string, req: StartRequest, frozen: Frozen | null): Event[] {
   const started: Event = {
-    lock: s.lock,
-    at: now,
+    lock,
+    at: release.startedAt,
     kind: "started",
-    releaseId: id,
+    releaseId: release.id,
     name: req.name,
     reason: req.reason,
     by: req.by,
+    ...(release.locks ? { locks: release.locks } : {}),
   };
   // An override is recorded only when there was a freeze to override, with why and who.
   const overridden: Event[] =
     frozen && req.override !== undefined
       ? [{ ...started, kind: "overridden", reason: `${req.override} (over: ${frozen.message})` }]
       : [];
+  return [...overridden, started];
+}
+
+/**
+ * Grants the release to `holder` if nothing runs, nothing blocks, no freeze is in force (or the
+ * request overrides it) and nobody waits ahead.
+ */
+export function start(
+  s: State,
+  req: StartRequest,
+  now: number,
+  waitingAhead: number,
+  freeze: () => Frozen | null = () => null,
+): Outcome {
+  const why = whyNotStart(s, req, freeze);
+  if ("ok" in why) return why;
+  if (waitingAhead > 0) return refuse("queued", `${waitingAhead} waiting ahead of you`);
+  const release = newRelease(s.lastId, req, now, [s.lock]);
   return {
     ok: true,
-    next: holding({ ...s, lastId: id }, [...s.releases, release]),
-    events: [...overridden, started],
+    next: holding({ ...s, lastId: release.id }, [...s.releases, release]),
+    events: startEvents(release, s.lock, req, why.frozen),
     release,
+    locks: [s.lock],
   };
 }
 

@@ -37,12 +37,14 @@ const once = <T extends Release | Block>(x: T, words: (x: T) => string): string 
 
 // The original's lock and the root need no naming: with one lock, the words are exactly as they were.
 export const on = (lock: string) => (lock === DEFAULT_LOCK || lock === ROOT ? "" : ` on ${lock}`);
+// A release of several locks names them all: " on prod/eu, shared-db".
+const onAll = (lock: string, locks: string[] | undefined) => (locks ? ` on ${locks.join(", ")}` : on(lock));
 
 export const describeRelease = (r: Release, lock: string = DEFAULT_LOCK): string =>
   once(
     r,
     () =>
-      `release #${r.id} by ${who(r.name)}${r.reason ? ` (${r.reason})` : ""}${on(lock)}${startedBy(r.name, r.by)} running since ${iso(r.startedAt)}`,
+      `release #${r.id} by ${who(r.name)}${r.reason ? ` (${r.reason})` : ""}${onAll(lock, r.locks)}${startedBy(r.name, r.by)} running since ${iso(r.startedAt)}`,
   );
 
 /** A lock with a limit whose every slot is taken: "staging/devices holds 3 of 3: release #41 by …; release #42 by …". */
@@ -80,7 +82,7 @@ export const describeTold = (e: Event, told: Told): string =>
 export function describeEvent(e: Event): string {
   const n = whoBy(e.name, e.by);
   const what = e.reason ? `: ${e.reason}` : "";
-  const where = on(e.lock);
+  const where = onAll(e.lock, e.locks);
   switch (e.kind) {
     case "started":
       return differs(e.name, e.by)

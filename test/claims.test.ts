@@ -124,3 +124,205 @@ describe("[[lock]] tables", () => {
     );
   });
 });
+
+const PHONES = `
+[[lock]]
+name = "devices/pixel-7"
+
+[[lock]]
+name = "devices/pixel-8"
+`;
+
+const withPhones = async () => daemon({ RS_CONFIG: configFile(PHONES), RS_DB: await freshDb() });
+const reasonCode = async (d: Daemon, path: string) => (await d.get(path)).headers.get("x-reason-code");
+
+describe("the lock model's examples", () => {
+  test("three starts on a lock of limit 3 are three releases; a fourth waits or is refused full", async () => {
+    const d = await withDevices();
+    for (const name of ["a", "b", "c"]) expect(await d.body(`/locks/staging/devices/start?name=${name}`)).toBe("1\n");
+    expect(await reasonCode(d, "/locks/staging/devices/start?name=d")).toBe("full");
+    const waiter = d.get("/locks/staging/devices/start?name=d&wait=30");
+    await until(async () => (await status(d, "staging/devices")).queue.length === 1, "d in line");
+    expect(await d.body("/locks/staging/devices/stop?id=2")).toBe("1\n");
+    expect(await (await waiter).text()).toBe("1\n");
+  });
+
+  test("a pool takes one free child at a time and names it; a third waits", async () => {
+    const d = await withPhones();
+    const first = await d.get("/locks/devices/*/start?name=a");
+    expect(await first.text()).toBe("1\n");
+    expect(first.headers.get("x-lock")).toBe("devices/pixel-7");
+    expect(first.headers.get("x-release-id")).toBe("1");
+    const second = await d.get("/locks/devices/*/start?name=b");
+    expect(await second.text()).toBe("1\n");
+    expect(second.headers.get("x-lock")).toBe("devices/pixel-8");
+    expect(second.headers.get("x-release-id")).toBe("2");
+    expect(await reasonCode(d, "/locks/devices/*/start?name=c")).toBe("running");
+    const third = d.get("/locks/devices/*/start?name=c&wait=30");
+    await until(async () => (await status(d, "devices")).queue.length === 1, "c in line");
+    expect(await d.body("/locks/devices/pixel-8/stop")).toBe("1\n");
+    const got = await third;
+    expect(await got.text()).toBe("1\n");
+    expect(got.headers.get("x-lock")).toBe("devices/pixel-8");
+  });
+
+  test("two locks in one claim are one release on both; a start on either is refused running until it ends", async () => {
+    const d = await daemon({ RS_DB: await freshDb() });
+    const res = await d.get("/start?lock=prod/eu&lock=shared-db&name=ana");
+    expect(await res.text()).toBe("1\n");
+    expect(res.headers.get("x-release-id")).toBe("1");
+    expect(res.headers.get("x-lock")).toBe("prod/eu,shared-db");
+    expect(await reasonCode(d, "/locks/shared-db/start")).toBe("running");
+    expect(await reasonCode(d, "/locks/prod/eu/start")).toBe("running");
+    expect(await reasonCode(d, "/start")).toBeNull(); // the default lock is not part of it
+    expect((await status(d, "shared-db")).releases.map((r: { id: number }) => r.id)).toEqual([1]);
+    expect(await d.body("/locks/shared-db/stop?id=1")).toBe("1\n"); // on any of its locks: the whole release
+    expect(await d.body("/locks/prod/eu/start?name=bo")).toBe("1\n");
+    expect(await d.body("/locks/shared-db/start?name=bo")).toBe("1\n");
+  });
+
+  test("overlapping locks in one claim are 400 invalid with words, and change nothing", async () => {
+    const d = await daemon({ RS_DB: await freshDb() });
+    const res = await d.get("/start?lock=prod&lock=prod/eu");
+    expect(res.status).toBe(400);
+    expect(await res.text()).toBe("0\n");
+    expect(res.headers.get("x-reason-code")).toBe("invalid");
+    expect(res.headers.get("x-reason")).toMatch(/prod and prod\/eu overlap/);
+    expect((await status(d, "prod")).running).toBe(false);
+  });
+
+  test("a newcomer that would pass a waiting claim it overlaps is refused queued", async () => {
+    const d = await daemon({ RS_DB: await freshDb() });
+    expect(await d.body("/locks/prod/eu/start?name=ana")).toBe("1\n");
+    const waiter = d.get("/start?lock=prod/eu&lock=shared-db&name=bo&wait=30");
+    await until(async () => (await status(d, "shared-db")).queue.length === 1, "the claim in line");
+    expect(await reasonCode(d, "/locks/shared-db/start?name=cy")).toBe("queued");
+    expect(await d.body("/locks/other/start?name=cy")).toBe("1\n"); // overlaps no waiter: starts at once
+    expect(await d.body("/locks/prod/eu/stop")).toBe("1\n");
+    const got = await waiter;
+    expect(await got.text()).toBe("1\n");
+    expect(got.headers.get("x-lock")).toBe("prod/eu,shared-db");
+  });
+});
+
+describe("claims of several locks", () => {
+  test("/locks/NAME/start?lock=B claims NAME and B, in the order asked", async () => {
+    const d = await daemon({ RS_DB: await freshDb() });
+    const res = await d.get("/locks/shared-db/start?lock=prod/eu&name=ana&format=json");
+    const body = await res.json();
+    expect(body.ok).toBe(true);
+    expect(body.lock).toBe("shared-db");
+    expect(body.locks).toEqual(["shared-db", "prod/eu"]);
+    expect(res.headers.get("x-lock")).toBe("shared-db,prod/eu");
+  });
+
+  test("/start?lock=NAME claims NAME alone, not the default lock, also for a pool", async () => {
+    const d = await withPhones();
+    const res = await d.get("/start?lock=devices/*&name=ana");
+    expect(await res.text()).toBe("1\n");
+    expect(res.headers.get("x-lock")).toBe("devices/pixel-7");
+    expect((await status(d, "default")).running).toBe(false);
+    expect((await status(d, "devices/pixel-7")).releases.map((r: { name: string }) => r.name)).toEqual(["ana"]);
+  });
+
+  test("with RS_LOCKS, /start?lock= is allowed on the locks it lists, also without default, and refused on others", async () => {
+    const d = await daemon({ RS_DB: await freshDb(), RS_LOCKS: "prod/eu,shared-db" });
+    expect(await d.body("/start?lock=prod/eu&lock=shared-db")).toBe("1\n");
+    expect(await reasonCode(d, "/start?lock=prod/us")).toBe("unknown-lock");
+    expect(await reasonCode(d, "/locks/prod/eu/start?lock=prod/us")).toBe("unknown-lock");
+  });
+
+  test("a refused claim's JSON answer shows the status of the first lock it asked for", async () => {
+    const d = await daemon({ RS_DB: await freshDb() });
+    await d.body("/locks/shared-db/start?name=ana");
+    const body = await (await d.get("/start?lock=shared-db&lock=prod/eu&format=json")).json();
+    expect(body.reason).toBe("running");
+    expect(body.status.lock).toBe("shared-db");
+  });
+
+  test("a grant on one lock also names its lock in X-Lock", async () => {
+    const d = await daemon({ RS_DB: await freshDb() });
+    expect((await d.get("/locks/prod/start")).headers.get("x-lock")).toBe("prod");
+  });
+
+  test("more than 16 locks in one claim is 400 invalid", async () => {
+    const d = await daemon({ RS_DB: await freshDb() });
+    const locks = Array.from({ length: 17 }, (_, i) => `lock=l${i}`).join("&");
+    const res = await d.get(`/start?${locks}`);
+    expect(res.status).toBe(400);
+    expect(res.headers.get("x-reason")).toMatch(/17 locks, more than 16/);
+  });
+
+  test("the lease of a claim ends it on every lock at once", async () => {
+    const d = await daemon({ RS_DB: await freshDb() });
+    expect(await d.body("/start?lock=a&lock=b&ttl=1")).toBe("1\n");
+    await until(async () => !(await status(d, "b")).running && !(await status(d, "a")).running, "both free");
+    const kinds = (await (await d.get("/locks/b/history?format=json")).json()).events.map(
+      (e: { kind: string }) => e.kind,
+    );
+    expect(kinds).toEqual(["expired", "started"]);
+  });
+
+  test("renewing by id on one of its locks renews the whole release", async () => {
+    const d = await daemon({ RS_DB: await freshDb() });
+    expect(await d.body("/start?lock=a&lock=b&ttl=60")).toBe("1\n");
+    expect(await d.body("/locks/b/renew?id=1&ttl=600")).toBe("1\n");
+    const a = (await status(d, "a")).releases[0];
+    const b = (await status(d, "b")).releases[0];
+    expect(a.expiresAt).toBe(b.expiresAt);
+  });
+
+  test("history and events name every lock of the release", async () => {
+    const d = await daemon({ RS_DB: await freshDb() });
+    await d.body("/start?lock=prod/eu&lock=shared-db&name=ana");
+    const [started] = (await (await d.get("/locks/shared-db/history?format=json")).json()).events;
+    expect(started).toMatchObject({ kind: "started", lock: "prod/eu", locks: ["prod/eu", "shared-db"] });
+    expect(await d.body("/locks/shared-db/history")).toMatch(/release #1 on prod\/eu, shared-db started by ana/);
+  });
+
+  test("a pool with no declared children is 400 invalid with words", async () => {
+    const d = await daemon({ RS_DB: await freshDb() });
+    const res = await d.get("/locks/devices/*/start");
+    expect(res.status).toBe(400);
+    expect(res.headers.get("x-reason")).toMatch(
+      /pool of devices, which has no declared children: declare them as \[\[lock\]\]/,
+    );
+  });
+
+  test("the status of each of its locks lists the release with every lock it holds", async () => {
+    const d = await daemon({ RS_DB: await freshDb() });
+    await d.body("/start?lock=prod/eu&lock=shared-db&name=ana");
+    for (const lock of ["prod/eu", "shared-db"])
+      expect((await status(d, lock)).release).toMatchObject({ id: 1, locks: ["prod/eu", "shared-db"] });
+    expect(await d.body("/locks/shared-db/status")).toMatch(/^running: release #1 by ana on prod\/eu, shared-db/);
+  });
+
+  test("a pool's lock lists its members, free or held, and /locks shows it before it is used", async () => {
+    const d = await withPhones();
+    const listed = async () => (await (await d.get("/locks?format=json")).json()).map((s: { lock: string }) => s.lock);
+    expect(await listed()).toContain("devices");
+    await d.body("/locks/devices/*/start?name=ana");
+    const members = (await status(d, "devices")).members;
+    expect(members.map((m: { lock: string }) => m.lock)).toEqual(["devices/pixel-7", "devices/pixel-8"]);
+    expect(members[0].release).toMatchObject({ id: 1, name: "ana" });
+    expect(members[1].release).toBeNull();
+  });
+
+  test("a pool is only for start: stop, status and the rest on it are 400 invalid, naming what to do", async () => {
+    const d = await withPhones();
+    await d.body("/locks/devices/*/start");
+    for (const action of ["stop", "renew?id=1", "status", "history"]) {
+      const res = await d.get(`/locks/devices/*/${action}`);
+      expect(res.status).toBe(400);
+      expect(res.headers.get("x-reason")).toMatch(/devices\/\* is a pool: only start takes from it/);
+    }
+    expect((await status(d, "devices/pixel-7")).running).toBe(true);
+  });
+
+  test("a pool can be one of several locks in a claim", async () => {
+    const d = await withPhones();
+    const res = await d.get("/start?lock=shared-db&lock=devices/*");
+    expect(await res.text()).toBe("1\n");
+    expect(res.headers.get("x-lock")).toBe("shared-db,devices/pixel-7");
+  });
+});

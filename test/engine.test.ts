@@ -444,6 +444,184 @@ for (const [storeName, makeStore] of stores) {
       });
     });
 
+    describe("claims of several locks and pools", () => {
+      const LIMITS: Record<string, number> = { "staging/devices": 3 };
+      const CHILDREN: Record<string, string[]> = { phones: ["phones/a", "phones/b"] };
+      beforeEach(() => {
+        engine.limitOf = (lock) => LIMITS[lock] ?? 1;
+        engine.childrenOf = (lock) => CHILDREN[lock] ?? [];
+      });
+      const claim = (locks: string[], name: string, wait = 0, ttl: number | null = null) =>
+        start(locks, holder(name, ttl), wait, new AbortController().signal);
+      const stopOn = (lock: string, id: number | null) => change(lock, (s, now) => stop(s, id, { name: "" }, now));
+      const held = (lock: string) => state(lock).releases.map((r) => r.id);
+      const lockOf = (o: Outcome) => (o.ok ? o.locks : undefined);
+
+      test("a claim is one release on every lock it names, with one id", async () => {
+        const o = await claim(["prod/eu", "shared-db"], "ana");
+        expect(reasonOf(o)).toBe("granted");
+        expect(lockOf(o)).toEqual(["prod/eu", "shared-db"]);
+        expect(held("prod/eu")).toEqual([1]);
+        expect(held("shared-db")).toEqual([1]);
+        expect(state("shared-db").release?.locks).toEqual(["prod/eu", "shared-db"]);
+      });
+
+      test("all or nothing: a claim one of whose locks is held holds none of them", async () => {
+        await claim(["shared-db"], "ana");
+        expect(reasonOf(await claim(["prod/eu", "shared-db"], "bo"))).toBe("running");
+        expect(held("prod/eu")).toEqual([]);
+      });
+
+      test("stopping it by id on any of its locks ends it on all of them, recorded once", async () => {
+        await claim(["prod/eu", "shared-db"], "ana");
+        expect(reasonOf(await stopOn("shared-db", 1))).toBe("granted");
+        expect(held("prod/eu")).toEqual([]);
+        expect(held("shared-db")).toEqual([]);
+        const stopped = (await history(10, "prod/eu")).filter((e) => e.kind === "stopped");
+        expect(stopped).toHaveLength(1);
+        expect(stopped[0]?.locks).toEqual(["prod/eu", "shared-db"]);
+      });
+
+      test("a stop without an id on one of its locks ends it whole when it is the only release there", async () => {
+        await claim(["prod/eu", "shared-db"], "ana");
+        expect(reasonOf(await stopOn("prod/eu", null))).toBe("granted");
+        expect(held("shared-db")).toEqual([]);
+      });
+
+      test("renewing it on one lock renews it on all", async () => {
+        await claim(["prod/eu", "shared-db"], "ana", 0, 10);
+        await clock.advance(8_000);
+        expect(reasonOf(await change("prod/eu", (s, now) => renew(s, 1, 10, now)))).toBe("granted");
+        expect(state("shared-db").release?.expiresAt).toBe(T0 + 18_000);
+      });
+
+      test("its lease ends it on every lock at once", async () => {
+        await claim(["prod/eu", "shared-db"], "ana", 0, 10);
+        await clock.advance(10_000);
+        await until(async () => held("shared-db").length === 0 && held("prod/eu").length === 0, "both ended");
+        const expired = (await history(10)).filter((e) => e.kind === "expired");
+        expect(expired).toHaveLength(1);
+      });
+
+      test("a pool's grant is stored on the child it took, never under the pool's name", async () => {
+        await claim(["phones/*", "shared-db"], "a");
+        const stored = await store.readAll();
+        expect([...stored.entries.keys()]).not.toContain("phones/*");
+        expect(stored.entries.get("phones/a")?.releases.map((r) => r.id)).toEqual([1]);
+      });
+
+      test("a pool takes the child free the longest, ties by name", async () => {
+        expect(lockOf(await claim(["phones/*"], "a"))).toEqual(["phones/a"]);
+        expect(lockOf(await claim(["phones/*"], "b"))).toEqual(["phones/b"]);
+        expect(reasonOf(await claim(["phones/*"], "c"))).toBe("running");
+        await stopOn("phones/b", null);
+        await clock.advance(1_000);
+        await stopOn("phones/a", null);
+        // phones/b came free first: it has been free the longest.
+        expect(lockOf(await claim(["phones/*"], "d"))).toEqual(["phones/b"]);
+      });
+
+      test("a waiting claim is granted whole once its last lock frees", async () => {
+        await claim(["prod/eu"], "ana");
+        await claim(["shared-db"], "bo");
+        const waiter = claim(["prod/eu", "shared-db"], "cy", 60);
+        await inLine(1);
+        await stopOn("prod/eu", null);
+        expect(held("prod/eu")).toEqual([]); // not part of it while shared-db is held
+        await stopOn("shared-db", null);
+        const o = await waiter;
+        expect(reasonOf(o)).toBe("granted");
+        expect(held("prod/eu")).toEqual([3]);
+        expect(held("shared-db")).toEqual([3]);
+      });
+
+      test("a newcomer never passes a waiting claim it overlaps; one that overlaps no waiter starts at once", async () => {
+        await claim(["prod/eu"], "ana");
+        const waiter = claim(["prod/eu", "shared-db"], "bo", 60);
+        await inLine(1);
+        expect(reasonOf(await claim(["shared-db"], "cy"))).toBe("queued");
+        expect(reasonOf(await claim(["prod"], "cy"))).toBe("running");
+        expect(reasonOf(await claim(["staging"], "dee"))).toBe("granted");
+        await stopOn("prod/eu", null);
+        expect(reasonOf(await waiter)).toBe("granted");
+      });
+
+      test("a pool overlaps each of its declared children in the line", async () => {
+        await claim(["phones/*"], "a");
+        await claim(["phones/*"], "b");
+        const waiter = claim(["phones/*"], "c", 60);
+        await inLine(1);
+        await stopOn("phones/a", null);
+        expect(lockOf(await waiter)).toEqual(["phones/a"]);
+        // A pool's waiter kept out by another lock of its claim: a newcomer on a free child does not pass it.
+        await claim(["shared-db"], "d");
+        await stopOn("phones/b", null);
+        const second = claim(["phones/*", "shared-db"], "e", 60);
+        await inLine(1);
+        expect(reasonOf(await claim(["phones/b"], "f"))).toBe("queued");
+        await stopOn("shared-db", null);
+        expect(lockOf(await second)).toEqual(["phones/b", "shared-db"]);
+      });
+
+      test("200 concurrent claims mixing pools, limits and several locks: never more than allowed, overlapping waiters served in order", async () => {
+        const shapes = [
+          ["prod/eu", "shared-db"],
+          ["phones/*"],
+          ["staging/devices", "prod/us"],
+          ["prod"],
+          ["phones/*", "shared-db"],
+          ["staging/devices"],
+        ];
+        const locks = ["prod", "prod/eu", "prod/us", "shared-db", "staging/devices", "phones/a", "phones/b"];
+        const problems: string[] = [];
+        onCommit(() => {
+          for (const lock of locks) {
+            const s = state(lock);
+            if (s.releases.length > (LIMITS[lock] ?? 1)) problems.push(`${lock} held by ${s.releases.length}`);
+            for (const r of s.releases)
+              for (const other of r.locks ?? [])
+                if (!state(other).releases.some((x) => x.id === r.id))
+                  problems.push(`#${r.id} on ${lock}, not ${other}`);
+          }
+          const prod = state("prod").releases.length > 0;
+          if (prod && (state("prod/eu").releases.length > 0 || state("prod/us").releases.length > 0))
+            problems.push("prod held with a lock under it");
+        });
+        const answers = Array.from({ length: 200 }, (_, i) =>
+          claim(shapes[i % shapes.length] as string[], `c${i}`, 600, 1),
+        );
+        const holding = () => new Set(locks.flatMap((l) => state(l).releases.map((r) => r.id))).size;
+        await until(async () => holding() + waiting().length === 200, "every claim granted or in line");
+        // Nothing more can happen until the clock moves: no commit on its way, every waiter asleep.
+        const quiet = () => engine.committing === 0 && engine.waiters.size === waiting().length;
+        for (let second = 0; second < 400 && engine.waiters.size > 0; second++) {
+          // Twice, a moment apart: a waiter woken in between would be trying again.
+          await until(async () => quiet() && (await Bun.sleep(5).then(quiet)), "the engine quiet");
+          await clock.advance(1_000);
+        }
+        const outcomes = await Promise.all(answers);
+        expect(outcomes.map(reasonOf).filter((r) => r !== "granted")).toEqual([]);
+        expect(problems).toEqual([]);
+        // Served in order: of two waiters whose claims overlap, the one that joined first started first.
+        const events = (await history(10_000)).reverse();
+        const joined = events.filter((e) => e.kind === "waiting").map((e) => e.name);
+        const startedAt = new Map(events.filter((e) => e.kind === "started").map((e, i) => [e.name, i]));
+        const reachOf = (name: string) =>
+          (shapes[Number(name.slice(1)) % shapes.length] as string[]).flatMap((l) =>
+            l.endsWith("/*") ? (CHILDREN[l.slice(0, -2)] ?? []) : [l],
+          );
+        const overlap = (a: string[], b: string[]) =>
+          a.some((x) => b.some((y) => x === y || y.startsWith(`${x}/`) || x.startsWith(`${y}/`)));
+        const passed: string[] = [];
+        joined.forEach((a, i) => {
+          for (const b of joined.slice(i + 1))
+            if (overlap(reachOf(a), reachOf(b)) && (startedAt.get(b) ?? 0) < (startedAt.get(a) ?? 0))
+              passed.push(`${b} passed ${a}`);
+        });
+        expect(passed).toEqual([]);
+      });
+    });
+
     describe("locks in a tree", () => {
       const on = (lock: string, name: string, wait = 0, signal = new AbortController().signal) =>
         start(lock, holder(name), wait, signal);

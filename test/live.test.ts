@@ -148,3 +148,16 @@ describe("/events: RS_MAX_STREAMS", () => {
     open[1]?.abort();
   });
 });
+
+describe("/events of a lock held with others", () => {
+  test("a stream on any lock of a release of several locks hears its events, naming them all", async () => {
+    const controller = new AbortController();
+    const events = readEvents(await d.get("/locks/shared-db/events", { signal: controller.signal }));
+    await events.next(); // the snapshot
+    expect(await d.body("/start?lock=prod/eu&lock=shared-db&name=ana")).toBe("1\n");
+    const started = (await events.next()).value;
+    expect(started?.data.events).toMatchObject([{ kind: "started", lock: "prod/eu", locks: ["prod/eu", "shared-db"] }]);
+    expect(started?.data.status.releases).toHaveLength(1);
+    controller.abort();
+  });
+});

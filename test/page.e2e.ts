@@ -305,6 +305,19 @@ describe("the page, for a lock with a limit", () => {
   });
 });
 
+describe("the page, for a pool", () => {
+  test("the board shows a pool's members, free or held, on the tile of the lock they are declared under", async () => {
+    const file = join(tempDir(), "releasestatus.toml");
+    writeFileSync(file, '[[lock]]\nname = "devices/pixel-7"\n\n[[lock]]\nname = "devices/pixel-8"\n');
+    const { d, page } = await open({ RS_CONFIG: file }, undefined, "/");
+    await d.body("/locks/devices/*/start?name=ana");
+    const tile = page.locator(".tile", { hasText: "Pool:" });
+    await tile.locator("text=pixel-7 #1 by ana").waitFor();
+    expect(await tile.locator(".name").textContent()).toBe("devices");
+    expect(await tile.textContent()).toContain("pixel-8 free");
+  });
+});
+
 describe("the page with named tokens", () => {
   const FORBIDDEN_IN_CONSOLE = "Failed to load resource: the server responded with a status of 403 (Forbidden)";
   const sha = (token: string) => new Bun.CryptoHasher("sha256").update(token).digest("hex");

@@ -2,7 +2,17 @@
 import { describe, expect, test } from "bun:test";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { BINARY, type Daemon, daemonsPerTest, freePort, historyKinds, statusOf, tempDir, until } from "./daemon.ts";
+import {
+  BINARY,
+  configFile,
+  type Daemon,
+  daemonsPerTest,
+  freePort,
+  historyKinds,
+  statusOf,
+  tempDir,
+  until,
+} from "./daemon.ts";
 
 const server = daemonsPerTest();
 
@@ -412,6 +422,46 @@ describe("run and status on a named lock", () => {
     await Bun.write(go, "");
     expect((await c.done).code).toBe(0);
     expect((await (await d.get("/locks/prod/eu/status?format=json")).json()).running).toBe(false);
+  });
+});
+
+describe("run on several locks and pools", () => {
+  test("run --lock A --lock B holds both as one release, with RS_LOCK naming both, and stops it whole", async () => {
+    const d = await server();
+    const out = join(tempDir(), "locks");
+    const c = client(d, [
+      "run",
+      "--lock",
+      "prod/eu",
+      "--lock",
+      "shared-db",
+      "--",
+      "sh",
+      "-c",
+      `echo "$RS_RELEASE_ID $RS_LOCK" > ${out}`,
+    ]);
+    expect((await c.done).code).toBe(0);
+    expect(readFileSync(out, "utf8")).toBe("1 prod/eu,shared-db\n");
+    const { events } = await (await d.get("/locks/shared-db/history?format=json")).json();
+    expect(events.map((e: { kind: string }) => e.kind)).toEqual(["stopped", "started"]);
+    expect((await (await d.get("/locks/shared-db/status?format=json")).json()).running).toBe(false);
+  });
+
+  test("run --lock 'devices/*' takes a declared child, names it in RS_LOCK, and renews and stops it there", async () => {
+    const d = await server({ RS_CONFIG: configFile('[[lock]]\nname = "devices/pixel-7"\n') });
+    const dir = tempDir();
+    const [go, out] = [join(dir, "go"), join(dir, "lock")];
+    const command = `until [ -f ${go} ]; do sleep 0.05; done; echo "$RS_LOCK" > ${out}`;
+    const c = client(d, ["run", "--lock", "devices/*", "--ttl", "2", "--", "sh", "-c", command]);
+    const kinds = async () =>
+      (await (await d.get("/locks/devices/pixel-7/history?format=json")).json()).events.map(
+        (e: { kind: string }) => e.kind,
+      );
+    await until(async () => (await kinds()).includes("renewed"), "a renewal on devices/pixel-7");
+    await Bun.write(go, "");
+    expect((await c.done).code).toBe(0);
+    expect(readFileSync(out, "utf8")).toBe("devices/pixel-7\n");
+    expect((await kinds())[0]).toBe("stopped");
   });
 });
 

@@ -174,6 +174,24 @@ describe("a webhook is sent the events it asks for", () => {
   });
 });
 
+describe("a release of several locks in webhooks", () => {
+  const several = event({ lock: "prod/eu", locks: ["prod/eu", "shared-db"], releaseId: 46 });
+  test("a webhook on any of its locks hears of it", () => {
+    const h = hook({ url: "https://e.com", locks: ["shared-db"] });
+    expect(wants(h, several, (lock) => hearsLock(h, lock))).toBe(true);
+  });
+
+  test("every format names all of its locks", () => {
+    const standard = JSON.parse(render(hook({ url: "https://e.com" }), "m", several, T0).body);
+    expect(standard.data).toMatchObject({ lock: "prod/eu", locks: ["prod/eu", "shared-db"] });
+    expect(standard.data.message).toMatch(/release #46 on prod\/eu, shared-db/);
+    const slack = render(hook({ url: "https://hooks.slack.com/services/T/B/X", format: "slack" }), "m", several, T0);
+    expect(slack.body).toContain("locks prod/eu, shared-db");
+    const teams = render(hook({ url: "https://x.webhook.office.com/a", format: "teams" }), "m", several, T0);
+    expect(teams.body).toContain('"text":"Locks: ","weight":"Bolder"},{"type":"TextRun","text":"prod/eu, shared-db"}');
+  });
+});
+
 describe("a [[webhook]] table is checked whole", () => {
   const BAD: [Record<string, unknown>, RegExp][] = [
     [{}, /^url is missing/],
@@ -544,6 +562,24 @@ describe("delivery: in order, at least once, never in the way", () => {
     await until(async () => r.got.length === 2, "the second reminder");
     await clock.advance(60_000 * 5);
     expect(r.got).toHaveLength(2);
+    r.stop();
+  });
+
+  test("a release of several locks is reminded of once, naming all its locks", async () => {
+    const r = receiver();
+    await run([hook({ url: r.url, events: ["long-running"], remind_after: "2h" })]);
+    const o = await start(
+      ["team/a", "team/b"],
+      { name: "slow", reason: "", ttlSeconds: null },
+      0,
+      new AbortController().signal,
+    );
+    expect(o.ok).toBe(true);
+    await clock.advance(2 * 3_600_000);
+    await until(async () => r.got.length === 1, "the reminder");
+    expect(JSON.parse(r.got[0]?.body ?? "{}").data).toMatchObject({ lock: "team/a", locks: ["team/a", "team/b"] });
+    await clock.advance(60_000 * 5);
+    expect(r.got).toHaveLength(1);
     r.stop();
   });
 });

@@ -33,7 +33,7 @@ export const JSON_TYPE = "application/json; charset=utf-8";
 export const SECURITY_HEADERS = { "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store" };
 
 /** What a successful change tells the caller beyond its 1. */
-export type Success = { message: string; releaseId?: number };
+export type Success = { message: string; releaseId?: number; locks?: string[] }; // locks: every lock a grant holds
 
 export const wantsJson = (url: string, req: Request): boolean =>
   /[?&]format=json(&|$)/.test(url) || (req.headers.get("accept") ?? "").includes("application/json");
@@ -70,22 +70,31 @@ export function answer(
 ): Response {
   const code = o.ok ? 200 : HTTP_STATUS[o.reason];
   const releaseId = o.ok ? success.releaseId : undefined;
-  const headers = o.ok ? grantHeaders(releaseId, asJson, success.message) : refusalHeaders(o, asJson);
+  const locks = o.ok ? success.locks : undefined;
+  const headers = o.ok ? grantHeaders(releaseId, asJson, success.message, locks) : refusalHeaders(o, asJson);
   if (!asJson) return new Response(o.ok ? "1\n" : "0\n", { status: code, headers });
   const body = {
     ok: o.ok,
     reason: o.ok ? null : o.reason,
     message: o.ok ? success.message : o.message,
     ...(releaseId !== undefined ? { releaseId } : {}),
+    ...(locks ? { lock: locks[0], locks } : {}),
     status: status(),
   };
   return new Response(JSON.stringify(body), { status: code, headers });
 }
 
-const grantHeaders = (releaseId: number | undefined, asJson: boolean, message: string): Record<string, string> => ({
+const grantHeaders = (
+  releaseId: number | undefined,
+  asJson: boolean,
+  message: string,
+  locks: string[] | undefined,
+): Record<string, string> => ({
   ...SECURITY_HEADERS,
   "Content-Type": asJson ? JSON_TYPE : PLAIN,
   ...(releaseId !== undefined ? { "X-Release-Id": String(releaseId) } : {}),
+  // Every lock the release holds, in the order asked: a pool's answer names the child it took.
+  ...(locks ? { "X-Lock": locks.join(",") } : {}),
   // A change that is not the whole story (an unblock under a block from above) says so.
   ...(message.startsWith("still ") ? { "X-Reason": headerSafe(message) } : {}),
 });

@@ -17,7 +17,14 @@ export class Invalid extends Error {
   }
 }
 
-export type Params = Map<string, string>;
+/**
+ * The parameters, each by its first value; `lock`, which a start may repeat to claim several locks, keeps
+ * every value in `locks` (in the order sent, the query's before the body's).
+ */
+export type Params = Map<string, string> & { locks?: string[] };
+
+/** The only parameter whose every value counts: a claim's locks. */
+const REPEATED = "lock";
 
 /**
  * The query string, plus a form body on POST; a Refusal when it cannot be decoded, or when a body
@@ -55,6 +62,7 @@ export function readParams(req: Request, url: string): Params | Refusal | Promis
     const fromBody = parsePairs(body);
     if (!(fromBody instanceof Map)) return fromBody;
     for (const [k, v] of fromBody) if (!query.has(k)) query.set(k, v);
+    if (fromBody.locks) query.locks = [...(query.locks ?? []), ...fromBody.locks];
     return query;
   }, cutShort);
 }
@@ -80,7 +88,9 @@ function parsePairs(s: string): Params | Refusal {
     const eq = pair.indexOf("=");
     try {
       const key = decode(eq < 0 ? pair : pair.slice(0, eq));
-      if (!params.has(key)) params.set(key, decode(eq < 0 ? "" : pair.slice(eq + 1)));
+      const value = decode(eq < 0 ? "" : pair.slice(eq + 1));
+      if (!params.has(key)) params.set(key, value);
+      if (key === REPEATED) params.locks = [...(params.locks ?? []), value];
     } catch {
       return refuse(
         "invalid",

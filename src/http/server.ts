@@ -5,32 +5,17 @@
 // call the engine once, and hand the outcome to answer.ts.
 import type { Server } from "bun";
 import { type Action, closed, forbidden, identify, reaches, type Token } from "../access.ts";
-import type { Window } from "../calendar.ts";
-import { type Config, MAX_TTL_SECONDS } from "../config.ts";
-import {
-  backup,
-  change,
-  engine,
-  health,
-  history,
-  onCommit,
-  type Room,
-  type Snapshot,
-  snapshot,
-  snapshotAfter,
-  start,
-} from "../engine.ts";
-import { boundaryRecorded, describeSchedule, freezeWindows, upcoming } from "../freezes.ts";
+import { claimProblem, isPool, poolParent, reach } from "../claim.ts";
+import { type Config, declaredChildren, MAX_TTL_SECONDS } from "../config.ts";
+import { backup, change, onCommit, type Room, type Snapshot, snapshot, snapshotAfter, start } from "../engine.ts";
 import type { Log } from "../log.ts";
-import { countStart, renderMetrics, START_REFUSALS } from "../metrics.ts";
+import { countStart, START_REFUSALS } from "../metrics.ts";
 import { LOCK_NAME_RULE, validLockName } from "../names.ts";
-import { webhookStatuses } from "../notify/deliver.ts";
 import { looksLikeJwt } from "../oidc.ts";
 import {
   type Actor,
   block,
   DEFAULT_LOCK,
-  type Event,
   type Outcome,
   type Reason,
   type Refusal,
@@ -43,9 +28,10 @@ import {
   unblock,
 } from "../release.ts";
 import { identifyJob, type Job, jobUnder } from "../trust.ts";
-import { describeBlock, describeEvent, describeRelease, iso } from "../words.ts";
-import { answer, json, SECURITY_HEADERS, type Success, text, wantsJson } from "./answer.ts";
+import { describeBlock, describeRelease, iso } from "../words.ts";
+import { answer, SECURITY_HEADERS, type Success, text, wantsJson } from "./answer.ts";
 import pageText from "./page.html" with { type: "text" };
+import { type Ask, readsOf } from "./reads.ts";
 import {
   bearer,
   hasTokenParam,
@@ -58,24 +44,11 @@ import {
   tokenInUrl,
   whole,
 } from "./request.ts";
-import {
-  broadcastChange,
-  eventJson,
-  eventStream,
-  keepStreamsAlive,
-  lockNames,
-  locksText,
-  openStreams,
-  requireToken,
-  statusJson,
-  statusText,
-} from "./views.ts";
+import { broadcastChange, keepStreamsAlive, requireToken, statusJson } from "./views.ts";
 
 type Handler = (req: Request, server: Server<undefined>) => Response | Promise<Response>;
 /** A route's handler, given the URL already read: Bun builds `req.url` anew on each access. */
 type Route = (req: Request, server: Server<undefined>, url: string) => Response | Promise<Response>;
-/** What a request is about: the lock (undefined: every lock), and how it wants its answer. */
-type Ask = { req: Request; server: Server<undefined>; url: string; lock: string | undefined; json: boolean };
 /** A change's request, with the token it came with (null when the daemon has no tokens). */
 type ChangeAsk = Ask & { lock: string; token: Token | null };
 
@@ -143,6 +116,10 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
   // A lock named in a path: valid, and allowed. Whether there is room for one more name is decided when a
   // change would store it (see roomFor).
   function admit(name: string): Refusal | null {
+    if (isPool(name)) {
+      const problem = claimProblem([name], childrenOf);
+      return problem ? refuse("invalid", problem) : null; // its children are declared, so known
+    }
     const invalid = validName(name);
     if (invalid) return invalid;
     if (cfg.locks && !cfg.locks.includes(name) && !declared(name))
@@ -152,6 +129,32 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
 
   // A lock the file declares ([[lock]]) is known as RS_LOCKS's are.
   const declared = (name: string): boolean => cfg.declared.some((l) => l.name === name);
+  // The declared children of a lock: what a pool of it (`devices/*`) may take.
+  const childrenOf = (parent: string): string[] => declaredChildren(cfg, parent);
+
+  // What a start claims: the lock of its path, and each lock= it repeats (on /start, those alone), checked
+  // as a whole; a refusal when one of them is unknown or not the caller's to start.
+  function claimOf(p: Params, ask: ChangeAsk, action: Action): string[] | Refusal {
+    const asked = p.locks ?? [];
+    const names = asked.length > 0 && pathOf(ask.url) === "/start" ? asked : [ask.lock, ...asked];
+    const problem = claimProblem(names, childrenOf);
+    if (problem) throw new Invalid(problem);
+    for (const name of names) {
+      const refused = admit(name);
+      if (refused) return refused;
+    }
+    return allowedOn(names, ask.token, action) ?? names;
+  }
+
+  // A token must reach every lock a claim may hold (each child of its pools).
+  const allowedOn = (claim: readonly string[], token: Token | null, action: Action): Refusal | null => {
+    if (!token) return null;
+    for (const lock of reach(claim, childrenOf)) {
+      const why = forbidden(token, action, lock);
+      if (why) return refuse("forbidden", why);
+    }
+    return null;
+  };
 
   // How many lock names a change may find stored before it stores one more (none with RS_LOCKS, whose names
   // are fixed). A token limited to some locks may hold only its share of RS_MAX_LOCKS under them: so many
@@ -174,6 +177,8 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     ) =>
     (ask: Ask & { lock: string }): Response | Promise<Response> => {
       const { req, lock } = ask;
+      // A start on /start with lock= in its query is on those locks, not the default lock (each is checked in claimOf).
+      const guarded = name === "start" ? (askedOnStart(ask.url) ?? lock) : lock;
       const respond = (o: Outcome): Response | Promise<Response> => {
         if (!o.ok)
           log.refusal(
@@ -183,7 +188,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
         // The lock's status goes with a JSON answer only to a caller who may read it.
         // Asked only for a JSON answer: a plain 1 or 0 costs no second look at the token.
         if (!ask.json || mayRead(req) !== null) return answer(ask.json, o, success(o, lock));
-        const shown = lock === ROOT ? DEFAULT_LOCK : lock;
+        const shown = shownAfter(o, guarded);
         const withStatus = (snap: Snapshot) => answer(true, o, success(o, lock), () => statusJson(shown, snap));
         // A change shows the state it left, as its transaction saw it; a refusal, a snapshot taken after it.
         if (o.ok) return withStatus(snapshotAfter(o.next));
@@ -193,14 +198,14 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
           : withStatus(snap);
       };
       const access = cfg.access;
-      let token = guard(req, name, lock);
+      let token = guard(req, name, guarded);
       if (token !== null && "ok" in token) return respond(token);
       const run = (p: Params | Refusal): Response | Promise<Response> => {
         if (!(p instanceof Map)) return respond(p);
         if (hasTokenParam(p)) return respond(TOKEN_IN_URL);
         // A reload while the body came in may have revoked the token: it is looked up again.
         if (cfg.access !== access) {
-          token = guard(req, name, lock);
+          token = guard(req, name, guarded);
           if (token !== null && "ok" in token) return respond(token);
         }
         let outcome: Outcome | Promise<Outcome>;
@@ -237,25 +242,29 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
   const actions = {
     start: changing(
       "start",
-      (p, { req, server, lock, token }) => {
+      (p, ask) => {
+        const { req, server, token } = ask;
         const ttlSeconds = whole(p, "ttl", 1, MAX_TTL_SECONDS) ?? cfg.ttlSeconds;
         const wait = whole(p, "wait", 0, cfg.maxWaitSeconds) ?? 0;
         const override = p.has("override") ? textParam(p, "override") : undefined;
         if (override === "")
           throw new Invalid("override is empty: say why this release may start during a freeze, e.g. override=hotfix");
+        const claim = claimOf(p, ask, "start");
+        if (!Array.isArray(claim)) return claim;
         // Overriding a freeze is its own right: asking for it without the right is refused, frozen or not.
-        const notAllowed = override !== undefined && token ? forbidden(token, "override", lock) : null;
-        if (notAllowed) return refuse("forbidden", notAllowed);
+        const notAllowed = override !== undefined ? allowedOn(claim, token, "override") : null;
+        if (notAllowed) return notAllowed;
         if (wait > 0) server.timeout(req, 0); // a waiter may sit quietly for up to RS_MAX_WAIT
         // A waiter is handed the release only while its token still may start it (a reload may revoke it).
         const access = cfg.access;
         const stillAllowed = () => {
           if (cfg.access === access) return null;
-          const again = guard(req, override === undefined ? "start" : "override", lock);
-          return again !== null && "ok" in again ? again : null;
+          const again = guard(req, override === undefined ? "start" : "override", claim[0] as string);
+          if (again !== null && "ok" in again) return again;
+          return allowedOn(claim, again, override === undefined ? "start" : "override");
         };
         return start(
-          lock,
+          claim,
           { ...holder(p, token), ttlSeconds, override },
           wait,
           req.signal,
@@ -264,7 +273,13 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
         );
       },
       (o, lock) =>
-        o.ok && o.release ? { message: describeRelease(o.release, lock), releaseId: o.release.id } : { message: "" },
+        o.ok && o.release
+          ? {
+              message: describeRelease(o.release, o.locks?.[0] ?? lock),
+              releaseId: o.release.id,
+              locks: o.locks ?? [lock],
+            }
+          : { message: "" },
     ),
     stop: changing(
       "stop",
@@ -315,8 +330,8 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
   // Undefined without a valid token (or without tokens): then the page offers every button, and asks for a
   // token when a change needs one.
   function mayOn(req: Request, lock: string, on: string | undefined) {
-    const token = cfg.access.tokens.size === 0 ? null : identify(cfg.access, bearer(req));
-    if (!token) return undefined;
+    const token = closed(cfg.access) ? callerOf(req) : null; // a named token, RS_TOKEN or a CI job's
+    if (!token || "ok" in token) return undefined;
     const may = (action: Action, where = lock) => forbidden(token, action, where) === null;
     return {
       start: may("start"),
@@ -328,57 +343,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     };
   }
 
-  const reads = {
-    status: ({ req, lock = DEFAULT_LOCK, json: asJson }: Ask) =>
-      fromSnapshot(
-        lock,
-        (snap) => {
-          if (!asJson) return text(statusText(lock, snap));
-          const status = statusJson(lock, snap);
-          const may = mayOn(req, lock, status.block ? status.block.on : undefined);
-          return json(may ? { ...status, may } : status);
-        },
-        asJson,
-      ),
-    history: ({ url, lock, json: asJson }: Ask): Response | Promise<Response> => {
-      const p = readQuery(url);
-      if (!(p instanceof Map)) return answer(asJson, p);
-      let limit: number;
-      try {
-        limit = whole(p, "limit", 1, 1000) ?? 50;
-      } catch (e) {
-        return answer(asJson, refuse("invalid", (e as Error).message));
-      }
-      if (!health().known) return unknown(asJson);
-      return history(limit, lock).then(
-        (events: Event[]) => {
-          if (asJson) return json({ events: events.map(eventJson) });
-          return text(events.map((e) => `${iso(e.at)}  ${e.kind.padEnd(10)}  ${describeEvent(e)}\n`).join(""));
-        },
-        () => unknown(asJson),
-      );
-    },
-    events: ({ req, server, lock, json: asJson }: Ask): Response => {
-      const headers = {
-        ...SECURITY_HEADERS,
-        "Content-Type": "text/event-stream; charset=utf-8",
-        "X-Accel-Buffering": "no",
-      };
-      // HEAD has no body to send: a stream opened for it would never be read, and never be let go.
-      if (req.method === "HEAD") return new Response(null, { headers });
-      // Each stream holds a connection and up to MAX_UNSENT_BYTES: their number is bounded too.
-      if (openStreams() >= cfg.maxStreams)
-        return answer(
-          asJson,
-          refuse(
-            "too-many-streams",
-            `${cfg.maxStreams} event streams are open, as many as RS_MAX_STREAMS allows: try again later (a page reconnects by itself), or raise RS_MAX_STREAMS`,
-          ),
-        );
-      server.timeout(req, 0); // a stream is quiet between changes; Bun would cut it after 10 s
-      return new Response(eventStream(lock), { headers });
-    },
-  };
+  const reads = readsOf(cfg, mayOn);
 
   // The table: each path, the methods it answers, and what it does.
   const lockRoutes: Record<
@@ -403,8 +368,10 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
         const asJson = wantsJson(url, req);
         const refused = refusedBeforeName(req, route.methods);
         if (refused) return answer(asJson, refused);
-        // With RS_LOCKS, the original's paths exist only if the default lock is one of them.
-        if (lock === DEFAULT_LOCK && cfg.locks && !cfg.locks.includes(DEFAULT_LOCK))
+        // With RS_LOCKS, the original's paths exist only if the default lock is one of them (a /start that
+        // names its locks with lock= is on those, each checked as the claim is read).
+        const onDefault = lock === DEFAULT_LOCK && !(action === "start" && askedOnStart(url) !== null);
+        if (onDefault && cfg.locks && !cfg.locks.includes(DEFAULT_LOCK))
           return answer(
             asJson,
             refuse("unknown-lock", `there is no lock default: RS_LOCKS allows only ${cfg.locks.join(", ")}`),
@@ -423,16 +390,16 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     "/status": on("status", DEFAULT_LOCK),
     "/history": on("history", undefined),
     "/events": on("events", undefined),
-    "/locks": { methods: READ_METHODS, handle: (req) => readable(req, listLocks) },
+    "/locks": { methods: READ_METHODS, handle: (req) => readable(req, reads.locks) },
     "/locks/*": { methods: [...ALL_METHODS], handle: (req, server, url) => lockPath(req, server, url) },
-    "/healthz": { methods: READ_METHODS, handle: () => healthz() },
+    "/healthz": { methods: READ_METHODS, handle: () => reads.healthz() },
     "/metrics": {
       methods: READ_METHODS,
-      handle: (req) => readable(req, metrics),
+      handle: (req) => readable(req, reads.metrics),
     },
     "/backup": { methods: READ_METHODS, handle: (req) => copyOfDatabase(req) },
-    "/freezes": { methods: READ_METHODS, handle: (req) => readable(req, listFreezes) },
-    "/webhooks": { methods: READ_METHODS, handle: (req) => readable(req, listWebhooks) },
+    "/freezes": { methods: READ_METHODS, handle: (req) => readable(req, reads.freezes) },
+    "/webhooks": { methods: READ_METHODS, handle: (req) => readable(req, reads.webhooks) },
   };
 
   // /locks/NAME/ACTION, or /locks/NAME/ for the page of one lock.
@@ -461,7 +428,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
         `there is no action ${action.slice(0, 40)} on a lock: use start, stop, renew, block, unblock, status, history or events`,
       );
     if (!allows(route.methods, req.method)) return notAllowed(req, path, route.methods);
-    const refused = refusedBeforeName(req, route.methods) ?? admit(name);
+    const refused = refusedBeforeName(req, route.methods) ?? admit(name) ?? poolOnlyStarts(name, action);
     if (refused) return answer(asJson, refused);
     return route.run({ req, server, url, lock: name, json: asJson });
   }
@@ -486,83 +453,6 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     const unread = mayRead(req);
     return unread ? answer(wantsJson(req.url, req), unread) : read(req);
   }
-
-  function listLocks(req: Request): Response | Promise<Response> {
-    const asJson = wantsJson(req.url, req);
-    return fromSnapshot(
-      ROOT,
-      (snap) => (asJson ? json(lockNames(snap).map((l) => statusJson(l, snap))) : text(locksText(snap))),
-      asJson,
-    );
-  }
-
-  // Every window of the freeze calendar, with its next three occurrences in UTC and on its own clock.
-  function listFreezes(req: Request): Response {
-    const list = freezeListing(Date.now());
-    if (wantsJson(req.url, req)) return json({ freezes: list });
-    if (list.length === 0) return text("no freeze windows: the calendar is empty (see [[freeze]] in the README)\n");
-    return text(
-      list
-        .map(
-          (f) =>
-            `${f.reason} (${typeof f.locks === "string" ? "every lock" : f.locks.join(", ")}): ${f.schedule}${f.inForce ? ", in force now" : ""}\n${f.next.map((o) => `  ${o.fromLocal} - ${o.untilLocal}  (UTC ${o.from} - ${o.until})\n`).join("")}`,
-        )
-        .join(""),
-    );
-  }
-
-  // Each webhook by its host only (a Slack URL's path is a secret), and how its deliveries go.
-  function listWebhooks(req: Request): Response {
-    const list = webhookStatuses().map((w) => ({
-      webhook: w.label,
-      format: w.format,
-      disabled: w.disabled,
-      lastSuccess: w.lastSuccess && { at: iso(w.lastSuccess.at), status: w.lastSuccess.status },
-      lastFailure: w.lastFailure && {
-        at: iso(w.lastFailure.at),
-        status: w.lastFailure.status,
-        error: w.lastFailure.error,
-      },
-      backlog: w.backlog,
-      dropped: w.dropped,
-      deliveries: w.deliveries,
-    }));
-    if (wantsJson(req.url, req)) return json({ webhooks: list });
-    if (list.length === 0)
-      return text("no webhooks: list them as [[webhook]] in the RS_CONFIG file (see the README)\n");
-    return text(
-      list
-        .map((w) =>
-          [
-            `${w.webhook} (${w.format})${w.disabled ? `: disabled: ${w.disabled}` : ""}`,
-            `  delivered ${w.deliveries.delivered}, failed attempts ${w.deliveries.failed}, dropped ${w.dropped}; ${w.backlog} events behind`,
-            `  last success: ${w.lastSuccess ? `${w.lastSuccess.at} (${w.lastSuccess.status})` : "none yet"}`,
-            `  last failure: ${w.lastFailure ? `${w.lastFailure.at} (${w.lastFailure.status ?? "no answer"}: ${w.lastFailure.error})` : "none"}`,
-          ].join("\n"),
-        )
-        .join("\n")
-        .concat("\n"),
-    );
-  }
-
-  function healthz(): Response {
-    const h = health();
-    if (engine.closing) return text("shutting down\n", 503);
-    if (h.ok) return text("ok\n");
-    return text(`storage failing: ${h.problem ?? "the release state cannot be saved"}; see the daemon's log\n`, 503);
-  }
-
-  const metricsText = (snap: Snapshot | null) =>
-    text(renderMetrics(health().ok, snap, cfg), 200, "text/plain; version=0.0.4; charset=utf-8");
-  // While the state cannot be read, the daemon's own metrics still say so (storage_healthy 0), without the locks'.
-  const metrics = (): Response | Promise<Response> => {
-    const snap = snapshot(ROOT);
-    if (!(snap instanceof Promise)) return metricsText(snap);
-    return snap.then(
-      (s) => metricsText(health().known ? s : null),
-      () => metricsText(null),
-    );
-  };
 
   // Every answer to a start is counted here, whatever gave it (the token, the lock's name, a parameter, the
   // rules), on the lock the path names: the refusals that never reach a lock's rules are the ones an alert needs.
@@ -675,38 +565,31 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
   });
 }
 
-// With thousands of windows /freezes costs a tenth of a second of the event loop: one listing serves every read
-// for a second, and never past the next boundary (what is in force changes then) nor a reload (new windows).
-type FreezeListing = ReturnType<typeof listFreezesNow>;
-let listing: { windows: readonly Window[]; listing: FreezeListing } | null = null;
-function freezeListing(now: number): FreezeListing["list"] {
-  const windows = freezeWindows();
-  if (!listing || listing.windows !== windows || now >= listing.listing.until)
-    listing = { windows, listing: listFreezesNow(windows, now) };
-  return listing.listing.list;
-}
-
-function listFreezesNow(windows: readonly Window[], now: number) {
-  const found = upcoming(windows, now, 3);
-  const boundaries = found.flatMap(({ occurrences }) => occurrences.map((o) => (o.from > now ? o.from : o.until)));
-  const list = found.map(({ window: w, occurrences }) => ({
-    reason: w.reason,
-    locks: w.locks ?? "*",
-    timezone: w.timezone,
-    schedule: describeSchedule(w),
-    inForce: occurrences.some((o) => o.from <= now),
-    recorded: boundaryRecorded(w, now), // its latest start or end is in the history
-    next: occurrences.map((o) => ({
-      from: iso(o.from),
-      until: iso(o.until),
-      fromLocal: o.fromLocal,
-      untilLocal: o.untilLocal,
-    })),
-  }));
-  return { list, until: Math.min(now + 1000, ...boundaries) };
-}
-
 const allows = (methods: string[], method: string) => methods.includes(method);
+
+// The lock whose status goes with a JSON answer: a grant's first lock (a pool's child); for a refused start, the
+// first lock it asked for (a pool: the lock it takes from); the root's answers show the default lock, as before.
+function shownAfter(o: Outcome, asked: string): string {
+  if (asked === ROOT) return DEFAULT_LOCK;
+  if (o.ok && o.locks) return o.locks[0] as string;
+  return isPool(asked) ? poolParent(asked) : asked;
+}
+
+// A pool names no one lock: only a start takes from it; anything else acts on the lock the start took.
+const poolOnlyStarts = (name: string, action: string): Refusal | null =>
+  isPool(name) && action !== "start"
+    ? refuse(
+        "invalid",
+        `${name} is a pool: only start takes from it; ${action} the lock the start took (its X-Lock), e.g. /locks/${poolParent(name)}/NAME/${action}`,
+      )
+    : null;
+
+/** The first lock= of a start on /start, which takes the place of the default lock; null when there is none. */
+function askedOnStart(url: string): string | null {
+  if (pathOrNull(url) !== "/start") return null;
+  const p = readQuery(url);
+  return p instanceof Map ? (p.locks?.[0] ?? null) : null;
+}
 
 /** The lock a start's path asks for (/start: the default lock), or null for any other path. */
 function startedLock(url: string): string | null {
@@ -754,34 +637,6 @@ const notFound = (
   asJson: boolean,
   message = `there is no ${path.slice(0, 200)}; see the README for the endpoints`,
 ) => answer(asJson, refuse("not-found", message));
-
-// While the store cannot be read, the state is unknown: say so rather than show a stale one as current.
-const UNKNOWN = "the release state cannot be read, so it is unknown; see the daemon's log";
-function unknown(asJson: boolean): Response {
-  const res = asJson
-    ? json({ ok: false, reason: "storage", known: false, message: UNKNOWN }, 503)
-    : text(`unknown: ${UNKNOWN}\n`, 503);
-  res.headers.set("X-Reason-Code", "storage");
-  res.headers.set("X-Reason", UNKNOWN);
-  return res;
-}
-
-/**
- * Renders from one snapshot of the state around `lock` (ROOT: every lock) taken after the request arrived
- * (with replicas, one read from the database), or says the state is unknown when it cannot be read.
- */
-function fromSnapshot(
-  lock: string,
-  render: (snap: Snapshot) => Response,
-  asJson: boolean,
-): Response | Promise<Response> {
-  const snap = snapshot(lock);
-  if (!(snap instanceof Promise)) return render(snap);
-  return snap.then(
-    (s) => (health().known ? render(s) : unknown(asJson)),
-    () => unknown(asJson),
-  );
-}
 
 // bun-types declares .html imports as HTML bundles; with type "text" Bun embeds the file as a string.
 const pageHtml = pageText as unknown as string;

@@ -1,7 +1,7 @@
 // What a lock looks like to a reader: /status and /locks as JSON and text,
 // events as JSON, and the live event streams of /events.
 import { describeLocalTime } from "../calendar.ts";
-import { health, type Snapshot, snapshot, storeDescription, waiting } from "../engine.ts";
+import { childrenOf, health, type Snapshot, snapshot, storeDescription, waiting } from "../engine.ts";
 import { calendarOf, freezeJson, freezeWindows, frozenAt } from "../freezes.ts";
 import { estimate } from "../metrics.ts";
 import {
@@ -15,6 +15,7 @@ import {
   releaseOn,
   type State,
 } from "../release.ts";
+import { reachOf } from "../store/store.ts";
 import { runOf } from "../trust.ts";
 import {
   describeBlock,
@@ -33,10 +34,13 @@ export const requireToken = (required: () => boolean) => {
   tokenRequired = required;
 };
 
-// The page's words for the locks the configuration declares ([[lock]] description); a reload may change them.
+// The page's words for the locks the configuration declares ([[lock]] description), and the locks whose
+// declared children make a pool (NAME/*); a reload may change them.
 let descriptionOf = (_lock: string): string => "";
-export const describeLocks = (describe: (lock: string) => string) => {
+let pools = (): string[] => [];
+export const describeLocks = (describe: (lock: string) => string, poolParents: () => string[] = () => []) => {
   descriptionOf = describe;
+  pools = poolParents;
 };
 
 const releaseJson = (release: Release) => ({
@@ -46,6 +50,7 @@ const releaseJson = (release: Release) => ({
   startedAt: iso(release.startedAt),
   expiresAt: release.expiresAt === null ? null : iso(release.expiresAt),
   ...byOf(release.by),
+  ...(release.locks ? { locks: release.locks } : {}), // a release of several locks names them all
 });
 
 /** What keeps a start on a lock from being granted now: the word a script tests, and the words a person reads. */
@@ -92,6 +97,7 @@ export function statusJson(lock: string, snap: Snapshot) {
     releases: s.releases.map(releaseJson),
     limit: s.limit,
     ...(description ? { description } : {}),
+    ...membersOf(lock, snap),
     block: blocked && {
       name: blocked.block.name,
       reason: blocked.block.reason,
@@ -113,6 +119,18 @@ export function statusJson(lock: string, snap: Snapshot) {
     tokenRequired: tokenRequired(),
     healthy: h.ok,
     store: storeDescription(),
+  };
+}
+
+// A lock whose declared children make a pool: each member, and the release holding it (absent for others).
+function membersOf(lock: string, snap: Snapshot) {
+  const members = childrenOf(lock);
+  if (members.length === 0) return {};
+  return {
+    members: members.map((member) => {
+      const [held] = snap.state(member).releases;
+      return { lock: member, release: held ? releaseJson(held) : null };
+    }),
   };
 }
 
@@ -163,7 +181,8 @@ export function statusText(lock: string, snap: Snapshot): string {
 /** Every lock that is held, blocked, waited for or has history, in tree order. */
 export function lockNames(snap: Snapshot): string[] {
   const names = new Set(snap.locks().filter((l) => l !== ROOT));
-  for (const w of waiting()) names.add(w.lock);
+  for (const w of waiting()) for (const lock of reachOf(w)) names.add(lock);
+  for (const pool of pools()) names.add(pool); // a pool shows its members before any is used
   for (const w of freezeWindows()) for (const lock of w.locks ?? []) names.add(lock); // a frozen lock shows before it is used
   return [...names].sort();
 }
@@ -199,6 +218,7 @@ export const eventJson = (e: Event) => ({
   name: e.name,
   reason: e.reason,
   ...byOf(e.by),
+  ...(e.locks ? { locks: e.locks } : {}),
   message: describeEvent(e),
 });
 
@@ -232,7 +252,9 @@ const sse = (event: string, data: unknown, prefix = "") =>
  * Whether a stream for `lock` (every lock when undefined) hears of an event: one on the lock, below it, or
  * above it (a block above blocks it; a release above keeps it from starting).
  */
-const hears = (lock: string | undefined, e: Event) => lock === undefined || overlaps(lock, e.lock);
+// A stream on a lock hears of what happens on it, above or below it: on any lock of a release that holds several.
+const hears = (lock: string | undefined, e: Event) =>
+  lock === undefined || (e.locks ?? [e.lock]).some((l) => overlaps(lock, l));
 
 /** A Server-Sent Events stream: a snapshot on connect, then one event per change that concerns `lock`. */
 export function eventStream(lock: string | undefined): ReadableStream<Uint8Array> {

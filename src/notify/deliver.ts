@@ -322,7 +322,8 @@ async function remind(): Promise<void> {
   const paces = new Set<number>();
   for (const { hook } of loops.values()) if (hook.remindAfterMs !== null) paces.add(hook.remindAfterMs);
   for (const [lock, entry] of engine.known.entries)
-    for (const r of entry.releases)
+    for (const r of entry.releases) {
+      if (r.locks && r.locks[0] !== lock) continue; // a release of several locks is reminded of once, on its first
       for (const every of paces) {
         const n = Math.floor((now - r.startedAt) / every);
         if (n < 1) continue;
@@ -335,10 +336,12 @@ async function remind(): Promise<void> {
           name: r.name,
           reason: `running for ${paceWords(n * every)} (every ${paceWords(every)})`,
           by: r.by,
+          ...(r.locks ? { locks: r.locks } : {}),
         };
         await recordOnce({ window: `remind ${every} ${r.id}`, lock, kind: "long-running", at }, [event]).catch(
           () => false,
         );
       }
+    }
   if (options === o) cancelReminders = o.clock.after(60_000, () => remind());
 }

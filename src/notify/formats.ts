@@ -43,7 +43,8 @@ export const messageId = (seq: number, e: Event): string => `msg_${seq}_${e.at}`
 
 /** Whether the webhook wants this event: its kind, and a lock it hears of; a reminder only at its own pace. */
 export function wants(h: Webhook, e: Event, hearsLock: (lock: string) => boolean): boolean {
-  if (!h.events.has(e.kind as EventName) || !hearsLock(e.lock)) return false;
+  // A release of several locks is heard of on any of them.
+  if (!h.events.has(e.kind as EventName) || !(e.locks ?? [e.lock]).some(hearsLock)) return false;
   return (
     e.kind !== "long-running" ||
     (h.remindAfterMs !== null && e.reason.endsWith(`(every ${paceWords(h.remindAfterMs)})`))
@@ -64,6 +65,9 @@ export function render(h: Webhook, id: string, e: Event | "ping", now: number, t
 // Our own name, not the runtime's (Bun/1.4.4): a receiver's log and firewall can tell what calls it.
 const JSON_HEADERS = { "Content-Type": "application/json", "User-Agent": `releasestatus/${pkg.version}` };
 
+// The lock an event is on, or every lock of its release: "prod/eu, shared-db".
+const lockNames = (e: Event): string => (e.locks ?? [e.lock]).join(", ");
+
 // One readable line, like the log's, naming the lock.
 const line = (e: Event, told: Told) => {
   const words = describeTold(e, told);
@@ -79,6 +83,7 @@ function standard(h: Webhook, id: string, e: Event | "ping", now: number, text: 
           timestamp: iso(e.at),
           data: {
             lock: e.lock,
+            ...(e.locks ? { locks: e.locks } : {}), // every lock of a release that holds several
             releaseId: e.releaseId,
             name: e.name,
             by: e.by ?? null,
@@ -106,7 +111,11 @@ function slack(text: string, e: Event | "ping") {
   const context =
     e === "ping"
       ? "releasestatus webhook-test"
-      : [e.lock ? `lock ${e.lock}` : "every lock", e.releaseId ? `release #${e.releaseId}` : "", iso(e.at)]
+      : [
+          e.lock ? `${e.locks ? "locks" : "lock"} ${lockNames(e)}` : "every lock",
+          e.releaseId ? `release #${e.releaseId}` : "",
+          iso(e.at),
+        ]
           .filter(Boolean)
           .join(" · ");
   return {
@@ -124,7 +133,7 @@ function teams(text: string, e: Event | "ping") {
     e === "ping"
       ? []
       : [
-          { title: "Lock", value: e.lock || "every lock" },
+          { title: e.locks ? "Locks" : "Lock", value: e.lock ? lockNames(e) : "every lock" },
           ...(e.releaseId ? [{ title: "Release", value: `#${e.releaseId}` }] : []),
           ...(e.name ? [{ title: "Name", value: e.name }] : []),
           ...(e.by ? [{ title: "By", value: e.by }] : []),

@@ -3,6 +3,7 @@
 import type { Event } from "../release.ts";
 import {
   type CountNames,
+  catchUp,
   concerns,
   counted,
   type Decide,
@@ -46,6 +47,15 @@ export function openMemoryStore(historyLimit: number, clock: () => number = Date
     return n;
   };
   const snapshot = (): Stored => ({ lastId: stored.lastId, entries: new Map(stored.entries) });
+  // For a pool: when each of its children last came free, from the newest end of a release on it.
+  const withFreedAt = (locks: readonly string[] | undefined): Stored => {
+    if (!locks?.length) return stored;
+    const freedAt = new Map<string, number>();
+    for (const e of events)
+      if (e.kind === "stopped" || e.kind === "expired" || e.kind === "abandoned")
+        for (const l of e.locks ?? [e.lock]) if (locks.includes(l)) freedAt.set(l, e.at);
+    return { ...stored, freedAt };
+  };
 
   return {
     description: "memory (state is lost when the daemon stops)",
@@ -54,7 +64,7 @@ export function openMemoryStore(historyLimit: number, clock: () => number = Date
     readAll: async () => snapshot(),
     read: async () => snapshot(),
     transact: async (lock, decide: Decide, options = {}) =>
-      decideInLine(lock, stored, clock(), decide, line, options, count, (w) => {
+      decideInLine(lock, withFreedAt(options.freedOf), clock(), decide, line, options, count, (w) => {
         for (const [name, e] of w.entries) {
           if (forgets(name, e)) stored.entries.delete(name);
           else stored.entries.set(name, e);
@@ -90,11 +100,10 @@ export function openMemoryStore(historyLimit: number, clock: () => number = Date
     marked: async (window) => [...marks].some((m) => m.startsWith(`${window} `)),
     outbox: {
       claim: async (webhook, limit, backlog) => {
-        const p = progressOf(webhook);
         const newest = firstSeq + events.length - 1;
-        const floor = Math.max(newest - backlog, firstSeq - 1); // beyond the backlog, or no longer kept
-        // Past the backlog the oldest go; the next one keeps the retry schedule the receiver is on.
-        if (p.delivered < floor) Object.assign(p, { delivered: floor, dropped: p.dropped + floor - p.delivered });
+        const oldest = events.length > 0 ? firstSeq : null;
+        const p = progressOf(webhook);
+        Object.assign(p, catchUp(p, { oldest, newest }, backlog).progress);
         const from = p.delivered + 1 - firstSeq;
         const pending = events.slice(from, from + limit).map((event, i) => ({ seq: p.delivered + 1 + i, event }));
         return { progress: { ...p }, events: pending, newest };

@@ -10,26 +10,31 @@ import { DEFAULT_LOCK, type Event, ROOT, STORAGE_FAILED, WAITABLE } from "../rel
 import {
   ancestorsOf,
   type Committed,
+  catchUp,
   changedEntries,
   type Decide,
   type Decision,
   type Entry,
   type EventRow,
+  eventLocks,
   forgets,
   type LockRow,
+  newNames,
   noRoom,
+  otherRowsOf,
   type Queued,
   queueEvent,
+  reachOf,
   StorageError,
   type Store,
   type Stored,
   StoreOpenError,
   scopeOf,
-  storesNewName,
   type TransactOptions,
   toColumns,
   toEvent,
   toStored,
+  waitersAhead,
 } from "./store.ts";
 
 const CHANNEL = "releasestatus";
@@ -169,23 +174,23 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     try {
       const decision = await inTransaction(async (tx, injected): Promise<Decision> => {
         const dbNow = await takeRoot(tx);
-        const stored = toStored((await around(tx, lock)) as LockRow[]);
+        const claim = options.claim ?? [lock];
+        const stored = await rowsOfClaim(tx, claim);
         const now = injected ?? dbNow;
-        const self = options.self ?? null;
-        const [{ ahead }] = await tx`
-          SELECT count(*) AS ahead FROM releasestatus_live_waiters
-          WHERE (${self}::bigint IS NULL OR id < ${self}::bigint)
-            AND (lock = ${lock} OR lock = ANY(${ancestorsOf(lock)}::text[])
-                 OR ${lock} = '' OR substr(lock, 1, length(${lock}) + 1) = ${lock} || '/')`;
+        if (options.freedOf?.length) stored.freedAt = await freedAt(tx, options.freedOf);
+        const waiters = (await tx`
+          SELECT id, lock, reach FROM releasestatus_live_waiters ORDER BY id`) as Record<string, string | null>[];
+        const ahead = waitersAhead(waiters.map(toQueued), claim, options.self);
         const before = scopeOf(lock, stored);
-        let verdict = decide(before, now, Number(ahead));
+        let verdict = decide(stored, now, ahead);
         // The names are counted only when the change would store a new one: every change holds the root's
         // row, so no other replica can store one meanwhile.
         const { room } = options;
-        if (room && storesNewName(lock, stored, verdict)) {
+        const adding = room ? newNames(stored, verdict) : [];
+        if (room && adding.length > 0) {
           const total = await countNames(tx, null);
           const share = room.share ? await countNames(tx, room.share.locks) : 0;
-          const full = noRoom(lock, room, (locks) => (locks === null ? total : share));
+          const full = noRoom(adding[0] as string, room, (locks) => (locks === null ? total : share), adding.length);
           if (full) verdict = { outcome: full, change: null };
         }
         const { outcome, change } = verdict;
@@ -194,17 +199,25 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
         let joined: Queued | null = null;
         if (joining && options.join) {
           const [w] = await tx`
-            INSERT INTO releasestatus_waiters (lock, name, reason, replica, since, made_by)
+            INSERT INTO releasestatus_waiters (lock, name, reason, replica, since, made_by, reach)
             VALUES (${lock}, ${options.join.name}, ${options.join.reason}, ${replica},
-              to_timestamp(${now}::bigint / 1000.0), ${options.join.by ?? null})
+              to_timestamp(${now}::bigint / 1000.0), ${options.join.by ?? null}, ${reachColumn(lock, claim)})
             RETURNING id`;
           const { name, reason, by } = options.join;
-          joined = { id: Number(w.id), lock, name, reason, since: now, by };
+          joined = toQueued({
+            id: w.id,
+            lock,
+            name,
+            reason,
+            since: String(now),
+            made_by: by ?? null,
+            reach: reachColumn(lock, claim),
+          });
           events.push(queueEvent("waiting", lock, options.join, now, options.join.reason));
         }
         if (events.length === 0) return { outcome, committed: null, joined: null };
         const after = change?.next ?? before;
-        const entries = change ? changedEntries(lock, stored, after) : new Map<string, Entry>();
+        const entries = change ? changedEntries(stored, after, change.also) : new Map<string, Entry>();
         for (const [name, entry] of entries) {
           if (forgets(name, entry)) {
             await tx`DELETE FROM releasestatus_lock WHERE name = ${name}`;
@@ -223,17 +236,20 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
             releaseBy,
             blockBy,
             otherReleases,
+            releaseLocks,
           ] = toColumns(entry);
           await tx`
             INSERT INTO releasestatus_lock (name, release_id, holder, release_reason, started_at, expires_at,
-              blocked_by, block_reason, blocked_since, version, release_by, block_by, other_releases)
+              blocked_by, block_reason, blocked_since, version, release_by, block_by, other_releases, release_locks)
             VALUES (${name}, ${releaseId}, ${holder}, ${releaseReason}, ${startedAt}, ${expiresAt},
-              ${blockedBy}, ${blockReason}, ${blockedSince}, ${version}, ${releaseBy}, ${blockBy}, ${otherReleases})
+              ${blockedBy}, ${blockReason}, ${blockedSince}, ${version}, ${releaseBy}, ${blockBy}, ${otherReleases},
+              ${releaseLocks})
             ON CONFLICT (name) DO UPDATE SET release_id = excluded.release_id, holder = excluded.holder,
               release_reason = excluded.release_reason, started_at = excluded.started_at,
               expires_at = excluded.expires_at, blocked_by = excluded.blocked_by,
               block_reason = excluded.block_reason, blocked_since = excluded.blocked_since, version = excluded.version,
-              release_by = excluded.release_by, block_by = excluded.block_by, other_releases = excluded.other_releases`;
+              release_by = excluded.release_by, block_by = excluded.block_by, other_releases = excluded.other_releases,
+              release_locks = excluded.release_locks`;
         }
         if (after.lastId !== stored.lastId)
           await tx`UPDATE releasestatus_lock SET last_id = ${after.lastId} WHERE name = ''`;
@@ -257,6 +273,28 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     }
   }
 
+  // The rows around every lock of a claim and the other rows of their releases, each locked, in the order of
+  // their names: replicas deciding on overlapping claims take them in the same order, and so never deadlock.
+  async function rowsOfClaim(tx: SQL, claim: readonly string[]): Promise<Stored> {
+    const names = new Set<string>();
+    for (const lock of claim) for (const row of (await around(tx, lock)) as LockRow[]) names.add(String(row.name));
+    const found = toStored((await lockRows(tx, [...names])) as LockRow[]);
+    const others = otherRowsOf(found);
+    return others.length === 0 ? found : toStored((await lockRows(tx, [...names, ...others])) as LockRow[]);
+  }
+  const lockRows = (tx: SQL, names: string[]) =>
+    tx`SELECT * FROM releasestatus_lock WHERE name = ANY(${names}::text[]) ORDER BY name FOR UPDATE`;
+
+  // When each lock last came free: the newest end of a release on it (a pool takes the child free the longest).
+  async function freedAt(tx: SQL, locks: readonly string[]): Promise<Map<string, number>> {
+    const rows = (await tx`
+      SELECT l AS lock, (SELECT max(at) FROM releasestatus_events e
+        WHERE kind IN ('stopped', 'expired', 'abandoned')
+          AND (e.lock = l OR (e.locks IS NOT NULL AND e.locks::jsonb ? l))) AS at
+      FROM unnest(${[...locks]}::text[]) AS l`) as { lock: string; at: string | null }[];
+    return new Map(rows.map((r) => [r.lock, r.at === null ? Number.NEGATIVE_INFINITY : Number(r.at)]));
+  }
+
   // The names that count against RS_MAX_LOCKS (not the root, not the original's lock); with `locks`, only
   // those that are one of them or under one.
   async function countNames(tx: SQL, locks: readonly string[] | null): Promise<number> {
@@ -271,9 +309,9 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
   // Appends events, prunes the oldest, and tells the other replicas (NOTIFY is delivered on commit).
   async function record(tx: SQL, lock: string, events: Event[]) {
     for (const e of events)
-      await tx`INSERT INTO releasestatus_events (lock, at, kind, release_id, name, reason, made_by, status)
+      await tx`INSERT INTO releasestatus_events (lock, at, kind, release_id, name, reason, made_by, status, locks)
                VALUES (${e.lock}, ${e.at}, ${e.kind}, ${e.releaseId}, ${e.name}, ${e.reason}, ${e.by ?? null},
-                 ${e.status ?? null})`;
+                 ${e.status ?? null}, ${eventLocks(e)})`;
     await tx`DELETE FROM releasestatus_events WHERE seq <= (SELECT max(seq) FROM releasestatus_events) - ${opts.historyLimit}`;
     await tx`SELECT pg_notify(${CHANNEL}, ${JSON.stringify({ replica, lock, events })})`;
   }
@@ -370,18 +408,10 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     const [found, waiters] = await inTransaction(async (tx) => [
       await rows(tx),
       await tx`
-        SELECT id, lock, name, reason, made_by, (extract(epoch FROM since) * 1000)::bigint AS since
+        SELECT id, lock, name, reason, made_by, reach, (extract(epoch FROM since) * 1000)::bigint AS since
         FROM releasestatus_live_waiters ORDER BY id`,
     ]);
-    if (lineChanges === changesBefore)
-      line = (waiters as Record<string, string>[]).map((w) => ({
-        id: Number(w.id),
-        lock: String(w.lock),
-        name: String(w.name),
-        reason: String(w.reason),
-        since: Number(w.since),
-        by: w.made_by ?? undefined,
-      }));
+    if (lineChanges === changesBefore) line = (waiters as Record<string, string | null>[]).map(toQueued);
     return toStored(found as LockRow[]);
   }
 
@@ -392,8 +422,9 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
       await inTransaction(async (tx) => {
         // Upserted, not updated: a row dropped as stale while the database was away comes back with its place (its id).
         for (const [id, w] of ours)
-          await tx`INSERT INTO releasestatus_waiters (id, lock, name, reason, replica, made_by)
-                   VALUES (${id}, ${w.lock}, ${w.name}, ${w.reason}, ${replica}, ${w.by ?? null})
+          await tx`INSERT INTO releasestatus_waiters (id, lock, name, reason, replica, made_by, reach)
+                   VALUES (${id}, ${w.lock}, ${w.name}, ${w.reason}, ${replica}, ${w.by ?? null},
+                     ${reachColumn(w.lock, reachOf(w))})
                    ON CONFLICT (id) DO UPDATE SET heartbeat_at = clock_timestamp()
                    WHERE NOT releasestatus_waiters.done`;
         await tx`DELETE FROM releasestatus_waiters
@@ -528,10 +559,12 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     history: async (limit, lock) => {
       const rows = await inTransaction((tx) =>
         lock === undefined
-          ? tx`SELECT lock, at, kind, release_id, name, reason, made_by FROM releasestatus_events
+          ? tx`SELECT lock, at, kind, release_id, name, reason, made_by, locks FROM releasestatus_events
                ORDER BY seq DESC LIMIT ${limit}`
-          : tx`SELECT lock, at, kind, release_id, name, reason, made_by FROM releasestatus_events
+          : tx`SELECT lock, at, kind, release_id, name, reason, made_by, locks FROM releasestatus_events
                WHERE lock = ${lock} OR ${lock} = '' OR substr(lock, 1, length(${lock}) + 1) = ${lock} || '/'
+                  OR (locks IS NOT NULL AND EXISTS (SELECT 1 FROM jsonb_array_elements_text(locks::jsonb) AS l
+                        WHERE l = ${lock} OR substr(l, 1, length(${lock}) + 1) = ${lock} || '/'))
                ORDER BY seq DESC LIMIT ${limit}`,
       );
       return (rows as EventRow[]).map(toEvent);
@@ -556,22 +589,19 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
             if (!row) return null;
             const [span] = await tx`SELECT min(seq) AS oldest, max(seq) AS newest FROM releasestatus_events`;
             const newest = Number(span?.newest ?? 0);
-            const floor = Math.max(newest - backlog, (span?.oldest == null ? newest + 1 : Number(span.oldest)) - 1);
-            const progress = {
+            const oldest = span?.oldest == null ? null : Number(span.oldest);
+            const stored = {
               delivered: Number(row.delivered),
               attempts: Number(row.attempts),
               nextAt: Number(row.next_at),
               dropped: Number(row.dropped),
             };
-            if (progress.delivered < floor) {
-              // The oldest go; the next one keeps the retry schedule the receiver is on.
-              const skipped = floor - progress.delivered;
-              await tx`UPDATE releasestatus_webhooks SET delivered = ${floor}, dropped = dropped + ${skipped}
+            const { progress, skipped } = catchUp(stored, { oldest, newest }, backlog);
+            if (skipped > 0)
+              await tx`UPDATE releasestatus_webhooks SET delivered = ${progress.delivered}, dropped = dropped + ${skipped}
                        WHERE key = ${webhook}`;
-              Object.assign(progress, { delivered: floor, dropped: progress.dropped + skipped });
-            }
             const rows = await tx`
-              SELECT seq, lock, at, kind, release_id, name, reason, made_by, status FROM releasestatus_events
+              SELECT seq, lock, at, kind, release_id, name, reason, made_by, status, locks FROM releasestatus_events
               WHERE seq > ${progress.delivered} ORDER BY seq LIMIT ${limit}`;
             const events = (rows as (EventRow & { seq: string })[]).map((r) => ({
               seq: Number(r.seq),
@@ -664,6 +694,14 @@ const MIGRATIONS = [
    WHERE release_id IS NULL AND blocked_since IS NULL AND name NOT IN ('', 'default');`,
   // Locks with a limit: the releases after the oldest (which keeps the columns above), as a JSON list.
   `ALTER TABLE releasestatus_lock ADD COLUMN other_releases text;`,
+  // Claims of several locks: every lock of the release in the columns, and of an event's release; every lock a
+  // waiter's claim may hold (JSON lists; NULL for one lock, as before).
+  `ALTER TABLE releasestatus_lock ADD COLUMN release_locks text;
+   ALTER TABLE releasestatus_events ADD COLUMN locks text;
+   ALTER TABLE releasestatus_waiters ADD COLUMN reach text;
+   CREATE OR REPLACE VIEW releasestatus_live_waiters AS SELECT * FROM releasestatus_waiters
+     WHERE NOT done AND (heartbeat_at > clock_timestamp() - interval '5 seconds'
+        OR pg_postmaster_start_time() > clock_timestamp() - interval '5 seconds');`,
 ];
 const SCHEMA_VERSION = MIGRATIONS.length;
 
@@ -746,3 +784,21 @@ async function migrate(sql: Pool) {
     else if (version < SCHEMA_VERSION) await tx`UPDATE releasestatus_schema SET version = ${SCHEMA_VERSION}`;
   });
 }
+
+// A waiter's row as the store reads it back.
+const toQueued = (w: Record<string, string | number | null>): Queued => {
+  const q: Queued = {
+    id: Number(w.id),
+    lock: String(w.lock),
+    name: String(w.name ?? ""),
+    reason: String(w.reason ?? ""),
+    since: Number(w.since ?? 0),
+    by: w.made_by == null ? undefined : String(w.made_by),
+  };
+  if (w.reach != null) q.reach = JSON.parse(String(w.reach)) as string[];
+  return q;
+};
+
+// The reach column: NULL for a waiter on one exact lock, as rows were before claims.
+const reachColumn = (lock: string, reach: readonly string[]): string | null =>
+  reach.length === 1 && reach[0] === lock ? null : JSON.stringify(reach);

@@ -7,16 +7,19 @@ import { iso } from "../words.ts";
 import {
   ancestorsOf,
   type CountNames,
+  catchUp,
   type Decide,
   type Decision,
   decideInLine,
   type EventRow,
+  eventLocks,
   forgets,
   LocalWaitLine,
   type LockRow,
   onlyQueueEvents,
   type Progress,
   queueEvent,
+  readClaim,
   type Store,
   type Stored,
   StoreOpenError,
@@ -85,6 +88,10 @@ const MIGRATIONS = [
    DELETE FROM lock WHERE release_id IS NULL AND blocked_since IS NULL AND name NOT IN ('', 'default');`,
   // Locks with a limit: the releases after the oldest (which keeps the columns above), as a JSON list.
   `ALTER TABLE lock ADD COLUMN other_releases TEXT;`,
+  // Claims of several locks: every lock of the release in the columns, and of an event's release (JSON lists;
+  // NULL for a release on one lock, as before).
+  `ALTER TABLE lock ADD COLUMN release_locks TEXT;
+   ALTER TABLE events ADD COLUMN locks TEXT;`,
 ];
 export const SCHEMA_VERSION = MIGRATIONS.length;
 
@@ -137,15 +144,22 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
       `SELECT * FROM lock WHERE name = ?1 OR name = '' OR name IN (SELECT value FROM json_each(?2))
          OR ?1 = '' OR substr(name, 1, length(?1) + 1) = ?1 || '/'`,
     ),
+    exact: db.query<LockRow, [string]>("SELECT * FROM lock WHERE name IN (SELECT value FROM json_each(?))"),
+    // When a lock last came free: its newest end of a release (a pool takes the child free the longest).
+    freedAt: db.query<{ at: number | null }, [string]>(
+      `SELECT max(at) AS at FROM events WHERE kind IN ('stopped', 'expired', 'abandoned')
+         AND (lock = ?1 OR (locks IS NOT NULL AND EXISTS (SELECT 1 FROM json_each(locks) WHERE value = ?1)))`,
+    ),
     save: db.query(
       `INSERT INTO lock (name, last_id, release_id, holder, release_reason, started_at, expires_at,
-         blocked_by, block_reason, blocked_since, version, release_by, block_by, other_releases)
-       VALUES (?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         blocked_by, block_reason, blocked_since, version, release_by, block_by, other_releases, release_locks)
+       VALUES (?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
        ON CONFLICT (name) DO UPDATE SET release_id = excluded.release_id, holder = excluded.holder,
          release_reason = excluded.release_reason, started_at = excluded.started_at, expires_at = excluded.expires_at,
          blocked_by = excluded.blocked_by, block_reason = excluded.block_reason,
          blocked_since = excluded.blocked_since, version = excluded.version,
-         release_by = excluded.release_by, block_by = excluded.block_by, other_releases = excluded.other_releases`,
+         release_by = excluded.release_by, block_by = excluded.block_by, other_releases = excluded.other_releases,
+         release_locks = excluded.release_locks`,
     ),
     count: db.query("UPDATE lock SET last_id = ? WHERE name = ''"),
     forget: db.query("DELETE FROM lock WHERE name = ?"),
@@ -156,15 +170,19 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
          SELECT 1 FROM json_each(?1) AS s WHERE name = s.value OR substr(name, 1, length(s.value) + 1) = s.value || '/'))`,
     ),
     append: db.query(
-      "INSERT INTO events (lock, at, kind, release_id, name, reason, made_by, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+      "INSERT INTO events (lock, at, kind, release_id, name, reason, made_by, status, locks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     ),
     prune: db.query("DELETE FROM events WHERE seq <= (SELECT max(seq) FROM events) - ?"),
     history: db.query<EventRow, [number]>(
-      "SELECT lock, at, kind, release_id, name, reason, made_by FROM events ORDER BY seq DESC LIMIT ?",
+      "SELECT lock, at, kind, release_id, name, reason, made_by, locks FROM events ORDER BY seq DESC LIMIT ?",
     ),
+    // The events of a lock and the locks under it, and of every release that held one of them among others.
     lockHistory: db.query<EventRow, [string, number]>(
-      `SELECT lock, at, kind, release_id, name, reason, made_by FROM events
-       WHERE lock = ?1 OR ?1 = '' OR substr(lock, 1, length(?1) + 1) = ?1 || '/' ORDER BY seq DESC LIMIT ?2`,
+      `SELECT lock, at, kind, release_id, name, reason, made_by, locks FROM events
+       WHERE lock = ?1 OR ?1 = '' OR substr(lock, 1, length(?1) + 1) = ?1 || '/'
+          OR (locks IS NOT NULL AND EXISTS (SELECT 1 FROM json_each(locks)
+                WHERE value = ?1 OR substr(value, 1, length(?1) + 1) = ?1 || '/'))
+       ORDER BY seq DESC LIMIT ?2`,
     ),
     // As many pages as a change writes (a change: the lock, an event, its index and the id sequence).
     probe: db.query("INSERT OR REPLACE INTO storage_probe (id, pad) VALUES (1, zeroblob(12288))"),
@@ -193,18 +211,27 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
     retry: db.query("UPDATE webhooks SET attempts = ?2, next_at = ?3 WHERE key = ?1"),
     skip: db.query("UPDATE webhooks SET delivered = ?2, dropped = dropped + ?3 WHERE key = ?1"),
     pending: db.query<EventRow & { seq: number }, [number, number]>(
-      "SELECT seq, lock, at, kind, release_id, name, reason, made_by, status FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+      "SELECT seq, lock, at, kind, release_id, name, reason, made_by, status, locks FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
     ),
   };
   const line = new LocalWaitLine();
   const health = { writable: true, problem: null as string | null, gone: false };
   let synchronous: "FULL" | "NORMAL" = "FULL";
 
-  const stored = (lock: string): Stored => toStored(q.around.all(lock, JSON.stringify(ancestorsOf(lock))));
+  const around = (lock: string) => q.around.all(lock, JSON.stringify(ancestorsOf(lock)));
+  const stored = (lock: string): Stored => toStored(around(lock));
+  // What a decision reads: around every lock it may hold, the other rows of their releases, and for a pool
+  // when each child last came free.
+  const storedFor = (lock: string, options: TransactOptions): Stored => {
+    const found = readClaim(options.claim ?? [lock], around, (names) => q.exact.all(JSON.stringify(names)));
+    if (options.freedOf?.length)
+      found.freedAt = new Map(options.freedOf.map((l) => [l, q.freedAt.get(l)?.at ?? Number.NEGATIVE_INFINITY]));
+    return found;
+  };
   const count: CountNames = (locks) => q.names.get(locks === null ? null : JSON.stringify(locks), DEFAULT_LOCK)?.n ?? 0;
   const append = (events: Event[]) => {
     for (const e of events)
-      q.append.run(e.lock, e.at, e.kind, e.releaseId, e.name, e.reason, e.by ?? null, e.status ?? null);
+      q.append.run(e.lock, e.at, e.kind, e.releaseId, e.name, e.reason, e.by ?? null, e.status ?? null, eventLocks(e));
     q.prune.run(historyLimit);
   };
   // Joining or leaving the line grants nothing: such a commit is not worth an fsync of its own
@@ -268,7 +295,7 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
       const level = durabilityFor(batch, now);
       decisions = write(level, () =>
         batch.map(({ lock, decide, options }) =>
-          decideInLine(lock, stored(lock), now, decide, line, options, count, (w) => {
+          decideInLine(lock, storedFor(lock, options), now, decide, line, options, count, (w) => {
             for (const [name, e] of w.entries)
               if (forgets(name, e)) q.forget.run(name);
               else q.save.run(name, ...toColumns(e));
@@ -292,7 +319,16 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
   const durabilityFor = (batch: Asked[], now: number): "FULL" | "NORMAL" => {
     const [only] = batch;
     if (batch.length !== 1 || !only?.options.join) return "FULL";
-    const preview = decideInLine(only.lock, stored(only.lock), now, only.decide, line, only.options, count, null);
+    const preview = decideInLine(
+      only.lock,
+      storedFor(only.lock, only.options),
+      now,
+      only.decide,
+      line,
+      only.options,
+      count,
+      null,
+    );
     return preview.committed && onlyQueueEvents(preview.committed.events) ? "NORMAL" : "FULL";
   };
   // Storage works again only when a write as large as a change's reached the disk: a small one (a waiter
@@ -374,16 +410,10 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
           row = q.progress.get(webhook);
           if (!row) return null;
         }
-        // Beyond the backlog, or pruned from the history before it could be delivered: dropped, and counted.
-        const floor = Math.max((newest ?? 0) - backlog, (oldest ?? (newest ?? 0) + 1) - 1);
-        if (row.delivered < floor) {
-          // The oldest go; the next one keeps the retry schedule the receiver is on.
-          const skipped = floor - row.delivered;
-          write("NORMAL", () => q.skip.run(webhook, floor, skipped));
-          row = { ...row, delivered: floor, dropped: row.dropped + skipped };
-        }
-        const events = q.pending.all(row.delivered, limit).map((r) => ({ seq: r.seq, event: toEvent(r) }));
-        return { progress: toProgress(row), events, newest: newest ?? 0 };
+        const { progress, skipped } = catchUp(toProgress(row), { oldest, newest: newest ?? 0 }, backlog);
+        if (skipped > 0) write("NORMAL", () => q.skip.run(webhook, progress.delivered, skipped));
+        const events = q.pending.all(progress.delivered, limit).map((r) => ({ seq: r.seq, event: toEvent(r) }));
+        return { progress, events, newest: newest ?? 0 };
       },
       advance: async (webhook, seq, dropped) => {
         write("NORMAL", () => q.advance.run(webhook, seq, dropped));

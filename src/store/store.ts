@@ -3,6 +3,7 @@
 // changed, keep the wait line, read the history. Memory, SQLite and PostgreSQL
 // implement it; what is peculiar to one of them (a lock file, a probe,
 // heartbeats, LISTEN) stays inside that store.
+import { claimsOverlap } from "../claim.ts";
 import {
   type Block,
   type Change,
@@ -24,17 +25,21 @@ import {
 } from "../release.ts";
 
 /**
- * Decides a transition from the state as stored, the store's time, and how many wait ahead of the
- * caller: the answer, and the change to commit (which a refusal may carry too: a lease that ran out).
+ * Decides a transition from the rows as stored (around every lock of the claim, and every row a release
+ * among them also holds), the store's time, and how many wait ahead of the caller: the answer, and the
+ * change to commit (which a refusal may carry too: a lease that ran out).
  */
-export type Decide = (stored: State, now: number, ahead: number) => Verdict;
+export type Decide = (stored: Stored, now: number, ahead: number) => Verdict;
 export type Verdict = { outcome: Outcome; change: Change | null };
 
 /** One lock as stored: the releases holding it (oldest first), its block, and a number that grows with every change to it. */
 export type Entry = { releases: Release[]; block: Block | null; version: number };
 
-/** The state around a lock as stored: every lock the decision may touch, and the id counter. */
-export type Stored = { lastId: number; entries: Map<string, Entry> };
+/**
+ * The state around a lock as stored: every lock the decision may touch, and the id counter; with
+ * `freedAt`, when each lock asked about last came free (a pool takes the child free the longest).
+ */
+export type Stored = { lastId: number; entries: Map<string, Entry>; freedAt?: Map<string, number> };
 
 /**
  * A change that is on disk (or in the database) now: `entries` are the locks it wrote, as written;
@@ -48,10 +53,36 @@ export type Committed = {
   entries: Map<string, Entry>;
 };
 
-/** A waiter as /status shows it. */
-export type Queued = { id: number; lock: string; name: string; reason: string; since: number; by?: string };
+/**
+ * A waiter as /status shows it: `lock` is the first lock it asked for; `reach`, when it asked for more than
+ * that one exact lock, every lock its claim may hold (a pool's declared children), to tell whom it overlaps.
+ */
+export type Queued = {
+  id: number;
+  lock: string;
+  name: string;
+  reason: string;
+  since: number;
+  by?: string;
+  reach?: string[];
+};
+
+/** The locks a waiter's claim may hold. */
+export const reachOf = (w: Queued): readonly string[] => w.reach ?? [w.lock];
+
+/**
+ * The rule of the line, for every store: how many of `line` (in order) wait before `self` (all of them,
+ * without it) with a claim that overlaps `reach`. Each is served first: a claim passes no overlapping waiter.
+ */
+export function waitersAhead(line: readonly Queued[], reach: readonly string[], self: number | undefined): number {
+  let n = 0;
+  for (const w of line) if ((self === undefined || w.id < self) && claimsOverlap(reachOf(w), reach)) n++;
+  return n;
+}
 
 export type TransactOptions = {
+  claim?: readonly string[]; // every lock the decision may hold (a pool's children too); without it, the one lock
+  freedOf?: readonly string[]; // the locks whose last end the decision needs (a pool's children): see Stored.freedAt
   self?: number; // the caller's own place in the wait line: only waiters before it count as ahead
   join?: Holder; // join the wait line in the same transaction when the answer is a refusal worth waiting out
   room?: Room; // how many lock names may be stored: a change that would store one more is refused beyond it
@@ -166,6 +197,22 @@ export interface Outbox {
   retry(webhook: string, attempts: number, at: number): Promise<void>;
 }
 
+/**
+ * Where a webhook's deliveries resume, the same on every store: events beyond `backlog` behind the newest, or
+ * pruned from the history (older than `oldest`; null: none kept) before they were delivered, are dropped and
+ * counted; the next one keeps the retry schedule the receiver is on. `skipped` says how many to record.
+ */
+export function catchUp(
+  p: Progress,
+  span: { oldest: number | null; newest: number },
+  backlog: number,
+): { progress: Progress; skipped: number } {
+  const floor = Math.max(span.newest - backlog, (span.oldest ?? span.newest + 1) - 1);
+  if (p.delivered >= floor) return { progress: p, skipped: 0 };
+  const skipped = floor - p.delivered;
+  return { progress: { ...p, delivered: floor, dropped: p.dropped + skipped }, skipped };
+}
+
 /** A boundary of a freeze window on a lock: the window's key, and which boundary, when. */
 export type Mark = { window: string; lock: string; kind: string; at: number }; // also a reminder: "long-running"
 export const markKey = (m: Mark) => `${m.window} ${m.lock} ${m.kind} ${m.at}`;
@@ -223,7 +270,7 @@ export const counted = (name: string): boolean => name !== ROOT && name !== DEFA
  * A lock it forgets leaves its version in the root's row, and a name used again starts above that: a
  * cache that still remembers the forgotten row never mistakes the new one for an older answer.
  */
-export function changedEntries(lock: string, stored: Stored, after: State): Map<string, Entry> {
+export function changedEntries(stored: Stored, after: State, also: Neighbour[] = []): Map<string, Entry> {
   const changed = new Map<string, Entry>();
   const root = stored.entries.get(ROOT) ?? EMPTY_ENTRY;
   let forgotten = 0; // the highest version among the rows this change forgets
@@ -235,8 +282,10 @@ export function changedEntries(lock: string, stored: Stored, after: State): Map<
     changed.set(name, entry);
     if (forgets(name, entry)) forgotten = Math.max(forgotten, entry.version);
   };
-  put(lock, after.releases, after.block);
+  // The lock the change decided on: a claim's first lock as held (a pool's child), not the pool it named.
+  put(after.lock, after.releases, after.block);
   for (const n of after.around) put(n.lock, n.releases, n.block);
+  for (const n of also) put(n.lock, n.releases, n.block); // a claim's other locks: as they are after it
   if (forgotten > 0) {
     const newRoot = changed.get(ROOT) ?? root;
     changed.set(ROOT, { ...newRoot, version: Math.max(newRoot.version, forgotten) });
@@ -247,11 +296,13 @@ export function changedEntries(lock: string, stored: Stored, after: State): Map<
 // Rules never change a release in place: the same objects in the same order are the same releases.
 const sameReleases = (a: Release[], b: Release[]): boolean => a.length === b.length && a.every((r, i) => r === b[i]);
 
-/** Whether a verdict's change would store a lock name that is not stored yet, and counts against RS_MAX_LOCKS. */
-export function storesNewName(lock: string, stored: Stored, verdict: Verdict): boolean {
-  if (!verdict.change || stored.entries.has(lock) || !counted(lock)) return false;
-  const entry = changedEntries(lock, stored, verdict.change.next).get(lock);
-  return entry !== undefined && !forgets(lock, entry);
+/** The lock names a verdict's change would store that are not stored yet, and count against RS_MAX_LOCKS. */
+export function newNames(stored: Stored, verdict: Verdict): string[] {
+  if (!verdict.change) return [];
+  const names: string[] = [];
+  for (const [name, entry] of changedEntries(stored, verdict.change.next, verdict.change.also))
+    if (!stored.entries.has(name) && counted(name) && !forgets(name, entry)) names.push(name);
+  return names;
 }
 
 /**
@@ -259,14 +310,14 @@ export function storesNewName(lock: string, stored: Stored, verdict: Verdict): b
  * in all, or the asking token's share of it under its locks; null when there is room. Asked in the
  * write transaction, with counts of the names stored there, so every store and replica decides alike.
  */
-export function noRoom(lock: string, room: Room, count: CountNames): Refusal | null {
-  if (count(null) >= room.most)
+export function noRoom(lock: string, room: Room, count: CountNames, adding = 1): Refusal | null {
+  if (count(null) + adding > room.most)
     return refuse(
       "invalid",
       `lock ${lock} would be one lock more than RS_MAX_LOCKS (${room.most}): use a lock that holds a release or a block now, or end one on a lock no longer needed`,
     );
   const share = room.share;
-  if (share && count(share.locks) >= share.most)
+  if (share && count(share.locks) + adding > share.most)
     return refuse(
       "invalid",
       `lock ${lock} would be one lock more than ${share.who}'s token may hold under ${share.locks.join(", ")} (${share.most}, its share of RS_MAX_LOCKS): end a release or block there first, or use a lock that holds one`,
@@ -275,14 +326,9 @@ export function noRoom(lock: string, room: Room, count: CountNames): Refusal | n
 }
 
 /** The verdict, or, when its change would store a lock name beyond the room there is, that refusal, changing nothing. */
-export function withinRoom(
-  lock: string,
-  stored: Stored,
-  verdict: Verdict,
-  room: Room | undefined,
-  count: CountNames,
-): Verdict {
-  const full = room && storesNewName(lock, stored, verdict) ? noRoom(lock, room, count) : null;
+export function withinRoom(stored: Stored, verdict: Verdict, room: Room | undefined, count: CountNames): Verdict {
+  const adding = room ? newNames(stored, verdict) : [];
+  const full = room && adding.length > 0 ? noRoom(adding[0] as string, room, count, adding.length) : null;
   return full ? { outcome: full, change: null } : verdict;
 }
 
@@ -302,15 +348,14 @@ export class LocalWaitLine {
     return this.line;
   }
 
-  /** Waiters before `self` (all, without it) whose locks overlap `lock`: they are served first. */
-  ahead(lock: string, self: number | undefined): number {
-    let n = 0;
-    for (const w of this.line) if ((self === undefined || w.id < self) && overlaps(w.lock, lock)) n++;
-    return n;
+  /** Waiters before `self` (all, without it) whose claims overlap `reach`: they are served first. */
+  ahead(reach: readonly string[], self: number | undefined): number {
+    return waitersAhead(this.line, reach, self);
   }
 
-  join(lock: string, who: Holder, now: number): Queued {
-    const waiter = { id: this.nextId++, lock, name: who.name, reason: who.reason, since: now, by: who.by };
+  join(lock: string, who: Holder, now: number, reach?: readonly string[]): Queued {
+    const waiter: Queued = { id: this.nextId++, lock, name: who.name, reason: who.reason, since: now, by: who.by };
+    if (reach && !(reach.length === 1 && reach[0] === lock)) waiter.reach = [...reach];
     this.line = [...this.line, waiter];
     return waiter;
   }
@@ -359,18 +404,18 @@ export function decideInLine(
   write: ((w: Writes) => void) | null,
 ): Decision {
   const before = scopeOf(lock, stored);
-  const verdict = decide(before, now, line.ahead(lock, options.self));
-  const { outcome, change } = withinRoom(lock, stored, verdict, options.room, count);
+  const verdict = decide(stored, now, line.ahead(options.claim ?? [lock], options.self));
+  const { outcome, change } = withinRoom(stored, verdict, options.room, count);
   const joining = !outcome.ok && options.join !== undefined && WAITABLE.has(outcome.reason);
   const events = [...(change?.events ?? [])];
   if (joining && options.join) events.push(queueEvent("waiting", lock, options.join, now, options.join.reason));
   if (events.length === 0) return { outcome, committed: null, joined: null };
   const after = change?.next ?? before;
-  const entries = change ? changedEntries(lock, stored, after) : new Map<string, Entry>();
+  const entries = change ? changedEntries(stored, after, change.also) : new Map<string, Entry>();
   const committed = { lock, events, before, after, entries };
   if (!write) return { outcome, committed, joined: null };
   write({ events, entries, lastId: after.lastId !== stored.lastId ? after.lastId : null });
-  const joined = joining && options.join ? line.join(lock, options.join, now) : null;
+  const joined = joining && options.join ? line.join(lock, options.join, now, options.claim) : null;
   if (outcome.ok && options.self !== undefined) line.leave(options.self);
   return { outcome, committed, joined };
 }
@@ -390,13 +435,14 @@ export type LockRow = Record<
   | "blocked_since"
   | "release_by"
   | "block_by"
-  | "other_releases",
+  | "other_releases"
+  | "release_locks",
   string | number | null
 >;
 export type EventRow = Record<
   "lock" | "at" | "kind" | "release_id" | "name" | "reason" | "made_by",
   string | number | null
-> & { status?: string | null }; // read for the outbox only
+> & { status?: string | null; locks?: string | null }; // status: read for the outbox only
 
 const num = (v: string | number | null): number | null => (v === null ? null : Number(v));
 const str = (v: string | number | null): string => (v === null ? "" : String(v));
@@ -414,6 +460,7 @@ export function toEntry(row: LockRow): Entry {
           startedAt: Number(row.started_at),
           expiresAt: num(row.expires_at),
           by: by(row.release_by),
+          ...(row.release_locks == null ? {} : { locks: JSON.parse(String(row.release_locks)) as string[] }),
         };
   const block: Block | null =
     row.blocked_since === null
@@ -462,6 +509,7 @@ export function toColumns(e: Entry): (string | number | null)[] {
     r?.by ?? null,
     b?.by ?? null,
     e.releases.length > 1 ? JSON.stringify(e.releases.slice(1)) : null,
+    r?.locks ? JSON.stringify(r.locks) : null,
   ];
 }
 
@@ -474,7 +522,35 @@ export const toEvent = (row: EventRow): Event => ({
   reason: str(row.reason),
   by: by(row.made_by),
   ...(row.status == null ? {} : { status: row.status }),
+  ...(row.locks == null ? {} : { locks: JSON.parse(row.locks) as string[] }),
 });
 
-/** Whether an event concerns `lock`: on it, or on a lock under it. */
-export const concerns = (lock: string, e: Event): boolean => e.lock === lock || isAncestor(lock, e.lock);
+/** An event's locks as stored: a JSON list when its release holds several, else null. */
+export const eventLocks = (e: Event): string | null => (e.locks ? JSON.stringify(e.locks) : null);
+
+/** Whether an event concerns `lock`: on it, or on a lock under it (any of its release's locks). */
+export const concerns = (lock: string, e: Event): boolean =>
+  (e.locks ?? [e.lock]).some((l) => l === lock || isAncestor(lock, l));
+
+/**
+ * The rows a decision must also read beyond those around its locks: every lock of a release among them
+ * that holds several, so that ending or renewing it changes all of its rows in the same transaction.
+ */
+export function otherRowsOf(stored: Stored): string[] {
+  const missing = new Set<string>();
+  for (const e of stored.entries.values())
+    for (const r of e.releases) for (const l of r.locks ?? []) if (!stored.entries.has(l)) missing.add(l);
+  return [...missing];
+}
+
+/** The rows around every lock of a claim, read by `around`, and the rows their releases also hold, by `exact`. */
+export function readClaim(
+  claim: readonly string[],
+  around: (lock: string) => LockRow[],
+  exact: (names: string[]) => LockRow[],
+): Stored {
+  const rows = claim.flatMap(around);
+  const stored = toStored(rows);
+  const others = otherRowsOf(stored);
+  return others.length === 0 ? stored : toStored([...rows, ...exact(others)]);
+}
