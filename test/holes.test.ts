@@ -121,6 +121,23 @@ describe("a body is a form or it is refused, whatever the headers say or omit", 
     });
   }
 
+  test("a parameter given twice, or both in the query string and the body, is 400 and changes nothing", async () => {
+    const d = await daemon();
+    await d.body("/start?name=holder");
+    await d.body("/stop");
+    await d.body("/start?name=other"); // release #2
+    for (const request of [
+      post("/stop?id=2", `${form}Content-Length: 4\r\n`, "id=1"),
+      post("/stop?id=1&id=2", "", ""),
+      post("/locks/x/start?name=a&ttl=100&ttl=5", "", ""),
+    ]) {
+      const { status, body } = await raw(d, request);
+      expect({ status, body }).toEqual({ status: 400, body: "0\n" });
+    }
+    expect((await statusOf(d)).release.name).toBe("other");
+    expect((await d.get("/locks/x/status?format=json").then((r) => r.json())).running).toBe(false);
+  });
+
   test("a GET with a body is 400: the body cannot be read, so it is not ignored either", async () => {
     const d = await daemon();
     await d.body("/start?name=holder");

@@ -18,8 +18,8 @@ export class Invalid extends Error {
 }
 
 /**
- * The parameters, each by its first value; `lock`, which a start may repeat to claim several locks, keeps
- * every value in `locks` (in the order sent, the query's before the body's).
+ * The parameters, each given once (twice is invalid); `lock`, which a start may repeat to claim several locks,
+ * keeps every value in `locks` (in the order sent, the query's before the body's).
  */
 export type Params = Map<string, string> & { locks?: string[] };
 
@@ -61,7 +61,10 @@ export function readParams(req: Request, url: string): Params | Refusal | Promis
     if (req.signal.aborted) return cutShort();
     const fromBody = parsePairs(body);
     if (!(fromBody instanceof Map)) return fromBody;
-    for (const [k, v] of fromBody) if (!query.has(k)) query.set(k, v);
+    for (const [k, v] of fromBody) {
+      if (query.has(k) && k !== REPEATED) return givenTwice(k, "both in the query string and in the body");
+      query.set(k, v);
+    }
     if (fromBody.locks) query.locks = [...(query.locks ?? []), ...fromBody.locks];
     return query;
   }, cutShort);
@@ -89,8 +92,9 @@ function parsePairs(s: string): Params | Refusal {
     try {
       const key = decode(eq < 0 ? pair : pair.slice(0, eq));
       const value = decode(eq < 0 ? "" : pair.slice(eq + 1));
-      if (!params.has(key)) params.set(key, value);
       if (key === REPEATED) params.locks = [...(params.locks ?? []), value];
+      else if (params.has(key)) return givenTwice(key, "twice");
+      if (!params.has(key)) params.set(key, value);
     } catch {
       return refuse(
         "invalid",
@@ -100,6 +104,10 @@ function parsePairs(s: string): Params | Refusal {
   }
   return params;
 }
+
+// Which of two values was meant cannot be known (ttl=100&ttl=5): neither is taken.
+const givenTwice = (key: string, how: string): Refusal =>
+  refuse("invalid", `${visible(key.slice(0, 40))} is given ${how}: give each parameter once`);
 
 const decode = (s: string) => (s.includes("%") || s.includes("+") ? decodeURIComponent(s.replaceAll("+", " ")) : s);
 
