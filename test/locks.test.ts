@@ -243,6 +243,30 @@ describe("no token can use up RS_MAX_LOCKS for locks outside its scope", () => {
     expect(await d.body("/locks/staging/c/start", as(STAGE))).toBe("1\n");
   });
 
+  test("a token's share counts only the names it holds: a narrower token under the same locks cannot use up a wider one's", async () => {
+    // RS_MAX_LOCKS 6 and two limited tokens, eu under prod: each may hold 2 names.
+    const EU = "eu-token-0123456789abcdef";
+    const nested = configFile(
+      [
+        ["prod", ["prod"], PROD],
+        ["eu", ["prod/eu"], EU],
+      ]
+        .map(
+          ([who, locks, token]) =>
+            `[[token]]\nwho = "${who}"\ncan = ["release", "block"]\nlocks = ${JSON.stringify(locks)}\nsha256 = "${sha(token as string)}"\n`,
+        )
+        .join("\n"),
+    );
+    const d = await daemon({ RS_DB: await freshDb(), RS_CONFIG: nested, RS_MAX_LOCKS: "6" });
+    expect(await d.body("/locks/prod/eu/e1/start", as(EU))).toBe("1\n");
+    expect(await d.body("/locks/prod/eu/e2/start", as(EU))).toBe("1\n");
+    expect((await answerOf(await d.get("/locks/prod/eu/e3/start", as(EU)))).status).toBe(400); // eu's share is used
+    // prod's share is its own: prod/us, outside eu's locks, is not made unusable by eu's names under prod.
+    expect(await d.body("/locks/prod/us/start", as(PROD))).toBe("1\n");
+    expect(await d.body("/locks/prod/ap/start", as(PROD))).toBe("1\n");
+    expect((await answerOf(await d.get("/locks/prod/sa/start", as(PROD)))).status).toBe(400);
+  });
+
   test("a forgotten lock's history stays readable", async () => {
     const d = await daemon({ RS_DB: await freshDb() });
     expect(await d.body("/locks/old/start?name=sion")).toBe("1\n");

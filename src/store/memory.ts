@@ -10,6 +10,7 @@ import {
   decideInLine,
   type Entry,
   forgets,
+  heldBy,
   LocalWaitLine,
   type Mark,
   markKey,
@@ -41,9 +42,10 @@ export function openMemoryStore(historyLimit: number, clock: () => number = Date
   };
   const marks = new Set<string>();
   const latestMark = new Map<string, Mark>(); // markNext's latest, by series and lock
-  const count: CountNames = (locks) => {
+  const count: CountNames = (locks, by) => {
     let n = 0;
-    for (const name of stored.entries.keys()) if (counted(name) && (locks === null || under(locks, name))) n++;
+    for (const [name, e] of stored.entries)
+      if (counted(name) && (locks === null || under(locks, name)) && (by === undefined || heldBy(e, by))) n++;
     return n;
   };
   const snapshot = (): Stored => ({ lastId: stored.lastId, entries: new Map(stored.entries) });

@@ -189,7 +189,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
         const adding = room ? newNames(stored, verdict) : [];
         if (room && adding.length > 0) {
           const total = await countNames(tx, null);
-          const share = room.share ? await countNames(tx, room.share.locks) : 0;
+          const share = room.share ? await countNames(tx, room.share.locks, room.share.who) : 0;
           const full = noRoom(adding[0] as string, room, (locks) => (locks === null ? total : share), adding.length);
           if (full) verdict = { outcome: full, change: null };
         }
@@ -297,12 +297,16 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
 
   // The names that count against RS_MAX_LOCKS (not the root, not the original's lock); with `locks`, only
   // those that are one of them or under one.
-  async function countNames(tx: SQL, locks: readonly string[] | null): Promise<number> {
+  // With `by`, only the names it holds (a release, in the columns or among other_releases, or the block).
+  async function countNames(tx: SQL, locks: readonly string[] | null, by?: string): Promise<number> {
     const [{ n }] = await tx`
       SELECT count(*) AS n FROM releasestatus_lock
       WHERE name <> '' AND name <> ${DEFAULT_LOCK} AND (${locks === null}::boolean OR EXISTS (
         SELECT 1 FROM unnest(${locks ?? []}::text[]) AS s(lock)
-        WHERE name = s.lock OR substr(name, 1, length(s.lock) + 1) = s.lock || '/'))`;
+        WHERE name = s.lock OR substr(name, 1, length(s.lock) + 1) = s.lock || '/'))
+        AND (${by === undefined}::boolean OR release_by = ${by ?? ""} OR block_by = ${by ?? ""} OR EXISTS (
+          SELECT 1 FROM json_array_elements(coalesce(nullif(other_releases, ''), '[]')::json) AS r
+          WHERE r->>'by' = ${by ?? ""}))`;
     return Number(n);
   }
 

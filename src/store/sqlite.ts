@@ -165,9 +165,12 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
     forget: db.query("DELETE FROM lock WHERE name = ?"),
     // The names that count against RS_MAX_LOCKS (not the root, not the original's lock); with a JSON array
     // of locks, only those names that are one of them or under one.
-    names: db.query<{ n: number }, [string | null, string]>(
+    // With ?3, only the names ?3 holds (a release, in the columns or among other_releases, or the block).
+    names: db.query<{ n: number }, [string | null, string, string | null]>(
       `SELECT count(*) AS n FROM lock WHERE name <> '' AND name <> ?2 AND (?1 IS NULL OR EXISTS (
-         SELECT 1 FROM json_each(?1) AS s WHERE name = s.value OR substr(name, 1, length(s.value) + 1) = s.value || '/'))`,
+         SELECT 1 FROM json_each(?1) AS s WHERE name = s.value OR substr(name, 1, length(s.value) + 1) = s.value || '/'))
+         AND (?3 IS NULL OR release_by = ?3 OR block_by = ?3 OR EXISTS (
+           SELECT 1 FROM json_each(coalesce(other_releases, '[]')) AS r WHERE json_extract(r.value, '$.by') = ?3))`,
     ),
     append: db.query(
       "INSERT INTO events (lock, at, kind, release_id, name, reason, made_by, status, locks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -228,7 +231,8 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
       found.freedAt = new Map(options.freedOf.map((l) => [l, q.freedAt.get(l)?.at ?? Number.NEGATIVE_INFINITY]));
     return found;
   };
-  const count: CountNames = (locks) => q.names.get(locks === null ? null : JSON.stringify(locks), DEFAULT_LOCK)?.n ?? 0;
+  const count: CountNames = (locks, by) =>
+    q.names.get(locks === null ? null : JSON.stringify(locks), DEFAULT_LOCK, by ?? null)?.n ?? 0;
   const append = (events: Event[]) => {
     for (const e of events)
       q.append.run(e.lock, e.at, e.kind, e.releaseId, e.name, e.reason, e.by ?? null, e.status ?? null, eventLocks(e));

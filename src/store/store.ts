@@ -94,8 +94,15 @@ export type TransactOptions = {
  */
 export type Room = { most: number; share: { who: string; locks: readonly string[]; most: number } | null };
 
-/** Counts the stored lock names that count against RS_MAX_LOCKS: all of them, or those under `locks`. */
-export type CountNames = (locks: readonly string[] | null) => number;
+/** Whether `by` holds the lock: one of its releases, or its block. */
+export const heldBy = (e: Entry, by: string): boolean => e.releases.some((r) => r.by === by) || e.block?.by === by;
+
+/**
+ * Counts the stored lock names that count against RS_MAX_LOCKS: all of them, or those under `locks` that
+ * `by` holds (a release or a block of its): a token's share counts only its own names, not those another
+ * token made under the same locks.
+ */
+export type CountNames = (locks: readonly string[] | null, by?: string) => number;
 
 export type Decision = {
   outcome: Outcome;
@@ -317,7 +324,7 @@ export function noRoom(lock: string, room: Room, count: CountNames, adding = 1):
       `lock ${lock} would be one lock more than RS_MAX_LOCKS (${room.most}): use a lock that holds a release or a block now, or end one on a lock no longer needed`,
     );
   const share = room.share;
-  if (share && count(share.locks) + adding > share.most)
+  if (share && count(share.locks, share.who) + adding > share.most)
     return refuse(
       "invalid",
       `lock ${lock} would be one lock more than ${share.who}'s token may hold under ${share.locks.join(", ")} (${share.most}, its share of RS_MAX_LOCKS): end a release or block there first, or use a lock that holds one`,
