@@ -14,6 +14,7 @@ import {
   type Event,
   expire,
   type Frozen,
+  isAncestor,
   type Outcome,
   overlaps,
   type Refusal,
@@ -74,7 +75,7 @@ export const engine = {
   known: { lastId: 0, entries: new Map<string, Entry>() } as Stored, // the cache that reads are answered from
   scopes: new Map<string, State>(), // each lock's state with its neighbours, worked out once per change
   expiries: new Map<string, () => void>(), // lease timers, by lock
-  waiters: new Set<Waiter>(),
+  waiters: new Map<number, Waiter>(), // by their place in the line
   committing: 0, // commits asked for and not yet answered: until they are, memory may be out of date
   heard: 0, // commits heard so far: a read that overlapped one may be older than it
   listeners: [] as ((h: Heard) => void)[],
@@ -188,9 +189,12 @@ export const waiting = (lock?: string): Queued[] => {
   return lock === undefined ? line : line.filter((w) => w.lock === lock);
 };
 
+// Asked only while memory is current, so of a store that keeps its line here and counts it as it changes.
 const waitingAhead = (lock: string): number => {
+  const s = store();
+  if (s.ahead) return s.ahead(lock);
   let n = 0;
-  for (const w of store().waiting()) if (overlaps(w.lock, lock)) n++;
+  for (const w of s.waiting()) if (overlaps(w.lock, lock)) n++;
   return n;
 };
 
@@ -281,7 +285,7 @@ async function waitInLine(
   gone.addEventListener("abort", onGone);
   let cancelThaw = () => {}; // a freeze ending commits nothing: a timer wakes the waiter then
   let latest = first; // the last refusal it was given
-  engine.waiters.add(waiter);
+  engine.waiters.set(self, waiter);
   try {
     for (;;) {
       if (engine.closing) return await leave(lock, self, "shutting down", SHUTTING_DOWN);
@@ -312,7 +316,7 @@ async function waitInLine(
     cancelDeadline();
     cancelThaw();
     gone.removeEventListener("abort", onGone);
-    engine.waiters.delete(waiter);
+    engine.waiters.delete(self);
   }
 }
 
@@ -471,11 +475,24 @@ function remember(entries: Map<string, Entry>, lastId: number) {
  */
 export function wakeWaiters(lock?: string) {
   if (engine.waiters.size === 0) return;
-  const line = store().waiting();
-  for (const w of engine.waiters) if ((lock === undefined || overlaps(w.lock, lock)) && firstInLine(w, line)) wake(w);
+  const passed = new Set<string>(); // the locks of the waiters ahead so far
+  for (const q of store().waiting()) {
+    const concerned = lock === undefined || overlaps(q.lock, lock);
+    if (concerned && !aheadOf(q, passed)) {
+      const w = engine.waiters.get(q.id);
+      if (w) wake(w);
+    }
+    // Every later waiter the change concerns overlaps this one, so is behind it: the walk ends here, and a
+    // hand-off looks at the head of the line, however long it is.
+    if (lock !== undefined && (q.lock === lock || isAncestor(q.lock, lock))) return;
+    passed.add(q.lock);
+  }
 }
 
-const firstInLine = (w: Waiter, line: Queued[]): boolean => !line.some((q) => q.id < w.id && overlaps(q.lock, w.lock));
+const aheadOf = (q: Queued, passed: Set<string>): boolean => {
+  for (const l of passed) if (overlaps(l, q.lock)) return true;
+  return false;
+};
 
 // Another replica changed something (or the poll came round): read afresh, then let waiters try.
 async function heardFromElsewhere(lock: string, events: Event[]) {
@@ -552,7 +569,7 @@ export async function closeEngine(): Promise<void> {
     const check = () => (engine.waiters.size === 0 ? resolve() : setTimeout(check, 10));
     check();
   });
-  for (const w of engine.waiters) wake(w);
+  for (const w of engine.waiters.values()) wake(w);
   await Promise.race([gone, Bun.sleep(1500)]);
 }
 

@@ -113,6 +113,7 @@ export function openMemoryStore(historyLimit: number, clock: () => number = Date
       },
     },
     waiting: () => line.list(),
+    ahead: (lock) => line.ahead(lock, undefined),
     history: async (limit, lock) =>
       events
         .slice(-historyLimit)

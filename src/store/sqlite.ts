@@ -386,6 +386,7 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
       },
     },
     waiting: () => line.list(),
+    ahead: (lock) => line.ahead(lock, undefined),
     history: async (limit, lock) =>
       (lock === undefined ? q.history.all(limit) : q.lockHistory.all(lock, limit)).map(toEvent),
     watch: () => {},

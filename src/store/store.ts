@@ -122,6 +122,8 @@ export interface Store {
   readonly outbox: Outbox;
   /** Everyone waiting, in order (another replica's waiters too). */
   waiting(): Queued[];
+  /** How many wait for a lock overlapping `lock`, counted without reading the line: for a line kept in this process. */
+  ahead?(lock: string): number;
   /** Newest first; with `lock`, the events of that lock and the locks under it. Throws StorageError when unreadable. */
   history(limit: number, lock?: string): Promise<Event[]>;
   /** Calls `changed` when another process committed a change to `lock` (PostgreSQL replicas), and on each poll. */
@@ -294,8 +296,9 @@ export const under = (locks: readonly string[], name: string): boolean =>
  * (memory, SQLite held exclusively), where waiters cannot outlive the process anyway.
  */
 export class LocalWaitLine {
-  private line: Queued[] = [];
+  private line: Queued[] = []; // in the order they joined, which is the order of their ids
   private nextId = 1;
+  private perLock = new Map<string, number>(); // how many wait for each lock: a count without a walk of the line
 
   list(): Queued[] {
     return this.line;
@@ -304,28 +307,43 @@ export class LocalWaitLine {
   /** Waiters before `self` (all, without it) whose locks overlap `lock`: they are served first. */
   ahead(lock: string, self: number | undefined): number {
     let n = 0;
-    for (const w of this.line) if ((self === undefined || w.id < self) && overlaps(w.lock, lock)) n++;
+    if (self === undefined) {
+      for (const [l, count] of this.perLock) if (overlaps(l, lock)) n += count;
+      return n;
+    }
+    for (const w of this.line) {
+      if (w.id >= self) break; // the rest joined after it
+      if (overlaps(w.lock, lock)) n++;
+    }
     return n;
   }
 
   join(lock: string, who: Holder, now: number): Queued {
     const waiter = { id: this.nextId++, lock, name: who.name, reason: who.reason, since: now, by: who.by };
     this.line = [...this.line, waiter];
+    this.perLock.set(lock, (this.perLock.get(lock) ?? 0) + 1);
     return waiter;
   }
 
   leave(id: number): Queued | null {
-    const waiter = this.line.find((w) => w.id === id) ?? null;
-    if (waiter) this.line = this.line.filter((w) => w !== waiter);
+    const at = this.line.findIndex((w) => w.id === id);
+    const waiter = this.line[at];
+    if (!waiter) return null;
+    this.line = this.line.toSpliced(at, 1); // a new array: save() may hold the old one
+    const left = (this.perLock.get(waiter.lock) ?? 1) - 1;
+    if (left > 0) this.perLock.set(waiter.lock, left);
+    else this.perLock.delete(waiter.lock);
     return waiter;
   }
 
   /** The line as it is, to put back if the transaction that changed it does not commit. */
   save(): () => void {
     const { line, nextId } = this;
+    const perLock = new Map(this.perLock);
     return () => {
       this.line = line;
       this.nextId = nextId;
+      this.perLock = perLock;
     };
   }
 }
