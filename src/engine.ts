@@ -28,6 +28,7 @@ import {
   unchanged,
   WAITABLE,
 } from "./release.ts";
+import { type FindAround, indexAround } from "./store/around.ts";
 import {
   type Committed,
   type Decide,
@@ -109,7 +110,7 @@ export async function openEngine(
   engine.clock = clock;
   engine.limitOf = limitOf;
   engine.known = { lastId: 0, entries: new Map() };
-  engine.scopes.clear();
+  forgetScopes();
   for (const cancel of engine.expiries.values()) cancel();
   engine.expiries.clear();
   engine.closing = false;
@@ -157,7 +158,21 @@ const withLimit = (s: State): State => {
   const limit = engine.limitOf(s.lock);
   return limit === s.limit ? s : { ...s, limit };
 };
-const scopeWithLimit = (lock: string, stored: Stored): State => withLimit(scopeOf(lock, stored));
+const scopeWithLimit = (lock: string, stored: Stored): State =>
+  withLimit(scopeOf(lock, stored, stored === engine.known ? aroundKnown() : undefined));
+
+// The cache's locks indexed by the names above them, built at the first read after a change (see around.ts).
+let knownAround: FindAround | null = null;
+const aroundKnown = (): FindAround => {
+  knownAround ??= indexAround(engine.known.entries);
+  return knownAround;
+};
+
+// The cache changed: every lock's state is worked out again from it when next read.
+function forgetScopes() {
+  engine.scopes.clear();
+  knownAround = null;
+}
 
 const snapshotOf = (stored: Stored): Snapshot => ({
   state: (lock) => scopeWithLimit(lock, stored),
@@ -186,8 +201,24 @@ export const isKnown = (lock: string): boolean => engine.known.entries.has(lock)
 /** Who waits, in order: for `lock` alone when given. */
 export const waiting = (lock?: string): Queued[] => {
   const line = engine.store ? store().waiting() : [];
-  return lock === undefined ? line : line.filter((w) => w.lock === lock);
+  return lock === undefined ? line : (lineByLock(line).get(lock) ?? []);
 };
+
+// The line split by lock, once for each line: a store gives a new array each time its line changes, so
+// reads of many locks (a status read, /locks) between two changes do not each walk the whole line.
+let byLock: { line: Queued[]; locks: Map<string, Queued[]> } | null = null;
+function lineByLock(line: Queued[]): Map<string, Queued[]> {
+  if (byLock?.line !== line) {
+    const locks = new Map<string, Queued[]>();
+    for (const w of line) {
+      const list = locks.get(w.lock);
+      if (list) list.push(w);
+      else locks.set(w.lock, [w]);
+    }
+    byLock = { line, locks };
+  }
+  return byLock.locks;
+}
 
 // Asked only while memory is current, so of a store that keeps its line here and counts it as it changes.
 const waitingAhead = (lock: string): number => {
@@ -464,7 +495,7 @@ function remember(entries: Map<string, Entry>, lastId: number) {
     else engine.known.entries.set(lock, entry);
     armExpiry(lock);
   }
-  engine.scopes.clear();
+  forgetScopes();
 }
 
 /**
@@ -524,7 +555,7 @@ async function readAfresh(lock: string): Promise<Stored> {
         engine.known.entries.delete(name);
         armExpiry(name);
       }
-    engine.scopes.clear();
+    forgetScopes();
   }
   return stored;
 }

@@ -3,6 +3,7 @@
 // changed, keep the wait line, read the history. Memory, SQLite and PostgreSQL
 // implement it; what is peculiar to one of them (a lock file, a probe,
 // heartbeats, LISTEN) stays inside that store.
+
 import {
   type Block,
   type Change,
@@ -22,6 +23,7 @@ import {
   type State,
   WAITABLE,
 } from "../release.ts";
+import type { FindAround } from "./around.ts";
 
 /**
  * Decides a transition from the state as stored, the store's time, and how many wait ahead of the
@@ -194,13 +196,17 @@ export function ancestorsOf(lock: string): string[] {
   return [ROOT, ...parts.slice(1).map((_, i) => parts.slice(0, i + 1).join("/"))];
 }
 
-/** The state a rule sees for `lock`: its own entry, and the locks above and below it that hold something. */
-export function scopeOf(lock: string, stored: Stored): State {
+/**
+ * The state a rule sees for `lock`: its own entry, and the locks above and below it that hold something
+ * (found by a walk over every lock, or by an index of them: see around.ts).
+ */
+export function scopeOf(lock: string, stored: Stored, findAround?: FindAround): State {
   const own = stored.entries.get(lock) ?? EMPTY_ENTRY;
-  const around: Neighbour[] = [];
-  for (const [name, e] of stored.entries)
-    if (name !== lock && (e.releases.length > 0 || e.block) && overlaps(name, lock))
-      around.push({ lock: name, releases: e.releases, block: e.block });
+  const around: Neighbour[] = findAround ? findAround(lock) : [];
+  if (!findAround)
+    for (const [name, e] of stored.entries)
+      if (name !== lock && (e.releases.length > 0 || e.block) && overlaps(name, lock))
+        around.push({ lock: name, releases: e.releases, block: e.block });
   // The store knows no limits (the configuration does): the engine gives the decision its lock's.
   return holding(
     { lock, lastId: stored.lastId, limit: 1, releases: [], release: null, block: own.block, around },
@@ -298,7 +304,9 @@ export const under = (locks: readonly string[], name: string): boolean =>
 export class LocalWaitLine {
   private line: Queued[] = []; // in the order they joined, which is the order of their ids
   private nextId = 1;
-  private perLock = new Map<string, number>(); // how many wait for each lock: a count without a walk of the line
+  // How many wait for each lock, and for the locks under each name: a count without a walk of the line.
+  private on = new Map<string, number>();
+  private under = new Map<string, number>();
 
   list(): Queued[] {
     return this.line;
@@ -308,7 +316,8 @@ export class LocalWaitLine {
   ahead(lock: string, self: number | undefined): number {
     let n = 0;
     if (self === undefined) {
-      for (const [l, count] of this.perLock) if (overlaps(l, lock)) n += count;
+      n = (this.on.get(lock) ?? 0) + (this.under.get(lock) ?? 0);
+      for (const above of ancestorsOf(lock)) n += this.on.get(above) ?? 0;
       return n;
     }
     for (const w of this.line) {
@@ -321,7 +330,7 @@ export class LocalWaitLine {
   join(lock: string, who: Holder, now: number): Queued {
     const waiter = { id: this.nextId++, lock, name: who.name, reason: who.reason, since: now, by: who.by };
     this.line = [...this.line, waiter];
-    this.perLock.set(lock, (this.perLock.get(lock) ?? 0) + 1);
+    this.count(lock, 1);
     return waiter;
   }
 
@@ -330,21 +339,31 @@ export class LocalWaitLine {
     const waiter = this.line[at];
     if (!waiter) return null;
     this.line = this.line.toSpliced(at, 1); // a new array: save() may hold the old one
-    const left = (this.perLock.get(waiter.lock) ?? 1) - 1;
-    if (left > 0) this.perLock.set(waiter.lock, left);
-    else this.perLock.delete(waiter.lock);
+    this.count(waiter.lock, -1);
     return waiter;
   }
 
   /** The line as it is, to put back if the transaction that changed it does not commit. */
   save(): () => void {
     const { line, nextId } = this;
-    const perLock = new Map(this.perLock);
     return () => {
       this.line = line;
       this.nextId = nextId;
-      this.perLock = perLock;
+      // Counted again from the line put back: rare (a commit that failed), so nothing is copied for it beforehand.
+      this.on.clear();
+      this.under.clear();
+      for (const w of line) this.count(w.lock, 1);
     };
+  }
+
+  private count(lock: string, by: 1 | -1) {
+    const add = (counts: Map<string, number>, name: string) => {
+      const n = (counts.get(name) ?? 0) + by;
+      if (n > 0) counts.set(name, n);
+      else counts.delete(name);
+    };
+    add(this.on, lock);
+    for (const above of ancestorsOf(lock)) add(this.under, above);
   }
 }
 
