@@ -14,8 +14,8 @@ import { describeLocks } from "./src/http/views.ts";
 import { createLog, type Log } from "./src/log.ts";
 import { learnFromHistory, observe } from "./src/metrics.ts";
 import { blockOn, type Event, type State } from "./src/release.ts";
+import { startupStep } from "./src/startup.ts";
 import { openMemoryStore } from "./src/store/memory.ts";
-import { openSqliteStore } from "./src/store/sqlite.ts";
 import { type Store, StoreOpenError } from "./src/store/store.ts";
 import { print } from "./src/terminal.ts";
 import { describeBlock, describeEvent, describeRelease } from "./src/words.ts";
@@ -66,6 +66,7 @@ Endpoints: /start /stop /block /unblock /renew /status /history /healthz /metric
 const EXIT_USAGE = 2;
 
 async function main(argv: string[]): Promise<number> {
+  startupStep("modules evaluated");
   const [command] = argv;
   if (command === "--help" || command === "-h" || command === "help") return print(USAGE);
   if (command === "--version" || command === "-v") return print(`releasestatus ${pkg.version}\n`);
@@ -89,6 +90,7 @@ async function main(argv: string[]): Promise<number> {
     if (e instanceof ConfigError) return fail(e.message);
     throw e;
   }
+  startupStep("configuration read");
   return serve(cfg);
 }
 
@@ -103,6 +105,7 @@ async function serve(cfg: Config): Promise<number> {
     if (e instanceof StoreOpenError) return fail(e.message);
     throw e;
   }
+  startupStep(`store opened: ${store.description}`);
   if (!store.health().readable) log.warn(`${store.description} cannot be reached yet: answering storage until it can`);
   onCommit((c) => {
     if (c.remote) return; // each replica logs and counts its own changes
@@ -120,10 +123,13 @@ async function serve(cfg: Config): Promise<number> {
   onStorageFailure((problem) => log.refusal("storage", () => `could not save the release state: ${problem}`));
   const { state, expired } = await openEngine(store, systemClock, (lock) => declaredLock(cfg, lock)?.limit ?? 1);
   describeLocks((lock) => declaredLock(cfg, lock)?.description ?? "");
+  startupStep("engine opened");
   logRestored(log, state, expired);
   learnFromHistory(await history(1000).catch(() => []));
+  startupStep("history read");
   await keepCalendar(cfg.freezes, systemClock);
   await startWebhooks(cfg, store, log);
+  startupStep("calendar and webhooks started");
 
   let server: ReturnType<typeof startServer>;
   try {
@@ -137,6 +143,7 @@ async function serve(cfg: Config): Promise<number> {
         : `cannot listen on ${cfg.host}:${cfg.port}: ${(e as Error).message}`,
     );
   }
+  startupStep("listening");
   log.info(`releasestatus ${pkg.version} listening on ${cfg.host}:${server.port}, state in ${store.description}`);
   if (cfg.access.tokens.size === 0)
     log.warn(
@@ -199,11 +206,19 @@ async function startWebhooks(cfg: Config, store: Store, log: Log) {
   await deliver(cfg.webhooks, { outbox: store.outbox, clock: systemClock, log, backlog: cfg.webhookBacklog });
 }
 
-/** SQLite by default; memory for RS_DB=:memory:; PostgreSQL (loaded only when asked for) for replicas. */
+/**
+ * SQLite by default; memory for RS_DB=:memory:; PostgreSQL for replicas. SQLite and PostgreSQL are loaded
+ * only when asked for, so a daemon on the other stores neither evaluates their code nor holds it in memory.
+ */
 async function openStore(cfg: Config): Promise<Store> {
   if (cfg.db === ":memory:") return openMemoryStore(cfg.historyLimit);
-  if (!isPostgres(cfg.db)) return openSqliteStore(cfg.db, cfg.historyLimit);
+  if (!isPostgres(cfg.db)) {
+    const { openSqliteStore } = await import("./src/store/sqlite.ts");
+    startupStep("SQLite store loaded");
+    return openSqliteStore(cfg.db, cfg.historyLimit);
+  }
   const { openPostgresStore } = await import("./src/store/postgres.ts");
+  startupStep("PostgreSQL store loaded");
   return openPostgresStore({ url: cfg.db, historyLimit: cfg.historyLimit, pool: cfg.dbPool });
 }
 
