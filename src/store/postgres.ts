@@ -158,67 +158,121 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     return Number(root.now);
   }
 
-  async function transact(lock: string, decide: Decide, options: TransactOptions = {}): Promise<Decision> {
-    if (health.closing) return { outcome: STORAGE_FAILED, committed: null, joined: null };
+  // Group commit, as SQLite's: the changes asked for while one transaction runs (or in the same turn of the
+  // event loop as the first) are decided one after another, in the order asked, each on what the ones before
+  // it wrote, inside the next transaction, and answered only once its commit is known. A failure answers
+  // every one of them `storage`. Every change takes the root's row anyway, so one transaction at a time
+  // loses nothing, and a batch pays for one round of BEGIN, root lock, COMMIT and fsync instead of each.
+  type Asked = { lock: string; decide: Decide; options: TransactOptions; answer: (d: Promise<Decision>) => void };
+  let asked: Asked[] = [];
+  let committing = false;
+
+  function transact(lock: string, decide: Decide, options: TransactOptions = {}): Promise<Decision> {
+    if (health.closing) return Promise.resolve({ outcome: STORAGE_FAILED, committed: null, joined: null });
+    return new Promise<Decision>((answer) => {
+      if (asked.length === 0 && !committing) setImmediate(commitAsked);
+      asked.push({ lock, decide, options, answer });
+    });
+  }
+
+  async function commitAsked() {
+    if (committing) return;
+    committing = true;
+    while (asked.length > 0) {
+      const batch = asked;
+      asked = [];
+      const decided = commitBatch(batch);
+      await decided.catch(() => {});
+      batch.forEach((a, i) => {
+        a.answer(decided.then((ds) => ds[i] as Decision));
+      });
+    }
+    committing = false;
+  }
+
+  async function commitBatch(batch: Asked[]): Promise<Decision[]> {
     try {
-      const decision = await inTransaction(async (tx, injected): Promise<Decision> => {
+      const decisions = await inTransaction(async (tx, injected): Promise<Decision[]> => {
         const dbNow = await takeRoot(tx);
-        const stored = toStored((await around(tx, lock)) as LockRow[]);
-        const now = injected ?? dbNow;
-        const self = options.self ?? null;
-        const [{ ahead }] = await tx`
+        const out: Decision[] = [];
+        for (const { lock, decide, options } of batch)
+          out.push(await decideOne(tx, injected ?? dbNow, lock, decide, options));
+        return out;
+      });
+      batch.forEach(({ options }, i) => {
+        afterCommit(decisions[i] as Decision, options);
+      });
+      return decisions;
+    } catch (e) {
+      if (e instanceof StorageError)
+        return batch.map(() => ({ outcome: STORAGE_FAILED, committed: null, joined: null }));
+      throw e;
+    }
+  }
+
+  // One change of a batch, inside its transaction, which already holds the root's row.
+  async function decideOne(
+    tx: SQL,
+    now: number,
+    lock: string,
+    decide: Decide,
+    options: TransactOptions,
+  ): Promise<Decision> {
+    const stored = toStored((await around(tx, lock)) as LockRow[]);
+    const self = options.self ?? null;
+    const [{ ahead }] = await tx`
           SELECT count(*) AS ahead FROM releasestatus_live_waiters
           WHERE (${self}::bigint IS NULL OR id < ${self}::bigint)
             AND (lock = ${lock} OR lock = ANY(${ancestorsOf(lock)}::text[])
                  OR ${lock} = '' OR substr(lock, 1, length(${lock}) + 1) = ${lock} || '/')`;
-        const before = scopeOf(lock, stored);
-        let verdict = decide(before, now, Number(ahead));
-        // The names are counted only when the change would store a new one: every change holds the root's
-        // row, so no other replica can store one meanwhile.
-        const { room } = options;
-        if (room && storesNewName(lock, stored, verdict)) {
-          const total = await countNames(tx, null);
-          const share = room.share ? await countNames(tx, room.share.locks) : 0;
-          const full = noRoom(lock, room, (locks) => (locks === null ? total : share));
-          if (full) verdict = { outcome: full, change: null };
-        }
-        const { outcome, change } = verdict;
-        const joining = !outcome.ok && options.join !== undefined && WAITABLE.has(outcome.reason);
-        const events = [...(change?.events ?? [])];
-        let joined: Queued | null = null;
-        if (joining && options.join) {
-          const [w] = await tx`
+    const before = scopeOf(lock, stored);
+    let verdict = decide(before, now, Number(ahead));
+    // The names are counted only when the change would store a new one: every change holds the root's
+    // row, so no other replica can store one meanwhile.
+    const { room } = options;
+    if (room && storesNewName(lock, stored, verdict)) {
+      const total = await countNames(tx, null);
+      const share = room.share ? await countNames(tx, room.share.locks) : 0;
+      const full = noRoom(lock, room, (locks) => (locks === null ? total : share));
+      if (full) verdict = { outcome: full, change: null };
+    }
+    const { outcome, change } = verdict;
+    const joining = !outcome.ok && options.join !== undefined && WAITABLE.has(outcome.reason);
+    const events = [...(change?.events ?? [])];
+    let joined: Queued | null = null;
+    if (joining && options.join) {
+      const [w] = await tx`
             INSERT INTO releasestatus_waiters (lock, name, reason, replica, since, made_by)
             VALUES (${lock}, ${options.join.name}, ${options.join.reason}, ${replica},
               to_timestamp(${now}::bigint / 1000.0), ${options.join.by ?? null})
             RETURNING id`;
-          const { name, reason, by } = options.join;
-          joined = { id: Number(w.id), lock, name, reason, since: now, by };
-          events.push(queueEvent("waiting", lock, options.join, now, options.join.reason));
-        }
-        if (events.length === 0) return { outcome, committed: null, joined: null };
-        const after = change?.next ?? before;
-        const entries = change ? changedEntries(lock, stored, after) : new Map<string, Entry>();
-        for (const [name, entry] of entries) {
-          if (forgets(name, entry)) {
-            await tx`DELETE FROM releasestatus_lock WHERE name = ${name}`;
-            continue;
-          }
-          const [
-            releaseId,
-            holder,
-            releaseReason,
-            startedAt,
-            expiresAt,
-            blockedBy,
-            blockReason,
-            blockedSince,
-            version,
-            releaseBy,
-            blockBy,
-            otherReleases,
-          ] = toColumns(entry);
-          await tx`
+      const { name, reason, by } = options.join;
+      joined = { id: Number(w.id), lock, name, reason, since: now, by };
+      events.push(queueEvent("waiting", lock, options.join, now, options.join.reason));
+    }
+    if (events.length === 0) return { outcome, committed: null, joined: null };
+    const after = change?.next ?? before;
+    const entries = change ? changedEntries(lock, stored, after) : new Map<string, Entry>();
+    for (const [name, entry] of entries) {
+      if (forgets(name, entry)) {
+        await tx`DELETE FROM releasestatus_lock WHERE name = ${name}`;
+        continue;
+      }
+      const [
+        releaseId,
+        holder,
+        releaseReason,
+        startedAt,
+        expiresAt,
+        blockedBy,
+        blockReason,
+        blockedSince,
+        version,
+        releaseBy,
+        blockBy,
+        otherReleases,
+      ] = toColumns(entry);
+      await tx`
             INSERT INTO releasestatus_lock (name, release_id, holder, release_reason, started_at, expires_at,
               blocked_by, block_reason, blocked_since, version, release_by, block_by, other_releases)
             VALUES (${name}, ${releaseId}, ${holder}, ${releaseReason}, ${startedAt}, ${expiresAt},
@@ -228,27 +282,25 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
               expires_at = excluded.expires_at, blocked_by = excluded.blocked_by,
               block_reason = excluded.block_reason, blocked_since = excluded.blocked_since, version = excluded.version,
               release_by = excluded.release_by, block_by = excluded.block_by, other_releases = excluded.other_releases`;
-        }
-        if (after.lastId !== stored.lastId)
-          await tx`UPDATE releasestatus_lock SET last_id = ${after.lastId} WHERE name = ''`;
-        if (outcome.ok && options.self !== undefined)
-          await tx`UPDATE releasestatus_waiters SET done = true WHERE id = ${options.self}`;
-        await record(tx, lock, events);
-        return { outcome, committed: { lock, events, before, after, entries }, joined };
-      });
-      // Vouched for only once its row is committed: a heartbeat would otherwise create it.
-      const { joined } = decision;
-      if (joined) {
-        ours.set(joined.id, joined);
-        line = [...line, joined]; // seen at once here; the next read brings the others'
-        lineChanges++;
-      }
-      if (decision.outcome.ok && options.self !== undefined) forget(options.self);
-      return decision;
-    } catch (e) {
-      if (e instanceof StorageError) return { outcome: STORAGE_FAILED, committed: null, joined: null };
-      throw e;
     }
+    if (after.lastId !== stored.lastId)
+      await tx`UPDATE releasestatus_lock SET last_id = ${after.lastId} WHERE name = ''`;
+    if (outcome.ok && options.self !== undefined)
+      await tx`UPDATE releasestatus_waiters SET done = true WHERE id = ${options.self}`;
+    await record(tx, lock, events);
+    return { outcome, committed: { lock, events, before, after, entries }, joined };
+  }
+
+  // Once the batch's commit is known: a waiter is vouched for only once its row is committed (a heartbeat
+  // would otherwise create it), and one served leaves this replica's line.
+  function afterCommit(decision: Decision, options: TransactOptions) {
+    const { joined } = decision;
+    if (joined) {
+      ours.set(joined.id, joined);
+      line = [...line, joined]; // seen at once here; the next read brings the others'
+      lineChanges++;
+    }
+    if (decision.outcome.ok && options.self !== undefined) forget(options.self);
   }
 
   // The names that count against RS_MAX_LOCKS (not the root, not the original's lock); with `locks`, only
