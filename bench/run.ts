@@ -640,7 +640,7 @@ async function scale(targets: Target[], fsyncPerSecond: number): Promise<string[
     const { growthMb, met } = soakGrowth(run, SOAK_WARMUP);
     lines.push(
       "",
-      `## Soak: ${SOAK_SECONDS} s of mixed load at a third of the peak (asked ${(peak / 3).toFixed(0)}/s, made ${run.rate.toFixed(0)}/s, ${run.errors} errors)`,
+      `## Soak: ${SOAK_SECONDS} s of mixed load at a third of the peak (${(peak / 3).toFixed(0)} operations/s asked, ${run.rate.toFixed(0)} requests/s made, ${run.errors} errors)`,
       "",
       `Resident memory every ${SOAK_EVERY} s (plot: bench/soak-${SOAK_SECONDS}s.svg): ${run.samples.map((x) => x.rssMb.toFixed(1)).join(", ")} MB.`,
     );

@@ -180,9 +180,10 @@ export async function manyLocks(d: Daemon, locks: number, reads = 21): Promise<M
 export type Soak = { samples: { atS: number; rssMb: number }[]; requests: number; errors: number; rate: number };
 
 /**
- * Mixed load at `rate` requests a second for `seconds`, resident memory sampled every `everyS`:
- * starts and stops with leases, renewals, waiters that join and leave (a short wait=), status
- * reads, and event streams opened and closed, over 20 locks.
+ * Mixed load at `rate` requests a second for `seconds`, resident memory sampled every `everyS`: starts
+ * and stops with leases and renewals, waiters that join and leave (a short wait=), status reads, and event
+ * streams opened and closed, over 20 locks. Sent at the rate whatever the answers take (at most 200 at
+ * once), so slow answers (a wait, a stream) do not slow the rest.
  */
 export async function soak(d: Daemon, rate: number, seconds: number, everyS: number): Promise<Soak> {
   const samples = [{ atS: 0, rssMb: rssMb(d.pid) }];
@@ -190,8 +191,7 @@ export async function soak(d: Daemon, rate: number, seconds: number, everyS: num
   const end = began + seconds * 1000;
   let requests = 0;
   let errors = 0;
-  const WORKERS = 16;
-  const pause = (WORKERS * 1000) / rate; // each worker's share of the rate
+  let inFlight = 0;
   const sampler = setInterval(
     () => samples.push({ atS: Math.round((performance.now() - began) / 1000), rssMb: rssMb(d.pid) }),
     everyS * 1000,
@@ -202,45 +202,50 @@ export async function soak(d: Daemon, rate: number, seconds: number, everyS: num
     if (!res || res.status >= 500) errors++;
     return { body: res ? await res.text() : "", id: res?.headers.get("X-Release-Id") ?? null };
   };
-  const worker = async (w: number) => {
-    let turn = 0;
-    while (performance.now() < end) {
-      const t = performance.now();
-      const lock = `/locks/soak${(w + turn) % 20}`;
-      turn++;
-      switch (turn % 8) {
-        case 0:
-        case 4: {
-          const { body, id } = await get(`${lock}/start?name=soak${w}&ttl=30`);
-          if (body === "1\n") {
-            await get(`${lock}/renew?id=${id}&ttl=30`);
-            await get(`${lock}/stop?id=${id}`);
-          }
-          break;
-        }
-        case 1:
-          await get(`${lock}/start?name=waiter${w}&wait=1`); // joins, then is served or leaves at its deadline
-          break;
-        case 2:
-          await get(`${lock}/status?format=json`);
-          break;
-        case 3: {
-          const stream = new AbortController();
-          const res = await fetch(`${d.url}${lock}/events`, { signal: stream.signal }).catch(() => null);
-          requests++;
-          await Bun.sleep(50);
-          stream.abort();
-          await res?.body?.cancel().catch(() => {});
-          break;
-        }
-        default:
-          await get(`${lock}/status`);
+  // Whoever is granted stops its own release again, so no lock stays held.
+  const release = async (lock: string, start: string, renew: boolean) => {
+    const { body, id } = await get(`${lock}/start?${start}`);
+    if (body !== "1\n") return;
+    if (renew) await get(`${lock}/renew?id=${id}&ttl=30`);
+    await get(`${lock}/stop?id=${id}`);
+  };
+  const one = async (turn: number) => {
+    const lock = `/locks/soak${turn % 20}`;
+    switch (turn % 10) {
+      case 0:
+      case 1:
+        return release(lock, `name=soak${turn}&ttl=30`, true);
+      case 2:
+        return release(lock, `name=waiter${turn}&wait=1`, false); // joins the line, then is served or leaves
+      case 3: {
+        requests++;
+        const stream = new AbortController();
+        const res = await fetch(`${d.url}${lock}/events`, { signal: stream.signal }).catch(() => null);
+        await Bun.sleep(50);
+        stream.abort();
+        await res?.body?.cancel().catch(() => {});
+        return;
       }
-      const left = pause - (performance.now() - t);
-      if (left > 0) await Bun.sleep(left);
+      case 4:
+        return void (await get(`${lock}/status?format=json`));
+      default:
+        return void (await get(`${lock}/status`));
     }
   };
-  await Promise.all(Array.from({ length: WORKERS }, (_, w) => worker(w)));
+  const TICK_MS = 10;
+  let turn = 0;
+  let owed = 0;
+  while (performance.now() < end) {
+    const t = performance.now();
+    owed += (rate * TICK_MS) / 1000;
+    for (; owed >= 1; owed--)
+      if (inFlight < 200) {
+        inFlight++;
+        void one(turn++).finally(() => inFlight--);
+      }
+    await Bun.sleep(Math.max(0, TICK_MS - (performance.now() - t)));
+  }
+  for (let i = 0; i < 1000 && inFlight > 0; i++) await Bun.sleep(10); // the last answers, ten seconds at most
   clearInterval(sampler);
   samples.push({ atS: Math.round((performance.now() - began) / 1000), rssMb: rssMb(d.pid) });
   return { samples, requests, errors, rate: requests / seconds };
@@ -249,6 +254,7 @@ export async function soak(d: Daemon, rate: number, seconds: number, everyS: num
 /** No growth beyond noise after the warm-up: the last sample within 5% (and 2 MB) of the first after it. */
 export function soakGrowth(s: Soak, warmupS: number): { growthMb: number; met: boolean } {
   const after = s.samples.filter((x) => x.atS >= warmupS);
+  if (after.length < 2) return { growthMb: Number.NaN, met: false }; // too short a run to say
   const first = after[0]?.rssMb ?? Number.NaN;
   const last = after.at(-1)?.rssMb ?? Number.NaN;
   const growthMb = last - first;
