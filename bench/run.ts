@@ -48,26 +48,39 @@ function freePort(): number {
   return port;
 }
 
-async function start(binary: string, env: Record<string, string> = {}): Promise<Server & { readyMs: number }> {
+// A daemon that exits before answering (its port taken meanwhile by another program on this shared machine,
+// say) is started again on another port, twice at most, then reported with what it said.
+async function start(
+  binary: string,
+  env: Record<string, string> = {},
+  tries = 3,
+): Promise<Server & { readyMs: number }> {
   const port = freePort();
   const began = performance.now();
   const proc = Bun.spawn([binary], {
     cwd: WORK,
     env: { PATH: process.env.PATH ?? "", RS_PORT: String(port), RS_HOST: "127.0.0.1", RS_DB: ":memory:", ...env },
     stdout: "ignore",
-    stderr: "ignore",
+    stderr: "pipe",
   });
   const url = `http://127.0.0.1:${port}`;
-  for (let i = 0; i < 20_000; i++) {
+  let last: Error | null = null;
+  // Thirty seconds at most: a new database's first fsyncs can take seconds when other programs load the disk.
+  for (const deadline = began + 30_000; performance.now() < deadline; ) {
+    if (proc.exitCode !== null) {
+      if (tries > 1) return start(binary, env, tries - 1);
+      throw new Error(`${binary} exited with ${proc.exitCode}: ${await new Response(proc.stderr).text()}`);
+    }
     try {
       await (await fetch(`${url}/status`)).arrayBuffer();
       return { proc, url, pid: proc.pid, readyMs: performance.now() - began };
-    } catch {
+    } catch (e) {
+      last = e as Error;
       await Bun.sleep(0.2);
     }
   }
   proc.kill("SIGKILL");
-  throw new Error(`${binary} did not answer`);
+  throw new Error(`${binary} did not answer: ${last?.message}: ${await new Response(proc.stderr).text()}`);
 }
 
 async function stop(s: Server) {
