@@ -272,6 +272,7 @@ export function soakSvg(s: Soak, title: string): string {
   const y = (m: number) => H - pad - ((H - 2 * pad) * m) / maxM;
   const points = s.samples.map((p) => `${x(p.atS).toFixed(1)},${y(p.rssMb).toFixed(1)}`).join(" ");
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="11">
+<title>${title}</title>
 <rect width="${W}" height="${H}" fill="white"/>
 <text x="${pad}" y="16">${title}</text>
 <line x1="${pad}" y1="${H - pad}" x2="${W - pad}" y2="${H - pad}" stroke="black"/>
