@@ -437,9 +437,20 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     try {
       await inTransaction(async (tx) => {
         // Upserted, not updated: a row dropped as stale while the database was away comes back with its place (its id).
-        for (const [id, w] of ours)
+        // One statement for all of them (as JSON, which keeps a waiter without a token's null): a round trip
+        // per waiter made the heartbeat of a line of ten thousand take seconds.
+        const rows = [...ours].map(([id, w]) => ({
+          id,
+          lock: w.lock,
+          name: w.name,
+          reason: w.reason,
+          made_by: w.by ?? null,
+        }));
+        if (rows.length > 0)
           await tx`INSERT INTO releasestatus_waiters (id, lock, name, reason, replica, made_by)
-                   VALUES (${id}, ${w.lock}, ${w.name}, ${w.reason}, ${replica}, ${w.by ?? null})
+                   SELECT w.id, w.lock, w.name, w.reason, ${replica}, w.made_by
+                   FROM jsonb_to_recordset(${JSON.stringify(rows)}::text::jsonb)
+                     AS w(id bigint, lock text, name text, reason text, made_by text)
                    ON CONFLICT (id) DO UPDATE SET heartbeat_at = clock_timestamp()
                    WHERE NOT releasestatus_waiters.done`;
         await tx`DELETE FROM releasestatus_waiters
