@@ -506,6 +506,8 @@ function remember(entries: Map<string, Entry>, lastId: number) {
  */
 export function wakeWaiters(lock?: string) {
   if (engine.waiters.size === 0) return;
+  // Nobody waits for a lock overlapping it (a line kept here counts that without a walk): nothing to wake.
+  if (lock !== undefined && store().ahead?.(lock) === 0) return;
   const passed = new Set<string>(); // the locks of the waiters ahead so far
   for (const q of store().waiting()) {
     const concerned = lock === undefined || overlaps(q.lock, lock);

@@ -27,6 +27,22 @@ function countingStore(): { store: Store; reads: () => number } {
   return { store: { ...store, waiting: () => counting(store.waiting()) }, reads: () => reads };
 }
 
+/** The entries of the line read by a start and a stop on a lock nobody waits for, with `n` waiting on others. */
+async function readsOfAnUnwaitedChange(n: number): Promise<number> {
+  const { store, reads } = countingStore();
+  await openEngine(store, testClock());
+  const gone = new AbortController().signal;
+  for (let i = 0; i < n; i++) {
+    expect((await start(`team${i}`, holder("h"), 0, gone)).ok).toBe(true);
+    void start(`team${i}`, holder(`w${i}`), 3600, gone);
+  }
+  await until(async () => engine.waiters.size === n, `${n} waiters in line`);
+  const before = reads();
+  expect((await start("quiet", holder("q"), 0, gone)).ok).toBe(true);
+  expect((await change("quiet", (s, now) => stop(s, null, { name: "" }, now))).ok).toBe(true);
+  return reads() - before;
+}
+
 /** The entries of the line read from a stop to the next waiter holding the lock, with `n` in line. */
 async function readsOfOneHandoff(n: number): Promise<number> {
   const { store, reads } = countingStore();
@@ -51,5 +67,15 @@ describe("a hand-off reads the head of the line, not all of it", () => {
     await closeEngine();
     const long = await readsOfOneHandoff(2_000);
     expect(long).toBeLessThanOrEqual(short + 10);
+  });
+});
+
+describe("a change on a lock nobody waits for reads none of the line", () => {
+  afterEach(async () => {
+    await closeEngine();
+  });
+
+  test("a start and a stop on a lock without waiters, with 1,000 waiting on other locks, read no entry of the line", async () => {
+    expect(await readsOfAnUnwaitedChange(1_000)).toBe(0);
   });
 });
