@@ -1,12 +1,17 @@
 // Reads with many locks in use cost what one lock's does (issue 28): a lock's state is found from an
 // index of the locks rather than by a walk over all of them, and its waiters from the line split by
 // lock once per change. Counted as the entries read, on the in-memory store with the test clock.
+
+import { Database } from "bun:sqlite";
 import { afterEach, describe, expect, test } from "bun:test";
-import { closeEngine, engine, openEngine, start, state, waiting } from "../src/engine.ts";
+import { join } from "node:path";
+import { change, closeEngine, engine, openEngine, start, state, waiting } from "../src/engine.ts";
+import { block } from "../src/release.ts";
 import { openMemoryStore } from "../src/store/memory.ts";
+import { AROUND_QUERY, openSqliteStore } from "../src/store/sqlite.ts";
 import type { Entry, Queued, Store } from "../src/store/store.ts";
 import { testClock } from "./clock.ts";
-import { until } from "./daemon.ts";
+import { tempDir, until } from "./daemon.ts";
 
 const holder = (name: string) => ({ name, reason: "", ttlSeconds: null });
 const gone = new AbortController().signal;
@@ -69,5 +74,30 @@ describe("a lock's waiters are read without a walk over the whole line at each r
     const before = reads;
     for (let i = 0; i < 100; i++) expect(waiting("team7/app").map((w) => w.name)).toEqual(["w7"]);
     expect(reads - before).toBeLessThanOrEqual(n + 1);
+  });
+});
+
+describe("on SQLite, a change reads the rows around its lock through the index of names, not every lock", () => {
+  test("the query for a lock's rows plans no scan of the lock table, and finds its own, the root's, above and below", async () => {
+    const file = join(tempDir(), "around.db");
+    const clock = testClock();
+    const store = openSqliteStore(file, 10_000, clock.now);
+    await openEngine(store, clock);
+    for (const lock of ["prod", "prod/eu", "prod/eu/web", "prod/eu0", "prod/us", "staging"])
+      expect((await change(lock, (s, now) => block(s, { name: "ana", reason: "freeze" }, now))).ok).toBe(true);
+    await closeEngine();
+    await store.close();
+    const db = new Database(file, { readonly: true });
+    try {
+      const plan = db.query<{ detail: string }, [string, string]>(`EXPLAIN QUERY PLAN ${AROUND_QUERY}`);
+      expect(plan.all("prod/eu", '["","prod"]').map((p) => p.detail)).not.toContain("SCAN lock");
+      const names = db
+        .query<{ name: string }, [string, string]>(AROUND_QUERY)
+        .all("prod/eu", '["","prod"]')
+        .map((r) => r.name);
+      expect(names.sort()).toEqual(["", "prod", "prod/eu", "prod/eu/web"]);
+    } finally {
+      db.close();
+    }
   });
 });
