@@ -89,7 +89,7 @@ test-dist: dist releasestatus
 # tests, then the HTTP contract suite run unchanged on the PostgreSQL store.
 test-postgres: releasestatus
 	$(TEST) ./test/replicas.e2e.ts ./test/postgres-trust.e2e.ts
-	$(BUN) run test/with-postgres.ts $(TEST) ./index.test.ts ./test/engine.test.ts ./test/access.test.ts ./test/freezes.test.ts ./test/webhooks-daemon.test.ts ./test/oidc.test.ts ./test/claims.test.ts
+	$(BUN) run test/with-postgres.ts $(TEST) ./index.test.ts ./test/engine.test.ts ./test/access.test.ts ./test/freezes.test.ts ./test/webhooks-daemon.test.ts ./test/oidc.test.ts ./test/claims.test.ts ./test/postgres-batch.test.ts
 
 # Needs a Docker engine and the base image (docker/distroless-stand-in.sh builds a stand-in offline).
 test-container: container

@@ -23,6 +23,7 @@ import { describeLocks } from "./src/http/views.ts";
 import { createLog, type Log } from "./src/log.ts";
 import { learnFromHistory, observe } from "./src/metrics.ts";
 import { blockOn, type Event, type State } from "./src/release.ts";
+import { startupStep } from "./src/startup.ts";
 import { openStore } from "./src/store/schemes.ts";
 import { type Store, StoreOpenError } from "./src/store/store.ts";
 import { print } from "./src/terminal.ts";
@@ -76,6 +77,7 @@ Endpoints: /start /stop /block /unblock /renew /status /history /healthz /metric
 const EXIT_USAGE = 2;
 
 async function main(argv: string[]): Promise<number> {
+  startupStep("modules evaluated");
   const [command] = argv;
   if (command === "--help" || command === "-h" || command === "help") return print(USAGE);
   if (command === "--version" || command === "-v") return print(`releasestatus ${pkg.version}\n`);
@@ -99,6 +101,7 @@ async function main(argv: string[]): Promise<number> {
     if (e instanceof ConfigError) return fail(e.message);
     throw e;
   }
+  startupStep("configuration read");
   return serve(cfg);
 }
 
@@ -114,6 +117,7 @@ async function serve(cfg: Config): Promise<number> {
     throw e;
   }
   for (const notice of store.notices ?? []) log.warn(notice);
+  startupStep(`store opened: ${store.description}`);
   if (!store.health().readable) log.warn(`${store.description} cannot be reached yet: answering storage until it can`);
   onCommit((c) => {
     if (c.remote) return; // each replica logs and counts its own changes
@@ -140,10 +144,13 @@ async function serve(cfg: Config): Promise<number> {
     return [...new Set(parents)].filter((p) => declaredChildren(cfg, p).length > 1);
   };
   describeLocks((lock) => declaredLock(cfg, lock)?.description ?? "", pools);
+  startupStep("engine opened");
   logRestored(log, state, expired);
   learnFromHistory(await history(1000).catch(() => []));
+  startupStep("history read");
   await keepCalendar(cfg.freezes, systemClock);
   await startWebhooks(cfg, store, log);
+  startupStep("calendar and webhooks started");
 
   let server: ReturnType<typeof startServer>;
   try {
@@ -157,6 +164,7 @@ async function serve(cfg: Config): Promise<number> {
         : `cannot listen on ${cfg.host}:${cfg.port}: ${(e as Error).message}`,
     );
   }
+  startupStep("listening");
   log.info(`releasestatus ${pkg.version} listening on ${cfg.host}:${server.port}, state in ${store.description}`);
   void fetchTrustedKeys(cfg, log);
   if (!closed(cfg.access))

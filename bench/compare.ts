@@ -30,6 +30,7 @@ const SCENARIOS: Record<string, Scenario> = {
     locks: 1000,
   },
   postgres: { env: { RS_DB: process.env.RS_TEST_DB ?? "" }, path: "/start?name=bench", prepare: "/start?name=holder" },
+  "cycle-postgres": { env: { RS_DB: process.env.RS_TEST_DB ?? "" }, path: "/", script: CYCLE },
 };
 const sc = SCENARIOS[scenario];
 if (!sc || builds.length === 0) {

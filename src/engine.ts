@@ -14,6 +14,7 @@ import {
   DEFAULT_LOCK,
   type Event,
   type Frozen,
+  isAncestor,
   type Outcome,
   overlaps,
   type Refusal,
@@ -26,6 +27,7 @@ import {
   unchanged,
   WAITABLE,
 } from "./release.ts";
+import { type FindAround, indexAround } from "./store/around.ts";
 import {
   type Committed,
   type Decide,
@@ -72,7 +74,7 @@ export const engine = {
   scopes: new Map<string, State>(), // each lock's state with its neighbours, worked out once per change
   forgotten: new Map<string, number>(), // the version at which the cache let go of each lock no longer stored
   expiries: new Map<string, () => void>(), // lease timers, by lock
-  waiters: new Set<Waiter>(),
+  waiters: new Map<number, Waiter>(), // by their place in the line
   committing: 0, // commits asked for and not yet answered: until they are, memory may be out of date
   heard: 0, // commits heard so far: a read that overlapped one may be older than it
   listeners: [] as ((h: Heard) => void)[],
@@ -118,7 +120,7 @@ export async function openEngine(
   engine.childrenOf = setup.childrenOf ?? (() => []);
   engine.storageFailure = setup.storageFailure ?? (() => {});
   engine.known = { lastId: 0, entries: new Map() };
-  engine.scopes.clear();
+  forgetScopes();
   engine.forgotten.clear();
   for (const cancel of engine.expiries.values()) cancel();
   engine.expiries.clear();
@@ -178,7 +180,21 @@ const withLimit = (s: State): State => {
   const limit = engine.limitOf(s.lock);
   return limit === s.limit ? s : { ...s, limit };
 };
-const scopeWithLimit = (lock: string, stored: Stored): State => withLimit(scopeOf(lock, stored));
+const scopeWithLimit = (lock: string, stored: Stored): State =>
+  withLimit(scopeOf(lock, stored, stored === engine.known ? aroundKnown() : undefined));
+
+// The cache's locks indexed by the names above them, built at the first read after a change (see around.ts).
+let knownAround: FindAround | null = null;
+const aroundKnown = (): FindAround => {
+  knownAround ??= indexAround(engine.known.entries);
+  return knownAround;
+};
+
+// The cache changed: every lock's state is worked out again from it when next read.
+function forgetScopes() {
+  engine.scopes.clear();
+  knownAround = null;
+}
 
 const snapshotOf = (stored: Stored): Snapshot => ({
   state: (lock) => scopeWithLimit(lock, stored),
@@ -207,14 +223,24 @@ export const isKnown = (lock: string): boolean => engine.known.entries.has(lock)
 /** Who waits, in order: for `lock` alone when given (a claim of several locks waits on each of them). */
 export const waiting = (lock?: string): Queued[] => {
   const line = engine.store ? store().waiting() : [];
-  return lock === undefined ? line : line.filter((w) => waitsOn(w, lock));
+  return lock === undefined ? line : (lineByLock(line).get(lock) ?? []);
 };
 
 // A waiter waits on the lock it asked for, on each lock its claim may hold, and on the lock a pool takes from.
-const waitsOn = (w: Queued, lock: string): boolean => {
-  if (w.lock === lock || w.reach?.includes(lock)) return true;
-  return isPool(w.lock) && poolParent(w.lock) === lock;
-};
+const waitedOn = (w: Queued): Set<string> =>
+  new Set([w.lock, ...(w.reach ?? []), ...(isPool(w.lock) ? [poolParent(w.lock)] : [])]);
+
+// The line by the locks its waiters wait on, once for each line: a store gives a new array each time its line
+// changes, so reads of many locks (a status read, /locks) between two changes do not each walk the whole line.
+let byLock: { line: Queued[]; locks: Map<string, Queued[]> } | null = null;
+function lineByLock(line: Queued[]): Map<string, Queued[]> {
+  if (byLock?.line !== line) {
+    const locks = new Map<string, Queued[]>();
+    for (const w of line) for (const lock of waitedOn(w)) locks.set(lock, [...(locks.get(lock) ?? []), w]);
+    byLock = { line, locks };
+  }
+  return byLock.locks;
+}
 
 const waitingAhead = (claimReach: readonly string[]): number => {
   let n = 0;
@@ -325,7 +351,7 @@ async function waitInLine(
   gone.addEventListener("abort", onGone);
   let cancelThaw = () => {}; // a freeze ending commits nothing: a timer wakes the waiter then
   let latest = first; // the last refusal it was given
-  engine.waiters.add(waiter);
+  engine.waiters.set(self, waiter);
   try {
     for (;;) {
       if (engine.closing) return await leave("shutting down", SHUTTING_DOWN);
@@ -356,7 +382,7 @@ async function waitInLine(
     cancelDeadline();
     cancelThaw();
     gone.removeEventListener("abort", onGone);
-    engine.waiters.delete(waiter);
+    engine.waiters.delete(self);
   }
 }
 
@@ -533,7 +559,7 @@ function remember(entries: Map<string, Entry>, lastId: number) {
     } else engine.known.entries.set(lock, entry);
     armExpiry(lock);
   }
-  engine.scopes.clear();
+  forgetScopes();
 }
 
 /**
@@ -546,12 +572,22 @@ export function wakeWaiters(locks?: string | readonly string[]) {
   if (engine.waiters.size === 0) return;
   const changed = typeof locks === "string" ? [locks] : locks;
   const line = store().waiting();
-  for (const w of engine.waiters)
-    if ((changed === undefined || claimsOverlap(w.reach, changed)) && firstInLine(w, line)) wake(w);
+  // Nobody waits on a lock the change overlaps (looked up by lock, not by a walk of the line): nobody to wake.
+  if (changed && ![...lineByLock(line).keys()].some((l) => claimsOverlap([l], changed))) return;
+  const passed: (readonly string[])[] = []; // what each waiter ahead so far may hold
+  for (const q of line) {
+    const reach = reachOf(q);
+    const concerned = changed === undefined || claimsOverlap(reach, changed);
+    if (concerned && !passed.some((ahead) => claimsOverlap(ahead, reach))) {
+      const w = engine.waiters.get(q.id);
+      if (w) wake(w);
+    }
+    passed.push(reach);
+    // Once each changed lock is covered by a waiter so far (on it or on a lock above it), every later waiter the
+    // change concerns overlaps one ahead of it: the walk ends, and a hand-off looks at the head of the line only.
+    if (changed?.every((l) => passed.some((ahead) => ahead.some((a) => a === l || isAncestor(a, l))))) return;
+  }
 }
-
-const firstInLine = (w: Waiter, line: Queued[]): boolean =>
-  !line.some((q) => q.id < w.id && claimsOverlap(reachOf(q), w.reach));
 
 // Another replica changed something (or the poll came round): read afresh, then let waiters try.
 async function heardFromElsewhere(lock: string, events: Event[]) {
@@ -585,7 +621,7 @@ async function readAfresh(lock: string): Promise<Stored> {
         engine.known.entries.delete(name);
         armExpiry(name);
       }
-    engine.scopes.clear();
+    forgetScopes();
   }
   return stored;
 }
@@ -630,7 +666,7 @@ export async function closeEngine(): Promise<void> {
     const check = () => (engine.waiters.size === 0 ? resolve() : setTimeout(check, 10));
     check();
   });
-  for (const w of engine.waiters) wake(w);
+  for (const w of engine.waiters.values()) wake(w);
   await Promise.race([gone, Bun.sleep(1500)]);
 }
 

@@ -169,108 +169,160 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     return Number(root.now);
   }
 
-  async function transact(lock: string, decide: Decide, options: TransactOptions = {}): Promise<Decision> {
-    if (health.closing) return { outcome: STORAGE_FAILED, committed: null, joined: null };
-    try {
-      const decision = await inTransaction(async (tx, injected): Promise<Decision> => {
-        const dbNow = await takeRoot(tx);
-        const claim = options.claim ?? [lock];
-        const stored = await rowsOfClaim(tx, claim);
-        const now = injected ?? dbNow;
-        if (options.freedOf?.length) stored.freedAt = await freedAt(tx, options.freedOf);
-        const waiters = (await tx`
-          SELECT id, lock, reach FROM releasestatus_live_waiters ORDER BY id`) as Record<string, string | null>[];
-        const ahead = waitersAhead(waiters.map(toQueued), claim, options.self);
-        const before = scopeOf(lock, stored);
-        let verdict = decide(stored, now, ahead);
-        // The names are counted only when the change would store a new one: every change holds the root's
-        // row, so no other replica can store one meanwhile.
-        const { room } = options;
-        const adding = room ? newNames(stored, verdict) : [];
-        if (room && adding.length > 0) {
-          const total = await countNames(tx, null);
-          const share = room.share ? await countNames(tx, room.share.locks, room.share.who) : 0;
-          const full = noRoom(adding[0] as string, room, (locks) => (locks === null ? total : share), adding.length);
-          if (full) verdict = { outcome: full, change: null };
-        }
-        const { outcome, change } = verdict;
-        const joining = !outcome.ok && options.join !== undefined && WAITABLE.has(outcome.reason);
-        const events = [...(change?.events ?? [])];
-        let joined: Queued | null = null;
-        if (joining && options.join) {
-          const [w] = await tx`
-            INSERT INTO releasestatus_waiters (lock, name, reason, replica, since, made_by, reach)
-            VALUES (${lock}, ${options.join.name}, ${options.join.reason}, ${replica},
-              to_timestamp(${now}::bigint / 1000.0), ${options.join.by ?? null}, ${reachColumn(lock, claim)})
-            RETURNING id`;
-          const { name, reason, by } = options.join;
-          joined = toQueued({
-            id: w.id,
-            lock,
-            name,
-            reason,
-            since: String(now),
-            made_by: by ?? null,
-            reach: reachColumn(lock, claim),
-          });
-          events.push(queueEvent("waiting", lock, options.join, now, options.join.reason));
-        }
-        if (events.length === 0) return { outcome, committed: null, joined: null };
-        const after = change?.next ?? before;
-        const entries = change ? changedEntries(stored, after, change.also) : new Map<string, Entry>();
-        for (const [name, entry] of entries) {
-          if (forgets(name, entry)) {
-            await tx`DELETE FROM releasestatus_lock WHERE name = ${name}`;
-            continue;
-          }
-          const [
-            releaseId,
-            holder,
-            releaseReason,
-            startedAt,
-            expiresAt,
-            blockedBy,
-            blockReason,
-            blockedSince,
-            version,
-            releaseBy,
-            blockBy,
-            otherReleases,
-            releaseLocks,
-          ] = toColumns(entry);
-          await tx`
-            INSERT INTO releasestatus_lock (name, release_id, holder, release_reason, started_at, expires_at,
-              blocked_by, block_reason, blocked_since, version, release_by, block_by, other_releases, release_locks)
-            VALUES (${name}, ${releaseId}, ${holder}, ${releaseReason}, ${startedAt}, ${expiresAt},
-              ${blockedBy}, ${blockReason}, ${blockedSince}, ${version}, ${releaseBy}, ${blockBy}, ${otherReleases},
-              ${releaseLocks})
-            ON CONFLICT (name) DO UPDATE SET release_id = excluded.release_id, holder = excluded.holder,
-              release_reason = excluded.release_reason, started_at = excluded.started_at,
-              expires_at = excluded.expires_at, blocked_by = excluded.blocked_by,
-              block_reason = excluded.block_reason, blocked_since = excluded.blocked_since, version = excluded.version,
-              release_by = excluded.release_by, block_by = excluded.block_by, other_releases = excluded.other_releases,
-              release_locks = excluded.release_locks`;
-        }
-        if (after.lastId !== stored.lastId)
-          await tx`UPDATE releasestatus_lock SET last_id = ${after.lastId} WHERE name = ''`;
-        if (outcome.ok && options.self !== undefined)
-          await tx`UPDATE releasestatus_waiters SET done = true WHERE id = ${options.self}`;
-        await record(tx, lock, events);
-        return { outcome, committed: { lock, events, before, after, entries }, joined };
+  // Group commit, as SQLite's: the changes asked for while one transaction runs (or in the same turn of the
+  // event loop as the first) are decided one after another, in the order asked, each on what the ones before
+  // it wrote, inside the next transaction, and answered only once its commit is known. A failure answers
+  // every one of them `storage`. Every change takes the root's row anyway, so one transaction at a time
+  // loses nothing, and a batch pays for one round of BEGIN, root lock, COMMIT and fsync instead of each.
+  type Asked = { lock: string; decide: Decide; options: TransactOptions; answer: (d: Promise<Decision>) => void };
+  let asked: Asked[] = [];
+  let committing = false;
+
+  function transact(lock: string, decide: Decide, options: TransactOptions = {}): Promise<Decision> {
+    if (health.closing) return Promise.resolve({ outcome: STORAGE_FAILED, committed: null, joined: null });
+    return new Promise<Decision>((answer) => {
+      if (asked.length === 0 && !committing) setImmediate(commitAsked);
+      asked.push({ lock, decide, options, answer });
+    });
+  }
+
+  async function commitAsked() {
+    if (committing) return;
+    committing = true;
+    while (asked.length > 0) {
+      const batch = asked;
+      asked = [];
+      const decided = commitBatch(batch);
+      await decided.catch(() => {});
+      batch.forEach((a, i) => {
+        a.answer(decided.then((ds) => ds[i] as Decision));
       });
-      // Vouched for only once its row is committed: a heartbeat would otherwise create it.
-      const { joined } = decision;
-      if (joined) {
-        ours.set(joined.id, joined);
-        line = [...line, joined]; // seen at once here; the next read brings the others'
-        lineChanges++;
-      }
-      if (decision.outcome.ok && options.self !== undefined) forget(options.self);
-      return decision;
+    }
+    committing = false;
+  }
+
+  async function commitBatch(batch: Asked[]): Promise<Decision[]> {
+    try {
+      const decisions = await inTransaction(async (tx, injected): Promise<Decision[]> => {
+        const dbNow = await takeRoot(tx);
+        const out: Decision[] = [];
+        for (const { lock, decide, options } of batch)
+          out.push(await decideOne(tx, injected ?? dbNow, lock, decide, options));
+        return out;
+      });
+      batch.forEach(({ options }, i) => {
+        afterCommit(decisions[i] as Decision, options);
+      });
+      return decisions;
     } catch (e) {
-      if (e instanceof StorageError) return { outcome: STORAGE_FAILED, committed: null, joined: null };
+      if (e instanceof StorageError)
+        return batch.map(() => ({ outcome: STORAGE_FAILED, committed: null, joined: null }));
       throw e;
     }
+  }
+
+  // One change of a batch, inside its transaction, which already holds the root's row.
+  async function decideOne(
+    tx: SQL,
+    now: number,
+    lock: string,
+    decide: Decide,
+    options: TransactOptions,
+  ): Promise<Decision> {
+    const claim = options.claim ?? [lock];
+    const stored = await rowsOfClaim(tx, claim);
+    if (options.freedOf?.length) stored.freedAt = await freedAt(tx, options.freedOf);
+    const waiters = (await tx`
+      SELECT id, lock, reach FROM releasestatus_live_waiters ORDER BY id`) as Record<string, string | null>[];
+    const ahead = waitersAhead(waiters.map(toQueued), claim, options.self);
+    const before = scopeOf(lock, stored);
+    let verdict = decide(stored, now, ahead);
+    // The names are counted only when the change would store a new one: every change holds the root's
+    // row, so no other replica can store one meanwhile.
+    const { room } = options;
+    const adding = room ? newNames(stored, verdict) : [];
+    if (room && adding.length > 0) {
+      const total = await countNames(tx, null);
+      const share = room.share ? await countNames(tx, room.share.locks, room.share.who) : 0;
+      const full = noRoom(adding[0] as string, room, (locks) => (locks === null ? total : share), adding.length);
+      if (full) verdict = { outcome: full, change: null };
+    }
+    const { outcome, change } = verdict;
+    const joining = !outcome.ok && options.join !== undefined && WAITABLE.has(outcome.reason);
+    const events = [...(change?.events ?? [])];
+    let joined: Queued | null = null;
+    if (joining && options.join) {
+      const [w] = await tx`
+        INSERT INTO releasestatus_waiters (lock, name, reason, replica, since, made_by, reach)
+        VALUES (${lock}, ${options.join.name}, ${options.join.reason}, ${replica},
+          to_timestamp(${now}::bigint / 1000.0), ${options.join.by ?? null}, ${reachColumn(lock, claim)})
+        RETURNING id`;
+      const { name, reason, by } = options.join;
+      joined = toQueued({
+        id: w.id,
+        lock,
+        name,
+        reason,
+        since: String(now),
+        made_by: by ?? null,
+        reach: reachColumn(lock, claim),
+      });
+      events.push(queueEvent("waiting", lock, options.join, now, options.join.reason));
+    }
+    if (events.length === 0) return { outcome, committed: null, joined: null };
+    const after = change?.next ?? before;
+    const entries = change ? changedEntries(stored, after, change.also) : new Map<string, Entry>();
+    for (const [name, entry] of entries) {
+      if (forgets(name, entry)) {
+        await tx`DELETE FROM releasestatus_lock WHERE name = ${name}`;
+        continue;
+      }
+      const [
+        releaseId,
+        holder,
+        releaseReason,
+        startedAt,
+        expiresAt,
+        blockedBy,
+        blockReason,
+        blockedSince,
+        version,
+        releaseBy,
+        blockBy,
+        otherReleases,
+        releaseLocks,
+      ] = toColumns(entry);
+      await tx`
+        INSERT INTO releasestatus_lock (name, release_id, holder, release_reason, started_at, expires_at,
+          blocked_by, block_reason, blocked_since, version, release_by, block_by, other_releases, release_locks)
+        VALUES (${name}, ${releaseId}, ${holder}, ${releaseReason}, ${startedAt}, ${expiresAt},
+          ${blockedBy}, ${blockReason}, ${blockedSince}, ${version}, ${releaseBy}, ${blockBy}, ${otherReleases},
+          ${releaseLocks})
+        ON CONFLICT (name) DO UPDATE SET release_id = excluded.release_id, holder = excluded.holder,
+          release_reason = excluded.release_reason, started_at = excluded.started_at,
+          expires_at = excluded.expires_at, blocked_by = excluded.blocked_by,
+          block_reason = excluded.block_reason, blocked_since = excluded.blocked_since, version = excluded.version,
+          release_by = excluded.release_by, block_by = excluded.block_by, other_releases = excluded.other_releases,
+          release_locks = excluded.release_locks`;
+    }
+    if (after.lastId !== stored.lastId)
+      await tx`UPDATE releasestatus_lock SET last_id = ${after.lastId} WHERE name = ''`;
+    if (outcome.ok && options.self !== undefined)
+      await tx`UPDATE releasestatus_waiters SET done = true WHERE id = ${options.self}`;
+    await record(tx, lock, events);
+    return { outcome, committed: { lock, events, before, after, entries }, joined };
+  }
+
+  // Once the batch's commit is known: a waiter is vouched for only once its row is committed (a heartbeat
+  // would otherwise create it), and one served leaves this replica's line.
+  function afterCommit(decision: Decision, options: TransactOptions) {
+    const { joined } = decision;
+    if (joined) {
+      ours.set(joined.id, joined);
+      line = [...line, joined]; // seen at once here; the next read brings the others'
+      lineChanges++;
+    }
+    if (decision.outcome.ok && options.self !== undefined) forget(options.self);
   }
 
   // The rows around every lock of a claim and the other rows of their releases, each locked, in the order of
@@ -425,10 +477,21 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     try {
       await inTransaction(async (tx) => {
         // Upserted, not updated: a row dropped as stale while the database was away comes back with its place (its id).
-        for (const [id, w] of ours)
+        // One statement for all of them (as JSON, which keeps a waiter without a token's null): a round trip
+        // per waiter made the heartbeat of a line of ten thousand take seconds.
+        const rows = [...ours].map(([id, w]) => ({
+          id,
+          lock: w.lock,
+          name: w.name,
+          reason: w.reason,
+          made_by: w.by ?? null,
+          reach: reachColumn(w.lock, reachOf(w)),
+        }));
+        if (rows.length > 0)
           await tx`INSERT INTO releasestatus_waiters (id, lock, name, reason, replica, made_by, reach)
-                   VALUES (${id}, ${w.lock}, ${w.name}, ${w.reason}, ${replica}, ${w.by ?? null},
-                     ${reachColumn(w.lock, reachOf(w))})
+                   SELECT w.id, w.lock, w.name, w.reason, ${replica}, w.made_by, w.reach
+                   FROM jsonb_to_recordset(${JSON.stringify(rows)}::text::jsonb)
+                     AS w(id bigint, lock text, name text, reason text, made_by text, reach text)
                    ON CONFLICT (id) DO UPDATE SET heartbeat_at = clock_timestamp()
                    WHERE NOT releasestatus_waiters.done`;
         await tx`DELETE FROM releasestatus_waiters

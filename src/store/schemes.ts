@@ -1,8 +1,9 @@
 // Which store RS_DB names, from a table keyed by its scheme: a new store is one adapter file and one row here.
-// PostgreSQL is loaded only when asked for, so a daemon on SQLite never parses its client.
+// SQLite and PostgreSQL are loaded only when asked for, so a daemon on the other stores neither evaluates their
+// code nor holds it in memory.
 import { isPostgres } from "../config.ts";
+import { startupStep } from "../startup.ts";
 import { openMemoryStore } from "./memory.ts";
-import { openSqliteStore } from "./sqlite.ts";
 import type { Store } from "./store.ts";
 
 /** What a store is opened with: the RS_DB value and the settings every store reads. */
@@ -14,9 +15,14 @@ const STORES: Record<Scheme, (s: StoreSettings) => Store | Promise<Store>> = {
   memory: (s) => openMemoryStore(s.historyLimit),
   postgres: async (s) => {
     const { openPostgresStore } = await import("./postgres.ts");
+    startupStep("PostgreSQL store loaded");
     return openPostgresStore({ url: s.db, historyLimit: s.historyLimit, pool: s.dbPool });
   },
-  file: (s) => openSqliteStore(s.db, s.historyLimit),
+  file: async (s) => {
+    const { openSqliteStore } = await import("./sqlite.ts");
+    startupStep("SQLite store loaded");
+    return openSqliteStore(s.db, s.historyLimit);
+  },
 };
 
 /** RS_DB's scheme: `:memory:`, a postgres:// or postgresql:// URL, or else the path of an SQLite file. */

@@ -95,6 +95,19 @@ const MIGRATIONS = [
 ];
 export const SCHEMA_VERSION = MIGRATIONS.length;
 
+/**
+ * The lock, the locks above it (?2, a JSON array of names) and the locks below it; the root's row holds the
+ * counter. Each part is looked up in the index of names (the names below `a` are those from `a/` up to, not
+ * including, `a0`: '0' follows '/'), so a change reads its own rows, not every lock's; only the root's, which
+ * is above everything, reads them all. In the order of a walk over the table, as before.
+ */
+export const AROUND_QUERY = `SELECT * FROM lock WHERE rowid IN (
+    SELECT rowid FROM lock WHERE name IN (?1, '')
+    UNION ALL SELECT rowid FROM lock WHERE name IN (SELECT value FROM json_each(?2))
+    UNION ALL SELECT rowid FROM lock WHERE name >= ?1 || '/' AND name < ?1 || '0'
+    UNION ALL SELECT rowid FROM lock WHERE ?1 = ''
+  ) ORDER BY rowid`;
+
 type ProgressRow = { delivered: number; attempts: number; next_at: number; dropped: number };
 const toProgress = (r: ProgressRow): Progress => ({
   delivered: Number(r.delivered),
@@ -140,10 +153,7 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
   const q = {
     all: db.query<LockRow, []>("SELECT * FROM lock"),
     // The lock, the locks above it (a JSON array of names) and the locks below it; the root's row holds the counter.
-    around: db.query<LockRow, [string, string]>(
-      `SELECT * FROM lock WHERE name = ?1 OR name = '' OR name IN (SELECT value FROM json_each(?2))
-         OR ?1 = '' OR substr(name, 1, length(?1) + 1) = ?1 || '/'`,
-    ),
+    around: db.query<LockRow, [string, string]>(AROUND_QUERY),
     exact: db.query<LockRow, [string]>("SELECT * FROM lock WHERE name IN (SELECT value FROM json_each(?))"),
     // When a lock last came free: its newest end of a release (a pool takes the child free the longest).
     freedAt: db.query<{ at: number | null }, [string]>(

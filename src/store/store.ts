@@ -23,6 +23,7 @@ import {
   type State,
   WAITABLE,
 } from "../release.ts";
+import type { FindAround } from "./around.ts";
 
 /**
  * Decides a transition from the rows as stored (around every lock of the claim, and every row a release
@@ -247,13 +248,17 @@ export function ancestorsOf(lock: string): string[] {
   return [ROOT, ...parts.slice(1).map((_, i) => parts.slice(0, i + 1).join("/"))];
 }
 
-/** The state a rule sees for `lock`: its own entry, and the locks above and below it that hold something. */
-export function scopeOf(lock: string, stored: Stored): State {
+/**
+ * The state a rule sees for `lock`: its own entry, and the locks above and below it that hold something
+ * (found by a walk over every lock, or by an index of them: see around.ts).
+ */
+export function scopeOf(lock: string, stored: Stored, findAround?: FindAround): State {
   const own = stored.entries.get(lock) ?? EMPTY_ENTRY;
-  const around: Neighbour[] = [];
-  for (const [name, e] of stored.entries)
-    if (name !== lock && (e.releases.length > 0 || e.block) && overlaps(name, lock))
-      around.push({ lock: name, releases: e.releases, block: e.block });
+  const around: Neighbour[] = findAround ? findAround(lock) : [];
+  if (!findAround)
+    for (const [name, e] of stored.entries)
+      if (name !== lock && (e.releases.length > 0 || e.block) && overlaps(name, lock))
+        around.push({ lock: name, releases: e.releases, block: e.block });
   // The store knows no limits (the configuration does): the engine gives the decision its lock's.
   return holding(
     { lock, lastId: stored.lastId, limit: 1, releases: [], release: null, block: own.block, around },
@@ -348,7 +353,7 @@ export const under = (locks: readonly string[], name: string): boolean =>
  * (memory, SQLite held exclusively), where waiters cannot outlive the process anyway.
  */
 export class LocalWaitLine {
-  private line: Queued[] = [];
+  private line: Queued[] = []; // in the order they joined, which is the order of their ids
   private nextId = 1;
 
   list(): Queued[] {
@@ -368,8 +373,10 @@ export class LocalWaitLine {
   }
 
   leave(id: number): Queued | null {
-    const waiter = this.line.find((w) => w.id === id) ?? null;
-    if (waiter) this.line = this.line.filter((w) => w !== waiter);
+    const at = this.line.findIndex((w) => w.id === id);
+    const waiter = this.line[at];
+    if (!waiter) return null;
+    this.line = this.line.toSpliced(at, 1); // a new array: save() may hold the old one
     return waiter;
   }
 
