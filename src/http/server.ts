@@ -415,8 +415,10 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     };
   const counted = (lock: string, res: Response): Response => {
     const reason = res.headers.get("X-Reason-Code") as Reason | null;
-    if (reason === null ? res.headers.has("X-Release-Id") : START_REFUSALS.includes(reason))
-      countStart(lock, reason, cfg);
+    // A grant counts on each lock it holds (a pool's child, every lock of a claim), not on the name in the path.
+    if (reason === null && res.headers.has("X-Release-Id"))
+      for (const held of (res.headers.get("X-Lock") ?? lock).split(",")) countStart(held, null, cfg);
+    else if (reason !== null && START_REFUSALS.includes(reason)) countStart(lock, reason, cfg);
     return res;
   };
 
