@@ -1,10 +1,11 @@
 // The lock engine: the one machine that owns transitions, waiting, expiry and
-// hand-over, for every store. A change runs a rule from release.ts inside the
-// store's write transaction, on the state as stored there (with any lease that
-// ran out before it); only once the store has committed does the module-level
-// state object (a cache for reads and the page) change, and listeners hear of
-// it. Waiters take the release themselves, first come first served, when a
-// commit or another replica wakes them. Everything is keyed by lock name.
+// hand-over, for every store. A change runs a decision of decide.ts (a rule of
+// release.ts on one lock, or a claim's start over several) inside the store's
+// write transaction, on the rows as stored there (with any lease that ran out
+// before it); only once the store has committed does the module-level state
+// object (a cache for reads and the page) change, and listeners hear of it.
+// Waiters take the release themselves, first come first served (a claim waits
+// as one waiter), when a commit or another replica wakes them.
 import { claimsOverlap, isPool, poolParent, reach } from "./claim.ts";
 import { decideOn, decideStart, type Rule, type Setup } from "./decide.ts";
 import {

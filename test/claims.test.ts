@@ -114,6 +114,20 @@ describe("metrics of a lock with a limit", () => {
   });
 });
 
+describe("metrics of claims", () => {
+  test("a grant counts as started on each lock it holds: a pool's child, every lock of a claim", async () => {
+    const d = await withPhones();
+    await d.body("/locks/devices/*/start?name=a");
+    await d.body("/start?lock=prod/eu&lock=shared-db&name=b");
+    const text = await d.body("/metrics");
+    expect(text).toContain('releasestatus_releases_started_total{lock="devices/pixel-7"} 1\n');
+    expect(text).toContain('releasestatus_releases_started_total{lock="prod/eu"} 1\n');
+    expect(text).toContain('releasestatus_releases_started_total{lock="shared-db"} 1\n');
+    expect(text).not.toContain('lock="devices/*"');
+    expect(text).toContain('releasestatus_releases_started_total{lock="default"} 0\n');
+  });
+});
+
 describe("[[lock]] tables", () => {
   test("a limit that is not a whole number from 1 to 1000 stops start-up with exit code 2 and the file's line", async () => {
     const file = configFile('[[lock]]\nname = "staging/devices"\nlimit = 0\n');

@@ -53,6 +53,9 @@ type Route = (req: Request, server: Server<undefined>, url: string) => Response 
 type ChangeAsk = Ask & { lock: string; token: Token | null };
 
 const CHANGE_METHODS = ["GET", "POST"];
+/** The check a route's table entry names, applied before its handler: see GUARDS in startServer. */
+type GuardName = "open" | "reader" | "sender" | "copier";
+type TableRoute = { methods: string[]; guard: GuardName; handle: Route };
 const READ_METHODS = ["GET", "HEAD"];
 const ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"] as const;
 
@@ -359,15 +362,14 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     history: { methods: READ_METHODS, run: reads.history },
     events: { methods: READ_METHODS, run: reads.events },
   };
-  const on = (action: string, lock: string | undefined) => {
+  const on = (action: string, lock: string | undefined): TableRoute => {
     const route = lockRoutes[action] as (typeof lockRoutes)[string];
     const run = route.run as (a: Ask) => Response | Promise<Response>;
     return {
       methods: route.methods,
+      guard: route.methods === READ_METHODS ? "reader" : "sender",
       handle: (req: Request, server: Server<undefined>, url: string) => {
         const asJson = wantsJson(url, req);
-        const refused = refusedBeforeName(req, route.methods);
-        if (refused) return answer(asJson, refused);
         // With RS_LOCKS, the original's paths exist only if the default lock is one of them (a /start that
         // names its locks with lock= is on those, each checked as the claim is read).
         const onDefault = lock === DEFAULT_LOCK && !(action === "start" && askedOnStart(url) !== null);
@@ -380,8 +382,22 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
       },
     };
   };
-  const table: Record<string, { methods: string[]; handle: Route }> = {
-    "/": { methods: READ_METHODS, handle: () => page() },
+  // Who may reach a route, checked by the table before its handler runs (see `guarded` below); the changes of a
+  // lock are then checked against the token's rights and locks (`guard`), and /locks/NAME/… checks its path first.
+  const GUARDS: Record<GuardName, (req: Request) => Refusal | null> = {
+    open: () => null,
+    reader: mayRead, // with read = "token", a valid token
+    sender: (req) => refusedBeforeName(req, CHANGE_METHODS), // same site, and a valid token when there are tokens
+    copier: mayTakeCopy, // a token that reaches every lock
+  };
+  const guarded =
+    (route: TableRoute): Route =>
+    (req, server, url) => {
+      const refused = GUARDS[route.guard](req);
+      return refused ? answer(wantsJson(url, req), refused) : route.handle(req, server, url);
+    };
+  const table: Record<string, TableRoute> = {
+    "/": { methods: READ_METHODS, guard: "open", handle: () => page() },
     "/start": on("start", DEFAULT_LOCK),
     "/stop": on("stop", DEFAULT_LOCK),
     "/renew": on("renew", DEFAULT_LOCK),
@@ -390,16 +406,14 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     "/status": on("status", DEFAULT_LOCK),
     "/history": on("history", undefined),
     "/events": on("events", undefined),
-    "/locks": { methods: READ_METHODS, handle: (req) => readable(req, reads.locks) },
-    "/locks/*": { methods: [...ALL_METHODS], handle: (req, server, url) => lockPath(req, server, url) },
-    "/healthz": { methods: READ_METHODS, handle: () => reads.healthz() },
-    "/metrics": {
-      methods: READ_METHODS,
-      handle: (req) => readable(req, reads.metrics),
-    },
-    "/backup": { methods: READ_METHODS, handle: (req) => copyOfDatabase(req) },
-    "/freezes": { methods: READ_METHODS, handle: (req) => readable(req, reads.freezes) },
-    "/webhooks": { methods: READ_METHODS, handle: (req) => readable(req, reads.webhooks) },
+    "/locks": { methods: READ_METHODS, guard: "reader", handle: (req) => reads.locks(req) },
+    // Guarded in lockPath, once the path and the method are known to be right (see there).
+    "/locks/*": { methods: [...ALL_METHODS], guard: "open", handle: (req, server, url) => lockPath(req, server, url) },
+    "/healthz": { methods: READ_METHODS, guard: "open", handle: () => reads.healthz() },
+    "/metrics": { methods: READ_METHODS, guard: "reader", handle: () => reads.metrics() },
+    "/backup": { methods: READ_METHODS, guard: "copier", handle: (req) => copyOfDatabase(req) },
+    "/freezes": { methods: READ_METHODS, guard: "reader", handle: (req) => reads.freezes(req) },
+    "/webhooks": { methods: READ_METHODS, guard: "reader", handle: (req) => reads.webhooks(req) },
   };
 
   // /locks/NAME/ACTION, or /locks/NAME/ for the page of one lock.
@@ -448,12 +462,6 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     return refused ? answer(asJson, refused) : page();
   }
 
-  // A read that, with read = "token", needs a valid token.
-  function readable(req: Request, read: (req: Request) => Response | Promise<Response>): Response | Promise<Response> {
-    const unread = mayRead(req);
-    return unread ? answer(wantsJson(req.url, req), unread) : read(req);
-  }
-
   // Every answer to a start is counted here, whatever gave it (the token, the lock's name, a parameter, the
   // rules), on the lock the path names: the refusals that never reach a lock's rules are the ones an alert needs.
   const countingStarts =
@@ -466,16 +474,16 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     };
   const counted = (lock: string, res: Response): Response => {
     const reason = res.headers.get("X-Reason-Code") as Reason | null;
-    if (reason === null ? res.headers.has("X-Release-Id") : START_REFUSALS.includes(reason))
-      countStart(lock, reason, cfg);
+    // A grant counts on each lock it holds (a pool's child, every lock of a claim), not on the name in the path.
+    if (reason === null && res.headers.has("X-Release-Id"))
+      for (const held of (res.headers.get("X-Lock") ?? lock).split(",")) countStart(held, null, cfg);
+    else if (reason !== null && START_REFUSALS.includes(reason)) countStart(lock, reason, cfg);
     return res;
   };
 
   // A consistent copy of the database, taken inside the daemon: the file is locked against sqlite3 from outside.
   function copyOfDatabase(req: Request): Response {
     const asJson = wantsJson(req.url, req);
-    const denied = mayTakeCopy(req);
-    if (denied) return answer(asJson, denied);
     const copy = backup();
     if (!copy)
       return answer(
@@ -526,7 +534,9 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     for (const method of ALL_METHODS)
       (routes[path] as Record<string, Handler>)[method] = countingStarts(
         refuseTokenInUrl(
-          allows(route.methods, method) ? identifyingJobs(route.handle) : (req) => notAllowed(req, path, route.methods),
+          allows(route.methods, method)
+            ? identifyingJobs(guarded(route))
+            : (req) => notAllowed(req, path, route.methods),
         ),
       );
   }
