@@ -40,7 +40,15 @@ const overlap = (a: string[], b: string[]) =>
 const query = (claim: string[]) => claim.map((l) => `lock=${encodeURIComponent(l)}`).join("&");
 
 /** A grant as its client heard it: from when the answer came to when the stop was sent, it surely held its locks. */
-type Held = { id: number; name: string; locks: string[]; heardAt: number; stopSentAt: number | null; stopped: string };
+type Held = {
+  id: number;
+  name: string;
+  locks: string[];
+  heardAt: number;
+  stopSentAt: number | null;
+  stopped: string;
+  stopCut: boolean; // a stop was sent and its answer lost (the daemon killed): it may have ended the release already
+};
 
 describe("concurrent claims with disconnects and kill -9", () => {
   test("no two releases hold conflicting locks at once, and no waiter passes an earlier overlapping one", async () => {
@@ -86,6 +94,7 @@ describe("concurrent claims with disconnects and kill -9", () => {
           heardAt: Date.now(),
           stopSentAt: null,
           stopped: "",
+          stopCut: false,
         };
         held.push(grant);
         await Bun.sleep(random() * 150); // the deploy
@@ -95,6 +104,7 @@ describe("concurrent claims with disconnects and kill -9", () => {
           try {
             grant.stopped = await (await fetch(`${d.url}/locks/${grant.locks.at(-1)}/stop?id=${grant.id}`)).text();
           } catch {
+            grant.stopCut = true;
             await Bun.sleep(100);
           }
         }
@@ -127,7 +137,12 @@ describe("concurrent claims with disconnects and kill -9", () => {
         if (a.heardAt < bEnd && b.heardAt < aEnd) clashes.push(`#${a.id} ${a.locks} and #${b.id} ${b.locks}`);
       }
     expect(clashes).toEqual([]);
-    expect(held.filter((h) => h.stopped !== "1\n").map((h) => `#${h.id}: ${h.stopped}`)).toEqual([]);
+    // A stop answers 1, unless an earlier try of it was cut by a kill (it may have ended the release), or its lease
+    // (ttl=8) could have run out before it was sent (a daemon that was down meanwhile).
+    const unexplained = held.filter(
+      (h) => h.stopped !== "1\n" && !h.stopCut && (h.stopSentAt ?? 0) - h.heardAt < 8_000,
+    );
+    expect(unexplained.map((h) => `#${h.id}: ${h.stopped}`)).toEqual([]);
 
     // From the history, in the order it was written: replayed, no grant conflicts with what is held, and
     // none passes a waiter ahead of it whose claim overlaps its own.
