@@ -201,12 +201,14 @@ function releasesOfSeveral(stored: Stored): Map<number, Release> {
 
 // A release gone from one of its rows is gone from all; renewed on one (a new lease), renewed on all.
 function mirror(rows: Rows, r: Release) {
-  const copies = (r.locks ?? []).map((lock) => rows.get(lock)?.releases.find((x) => x.id === r.id));
+  // Only the rows this decision read say anything: a row not read is not a row the release left.
+  const read = (r.locks ?? []).filter((lock) => rows.get(lock) !== undefined);
+  const copies = read.map((lock) => rows.get(lock)?.releases.find((x) => x.id === r.id));
   const ended = copies.some((c) => c === undefined);
   // Each SQL row parses its own copy of the release: a renewal is told by its lease, not by the object.
   const now = copies.find((c) => c !== undefined && c.expiresAt !== r.expiresAt);
   if (!ended && !now) return;
-  for (const lock of r.locks ?? []) {
+  for (const lock of read) {
     const e = rows.get(lock);
     if (!e) continue;
     const releases = ended

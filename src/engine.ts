@@ -221,6 +221,13 @@ export function snapshotAfter(next: State): Snapshot {
 }
 export const isKnown = (lock: string): boolean => engine.known.entries.has(lock);
 
+/** The lock that holds release `id` as this process last knew (its first lock, for a release of several). */
+export function lockOf(id: number): string | null {
+  for (const [lock, e] of engine.known.entries)
+    for (const r of e.releases) if (r.id === id) return r.locks?.[0] ?? lock;
+  return null;
+}
+
 /** Who waits, in order: for `lock` alone when given (a claim of several locks waits on each of them). */
 export const waiting = (lock?: string): Queued[] => {
   const line = engine.store ? store().waiting() : [];

@@ -340,3 +340,49 @@ describe("claims of several locks", () => {
     expect(res.headers.get("x-lock")).toBe("shared-db,devices/pixel-7");
   });
 });
+
+describe("a release of several locks sharing a lock with a limit with another", () => {
+  // A = (db, x) and B = (db, y) on db of limit 2: ending B, through any of its locks, leaves A whole.
+  const DB = '[[lock]]\nname = "db"\nlimit = 2\n';
+  const twoOnDb = async () => {
+    const d = await daemon({ RS_CONFIG: configFile(DB), RS_DB: await freshDb() });
+    const a = await d.get("/start?lock=db&lock=x&name=a");
+    const b = await d.get("/start?lock=db&lock=y&name=b");
+    expect([await a.text(), await b.text()]).toEqual(["1\n", "1\n"]);
+    return { d, a: a.headers.get("x-release-id"), b: b.headers.get("x-release-id") };
+  };
+  const holdersOfDb = async (d: Daemon) =>
+    ((await status(d, "db")).releases as { id: number }[]).map((r) => String(r.id));
+
+  for (const how of ["/locks/y/stop?id=B", "/locks/db/stop?id=B", "/stop?id=B"])
+    test(`stopping B by ${how} leaves A on db: db still has A, and only one more start fits`, async () => {
+      const { d, a, b } = await twoOnDb();
+      expect(await d.body(how.replace("B", String(b)))).toBe("1\n");
+      expect(await holdersOfDb(d)).toEqual([String(a)]);
+      expect(await d.body("/locks/db/start?name=c")).toBe("1\n");
+      expect(await d.body("/locks/db/start?name=d")).toBe("0\n"); // A and c: full
+    });
+});
+
+describe("a release of several locks is ended or renewed only by a token that covers every one of them", () => {
+  test("a token for staging may not stop or renew, through staging, a release that also holds prod/eu", async () => {
+    const sha = (t: string) => new Bun.CryptoHasher("sha256").update(t).digest("hex");
+    const [OPS, CI] = ["ops-token-0123456789abcdef", "ci-token-0123456789abcdef0"];
+    const file = configFile(
+      `[[token]]\nwho = "ops"\ncan = ["release"]\nlocks = ["*"]\nsha256 = "${sha(OPS)}"\n\n` +
+        `[[token]]\nwho = "ci"\ncan = ["release"]\nlocks = ["staging"]\nsha256 = "${sha(CI)}"\n`,
+    );
+    const d = await daemon({ RS_CONFIG: file, RS_DB: await freshDb() });
+    const as = (t: string) => ({ headers: { Authorization: `Bearer ${t}` } });
+    const res = await d.get("/start?lock=staging/x&lock=prod/eu&name=ops", as(OPS));
+    expect(await res.text()).toBe("1\n");
+    const id = res.headers.get("x-release-id");
+    for (const path of [`/locks/staging/x/stop?id=${id}`, `/locks/staging/x/renew?id=${id}&ttl=600`]) {
+      const refused = await d.get(path, as(CI));
+      expect({ path, status: refused.status, body: await refused.text() }).toEqual({ path, status: 403, body: "0\n" });
+      expect(refused.headers.get("x-reason")).toContain("ci may not");
+    }
+    expect(((await status(d, "prod/eu")).releases as { id: number }[]).map((r) => String(r.id))).toEqual([id]);
+    expect(await d.body(`/locks/staging/x/stop?id=${id}`, as(OPS))).toBe("1\n");
+  });
+});

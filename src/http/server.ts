@@ -7,7 +7,17 @@ import type { Server } from "bun";
 import { type Action, closed, forbidden, identify, reaches, type Token } from "../access.ts";
 import { claimProblem, isPool, poolParent, reach } from "../claim.ts";
 import { type Config, declaredChildren, MAX_TTL_SECONDS } from "../config.ts";
-import { backup, change, onCommit, type Room, type Snapshot, snapshot, snapshotAfter, start } from "../engine.ts";
+import {
+  backup,
+  change,
+  lockOf,
+  onCommit,
+  type Room,
+  type Snapshot,
+  snapshot,
+  snapshotAfter,
+  start,
+} from "../engine.ts";
 import type { Log } from "../log.ts";
 import { countStart, START_REFUSALS } from "../metrics.ts";
 import { LOCK_NAME_RULE, validLockName } from "../names.ts";
@@ -241,6 +251,23 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
   const creditedTo = (who: Actor, s: State, release: number | null): Actor =>
     who.name || release === null ? who : { ...who, name: s.releases.find((r) => r.id === release)?.name ?? "" };
 
+  // The original's /stop and /renew with an id act on the release wherever it is (rule 3 of the lock model):
+  // on the lock that holds it, when that is not the original's.
+  const byId = (lock: string, release: number | null): string =>
+    release !== null && lock === DEFAULT_LOCK ? (lockOf(release) ?? lock) : lock;
+
+  // Stopping or renewing a release acts on every lock it holds: the token must cover each of them, not only the
+  // one the path names (a token for staging must not end or extend a release that also holds prod).
+  function notAllOf(token: Token | null, action: Action, s: State, release: number | null): Refusal | null {
+    if (token === null) return null;
+    const r = release === null ? s.release : s.releases.find((held) => held.id === release);
+    for (const lock of r?.locks ?? [s.lock]) {
+      const why = forbidden(token, action, lock);
+      if (why) return refuse("forbidden", why);
+    }
+    return null;
+  }
+
   /** Every action on a lock; the table below says where each is reached. */
   const actions = {
     start: changing(
@@ -289,7 +316,10 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
       (p, { lock, token }) => {
         const release = id(p);
         const who = actor(p, token);
-        return change(lock, (s, now) => stop(s, release, creditedTo(who, s, release), now));
+        return change(
+          byId(lock, release),
+          (s, now) => notAllOf(token, "stop", s, release) ?? stop(s, release, creditedTo(who, s, release), now),
+        );
       },
       () => ({ message: "the release is over" }),
     ),
@@ -304,7 +334,10 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
           throw new Invalid(
             `ttl is required (the daemon has no RS_TTL): a whole number of seconds from 1 to ${MAX_TTL_SECONDS}`,
           );
-        return change(lock, (s, now) => renew(s, release, ttl, now, token?.who));
+        return change(
+          byId(lock, release),
+          (s, now) => notAllOf(token, "renew", s, release) ?? renew(s, release, ttl, now, token?.who),
+        );
       },
       (o) => ({
         message: o.ok && o.release?.expiresAt ? `the lease now ends at ${iso(o.release.expiresAt)}` : "",

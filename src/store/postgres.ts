@@ -330,9 +330,14 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
   async function rowsOfClaim(tx: SQL, claim: readonly string[]): Promise<Stored> {
     const names = new Set<string>();
     for (const lock of claim) for (const row of (await around(tx, lock)) as LockRow[]) names.add(String(row.name));
-    const found = toStored((await lockRows(tx, [...names])) as LockRow[]);
-    const others = otherRowsOf(found);
-    return others.length === 0 ? found : toStored((await lockRows(tx, [...names, ...others])) as LockRow[]);
+    let found = toStored((await lockRows(tx, [...names])) as LockRow[]);
+    // Until every release read is read on all its rows: a release on another row may hold more locks still.
+    for (let others = otherRowsOf(found); others.length > 0; others = otherRowsOf(found)) {
+      const more = toStored((await lockRows(tx, [...found.entries.keys(), ...others])) as LockRow[]);
+      if (more.entries.size === found.entries.size) break; // rows that are not there: nothing more to read
+      found = more;
+    }
+    return found;
   }
   const lockRows = (tx: SQL, names: string[]) =>
     tx`SELECT * FROM releasestatus_lock WHERE name = ANY(${names}::text[]) ORDER BY name FOR UPDATE`;

@@ -563,8 +563,14 @@ export function readClaim(
   around: (lock: string) => LockRow[],
   exact: (names: string[]) => LockRow[],
 ): Stored {
-  const rows = claim.flatMap(around);
-  const stored = toStored(rows);
-  const others = otherRowsOf(stored);
-  return others.length === 0 ? stored : toStored([...rows, ...exact(others)]);
+  let rows = claim.flatMap(around);
+  let stored = toStored(rows);
+  // Until every release read is read on all its rows: a release on another row may hold more locks still.
+  for (let others = otherRowsOf(stored); others.length > 0; others = otherRowsOf(stored)) {
+    rows = [...rows, ...exact(others)];
+    const next = toStored(rows);
+    if (next.entries.size === stored.entries.size) break; // rows that are not there: nothing more to read
+    stored = next;
+  }
+  return stored;
 }
