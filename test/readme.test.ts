@@ -289,3 +289,22 @@ describe("every relative link and anchor of README.md and docs/*.md leads somewh
       expect(broken).toEqual([]);
     });
 });
+
+describe("where the daemon points to its documentation, the page exists", () => {
+  /** The docs/ pages a text names, each checked to exist. */
+  const pagesNamed = (text: string) => [...text.matchAll(/docs\/[a-z-]+\.md/g)].map((m) => m[0]);
+
+  test("a 404, an empty calendar, no webhooks and --help each name a page of docs/ that exists", async () => {
+    const d = await daemon();
+    const answers = {
+      "/nope": (await d.get("/nope")).headers.get("x-reason") ?? "",
+      "/freezes": await d.body("/freezes"),
+      "/webhooks": await d.body("/webhooks"),
+      "--help": (await sh(`${BINARY} --help`, tempDir())).stdout,
+    };
+    for (const [asked, answer] of Object.entries(answers)) {
+      expect({ asked, names: pagesNamed(answer).length > 0 }).toEqual({ asked, names: true });
+      for (const page of pagesNamed(answer)) expect(existsSync(join(ROOT, page))).toBe(true);
+    }
+  });
+});
