@@ -40,7 +40,9 @@ const NOT_FOR_START = new Set([
   "too-many-streams",
 ]);
 const README_START_REFUSALS = [
-  ...readFileSync(join(import.meta.dir, "..", "docs", "endpoints.md"), "utf8").matchAll(/^\| `([a-z-]+)` +\| (\d{3}) +\|/gm),
+  ...readFileSync(join(import.meta.dir, "..", "docs", "endpoints.md"), "utf8").matchAll(
+    /^\| `([a-z-]+)` +\| (\d{3}) +\|/gm,
+  ),
 ]
   .map((m) => m[1] as string)
   .filter((code) => !NOT_FOR_START.has(code));

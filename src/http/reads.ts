@@ -38,7 +38,8 @@ export function readsOf(cfg: Config, mayOn: MayOn) {
   function listFreezes(req: Request): Response {
     const list = freezeListing(Date.now());
     if (wantsJson(req.url, req)) return json({ freezes: list });
-    if (list.length === 0) return text("no freeze windows: the calendar is empty (see [[freeze]] in docs/freezes.md)\n");
+    if (list.length === 0)
+      return text("no freeze windows: the calendar is empty (see [[freeze]] in docs/freezes.md)\n");
     return text(
       list
         .map(
