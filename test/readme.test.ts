@@ -106,12 +106,14 @@ describe("the download quick start verifies, unpacks and runs an archive as `mak
   test("each step exits 0, and the daemon it starts answers on RS_PORT and keeps its state in releasestatus.db", async () => {
     const name = /(releasestatus-\S+)\.tar\.gz/.exec(steps.map((c) => c.command).join("\n"))?.[1] ?? "";
     expect(name).not.toBe("");
-    // The archive as `make dist` makes it: one folder with the binary, README.md and LICENSE; SHA256SUMS lists
-    // every platform's archive, of which only this one was downloaded.
+    // The archive as `make dist` makes it: one folder with the binary, README.md, LICENSE and docs/; SHA256SUMS
+    // lists every platform's archive, of which only this one was downloaded.
     const dir = tempDir();
-    mkdirSync(join(dir, "build", name), { recursive: true });
+    mkdirSync(join(dir, "build", name, "docs"), { recursive: true });
     for (const file of [BINARY, join(ROOT, "README.md"), join(ROOT, "LICENSE")])
       copyFileSync(file, join(dir, "build", name, file.split("/").pop() as string));
+    for (const page of readdirSync(join(ROOT, "docs")))
+      copyFileSync(join(ROOT, "docs", page), join(dir, "build", name, "docs", page));
     // gzip -1: the binary is ~100 MB, and the fastest level is as much a .tar.gz.
     expect((await sh(`tar -C build -cf - ${name} | gzip -1 > ${name}.tar.gz && rm -r build`, dir)).code).toBe(0);
     const sums = await sh(`sha256sum ${name}.tar.gz`, dir);
