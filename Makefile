@@ -57,24 +57,26 @@ container-run:
 	exec docker run --rm -p $(PUBLISH):$(PORT):$(PORT) -e RS_PORT=$(PORT) -v $(TAG)-data:/data $(TAG)
 
 # Release archives for every platform, as release tools publish them: a .tar.gz (a .zip for
-# Windows) holding one folder releasestatus-VERSION-PLATFORM/ with the binary, README.md and
-# LICENSE, and SHA256SUMS over the archives. Reproducible: the files are staged in build/dist with
-# fixed modes and times (SOURCE_DATE_EPOCH, else the last commit's), tar sorts names and drops
-# owners, gzip -n drops the name and time, zip -X drops extra attributes. Needs zip (apt).
+# Windows) holding one folder releasestatus-VERSION-PLATFORM/ with the binary, README.md,
+# LICENSE and docs/ (the pages the README links to), and SHA256SUMS over the archives.
+# Reproducible: the files are staged in build/dist with fixed modes and times (SOURCE_DATE_EPOCH,
+# else the last commit's), tar sorts names and drops owners, gzip -n drops the name and time, zip -X drops extra attributes. Needs zip (apt).
 VERSION = $(shell node -p 'require("./package.json").version')
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 DIST_TARGETS := linux-x64 linux-arm64 darwin-x64 darwin-arm64 windows-x64
-dist: $(SOURCES) $(BUN) README.md LICENSE
+DOCS := $(wildcard docs/*)
+dist: $(SOURCES) $(BUN) README.md LICENSE $(DOCS)
 	rm -rf dist build/dist && mkdir -p dist build/dist
 	for t in $(DIST_TARGETS); do \
 	  d=releasestatus-$(VERSION)-$$t; exe=releasestatus; \
 	  case $$t in windows-*) exe=releasestatus.exe;; esac; \
-	  mkdir -p build/dist/$$d && cp README.md LICENSE build/dist/$$d/ || exit 1; \
+	  mkdir -p build/dist/$$d/docs && cp README.md LICENSE build/dist/$$d/ && cp $(DOCS) build/dist/$$d/docs/ || exit 1; \
 	  $(BUN) build $(BUILD_FLAGS) --target=bun-$$t --outfile build/dist/$$d/$$exe index.ts || exit 1; \
-	  chmod 755 build/dist/$$d build/dist/$$d/$$exe && chmod 644 build/dist/$$d/README.md build/dist/$$d/LICENSE && \
-	  touch -h -d @$(SOURCE_DATE_EPOCH) build/dist/$$d/* build/dist/$$d || exit 1; \
+	  chmod 755 build/dist/$$d build/dist/$$d/docs build/dist/$$d/$$exe && \
+	  chmod 644 build/dist/$$d/README.md build/dist/$$d/LICENSE build/dist/$$d/docs/* && \
+	  touch -h -d @$(SOURCE_DATE_EPOCH) build/dist/$$d/docs/* build/dist/$$d/* build/dist/$$d || exit 1; \
 	  case $$t in \
-	    windows-*) (cd build/dist && TZ=UTC zip -q -X -9 ../../dist/$$d.zip $$d/ $$d/LICENSE $$d/README.md $$d/$$exe) ;; \
+	    windows-*) (cd build/dist && TZ=UTC zip -q -X -9 ../../dist/$$d.zip $$d/ $$d/LICENSE $$d/README.md $$d/docs/ $$d/docs/* $$d/$$exe) ;; \
 	    *) tar -C build/dist --sort=name --mtime=@$(SOURCE_DATE_EPOCH) --owner=0 --group=0 --numeric-owner \
 	         -cf dist/$$d.tar $$d && gzip -9 -n dist/$$d.tar ;; \
 	  esac || exit 1; \

@@ -50,7 +50,7 @@ Usage:
   releasestatus --help | --version
 
 Settings (environment; the file RS_CONFIG names may hold them too, and lists of tokens):
-  RS_CONFIG         a TOML configuration file, re-read on SIGHUP (see the README's "Access")
+  RS_CONFIG         a TOML configuration file, re-read on SIGHUP (see docs/access.md)
   RS_PORT           port to listen on (required, 1-65535)
   RS_HOST           address to listen on (default 0.0.0.0, all interfaces)
   RS_DB             SQLite file for state and history (default releasestatus.db; :memory: keeps nothing),
@@ -71,7 +71,7 @@ Settings (environment; the file RS_CONFIG names may hold them too, and lists of 
   RS_WEBHOOK_BACKLOG events a webhook may fall behind before the oldest are dropped (default 10000)
 
 Endpoints: /start /stop /block /unblock /renew /status /history /healthz /metrics /events /locks /freezes /webhooks /backup,
-/locks/NAME/{start,stop,renew,block,unblock,status,history,events}, and a page at / (see the README).
+/locks/NAME/{start,stop,renew,block,unblock,status,history,events}, and a page at / (see docs/endpoints.md).
 `;
 
 const EXIT_USAGE = 2;

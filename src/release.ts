@@ -110,7 +110,7 @@ export function statusAfter(kind: EventKind, still: { blocked: boolean; frozen: 
 export const blockedOver = (s: State, lock: string): boolean =>
   [{ lock: s.lock, block: s.block }, ...s.around].some((n) => n.block && (n.lock === lock || isAncestor(n.lock, lock)));
 
-/** Why a request was answered 0. The README lists every code. */
+/** Why a request was answered 0. docs/endpoints.md lists every code. */
 export type Reason =
   | "running"
   | "blocked"

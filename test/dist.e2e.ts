@@ -1,5 +1,5 @@
 // `make dist`: a release archive per platform (.tar.gz, .zip for Windows), each holding one folder with
-// the binary, README.md and LICENSE; the binary of the right format and architecture; SHA256SUMS over
+// the binary, README.md, LICENSE and docs/ (the pages the README links to); the binary of the right format and architecture; SHA256SUMS over
 // the archives. Runs in `make test-dist` (needs `file` and `unzip`).
 import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
@@ -25,6 +25,8 @@ const sh = (cmd: string[], cwd = DIST) => {
   return { code: r.exitCode, out: r.stdout.toString(), err: r.stderr.toString() };
 };
 const lines = (text: string) => text.trim().split("\n").sort();
+// The README links to these: a downloader reads them beside it.
+const DOCS = readdirSync(join(ROOT, "docs")).map((file) => `docs/${file}`);
 
 const work = mkdtempSync(join(tmpdir(), "releasestatus-dist-"));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
@@ -47,16 +49,17 @@ describe("make dist", () => {
   });
 
   for (const [platform, format] of Object.entries(FORMATS))
-    test(`${archive(platform)} holds one folder with the binary, README.md and LICENSE`, () => {
+    test(`${archive(platform)} holds one folder with the binary, README.md, LICENSE and docs/`, () => {
       const name = archive(platform);
       const list = platform.startsWith("windows") ? sh(["unzip", "-Z1", name]) : sh(["tar", "-tzf", name]);
       expect(list.code).toBe(0);
       const top = `${folder(platform)}/`;
-      expect(lines(list.out)).toEqual([top, `${top}LICENSE`, `${top}README.md`, `${top}${binary(platform)}`].sort());
+      const files = ["LICENSE", "README.md", "docs/", ...DOCS, binary(platform)];
+      expect(lines(list.out)).toEqual([top, ...files.map((file) => `${top}${file}`)].sort());
 
       const unpacked = unpack(platform);
       expect(sh(["file", "-b", binary(platform)], unpacked).out).toMatch(format);
-      for (const doc of ["README.md", "LICENSE"])
+      for (const doc of ["README.md", "LICENSE", ...DOCS])
         expect(readFileSync(join(unpacked, doc), "utf8")).toBe(readFileSync(join(ROOT, doc), "utf8"));
       const size = (bytes: number) => `${(bytes / 1e6).toFixed(1)} MB`;
       console.log(

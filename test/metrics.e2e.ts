@@ -28,7 +28,7 @@ async function promtool(exposition: string) {
   return { code, problems: (out + err).trim() };
 }
 
-// The reason codes a /start can be refused for, as the README lists them: every code in its table but
+// The reason codes a /start can be refused for, as docs/endpoints.md lists them: every code in its table but
 // those only other endpoints give.
 const NOT_FOR_START = new Set([
   "not-running",
@@ -40,7 +40,9 @@ const NOT_FOR_START = new Set([
   "too-many-streams",
 ]);
 const README_START_REFUSALS = [
-  ...readFileSync(join(import.meta.dir, "..", "README.md"), "utf8").matchAll(/^\| `([a-z-]+)` +\| (\d{3}) +\|/gm),
+  ...readFileSync(join(import.meta.dir, "..", "docs", "endpoints.md"), "utf8").matchAll(
+    /^\| `([a-z-]+)` +\| (\d{3}) +\|/gm,
+  ),
 ]
   .map((m) => m[1] as string)
   .filter((code) => !NOT_FOR_START.has(code));
@@ -209,8 +211,8 @@ describe("the daemon describes itself: build info and process metrics", () => {
   });
 });
 
-// The alert rules of the README's metrics part, as a team would paste them.
-const README = readFileSync(join(import.meta.dir, "..", "README.md"), "utf8");
+// The alert rules of the metrics part of docs/endpoints.md, as a team would paste them.
+const README = readFileSync(join(import.meta.dir, "..", "docs", "endpoints.md"), "utf8");
 const RULES = /```yaml\n(groups:\n[\s\S]*?)```/.exec(README)?.[1] ?? "";
 
 describe("the README's alert rules fire in a real Prometheus", () => {

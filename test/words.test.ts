@@ -109,10 +109,10 @@ describe("history names who ended each release", () => {
 });
 
 describe("the README's curl script says while it waits, and what it gave back", () => {
-  // The script as the README has it, pointed at the test's daemon, deploying with `true`.
+  // The script as docs/run.md (linked from the README) has it, pointed at the test's daemon, deploying with `true`.
   const script = (url: string) => {
-    const readme = readFileSync(join(import.meta.dir, "..", "README.md"), "utf8");
-    const body = readme.split("### A deploy script with curl alone")[1]?.split("```sh\n")[1]?.split("```")[0] ?? "";
+    const readme = readFileSync(join(import.meta.dir, "..", "docs", "run.md"), "utf8");
+    const body = readme.split("## A deploy script with curl alone")[1]?.split("```sh\n")[1]?.split("```")[0] ?? "";
     expect(body).toContain("./deploy.sh staging");
     return body.replace(/^RS=.*$/m, `RS=${url}`).replace("./deploy.sh staging", "true");
   };

@@ -38,7 +38,8 @@ export function readsOf(cfg: Config, mayOn: MayOn) {
   function listFreezes(req: Request): Response {
     const list = freezeListing(Date.now());
     if (wantsJson(req.url, req)) return json({ freezes: list });
-    if (list.length === 0) return text("no freeze windows: the calendar is empty (see [[freeze]] in the README)\n");
+    if (list.length === 0)
+      return text("no freeze windows: the calendar is empty (see [[freeze]] in docs/freezes.md)\n");
     return text(
       list
         .map(
@@ -67,7 +68,7 @@ export function readsOf(cfg: Config, mayOn: MayOn) {
     }));
     if (wantsJson(req.url, req)) return json({ webhooks: list });
     if (list.length === 0)
-      return text("no webhooks: list them as [[webhook]] in the RS_CONFIG file (see the README)\n");
+      return text("no webhooks: list them as [[webhook]] in the RS_CONFIG file (see docs/notifications.md)\n");
     return text(
       list
         .map((w) =>

@@ -678,7 +678,7 @@ const pathOrNull = (url: string): string | null => {
 const notFound = (
   path: string,
   asJson: boolean,
-  message = `there is no ${path.slice(0, 200)}; see the README for the endpoints`,
+  message = `there is no ${path.slice(0, 200)}; see docs/endpoints.md for the endpoints`,
 ) => answer(asJson, refuse("not-found", message));
 
 // bun-types declares .html imports as HTML bundles; with type "text" Bun embeds the file as a string.
