@@ -376,7 +376,7 @@ describe("a release of several locks is ended or renewed only by a token that co
     const as = (t: string) => ({ headers: { Authorization: `Bearer ${t}` } });
     const res = await d.get("/start?lock=staging/x&lock=prod/eu&name=ops", as(OPS));
     expect(await res.text()).toBe("1\n");
-    const id = res.headers.get("x-release-id");
+    const id = res.headers.get("x-release-id") ?? "";
     for (const path of [`/locks/staging/x/stop?id=${id}`, `/locks/staging/x/renew?id=${id}&ttl=600`]) {
       const refused = await d.get(path, as(CI));
       expect({ path, status: refused.status, body: await refused.text() }).toEqual({ path, status: 403, body: "0\n" });

@@ -482,7 +482,12 @@ const notAFile = (file: string) =>
 
 function refuseNonFile(file: string) {
   const { statSync } = require("node:fs") as typeof import("node:fs");
-  const st = statSync(file, { throwIfNoEntry: false });
+  let st: ReturnType<typeof statSync>;
+  try {
+    st = statSync(file, { throwIfNoEntry: false });
+  } catch {
+    return; // a place the daemon may not look into: opening it says why (explainPlace)
+  }
   if (st && !st.isFile()) throw notAFile(file);
 }
 
