@@ -138,6 +138,18 @@ describe("a body is a form or it is refused, whatever the headers say or omit", 
     expect((await d.get("/locks/x/status?format=json").then((r) => r.json())).running).toBe(false);
   });
 
+  test("a parameter a change does not take is 400 and changes nothing: /stop?idd=1 ends nothing, /block?lock=x blocks nothing", async () => {
+    const d = await daemon();
+    await d.body("/start?name=holder");
+    for (const path of ["/stop?idd=1", "/block?lock=x&name=ana", "/locks/x/unblock?reason=typo"]) {
+      const res = await d.get(path);
+      expect({ path, status: res.status, body: await res.text() }).toEqual({ path, status: 400, body: "0\n" });
+      expect(res.headers.get("x-reason")).toContain("is not a parameter of");
+    }
+    expect((await statusOf(d)).release.name).toBe("holder");
+    expect((await statusOf(d)).blocked).toBe(false);
+  });
+
   test("a GET with a body is 400: the body cannot be read, so it is not ignored either", async () => {
     const d = await daemon();
     await d.body("/start?name=holder");

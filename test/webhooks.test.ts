@@ -451,8 +451,12 @@ describe("delivery: in order, at least once, never in the way", () => {
     await run([hook({ url: r.url })]);
     await starts("a", "b", "c");
     await until(async () => r.got.length === 1, "the first attempt");
+    // The clock moves only once each failure was heard and its retry planned from it, not while it is on its way.
+    const failed = (n: number) => until(async () => webhookStatuses()[0]?.deliveries.failed === n, `${n} failed`);
+    await failed(1);
     await clock.advance(5_000); // the second attempt, 5 s later
     await until(async () => r.got.length === 2, "the second attempt");
+    await failed(2);
     down = false;
     await clock.advance(300_000); // the third, 5 min later, works; the rest follow at once
     await until(async () => r.got.length === 5, "the rest");

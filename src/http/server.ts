@@ -3,6 +3,7 @@
 // /locks/NAME/…; the original's paths act on the default lock (/block and
 // /unblock on the root: "block all releases"). Handlers parse the request,
 // call the engine once, and hand the outcome to answer.ts.
+
 import type { Server } from "bun";
 import { type Action, closed, forbidden, identify, reaches, type Token } from "../access.ts";
 import { claimProblem, isPool, poolParent, reach } from "../claim.ts";
@@ -38,6 +39,7 @@ import {
   unblock,
 } from "../release.ts";
 import { identifyJob, type Job, jobUnder } from "../trust.ts";
+import { visible } from "../visible.ts";
 import { describeBlock, describeRelease, iso } from "../words.ts";
 import { answer, SECURITY_HEADERS, type Success, text, wantsJson } from "./answer.ts";
 import pageText from "./page.html" with { type: "text" };
@@ -216,6 +218,8 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
       const run = (p: Params | Refusal): Response | Promise<Response> => {
         if (!(p instanceof Map)) return respond(p);
         if (hasTokenParam(p)) return respond(TOKEN_IN_URL);
+        const unknown = unknownParameter(name, p);
+        if (unknown) return respond(unknown);
         // A reload while the body came in may have revoked the token: it is looked up again.
         if (cfg.access !== access) {
           token = guard(req, name, guarded);
@@ -606,6 +610,25 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
       return text("0\n", 500);
     },
   });
+}
+
+// The parameters each change takes. Any other is refused, never ignored: /stop?idd=1 would end whatever runs,
+// and /block?lock=prod would block every lock.
+const PARAMETERS: Record<string, readonly string[]> = {
+  start: ["name", "reason", "ttl", "wait", "override", "lock", "version", "urgent", "format"],
+  stop: ["id", "name", "format"],
+  renew: ["id", "ttl", "format"],
+  block: ["name", "reason", "format"],
+  unblock: ["name", "format"],
+};
+function unknownParameter(action: string, p: Params): Refusal | null {
+  const known = PARAMETERS[action] ?? [];
+  const unknown = [...p.keys()].find((k) => !known.includes(k));
+  if (unknown === undefined) return null;
+  return refuse(
+    "invalid",
+    `${visible(unknown.slice(0, 40))} is not a parameter of ${action}: it takes ${known.join(", ")}`,
+  );
 }
 
 const allows = (methods: string[], method: string) => methods.includes(method);
