@@ -30,6 +30,8 @@ it gave back.
 Options:
   --name NAME        who is releasing (default: $USER)
   --reason TEXT      what is released, e.g. v2.3.1
+  --version VERSION  the build's version or pipeline number, e.g. v2.3.1 or 4812: a lock whose
+                     queue is "newest" deploys only the newest of those waiting (see README)
   --wait SECONDS     wait in line up to this long for the release (default: do not wait);
                      meanwhile it says on stderr its place, what holds the lock and since
                      when, and how long that usually takes; Ctrl-C leaves the line
@@ -150,7 +152,7 @@ export async function run(args: string[]): Promise<number> {
     const split = args.indexOf("--");
     const opts = parseOptions(
       split < 0 ? args : args.slice(0, split),
-      ["name", "reason", "wait", "ttl", "lock", "url", "token-file", "oidc", "audience"],
+      ["name", "reason", "version", "wait", "ttl", "lock", "url", "token-file", "oidc", "audience"],
       ["help"],
     );
     if (opts.help) return print(RUN_HELP);
@@ -166,6 +168,7 @@ export async function run(args: string[]): Promise<number> {
       name: String(opts.name ?? process.env.USER ?? ""),
       reason: String(opts.reason ?? ""),
     });
+    if (typeof opts.version === "string") query.set("version", opts.version);
     query.set("ttl", String(ttl));
     if (wait > 0) query.set("wait", String(wait));
     query.set("format", "json");

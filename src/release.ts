@@ -18,6 +18,7 @@ export type Release = {
   expiresAt: number | null; // null: the release never expires on its own
   by?: string; // who started it: the named token's `who`; absent without tokens
   locks?: string[]; // every lock it holds, in the order asked, when it holds more than one (a claim of several)
+  version?: string; // what its deploy called its build (version=): a newest-first line orders by it (src/version.ts)
 };
 
 export type Block = { name: string; reason: string; since: number; by?: string };
@@ -76,6 +77,7 @@ export type Event = {
   by?: string; // whose token made it (the token's `who`); absent without tokens
   status?: string; // what the lock is after it (statusAfter), as a webhook says; absent in events from before
   locks?: string[]; // every lock of its release, when the release holds more than one (`lock` is the first)
+  version?: string; // the version the start, waiter or release carried (version=)
 };
 
 // What the lock is once an event happened: a word a webhook receiver can switch on.
@@ -153,6 +155,8 @@ export type Actor = { name: string; by?: string };
 export type StartRequest = Holder & {
   ttlSeconds: number | null;
   override?: string; // why it may start during a freeze (allowed to whoever may override)
+  version?: string; // what the deploy calls its build (version=): a newest-first line keeps only the newest
+  urgent?: string; // why it waits ahead of every non-urgent waiter (allowed to whoever may urgent)
 };
 
 /** A freeze in force on a lock, as the calendar (src/calendar.ts) says: its words, and when it ends. */
@@ -238,6 +242,7 @@ export function newRelease(lastId: number, req: StartRequest, now: number, locks
     startedAt: now,
     expiresAt,
     by: req.by,
+    ...(req.version === undefined ? {} : { version: req.version }),
   };
   return locks.length > 1 ? { ...release, locks } : release;
 }
@@ -253,6 +258,7 @@ export function startEvents(release: Release, lock: string, req: StartRequest, f
     reason: req.reason,
     by: req.by,
     ...(release.locks ? { locks: release.locks } : {}),
+    ...(release.version === undefined ? {} : { version: release.version }),
   };
   // An override is recorded only when there was a freeze to override, with why and who.
   const overridden: Event[] =

@@ -44,8 +44,15 @@ export const describeRelease = (r: Release, lock: string = DEFAULT_LOCK): string
   once(
     r,
     () =>
-      `release #${r.id} by ${who(r.name)}${r.reason ? ` (${r.reason})` : ""}${onAll(lock, r.locks)}${startedBy(r.name, r.by)} running since ${iso(r.startedAt)}`,
+      `release #${r.id} by ${who(r.name)}${ofVersion(r.version)}${r.reason ? ` (${r.reason})` : ""}${onAll(lock, r.locks)}${startedBy(r.name, r.by)} running since ${iso(r.startedAt)}`,
   );
+
+// ", version v2.4.1" when the start named its build.
+const ofVersion = (version: string | undefined) => (version === undefined ? "" : `, version ${version}`);
+
+/** A waiter as status lists it: "ana, version v2.4.1, urgent: hotfix". */
+export const describeWaiter = (w: { name: string; version?: string; urgent?: string }): string =>
+  `${who(w.name)}${ofVersion(w.version)}${w.urgent === undefined ? "" : `, urgent: ${w.urgent}`}`;
 
 /** A lock with a limit whose every slot is taken: "staging/devices holds 3 of 3: release #41 by …; release #42 by …". */
 export const describeFull = (releases: Release[], limit: number, lock: string): string =>
@@ -82,7 +89,7 @@ export const describeTold = (e: Event, told: Told): string =>
 export function describeEvent(e: Event): string {
   const n = whoBy(e.name, e.by);
   const what = e.reason ? `: ${e.reason}` : "";
-  const where = onAll(e.lock, e.locks);
+  const where = `${onAll(e.lock, e.locks)}${ofVersion(e.version)}`;
   switch (e.kind) {
     case "started":
       return differs(e.name, e.by)

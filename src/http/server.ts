@@ -42,6 +42,7 @@ import {
   sameSite,
   text as textParam,
   tokenInUrl,
+  version as versionParam,
   whole,
 } from "./request.ts";
 import { broadcastChange, keepStreamsAlive, requireToken, statusJson } from "./views.ts";
@@ -249,6 +250,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
         const override = p.has("override") ? textParam(p, "override") : undefined;
         if (override === "")
           throw new Invalid("override is empty: say why this release may start during a freeze, e.g. override=hotfix");
+        const version = versionParam(p);
         const claim = claimOf(p, ask, "start");
         if (!Array.isArray(claim)) return claim;
         // Overriding a freeze is its own right: asking for it without the right is refused, frozen or not.
@@ -265,7 +267,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
         };
         return start(
           claim,
-          { ...holder(p, token), ttlSeconds, override },
+          { ...holder(p, token), ttlSeconds, override, ...(version === undefined ? {} : { version }) },
           wait,
           req.signal,
           stillAllowed,

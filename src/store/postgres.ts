@@ -34,6 +34,7 @@ import {
   toColumns,
   toEvent,
   toStored,
+  waiterOf,
   waitersAhead,
 } from "./store.ts";
 
@@ -199,20 +200,14 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
         let joined: Queued | null = null;
         if (joining && options.join) {
           const [w] = await tx`
-            INSERT INTO releasestatus_waiters (lock, name, reason, replica, since, made_by, reach)
+            INSERT INTO releasestatus_waiters (lock, name, reason, replica, since, made_by, reach, version, urgent)
             VALUES (${lock}, ${options.join.name}, ${options.join.reason}, ${replica},
-              to_timestamp(${now}::bigint / 1000.0), ${options.join.by ?? null}, ${reachColumn(lock, claim)})
+              to_timestamp(${now}::bigint / 1000.0), ${options.join.by ?? null}, ${reachColumn(lock, claim)},
+              ${options.join.version ?? null}, ${options.join.urgent ?? null})
             RETURNING id`;
-          const { name, reason, by } = options.join;
-          joined = toQueued({
-            id: w.id,
-            lock,
-            name,
-            reason,
-            since: String(now),
-            made_by: by ?? null,
-            reach: reachColumn(lock, claim),
-          });
+          joined = waiterOf(Number(w.id), lock, options.join, now);
+          const reach = reachColumn(lock, claim);
+          if (reach !== null) joined.reach = JSON.parse(reach) as string[];
           events.push(queueEvent("waiting", lock, options.join, now, options.join.reason));
         }
         if (events.length === 0) return { outcome, committed: null, joined: null };
@@ -237,19 +232,21 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
             blockBy,
             otherReleases,
             releaseLocks,
+            releaseVersion,
           ] = toColumns(entry);
           await tx`
             INSERT INTO releasestatus_lock (name, release_id, holder, release_reason, started_at, expires_at,
-              blocked_by, block_reason, blocked_since, version, release_by, block_by, other_releases, release_locks)
+              blocked_by, block_reason, blocked_since, version, release_by, block_by, other_releases, release_locks,
+              release_version)
             VALUES (${name}, ${releaseId}, ${holder}, ${releaseReason}, ${startedAt}, ${expiresAt},
               ${blockedBy}, ${blockReason}, ${blockedSince}, ${version}, ${releaseBy}, ${blockBy}, ${otherReleases},
-              ${releaseLocks})
+              ${releaseLocks}, ${releaseVersion})
             ON CONFLICT (name) DO UPDATE SET release_id = excluded.release_id, holder = excluded.holder,
               release_reason = excluded.release_reason, started_at = excluded.started_at,
               expires_at = excluded.expires_at, blocked_by = excluded.blocked_by,
               block_reason = excluded.block_reason, blocked_since = excluded.blocked_since, version = excluded.version,
               release_by = excluded.release_by, block_by = excluded.block_by, other_releases = excluded.other_releases,
-              release_locks = excluded.release_locks`;
+              release_locks = excluded.release_locks, release_version = excluded.release_version`;
         }
         if (after.lastId !== stored.lastId)
           await tx`UPDATE releasestatus_lock SET last_id = ${after.lastId} WHERE name = ''`;
@@ -309,9 +306,9 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
   // Appends events, prunes the oldest, and tells the other replicas (NOTIFY is delivered on commit).
   async function record(tx: SQL, lock: string, events: Event[]) {
     for (const e of events)
-      await tx`INSERT INTO releasestatus_events (lock, at, kind, release_id, name, reason, made_by, status, locks)
+      await tx`INSERT INTO releasestatus_events (lock, at, kind, release_id, name, reason, made_by, status, locks, version)
                VALUES (${e.lock}, ${e.at}, ${e.kind}, ${e.releaseId}, ${e.name}, ${e.reason}, ${e.by ?? null},
-                 ${e.status ?? null}, ${eventLocks(e)})`;
+                 ${e.status ?? null}, ${eventLocks(e)}, ${e.version ?? null})`;
     await tx`DELETE FROM releasestatus_events WHERE seq <= (SELECT max(seq) FROM releasestatus_events) - ${opts.historyLimit}`;
     await tx`SELECT pg_notify(${CHANNEL}, ${JSON.stringify({ replica, lock, events })})`;
   }
@@ -408,7 +405,8 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     const [found, waiters] = await inTransaction(async (tx) => [
       await rows(tx),
       await tx`
-        SELECT id, lock, name, reason, made_by, reach, (extract(epoch FROM since) * 1000)::bigint AS since
+        SELECT id, lock, name, reason, made_by, reach, version, urgent,
+          (extract(epoch FROM since) * 1000)::bigint AS since
         FROM releasestatus_live_waiters ORDER BY id`,
     ]);
     if (lineChanges === changesBefore) line = (waiters as Record<string, string | null>[]).map(toQueued);
@@ -422,9 +420,9 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
       await inTransaction(async (tx) => {
         // Upserted, not updated: a row dropped as stale while the database was away comes back with its place (its id).
         for (const [id, w] of ours)
-          await tx`INSERT INTO releasestatus_waiters (id, lock, name, reason, replica, made_by, reach)
+          await tx`INSERT INTO releasestatus_waiters (id, lock, name, reason, replica, made_by, reach, version, urgent)
                    VALUES (${id}, ${w.lock}, ${w.name}, ${w.reason}, ${replica}, ${w.by ?? null},
-                     ${reachColumn(w.lock, reachOf(w))})
+                     ${reachColumn(w.lock, reachOf(w))}, ${w.version ?? null}, ${w.urgent ?? null})
                    ON CONFLICT (id) DO UPDATE SET heartbeat_at = clock_timestamp()
                    WHERE NOT releasestatus_waiters.done`;
         await tx`DELETE FROM releasestatus_waiters
@@ -559,9 +557,9 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     history: async (limit, lock) => {
       const rows = await inTransaction((tx) =>
         lock === undefined
-          ? tx`SELECT lock, at, kind, release_id, name, reason, made_by, locks FROM releasestatus_events
+          ? tx`SELECT lock, at, kind, release_id, name, reason, made_by, locks, version FROM releasestatus_events
                ORDER BY seq DESC LIMIT ${limit}`
-          : tx`SELECT lock, at, kind, release_id, name, reason, made_by, locks FROM releasestatus_events
+          : tx`SELECT lock, at, kind, release_id, name, reason, made_by, locks, version FROM releasestatus_events
                WHERE lock = ${lock} OR ${lock} = '' OR substr(lock, 1, length(${lock}) + 1) = ${lock} || '/'
                   OR (locks IS NOT NULL AND EXISTS (SELECT 1 FROM jsonb_array_elements_text(locks::jsonb) AS l
                         WHERE l = ${lock} OR substr(l, 1, length(${lock}) + 1) = ${lock} || '/'))
@@ -601,7 +599,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
               await tx`UPDATE releasestatus_webhooks SET delivered = ${progress.delivered}, dropped = dropped + ${skipped}
                        WHERE key = ${webhook}`;
             const rows = await tx`
-              SELECT seq, lock, at, kind, release_id, name, reason, made_by, status, locks FROM releasestatus_events
+              SELECT seq, lock, at, kind, release_id, name, reason, made_by, status, locks, version FROM releasestatus_events
               WHERE seq > ${progress.delivered} ORDER BY seq LIMIT ${limit}`;
             const events = (rows as (EventRow & { seq: string })[]).map((r) => ({
               seq: Number(r.seq),
@@ -702,6 +700,14 @@ const MIGRATIONS = [
    CREATE OR REPLACE VIEW releasestatus_live_waiters AS SELECT * FROM releasestatus_waiters
      WHERE NOT done AND (heartbeat_at > clock_timestamp() - interval '5 seconds'
         OR pg_postmaster_start_time() > clock_timestamp() - interval '5 seconds');`,
+  // Versions (version=) of a release, an event and a waiter; a waiter's urgent reason; and, for a waiter a
+  // newer start superseded on a newest-first lock, the words it is answered with (its row is done then).
+  `ALTER TABLE releasestatus_lock ADD COLUMN release_version text;
+   ALTER TABLE releasestatus_events ADD COLUMN version text;
+   ALTER TABLE releasestatus_waiters ADD COLUMN version text, ADD COLUMN urgent text, ADD COLUMN superseded text;
+   CREATE OR REPLACE VIEW releasestatus_live_waiters AS SELECT * FROM releasestatus_waiters
+     WHERE NOT done AND (heartbeat_at > clock_timestamp() - interval '5 seconds'
+        OR pg_postmaster_start_time() > clock_timestamp() - interval '5 seconds');`,
 ];
 const SCHEMA_VERSION = MIGRATIONS.length;
 
@@ -796,6 +802,8 @@ const toQueued = (w: Record<string, string | number | null>): Queued => {
     by: w.made_by == null ? undefined : String(w.made_by),
   };
   if (w.reach != null) q.reach = JSON.parse(String(w.reach)) as string[];
+  if (w.version != null) q.version = String(w.version);
+  if (w.urgent != null) q.urgent = String(w.urgent);
   return q;
 };
 

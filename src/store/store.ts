@@ -65,7 +65,24 @@ export type Queued = {
   since: number;
   by?: string;
   reach?: string[];
+  version?: string; // the version its start carried (version=)
+  urgent?: string; // why it waits ahead of every non-urgent waiter (urgent=)
 };
+
+/** Who joins the line: the holder, and what orders it there (its version, and why it is urgent). */
+export type Joiner = Holder & { version?: string; urgent?: string };
+
+/** A waiter as its store keeps it, from who joined: only the fields it was given. */
+export const waiterOf = (id: number, lock: string, who: Joiner, since: number): Queued => ({
+  id,
+  lock,
+  name: who.name,
+  reason: who.reason,
+  since,
+  by: who.by,
+  ...(who.version === undefined ? {} : { version: who.version }),
+  ...(who.urgent === undefined ? {} : { urgent: who.urgent }),
+});
 
 /** The locks a waiter's claim may hold. */
 export const reachOf = (w: Queued): readonly string[] => w.reach ?? [w.lock];
@@ -84,7 +101,7 @@ export type TransactOptions = {
   claim?: readonly string[]; // every lock the decision may hold (a pool's children too); without it, the one lock
   freedOf?: readonly string[]; // the locks whose last end the decision needs (a pool's children): see Stored.freedAt
   self?: number; // the caller's own place in the wait line: only waiters before it count as ahead
-  join?: Holder; // join the wait line in the same transaction when the answer is a refusal worth waiting out
+  join?: Joiner; // join the wait line in the same transaction when the answer is a refusal worth waiting out
   room?: Room; // how many lock names may be stored: a change that would store one more is refused beyond it
 };
 
@@ -353,8 +370,8 @@ export class LocalWaitLine {
     return waitersAhead(this.line, reach, self);
   }
 
-  join(lock: string, who: Holder, now: number, reach?: readonly string[]): Queued {
-    const waiter: Queued = { id: this.nextId++, lock, name: who.name, reason: who.reason, since: now, by: who.by };
+  join(lock: string, who: Joiner, now: number, reach?: readonly string[]): Queued {
+    const waiter = waiterOf(this.nextId++, lock, who, now);
     if (reach && !(reach.length === 1 && reach[0] === lock)) waiter.reach = [...reach];
     this.line = [...this.line, waiter];
     return waiter;
@@ -380,10 +397,19 @@ export class LocalWaitLine {
 export const queueEvent = (
   kind: "waiting" | "left-queue",
   lock: string,
-  who: Holder,
+  who: Joiner,
   at: number,
   reason: string,
-): Event => ({ lock, at, kind, releaseId: null, name: who.name, reason, by: who.by });
+): Event => ({
+  lock,
+  at,
+  kind,
+  releaseId: null,
+  name: who.name,
+  reason,
+  by: who.by,
+  ...(who.version === undefined ? {} : { version: who.version }),
+});
 
 /** What a transaction is to write: the events, the locks changed, and the id counter. */
 export type Writes = { events: Event[]; entries: Map<string, Entry>; lastId: number | null };
@@ -436,13 +462,14 @@ export type LockRow = Record<
   | "release_by"
   | "block_by"
   | "other_releases"
-  | "release_locks",
+  | "release_locks"
+  | "release_version",
   string | number | null
 >;
 export type EventRow = Record<
   "lock" | "at" | "kind" | "release_id" | "name" | "reason" | "made_by",
   string | number | null
-> & { status?: string | null; locks?: string | null }; // status: read for the outbox only
+> & { status?: string | null; locks?: string | null; version?: string | null }; // status: read for the outbox only
 
 const num = (v: string | number | null): number | null => (v === null ? null : Number(v));
 const str = (v: string | number | null): string => (v === null ? "" : String(v));
@@ -461,6 +488,7 @@ export function toEntry(row: LockRow): Entry {
           expiresAt: num(row.expires_at),
           by: by(row.release_by),
           ...(row.release_locks == null ? {} : { locks: JSON.parse(String(row.release_locks)) as string[] }),
+          ...(row.release_version == null ? {} : { version: String(row.release_version) }),
         };
   const block: Block | null =
     row.blocked_since === null
@@ -510,6 +538,7 @@ export function toColumns(e: Entry): (string | number | null)[] {
     b?.by ?? null,
     e.releases.length > 1 ? JSON.stringify(e.releases.slice(1)) : null,
     r?.locks ? JSON.stringify(r.locks) : null,
+    r?.version ?? null,
   ];
 }
 
@@ -523,6 +552,7 @@ export const toEvent = (row: EventRow): Event => ({
   by: by(row.made_by),
   ...(row.status == null ? {} : { status: row.status }),
   ...(row.locks == null ? {} : { locks: JSON.parse(row.locks) as string[] }),
+  ...(row.version == null ? {} : { version: row.version }),
 });
 
 /** An event's locks as stored: a JSON list when its release holds several, else null. */
