@@ -81,6 +81,8 @@ export const engine = {
   limitOf: ((_lock: string) => 1) as (lock: string) => number,
   // The declared children of a lock ([[lock]] tables named under it): what a pool of it may take.
   childrenOf: ((_lock: string) => []) as (lock: string) => string[],
+  // Whether a lock's line keeps only the newest version (queue = "newest" in its [[lock]] table).
+  newest: ((_lock: string) => false) as (lock: string) => boolean,
   storageFailure: ((_problem: string) => {}) as (problem: string) => void,
   // The freeze in force on a lock at a time: the calendar's answer (src/freezes.ts), none until it is set.
   frozen: ((_lock: string, _now: number) => null) as (lock: string, now: number) => Frozen | null,
@@ -100,6 +102,7 @@ const store = (): Store => {
 export type EngineSetup = {
   limitOf?: (lock: string) => number; // how many releases may hold a lock at once (1 unless declared)
   childrenOf?: (lock: string) => string[]; // a lock's declared children: what a pool of it may take
+  newest?: (lock: string) => boolean; // whether its line keeps only the newest version (queue = "newest")
   storageFailure?: (problem: string) => void; // told each time a change could not be saved, with what is wrong
 };
 
@@ -116,6 +119,7 @@ export async function openEngine(
   engine.clock = clock;
   engine.limitOf = setup.limitOf ?? (() => 1);
   engine.childrenOf = setup.childrenOf ?? (() => []);
+  engine.newest = setup.newest ?? (() => false);
   engine.storageFailure = setup.storageFailure ?? (() => {});
   engine.known = { lastId: 0, entries: new Map() };
   engine.scopes.clear();
@@ -169,6 +173,7 @@ const CACHE: Snapshot = { state, locks };
 const SETUP: Setup = {
   limitOf: (lock) => engine.limitOf(lock),
   children: (lock) => engine.childrenOf(lock),
+  newest: (lock) => engine.newest(lock),
   frozen: (lock, now) => engine.frozen(lock, now),
   cached: (lock, stored) => (stored === engine.known ? state(lock) : undefined),
 };
@@ -288,7 +293,11 @@ export function start(
   const one = names.length === 1 && !isPool(lock);
   const claimReach = one ? [lock] : reach(names, engine.childrenOf);
   const pools = names.filter(isPool).flatMap((p) => engine.childrenOf(poolParent(p)));
-  const options: TransactOptions = one ? { room } : { room, claim: claimReach, freedOf: pools };
+  const newest = newestOf(names);
+  const versioned = newest.length > 0 && req.version !== undefined ? { releasedOf: newest } : {};
+  const options: TransactOptions = one
+    ? { room, ...versioned }
+    : { room, claim: claimReach, freedOf: pools, ...versioned };
   if (waitSeconds === 0 || engine.closing) {
     const refused = refusalFromMemory(decide, claimReach); // the common case
     if (refused) return refused;
@@ -298,7 +307,7 @@ export function start(
     const { outcome } = decide(engine.known, engine.clock.now(), waitingAhead(claimReach));
     if (!outcome.ok && !WAITABLE.has(outcome.reason)) return outcome; // nothing to wait for
   }
-  const inLine = { ...options, claim: claimReach };
+  const inLine = { ...options, claim: claimReach, newest: newest.length > 0 };
   return commit(lock, decide, { ...inLine, join: req }, gone).then((d) => {
     if (d.outcome.ok) return keepOnlyIfHeard(d.outcome, gone);
     if (!d.joined) return d.outcome;
@@ -307,6 +316,12 @@ export function start(
 }
 
 const WENT_AWAY = refuse("timeout", "the client went away");
+
+// The exact locks of a claim whose line keeps only the newest version: a pool's members are never compared.
+const newestOf = (names: readonly string[]): string[] => names.filter((n) => !isPool(n) && engine.newest(n));
+
+// Refusals a waiter cannot wait out: it leaves the line with them (a superseded waiter has left it already).
+const ENDS_WAIT: ReadonlySet<string> = new Set(["unauthorized", "forbidden", "stale"]);
 
 async function waitInLine(
   lock: string,
@@ -341,9 +356,15 @@ async function waitInLine(
       if (attempt.outcome.ok) return keepOnlyIfHeard(attempt.outcome, gone);
       if (gone.aborted || engine.closing) continue;
       latest = attempt.outcome;
-      // No longer allowed (its token was revoked while it waited): it leaves the line with that answer.
-      if (attempt.outcome.reason === "unauthorized" || attempt.outcome.reason === "forbidden")
-        return await leave("its token no longer allows it", attempt.outcome);
+      // A newer start took its place: the store took it out of the line as it passed it.
+      if (attempt.outcome.reason === "superseded") return attempt.outcome;
+      // No longer allowed (its token was revoked while it waited, or a newer version was released): it
+      // leaves the line with that answer.
+      if (ENDS_WAIT.has(attempt.outcome.reason))
+        return await leave(
+          attempt.outcome.reason === "stale" ? "a newer version was released" : "its token no longer allows it",
+          attempt.outcome,
+        );
       const { until } = attempt.outcome;
       if (until !== undefined) {
         cancelThaw();
@@ -547,8 +568,12 @@ export function wakeWaiters(locks?: string | readonly string[]) {
   const changed = typeof locks === "string" ? [locks] : locks;
   const line = store().waiting();
   for (const w of engine.waiters)
-    if ((changed === undefined || claimsOverlap(w.reach, changed)) && firstInLine(w, line)) wake(w);
+    if (((changed === undefined || claimsOverlap(w.reach, changed)) && firstInLine(w, line)) || !inLine(w, line))
+      wake(w);
 }
+
+// A waiter no longer in the line was taken out by another's start (superseded): woken to be told so.
+const inLine = (w: Waiter, line: Queued[]): boolean => line.some((q) => q.id === w.id);
 
 const firstInLine = (w: Waiter, line: Queued[]): boolean =>
   !line.some((q) => q.id < w.id && claimsOverlap(reachOf(q), w.reach));

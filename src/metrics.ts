@@ -15,10 +15,15 @@ import { webhookStatuses } from "./notify/deliver.ts";
 import { DEFAULT_LOCK, type Event, type Reason, type Release, ROOT } from "./release.ts";
 import { iso } from "./words.ts";
 
-/** Every reason a /start can be refused for. */
+/**
+ * Every reason a /start can be refused for. `superseded` and `stale` only on a lock whose [[lock]] says
+ * queue = "newest": a waiter a newer version of its claim passed, and a start older than the last released.
+ */
 export const START_REFUSALS: Reason[] = [
   "running",
   "full",
+  "superseded",
+  "stale",
   "blocked",
   "frozen",
   "queued",

@@ -65,6 +65,7 @@ export type EventKind =
   | "frozen" // a freeze window began on the lock (the calendar's, so no one's name)
   | "thawed" // it ended
   | "overridden" // a start went ahead during a freeze: the reason is why, the name and by are who
+  | "superseded" // a newer start passed this waiter on a newest-first lock: it left the line (the reason says for whom)
   | "long-running"; // a reminder for webhooks: the release has run this long (the reason says)
 
 export type Event = {
@@ -95,6 +96,7 @@ const STATUS: Record<EventKind, string> = {
   thawed: "open",
   waiting: "queued",
   "left-queue": "queued",
+  superseded: "queued",
 };
 const ENDS_SOMETHING: ReadonlySet<EventKind> = new Set(["stopped", "expired", "abandoned", "unblocked", "thawed"]);
 
@@ -123,6 +125,8 @@ export type Reason =
   | "wrong-id"
   | "full" // every slot of a lock with a limit is taken
   | "ambiguous" // a stop without an id on a lock that several releases hold
+  | "superseded" // a newest-first lock: a newer start of the same claim took this waiter's place
+  | "stale" // a newest-first lock: older than the version released there last
   | "timeout"
   | "invalid"
   | "storage"

@@ -2,7 +2,7 @@
 // only the newest (queue = "newest": superseded waiters, stale starts), the urgent lane, and an override
 // that does not wait behind a freeze's waiters. Each waits for conditions, never for a time.
 import { describe, expect, test } from "bun:test";
-import { configFile, type Daemon, daemonsPerTest, freshDb, until } from "./daemon.ts";
+import { configFile, type Daemon, daemonsPerTest, freshDb, runBinary, until } from "./daemon.ts";
 
 const daemon = daemonsPerTest();
 const status = async (d: Daemon, lock = "default") => (await d.get(`/locks/${lock}/status?format=json`)).json();
@@ -36,5 +36,76 @@ describe("a start's version is stored with the release and the waiter, and shown
       expect(res.headers.get("x-reason")).toMatch(/is not a version: use up to 64 letters, digits/);
     }
     expect((await status(d)).running).toBe(false);
+  });
+});
+
+const NEWEST = `
+[[lock]]
+name = "prod"
+queue = "newest"
+`;
+
+describe("on a newest-first lock, each newer version supersedes the waiters it passes, as it passes them", () => {
+  test("ten CI jobs queue increasing versions while one release runs: only the highest is granted, the nine were told superseded while the first still ran", async () => {
+    const d = await daemon({ RS_CONFIG: configFile(NEWEST), RS_DB: await freshDb() });
+    expect(await d.body("/locks/prod/start?name=first&version=100")).toBe("1\n");
+    const answers: Promise<Response>[] = [];
+    const told: { version: number; code: string | null; runningThen: boolean }[] = [];
+    for (let v = 101; v <= 110; v++) {
+      const asked = d.get(`/locks/prod/start?name=ci-${v}&version=${v}&wait=120`);
+      answers.push(asked);
+      // Each job is in line before the next comes, as pipelines on a busy branch are.
+      await until(
+        async () => (await status(d, "prod")).queue.some((w: { version: string }) => w.version === String(v)),
+        `version ${v} waiting`,
+      );
+      if (v > 101) {
+        // The job it passed has its answer already, while the first release still runs.
+        const res = await answers[v - 102];
+        const running = (await status(d, "prod")).release?.name === "first";
+        told.push({ version: v - 1, code: res?.headers.get("x-reason-code") ?? null, runningThen: running });
+        expect(await res?.text()).toBe("0\n");
+      }
+    }
+    expect(told).toEqual(
+      Array.from({ length: 9 }, (_, i) => ({ version: 101 + i, code: "superseded", runningThen: true })),
+    );
+    expect((await status(d, "prod")).queue.map((w: { version: string }) => w.version)).toEqual(["110"]);
+    expect(await d.body("/locks/prod/stop")).toBe("1\n");
+    const last = await answers[9];
+    expect(await last?.text()).toBe("1\n");
+    expect((await status(d, "prod")).release.version).toBe("110");
+    const superseded = (await history(d)).filter((e) => e.kind === "superseded");
+    expect(superseded.length).toBe(9);
+  });
+
+  test("a superseded answer says by which version and from whom", async () => {
+    const d = await daemon({ RS_CONFIG: configFile(NEWEST), RS_DB: await freshDb() });
+    await d.body("/locks/prod/start?name=first&version=v2.4.0");
+    const older = d.get("/locks/prod/start?name=ben&version=v2.4.1&wait=60");
+    await until(async () => (await status(d, "prod")).queue.length === 1, "ben waiting");
+    const newer = d.get("/locks/prod/start?name=ana&version=v2.4.2&wait=60");
+    const res = await older;
+    expect(res.headers.get("x-reason")).toBe("superseded by v2.4.2 from ana, who now waits in your place");
+    await d.body("/locks/prod/stop");
+    expect(await (await newer).text()).toBe("1\n");
+  });
+
+  test("a start older than the last released version is refused stale; override=REASON passes it", async () => {
+    const d = await daemon({ RS_CONFIG: configFile(NEWEST), RS_DB: await freshDb() });
+    await d.body("/locks/prod/start?name=ana&version=v2.4.0");
+    await d.body("/locks/prod/stop");
+    const res = await d.get("/locks/prod/start?name=ben&version=v2.3.9");
+    expect(await res.text()).toBe("0\n");
+    expect(res.status).toBe(200);
+    expect(res.headers.get("x-reason-code")).toBe("stale");
+    expect(res.headers.get("x-reason")).toMatch(/^v2\.3\.9 is older than v2\.4\.0, released \S+ by ana on prod/);
+    expect(await d.body("/locks/prod/start?name=ben&version=v2.3.9&override=roll%20back")).toBe("1\n");
+  });
+
+  test("a lock's queue is fifo or newest: anything else stops the daemon with what to write", async () => {
+    const d = await runBinary([], { RS_CONFIG: configFile('[[lock]]\nname = "prod"\nqueue = "lifo"\n') });
+    expect(d.code).toBe(2);
+    expect(d.stderr).toContain('queue = "lifo" is not valid: expected "fifo"');
   });
 });

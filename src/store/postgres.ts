@@ -6,7 +6,7 @@
 // are kept alive by their replica's heartbeat; NOTIFY tells the other replicas
 // of a change, with a poll each second as the safety net.
 import { SQL } from "bun";
-import { DEFAULT_LOCK, type Event, ROOT, STORAGE_FAILED, WAITABLE } from "../release.ts";
+import { DEFAULT_LOCK, type Event, ROOT, refuse, STORAGE_FAILED, WAITABLE } from "../release.ts";
 import {
   ancestorsOf,
   type Committed,
@@ -24,12 +24,15 @@ import {
   otherRowsOf,
   type Queued,
   queueEvent,
+  type Released,
   reachOf,
   StorageError,
   type Store,
   type Stored,
   StoreOpenError,
   scopeOf,
+  supersededEvent,
+  superseding,
   type TransactOptions,
   toColumns,
   toEvent,
@@ -172,16 +175,36 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
 
   async function transact(lock: string, decide: Decide, options: TransactOptions = {}): Promise<Decision> {
     if (health.closing) return { outcome: STORAGE_FAILED, committed: null, joined: null };
+    const passed: number[] = []; // waiters out of the line: superseded now, or told of it now
     try {
       const decision = await inTransaction(async (tx, injected): Promise<Decision> => {
+        passed.length = 0; // a transaction tried again starts afresh
         const dbNow = await takeRoot(tx);
         const claim = options.claim ?? [lock];
         const stored = await rowsOfClaim(tx, claim);
         const now = injected ?? dbNow;
         if (options.freedOf?.length) stored.freedAt = await freedAt(tx, options.freedOf);
-        const waiters = (await tx`
-          SELECT id, lock, reach FROM releasestatus_live_waiters ORDER BY id`) as Record<string, string | null>[];
-        const ahead = waitersAhead(waiters.map(toQueued), claim, options.self);
+        if (options.releasedOf?.length) stored.released = await releasedOn(tx, options.releasedOf);
+        // A waiter a newer start passed is told so at its next attempt, from its row (on any replica).
+        if (options.self !== undefined) {
+          const [passedSelf] = await tx`
+            SELECT superseded FROM releasestatus_waiters WHERE id = ${options.self} AND superseded IS NOT NULL`;
+          if (passedSelf) {
+            passed.push(options.self);
+            return { outcome: refuse("superseded", String(passedSelf.superseded)), committed: null, joined: null };
+          }
+        }
+        const waiters = (
+          (await tx`
+          SELECT id, lock, reach, name, made_by, version, urgent FROM releasestatus_live_waiters ORDER BY id`) as Record<
+            string,
+            string | null
+          >[]
+        ).map(toQueued);
+        const superseded = superseding(waiters, options, lock);
+        if (superseded.refusal) return { outcome: superseded.refusal, committed: null, joined: null };
+        const rest = waiters.filter((w) => !superseded.passed.includes(w));
+        const ahead = waitersAhead(rest, claim, options.self);
         const before = scopeOf(lock, stored);
         let verdict = decide(stored, now, ahead);
         // The names are counted only when the change would store a new one: every change holds the root's
@@ -197,6 +220,14 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
         const { outcome, change } = verdict;
         const joining = !outcome.ok && options.join !== undefined && WAITABLE.has(outcome.reason);
         const events = [...(change?.events ?? [])];
+        const join = options.join;
+        if (join && (outcome.ok || joining))
+          for (const w of superseded.passed) {
+            const event = supersededEvent(w, join, outcome.ok, now);
+            await tx`UPDATE releasestatus_waiters SET done = true, superseded = ${event.reason} WHERE id = ${w.id}`;
+            events.push(event);
+            passed.push(w.id);
+          }
         let joined: Queued | null = null;
         if (joining && options.join) {
           const [w] = await tx`
@@ -263,6 +294,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
         lineChanges++;
       }
       if (decision.outcome.ok && options.self !== undefined) forget(options.self);
+      for (const id of passed) forget(id);
       return decision;
     } catch (e) {
       if (e instanceof StorageError) return { outcome: STORAGE_FAILED, committed: null, joined: null };
@@ -290,6 +322,19 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
           AND (e.lock = l OR (e.locks IS NOT NULL AND e.locks::jsonb ? l))) AS at
       FROM unnest(${[...locks]}::text[]) AS l`) as { lock: string; at: string | null }[];
     return new Map(rows.map((r) => [r.lock, r.at === null ? Number.NEGATIVE_INFINITY : Number(r.at)]));
+  }
+
+  // The newest start with a version on each lock, running or finished: a newest-first lock refuses older ones.
+  async function releasedOn(tx: SQL, locks: readonly string[]): Promise<Map<string, Released>> {
+    const found = new Map<string, Released>();
+    for (const l of locks) {
+      const [row] = await tx`
+        SELECT version, at, name FROM releasestatus_events
+        WHERE kind = 'started' AND version IS NOT NULL AND (lock = ${l} OR (locks IS NOT NULL AND locks::jsonb ? ${l}))
+        ORDER BY seq DESC LIMIT 1`;
+      if (row) found.set(l, { version: String(row.version), at: Number(row.at), name: String(row.name) });
+    }
+    return found;
   }
 
   // The names that count against RS_MAX_LOCKS (not the root, not the original's lock); with `locks`, only

@@ -19,6 +19,7 @@ import {
   onlyQueueEvents,
   type Progress,
   queueEvent,
+  type Released,
   readClaim,
   type Store,
   type Stored,
@@ -153,6 +154,12 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
       `SELECT max(at) AS at FROM events WHERE kind IN ('stopped', 'expired', 'abandoned')
          AND (lock = ?1 OR (locks IS NOT NULL AND EXISTS (SELECT 1 FROM json_each(locks) WHERE value = ?1)))`,
     ),
+    // The newest start with a version on a lock, running or finished: a newest-first lock refuses older ones.
+    released: db.query<{ version: string; at: number; name: string }, [string]>(
+      `SELECT version, at, name FROM events WHERE kind = 'started' AND version IS NOT NULL
+         AND (lock = ?1 OR (locks IS NOT NULL AND EXISTS (SELECT 1 FROM json_each(locks) WHERE value = ?1)))
+       ORDER BY seq DESC LIMIT 1`,
+    ),
     save: db.query(
       `INSERT INTO lock (name, last_id, release_id, holder, release_reason, started_at, expires_at,
          blocked_by, block_reason, blocked_since, version, release_by, block_by, other_releases, release_locks,
@@ -230,6 +237,15 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
     const found = readClaim(options.claim ?? [lock], around, (names) => q.exact.all(JSON.stringify(names)));
     if (options.freedOf?.length)
       found.freedAt = new Map(options.freedOf.map((l) => [l, q.freedAt.get(l)?.at ?? Number.NEGATIVE_INFINITY]));
+    if (options.releasedOf?.length) found.released = releasedOn(options.releasedOf);
+    return found;
+  };
+  const releasedOn = (locks: readonly string[]): Map<string, Released> => {
+    const found = new Map<string, Released>();
+    for (const l of locks) {
+      const row = q.released.get(l);
+      if (row) found.set(l, { version: row.version, at: Number(row.at), name: row.name });
+    }
     return found;
   };
   const count: CountNames = (locks) => q.names.get(locks === null ? null : JSON.stringify(locks), DEFAULT_LOCK)?.n ?? 0;

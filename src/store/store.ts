@@ -23,6 +23,8 @@ import {
   type State,
   WAITABLE,
 } from "../release.ts";
+import { compareVersions } from "../version.ts";
+import { describeSupersededBy } from "../words.ts";
 
 /**
  * Decides a transition from the rows as stored (around every lock of the claim, and every row a release
@@ -39,7 +41,25 @@ export type Entry = { releases: Release[]; block: Block | null; version: number 
  * The state around a lock as stored: every lock the decision may touch, and the id counter; with
  * `freedAt`, when each lock asked about last came free (a pool takes the child free the longest).
  */
-export type Stored = { lastId: number; entries: Map<string, Entry>; freedAt?: Map<string, number> };
+export type Stored = {
+  lastId: number;
+  entries: Map<string, Entry>;
+  freedAt?: Map<string, number>;
+  released?: Map<string, Released>; // with TransactOptions.releasedOf: the newest versioned start on each
+};
+
+/** The last release with a version started on a lock (running or finished): a newest-first lock refuses older. */
+export type Released = { version: string; at: number; name: string };
+
+/** The newest `started` event with a version on each of `locks`, from events oldest first (memory's history). */
+export function releasedFrom(events: Iterable<Event>, locks: readonly string[]): Map<string, Released> {
+  const found = new Map<string, Released>();
+  for (const e of events)
+    if (e.kind === "started" && e.version !== undefined)
+      for (const l of e.locks ?? [e.lock])
+        if (locks.includes(l)) found.set(l, { version: e.version, at: e.at, name: e.name });
+  return found;
+}
 
 /**
  * A change that is on disk (or in the database) now: `entries` are the locks it wrote, as written;
@@ -97,9 +117,52 @@ export function waitersAhead(line: readonly Queued[], reach: readonly string[], 
   return n;
 }
 
+/** Whether two waiters asked for the same locks: the same claim, which a newer start of it may supersede. */
+const sameClaim = (a: readonly string[], b: readonly string[]): boolean =>
+  a.length === b.length && a.every((l) => b.includes(l));
+
+// Whether `newer` takes the place of `older` in a newest-first line: a higher or equal version, or, when either
+// has none, simply by arriving later.
+const takesPlaceOf = (newer: Joiner, older: Queued): boolean =>
+  newer.version === undefined || older.version === undefined || compareVersions(newer.version, older.version) >= 0;
+
+/**
+ * The rule of a newest-first line, for every store: what a start joining it (`who`, claiming `reach`) does to
+ * the waiters of the same claim. It supersedes each it takes the place of (`passed`); a waiter of the same claim
+ * with a higher version supersedes it instead (`by`, and it passes none). Waiters of other claims are untouched.
+ */
+export function supersede(
+  line: readonly Queued[],
+  who: Joiner,
+  reach: readonly string[],
+): { passed: Queued[]; by: Queued | null } {
+  const same = line.filter((w) => sameClaim(reachOf(w), reach));
+  const by = same.find((w) => !takesPlaceOf(who, w)) ?? null;
+  return by ? { passed: [], by } : { passed: same, by: null };
+}
+
+/** What a start on a newest-first line does as it is decided: the waiters it passes, or why it is itself passed. */
+export type Superseding = { passed: Queued[]; refusal: Refusal | null };
+const NONE: Superseding = { passed: [], refusal: null };
+
+/** The waiters a newcomer on a newest-first lock passes (only when it joins: `options.newest` and `join`). */
+export function superseding(line: readonly Queued[], options: TransactOptions, lock: string): Superseding {
+  if (!options.newest || !options.join || options.self !== undefined) return NONE;
+  const { passed, by } = supersede(line, options.join, options.claim ?? [lock]);
+  return { passed, refusal: by ? refuse("superseded", describeSupersededBy(by, "waits already")) : null };
+}
+
+/** The `superseded` event of a waiter passed by `who`, with the words it is answered with. */
+export function supersededEvent(w: Queued, who: Joiner, started: boolean, at: number): Event {
+  const reason = describeSupersededBy(who, started ? "started in your place" : "now waits in your place");
+  return { ...queueEvent("left-queue", w.lock, w, at, reason), kind: "superseded" };
+}
+
 export type TransactOptions = {
   claim?: readonly string[]; // every lock the decision may hold (a pool's children too); without it, the one lock
   freedOf?: readonly string[]; // the locks whose last end the decision needs (a pool's children): see Stored.freedAt
+  releasedOf?: readonly string[]; // the newest-first locks whose last released version the decision needs
+  newest?: boolean; // the claim is on a newest-first lock: joining supersedes older waiters of the same claim
   self?: number; // the caller's own place in the wait line: only waiters before it count as ahead
   join?: Joiner; // join the wait line in the same transaction when the answer is a refusal worth waiting out
   room?: Room; // how many lock names may be stored: a change that would store one more is refused beyond it
@@ -246,7 +309,7 @@ export class StorageError extends Error {}
 
 /** Events that change no state: recording them needs no synchronous write. */
 export const onlyQueueEvents = (events: Event[]): boolean =>
-  events.every((e) => e.kind === "waiting" || e.kind === "left-queue");
+  events.every((e) => e.kind === "waiting" || e.kind === "left-queue" || e.kind === "superseded");
 
 export const EMPTY_ENTRY: Entry = { releases: [], block: null, version: 0 };
 
@@ -360,6 +423,7 @@ export const under = (locks: readonly string[], name: string): boolean =>
 export class LocalWaitLine {
   private line: Queued[] = [];
   private nextId = 1;
+  private superseded = new Map<number, string>(); // waiters a newer start passed, with their words, until told
 
   list(): Queued[] {
     return this.line;
@@ -377,6 +441,19 @@ export class LocalWaitLine {
     return waiter;
   }
 
+  /** Takes these waiters out of the line: each is answered `superseded` with `words` at its next attempt. */
+  supersede(passed: readonly Queued[], words: (w: Queued) => string) {
+    for (const w of passed) if (this.leave(w.id)) this.superseded.set(w.id, words(w));
+  }
+
+  /** The answer of a waiter a newer start passed (forgotten once `told`, not by a preview): null for any other. */
+  supersededAnswer(id: number | undefined, told: boolean): Refusal | null {
+    const words = id === undefined ? undefined : this.superseded.get(id);
+    if (words === undefined) return null;
+    if (told) this.superseded.delete(id as number);
+    return refuse("superseded", words);
+  }
+
   leave(id: number): Queued | null {
     const waiter = this.line.find((w) => w.id === id) ?? null;
     if (waiter) this.line = this.line.filter((w) => w !== waiter);
@@ -386,9 +463,11 @@ export class LocalWaitLine {
   /** The line as it is, to put back if the transaction that changed it does not commit. */
   save(): () => void {
     const { line, nextId } = this;
+    const superseded = new Map(this.superseded);
     return () => {
       this.line = line;
       this.nextId = nextId;
+      this.superseded = superseded;
     };
   }
 }
@@ -430,18 +509,27 @@ export function decideInLine(
   write: ((w: Writes) => void) | null,
 ): Decision {
   const before = scopeOf(lock, stored);
-  const verdict = decide(stored, now, line.ahead(options.claim ?? [lock], options.self));
+  const answered = line.supersededAnswer(options.self, write !== null);
+  if (answered) return { outcome: answered, committed: null, joined: null };
+  const { passed, refusal } = superseding(line.list(), options, lock);
+  if (refusal) return { outcome: refusal, committed: null, joined: null };
+  const rest = line.list().filter((w) => !passed.includes(w));
+  const verdict = decide(stored, now, waitersAhead(rest, options.claim ?? [lock], options.self));
   const { outcome, change } = withinRoom(stored, verdict, options.room, count);
   const joining = !outcome.ok && options.join !== undefined && WAITABLE.has(outcome.reason);
+  const passing = outcome.ok || joining ? passed : [];
   const events = [...(change?.events ?? [])];
-  if (joining && options.join) events.push(queueEvent("waiting", lock, options.join, now, options.join.reason));
+  const join = options.join;
+  if (join) events.push(...passing.map((w) => supersededEvent(w, join, outcome.ok, now)));
+  if (joining && join) events.push(queueEvent("waiting", lock, join, now, join.reason));
   if (events.length === 0) return { outcome, committed: null, joined: null };
   const after = change?.next ?? before;
   const entries = change ? changedEntries(stored, after, change.also) : new Map<string, Entry>();
   const committed = { lock, events, before, after, entries };
   if (!write) return { outcome, committed, joined: null };
   write({ events, entries, lastId: after.lastId !== stored.lastId ? after.lastId : null });
-  const joined = joining && options.join ? line.join(lock, options.join, now, options.claim) : null;
+  if (join) line.supersede(passing, (w) => supersededEvent(w, join, outcome.ok, now).reason);
+  const joined = joining && join ? line.join(lock, join, now, options.claim) : null;
   if (outcome.ok && options.self !== undefined) line.leave(options.self);
   return { outcome, committed, joined };
 }
