@@ -32,6 +32,8 @@ import {
   type Decision,
   type Entry,
   forgets,
+  inServiceOrder,
+  isUrgent,
   type Mark,
   type NextMarks,
   type Queued,
@@ -41,6 +43,7 @@ import {
   type Stored,
   scopeOf,
   type TransactOptions,
+  waitersAhead,
 } from "./store/store.ts";
 
 export type { Committed, Queued, Room, Rule };
@@ -212,7 +215,8 @@ export const isKnown = (lock: string): boolean => engine.known.entries.has(lock)
 /** Who waits, in order: for `lock` alone when given (a claim of several locks waits on each of them). */
 export const waiting = (lock?: string): Queued[] => {
   const line = engine.store ? store().waiting() : [];
-  return lock === undefined ? line : line.filter((w) => waitsOn(w, lock));
+  const served = inServiceOrder(line);
+  return lock === undefined ? served : served.filter((w) => waitsOn(w, lock));
 };
 
 // A waiter waits on the lock it asked for, on each lock its claim may hold, and on the lock a pool takes from.
@@ -221,11 +225,8 @@ const waitsOn = (w: Queued, lock: string): boolean => {
   return isPool(w.lock) && poolParent(w.lock) === lock;
 };
 
-const waitingAhead = (claimReach: readonly string[]): number => {
-  let n = 0;
-  for (const w of store().waiting()) if (claimsOverlap(reachOf(w), claimReach)) n++;
-  return n;
-};
+const waitingAhead = (claimReach: readonly string[], urgent = false): number =>
+  waitersAhead(store().waiting(), claimReach, undefined, urgent);
 
 /**
  * Runs a rule and commits what it changed. A refusal that changes nothing is decided from
@@ -240,19 +241,20 @@ export function change(lock: string, rule: Rule, room?: Room, gone?: AbortSignal
 // A decision on a lock (or a claim whose first lock it is): refused from memory or from one plain read when
 // it changes nothing, else decided by the store.
 function changeBy(lock: string, decide: Decide, options: TransactOptions, gone?: AbortSignal) {
-  const refused = refusalFromMemory(decide, options.claim ?? [lock]);
+  const refused = refusalFromMemory(decide, options.claim ?? [lock], isUrgent(options));
   if (refused) return refused;
   const s = store();
-  if (!memoryIsCurrent(s) && s.peek && options.claim === undefined)
+  // A peek counts every waiter ahead: an urgent start, which only urgent ones are ahead of, is decided by the store.
+  if (!memoryIsCurrent(s) && s.peek && options.claim === undefined && !isUrgent(options))
     return refuseFromCommitted(s, lock, decide, options, gone);
   return commit(lock, decide, options, gone).then((d) => d.outcome);
 }
 
 // The outcome of a decision that would change nothing, when memory is what is stored; null when the store decides.
-function refusalFromMemory(decide: Decide, claimReach: readonly string[]): Outcome | null {
+function refusalFromMemory(decide: Decide, claimReach: readonly string[], urgent = false): Outcome | null {
   if (engine.closing) return SHUTTING_DOWN;
   if (!memoryIsCurrent(store())) return null;
-  const { outcome, change } = decide(engine.known, engine.clock.now(), waitingAhead(claimReach));
+  const { outcome, change } = decide(engine.known, engine.clock.now(), waitingAhead(claimReach, urgent));
   return change ? null : outcome;
 }
 
@@ -295,16 +297,17 @@ export function start(
   const pools = names.filter(isPool).flatMap((p) => engine.childrenOf(poolParent(p)));
   const newest = newestOf(names);
   const versioned = newest.length > 0 && req.version !== undefined ? { releasedOf: newest } : {};
+  const lane = req.urgent !== undefined ? { urgent: true } : {};
   const options: TransactOptions = one
-    ? { room, ...versioned }
-    : { room, claim: claimReach, freedOf: pools, ...versioned };
+    ? { room, ...versioned, ...lane }
+    : { room, claim: claimReach, freedOf: pools, ...versioned, ...lane };
   if (waitSeconds === 0 || engine.closing) {
-    const refused = refusalFromMemory(decide, claimReach); // the common case
+    const refused = refusalFromMemory(decide, claimReach, isUrgent(options)); // the common case
     if (refused) return refused;
     return (changeBy(lock, decide, options, gone) as Promise<Outcome>).then((o) => keepOnlyIfHeard(o, gone));
   }
   if (memoryIsCurrent(store())) {
-    const { outcome } = decide(engine.known, engine.clock.now(), waitingAhead(claimReach));
+    const { outcome } = decide(engine.known, engine.clock.now(), waitingAhead(claimReach, isUrgent(options)));
     if (!outcome.ok && !WAITABLE.has(outcome.reason)) return outcome; // nothing to wait for
   }
   const inLine = { ...options, claim: claimReach, newest: newest.length > 0 };
@@ -394,9 +397,7 @@ async function whatHoldsItNow(
 ): Promise<string> {
   // Another replica may have changed it.
   if (!store().exclusive) for (const l of claimReach) await refresh(l).catch(() => {});
-  const ahead = store()
-    .waiting()
-    .filter((w) => w.id < self && claimsOverlap(reachOf(w), claimReach)).length;
+  const ahead = waitersAhead(store().waiting(), claimReach, self);
   const { outcome } = decide(engine.known, engine.clock.now(), ahead);
   const refusal = outcome.ok ? latest : outcome;
   return refusal.ok ? "" : refusal.message;
@@ -575,8 +576,7 @@ export function wakeWaiters(locks?: string | readonly string[]) {
 // A waiter no longer in the line was taken out by another's start (superseded): woken to be told so.
 const inLine = (w: Waiter, line: Queued[]): boolean => line.some((q) => q.id === w.id);
 
-const firstInLine = (w: Waiter, line: Queued[]): boolean =>
-  !line.some((q) => q.id < w.id && claimsOverlap(reachOf(q), w.reach));
+const firstInLine = (w: Waiter, line: Queued[]): boolean => waitersAhead(line, w.reach, w.id) === 0;
 
 // Another replica changed something (or the poll came round): read afresh, then let waiters try.
 async function heardFromElsewhere(lock: string, events: Event[]) {

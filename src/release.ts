@@ -251,6 +251,10 @@ export function newRelease(lastId: number, req: StartRequest, now: number, locks
   return locks.length > 1 ? { ...release, locks } : release;
 }
 
+/** What an urgent start's events say of it: its reason, and why it went in the urgent lane. */
+export const withUrgent = (reason: string, urgent: string | undefined): string =>
+  urgent === undefined ? reason : `${reason}${reason ? "; " : ""}urgent: ${urgent}`;
+
 /** The events that record a grant: `started`, after `overridden` when it went ahead during a freeze. */
 export function startEvents(release: Release, lock: string, req: StartRequest, frozen: Frozen | null): Event[] {
   const started: Event = {
@@ -259,7 +263,7 @@ export function startEvents(release: Release, lock: string, req: StartRequest, f
     kind: "started",
     releaseId: release.id,
     name: req.name,
-    reason: req.reason,
+    reason: withUrgent(req.reason, req.urgent),
     by: req.by,
     ...(release.locks ? { locks: release.locks } : {}),
     ...(release.version === undefined ? {} : { version: release.version }),

@@ -109,3 +109,59 @@ describe("on a newest-first lock, each newer version supersedes the waiters it p
     expect(d.stderr).toContain('queue = "lifo" is not valid: expected "fifo"');
   });
 });
+
+const sha = (token: string) => new Bun.CryptoHasher("sha256").update(token).digest("hex");
+const CI = "ci-token-0123456789abcdef";
+const ONCALL = "oncall-token-0123456789ab";
+const TOKENS = `
+[[token]]
+who = "ci"
+can = ["release"]
+locks = ["*"]
+sha256 = "${sha(CI)}"
+
+[[token]]
+who = "oncall"
+can = ["release", "override", "urgent"]
+locks = ["*"]
+sha256 = "${sha(ONCALL)}"
+`;
+const as = (token: string) => ({ headers: { Authorization: `Bearer ${token}` } });
+
+describe("the urgent lane needs the urgent right, and status marks urgent waiters", () => {
+  test("urgent=REASON without the urgent right is 403 forbidden and changes nothing", async () => {
+    const d = await daemon({ RS_CONFIG: configFile(TOKENS), RS_DB: await freshDb() });
+    const res = await d.get("/start?urgent=INC-42", as(CI));
+    expect(res.status).toBe(403);
+    expect(res.headers.get("x-reason")).toMatch(
+      /^ci may not wait in the urgent lane on default: the token has release/,
+    );
+    expect((await status(d)).running).toBe(false);
+  });
+
+  test("an urgent waiter is listed first, marked urgent with its reason, and served first", async () => {
+    const d = await daemon({ RS_CONFIG: configFile(TOKENS), RS_DB: await freshDb() });
+    expect(await d.body("/start?name=running", as(CI))).toBe("1\n");
+    const ci = d.get("/start?name=build&wait=60", as(CI));
+    await until(async () => (await status(d)).queue.length === 1, "the CI job waiting");
+    const hotfix = d.get("/start?name=hotfix&urgent=INC-42&wait=60", as(ONCALL));
+    await until(async () => (await status(d)).queue.length === 2, "the hotfix waiting");
+    const { queue } = await status(d);
+    expect(queue.map((w: { name: string; urgent?: string }) => [w.name, w.urgent])).toEqual([
+      ["hotfix", "INC-42"],
+      ["build", undefined],
+    ]);
+    expect(await d.body("/status")).toContain("1. hotfix, urgent: INC-42");
+    await d.body("/stop", as(ONCALL));
+    expect(await (await hotfix).text()).toBe("1\n");
+    await d.body("/stop", as(ONCALL));
+    expect(await (await ci).text()).toBe("1\n");
+  });
+
+  test("urgent= empty is 400 invalid, saying to give the reason", async () => {
+    const d = await daemon({ RS_DB: await freshDb() });
+    const res = await d.get("/start?urgent=");
+    expect(res.status).toBe(400);
+    expect(res.headers.get("x-reason")).toMatch(/^urgent is empty: say why/);
+  });
+});

@@ -362,6 +362,42 @@ for (const [storeName, makeStore] of stores) {
       });
     });
 
+    describe("the urgent lane: urgent waiters ahead of every other, first come first served among them", () => {
+      const waitFor = (name: string, urgent?: string) =>
+        start(LOCK, { ...holder(name), ...(urgent ? { urgent } : {}) }, 60, new AbortController().signal);
+      const served = async (got: Outcome | Promise<Outcome>) => {
+        const o = await got;
+        return o.ok ? o.next.release?.name : o.reason;
+      };
+
+      test("an urgent start waits ahead of the waiters before it, behind the urgent ones before it, and never cuts the running release", async () => {
+        await startNow("running");
+        const ci = waitFor("ci");
+        await inLine(1);
+        const hotfix = waitFor("hotfix", "INC-42");
+        await inLine(2);
+        const second = waitFor("second hotfix", "INC-43");
+        await inLine(3);
+        expect(state(LOCK).release?.name).toBe("running");
+        expect(waiting(LOCK).map((w) => w.name)).toEqual(["hotfix", "second hotfix", "ci"]);
+        await stopNow();
+        expect(await served(hotfix)).toBe("hotfix");
+        await stopNow();
+        expect(await served(second)).toBe("second hotfix");
+        await stopNow();
+        expect(await served(ci)).toBe("ci");
+        const events = await history(20, LOCK);
+        expect(events.find((e) => e.kind === "waiting" && e.name === "hotfix")?.reason).toBe("urgent: INC-42");
+        expect(events.find((e) => e.kind === "started" && e.name === "hotfix")?.reason).toBe("urgent: INC-42");
+      });
+
+      test("an urgent start does not pass a block by itself", async () => {
+        await change(LOCK, (s, now) => block(s, { name: "ops", reason: "db migration" }, now));
+        const hotfix = await start(LOCK, { ...holder("hotfix"), urgent: "INC-42" }, 0, new AbortController().signal);
+        expect(reasonOf(hotfix)).toBe("blocked");
+      });
+    });
+
     describe("a newest-first line (queue = newest): superseded waiters and stale starts", () => {
       const PROD = "prod";
       beforeEach(() => {

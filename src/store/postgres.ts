@@ -6,7 +6,7 @@
 // are kept alive by their replica's heartbeat; NOTIFY tells the other replicas
 // of a change, with a poll each second as the safety net.
 import { SQL } from "bun";
-import { DEFAULT_LOCK, type Event, ROOT, refuse, STORAGE_FAILED, WAITABLE } from "../release.ts";
+import { DEFAULT_LOCK, type Event, ROOT, refuse, STORAGE_FAILED, WAITABLE, withUrgent } from "../release.ts";
 import {
   ancestorsOf,
   type Committed,
@@ -18,6 +18,7 @@ import {
   type EventRow,
   eventLocks,
   forgets,
+  isUrgent,
   type LockRow,
   newNames,
   noRoom,
@@ -204,7 +205,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
         const superseded = superseding(waiters, options, lock);
         if (superseded.refusal) return { outcome: superseded.refusal, committed: null, joined: null };
         const rest = waiters.filter((w) => !superseded.passed.includes(w));
-        const ahead = waitersAhead(rest, claim, options.self);
+        const ahead = waitersAhead(rest, claim, options.self, isUrgent(options));
         const before = scopeOf(lock, stored);
         let verdict = decide(stored, now, ahead);
         // The names are counted only when the change would store a new one: every change holds the root's
@@ -239,7 +240,9 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
           joined = waiterOf(Number(w.id), lock, options.join, now);
           const reach = reachColumn(lock, claim);
           if (reach !== null) joined.reach = JSON.parse(reach) as string[];
-          events.push(queueEvent("waiting", lock, options.join, now, options.join.reason));
+          events.push(
+            queueEvent("waiting", lock, options.join, now, withUrgent(options.join.reason, options.join.urgent)),
+          );
         }
         if (events.length === 0) return { outcome, committed: null, joined: null };
         const after = change?.next ?? before;

@@ -22,6 +22,7 @@ import {
   refuse,
   type State,
   WAITABLE,
+  withUrgent,
 } from "../release.ts";
 import { compareVersions } from "../version.ts";
 import { describeSupersededBy } from "../words.ts";
@@ -108,14 +109,35 @@ export const waiterOf = (id: number, lock: string, who: Joiner, since: number): 
 export const reachOf = (w: Queued): readonly string[] => w.reach ?? [w.lock];
 
 /**
- * The rule of the line, for every store: how many of `line` (in order) wait before `self` (all of them,
- * without it) with a claim that overlaps `reach`. Each is served first: a claim passes no overlapping waiter.
+ * The rule of the line, for every store: how many of `line` wait before `self` (a newcomer, without it: `urgent`
+ * says whether it asks for the urgent lane) with a claim that overlaps `reach`. Urgent waiters wait ahead of
+ * every other; within each lane, first come first served. Each is served first: a claim passes no overlapping
+ * waiter ahead of it.
  */
-export function waitersAhead(line: readonly Queued[], reach: readonly string[], self: number | undefined): number {
+export function waitersAhead(
+  line: readonly Queued[],
+  reach: readonly string[],
+  self: number | undefined,
+  urgent = false,
+): number {
+  const me = self === undefined ? undefined : line.find((w) => w.id === self);
+  const mine = me ? me.urgent !== undefined : urgent;
   let n = 0;
-  for (const w of line) if ((self === undefined || w.id < self) && claimsOverlap(reachOf(w), reach)) n++;
+  for (const w of line) {
+    if (w.id === self || !claimsOverlap(reachOf(w), reach)) continue;
+    const theirs = w.urgent !== undefined;
+    if ((theirs && !mine) || (theirs === mine && (self === undefined || w.id < self))) n++;
+  }
   return n;
 }
+
+/** The line in the order it is served: the urgent lane first, each lane first come, first served. */
+export const inServiceOrder = (line: readonly Queued[]): Queued[] =>
+  [...line].sort((a, b) => Number(b.urgent !== undefined) - Number(a.urgent !== undefined) || a.id - b.id);
+
+/** Whether a newcomer asks for the urgent lane. */
+export const isUrgent = (options: TransactOptions): boolean =>
+  options.urgent === true || options.join?.urgent !== undefined;
 
 /** Whether two waiters asked for the same locks: the same claim, which a newer start of it may supersede. */
 const sameClaim = (a: readonly string[], b: readonly string[]): boolean =>
@@ -163,6 +185,7 @@ export type TransactOptions = {
   freedOf?: readonly string[]; // the locks whose last end the decision needs (a pool's children): see Stored.freedAt
   releasedOf?: readonly string[]; // the newest-first locks whose last released version the decision needs
   newest?: boolean; // the claim is on a newest-first lock: joining supersedes older waiters of the same claim
+  urgent?: boolean; // a start in the urgent lane: only urgent waiters count ahead of it
   self?: number; // the caller's own place in the wait line: only waiters before it count as ahead
   join?: Joiner; // join the wait line in the same transaction when the answer is a refusal worth waiting out
   room?: Room; // how many lock names may be stored: a change that would store one more is refused beyond it
@@ -514,14 +537,14 @@ export function decideInLine(
   const { passed, refusal } = superseding(line.list(), options, lock);
   if (refusal) return { outcome: refusal, committed: null, joined: null };
   const rest = line.list().filter((w) => !passed.includes(w));
-  const verdict = decide(stored, now, waitersAhead(rest, options.claim ?? [lock], options.self));
+  const verdict = decide(stored, now, waitersAhead(rest, options.claim ?? [lock], options.self, isUrgent(options)));
   const { outcome, change } = withinRoom(stored, verdict, options.room, count);
   const joining = !outcome.ok && options.join !== undefined && WAITABLE.has(outcome.reason);
   const passing = outcome.ok || joining ? passed : [];
   const events = [...(change?.events ?? [])];
   const join = options.join;
   if (join) events.push(...passing.map((w) => supersededEvent(w, join, outcome.ok, now)));
-  if (joining && join) events.push(queueEvent("waiting", lock, join, now, join.reason));
+  if (joining && join) events.push(queueEvent("waiting", lock, join, now, withUrgent(join.reason, join.urgent)));
   if (events.length === 0) return { outcome, committed: null, joined: null };
   const after = change?.next ?? before;
   const entries = change ? changedEntries(stored, after, change.also) : new Map<string, Entry>();
