@@ -165,3 +165,28 @@ describe("the urgent lane needs the urgent right, and status marks urgent waiter
     expect(res.headers.get("x-reason")).toMatch(/^urgent is empty: say why/);
   });
 });
+
+const HOUR = 3600_000;
+const minute = (ms: number) => new Date(ms).toISOString().slice(0, 16).replace("T", " ");
+const FREEZE_NOW = `
+[[freeze]]
+reason = "year-end freeze"
+from = "${minute(Date.now() - HOUR)}"
+until = "${minute(Date.now() + 2 * HOUR)}"
+`;
+
+describe("an override is not queued behind waiters that wait only for the freeze it passes", () => {
+  test("a CI job waits through a freeze; the on-call override starts at once, and the CI job still waits", async () => {
+    const d = await daemon({ RS_CONFIG: configFile(TOKENS + FREEZE_NOW), RS_DB: await freshDb() });
+    const ci = d.get("/start?name=build&wait=60", as(CI));
+    await until(async () => (await status(d)).queue.length === 1, "the CI job waiting for the freeze");
+    const hotfix = await d.get("/start?name=oncall&override=INC-42%20payments%20down", as(ONCALL));
+    expect(await hotfix.text()).toBe("1\n");
+    expect((await status(d)).queue.map((w: { name: string }) => w.name)).toEqual(["build"]);
+    await d.body("/stop", as(ONCALL));
+    const kinds = (await history(d)).map((e) => e.kind);
+    expect(kinds.slice(0, 3)).toEqual(["stopped", "started", "overridden"]);
+    expect((await status(d)).queue.map((w: { name: string }) => w.name)).toEqual(["build"]); // the freeze still holds it
+    ci.catch(() => {}); // it is answered when the daemon stops
+  });
+});
