@@ -77,6 +77,9 @@ describe("on a newest-first lock, each newer version supersedes the waiters it p
     expect((await status(d, "prod")).release.version).toBe("110");
     const superseded = (await history(d)).filter((e) => e.kind === "superseded");
     expect(superseded.length).toBe(9);
+    const metrics = await d.body("/metrics");
+    expect(metrics).toContain('releasestatus_start_refused_total{lock="prod",reason="superseded"} 9\n');
+    expect(metrics).toContain('releasestatus_start_refused_total{lock="prod",reason="stale"} 0\n');
   });
 
   test("a superseded answer says by which version and from whom", async () => {
