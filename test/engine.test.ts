@@ -453,6 +453,24 @@ for (const [storeName, makeStore] of stores) {
         expect(reasonOf(await newer)).toBe("granted");
       });
 
+      test("a start supersedes only waiters of its own lane: a newer CI version never takes an urgent waiter's place", async () => {
+        await deploy("running", "1.0", 0);
+        const hotfix = start(
+          PROD,
+          { ...holder("hotfix"), version: "1.0.1", urgent: "INC-42" },
+          60,
+          new AbortController().signal,
+        );
+        await prodWaiters(1);
+        const ci = deploy("ci", "2.0");
+        await prodWaiters(2);
+        expect(waiting(PROD).map((w) => w.name)).toEqual(["hotfix", "ci"]);
+        await stopProd();
+        expect(reasonOf(await hotfix)).toBe("granted");
+        await stopProd();
+        expect(reasonOf(await ci)).toBe("granted");
+      });
+
       test("waiters of another claim are untouched, and so is the running release", async () => {
         await deploy("running", "1.0", 0);
         const both = start(

@@ -150,15 +150,17 @@ const takesPlaceOf = (newer: Joiner, older: Queued): boolean =>
 
 /**
  * The rule of a newest-first line, for every store: what a start joining it (`who`, claiming `reach`) does to
- * the waiters of the same claim. It supersedes each it takes the place of (`passed`); a waiter of the same claim
- * with a higher version supersedes it instead (`by`, and it passes none). Waiters of other claims are untouched.
+ * the waiters of the same claim in the same lane. It supersedes each it takes the place of (`passed`); such a
+ * waiter with a higher version supersedes it instead (`by`, and it passes none). Waiters of other claims are
+ * untouched, and so are those of the other lane: a newer CI build never takes an urgent hotfix's place.
  */
 export function supersede(
   line: readonly Queued[],
   who: Joiner,
   reach: readonly string[],
 ): { passed: Queued[]; by: Queued | null } {
-  const same = line.filter((w) => sameClaim(reachOf(w), reach));
+  const lane = (w: { urgent?: string }) => w.urgent !== undefined;
+  const same = line.filter((w) => sameClaim(reachOf(w), reach) && lane(w) === lane(who));
   const by = same.find((w) => !takesPlaceOf(who, w)) ?? null;
   return by ? { passed: [], by } : { passed: same, by: null };
 }
