@@ -480,6 +480,7 @@ export class LocalWaitLine {
   }
 
   leave(id: number): Queued | null {
+    this.superseded.delete(id); // a superseded waiter that went away before it was told: nothing left to tell
     const waiter = this.line.find((w) => w.id === id) ?? null;
     if (waiter) this.line = this.line.filter((w) => w !== waiter);
     return waiter;
