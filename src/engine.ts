@@ -38,7 +38,6 @@ import {
   type NextMarks,
   type Queued,
   type Room,
-  reachOf,
   type Store,
   type Stored,
   scopeOf,
