@@ -134,6 +134,7 @@ async function serve(cfg: Config): Promise<number> {
   });
   const { state, expired } = await openEngine(store, systemClock, {
     limitOf: (lock) => declaredLock(cfg, lock)?.limit ?? 1,
+    newest: (lock) => declaredLock(cfg, lock)?.queue === "newest",
     childrenOf: (lock) => declaredChildren(cfg, lock),
     storageFailure: (problem) => log.refusal("storage", () => `could not save the release state: ${problem}`),
   });

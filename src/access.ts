@@ -7,9 +7,12 @@ import { isAncestor, ROOT } from "./release.ts";
 import type { Trust } from "./trust.ts";
 import { PLAIN_TOKEN } from "./words.ts";
 
-/** release: start, stop, renew · block: block, unblock · override: start during a freeze. */
-export type Right = "release" | "block" | "override";
-export const RIGHTS: readonly Right[] = ["release", "block", "override"];
+/**
+ * release: start, stop, renew · block: block, unblock · override: start during a freeze (or older than the
+ * last release on a newest-first lock) · urgent: wait ahead of every non-urgent waiter.
+ */
+export type Right = "release" | "block" | "override" | "urgent";
+export const RIGHTS: readonly Right[] = ["release", "block", "override", "urgent"];
 
 export type Token = {
   who: string; // recorded as `by` on everything the token does
@@ -86,6 +89,7 @@ export const ACTIONS = {
   block: { right: "block", words: "block" },
   unblock: { right: "block", words: "unblock" },
   override: { right: "override", words: "override the freeze on" },
+  urgent: { right: "urgent", words: "wait in the urgent lane on" },
 } as const satisfies Record<string, { right: Right; words: string }>;
 export type Action = keyof typeof ACTIONS;
 

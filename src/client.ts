@@ -15,6 +15,9 @@ const EXIT = {
   unavailable: 69, // EX_UNAVAILABLE: the server could not be reached, or answered unexpectedly
   software: 70, // EX_SOFTWARE: the lease was lost while the command ran
   tempFail: 75, // EX_TEMPFAIL: the release could not be had (held, blocked, wait ran out)
+  // Beyond sysexits.h: a newest-first lock will not deploy this version, so the pipeline step fails visibly.
+  superseded: 79, // a newer version of the same claim took its place in line
+  stale: 80, // older than the version released last on the lock
 };
 
 const MIN_TTL = 2; // the renewals, the SIGTERM and the SIGKILL must all fit inside one lease
@@ -30,6 +33,10 @@ it gave back.
 Options:
   --name NAME        who is releasing (default: $USER)
   --reason TEXT      what is released, e.g. v2.3.1
+  --version VERSION  the build's version or pipeline number, e.g. v2.3.1 or 4812: a lock whose
+                     queue is "newest" deploys only the newest of those waiting (see README)
+  --urgent REASON    wait ahead of every non-urgent waiter (needs the urgent right)
+  --override REASON  start during a freeze, or older than the last release (needs the override right)
   --wait SECONDS     wait in line up to this long for the release (default: do not wait);
                      meanwhile it says on stderr its place, what holds the lock and since
                      when, and how long that usually takes; Ctrl-C leaves the line
@@ -51,7 +58,8 @@ lease before the lease could run out on the server. A watchdog in a session of i
 own does this even when run is stopped, and kills the group at once if run dies.
 
 Exit codes: COMMAND's own (128+N when a signal ended it); 75 when the release could
-not be had; 69 when the server cannot be reached or answers unexpectedly; 70 when the
+not be had; 79 when a newer version took its place in line (superseded); 80 when
+it is older than the version released last (stale); 69 when the server cannot be reached or answers unexpectedly; 70 when the
 release was lost while COMMAND ran (COMMAND was ended), or was found stopped by
 someone else when it finished; 64 for a wrong command line (or one the server
 refuses as invalid); 127 when COMMAND cannot be run.
@@ -150,7 +158,20 @@ export async function run(args: string[]): Promise<number> {
     const split = args.indexOf("--");
     const opts = parseOptions(
       split < 0 ? args : args.slice(0, split),
-      ["name", "reason", "wait", "ttl", "lock", "url", "token-file", "oidc", "audience"],
+      [
+        "name",
+        "reason",
+        "version",
+        "urgent",
+        "override",
+        "wait",
+        "ttl",
+        "lock",
+        "url",
+        "token-file",
+        "oidc",
+        "audience",
+      ],
       ["help"],
     );
     if (opts.help) return print(RUN_HELP);
@@ -166,6 +187,8 @@ export async function run(args: string[]): Promise<number> {
       name: String(opts.name ?? process.env.USER ?? ""),
       reason: String(opts.reason ?? ""),
     });
+    for (const key of ["version", "urgent", "override"])
+      if (typeof opts[key] === "string") query.set(key, opts[key] as string);
     query.set("ttl", String(ttl));
     if (wait > 0) query.set("wait", String(wait));
     query.set("format", "json");
@@ -200,7 +223,7 @@ export async function run(args: string[]): Promise<number> {
       throw new Unavailable(`the server answered HTTP ${res.status}: ${answer?.message ?? "not the JSON expected"}`);
     if (!answer.ok) {
       console.error(`releasestatus run: not releasing (${answer.reason}): ${answer.message}`);
-      return EXIT.tempFail;
+      return answer.reason === "superseded" ? EXIT.superseded : answer.reason === "stale" ? EXIT.stale : EXIT.tempFail;
     }
     // Renewed and stopped on the first lock it holds (a pool's child, not the pool), which is the whole release.
     const held = { ...server, lock: answer.lock ?? server.lock };

@@ -45,7 +45,15 @@ export type Config = {
 };
 
 /** A lock the file declares: how many releases may hold it at once, and words for the page. */
-export type DeclaredLock = { name: string; limit: number; description: string };
+export type DeclaredLock = { name: string; limit: number; description: string; queue: Queue };
+
+/**
+ * How a lock's line is served: "fifo", first come first served (the default), or "newest", where a start of
+ * a newer version takes the place of the older waiters of the same claim, and one older than the last
+ * released is refused stale (README: On a busy branch).
+ */
+export type Queue = "fifo" | "newest";
+const QUEUES: readonly Queue[] = ["fifo", "newest"];
 
 export const MAX_LIMIT = 1000;
 
@@ -495,7 +503,7 @@ const listed = (v: unknown) =>
     ? `[${v.map((e) => (typeof e === "string" ? JSON.stringify(e) : String(e))).join(", ")}]`
     : show(v);
 
-const LOCK_KEYS = ["name", "limit", "description"];
+const LOCK_KEYS = ["name", "limit", "description", "queue"];
 
 // A [[lock]] table: a lock name, a limit from 1 to MAX_LIMIT (1 when left out), and words for the page.
 function readLockTable(
@@ -512,7 +520,7 @@ function readLockTable(
       const unknown = `unknown key ${key} in [[lock]]: expected ${LOCK_KEYS.join(", ")}`;
       throw problem(line(key), settingInTable(unknown, source) ?? unknown);
     }
-  const { name, limit = 1, description = "" } = t;
+  const { name, limit = 1, description = "", queue = "fifo" } = t;
   if (typeof name !== "string" || !validLockName(name))
     throw problem(
       line("name"),
@@ -525,7 +533,12 @@ function readLockTable(
     );
   if (typeof description !== "string")
     throw problem(line("description"), `description = ${show(description)} is not valid: expected words in quotes`);
-  return { name, limit, description };
+  if (!QUEUES.includes(queue as Queue))
+    throw problem(
+      line("queue"),
+      `queue = ${show(queue)} is not valid: expected "fifo" (first come, first served; the default) or "newest" (only the newest version waiting is deployed), in quotes`,
+    );
+  return { name, limit, description, queue: queue as Queue };
 }
 
 // Plain ASCII: a name that looks like another (a Cyrillic "о", a trailing space) must not pass for it in the history.

@@ -22,6 +22,8 @@ import {
   whyNotStart,
 } from "./release.ts";
 import { type Entry, type Stored, scopeOf, type Verdict } from "./store/store.ts";
+import { compareVersions } from "./version.ts";
+import { describeStale } from "./words.ts";
 
 /** A transition on one lock: the state as stored, the store's time, and how many wait ahead of the caller. */
 export type Rule = (s: State, now: number, waitingAhead: number) => Outcome;
@@ -30,6 +32,7 @@ export type Rule = (s: State, now: number, waitingAhead: number) => Outcome;
 export type Setup = {
   limitOf(lock: string): number; // how many releases may hold it at once
   children: Children; // its declared children, for pools
+  newest(lock: string): boolean; // whether its line keeps only the newest version (queue = "newest")
   frozen(lock: string, now: number): Frozen | null; // the freeze in force on it
   cached?(lock: string, stored: Stored): State | undefined; // a state already worked out for these very rows
 };
@@ -124,7 +127,7 @@ export function decideStart(
       events.length === 0
         ? null
         : { ok: true, next: rows.state(firstLock(claim, setup)), events, also: rows.changed() };
-    const denied = stillAllowed();
+    const denied = stillAllowed() ?? stale(claim, req, rows, setup);
     if (denied) return settled(rows, denied, expiry());
     const held: string[] = [];
     let frozen: Frozen | null = null;
@@ -134,7 +137,11 @@ export function decideStart(
       held.push(chosen.lock);
       frozen = frozen ?? chosen.frozen;
     }
-    if (ahead > 0) return settled(rows, refuse("queued", `${ahead} waiting ahead of you`), expiry());
+    // An override that passes a freeze on a lock otherwise free is not queued behind the waiters there: with
+    // nothing running and no block, what keeps them waiting is that very freeze (README: Override versus waiters).
+    const overridesFreeze = frozen !== null && req.override !== undefined;
+    if (ahead > 0 && !overridesFreeze)
+      return settled(rows, refuse("queued", `${ahead} waiting ahead of you`), expiry());
     const release = newRelease(rows.lastId, req, now, held);
     for (const lock of held) {
       const s = rows.state(lock);
@@ -149,6 +156,24 @@ export function decideStart(
     };
     return settled(rows, granted, granted);
   };
+}
+
+/**
+ * On a newest-first lock, a start older than the newest version released there (running or finished) is
+ * refused `stale`, unless it overrides (a deliberate roll back). Null: it is not older, or it has no version.
+ */
+function stale(claim: readonly string[], req: StartRequest, rows: Rows, setup: Setup): Refusal | null {
+  const version = req.version;
+  if (version === undefined || req.override !== undefined) return null;
+  for (const lock of claim) {
+    if (isPool(lock) || !setup.newest(lock)) continue;
+    const running = rows.state(lock).releases.map((r) => ({ version: r.version, at: r.startedAt, name: r.name }));
+    const known = [...running, rows.stored.released?.get(lock)];
+    for (const newer of known)
+      if (newer?.version !== undefined && compareVersions(version, newer.version) < 0)
+        return refuse("stale", describeStale(version, { ...newer, version: newer.version }, lock));
+  }
+  return null;
 }
 
 // A lock in the tree to name a change that only ended leases: the claim's first, or its pool's first child.

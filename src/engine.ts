@@ -15,7 +15,6 @@ import {
   DEFAULT_LOCK,
   type Event,
   type Frozen,
-  isAncestor,
   type Outcome,
   overlaps,
   type Refusal,
@@ -35,15 +34,17 @@ import {
   type Decision,
   type Entry,
   forgets,
+  inServiceOrder,
+  isUrgent,
   type Mark,
   type NextMarks,
   type Queued,
   type Room,
-  reachOf,
   type Store,
   type Stored,
   scopeOf,
   type TransactOptions,
+  waitersAhead,
 } from "./store/store.ts";
 
 export type { Committed, Queued, Room, Rule };
@@ -84,6 +85,8 @@ export const engine = {
   limitOf: ((_lock: string) => 1) as (lock: string) => number,
   // The declared children of a lock ([[lock]] tables named under it): what a pool of it may take.
   childrenOf: ((_lock: string) => []) as (lock: string) => string[],
+  // Whether a lock's line keeps only the newest version (queue = "newest" in its [[lock]] table).
+  newest: ((_lock: string) => false) as (lock: string) => boolean,
   storageFailure: ((_problem: string) => {}) as (problem: string) => void,
   // The freeze in force on a lock at a time: the calendar's answer (src/freezes.ts), none until it is set.
   frozen: ((_lock: string, _now: number) => null) as (lock: string, now: number) => Frozen | null,
@@ -103,6 +106,7 @@ const store = (): Store => {
 export type EngineSetup = {
   limitOf?: (lock: string) => number; // how many releases may hold a lock at once (1 unless declared)
   childrenOf?: (lock: string) => string[]; // a lock's declared children: what a pool of it may take
+  newest?: (lock: string) => boolean; // whether its line keeps only the newest version (queue = "newest")
   storageFailure?: (problem: string) => void; // told each time a change could not be saved, with what is wrong
 };
 
@@ -119,6 +123,7 @@ export async function openEngine(
   engine.clock = clock;
   engine.limitOf = setup.limitOf ?? (() => 1);
   engine.childrenOf = setup.childrenOf ?? (() => []);
+  engine.newest = setup.newest ?? (() => false);
   engine.storageFailure = setup.storageFailure ?? (() => {});
   engine.known = { lastId: 0, entries: new Map() };
   forgetScopes();
@@ -172,6 +177,7 @@ const CACHE: Snapshot = { state, locks };
 const SETUP: Setup = {
   limitOf: (lock) => engine.limitOf(lock),
   children: (lock) => engine.childrenOf(lock),
+  newest: (lock) => engine.newest(lock),
   frozen: (lock, now) => engine.frozen(lock, now),
   cached: (lock, stored) => (stored === engine.known ? state(lock) : undefined),
 };
@@ -231,7 +237,8 @@ export function lockOf(id: number): string | null {
 /** Who waits, in order: for `lock` alone when given (a claim of several locks waits on each of them). */
 export const waiting = (lock?: string): Queued[] => {
   const line = engine.store ? store().waiting() : [];
-  return lock === undefined ? line : (lineByLock(line).get(lock) ?? []);
+  const served = inServiceOrder(line);
+  return lock === undefined ? served : (lineByLock(served).get(lock) ?? []);
 };
 
 // A waiter waits on the lock it asked for, on each lock its claim may hold, and on the lock a pool takes from.
@@ -250,11 +257,8 @@ function lineByLock(line: Queued[]): Map<string, Queued[]> {
   return byLock.locks;
 }
 
-const waitingAhead = (claimReach: readonly string[]): number => {
-  let n = 0;
-  for (const w of store().waiting()) if (claimsOverlap(reachOf(w), claimReach)) n++;
-  return n;
-};
+const waitingAhead = (claimReach: readonly string[], urgent = false): number =>
+  waitersAhead(store().waiting(), claimReach, undefined, urgent);
 
 /**
  * Runs a rule and commits what it changed. A refusal that changes nothing is decided from
@@ -269,19 +273,20 @@ export function change(lock: string, rule: Rule, room?: Room, gone?: AbortSignal
 // A decision on a lock (or a claim whose first lock it is): refused from memory or from one plain read when
 // it changes nothing, else decided by the store.
 function changeBy(lock: string, decide: Decide, options: TransactOptions, gone?: AbortSignal) {
-  const refused = refusalFromMemory(decide, options.claim ?? [lock]);
+  const refused = refusalFromMemory(decide, options.claim ?? [lock], isUrgent(options));
   if (refused) return refused;
   const s = store();
-  if (!memoryIsCurrent(s) && s.peek && options.claim === undefined)
+  // A peek counts every waiter ahead: an urgent start, which only urgent ones are ahead of, is decided by the store.
+  if (!memoryIsCurrent(s) && s.peek && options.claim === undefined && !isUrgent(options))
     return refuseFromCommitted(s, lock, decide, options, gone);
   return commit(lock, decide, options, gone).then((d) => d.outcome);
 }
 
 // The outcome of a decision that would change nothing, when memory is what is stored; null when the store decides.
-function refusalFromMemory(decide: Decide, claimReach: readonly string[]): Outcome | null {
+function refusalFromMemory(decide: Decide, claimReach: readonly string[], urgent = false): Outcome | null {
   if (engine.closing) return SHUTTING_DOWN;
   if (!memoryIsCurrent(store())) return null;
-  const { outcome, change } = decide(engine.known, engine.clock.now(), waitingAhead(claimReach));
+  const { outcome, change } = decide(engine.known, engine.clock.now(), waitingAhead(claimReach, urgent));
   return change ? null : outcome;
 }
 
@@ -322,17 +327,22 @@ export function start(
   const one = names.length === 1 && !isPool(lock);
   const claimReach = one ? [lock] : reach(names, engine.childrenOf);
   const pools = names.filter(isPool).flatMap((p) => engine.childrenOf(poolParent(p)));
-  const options: TransactOptions = one ? { room } : { room, claim: claimReach, freedOf: pools };
+  const newest = newestOf(names);
+  const versioned = newest.length > 0 && req.version !== undefined ? { releasedOf: newest } : {};
+  const lane = req.urgent !== undefined ? { urgent: true } : {};
+  const options: TransactOptions = one
+    ? { room, ...versioned, ...lane }
+    : { room, claim: claimReach, freedOf: pools, ...versioned, ...lane };
   if (waitSeconds === 0 || engine.closing) {
-    const refused = refusalFromMemory(decide, claimReach); // the common case
+    const refused = refusalFromMemory(decide, claimReach, isUrgent(options)); // the common case
     if (refused) return refused;
     return (changeBy(lock, decide, options, gone) as Promise<Outcome>).then((o) => keepOnlyIfHeard(o, gone));
   }
   if (memoryIsCurrent(store())) {
-    const { outcome } = decide(engine.known, engine.clock.now(), waitingAhead(claimReach));
+    const { outcome } = decide(engine.known, engine.clock.now(), waitingAhead(claimReach, isUrgent(options)));
     if (!outcome.ok && !WAITABLE.has(outcome.reason)) return outcome; // nothing to wait for
   }
-  const inLine = { ...options, claim: claimReach };
+  const inLine = { ...options, claim: claimReach, newest: newest.length > 0 };
   return commit(lock, decide, { ...inLine, join: req }, gone).then((d) => {
     if (d.outcome.ok) return keepOnlyIfHeard(d.outcome, gone);
     if (!d.joined) return d.outcome;
@@ -341,6 +351,12 @@ export function start(
 }
 
 const WENT_AWAY = refuse("timeout", "the client went away");
+
+// The exact locks of a claim whose line keeps only the newest version: a pool's members are never compared.
+const newestOf = (names: readonly string[]): string[] => names.filter((n) => !isPool(n) && engine.newest(n));
+
+// Refusals a waiter cannot wait out: it leaves the line with them (a superseded waiter has left it already).
+const ENDS_WAIT: ReadonlySet<string> = new Set(["unauthorized", "forbidden", "stale"]);
 
 async function waitInLine(
   lock: string,
@@ -375,9 +391,15 @@ async function waitInLine(
       if (attempt.outcome.ok) return keepOnlyIfHeard(attempt.outcome, gone);
       if (gone.aborted || engine.closing) continue;
       latest = attempt.outcome;
-      // No longer allowed (its token was revoked while it waited): it leaves the line with that answer.
-      if (attempt.outcome.reason === "unauthorized" || attempt.outcome.reason === "forbidden")
-        return await leave("its token no longer allows it", attempt.outcome);
+      // A newer start took its place: the store took it out of the line as it passed it.
+      if (attempt.outcome.reason === "superseded") return attempt.outcome;
+      // No longer allowed (its token was revoked while it waited, or a newer version was released): it
+      // leaves the line with that answer.
+      if (ENDS_WAIT.has(attempt.outcome.reason))
+        return await leave(
+          attempt.outcome.reason === "stale" ? "a newer version was released" : "its token no longer allows it",
+          attempt.outcome,
+        );
       const { until } = attempt.outcome;
       if (until !== undefined) {
         cancelThaw();
@@ -407,9 +429,7 @@ async function whatHoldsItNow(
 ): Promise<string> {
   // Another replica may have changed it.
   if (!store().exclusive) for (const l of claimReach) await refresh(l).catch(() => {});
-  const ahead = store()
-    .waiting()
-    .filter((w) => w.id < self && claimsOverlap(reachOf(w), claimReach)).length;
+  const ahead = waitersAhead(store().waiting(), claimReach, self);
   const { outcome } = decide(engine.known, engine.clock.now(), ahead);
   const refusal = outcome.ok ? latest : outcome;
   return refusal.ok ? "" : refusal.message;
@@ -580,22 +600,13 @@ export function wakeWaiters(locks?: string | readonly string[]) {
   if (engine.waiters.size === 0) return;
   const changed = typeof locks === "string" ? [locks] : locks;
   const line = store().waiting();
-  // Nobody waits on a lock the change overlaps (looked up by lock, not by a walk of the line): nobody to wake.
-  if (changed && ![...lineByLock(line).keys()].some((l) => claimsOverlap([l], changed))) return;
-  const passed: (readonly string[])[] = []; // what each waiter ahead so far may hold
-  for (const q of line) {
-    const reach = reachOf(q);
-    const concerned = changed === undefined || claimsOverlap(reach, changed);
-    if (concerned && !passed.some((ahead) => claimsOverlap(ahead, reach))) {
-      const w = engine.waiters.get(q.id);
-      if (w) wake(w);
-    }
-    passed.push(reach);
-    // Once each changed lock is covered by a waiter so far (on it or on a lock above it), every later waiter the
-    // change concerns overlaps one ahead of it: the walk ends, and a hand-off looks at the head of the line only.
-    if (changed?.every((l) => passed.some((ahead) => ahead.some((a) => a === l || isAncestor(a, l))))) return;
-  }
+  const ids = new Set(line.map((q) => q.id));
+  for (const w of engine.waiters.values())
+    if (!ids.has(w.id) || ((changed === undefined || claimsOverlap(w.reach, changed)) && firstInLine(w, line))) wake(w);
 }
+
+// A waiter no longer in the line (ids) was taken out by another's start (superseded): woken to be told so.
+const firstInLine = (w: Waiter, line: Queued[]): boolean => waitersAhead(line, w.reach, w.id) === 0;
 
 // Another replica changed something (or the poll came round): read afresh, then let waiters try.
 async function heardFromElsewhere(lock: string, events: Event[]) {

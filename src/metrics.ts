@@ -15,10 +15,15 @@ import { webhookStatuses } from "./notify/deliver.ts";
 import { DEFAULT_LOCK, type Event, type Reason, type Release, ROOT } from "./release.ts";
 import { iso } from "./words.ts";
 
-/** Every reason a /start can be refused for. */
+/**
+ * Every reason a /start can be refused for. `superseded` and `stale` only on a lock whose [[lock]] says
+ * queue = "newest": a waiter a newer version of its claim passed, and a start older than the last released.
+ */
 export const START_REFUSALS: Reason[] = [
   "running",
   "full",
+  "superseded",
+  "stale",
   "blocked",
   "frozen",
   "queued",
@@ -109,6 +114,8 @@ function possibleRefusals(lock: string, setup: Setup): Reason[] {
     // Only a lock declared with a limit above 1 can be full (a limit-1 lock that is held is running).
     if (r === "full") return setup.declared.some((d) => d.name === lock && d.limit > 1);
     if (r === "frozen") return frozen;
+    // Only a lock declared queue = "newest" supersedes waiters and refuses stale versions.
+    if (r === "superseded" || r === "stale") return setup.declared.some((d) => d.name === lock && d.queue === "newest");
     // Only a name RS_LOCKS does not allow is unknown, and such a name has no series of its own.
     if (r === "unknown-lock") return lock === OTHER && setup.locks !== null;
     // With RS_LOCKS, a start on another name is refused before the rules of any lock are asked.

@@ -18,6 +18,7 @@ export type Release = {
   expiresAt: number | null; // null: the release never expires on its own
   by?: string; // who started it: the named token's `who`; absent without tokens
   locks?: string[]; // every lock it holds, in the order asked, when it holds more than one (a claim of several)
+  version?: string; // what its deploy called its build (version=): a newest-first line orders by it (src/version.ts)
 };
 
 export type Block = { name: string; reason: string; since: number; by?: string };
@@ -64,6 +65,7 @@ export type EventKind =
   | "frozen" // a freeze window began on the lock (the calendar's, so no one's name)
   | "thawed" // it ended
   | "overridden" // a start went ahead during a freeze: the reason is why, the name and by are who
+  | "superseded" // a newer start passed this waiter on a newest-first lock: it left the line (the reason says for whom)
   | "long-running"; // a reminder for webhooks: the release has run this long (the reason says)
 
 export type Event = {
@@ -76,6 +78,7 @@ export type Event = {
   by?: string; // whose token made it (the token's `who`); absent without tokens
   status?: string; // what the lock is after it (statusAfter), as a webhook says; absent in events from before
   locks?: string[]; // every lock of its release, when the release holds more than one (`lock` is the first)
+  version?: string; // the version the start, waiter or release carried (version=)
 };
 
 // What the lock is once an event happened: a word a webhook receiver can switch on.
@@ -93,6 +96,7 @@ const STATUS: Record<EventKind, string> = {
   thawed: "open",
   waiting: "queued",
   "left-queue": "queued",
+  superseded: "queued",
 };
 const ENDS_SOMETHING: ReadonlySet<EventKind> = new Set(["stopped", "expired", "abandoned", "unblocked", "thawed"]);
 
@@ -121,6 +125,8 @@ export type Reason =
   | "wrong-id"
   | "full" // every slot of a lock with a limit is taken
   | "ambiguous" // a stop without an id on a lock that several releases hold
+  | "superseded" // a newest-first lock: a newer start of the same claim took this waiter's place
+  | "stale" // a newest-first lock: older than the version released there last
   | "timeout"
   | "invalid"
   | "storage"
@@ -153,6 +159,8 @@ export type Actor = { name: string; by?: string };
 export type StartRequest = Holder & {
   ttlSeconds: number | null;
   override?: string; // why it may start during a freeze (allowed to whoever may override)
+  version?: string; // what the deploy calls its build (version=): a newest-first line keeps only the newest
+  urgent?: string; // why it waits ahead of every non-urgent waiter (allowed to whoever may urgent)
 };
 
 /** A freeze in force on a lock, as the calendar (src/calendar.ts) says: its words, and when it ends. */
@@ -238,9 +246,14 @@ export function newRelease(lastId: number, req: StartRequest, now: number, locks
     startedAt: now,
     expiresAt,
     by: req.by,
+    ...(req.version === undefined ? {} : { version: req.version }),
   };
   return locks.length > 1 ? { ...release, locks } : release;
 }
+
+/** What an urgent start's events say of it: its reason, and why it went in the urgent lane. */
+export const withUrgent = (reason: string, urgent: string | undefined): string =>
+  urgent === undefined ? reason : `${reason}${reason ? "; " : ""}urgent: ${urgent}`;
 
 /** The events that record a grant: `started`, after `overridden` when it went ahead during a freeze. */
 export function startEvents(release: Release, lock: string, req: StartRequest, frozen: Frozen | null): Event[] {
@@ -250,9 +263,10 @@ export function startEvents(release: Release, lock: string, req: StartRequest, f
     kind: "started",
     releaseId: release.id,
     name: req.name,
-    reason: req.reason,
+    reason: withUrgent(req.reason, req.urgent),
     by: req.by,
     ...(release.locks ? { locks: release.locks } : {}),
+    ...(release.version === undefined ? {} : { version: release.version }),
   };
   // An override is recorded only when there was a freeze to override, with why and who.
   const overridden: Event[] =

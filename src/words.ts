@@ -44,8 +44,23 @@ export const describeRelease = (r: Release, lock: string = DEFAULT_LOCK): string
   once(
     r,
     () =>
-      `release #${r.id} by ${who(r.name)}${r.reason ? ` (${r.reason})` : ""}${onAll(lock, r.locks)}${startedBy(r.name, r.by)} running since ${iso(r.startedAt)}`,
+      `release #${r.id} by ${who(r.name)}${ofVersion(r.version)}${r.reason ? ` (${r.reason})` : ""}${onAll(lock, r.locks)}${startedBy(r.name, r.by)} running since ${iso(r.startedAt)}`,
   );
+
+// ", version v2.4.1" when the start named its build.
+const ofVersion = (version: string | undefined) => (version === undefined ? "" : `, version ${version}`);
+
+/** A waiter as status lists it: "ana, version v2.4.1, urgent: hotfix". */
+export const describeWaiter = (w: { name: string; version?: string; urgent?: string }): string =>
+  `${who(w.name)}${ofVersion(w.version)}${w.urgent === undefined ? "" : `, urgent: ${w.urgent}`}`;
+
+/** Why a waiter was superseded: "superseded by v2.4.1 from ana, who now waits in your place". */
+export const describeSupersededBy = (w: { name: string; version?: string }, what: string): string =>
+  `superseded by ${w.version ?? "a newer start"} from ${who(w.name)}, who ${what}`;
+
+/** Why a start is stale: "v2.3.9 is older than v2.4.0, released 2026-12-04T09:12:00Z by ana on prod". */
+export const describeStale = (version: string, newer: { version: string; at: number; name: string }, lock: string) =>
+  `${version} is older than ${newer.version}, released ${iso(newer.at)} by ${who(newer.name)}${on(lock)}: send a newer version, or override=REASON to roll back`;
 
 /** A lock with a limit whose every slot is taken: "staging/devices holds 3 of 3: release #41 by …; release #42 by …". */
 export const describeFull = (releases: Release[], limit: number, lock: string): string =>
@@ -82,7 +97,7 @@ export const describeTold = (e: Event, told: Told): string =>
 export function describeEvent(e: Event): string {
   const n = whoBy(e.name, e.by);
   const what = e.reason ? `: ${e.reason}` : "";
-  const where = onAll(e.lock, e.locks);
+  const where = `${onAll(e.lock, e.locks)}${ofVersion(e.version)}`;
   switch (e.kind) {
     case "started":
       return differs(e.name, e.by)
@@ -112,5 +127,7 @@ export function describeEvent(e: Event): string {
       return `release #${e.releaseId}${where} by ${n} is still running: ${e.reason}`;
     case "overridden":
       return `release #${e.releaseId}${where} overrode a freeze, by ${n}: ${e.reason}`;
+    case "superseded":
+      return `${n}${where} left the queue, ${e.reason}`;
   }
 }

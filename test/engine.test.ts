@@ -362,6 +362,169 @@ for (const [storeName, makeStore] of stores) {
       });
     });
 
+    describe("the urgent lane: urgent waiters ahead of every other, first come first served among them", () => {
+      const waitFor = (name: string, urgent?: string) =>
+        start(LOCK, { ...holder(name), ...(urgent ? { urgent } : {}) }, 60, new AbortController().signal);
+      const served = async (got: Outcome | Promise<Outcome>) => {
+        const o = await got;
+        return o.ok ? o.next.release?.name : o.reason;
+      };
+
+      test("an urgent start waits ahead of the waiters before it, behind the urgent ones before it, and never cuts the running release", async () => {
+        await startNow("running");
+        const ci = waitFor("ci");
+        await inLine(1);
+        const hotfix = waitFor("hotfix", "INC-42");
+        await inLine(2);
+        const second = waitFor("second hotfix", "INC-43");
+        await inLine(3);
+        expect(state(LOCK).release?.name).toBe("running");
+        expect(waiting(LOCK).map((w) => w.name)).toEqual(["hotfix", "second hotfix", "ci"]);
+        await stopNow();
+        expect(await served(hotfix)).toBe("hotfix");
+        await stopNow();
+        expect(await served(second)).toBe("second hotfix");
+        await stopNow();
+        expect(await served(ci)).toBe("ci");
+        const events = await history(20, LOCK);
+        expect(events.find((e) => e.kind === "waiting" && e.name === "hotfix")?.reason).toBe("urgent: INC-42");
+        expect(events.find((e) => e.kind === "started" && e.name === "hotfix")?.reason).toBe("urgent: INC-42");
+      });
+
+      test("an urgent start does not pass a block by itself", async () => {
+        await change(LOCK, (s, now) => block(s, { name: "ops", reason: "db migration" }, now));
+        const hotfix = await start(LOCK, { ...holder("hotfix"), urgent: "INC-42" }, 0, new AbortController().signal);
+        expect(reasonOf(hotfix)).toBe("blocked");
+      });
+    });
+
+    describe("a newest-first line (queue = newest): superseded waiters and stale starts", () => {
+      const PROD = "prod";
+      beforeEach(() => {
+        engine.newest = (lock) => lock === PROD || lock === "shared-db";
+      });
+      const deploy = (name: string, version?: string, wait = 60, extra: { override?: string } = {}) =>
+        start(
+          PROD,
+          { ...holder(name), ...(version === undefined ? {} : { version }), ...extra },
+          wait,
+          new AbortController().signal,
+        );
+      const stopProd = () => change(PROD, (s, now) => stop(s, null, { name: "" }, now));
+      const prodWaiters = (n: number) =>
+        until(async () => engine.waiters.size >= n && waiting(PROD).length === n, `${n} waiters on prod`);
+
+      test("a newer version takes the place of an older waiter of the same claim, which is answered superseded at once", async () => {
+        await deploy("running", "1.0", 0);
+        const older = deploy("ana", "1.9");
+        await prodWaiters(1);
+        const newer = deploy("ben", "1.10");
+        const passed = await older; // answered while 1.0 still runs
+        expect(passed.ok ? "granted" : passed.reason).toBe("superseded");
+        expect(passed.ok ? "" : passed.message).toBe("superseded by 1.10 from ben, who now waits in your place");
+        expect(state(PROD).release?.name).toBe("running");
+        await prodWaiters(1);
+        expect(waiting(PROD).map((w) => w.name)).toEqual(["ben"]);
+        await stopProd();
+        const got = await newer;
+        expect(got.ok && got.next.release?.version).toBe("1.10");
+        const event = (await history(20, PROD)).find((e) => e.kind === "superseded");
+        expect(event).toMatchObject({ name: "ana", version: "1.9", reason: expect.stringContaining("1.10 from ben") });
+      });
+
+      test("without versions, the newer arrival supersedes the older waiter", async () => {
+        await deploy("running", undefined, 0);
+        const first = deploy("ana");
+        await prodWaiters(1);
+        const second = deploy("ben");
+        expect(reasonOf(await first)).toBe("superseded");
+        await stopProd();
+        expect(reasonOf(await second)).toBe("granted");
+      });
+
+      test("a start older than a waiter of the same claim is itself superseded, and the waiter keeps its place", async () => {
+        await deploy("running", "1.0", 0);
+        const newer = deploy("ben", "2.0");
+        await prodWaiters(1);
+        const older = await deploy("ana", "1.5");
+        expect(older.ok ? "granted" : older.message).toBe("superseded by 2.0 from ben, who waits already");
+        expect(waiting(PROD).map((w) => w.name)).toEqual(["ben"]);
+        await stopProd();
+        expect(reasonOf(await newer)).toBe("granted");
+      });
+
+      test("a start supersedes only waiters of its own lane: a newer CI version never takes an urgent waiter's place", async () => {
+        await deploy("running", "1.0", 0);
+        const hotfix = start(
+          PROD,
+          { ...holder("hotfix"), version: "1.0.1", urgent: "INC-42" },
+          60,
+          new AbortController().signal,
+        );
+        await prodWaiters(1);
+        const ci = deploy("ci", "2.0");
+        await prodWaiters(2);
+        expect(waiting(PROD).map((w) => w.name)).toEqual(["hotfix", "ci"]);
+        await stopProd();
+        expect(reasonOf(await hotfix)).toBe("granted");
+        await stopProd();
+        expect(reasonOf(await ci)).toBe("granted");
+      });
+
+      test("waiters of another claim are untouched, and so is the running release", async () => {
+        await deploy("running", "1.0", 0);
+        const both = start(
+          [PROD, "shared-db"],
+          { ...holder("both"), version: "1.1" },
+          60,
+          new AbortController().signal,
+        );
+        await prodWaiters(1);
+        const newer = deploy("ben", "3.0");
+        await prodWaiters(2);
+        expect(waiting(PROD).map((w) => w.name)).toEqual(["both", "ben"]);
+        expect(state(PROD).release?.name).toBe("running");
+        await stopProd();
+        expect(reasonOf(await both)).toBe("granted");
+        await stopProd();
+        expect(reasonOf(await newer)).toBe("granted");
+      });
+
+      test("a start older than the running release is refused stale, and an override passes it", async () => {
+        await deploy("ana", "v2.4.0", 0);
+        const old = await deploy("ben", "v2.3.9", 0);
+        expect(old.ok ? "granted" : old.reason).toBe("stale");
+        expect(old.ok ? "" : old.message).toMatch(
+          /^v2\.3\.9 is older than v2\.4\.0, released 2026-11-27T09:00:00Z by ana on prod/,
+        );
+        await stopProd();
+        const again = await deploy("ben", "v2.3.9", 0);
+        expect(again.ok ? "granted" : again.reason).toBe("stale"); // older than the last finished one too
+        const rollback = await deploy("ben", "v2.3.9", 0, { override: "roll back the bad 2.4.0" });
+        expect(reasonOf(rollback)).toBe("granted");
+      });
+
+      test("no starvation: a steady stream of newer versions still lets one deploy whenever the lock frees", async () => {
+        await deploy("first", "1", 0);
+        let newest = deploy("ci", "2");
+        await prodWaiters(1);
+        for (let v = 3; v <= 6; v++) {
+          const next = deploy("ci", String(v));
+          expect(reasonOf(await newest)).toBe("superseded");
+          newest = next;
+          await prodWaiters(1);
+        }
+        await stopProd();
+        const got = await newest;
+        expect(got.ok && got.next.release?.version).toBe("6");
+        // And the next stream is served as soon as 6 ends: each release's end hands the lock on.
+        const seven = deploy("ci", "7");
+        await prodWaiters(1);
+        await stopProd();
+        expect(reasonOf(await seven)).toBe("granted");
+      });
+    });
+
     describe("a lock with a limit", () => {
       const LIMITS: Record<string, number> = { "staging/devices": 3, "team0/canary": 2, "team1/canary": 3 };
       beforeEach(() => {

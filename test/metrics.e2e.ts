@@ -67,8 +67,17 @@ describe("/metrics", () => {
     expect(res.headers.get("content-type")).toBe("text/plain; version=0.0.4; charset=utf-8");
     const m = await scrape();
     expect(README_START_REFUSALS.length).toBeGreaterThan(8);
-    // Without tokens, [[trust]], freezes, RS_LOCKS or a limit above 1, no start can be unauthorized, frozen, full or on an unknown lock.
-    const CANNOT_HAPPEN = ["unauthorized", "issuer-unreachable", "frozen", "unknown-lock", "full"];
+    // Without tokens, [[trust]], freezes, RS_LOCKS, a limit above 1 or a newest-first lock, no start can be
+    // unauthorized, frozen, full, on an unknown lock, superseded or stale.
+    const CANNOT_HAPPEN = [
+      "unauthorized",
+      "issuer-unreachable",
+      "frozen",
+      "unknown-lock",
+      "full",
+      "superseded",
+      "stale",
+    ];
     for (const reason of README_START_REFUSALS)
       expect([reason, m[`releasestatus_start_refused_total{lock="default",reason="${reason}"}`]]).toEqual([
         reason,

@@ -1,7 +1,7 @@
 // Several replicas on one PostgreSQL database behave as one daemon. Needs root
 // and Debian's postgresql; runs in `make test-postgres`.
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
-import { type Daemon, daemonsPerTest, runBinary, statusOf, until } from "./daemon.ts";
+import { configFile, type Daemon, daemonsPerTest, runBinary, statusOf, until } from "./daemon.ts";
 import { startCluster } from "./postgres.ts";
 
 let pg: ReturnType<typeof startCluster>;
@@ -19,6 +19,7 @@ afterEach(() => {
 const replicas = (n: number, env: Record<string, string> = {}) =>
   Promise.all(Array.from({ length: n }, () => daemon({ RS_DB: pg.url, ...env })));
 const status = statusOf;
+const statusOn = async (d: Daemon, lock: string) => (await d.get(`/locks/${lock}/status?format=json`)).json();
 
 describe("replicas on one PostgreSQL", () => {
   test("200 concurrent starts spread over three replicas: exactly one 1, 20 rounds", async () => {
@@ -44,6 +45,21 @@ describe("replicas on one PostgreSQL", () => {
     expect(s.release).toMatchObject({ name: "sion", reason: "v2" });
     expect(s.store).toBe(`PostgreSQL 127.0.0.1:${pg.port}/releasestatus`);
     expect(JSON.stringify(s)).not.toContain("releasestatus-test");
+  });
+
+  test("on a newest-first lock, a newer version on one replica supersedes a waiter on another at once", async () => {
+    const config = configFile('[[lock]]\nname = "prod"\nqueue = "newest"\n');
+    const [a, b] = (await replicas(2, { RS_CONFIG: config })) as [Daemon, Daemon];
+    expect(await a.body("/locks/prod/start?name=holder&version=1")).toBe("1\n");
+    const older = b.get("/locks/prod/start?name=ana&version=2&wait=60");
+    await until(async () => (await statusOn(a, "prod")).queue.length === 1, "ana waiting");
+    const newer = a.get("/locks/prod/start?name=ben&version=3&wait=60");
+    const passed = await older; // while the holder still runs
+    expect(passed.headers.get("x-reason-code")).toBe("superseded");
+    expect(passed.headers.get("x-reason")).toBe("superseded by 3 from ben, who now waits in your place");
+    expect((await statusOn(b, "prod")).release.name).toBe("holder");
+    await b.body("/locks/prod/stop");
+    expect(await (await newer).text()).toBe("1\n");
   });
 
   test("a stop on one replica serves waiters on others, in arrival order", async () => {

@@ -465,6 +465,49 @@ describe("run on several locks and pools", () => {
   });
 });
 
+describe("run on a newest-first lock exits with its own code when superseded or stale, never 0", () => {
+  const NEWEST = '[[lock]]\nname = "prod"\nqueue = "newest"\n';
+
+  test("a run a newer version passed while it waited exits 79, saying by whom; the command never ran", async () => {
+    const d = await server({ RS_CONFIG: configFile(NEWEST) });
+    await d.body("/locks/prod/start?name=first&version=1");
+    const out = join(tempDir(), "ran");
+    const older = client(d, ["run", "--lock", "prod", "--version", "2", "--wait", "60", "--", "touch", out]);
+    await until(
+      async () => (await (await d.get("/locks/prod/status?format=json")).json()).queue.length === 1,
+      "2 waiting",
+    );
+    const newer = client(d, ["run", "--lock", "prod", "--version", "3", "--wait", "60", "--", "true"]);
+    const { code, stderr } = await older.done;
+    expect(code).toBe(79);
+    expect(stderr).toContain("not releasing (superseded): superseded by 3 from tester, who now waits in your place");
+    expect(existsSync(out)).toBe(false);
+    await d.body("/locks/prod/stop");
+    expect((await newer.done).code).toBe(0);
+  });
+
+  test("a run older than the last release exits 80 with the words; --override runs it", async () => {
+    const d = await server({ RS_CONFIG: configFile(NEWEST) });
+    await d.body("/locks/prod/start?name=ana&version=v2.4.0");
+    await d.body("/locks/prod/stop");
+    const { code, stderr } = await client(d, ["run", "--lock", "prod", "--version", "v2.3.9", "--", "true"]).done;
+    expect(code).toBe(80);
+    expect(stderr).toContain("not releasing (stale): v2.3.9 is older than v2.4.0");
+    const rollback = client(d, [
+      "run",
+      "--lock",
+      "prod",
+      "--version",
+      "v2.3.9",
+      "--override",
+      "roll back",
+      "--",
+      "true",
+    ]);
+    expect((await rollback.done).code).toBe(0);
+  });
+});
+
 describe("releasestatus status", () => {
   test("prints the status for people, and JSON with --json", async () => {
     const d = await server();

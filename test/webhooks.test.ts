@@ -157,6 +157,21 @@ describe("a webhook is sent the events it asks for", () => {
     expect(wants(h, event({ lock: "", kind: "blocked" }), hears(h))).toBe(true);
   });
 
+  test("a waiter superseded on a newest-first lock is sent by default, typed queue.superseded, with its words", () => {
+    const h = hook({ url: "https://e.com" });
+    const passed = event({
+      kind: "superseded",
+      releaseId: null,
+      name: "ana",
+      version: "v2.4.0",
+      reason: "superseded by v2.4.1 from ben, who now waits in your place",
+    });
+    expect(wants(h, passed, hears(h))).toBe(true);
+    const sent = JSON.parse(render(h, "m", passed, T0).body);
+    expect(sent.type).toBe("queue.superseded");
+    expect(sent.data.message).toContain("superseded by v2.4.1 from ben, who now waits in your place");
+  });
+
   test("locks: a lock and what is under it (the root only for every lock); events: only those listed", () => {
     const h = hook({ url: "https://e.com", locks: ["prod"], events: ["started", "blocked"] });
     expect(wants(h, event({ lock: "prod/eu" }), hears(h))).toBe(true);

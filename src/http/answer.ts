@@ -13,6 +13,8 @@ export const HTTP_STATUS: Record<Reason, number> = {
   "wrong-id": 200,
   full: 200,
   ambiguous: 200,
+  superseded: 200,
+  stale: 200,
   timeout: 200,
   invalid: 400,
   unauthorized: 401,

@@ -4,6 +4,7 @@
 // `unauthorized`) and changes nothing.
 import { wholeNumber } from "../numbers.ts";
 import { type Refusal, refuse } from "../release.ts";
+import { VERSION_RULE, validVersion } from "../version.ts";
 import { unreadable, visible } from "../visible.ts";
 
 const MAX_TEXT = 200; // characters in a name or reason
@@ -132,6 +133,17 @@ export function whole(p: Params, key: string, min: number, max: number): number 
       `${key}=${raw.slice(0, 40)} is not valid: expected a whole number from ${min} to ${max}${raw === "" ? " (it is empty)" : ""}`,
     );
   return n;
+}
+
+/** A start's `version=`: what the deploy calls its build; undefined when absent, invalid when empty or malformed. */
+export function version(p: Params): string | undefined {
+  const raw = p.get("version");
+  if (raw === undefined) return undefined;
+  if (!validVersion(raw))
+    throw new Invalid(
+      `version=${raw.slice(0, 40)} is not a version: use ${VERSION_RULE}${raw === "" ? " (it is empty; leave version out instead)" : ""}`,
+    );
+  return raw;
 }
 
 /** Refuses changes sent cross-site by a browser, or from a host name a rebinding page could use. */

@@ -54,6 +54,7 @@ import {
   sameSite,
   text as textParam,
   tokenInUrl,
+  version as versionParam,
   whole,
 } from "./request.ts";
 import { broadcastChange, keepStreamsAlive, requireToken, statusJson } from "./views.ts";
@@ -283,10 +284,18 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
         const override = p.has("override") ? textParam(p, "override") : undefined;
         if (override === "")
           throw new Invalid("override is empty: say why this release may start during a freeze, e.g. override=hotfix");
+        const version = versionParam(p);
+        const urgent = p.has("urgent") ? textParam(p, "urgent") : undefined;
+        if (urgent === "")
+          throw new Invalid(
+            "urgent is empty: say why this release goes ahead of the line, e.g. urgent=hotfix for INC-42",
+          );
         const claim = claimOf(p, ask, "start");
         if (!Array.isArray(claim)) return claim;
         // Overriding a freeze is its own right: asking for it without the right is refused, frozen or not.
-        const notAllowed = override !== undefined ? allowedOn(claim, token, "override") : null;
+        const notAllowed =
+          (override !== undefined ? allowedOn(claim, token, "override") : null) ??
+          (urgent !== undefined ? allowedOn(claim, token, "urgent") : null);
         if (notAllowed) return notAllowed;
         if (wait > 0) server.timeout(req, 0); // a waiter may sit quietly for up to RS_MAX_WAIT
         // A waiter is handed the release only while its token still may start it (a reload may revoke it).
@@ -295,11 +304,18 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
           if (cfg.access === access) return null;
           const again = guard(req, override === undefined ? "start" : "override", claim[0] as string);
           if (again !== null && "ok" in again) return again;
-          return allowedOn(claim, again, override === undefined ? "start" : "override");
+          const still = allowedOn(claim, again, override === undefined ? "start" : "override");
+          return still ?? (urgent !== undefined ? allowedOn(claim, again, "urgent") : null);
         };
         return start(
           claim,
-          { ...holder(p, token), ttlSeconds, override },
+          {
+            ...holder(p, token),
+            ttlSeconds,
+            override,
+            ...(version === undefined ? {} : { version }),
+            ...(urgent === undefined ? {} : { urgent }),
+          },
           wait,
           req.signal,
           stillAllowed,

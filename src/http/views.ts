@@ -22,10 +22,10 @@ import {
   describeEvent,
   describeFull,
   describeRelease,
+  describeWaiter,
   duration,
   iso,
   on,
-  UNKNOWN_USER,
 } from "../words.ts";
 
 // Told to the page, so it asks for the token before the first change; a reload may change it.
@@ -51,6 +51,7 @@ const releaseJson = (release: Release) => ({
   expiresAt: release.expiresAt === null ? null : iso(release.expiresAt),
   ...byOf(release.by),
   ...(release.locks ? { locks: release.locks } : {}), // a release of several locks names them all
+  ...(release.version === undefined ? {} : { version: release.version }),
 });
 
 /** What keeps a start on a lock from being granted now: the word a script tests, and the words a person reads. */
@@ -111,6 +112,8 @@ export function statusJson(lock: string, snap: Snapshot) {
       reason: w.reason,
       since: iso(w.since),
       ...byOf(w.by),
+      ...(w.version === undefined ? {} : { version: w.version }),
+      ...(w.urgent === undefined ? {} : { urgent: w.urgent }),
     })),
     stoppedBy: stoppedBy(lock, s, Date.now()),
     lastReleaseId: s.lastId,
@@ -172,9 +175,7 @@ export function statusText(lock: string, snap: Snapshot): string {
     );
   const line = waiting(lock);
   if (line.length)
-    lines.push(
-      `waiting: ${line.map((w, i) => `${i + 1}. ${w.name || UNKNOWN_USER} since ${iso(w.since)}`).join(", ")}`,
-    );
+    lines.push(`waiting: ${line.map((w, i) => `${i + 1}. ${describeWaiter(w)} since ${iso(w.since)}`).join(", ")}`);
   return `${lines.join("\n")}\n`;
 }
 
@@ -219,6 +220,7 @@ export const eventJson = (e: Event) => ({
   reason: e.reason,
   ...byOf(e.by),
   ...(e.locks ? { locks: e.locks } : {}),
+  ...(e.version === undefined ? {} : { version: e.version }),
   message: describeEvent(e),
 });
 

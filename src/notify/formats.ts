@@ -34,6 +34,7 @@ const TYPES: Record<EventName, string> = {
   thawed: "lock.thawed",
   waiting: "queue.waiting",
   "left-queue": "queue.left",
+  superseded: "queue.superseded",
 };
 
 export type Message = { headers: Record<string, string>; body: string };

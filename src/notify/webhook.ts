@@ -24,6 +24,7 @@ export const EVENT_NAMES = [
   "thawed",
   "waiting",
   "left-queue",
+  "superseded",
 ] as const;
 export type EventName = (typeof EVENT_NAMES)[number];
 const DEFAULT_EVENTS = EVENT_NAMES.filter((e) => e !== "renewed" && e !== "waiting");

@@ -6,7 +6,7 @@
 // are kept alive by their replica's heartbeat; NOTIFY tells the other replicas
 // of a change, with a poll each second as the safety net.
 import { SQL } from "bun";
-import { DEFAULT_LOCK, type Event, ROOT, STORAGE_FAILED, WAITABLE } from "../release.ts";
+import { DEFAULT_LOCK, type Event, ROOT, refuse, STORAGE_FAILED, WAITABLE, withUrgent } from "../release.ts";
 import {
   ancestorsOf,
   type Committed,
@@ -18,22 +18,27 @@ import {
   type EventRow,
   eventLocks,
   forgets,
+  isUrgent,
   type LockRow,
   newNames,
   noRoom,
   otherRowsOf,
   type Queued,
   queueEvent,
+  type Released,
   reachOf,
   StorageError,
   type Store,
   type Stored,
   StoreOpenError,
   scopeOf,
+  supersededEvent,
+  superseding,
   type TransactOptions,
   toColumns,
   toEvent,
   toStored,
+  waiterOf,
   waitersAhead,
 } from "./store.ts";
 
@@ -203,16 +208,19 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
 
   async function commitBatch(batch: Asked[]): Promise<Decision[]> {
     try {
+      let passed: number[] = []; // waiters out of the line: superseded now, or told of it now
       const decisions = await inTransaction(async (tx, injected): Promise<Decision[]> => {
+        passed = []; // a transaction tried again starts afresh
         const dbNow = await takeRoot(tx);
         const out: Decision[] = [];
         for (const { lock, decide, options } of batch)
-          out.push(await decideOne(tx, injected ?? dbNow, lock, decide, options));
+          out.push(await decideOne(tx, injected ?? dbNow, lock, decide, options, passed));
         return out;
       });
       batch.forEach(({ options }, i) => {
         afterCommit(decisions[i] as Decision, options);
       });
+      for (const id of passed) forget(id);
       return decisions;
     } catch (e) {
       if (e instanceof StorageError)
@@ -228,13 +236,32 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     lock: string,
     decide: Decide,
     options: TransactOptions,
+    passed: number[], // waiters out of the line: superseded now, or told of it now
   ): Promise<Decision> {
     const claim = options.claim ?? [lock];
     const stored = await rowsOfClaim(tx, claim);
     if (options.freedOf?.length) stored.freedAt = await freedAt(tx, options.freedOf);
-    const waiters = (await tx`
-      SELECT id, lock, reach FROM releasestatus_live_waiters ORDER BY id`) as Record<string, string | null>[];
-    const ahead = waitersAhead(waiters.map(toQueued), claim, options.self);
+    if (options.releasedOf?.length) stored.released = await releasedOn(tx, options.releasedOf);
+    // A waiter a newer start passed is told so at its next attempt, from its row (on any replica).
+    if (options.self !== undefined) {
+      const [passedSelf] = await tx`
+        SELECT superseded FROM releasestatus_waiters WHERE id = ${options.self} AND superseded IS NOT NULL`;
+      if (passedSelf) {
+        passed.push(options.self);
+        return { outcome: refuse("superseded", String(passedSelf.superseded)), committed: null, joined: null };
+      }
+    }
+    const waiters = (
+      (await tx`
+      SELECT id, lock, reach, name, made_by, version, urgent FROM releasestatus_live_waiters ORDER BY id`) as Record<
+        string,
+        string | null
+      >[]
+    ).map(toQueued);
+    const superseded = superseding(waiters, options, lock);
+    if (superseded.refusal) return { outcome: superseded.refusal, committed: null, joined: null };
+    const rest = waiters.filter((w) => !superseded.passed.includes(w));
+    const ahead = waitersAhead(rest, claim, options.self, isUrgent(options));
     const before = scopeOf(lock, stored);
     let verdict = decide(stored, now, ahead);
     // The names are counted only when the change would store a new one: every change holds the root's
@@ -250,24 +277,26 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     const { outcome, change } = verdict;
     const joining = !outcome.ok && options.join !== undefined && WAITABLE.has(outcome.reason);
     const events = [...(change?.events ?? [])];
+    const join = options.join;
+    if (join && (outcome.ok || joining))
+      for (const w of superseded.passed) {
+        const event = supersededEvent(w, join, outcome.ok, now);
+        await tx`UPDATE releasestatus_waiters SET done = true, superseded = ${event.reason} WHERE id = ${w.id}`;
+        events.push(event);
+        passed.push(w.id);
+      }
     let joined: Queued | null = null;
     if (joining && options.join) {
       const [w] = await tx`
-        INSERT INTO releasestatus_waiters (lock, name, reason, replica, since, made_by, reach)
+        INSERT INTO releasestatus_waiters (lock, name, reason, replica, since, made_by, reach, version, urgent)
         VALUES (${lock}, ${options.join.name}, ${options.join.reason}, ${replica},
-          to_timestamp(${now}::bigint / 1000.0), ${options.join.by ?? null}, ${reachColumn(lock, claim)})
+          to_timestamp(${now}::bigint / 1000.0), ${options.join.by ?? null}, ${reachColumn(lock, claim)},
+          ${options.join.version ?? null}, ${options.join.urgent ?? null})
         RETURNING id`;
-      const { name, reason, by } = options.join;
-      joined = toQueued({
-        id: w.id,
-        lock,
-        name,
-        reason,
-        since: String(now),
-        made_by: by ?? null,
-        reach: reachColumn(lock, claim),
-      });
-      events.push(queueEvent("waiting", lock, options.join, now, options.join.reason));
+      joined = waiterOf(Number(w.id), lock, options.join, now);
+      const reach = reachColumn(lock, claim);
+      if (reach !== null) joined.reach = JSON.parse(reach) as string[];
+      events.push(queueEvent("waiting", lock, options.join, now, withUrgent(options.join.reason, options.join.urgent)));
     }
     if (events.length === 0) return { outcome, committed: null, joined: null };
     const after = change?.next ?? before;
@@ -291,19 +320,21 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
         blockBy,
         otherReleases,
         releaseLocks,
+        releaseVersion,
       ] = toColumns(entry);
       await tx`
         INSERT INTO releasestatus_lock (name, release_id, holder, release_reason, started_at, expires_at,
-          blocked_by, block_reason, blocked_since, version, release_by, block_by, other_releases, release_locks)
+          blocked_by, block_reason, blocked_since, version, release_by, block_by, other_releases, release_locks,
+          release_version)
         VALUES (${name}, ${releaseId}, ${holder}, ${releaseReason}, ${startedAt}, ${expiresAt},
           ${blockedBy}, ${blockReason}, ${blockedSince}, ${version}, ${releaseBy}, ${blockBy}, ${otherReleases},
-          ${releaseLocks})
+          ${releaseLocks}, ${releaseVersion})
         ON CONFLICT (name) DO UPDATE SET release_id = excluded.release_id, holder = excluded.holder,
           release_reason = excluded.release_reason, started_at = excluded.started_at,
           expires_at = excluded.expires_at, blocked_by = excluded.blocked_by,
           block_reason = excluded.block_reason, blocked_since = excluded.blocked_since, version = excluded.version,
           release_by = excluded.release_by, block_by = excluded.block_by, other_releases = excluded.other_releases,
-          release_locks = excluded.release_locks`;
+          release_locks = excluded.release_locks, release_version = excluded.release_version`;
     }
     if (after.lastId !== stored.lastId)
       await tx`UPDATE releasestatus_lock SET last_id = ${after.lastId} WHERE name = ''`;
@@ -352,6 +383,19 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     return new Map(rows.map((r) => [r.lock, r.at === null ? Number.NEGATIVE_INFINITY : Number(r.at)]));
   }
 
+  // The newest start with a version on each lock, running or finished: a newest-first lock refuses older ones.
+  async function releasedOn(tx: SQL, locks: readonly string[]): Promise<Map<string, Released>> {
+    const found = new Map<string, Released>();
+    for (const l of locks) {
+      const [row] = await tx`
+        SELECT version, at, name FROM releasestatus_events
+        WHERE kind = 'started' AND version IS NOT NULL AND (lock = ${l} OR (locks IS NOT NULL AND locks::jsonb ? ${l}))
+        ORDER BY seq DESC LIMIT 1`;
+      if (row) found.set(l, { version: String(row.version), at: Number(row.at), name: String(row.name) });
+    }
+    return found;
+  }
+
   // The names that count against RS_MAX_LOCKS (not the root, not the original's lock); with `locks`, only
   // those that are one of them or under one.
   // With `by`, only the names it holds (a release, in the columns or among other_releases, or the block).
@@ -370,9 +414,9 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
   // Appends events, prunes the oldest, and tells the other replicas (NOTIFY is delivered on commit).
   async function record(tx: SQL, lock: string, events: Event[]) {
     for (const e of events)
-      await tx`INSERT INTO releasestatus_events (lock, at, kind, release_id, name, reason, made_by, status, locks)
+      await tx`INSERT INTO releasestatus_events (lock, at, kind, release_id, name, reason, made_by, status, locks, version)
                VALUES (${e.lock}, ${e.at}, ${e.kind}, ${e.releaseId}, ${e.name}, ${e.reason}, ${e.by ?? null},
-                 ${e.status ?? null}, ${eventLocks(e)})`;
+                 ${e.status ?? null}, ${eventLocks(e)}, ${e.version ?? null})`;
     await tx`DELETE FROM releasestatus_events WHERE seq <= (SELECT max(seq) FROM releasestatus_events) - ${opts.historyLimit}`;
     await tx`SELECT pg_notify(${CHANNEL}, ${JSON.stringify({ replica, lock, events })})`;
   }
@@ -469,7 +513,8 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     const [found, waiters] = await inTransaction(async (tx) => [
       await rows(tx),
       await tx`
-        SELECT id, lock, name, reason, made_by, reach, (extract(epoch FROM since) * 1000)::bigint AS since
+        SELECT id, lock, name, reason, made_by, reach, version, urgent,
+          (extract(epoch FROM since) * 1000)::bigint AS since
         FROM releasestatus_live_waiters ORDER BY id`,
     ]);
     if (lineChanges === changesBefore) line = (waiters as Record<string, string | null>[]).map(toQueued);
@@ -491,12 +536,14 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
           reason: w.reason,
           made_by: w.by ?? null,
           reach: reachColumn(w.lock, reachOf(w)),
+          version: w.version ?? null,
+          urgent: w.urgent ?? null,
         }));
         if (rows.length > 0)
-          await tx`INSERT INTO releasestatus_waiters (id, lock, name, reason, replica, made_by, reach)
-                   SELECT w.id, w.lock, w.name, w.reason, ${replica}, w.made_by, w.reach
+          await tx`INSERT INTO releasestatus_waiters (id, lock, name, reason, replica, made_by, reach, version, urgent)
+                   SELECT w.id, w.lock, w.name, w.reason, ${replica}, w.made_by, w.reach, w.version, w.urgent
                    FROM jsonb_to_recordset(${JSON.stringify(rows)}::text::jsonb)
-                     AS w(id bigint, lock text, name text, reason text, made_by text, reach text)
+                     AS w(id bigint, lock text, name text, reason text, made_by text, reach text, version text, urgent text)
                    ON CONFLICT (id) DO UPDATE SET heartbeat_at = clock_timestamp()
                    WHERE NOT releasestatus_waiters.done`;
         await tx`DELETE FROM releasestatus_waiters
@@ -631,9 +678,9 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     history: async (limit, lock) => {
       const rows = await inTransaction((tx) =>
         lock === undefined
-          ? tx`SELECT lock, at, kind, release_id, name, reason, made_by, locks FROM releasestatus_events
+          ? tx`SELECT lock, at, kind, release_id, name, reason, made_by, locks, version FROM releasestatus_events
                ORDER BY seq DESC LIMIT ${limit}`
-          : tx`SELECT lock, at, kind, release_id, name, reason, made_by, locks FROM releasestatus_events
+          : tx`SELECT lock, at, kind, release_id, name, reason, made_by, locks, version FROM releasestatus_events
                WHERE lock = ${lock} OR ${lock} = '' OR substr(lock, 1, length(${lock}) + 1) = ${lock} || '/'
                   OR (locks IS NOT NULL AND EXISTS (SELECT 1 FROM jsonb_array_elements_text(locks::jsonb) AS l
                         WHERE l = ${lock} OR substr(l, 1, length(${lock}) + 1) = ${lock} || '/'))
@@ -673,7 +720,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
               await tx`UPDATE releasestatus_webhooks SET delivered = ${progress.delivered}, dropped = dropped + ${skipped}
                        WHERE key = ${webhook}`;
             const rows = await tx`
-              SELECT seq, lock, at, kind, release_id, name, reason, made_by, status, locks FROM releasestatus_events
+              SELECT seq, lock, at, kind, release_id, name, reason, made_by, status, locks, version FROM releasestatus_events
               WHERE seq > ${progress.delivered} ORDER BY seq LIMIT ${limit}`;
             const events = (rows as (EventRow & { seq: string })[]).map((r) => ({
               seq: Number(r.seq),
@@ -774,6 +821,14 @@ const MIGRATIONS = [
    CREATE OR REPLACE VIEW releasestatus_live_waiters AS SELECT * FROM releasestatus_waiters
      WHERE NOT done AND (heartbeat_at > clock_timestamp() - interval '5 seconds'
         OR pg_postmaster_start_time() > clock_timestamp() - interval '5 seconds');`,
+  // Versions (version=) of a release, an event and a waiter; a waiter's urgent reason; and, for a waiter a
+  // newer start superseded on a newest-first lock, the words it is answered with (its row is done then).
+  `ALTER TABLE releasestatus_lock ADD COLUMN release_version text;
+   ALTER TABLE releasestatus_events ADD COLUMN version text;
+   ALTER TABLE releasestatus_waiters ADD COLUMN version text, ADD COLUMN urgent text, ADD COLUMN superseded text;
+   CREATE OR REPLACE VIEW releasestatus_live_waiters AS SELECT * FROM releasestatus_waiters
+     WHERE NOT done AND (heartbeat_at > clock_timestamp() - interval '5 seconds'
+        OR pg_postmaster_start_time() > clock_timestamp() - interval '5 seconds');`,
 ];
 const SCHEMA_VERSION = MIGRATIONS.length;
 
@@ -868,6 +923,8 @@ const toQueued = (w: Record<string, string | number | null>): Queued => {
     by: w.made_by == null ? undefined : String(w.made_by),
   };
   if (w.reach != null) q.reach = JSON.parse(String(w.reach)) as string[];
+  if (w.version != null) q.version = String(w.version);
+  if (w.urgent != null) q.urgent = String(w.urgent);
   return q;
 };
 

@@ -19,6 +19,7 @@ import {
   onlyQueueEvents,
   type Progress,
   queueEvent,
+  type Released,
   readClaim,
   type Store,
   type Stored,
@@ -92,6 +93,9 @@ const MIGRATIONS = [
   // NULL for a release on one lock, as before).
   `ALTER TABLE lock ADD COLUMN release_locks TEXT;
    ALTER TABLE events ADD COLUMN locks TEXT;`,
+  // Versions (version=): the release's in the columns (others carry theirs in other_releases), and each event's.
+  `ALTER TABLE lock ADD COLUMN release_version TEXT;
+   ALTER TABLE events ADD COLUMN version TEXT;`,
 ];
 export const SCHEMA_VERSION = MIGRATIONS.length;
 
@@ -160,16 +164,23 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
       `SELECT max(at) AS at FROM events WHERE kind IN ('stopped', 'expired', 'abandoned')
          AND (lock = ?1 OR (locks IS NOT NULL AND EXISTS (SELECT 1 FROM json_each(locks) WHERE value = ?1)))`,
     ),
+    // The newest start with a version on a lock, running or finished: a newest-first lock refuses older ones.
+    released: db.query<{ version: string; at: number; name: string }, [string]>(
+      `SELECT version, at, name FROM events WHERE kind = 'started' AND version IS NOT NULL
+         AND (lock = ?1 OR (locks IS NOT NULL AND EXISTS (SELECT 1 FROM json_each(locks) WHERE value = ?1)))
+       ORDER BY seq DESC LIMIT 1`,
+    ),
     save: db.query(
       `INSERT INTO lock (name, last_id, release_id, holder, release_reason, started_at, expires_at,
-         blocked_by, block_reason, blocked_since, version, release_by, block_by, other_releases, release_locks)
-       VALUES (?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         blocked_by, block_reason, blocked_since, version, release_by, block_by, other_releases, release_locks,
+         release_version)
+       VALUES (?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
        ON CONFLICT (name) DO UPDATE SET release_id = excluded.release_id, holder = excluded.holder,
          release_reason = excluded.release_reason, started_at = excluded.started_at, expires_at = excluded.expires_at,
          blocked_by = excluded.blocked_by, block_reason = excluded.block_reason,
          blocked_since = excluded.blocked_since, version = excluded.version,
          release_by = excluded.release_by, block_by = excluded.block_by, other_releases = excluded.other_releases,
-         release_locks = excluded.release_locks`,
+         release_locks = excluded.release_locks, release_version = excluded.release_version`,
     ),
     count: db.query("UPDATE lock SET last_id = ? WHERE name = ''"),
     forget: db.query("DELETE FROM lock WHERE name = ?"),
@@ -183,15 +194,15 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
            SELECT 1 FROM json_each(coalesce(other_releases, '[]')) AS r WHERE json_extract(r.value, '$.by') = ?3))`,
     ),
     append: db.query(
-      "INSERT INTO events (lock, at, kind, release_id, name, reason, made_by, status, locks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+      "INSERT INTO events (lock, at, kind, release_id, name, reason, made_by, status, locks, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     ),
     prune: db.query("DELETE FROM events WHERE seq <= (SELECT max(seq) FROM events) - ?"),
     history: db.query<EventRow, [number]>(
-      "SELECT lock, at, kind, release_id, name, reason, made_by, locks FROM events ORDER BY seq DESC LIMIT ?",
+      "SELECT lock, at, kind, release_id, name, reason, made_by, locks, version FROM events ORDER BY seq DESC LIMIT ?",
     ),
     // The events of a lock and the locks under it, and of every release that held one of them among others.
     lockHistory: db.query<EventRow, [string, number]>(
-      `SELECT lock, at, kind, release_id, name, reason, made_by, locks FROM events
+      `SELECT lock, at, kind, release_id, name, reason, made_by, locks, version FROM events
        WHERE lock = ?1 OR ?1 = '' OR substr(lock, 1, length(?1) + 1) = ?1 || '/'
           OR (locks IS NOT NULL AND EXISTS (SELECT 1 FROM json_each(locks)
                 WHERE value = ?1 OR substr(value, 1, length(?1) + 1) = ?1 || '/'))
@@ -224,7 +235,7 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
     retry: db.query("UPDATE webhooks SET attempts = ?2, next_at = ?3 WHERE key = ?1"),
     skip: db.query("UPDATE webhooks SET delivered = ?2, dropped = dropped + ?3 WHERE key = ?1"),
     pending: db.query<EventRow & { seq: number }, [number, number]>(
-      "SELECT seq, lock, at, kind, release_id, name, reason, made_by, status, locks FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+      "SELECT seq, lock, at, kind, release_id, name, reason, made_by, status, locks, version FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
     ),
   };
   const line = new LocalWaitLine();
@@ -239,13 +250,33 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
     const found = readClaim(options.claim ?? [lock], around, (names) => q.exact.all(JSON.stringify(names)));
     if (options.freedOf?.length)
       found.freedAt = new Map(options.freedOf.map((l) => [l, q.freedAt.get(l)?.at ?? Number.NEGATIVE_INFINITY]));
+    if (options.releasedOf?.length) found.released = releasedOn(options.releasedOf);
+    return found;
+  };
+  const releasedOn = (locks: readonly string[]): Map<string, Released> => {
+    const found = new Map<string, Released>();
+    for (const l of locks) {
+      const row = q.released.get(l);
+      if (row) found.set(l, { version: row.version, at: Number(row.at), name: row.name });
+    }
     return found;
   };
   const count: CountNames = (locks, by) =>
     q.names.get(locks === null ? null : JSON.stringify(locks), DEFAULT_LOCK, by ?? null)?.n ?? 0;
   const append = (events: Event[]) => {
     for (const e of events)
-      q.append.run(e.lock, e.at, e.kind, e.releaseId, e.name, e.reason, e.by ?? null, e.status ?? null, eventLocks(e));
+      q.append.run(
+        e.lock,
+        e.at,
+        e.kind,
+        e.releaseId,
+        e.name,
+        e.reason,
+        e.by ?? null,
+        e.status ?? null,
+        eventLocks(e),
+        e.version ?? null,
+      );
     q.prune.run(historyLimit);
   };
   // Joining or leaving the line grants nothing: such a commit is not worth an fsync of its own

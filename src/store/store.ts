@@ -22,7 +22,10 @@ import {
   refuse,
   type State,
   WAITABLE,
+  withUrgent,
 } from "../release.ts";
+import { compareVersions } from "../version.ts";
+import { describeSupersededBy } from "../words.ts";
 import type { FindAround } from "./around.ts";
 
 /**
@@ -40,7 +43,25 @@ export type Entry = { releases: Release[]; block: Block | null; version: number 
  * The state around a lock as stored: every lock the decision may touch, and the id counter; with
  * `freedAt`, when each lock asked about last came free (a pool takes the child free the longest).
  */
-export type Stored = { lastId: number; entries: Map<string, Entry>; freedAt?: Map<string, number> };
+export type Stored = {
+  lastId: number;
+  entries: Map<string, Entry>;
+  freedAt?: Map<string, number>;
+  released?: Map<string, Released>; // with TransactOptions.releasedOf: the newest versioned start on each
+};
+
+/** The last release with a version started on a lock (running or finished): a newest-first lock refuses older. */
+export type Released = { version: string; at: number; name: string };
+
+/** The newest `started` event with a version on each of `locks`, from events oldest first (memory's history). */
+export function releasedFrom(events: Iterable<Event>, locks: readonly string[]): Map<string, Released> {
+  const found = new Map<string, Released>();
+  for (const e of events)
+    if (e.kind === "started" && e.version !== undefined)
+      for (const l of e.locks ?? [e.lock])
+        if (locks.includes(l)) found.set(l, { version: e.version, at: e.at, name: e.name });
+  return found;
+}
 
 /**
  * A change that is on disk (or in the database) now: `entries` are the locks it wrote, as written;
@@ -66,26 +87,110 @@ export type Queued = {
   since: number;
   by?: string;
   reach?: string[];
+  version?: string; // the version its start carried (version=)
+  urgent?: string; // why it waits ahead of every non-urgent waiter (urgent=)
 };
+
+/** Who joins the line: the holder, and what orders it there (its version, and why it is urgent). */
+export type Joiner = Holder & { version?: string; urgent?: string };
+
+/** A waiter as its store keeps it, from who joined: only the fields it was given. */
+export const waiterOf = (id: number, lock: string, who: Joiner, since: number): Queued => ({
+  id,
+  lock,
+  name: who.name,
+  reason: who.reason,
+  since,
+  by: who.by,
+  ...(who.version === undefined ? {} : { version: who.version }),
+  ...(who.urgent === undefined ? {} : { urgent: who.urgent }),
+});
 
 /** The locks a waiter's claim may hold. */
 export const reachOf = (w: Queued): readonly string[] => w.reach ?? [w.lock];
 
 /**
- * The rule of the line, for every store: how many of `line` (in order) wait before `self` (all of them,
- * without it) with a claim that overlaps `reach`. Each is served first: a claim passes no overlapping waiter.
+ * The rule of the line, for every store: how many of `line` wait before `self` (a newcomer, without it: `urgent`
+ * says whether it asks for the urgent lane) with a claim that overlaps `reach`. Urgent waiters wait ahead of
+ * every other; within each lane, first come first served. Each is served first: a claim passes no overlapping
+ * waiter ahead of it.
  */
-export function waitersAhead(line: readonly Queued[], reach: readonly string[], self: number | undefined): number {
+export function waitersAhead(
+  line: readonly Queued[],
+  reach: readonly string[],
+  self: number | undefined,
+  urgent = false,
+): number {
+  const me = self === undefined ? undefined : line.find((w) => w.id === self);
+  const mine = me ? me.urgent !== undefined : urgent;
   let n = 0;
-  for (const w of line) if ((self === undefined || w.id < self) && claimsOverlap(reachOf(w), reach)) n++;
+  for (const w of line) {
+    if (w.id === self || !claimsOverlap(reachOf(w), reach)) continue;
+    const theirs = w.urgent !== undefined;
+    if ((theirs && !mine) || (theirs === mine && (self === undefined || w.id < self))) n++;
+  }
   return n;
+}
+
+/** The line in the order it is served: the urgent lane first, each lane first come, first served. */
+export const inServiceOrder = (line: readonly Queued[]): Queued[] =>
+  [...line].sort((a, b) => Number(b.urgent !== undefined) - Number(a.urgent !== undefined) || a.id - b.id);
+
+/** Whether a newcomer asks for the urgent lane. */
+export const isUrgent = (options: TransactOptions): boolean =>
+  options.urgent === true || options.join?.urgent !== undefined;
+
+/** Whether two waiters asked for the same locks: the same claim, which a newer start of it may supersede. */
+const sameClaim = (a: readonly string[], b: readonly string[]): boolean =>
+  a.length === b.length && a.every((l) => b.includes(l));
+
+// Whether `newer` takes the place of `older` in a newest-first line: a higher or equal version, or, when either
+// has none, simply by arriving later.
+const takesPlaceOf = (newer: Joiner, older: Queued): boolean =>
+  newer.version === undefined || older.version === undefined || compareVersions(newer.version, older.version) >= 0;
+
+/**
+ * The rule of a newest-first line, for every store: what a start joining it (`who`, claiming `reach`) does to
+ * the waiters of the same claim in the same lane. It supersedes each it takes the place of (`passed`); such a
+ * waiter with a higher version supersedes it instead (`by`, and it passes none). Waiters of other claims are
+ * untouched, and so are those of the other lane: a newer CI build never takes an urgent hotfix's place.
+ */
+export function supersede(
+  line: readonly Queued[],
+  who: Joiner,
+  reach: readonly string[],
+): { passed: Queued[]; by: Queued | null } {
+  const lane = (w: { urgent?: string }) => w.urgent !== undefined;
+  const same = line.filter((w) => sameClaim(reachOf(w), reach) && lane(w) === lane(who));
+  const by = same.find((w) => !takesPlaceOf(who, w)) ?? null;
+  return by ? { passed: [], by } : { passed: same, by: null };
+}
+
+/** What a start on a newest-first line does as it is decided: the waiters it passes, or why it is itself passed. */
+export type Superseding = { passed: Queued[]; refusal: Refusal | null };
+const NONE: Superseding = { passed: [], refusal: null };
+
+/** The waiters a newcomer on a newest-first lock passes (only when it joins: `options.newest` and `join`). */
+export function superseding(line: readonly Queued[], options: TransactOptions, lock: string): Superseding {
+  if (!options.newest || !options.join || options.self !== undefined) return NONE;
+  const { passed, by } = supersede(line, options.join, options.claim ?? [lock]);
+  return { passed, refusal: by ? refuse("superseded", describeSupersededBy(by, "waits already")) : null };
+}
+
+/** The `superseded` event of a waiter passed by `who`, with the words it is answered with. */
+export function supersededEvent(w: Queued, who: Joiner, started: boolean, at: number): Event {
+  const reason = describeSupersededBy(who, started ? "started in your place" : "now waits in your place");
+  return { ...queueEvent("left-queue", w.lock, w, at, reason), kind: "superseded" };
 }
 
 export type TransactOptions = {
   claim?: readonly string[]; // every lock the decision may hold (a pool's children too); without it, the one lock
   freedOf?: readonly string[]; // the locks whose last end the decision needs (a pool's children): see Stored.freedAt
+  releasedOf?: readonly string[]; // the newest-first locks whose last released version the decision needs
+  newest?: boolean; // the claim is on a newest-first lock: joining supersedes older waiters of the same claim
+  urgent?: boolean; // a start in the urgent lane: only urgent waiters count ahead of it
   self?: number; // the caller's own place in the wait line: only waiters before it count as ahead
-  join?: Holder; // join the wait line in the same transaction when the answer is a refusal worth waiting out
+  join?: Joiner; // join the wait line in the same transaction when the answer is a refusal worth waiting out
   room?: Room; // how many lock names may be stored: a change that would store one more is refused beyond it
 };
 
@@ -237,7 +342,7 @@ export class StorageError extends Error {}
 
 /** Events that change no state: recording them needs no synchronous write. */
 export const onlyQueueEvents = (events: Event[]): boolean =>
-  events.every((e) => e.kind === "waiting" || e.kind === "left-queue");
+  events.every((e) => e.kind === "waiting" || e.kind === "left-queue" || e.kind === "superseded");
 
 export const EMPTY_ENTRY: Entry = { releases: [], block: null, version: 0 };
 
@@ -355,6 +460,7 @@ export const under = (locks: readonly string[], name: string): boolean =>
 export class LocalWaitLine {
   private line: Queued[] = []; // in the order they joined, which is the order of their ids
   private nextId = 1;
+  private superseded = new Map<number, string>(); // waiters a newer start passed, with their words, until told
 
   list(): Queued[] {
     return this.line;
@@ -365,27 +471,41 @@ export class LocalWaitLine {
     return waitersAhead(this.line, reach, self);
   }
 
-  join(lock: string, who: Holder, now: number, reach?: readonly string[]): Queued {
-    const waiter: Queued = { id: this.nextId++, lock, name: who.name, reason: who.reason, since: now, by: who.by };
+  join(lock: string, who: Joiner, now: number, reach?: readonly string[]): Queued {
+    const waiter = waiterOf(this.nextId++, lock, who, now);
     if (reach && !(reach.length === 1 && reach[0] === lock)) waiter.reach = [...reach];
     this.line = [...this.line, waiter];
     return waiter;
   }
 
+  /** Takes these waiters out of the line: each is answered `superseded` with `words` at its next attempt. */
+  supersede(passed: readonly Queued[], words: (w: Queued) => string) {
+    for (const w of passed) if (this.leave(w.id)) this.superseded.set(w.id, words(w));
+  }
+
+  /** The answer of a waiter a newer start passed (forgotten once `told`, not by a preview): null for any other. */
+  supersededAnswer(id: number | undefined, told: boolean): Refusal | null {
+    const words = id === undefined ? undefined : this.superseded.get(id);
+    if (words === undefined) return null;
+    if (told) this.superseded.delete(id as number);
+    return refuse("superseded", words);
+  }
+
   leave(id: number): Queued | null {
-    const at = this.line.findIndex((w) => w.id === id);
-    const waiter = this.line[at];
-    if (!waiter) return null;
-    this.line = this.line.toSpliced(at, 1); // a new array: save() may hold the old one
+    this.superseded.delete(id); // a superseded waiter that went away before it was told: nothing left to tell
+    const waiter = this.line.find((w) => w.id === id) ?? null;
+    if (waiter) this.line = this.line.filter((w) => w !== waiter);
     return waiter;
   }
 
   /** The line as it is, to put back if the transaction that changed it does not commit. */
   save(): () => void {
     const { line, nextId } = this;
+    const superseded = new Map(this.superseded);
     return () => {
       this.line = line;
       this.nextId = nextId;
+      this.superseded = superseded;
     };
   }
 }
@@ -394,10 +514,19 @@ export class LocalWaitLine {
 export const queueEvent = (
   kind: "waiting" | "left-queue",
   lock: string,
-  who: Holder,
+  who: Joiner,
   at: number,
   reason: string,
-): Event => ({ lock, at, kind, releaseId: null, name: who.name, reason, by: who.by });
+): Event => ({
+  lock,
+  at,
+  kind,
+  releaseId: null,
+  name: who.name,
+  reason,
+  by: who.by,
+  ...(who.version === undefined ? {} : { version: who.version }),
+});
 
 /** What a transaction is to write: the events, the locks changed, and the id counter. */
 export type Writes = { events: Event[]; entries: Map<string, Entry>; lastId: number | null };
@@ -418,18 +547,27 @@ export function decideInLine(
   write: ((w: Writes) => void) | null,
 ): Decision {
   const before = scopeOf(lock, stored);
-  const verdict = decide(stored, now, line.ahead(options.claim ?? [lock], options.self));
+  const answered = line.supersededAnswer(options.self, write !== null);
+  if (answered) return { outcome: answered, committed: null, joined: null };
+  const { passed, refusal } = superseding(line.list(), options, lock);
+  if (refusal) return { outcome: refusal, committed: null, joined: null };
+  const rest = line.list().filter((w) => !passed.includes(w));
+  const verdict = decide(stored, now, waitersAhead(rest, options.claim ?? [lock], options.self, isUrgent(options)));
   const { outcome, change } = withinRoom(stored, verdict, options.room, count);
   const joining = !outcome.ok && options.join !== undefined && WAITABLE.has(outcome.reason);
+  const passing = outcome.ok || joining ? passed : [];
   const events = [...(change?.events ?? [])];
-  if (joining && options.join) events.push(queueEvent("waiting", lock, options.join, now, options.join.reason));
+  const join = options.join;
+  if (join) events.push(...passing.map((w) => supersededEvent(w, join, outcome.ok, now)));
+  if (joining && join) events.push(queueEvent("waiting", lock, join, now, withUrgent(join.reason, join.urgent)));
   if (events.length === 0) return { outcome, committed: null, joined: null };
   const after = change?.next ?? before;
   const entries = change ? changedEntries(stored, after, change.also) : new Map<string, Entry>();
   const committed = { lock, events, before, after, entries };
   if (!write) return { outcome, committed, joined: null };
   write({ events, entries, lastId: after.lastId !== stored.lastId ? after.lastId : null });
-  const joined = joining && options.join ? line.join(lock, options.join, now, options.claim) : null;
+  if (join) line.supersede(passing, (w) => supersededEvent(w, join, outcome.ok, now).reason);
+  const joined = joining && join ? line.join(lock, join, now, options.claim) : null;
   if (outcome.ok && options.self !== undefined) line.leave(options.self);
   return { outcome, committed, joined };
 }
@@ -450,13 +588,14 @@ export type LockRow = Record<
   | "release_by"
   | "block_by"
   | "other_releases"
-  | "release_locks",
+  | "release_locks"
+  | "release_version",
   string | number | null
 >;
 export type EventRow = Record<
   "lock" | "at" | "kind" | "release_id" | "name" | "reason" | "made_by",
   string | number | null
-> & { status?: string | null; locks?: string | null }; // status: read for the outbox only
+> & { status?: string | null; locks?: string | null; version?: string | null }; // status: read for the outbox only
 
 const num = (v: string | number | null): number | null => (v === null ? null : Number(v));
 const str = (v: string | number | null): string => (v === null ? "" : String(v));
@@ -475,6 +614,7 @@ export function toEntry(row: LockRow): Entry {
           expiresAt: num(row.expires_at),
           by: by(row.release_by),
           ...(row.release_locks == null ? {} : { locks: JSON.parse(String(row.release_locks)) as string[] }),
+          ...(row.release_version == null ? {} : { version: String(row.release_version) }),
         };
   const block: Block | null =
     row.blocked_since === null
@@ -524,6 +664,7 @@ export function toColumns(e: Entry): (string | number | null)[] {
     b?.by ?? null,
     e.releases.length > 1 ? JSON.stringify(e.releases.slice(1)) : null,
     r?.locks ? JSON.stringify(r.locks) : null,
+    r?.version ?? null,
   ];
 }
 
@@ -537,6 +678,7 @@ export const toEvent = (row: EventRow): Event => ({
   by: by(row.made_by),
   ...(row.status == null ? {} : { status: row.status }),
   ...(row.locks == null ? {} : { locks: JSON.parse(row.locks) as string[] }),
+  ...(row.version == null ? {} : { version: row.version }),
 });
 
 /** An event's locks as stored: a JSON list when its release holds several, else null. */
