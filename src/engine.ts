@@ -237,9 +237,11 @@ export function lockOf(id: number): string | null {
 /** Who waits, in order: for `lock` alone when given (a claim of several locks waits on each of them). */
 export const waiting = (lock?: string): Queued[] => {
   const line = engine.store ? store().waiting() : [];
-  const served = inServiceOrder(line);
-  return lock === undefined ? served : (lineByLock(served).get(lock) ?? []);
+  if (inOrder?.line !== line) inOrder = { line, served: inServiceOrder(line) };
+  return lock === undefined ? inOrder.served : (lineByLock(inOrder.served).get(lock) ?? []);
 };
+// The line in the order it is served (urgent first), once for each line the store gives.
+let inOrder: { line: Queued[]; served: Queued[] } | null = null;
 
 // A waiter waits on the lock it asked for, on each lock its claim may hold, and on the lock a pool takes from.
 const waitedOn = (w: Queued): Set<string> =>

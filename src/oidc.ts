@@ -153,14 +153,50 @@ async function getJson(url: string): Promise<{ doc: unknown; cacheControl: strin
     signal: AbortSignal.timeout(FETCH_TIMEOUT_MS),
     headers: { Accept: "application/json" },
   });
-  const body = await res.text();
-  if (res.status !== 200) throw new Error(`${url} answered HTTP ${res.status}`);
-  if (body.length > MOST_BYTES) throw new Error(`${url} sent more than ${MOST_BYTES} bytes`);
+  if (res.status !== 200) {
+    await res.body?.cancel();
+    throw new Error(`${url} answered HTTP ${res.status}`);
+  }
+  const body = await boundedText(res, url, Date.now() + FETCH_TIMEOUT_MS);
   try {
     return { doc: JSON.parse(body), cacheControl: res.headers.get("cache-control") };
   } catch {
     throw new Error(`${url} did not send JSON`);
   }
+}
+
+// The body, read no further than MOST_BYTES and no longer than until `deadline`: an issuer (or a proxy before it)
+// that sends gigabytes, or trickles them, must not fill the daemon's memory or hold a fetch open.
+async function boundedText(res: Response, url: string, deadline: number): Promise<string> {
+  const declared = Number(res.headers.get("content-length") ?? 0);
+  const tooLarge = () => new Error(`${url} sent more than ${MOST_BYTES} bytes`);
+  if (declared > MOST_BYTES) {
+    await res.body?.cancel();
+    throw tooLarge();
+  }
+  const reader = res.body?.getReader();
+  if (!reader) return "";
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const left = deadline - Date.now();
+    const next = await Promise.race([
+      reader.read(),
+      new Promise<"late">((resolve) => setTimeout(() => resolve("late"), Math.max(left, 0)).unref?.()),
+    ]);
+    if (next === "late") {
+      await reader.cancel().catch(() => {});
+      throw new Error(`${url}: no whole answer within ${FETCH_TIMEOUT_MS / 1000} s`);
+    }
+    if (next.done) break;
+    size += next.value.byteLength;
+    if (size > MOST_BYTES) {
+      await reader.cancel().catch(() => {});
+      throw tooLarge();
+    }
+    chunks.push(next.value);
+  }
+  return new TextDecoder().decode(Buffer.concat(chunks));
 }
 
 /** How long the keys may be used, from the JWKS answer's Cache-Control (max-age), within bounds. */

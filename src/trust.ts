@@ -93,11 +93,16 @@ function parseConditions(claims: unknown): Condition[] | string {
       return `claims: ${claim} = ${JSON.stringify(value)} is not valid: expected a value, or a list of values, each exact or with * for any characters`;
     conditions.push({ claim, patterns });
   }
-  // A pattern of only stars matches any value: at least one condition must actually narrow who is let in.
-  if (!conditions.some((c) => c.patterns.every((p) => /[^*]/.test(p))))
-    return `claims: at least one condition must name a value, not only *: add ${example}`;
+  // At least one condition must actually narrow who is let in: not a claim every token of the issuer carries
+  // alike or that is checked anyway (iss, aud, the times), and not a pattern that any value fits (*, */*).
+  if (!conditions.some(narrows))
+    return `claims: at least one condition must name a value that narrows who is let in (not only *, */* or iss, aud and the times): add ${example}`;
   return conditions;
 }
+
+const CHECKED_ANYWAY = new Set(["iss", "aud", "exp", "nbf", "iat", "jti"]);
+const narrows = (c: Condition): boolean =>
+  !CHECKED_ANYWAY.has(c.claim) && c.patterns.every((p) => /[\p{L}\p{N}]/u.test(p.replaceAll("*", "")));
 
 /** `*` matches any characters, `/` too; everything else is itself. */
 const globs = new Map<string, RegExp>();

@@ -260,6 +260,9 @@ describe("[[trust]] in the configuration: checked, reloaded on SIGHUP", () => {
     ["no audience", (iss) => trust(iss, 'repository = "a/b"').replace(/audience = .*\n/, ""), "audience is missing"],
     ["no claims", (iss) => trust(iss, "").replace("[trust.claims]\n", ""), "claims is missing"],
     ["only * in the claims", (iss) => trust(iss, 'repository = "*"'), "not only *"],
+    ["a pattern any value fits (*/*)", (iss) => trust(iss, 'repository = "*/*"'), "narrows who is let in"],
+    ["only the audience as a condition", (iss) => trust(iss, 'aud = "rs"'), "narrows who is let in"],
+    ["only the issuer and a time", (iss) => trust(iss, `iss = "${iss}"\nexp = "1*"`), "narrows who is let in"],
     [
       "a bad right",
       (iss) => trust(iss, 'repository = "a/b"', 'can = ["deploy"]\nlocks = ["prod"]'),
