@@ -15,6 +15,7 @@ import {
   DEFAULT_LOCK,
   type Event,
   type Frozen,
+  isAncestor,
   type Outcome,
   overlaps,
   type Refusal,
@@ -40,6 +41,7 @@ import {
   type NextMarks,
   type Queued,
   type Room,
+  reachOf,
   type Store,
   type Stored,
   scopeOf,
@@ -601,14 +603,27 @@ function remember(entries: Map<string, Entry>, lastId: number) {
 export function wakeWaiters(locks?: string | readonly string[]) {
   if (engine.waiters.size === 0) return;
   const changed = typeof locks === "string" ? [locks] : locks;
-  const line = store().waiting();
-  const ids = new Set(line.map((q) => q.id));
-  for (const w of engine.waiters.values())
-    if (!ids.has(w.id) || ((changed === undefined || claimsOverlap(w.reach, changed)) && firstInLine(w, line))) wake(w);
+  const served = waiting(); // in the order it is served: urgent first, then as they joined
+  // A waiter no longer in the line was taken out by another's start (superseded): woken to be told so.
+  const ids = new Set(served.map((q) => q.id));
+  for (const w of engine.waiters.values()) if (!ids.has(w.id)) wake(w);
+  // The first in line of each claim the change concerns: none served before it overlaps it.
+  const passed: (readonly string[])[] = []; // what each waiter ahead so far may hold
+  for (const q of served) {
+    const reach = reachOf(q);
+    if (
+      (changed === undefined || claimsOverlap(reach, changed)) &&
+      !passed.some((ahead) => claimsOverlap(ahead, reach))
+    ) {
+      const w = engine.waiters.get(q.id);
+      if (w) wake(w);
+    }
+    passed.push(reach);
+    // Once each changed lock is covered by a waiter so far (on it or on a lock above it), every later waiter the
+    // change concerns overlaps one ahead of it: the walk ends, and a hand-off looks at the head of the line only.
+    if (changed?.every((l) => passed.some((ahead) => ahead.some((a) => a === l || isAncestor(a, l))))) return;
+  }
 }
-
-// A waiter no longer in the line (ids) was taken out by another's start (superseded): woken to be told so.
-const firstInLine = (w: Waiter, line: Queued[]): boolean => waitersAhead(line, w.reach, w.id) === 0;
 
 // Another replica changed something (or the poll came round): read afresh, then let waiters try.
 async function heardFromElsewhere(lock: string, events: Event[]) {
