@@ -159,7 +159,9 @@ export function statusText(lock: string, snap: Snapshot): string {
     .filter((stop) => stop.why !== "running" && stop.why !== "full") // its own releases are the running: line
     .map((stop) => `${stop.why}: ${stop.message}`);
   const lines = !release
-    ? [...others, `idle: no release is running${on(lock)}`]
+    ? others.length > 0
+      ? others // idle: only when a start would be granted, so a script's ^idle never matches a lock it cannot start
+      : [`idle: no release is running${on(lock)}`]
     : s.limit === 1
       ? [`running: ${running(release)}`, ...others]
       : [`running: ${s.releases.length} of ${s.limit}: ${s.releases.map(running).join("; ")}`, ...others];
