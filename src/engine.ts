@@ -719,14 +719,5 @@ export const history = (limit: number, lock?: string): Promise<Event[]> => store
 
 export const storeDescription = (): string | null => engine.store?.description ?? null;
 
-// ---- the names the HTTP layer calls today; they act on the default lock ----
-
-export const transact = (rule: Rule, lock: string = DEFAULT_LOCK): Outcome | Promise<Outcome> => change(lock, rule);
-export const startOrWait = (req: StartRequest, waitSeconds: number, gone: AbortSignal): Outcome | Promise<Outcome> =>
-  start(DEFAULT_LOCK, req, waitSeconds, gone);
-export const isHealthy = (): boolean => health().ok;
-export const stateKnown = (): boolean => health().known;
-export const waitingList = (): Queued[] => waiting();
-
 /** A consistent copy of the whole database, taken inside the daemon; null when the store cannot give one. */
 export const backup = (): Uint8Array | null => store().backup();

@@ -104,9 +104,13 @@ export async function startDaemon(
 }
 
 /** Runs the binary to completion (for start-up errors and subcommands). */
-export async function runBinary(args: string[], env: Record<string, string> = {}) {
-  const proc = Bun.spawn([BINARY, ...args], {
-    cwd: tempDir(),
+export const runBinary = (args: string[], env: Record<string, string> = {}) =>
+  runToEnd([BINARY, ...args], tempDir(), env);
+
+/** Runs a command to completion in `cwd`, with only PATH and `env`: its output and exit code. */
+export async function runToEnd(command: string[], cwd: string, env: Record<string, string> = {}) {
+  const proc = Bun.spawn(command, {
+    cwd,
     env: { PATH: process.env.PATH ?? "", ...env },
     stdin: "ignore",
     stdout: "pipe",

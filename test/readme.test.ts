@@ -4,7 +4,7 @@
 import { describe, expect, test } from "bun:test";
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
-import { BINARY, type Daemon, daemonsPerTest, freePort, tempDir, until } from "./daemon.ts";
+import { BINARY, type Daemon, daemonsPerTest, freePort, runToEnd, tempDir, until } from "./daemon.ts";
 
 const ROOT = resolve(import.meta.dir, "..");
 const README = readFileSync(join(ROOT, "README.md"), "utf8");
@@ -54,21 +54,8 @@ const skipReason = (c: Command) => SKIPPED.find(([pattern]) => pattern.test(c.co
 const atDaemon = (command: string, d: Daemon) => command.replaceAll("localhost:8080", `127.0.0.1:${d.port}`);
 
 /** Runs a shell command line in `cwd`, to completion. */
-async function sh(command: string, cwd: string, env: Record<string, string> = {}) {
-  const proc = Bun.spawn(["sh", "-c", command], {
-    cwd,
-    env: { PATH: process.env.PATH ?? "", ...env },
-    stdin: "ignore",
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  const [stdout, stderr, code] = await Promise.all([
-    new Response(proc.stdout).text(),
-    new Response(proc.stderr).text(),
-    proc.exited,
-  ]);
-  return { stdout, stderr, code };
-}
+const sh = (command: string, cwd: string, env: Record<string, string> = {}) =>
+  runToEnd(["sh", "-c", command], cwd, env);
 
 describe("every command of the README is run by this suite, or skipped with a reason", () => {
   test("the README has commands in its quick starts, its curl contract and its run section", () => {

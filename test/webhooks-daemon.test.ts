@@ -59,8 +59,11 @@ async function startHeldBack(admin: InstanceType<typeof Bun.SQL>, d: Daemon): Pr
   return { slow }; // not awaited here: it answers once the commit comes
 }
 
-// Every committed event is delivered, or at least counted as dropped: never skipped unseen.
+// Once the release of `name` on lock s is stopped and that heard: every committed event was delivered, or at
+// least counted as dropped, never skipped unseen.
 async function expectEveryEventOf(d: Daemon, r: { got: { type: string; name?: string }[] }, name: string) {
+  expect(await d.body("/locks/s/stop")).toBe("1\n");
+  await until(async () => r.got.some((g) => g.type === "release.stopped"), `the stop of ${name}`);
   const [hook] = await statusOfHooks(d);
   expect({
     started: r.got.some((g) => g.type === "release.started" && g.name === name),
@@ -209,8 +212,6 @@ describe("replicas on PostgreSQL", () => {
         leaving.abort(); // its left-queue event is written while the start of slow has not committed
         expect(await slow).toBe("1\n");
         await until(async () => r.got.some((g) => g.type === "queue.left"), "the left-queue event");
-        expect(await d.body("/locks/s/stop")).toBe("1\n");
-        await until(async () => r.got.some((g) => g.type === "release.stopped"), "the stop of slow");
         await expectEveryEventOf(d, r, "slow");
       } finally {
         await admin.close();
@@ -237,8 +238,6 @@ describe("replicas on PostgreSQL", () => {
         d.proc.kill("SIGHUP");
         expect(await slow).toBe("1\n");
         await until(async () => r.got.some((g) => g.type === "lock.thawed"), "the thawed event");
-        expect(await d.body("/locks/s/stop")).toBe("1\n");
-        await until(async () => r.got.some((g) => g.type === "release.stopped"), "the stop of slow");
         await expectEveryEventOf(d, r, "slow");
       } finally {
         await admin.close();
