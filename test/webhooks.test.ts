@@ -542,8 +542,10 @@ describe("delivery: in order, at least once, never in the way", () => {
     }
     await until(async () => webhookStatuses()[0]?.deliveries.dropped === 1, "dropped after the tenth attempt");
     await until(async () => r.got.length === 11, "the next event's first attempt");
+    const first = RETRY_SCHEDULE_MS[0] as number;
+    await until(async () => webhookStatuses()[0]?.retryAt === clock.now() + first, "its retry planned");
     r.answerWith(() => new Response("ok"));
-    await clock.advance(5_000);
+    await clock.advance(first);
     await until(async () => webhookStatuses()[0]?.deliveries.delivered === 1, "the next event delivered");
     expect(types(r.got).slice(0, 10)).toEqual(Array(10).fill("a"));
     expect(types(r.got).slice(10)).toEqual(["b", "b"]);
@@ -558,6 +560,8 @@ describe("delivery: in order, at least once, never in the way", () => {
     await starts("a");
     await until(async () => r.got.length === 1, "the first attempt");
     await starts("b", "c", "d", "e");
+    // The clock moves only once the failure was heard and its retry planned from it, not while it is on its way.
+    await until(async () => webhookStatuses()[0]?.deliveries.failed === 1, "the failure recorded");
     r.answerWith(() => new Response("ok"));
     await clock.advance(5_000);
     await until(async () => types(r.got).at(-1) === "e", "the newest");
