@@ -55,6 +55,13 @@ async function open(
   return { d, page };
 }
 const headline = (page: Page) => page.locator("#headline").textContent();
+// The README's pictures are taken anew only when asked (RS_DOCS_SHOTS=1 make test-browser), so a test run
+// leaves the work tree as it found it; otherwise they go with the other artifacts.
+const docShot = (page: Page, name: string, fullPage = false) =>
+  page.screenshot({
+    path: join(import.meta.dir, "..", process.env.RS_DOCS_SHOTS === "1" ? "docs" : "artifacts", name),
+    fullPage,
+  });
 const shot = (page: Page, name: string) => page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true });
 
 describe("the page", () => {
@@ -542,8 +549,7 @@ describe("each state has one colour, one symbol and one word, the same on the bo
       // Each colour is its state's alone.
       expect(new Set(Object.values(onBoard).map((m) => m.colour)).size).toBe(Object.keys(EVERY_STATE).length);
       expect(await cutOff(page)).toEqual([]);
-      if (width === 1200)
-        await page.screenshot({ path: join(import.meta.dir, "..", "docs", "board.png"), fullPage: true });
+      if (width === 1200) await docShot(page, "board.png", true);
       await shot(page, `states-board-${width}`);
       for (const [state, { symbol, word }] of Object.entries(EVERY_STATE)) {
         await page.goto(`${d.url}/locks/${state}/`);
@@ -591,7 +597,7 @@ describe("the page says when the daemon cannot be reached", () => {
     expect(content.filter).toContain("grayscale");
     for (const button of ["#start", "#stop", "#block", "#unblock", "#unblock-above"])
       expect(await page.locator(button).isHidden()).toBe(true);
-    await page.screenshot({ path: join(import.meta.dir, "..", "docs", "down.png") });
+    await docShot(page, "down.png");
     consoleErrors.splice(0); // the browser logs the refused connections
   });
 
@@ -670,7 +676,7 @@ describe("with the original's lock the only one, / is that lock's page", () => {
     const waiter = d.body("/start?name=ana&reason=hotfix&wait=30");
     await page.locator("#queue li", { hasText: "ana (hotfix)" }).waitFor();
     await page.locator("#timing", { hasText: "Usually takes" }).waitFor();
-    await page.screenshot({ path: join(import.meta.dir, "..", "docs", "page.png") });
+    await docShot(page, "page.png");
     await d.body("/stop?name=sion");
     expect(await waiter).toBe("1\n");
     await d.body("/locks/staging/start?name=bob");
