@@ -16,10 +16,9 @@ import {
   describeTrust,
   readConfig,
 } from "./src/config.ts";
-import { closeEngine, history, onCommit, openEngine, systemClock } from "./src/engine.ts";
-import { keepCalendar, replaceCalendar, stopCalendar } from "./src/freezes.ts";
+import { createEngine, type Engine, systemClock } from "./src/engine.ts";
+import { frozenAt, keepCalendar, replaceCalendar, stopCalendar } from "./src/freezes.ts";
 import { closeEventStreams, startServer } from "./src/http/server.ts";
-import { describeLocks } from "./src/http/views.ts";
 import { createLog, type Log } from "./src/log.ts";
 import { learnFromHistory, observe } from "./src/metrics.ts";
 import { blockOn, type Event, type State } from "./src/release.ts";
@@ -119,7 +118,18 @@ async function serve(cfg: Config): Promise<number> {
   for (const notice of store.notices ?? []) log.warn(notice);
   startupStep(`store opened: ${store.description}`);
   if (!store.health().readable) log.warn(`${store.description} cannot be reached yet: answering storage until it can`);
-  onCommit((c) => {
+  // The one engine, given all it needs now: the configuration's functions read cfg at each decision (a reload
+  // changes it), and the calendar's frozenAt answers from the windows keepCalendar below starts with.
+  const engine = createEngine({
+    store,
+    clock: systemClock,
+    limitOf: (lock) => declaredLock(cfg, lock)?.limit ?? 1,
+    newest: (lock) => declaredLock(cfg, lock)?.queue === "newest",
+    childrenOf: (lock) => declaredChildren(cfg, lock),
+    storageFailure: (problem) => log.refusal("storage", () => `could not save the release state: ${problem}`),
+    frozen: frozenAt,
+  });
+  engine.onCommit((c) => {
     if (c.remote) return; // each replica logs and counts its own changes
     observe(c);
     for (const e of c.events)
@@ -132,30 +142,24 @@ async function serve(cfg: Config): Promise<number> {
         ...(e.by === undefined ? {} : { by: e.by }),
       }));
   });
-  const { state, expired } = await openEngine(store, systemClock, {
-    limitOf: (lock) => declaredLock(cfg, lock)?.limit ?? 1,
-    newest: (lock) => declaredLock(cfg, lock)?.queue === "newest",
-    childrenOf: (lock) => declaredChildren(cfg, lock),
-    storageFailure: (problem) => log.refusal("storage", () => `could not save the release state: ${problem}`),
-  });
+  const { state, expired } = await engine.open();
   // A lock with two declared children or more is shown as a pool on the board, even before it is used
   // (one declared child, such as staging/devices of limit 3, is that lock's own tile, not a pool's).
   const pools = () => {
     const parents = cfg.declared.map((l) => l.name.slice(0, l.name.lastIndexOf("/"))).filter(Boolean);
     return [...new Set(parents)].filter((p) => declaredChildren(cfg, p).length > 1);
   };
-  describeLocks((lock) => declaredLock(cfg, lock)?.description ?? "", pools);
   startupStep("engine opened");
   logRestored(log, state, expired);
-  learnFromHistory(await history(1000).catch(() => []));
+  learnFromHistory(await engine.history(1000).catch(() => []));
   startupStep("history read");
-  await keepCalendar(cfg.freezes, systemClock);
-  await startWebhooks(cfg, store, log);
+  await keepCalendar(engine, cfg.freezes, systemClock);
+  await startWebhooks(cfg, engine, store, log);
   startupStep("calendar and webhooks started");
 
   let server: ReturnType<typeof startServer>;
   try {
-    server = startServer(cfg, log);
+    server = startServer(cfg, log, engine, { describe: (lock) => declaredLock(cfg, lock)?.description ?? "", pools });
   } catch (e) {
     await store.close();
     const inUse = (e as { code?: string }).code === "EADDRINUSE" || /in use/i.test((e as Error).message);
@@ -174,7 +178,7 @@ async function serve(cfg: Config): Promise<number> {
     );
 
   return new Promise((resolve) => {
-    reloadNow = () => reload(cfg, log, store);
+    reloadNow = () => reload(cfg, log, engine, store);
     let stopping = false;
     const shutdown = async (signal: string) => {
       if (stopping) return;
@@ -182,7 +186,7 @@ async function serve(cfg: Config): Promise<number> {
       log.info(`${signal} received: answering waiters, finishing requests in flight, then exiting`);
       stopCalendar();
       if (cfg.webhooks.length) (await import("./src/notify/deliver.ts")).stopDelivery();
-      await closeEngine();
+      await engine.close();
       closeEventStreams();
       const force = setTimeout(() => server.stop(true), 2000); // a client that will not finish is cut
       await server.stop();
@@ -200,7 +204,7 @@ async function serve(cfg: Config): Promise<number> {
  * SIGHUP: reads the configuration again (the file and RS_TOKEN_FILE). A valid one takes effect at once,
  * keeping every release and waiter; an invalid one is refused and the running one stays.
  */
-function reload(cfg: Config, log: Log, store: Store) {
+function reload(cfg: Config, log: Log, engine: Engine, store: Store) {
   let changes: ReturnType<typeof applyReload>;
   const before = cfg.access;
   try {
@@ -217,7 +221,7 @@ function reload(cfg: Config, log: Log, store: Store) {
   if (readers(before) !== readers(cfg.access)) closeEventStreams();
   replaceCalendar(cfg.freezes);
   void fetchTrustedKeys(cfg, log);
-  void startWebhooks(cfg, store, log);
+  void startWebhooks(cfg, engine, store, log);
   log.info(`SIGHUP received: configuration reloaded: ${changed.length ? changed.join("; ") : "nothing changed"}`);
   if (needRestart.length) log.warn(`SIGHUP received: these take effect only on a restart: ${needRestart.join(", ")}`);
 }
@@ -236,11 +240,11 @@ async function fetchTrustedKeys(cfg: Config, log: Log) {
 
 /** Delivers events to the configuration's webhooks; the delivery code is loaded only when there are some. */
 let delivering = false;
-async function startWebhooks(cfg: Config, store: Store, log: Log) {
+async function startWebhooks(cfg: Config, engine: Engine, store: Store, log: Log) {
   if (cfg.webhooks.length === 0 && !delivering) return;
   delivering = true;
   const { deliver } = await import("./src/notify/deliver.ts");
-  await deliver(cfg.webhooks, { outbox: store.outbox, clock: systemClock, log, backlog: cfg.webhookBacklog });
+  await deliver(cfg.webhooks, { engine, outbox: store.outbox, clock: systemClock, log, backlog: cfg.webhookBacklog });
 }
 
 function logRestored(log: Log, state: State, expired: Event[]) {

@@ -16,17 +16,7 @@ import {
   occurrenceAt,
   type Window,
 } from "./calendar.ts";
-import {
-  type Clock,
-  health,
-  locksMarked,
-  recordNext,
-  recordOnce,
-  state,
-  useCalendar,
-  wakeWaiters,
-  windowKnown,
-} from "./engine.ts";
+import type { Clock, Engine } from "./engine.ts";
 import { blockedOver, type Event, type Frozen, ROOT, statusAfter } from "./release.ts";
 import { ancestorsOf, type Mark, type Marked } from "./store/store.ts";
 import { iso } from "./words.ts";
@@ -38,6 +28,8 @@ let windows: Window[] = [];
 /** The same windows by the locks they name, and their place in the file: a lock's are looked up, not searched. */
 let index = indexOf([]);
 let clock: Clock | null = null;
+/** The engine the keeper records in and whose waiters a reload wakes: null while the calendar is stopped. */
+let keeping: Engine | null = null;
 let cancelTick = () => {};
 
 /** A window's identity in the store: the same definition is the same window across restarts and replicas. */
@@ -112,13 +104,14 @@ export function upcoming(list: readonly Window[], now: number, count: number) {
 }
 
 /**
- * Starts the calendar: starts ask it, and boundaries are recorded from now on. Resolves after its first
- * look, so that a freeze in force is in the history before the daemon answers anyone.
+ * Starts the calendar: starts ask it (the engine was given frozenAt at its creation), and boundaries are
+ * recorded in `engine` from now on. Resolves after its first look, so that a freeze in force is in the
+ * history before the daemon answers anyone.
  */
-export function keepCalendar(list: Window[], c: Clock): Promise<void> {
+export function keepCalendar(engine: Engine, list: Window[], c: Clock): Promise<void> {
   useWindows(list);
   clock = c;
-  useCalendar(frozenAt);
+  keeping = engine;
   return tick();
 }
 
@@ -137,13 +130,14 @@ export function replaceCalendar(list: Window[]): void {
     }
   for (const w of list) if (!before.has(windowKey(w))) horizons.set(windowKey(w), now);
   useWindows(list);
-  wakeWaiters(); // a freeze may have gone: waiters try again now, not when it would have ended
+  keeping?.wakeWaiters(); // a freeze may have gone: waiters try again now, not when it would have ended
   if (clock) void tick();
 }
 
 export function stopCalendar(): void {
   cancelTick();
   clock = null;
+  keeping = null;
   useWindows([]);
   horizons.clear();
   retired.length = 0;
@@ -250,7 +244,7 @@ const thawReason = (p: Piece): string =>
 
 // The edges as marks and events, each dated no earlier than the one before it (and strictly after the last
 // mark, so the latest mark is the latest edge), nor than the newest event in the history.
-function toMarks(lock: string, edges: Edge[], last: Mark | null, newestEventAt: number): Marked | null {
+function toMarks(engine: Engine, lock: string, edges: Edge[], last: Mark | null, newestEventAt: number): Marked | null {
   if (edges.length === 0) return null;
   let floor = Math.max(newestEventAt, (last?.at ?? Number.NEGATIVE_INFINITY) + 1);
   const marked: Marked = { marks: [], events: [] };
@@ -258,20 +252,20 @@ function toMarks(lock: string, edges: Edge[], last: Mark | null, newestEventAt: 
     const at = Math.max(e.at, floor);
     floor = at + 1;
     marked.marks.push({ window: EDGES, lock, kind: e.kind, at });
-    if (e.reason !== null) marked.events.push({ ...freezeEvent(lock, e.kind, at), reason: e.reason });
+    if (e.reason !== null) marked.events.push({ ...freezeEvent(engine, lock, e.kind, at), reason: e.reason });
   }
   return marked;
 }
 
 // A frozen or thawed event, with what the lock is after it: a thaw may leave it blocked, or frozen from above.
-const freezeEvent = (lock: string, kind: "frozen" | "thawed", at: number): Event => ({
+const freezeEvent = (engine: Engine, lock: string, kind: "frozen" | "thawed", at: number): Event => ({
   lock,
   at,
   kind,
   releaseId: null,
   name: "",
   reason: "",
-  status: statusAfter(kind, { blocked: blockedOver(state(lock), lock), frozen: frozenAt(lock, at) !== null }),
+  status: statusAfter(kind, { blocked: blockedOver(engine.state(lock), lock), frozen: frozenAt(lock, at) !== null }),
 });
 
 /** Whether this daemon has looked at every lock of the window since its latest boundary, and recorded it. */
@@ -326,10 +320,12 @@ function tick(): Promise<void> {
 
 async function look(): Promise<void> {
   const c = clock;
-  if (!c) return;
+  const engine = keeping;
+  if (!c || !engine) return;
+  const { health, locksMarked, recordNext } = engine;
   cancelTick();
   try {
-    await learnHorizons(c.now());
+    await learnHorizons(engine, c.now());
     const now = c.now();
     const removed = [...retired];
     const spans: Span[] = [
@@ -344,7 +340,7 @@ async function look(): Promise<void> {
     for (const lock of locks) {
       const on = spans.filter((s) => locksOf(s.window).includes(lock));
       await recordNext(EDGES, lock, (last, newestEventAt) =>
-        toMarks(lock, nextEdges(on, last, now), last, newestEventAt),
+        toMarks(engine, lock, nextEdges(on, last, now), last, newestEventAt),
       );
       if (health().ok) lookedAt.set(lock, now);
       else complete = false; // a store that is away: the next look records what it can
@@ -364,7 +360,8 @@ async function look(): Promise<void> {
 // no history for a time it was not configured. One seen before (by this daemon or another, in an earlier
 // run) counts always: a boundary it had while the daemon was down is recorded when it is back. Each window is
 // marked seen in the store.
-async function learnHorizons(now: number): Promise<void> {
+async function learnHorizons(engine: Engine, now: number): Promise<void> {
+  const { health, recordOnce, windowKnown } = engine;
   for (const w of windows) {
     const key = windowKey(w);
     if (horizons.has(key) && seen.has(key)) continue;

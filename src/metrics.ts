@@ -8,7 +8,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import pkg from "../package.json" with { type: "json" };
 import { freezeOn } from "./calendar.ts";
 import type { Config } from "./config.ts";
-import { type Heard, isKnown, type Snapshot, waiting } from "./engine.ts";
+import type { Engine, Heard, Snapshot } from "./engine.ts";
 import { freezeWindows, windowsOver } from "./freezes.ts";
 import { validLockName } from "./names.ts";
 import { webhookStatuses } from "./notify/deliver.ts";
@@ -75,20 +75,20 @@ function counts(lock: string): LockCounts {
  * One answer to a start, as the HTTP layer gave it: started (reason null) or refused with a reason. A refusal is
  * counted on the lock asked for when that lock has series (see seriesLocks), else on OTHER.
  */
-export function countStart(lock: string, reason: Reason | null, setup: Setup): void {
+export function countStart(lock: string, reason: Reason | null, setup: Setup, engine: Engine): void {
   if (reason === null) {
     counts(lock).started++;
     return;
   }
-  const c = counts(hasSeries(lock, setup) ? lock : OTHER);
+  const c = counts(hasSeries(lock, setup, engine) ? lock : OTHER);
   c.refused[reason] = (c.refused[reason] ?? 0) + 1;
 }
 
 // With RS_LOCKS, exactly its names; else names in use, used before, or named by the configuration.
-function hasSeries(lock: string, setup: Setup): boolean {
+function hasSeries(lock: string, setup: Setup, engine: Engine): boolean {
   if (!validLockName(lock)) return false;
   if (setup.locks) return setup.locks.includes(lock);
-  return lock === DEFAULT_LOCK || metrics.byLock.has(lock) || isKnown(lock) || configured(setup).includes(lock);
+  return lock === DEFAULT_LOCK || metrics.byLock.has(lock) || engine.isKnown(lock) || configured(setup).includes(lock);
 }
 
 // The locks a team's configuration names: its tokens' scopes and its freeze windows.
@@ -178,7 +178,7 @@ type Metric = (name: string, type: string, help: string, lines: string[]) => voi
  * The metrics, the locks' series from one snapshot (see engine.ts `snapshot`); with no snapshot (the state
  * cannot be read), only those of the daemon itself, so that a scrape still says that storage fails.
  */
-export function renderMetrics(healthy: boolean, snap: Snapshot | null, setup: Setup): string {
+export function renderMetrics(healthy: boolean, snap: Snapshot | null, setup: Setup, engine: Engine): string {
   const out: string[] = [];
   const metric: Metric = (name, type, help, lines) =>
     out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, ...lines);
@@ -192,7 +192,7 @@ export function renderMetrics(healthy: boolean, snap: Snapshot | null, setup: Se
     [`releasestatus_build_info{version=${JSON.stringify(pkg.version)},bun_version=${JSON.stringify(Bun.version)}} 1`],
   );
   processMetrics(metric);
-  if (snap) lockMetrics(metric, snap, setup);
+  if (snap) lockMetrics(metric, snap, setup, engine);
   return `${out.join("\n")}\n`;
 }
 
@@ -236,7 +236,7 @@ function maxFds(): number | null {
   }
 }
 
-function lockMetrics(metric: Metric, snap: Snapshot, setup: Setup) {
+function lockMetrics(metric: Metric, snap: Snapshot, setup: Setup, engine: Engine) {
   const names = seriesLocks(snap, setup);
   const perLock = (name: string, help: string, value: (lock: string) => number, withRoot = false) =>
     metric(
@@ -245,7 +245,7 @@ function lockMetrics(metric: Metric, snap: Snapshot, setup: Setup) {
       help,
       (withRoot ? [ROOT, ...names] : names).map((l) => `${name}{${label(l)}} ${value(l)}`),
     );
-  const line = waiting();
+  const line = engine.waiting();
 
   perLock(
     "releasestatus_running",

@@ -6,19 +6,8 @@ import { afterEach, beforeEach, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { SQL } from "bun";
 import { parseWindow, type Window } from "../src/calendar.ts";
-import {
-  change,
-  closeEngine,
-  engine,
-  type Heard,
-  history,
-  onCommit,
-  openEngine,
-  start,
-  state,
-  waiting,
-} from "../src/engine.ts";
-import { calendarSettled, keepCalendar, replaceCalendar, stopCalendar } from "../src/freezes.ts";
+import { createEngine, type Engine, type EngineSetup, type Heard } from "../src/engine.ts";
+import { calendarSettled, frozenAt, keepCalendar, replaceCalendar, stopCalendar } from "../src/freezes.ts";
 import { block, type Outcome, ROOT, renew, STORAGE_FAILED, stop, unblock } from "../src/release.ts";
 import { openMemoryStore } from "../src/store/memory.ts";
 import { openSqliteStore } from "../src/store/sqlite.ts";
@@ -27,6 +16,7 @@ import { T0, testClock } from "./clock.ts";
 import { tempDir, until } from "./daemon.ts";
 
 const LOCK = "default";
+let engine: Engine; // the engine of the test that runs
 
 type StoreMaker = (clock: () => number) => Promise<Store>;
 
@@ -58,56 +48,71 @@ const idOf = (o: Outcome) => (o.ok ? o.next.release?.id : undefined);
 const reasonOf = (o: Outcome) => (o.ok ? "granted" : o.reason);
 /** Waits until `n` waiters are in line and asleep in the engine, each with its deadline set. */
 const inLine = (n: number) =>
-  until(async () => engine.waiters.size === n && waiting().length === n, `${n} waiters in line`);
-const kinds = async () => (await history(100, LOCK)).map((e) => e.kind).reverse();
+  until(async () => engine.waiters.size === n && engine.waiting().length === n, `${n} waiters in line`);
+const kinds = async () => (await engine.history(100, LOCK)).map((e) => e.kind).reverse();
 
 for (const [storeName, makeStore] of stores) {
   describe(`the engine on ${storeName}`, () => {
     let clock: ReturnType<typeof testClock>;
     let store: Store;
     let heard: Heard[];
+    // What the configuration says of limits, pools and lines: a test sets what it needs; the engine asks at each decision.
+    let config: Required<Pick<EngineSetup, "limitOf" | "childrenOf" | "newest">>;
+    // Each test's engine (and each restart's) on the test's store, heard from before it opens.
+    const open = () => {
+      engine = createEngine({
+        store,
+        clock,
+        limitOf: (lock) => config.limitOf(lock),
+        childrenOf: (lock) => config.childrenOf(lock),
+        newest: (lock) => config.newest(lock),
+        frozen: frozenAt,
+      });
+      engine.onCommit((h) => heard.push(h));
+      return engine.open();
+    };
     beforeEach(async () => {
       clock = testClock();
       store = await makeStore(clock.now);
-      engine.listeners.length = 0;
+      config = { limitOf: () => 1, childrenOf: () => [], newest: () => false };
       heard = [];
-      onCommit((h) => heard.push(h));
-      await openEngine(store, clock);
+      await open();
     });
     afterEach(async () => {
-      await closeEngine();
+      await engine.close();
       await store.close();
     });
 
     const startNow = (name: string, ttl: number | null = null) =>
-      start(LOCK, holder(name, ttl), 0, new AbortController().signal);
-    const stopNow = (id: number | null = null, name = "") => change(LOCK, (s, now) => stop(s, id, { name }, now));
+      engine.start(LOCK, holder(name, ttl), 0, new AbortController().signal);
+    const stopNow = (id: number | null = null, name = "") =>
+      engine.change(LOCK, (s, now) => stop(s, id, { name }, now));
 
     describe("leases", () => {
       test("a release with a lease ends when the lease runs out, not a moment before", async () => {
         const granted = await startNow("sion", 60);
         expect(granted.ok && granted.next.release?.expiresAt).toBe(T0 + 60_000);
         await clock.advance(59_999);
-        expect(state(LOCK).release?.name).toBe("sion");
+        expect(engine.state(LOCK).release?.name).toBe("sion");
         await clock.advance(1);
-        expect(state(LOCK).release).toBeNull();
+        expect(engine.state(LOCK).release).toBeNull();
         expect(await kinds()).toEqual(["started", "expired"]);
       });
 
       test("renewing moves the end of the lease to ttl from now", async () => {
         const id = idOf(await startNow("sion", 10));
         await clock.advance(8_000);
-        expect(reasonOf(await change(LOCK, (s, now) => renew(s, id ?? 0, 10, now)))).toBe("granted");
+        expect(reasonOf(await engine.change(LOCK, (s, now) => renew(s, id ?? 0, 10, now)))).toBe("granted");
         await clock.advance(9_000);
-        expect(state(LOCK).release?.id).toBe(id);
+        expect(engine.state(LOCK).release?.id).toBe(id);
         await clock.advance(1_000);
-        expect(state(LOCK).release).toBeNull();
+        expect(engine.state(LOCK).release).toBeNull();
       });
 
       test("a release without a lease never ends on its own", async () => {
         await startNow("sion");
         await clock.advance(30 * 24 * 3600 * 1000);
-        expect(state(LOCK).release?.name).toBe("sion");
+        expect(engine.state(LOCK).release?.name).toBe("sion");
       });
 
       test("a lease that ran out is ended by the next request even before its timer fires", async () => {
@@ -136,14 +141,14 @@ for (const [storeName, makeStore] of stores) {
         await clock.advance(1_000);
         const current = idOf(await startNow("new"));
         expect(reasonOf(await stopNow(old ?? 0))).toBe("wrong-id");
-        expect(reasonOf(await change(LOCK, (s, now) => renew(s, old ?? 0, 60, now)))).toBe("wrong-id");
-        expect(state(LOCK).release?.id).toBe(current);
+        expect(reasonOf(await engine.change(LOCK, (s, now) => renew(s, old ?? 0, 60, now)))).toBe("wrong-id");
+        expect(engine.state(LOCK).release?.id).toBe(current);
       });
 
       test("a stop with the right id ends the release; the stopper is recorded, not the holder", async () => {
         const id = idOf(await startNow("sion"));
         expect(reasonOf(await stopNow(id ?? 0, "ana"))).toBe("granted");
-        const [stopped] = await history(1, LOCK);
+        const [stopped] = await engine.history(1, LOCK);
         expect(stopped).toMatchObject({ kind: "stopped", releaseId: id, name: "ana" });
       });
     });
@@ -152,23 +157,23 @@ for (const [storeName, makeStore] of stores) {
       test("waiters are served first come, first served as each release ends", async () => {
         await startNow("holder");
         const gone = new AbortController().signal;
-        const first = start(LOCK, holder("first"), 60, gone);
+        const first = engine.start(LOCK, holder("first"), 60, gone);
         await inLine(1);
-        const second = start(LOCK, holder("second"), 60, gone);
+        const second = engine.start(LOCK, holder("second"), 60, gone);
         await inLine(2);
-        expect(waiting(LOCK).map((w) => w.name)).toEqual(["first", "second"]);
+        expect(engine.waiting(LOCK).map((w) => w.name)).toEqual(["first", "second"]);
         await stopNow();
         const firstGot = await first;
         expect(firstGot.ok && firstGot.next.release?.name).toBe("first");
         await stopNow();
         const secondGot = await second;
         expect(secondGot.ok && secondGot.next.release?.name).toBe("second");
-        expect(waiting(LOCK)).toEqual([]);
+        expect(engine.waiting(LOCK)).toEqual([]);
       });
 
       test("a newcomer is refused queued while others wait, even when nothing runs", async () => {
         await startNow("holder");
-        const waiter = start(LOCK, holder("waiter"), 60, new AbortController().signal);
+        const waiter = engine.start(LOCK, holder("waiter"), 60, new AbortController().signal);
         await inLine(1);
         await stopNow();
         // Between the stop and the waiter's own transaction, nobody else may take it.
@@ -176,32 +181,32 @@ for (const [storeName, makeStore] of stores) {
         expect(["queued", "running"]).toContain(reasonOf(newcomer));
         const got = await waiter;
         expect(got.ok ? "granted" : `${got.reason}: ${got.message}`).toBe("granted");
-        expect(state(LOCK).release?.name).toBe("waiter");
+        expect(engine.state(LOCK).release?.name).toBe("waiter");
       });
 
       test("a waiter whose client goes away leaves the line, and the next one is served", async () => {
         await startNow("holder");
         const leaving = new AbortController();
-        const first = start(LOCK, holder("first"), 60, leaving.signal);
+        const first = engine.start(LOCK, holder("first"), 60, leaving.signal);
         await inLine(1);
-        const second = start(LOCK, holder("second"), 60, new AbortController().signal);
+        const second = engine.start(LOCK, holder("second"), 60, new AbortController().signal);
         await inLine(2);
         leaving.abort();
         expect(reasonOf(await first)).toBe("timeout");
-        expect(waiting(LOCK).map((w) => w.name)).toEqual(["second"]);
+        expect(engine.waiting(LOCK).map((w) => w.name)).toEqual(["second"]);
         await stopNow();
         const got = await second;
         expect(got.ok && got.next.release?.name).toBe("second");
-        const left = (await history(10, LOCK)).find((e) => e.kind === "left-queue");
+        const left = (await engine.history(10, LOCK)).find((e) => e.kind === "left-queue");
         expect(left).toMatchObject({ name: "first", reason: "disconnected" });
       });
 
       test("a waiter gives up when its wait runs out, and says so in the history", async () => {
         await startNow("holder");
-        const waiter = start(LOCK, holder("patient"), 30, new AbortController().signal);
+        const waiter = engine.start(LOCK, holder("patient"), 30, new AbortController().signal);
         await inLine(1);
         await clock.advance(29_999);
-        expect(waiting(LOCK)).toHaveLength(1);
+        expect(engine.waiting(LOCK)).toHaveLength(1);
         await clock.advance(1);
         const answer = await waiter;
         expect(reasonOf(answer)).toBe("timeout");
@@ -211,7 +216,7 @@ for (const [storeName, makeStore] of stores) {
 
       test("a lease that runs out hands the release to the first waiter", async () => {
         await startNow("holder", 10);
-        const waiter = start(LOCK, holder("next"), 60, new AbortController().signal);
+        const waiter = engine.start(LOCK, holder("next"), 60, new AbortController().signal);
         await inLine(1);
         await clock.advance(10_000);
         const got = await waiter;
@@ -220,10 +225,10 @@ for (const [storeName, makeStore] of stores) {
       });
 
       test("waiters wait through a block and are served when it is lifted", async () => {
-        await change(LOCK, (s, now) => block(s, { name: "ana", reason: "freeze" }, now));
-        const waiter = start(LOCK, holder("after-freeze"), 60, new AbortController().signal);
+        await engine.change(LOCK, (s, now) => block(s, { name: "ana", reason: "freeze" }, now));
+        const waiter = engine.start(LOCK, holder("after-freeze"), 60, new AbortController().signal);
         await inLine(1);
-        await change(LOCK, (s, now) => unblock(s, { name: "ana" }, now));
+        await engine.change(LOCK, (s, now) => unblock(s, { name: "ana" }, now));
         const got = await waiter;
         expect(got.ok && got.next.release?.name).toBe("after-freeze");
       });
@@ -243,8 +248,8 @@ for (const [storeName, makeStore] of stores) {
           "not-running",
         ]);
         expect(await kinds()).toEqual(["started", "stopped", "started", "stopped"]);
-        expect((await history(10, LOCK)).map((e) => e.name).reverse()).toEqual(["ana", "", "ben", ""]);
-        expect(state(LOCK).release).toBeNull();
+        expect((await engine.history(10, LOCK)).map((e) => e.name).reverse()).toEqual(["ana", "", "ben", ""]);
+        expect(engine.state(LOCK).release).toBeNull();
       });
 
       test("a refusal asked for while a change is on its way waits for it rather than answer from before it", async () => {
@@ -253,7 +258,7 @@ for (const [storeName, makeStore] of stores) {
         const starting = startNow("ben"); // memory still says ana holds the release
         expect(reasonOf(await stopping)).toBe("granted");
         expect(reasonOf(await starting)).toBe("granted");
-        expect(state(LOCK).release?.name).toBe("ben");
+        expect(engine.state(LOCK).release?.name).toBe("ben");
       });
     });
 
@@ -264,11 +269,11 @@ for (const [storeName, makeStore] of stores) {
         const names = ["first", "second", "third", "fourth", "fifth"];
         const waiters = new Map<string, Outcome | Promise<Outcome>>();
         for (const [i, name] of names.entries()) {
-          waiters.set(name, start(LOCK, holder(name), 60, gone));
+          waiters.set(name, engine.start(LOCK, holder(name), 60, gone));
           await inLine(i + 1);
         }
         // Count each waiter's attempts from now on: the store sees its place in line as `self`.
-        const ids = new Map(waiting(LOCK).map((w) => [w.id, w.name]));
+        const ids = new Map(engine.waiting(LOCK).map((w) => [w.id, w.name]));
         const tries = new Map<string, number>();
         const transact = store.transact.bind(store);
         store.transact = (lock, decide, options = {}) => {
@@ -289,16 +294,16 @@ for (const [storeName, makeStore] of stores) {
 
     describe("a grant nobody hears", () => {
       test("a client that already went away is granted nothing: nothing is started", async () => {
-        const answer = await start(LOCK, holder("ghost"), 0, AbortSignal.abort());
+        const answer = await engine.start(LOCK, holder("ghost"), 0, AbortSignal.abort());
         expect(reasonOf(answer)).toBe("timeout");
-        expect(state(LOCK).release).toBeNull();
+        expect(engine.state(LOCK).release).toBeNull();
         expect(await kinds()).toEqual([]);
         expect(reasonOf(await startNow("next"))).toBe("granted");
       });
 
       test("nor one whose going away the event loop reads right after its request (a half-close, a pipelined request)", async () => {
         const gone = new AbortController();
-        const answer = start(LOCK, holder("half-closed"), 0, gone.signal);
+        const answer = engine.start(LOCK, holder("half-closed"), 0, gone.signal);
         setImmediate(() => gone.abort()); // read in the turn after the request
         expect(reasonOf(await answer)).toBe("timeout");
         expect(await kinds()).toEqual([]);
@@ -306,12 +311,12 @@ for (const [storeName, makeStore] of stores) {
 
       test("one granted to a client that goes away as its grant is committed is ended at once (abandoned)", async () => {
         const gone = new AbortController();
-        onCommit((h) => {
+        engine.onCommit((h) => {
           if (h.events.some((e) => e.kind === "started")) gone.abort(); // its connection reset just then
         });
-        const answer = start(LOCK, holder("reset"), 0, gone.signal);
+        const answer = engine.start(LOCK, holder("reset"), 0, gone.signal);
         expect(reasonOf(await answer)).toBe("timeout");
-        expect(state(LOCK).release).toBeNull();
+        expect(engine.state(LOCK).release).toBeNull();
         expect(await kinds()).toEqual(["started", "abandoned"]);
       });
 
@@ -323,17 +328,17 @@ for (const [storeName, makeStore] of stores) {
             ? Promise.resolve({ outcome: STORAGE_FAILED, committed: null, joined: null })
             : saving(lock, decide, options);
         const gone = new AbortController();
-        onCommit((h) => {
+        engine.onCommit((h) => {
           if (!h.events.some((e) => e.kind === "started")) return;
           gone.abort(); // gone as its grant was committed, and storage fails just then
           failing = true;
         });
-        const answer = start(LOCK, holder("reset"), 0, gone.signal);
+        const answer = engine.start(LOCK, holder("reset"), 0, gone.signal);
         expect(reasonOf(await answer)).toBe("timeout");
-        expect(state(LOCK).release?.name).toBe("reset");
+        expect(engine.state(LOCK).release?.name).toBe("reset");
         failing = false;
         await clock.advance(1000);
-        expect(state(LOCK).release).toBeNull();
+        expect(engine.state(LOCK).release).toBeNull();
         expect(await kinds()).toEqual(["started", "abandoned"]);
       });
     });
@@ -341,11 +346,11 @@ for (const [storeName, makeStore] of stores) {
     describe("shutdown", () => {
       test("every waiter is answered shutting-down and its leaving is recorded", async () => {
         await startNow("holder");
-        const waiter = start(LOCK, holder("waiter"), 60, new AbortController().signal);
+        const waiter = engine.start(LOCK, holder("waiter"), 60, new AbortController().signal);
         await inLine(1);
-        await closeEngine();
+        await engine.close();
         expect(reasonOf(await waiter)).toBe("shutting-down");
-        const left = (await history(10, LOCK)).find((e) => e.kind === "left-queue");
+        const left = (await engine.history(10, LOCK)).find((e) => e.kind === "left-queue");
         expect(left).toMatchObject({ name: "waiter", reason: "shutting down" });
         expect(reasonOf(await startNow("late"))).toBe("shutting-down");
       });
@@ -364,7 +369,7 @@ for (const [storeName, makeStore] of stores) {
 
     describe("the urgent lane: urgent waiters ahead of every other, first come first served among them", () => {
       const waitFor = (name: string, urgent?: string) =>
-        start(LOCK, { ...holder(name), ...(urgent ? { urgent } : {}) }, 60, new AbortController().signal);
+        engine.start(LOCK, { ...holder(name), ...(urgent ? { urgent } : {}) }, 60, new AbortController().signal);
       const served = async (got: Outcome | Promise<Outcome>) => {
         const o = await got;
         return o.ok ? o.next.release?.name : o.reason;
@@ -378,22 +383,27 @@ for (const [storeName, makeStore] of stores) {
         await inLine(2);
         const second = waitFor("second hotfix", "INC-43");
         await inLine(3);
-        expect(state(LOCK).release?.name).toBe("running");
-        expect(waiting(LOCK).map((w) => w.name)).toEqual(["hotfix", "second hotfix", "ci"]);
+        expect(engine.state(LOCK).release?.name).toBe("running");
+        expect(engine.waiting(LOCK).map((w) => w.name)).toEqual(["hotfix", "second hotfix", "ci"]);
         await stopNow();
         expect(await served(hotfix)).toBe("hotfix");
         await stopNow();
         expect(await served(second)).toBe("second hotfix");
         await stopNow();
         expect(await served(ci)).toBe("ci");
-        const events = await history(20, LOCK);
+        const events = await engine.history(20, LOCK);
         expect(events.find((e) => e.kind === "waiting" && e.name === "hotfix")?.reason).toBe("urgent: INC-42");
         expect(events.find((e) => e.kind === "started" && e.name === "hotfix")?.reason).toBe("urgent: INC-42");
       });
 
       test("an urgent start does not pass a block by itself", async () => {
-        await change(LOCK, (s, now) => block(s, { name: "ops", reason: "db migration" }, now));
-        const hotfix = await start(LOCK, { ...holder("hotfix"), urgent: "INC-42" }, 0, new AbortController().signal);
+        await engine.change(LOCK, (s, now) => block(s, { name: "ops", reason: "db migration" }, now));
+        const hotfix = await engine.start(
+          LOCK,
+          { ...holder("hotfix"), urgent: "INC-42" },
+          0,
+          new AbortController().signal,
+        );
         expect(reasonOf(hotfix)).toBe("blocked");
       });
     });
@@ -401,18 +411,18 @@ for (const [storeName, makeStore] of stores) {
     describe("a newest-first line (queue = newest): superseded waiters and stale starts", () => {
       const PROD = "prod";
       beforeEach(() => {
-        engine.newest = (lock) => lock === PROD || lock === "shared-db";
+        config.newest = (lock) => lock === PROD || lock === "shared-db";
       });
       const deploy = (name: string, version?: string, wait = 60, extra: { override?: string } = {}) =>
-        start(
+        engine.start(
           PROD,
           { ...holder(name), ...(version === undefined ? {} : { version }), ...extra },
           wait,
           new AbortController().signal,
         );
-      const stopProd = () => change(PROD, (s, now) => stop(s, null, { name: "" }, now));
+      const stopProd = () => engine.change(PROD, (s, now) => stop(s, null, { name: "" }, now));
       const prodWaiters = (n: number) =>
-        until(async () => engine.waiters.size >= n && waiting(PROD).length === n, `${n} waiters on prod`);
+        until(async () => engine.waiters.size >= n && engine.waiting(PROD).length === n, `${n} waiters on prod`);
 
       test("a newer version takes the place of an older waiter of the same claim, which is answered superseded at once", async () => {
         await deploy("running", "1.0", 0);
@@ -422,13 +432,13 @@ for (const [storeName, makeStore] of stores) {
         const passed = await older; // answered while 1.0 still runs
         expect(passed.ok ? "granted" : passed.reason).toBe("superseded");
         expect(passed.ok ? "" : passed.message).toBe("superseded by 1.10 from ben, who now waits in your place");
-        expect(state(PROD).release?.name).toBe("running");
+        expect(engine.state(PROD).release?.name).toBe("running");
         await prodWaiters(1);
-        expect(waiting(PROD).map((w) => w.name)).toEqual(["ben"]);
+        expect(engine.waiting(PROD).map((w) => w.name)).toEqual(["ben"]);
         await stopProd();
         const got = await newer;
         expect(got.ok && got.next.release?.version).toBe("1.10");
-        const event = (await history(20, PROD)).find((e) => e.kind === "superseded");
+        const event = (await engine.history(20, PROD)).find((e) => e.kind === "superseded");
         expect(event).toMatchObject({ name: "ana", version: "1.9", reason: expect.stringContaining("1.10 from ben") });
       });
 
@@ -448,14 +458,14 @@ for (const [storeName, makeStore] of stores) {
         await prodWaiters(1);
         const older = await deploy("ana", "1.5");
         expect(older.ok ? "granted" : older.message).toBe("superseded by 2.0 from ben, who waits already");
-        expect(waiting(PROD).map((w) => w.name)).toEqual(["ben"]);
+        expect(engine.waiting(PROD).map((w) => w.name)).toEqual(["ben"]);
         await stopProd();
         expect(reasonOf(await newer)).toBe("granted");
       });
 
       test("a start supersedes only waiters of its own lane: a newer CI version never takes an urgent waiter's place", async () => {
         await deploy("running", "1.0", 0);
-        const hotfix = start(
+        const hotfix = engine.start(
           PROD,
           { ...holder("hotfix"), version: "1.0.1", urgent: "INC-42" },
           60,
@@ -464,7 +474,7 @@ for (const [storeName, makeStore] of stores) {
         await prodWaiters(1);
         const ci = deploy("ci", "2.0");
         await prodWaiters(2);
-        expect(waiting(PROD).map((w) => w.name)).toEqual(["hotfix", "ci"]);
+        expect(engine.waiting(PROD).map((w) => w.name)).toEqual(["hotfix", "ci"]);
         await stopProd();
         expect(reasonOf(await hotfix)).toBe("granted");
         await stopProd();
@@ -473,7 +483,7 @@ for (const [storeName, makeStore] of stores) {
 
       test("waiters of another claim are untouched, and so is the running release", async () => {
         await deploy("running", "1.0", 0);
-        const both = start(
+        const both = engine.start(
           [PROD, "shared-db"],
           { ...holder("both"), version: "1.1" },
           60,
@@ -482,8 +492,8 @@ for (const [storeName, makeStore] of stores) {
         await prodWaiters(1);
         const newer = deploy("ben", "3.0");
         await prodWaiters(2);
-        expect(waiting(PROD).map((w) => w.name)).toEqual(["both", "ben"]);
-        expect(state(PROD).release?.name).toBe("running");
+        expect(engine.waiting(PROD).map((w) => w.name)).toEqual(["both", "ben"]);
+        expect(engine.state(PROD).release?.name).toBe("running");
         await stopProd();
         expect(reasonOf(await both)).toBe("granted");
         await stopProd();
@@ -528,12 +538,12 @@ for (const [storeName, makeStore] of stores) {
     describe("a lock with a limit", () => {
       const LIMITS: Record<string, number> = { "staging/devices": 3, "team0/canary": 2, "team1/canary": 3 };
       beforeEach(() => {
-        engine.limitOf = (lock) => LIMITS[lock] ?? 1;
+        config.limitOf = (lock) => LIMITS[lock] ?? 1;
       });
       const on = (lock: string, name: string, wait = 0, ttl: number | null = null) =>
-        start(lock, holder(name, ttl), wait, new AbortController().signal);
-      const stopId = (lock: string, id: number) => change(lock, (s, now) => stop(s, id, { name: "" }, now));
-      const holders = (lock: string) => state(lock).releases.map((r) => r.name);
+        engine.start(lock, holder(name, ttl), wait, new AbortController().signal);
+      const stopId = (lock: string, id: number) => engine.change(lock, (s, now) => stop(s, id, { name: "" }, now));
+      const holders = (lock: string) => engine.state(lock).releases.map((r) => r.name);
 
       test("is held by up to its limit; the next is refused full", async () => {
         for (const name of ["a", "b", "c"]) expect(reasonOf(await on("staging/devices", name))).toBe("granted");
@@ -569,9 +579,9 @@ for (const [storeName, makeStore] of stores) {
       test("200 concurrent starts and waiters over locks with limits: never more than allowed, waiters served in order", async () => {
         const locks = ["staging/devices", "team0/canary", "team1/canary", "solo"];
         const most = new Map<string, number>();
-        onCommit(() => {
+        engine.onCommit(() => {
           for (const lock of locks) {
-            const n = state(lock).releases.length;
+            const n = engine.state(lock).releases.length;
             most.set(lock, Math.max(most.get(lock) ?? 0, n)); // checked below: never above the limit
           }
         });
@@ -579,16 +589,18 @@ for (const [storeName, makeStore] of stores) {
           // A one-second lease: each second the clock moves, every release ends and the line moves on.
           on(locks[i % locks.length] as string, `c${i}`, 600, 1),
         );
-        const held = () => locks.reduce((n, lock) => n + state(lock).releases.length, 0);
+        const held = () => locks.reduce((n, lock) => n + engine.state(lock).releases.length, 0);
         // Each lock full, or nobody waiting for it: nothing more can happen until the clock moves.
         const settled = () =>
           until(
             async () =>
-              engine.waiters.size === waiting().length &&
-              locks.every((l) => state(l).releases.length === (LIMITS[l] ?? 1) || waiting(l).length === 0),
+              engine.waiters.size === engine.waiting().length &&
+              locks.every(
+                (l) => engine.state(l).releases.length === (LIMITS[l] ?? 1) || engine.waiting(l).length === 0,
+              ),
             "every lock full or its line empty",
           );
-        await until(async () => held() + waiting().length === 200, "every claim granted or in line");
+        await until(async () => held() + engine.waiting().length === 200, "every claim granted or in line");
         for (let second = 0; second < 200 && engine.waiters.size > 0; second++) {
           await settled();
           await clock.advance(1_000);
@@ -598,7 +610,7 @@ for (const [storeName, makeStore] of stores) {
         for (const lock of locks) expect(most.get(lock)).toBe(LIMITS[lock] ?? 1);
         // Served in order: on each lock, those who waited started in the order they joined the line.
         for (const lock of locks) {
-          const events = (await history(10_000, lock)).reverse();
+          const events = (await engine.history(10_000, lock)).reverse();
           const joined = events.filter((e) => e.kind === "waiting").map((e) => e.name);
           const waited = new Set(joined);
           const served = events.filter((e) => e.kind === "started" && waited.has(e.name)).map((e) => e.name);
@@ -611,13 +623,14 @@ for (const [storeName, makeStore] of stores) {
       const LIMITS: Record<string, number> = { "staging/devices": 3 };
       const CHILDREN: Record<string, string[]> = { phones: ["phones/a", "phones/b"] };
       beforeEach(() => {
-        engine.limitOf = (lock) => LIMITS[lock] ?? 1;
-        engine.childrenOf = (lock) => CHILDREN[lock] ?? [];
+        config.limitOf = (lock) => LIMITS[lock] ?? 1;
+        config.childrenOf = (lock) => CHILDREN[lock] ?? [];
       });
       const claim = (locks: string[], name: string, wait = 0, ttl: number | null = null) =>
-        start(locks, holder(name, ttl), wait, new AbortController().signal);
-      const stopOn = (lock: string, id: number | null) => change(lock, (s, now) => stop(s, id, { name: "" }, now));
-      const held = (lock: string) => state(lock).releases.map((r) => r.id);
+        engine.start(locks, holder(name, ttl), wait, new AbortController().signal);
+      const stopOn = (lock: string, id: number | null) =>
+        engine.change(lock, (s, now) => stop(s, id, { name: "" }, now));
+      const held = (lock: string) => engine.state(lock).releases.map((r) => r.id);
       const lockOf = (o: Outcome) => (o.ok ? o.locks : undefined);
 
       test("a claim is one release on every lock it names, with one id", async () => {
@@ -626,7 +639,7 @@ for (const [storeName, makeStore] of stores) {
         expect(lockOf(o)).toEqual(["prod/eu", "shared-db"]);
         expect(held("prod/eu")).toEqual([1]);
         expect(held("shared-db")).toEqual([1]);
-        expect(state("shared-db").release?.locks).toEqual(["prod/eu", "shared-db"]);
+        expect(engine.state("shared-db").release?.locks).toEqual(["prod/eu", "shared-db"]);
       });
 
       test("all or nothing: a claim one of whose locks is held holds none of them", async () => {
@@ -640,7 +653,7 @@ for (const [storeName, makeStore] of stores) {
         expect(reasonOf(await stopOn("shared-db", 1))).toBe("granted");
         expect(held("prod/eu")).toEqual([]);
         expect(held("shared-db")).toEqual([]);
-        const stopped = (await history(10, "prod/eu")).filter((e) => e.kind === "stopped");
+        const stopped = (await engine.history(10, "prod/eu")).filter((e) => e.kind === "stopped");
         expect(stopped).toHaveLength(1);
         expect(stopped[0]?.locks).toEqual(["prod/eu", "shared-db"]);
       });
@@ -654,15 +667,15 @@ for (const [storeName, makeStore] of stores) {
       test("renewing it on one lock renews it on all", async () => {
         await claim(["prod/eu", "shared-db"], "ana", 0, 10);
         await clock.advance(8_000);
-        expect(reasonOf(await change("prod/eu", (s, now) => renew(s, 1, 10, now)))).toBe("granted");
-        expect(state("shared-db").release?.expiresAt).toBe(T0 + 18_000);
+        expect(reasonOf(await engine.change("prod/eu", (s, now) => renew(s, 1, 10, now)))).toBe("granted");
+        expect(engine.state("shared-db").release?.expiresAt).toBe(T0 + 18_000);
       });
 
       test("its lease ends it on every lock at once", async () => {
         await claim(["prod/eu", "shared-db"], "ana", 0, 10);
         await clock.advance(10_000);
         await until(async () => held("shared-db").length === 0 && held("prod/eu").length === 0, "both ended");
-        const expired = (await history(10)).filter((e) => e.kind === "expired");
+        const expired = (await engine.history(10)).filter((e) => e.kind === "expired");
         expect(expired).toHaveLength(1);
       });
 
@@ -737,26 +750,26 @@ for (const [storeName, makeStore] of stores) {
         ];
         const locks = ["prod", "prod/eu", "prod/us", "shared-db", "staging/devices", "phones/a", "phones/b"];
         const problems: string[] = [];
-        onCommit(() => {
+        engine.onCommit(() => {
           for (const lock of locks) {
-            const s = state(lock);
+            const s = engine.state(lock);
             if (s.releases.length > (LIMITS[lock] ?? 1)) problems.push(`${lock} held by ${s.releases.length}`);
             for (const r of s.releases)
               for (const other of r.locks ?? [])
-                if (!state(other).releases.some((x) => x.id === r.id))
+                if (!engine.state(other).releases.some((x) => x.id === r.id))
                   problems.push(`#${r.id} on ${lock}, not ${other}`);
           }
-          const prod = state("prod").releases.length > 0;
-          if (prod && (state("prod/eu").releases.length > 0 || state("prod/us").releases.length > 0))
+          const prod = engine.state("prod").releases.length > 0;
+          if (prod && (engine.state("prod/eu").releases.length > 0 || engine.state("prod/us").releases.length > 0))
             problems.push("prod held with a lock under it");
         });
         const answers = Array.from({ length: 200 }, (_, i) =>
           claim(shapes[i % shapes.length] as string[], `c${i}`, 600, 1),
         );
-        const holding = () => new Set(locks.flatMap((l) => state(l).releases.map((r) => r.id))).size;
-        await until(async () => holding() + waiting().length === 200, "every claim granted or in line");
+        const holding = () => new Set(locks.flatMap((l) => engine.state(l).releases.map((r) => r.id))).size;
+        await until(async () => holding() + engine.waiting().length === 200, "every claim granted or in line");
         // Nothing more can happen until the clock moves: no commit on its way, every waiter asleep.
-        const quiet = () => engine.committing === 0 && engine.waiters.size === waiting().length;
+        const quiet = () => engine.committing === 0 && engine.waiters.size === engine.waiting().length;
         for (let second = 0; second < 400 && engine.waiters.size > 0; second++) {
           // Twice, a moment apart: a waiter woken in between would be trying again.
           await until(async () => quiet() && (await Bun.sleep(5).then(quiet)), "the engine quiet");
@@ -766,7 +779,7 @@ for (const [storeName, makeStore] of stores) {
         expect(outcomes.map(reasonOf).filter((r) => r !== "granted")).toEqual([]);
         expect(problems).toEqual([]);
         // Served in order: of two waiters whose claims overlap, the one that joined first started first.
-        const events = (await history(10_000)).reverse();
+        const events = (await engine.history(10_000)).reverse();
         const joined = events.filter((e) => e.kind === "waiting").map((e) => e.name);
         const startedAt = new Map(events.filter((e) => e.kind === "started").map((e, i) => [e.name, i]));
         const reachOf = (name: string) =>
@@ -787,10 +800,10 @@ for (const [storeName, makeStore] of stores) {
 
     describe("locks in a tree", () => {
       const on = (lock: string, name: string, wait = 0, signal = new AbortController().signal) =>
-        start(lock, holder(name), wait, signal);
-      const stopOn = (lock: string) => change(lock, (s, now) => stop(s, null, { name: "" }, now));
+        engine.start(lock, holder(name), wait, signal);
+      const stopOn = (lock: string) => engine.change(lock, (s, now) => stop(s, null, { name: "" }, now));
       const blockOnLock = (lock: string, name: string) =>
-        change(lock, (s, now) => block(s, { name, reason: "freeze" }, now));
+        engine.change(lock, (s, now) => block(s, { name, reason: "freeze" }, now));
 
       test("unrelated locks and siblings are independent", async () => {
         expect(reasonOf(await on("staging", "a"))).toBe("granted");
@@ -832,18 +845,18 @@ for (const [storeName, makeStore] of stores) {
         await blockOnLock(ROOT, "ana");
         await blockOnLock("prod", "bob");
         expect(reasonOf(await on("staging", "x"))).toBe("blocked");
-        expect(reasonOf(await change("prod", (s, now) => unblock(s, { name: "bob" }, now)))).toBe("granted");
+        expect(reasonOf(await engine.change("prod", (s, now) => unblock(s, { name: "bob" }, now)))).toBe("granted");
         expect(reasonOf(await on("prod", "x"))).toBe("blocked"); // still blocked from above
-        expect(reasonOf(await change("prod", (s, now) => unblock(s, { name: "bob" }, now)))).toBe("not-blocked");
-        expect(reasonOf(await change(ROOT, (s, now) => unblock(s, { name: "ana" }, now)))).toBe("granted");
+        expect(reasonOf(await engine.change("prod", (s, now) => unblock(s, { name: "bob" }, now)))).toBe("not-blocked");
+        expect(reasonOf(await engine.change(ROOT, (s, now) => unblock(s, { name: "ana" }, now)))).toBe("granted");
         expect(reasonOf(await on("prod", "x"))).toBe("granted");
       });
 
       test("a release that ran out on a lock below is ended when a lock above starts", async () => {
-        await start("prod/eu", holder("short", 5), 0, new AbortController().signal);
+        await engine.start("prod/eu", holder("short", 5), 0, new AbortController().signal);
         clock.jump(6_000);
         expect(reasonOf(await on("prod", "after"))).toBe("granted");
-        expect((await history(10)).map((e) => `${e.kind} ${e.lock}`).reverse()).toEqual([
+        expect((await engine.history(10)).map((e) => `${e.kind} ${e.lock}`).reverse()).toEqual([
           "started prod/eu",
           "expired prod/eu",
           "started prod",
@@ -883,11 +896,11 @@ for (const [storeName, makeStore] of stores) {
       test("a lease that ran out while the daemon was down ends when it opens, and says so", async () => {
         if (storeName === "memory") return; // memory keeps nothing across a restart
         await startNow("sion", 5);
-        await closeEngine();
+        await engine.close();
         await clock.advance(6_000);
-        const { expired } = await openEngine(store, clock);
+        const { expired } = await open();
         expect(expired.map((e) => e.kind)).toEqual(["expired"]);
-        expect(state(LOCK).release).toBeNull();
+        expect(engine.state(LOCK).release).toBeNull();
       });
     });
 
@@ -897,13 +910,13 @@ for (const [storeName, makeStore] of stores) {
         parseWindow({ reason: "test freeze", locks, from, until }) as Window;
       const THAW = Date.parse("2026-11-27T09:10:00Z");
       const calendar = async (...windows: Window[]) => {
-        keepCalendar(windows, clock);
+        keepCalendar(engine, windows, clock);
         await calendarSettled();
       };
       afterEach(() => stopCalendar());
-      const on = (lock: string, name: string) => start(lock, holder(name), 0, new AbortController().signal);
+      const on = (lock: string, name: string) => engine.start(lock, holder(name), 0, new AbortController().signal);
       const boundaries = async () =>
-        (await history(100, ROOT))
+        (await engine.history(100, ROOT))
           .filter((e) => e.kind === "frozen" || e.kind === "thawed")
           .map((e) => `${e.kind} ${e.lock} ${new Date(e.at).toISOString().slice(11, 16)}`)
           .reverse();
@@ -919,14 +932,14 @@ for (const [storeName, makeStore] of stores) {
 
       test("an override starts during a freeze and is recorded as such, with its reason and who", async () => {
         await calendar(window());
-        const o = await start(
+        const o = await engine.start(
           LOCK,
           { ...holder("ops"), override: "hotfix", by: "ops" },
           0,
           new AbortController().signal,
         );
         expect(o.ok).toBe(true);
-        const [started, overridden] = await history(2, LOCK);
+        const [started, overridden] = await engine.history(2, LOCK);
         expect(started).toMatchObject({ kind: "started", name: "ops", by: "ops" });
         expect(overridden).toMatchObject({ kind: "overridden", name: "ops", by: "ops", releaseId: idOf(o) });
         expect(overridden?.reason).toStartWith("hotfix (over: releasing is frozen until");
@@ -936,23 +949,25 @@ for (const [storeName, makeStore] of stores) {
         const id = idOf(await startNow("sion"));
         expect(id).toBeDefined();
         await calendar(window());
-        expect(state(LOCK).release?.id).toBe(id);
-        expect(reasonOf(await change(LOCK, (s, now) => stop(s, id ?? null, { name: "sion" }, now)))).toBe("granted");
+        expect(engine.state(LOCK).release?.id).toBe(id);
+        expect(reasonOf(await engine.change(LOCK, (s, now) => stop(s, id ?? null, { name: "sion" }, now)))).toBe(
+          "granted",
+        );
       });
 
       test("a waiter waits through the freeze and takes the release when it ends", async () => {
         await calendar(window());
-        const waiter = start(LOCK, holder("patient"), 3600, new AbortController().signal);
+        const waiter = engine.start(LOCK, holder("patient"), 3600, new AbortController().signal);
         await inLine(1);
         await clock.advance(THAW - T0 + 1); // the calendar records the thaw, which wakes the waiter
         expect(reasonOf(await waiter)).toBe("granted");
-        const [started, thawed] = await history(2, LOCK);
+        const [started, thawed] = await engine.history(2, LOCK);
         expect([thawed?.kind, started?.kind]).toEqual(["thawed", "started"]); // the thaw first, then the start
       });
 
       test("a waiter whose wait ends before the freeze does is told timeout", async () => {
         await calendar(window());
-        const waiter = start(LOCK, holder("impatient"), 60, new AbortController().signal);
+        const waiter = engine.start(LOCK, holder("impatient"), 60, new AbortController().signal);
         await inLine(1);
         await clock.advance(60_000);
         expect(reasonOf(await waiter)).toBe("timeout");
@@ -961,10 +976,10 @@ for (const [storeName, makeStore] of stores) {
       test("a waiter's timeout names what holds the lock at the timeout, not what refused it when it joined", async () => {
         const first = idOf(await startNow("sion")); // refuses the waiter as it joins
         await calendar(window("2026-11-27 09:05", "2026-11-27 10:00"));
-        const waiter = start(LOCK, holder("patient"), 600, new AbortController().signal);
+        const waiter = engine.start(LOCK, holder("patient"), 600, new AbortController().signal);
         await inLine(1);
         await clock.advance(6 * 60_000); // the freeze begins at 09:05
-        await change(LOCK, (s, now) => stop(s, first ?? null, { name: "sion" }, now)); // the waiter tries: frozen
+        await engine.change(LOCK, (s, now) => stop(s, first ?? null, { name: "sion" }, now)); // the waiter tries: frozen
         await clock.advance(4 * 60_000);
         const o = await waiter;
         expect(reasonOf(o)).toBe("timeout");
@@ -984,8 +999,8 @@ for (const [storeName, makeStore] of stores) {
         ]);
         if (storeName === "memory") return; // memory keeps nothing across a restart
         stopCalendar();
-        await closeEngine();
-        await openEngine(store, clock);
+        await engine.close();
+        await open();
         await calendar(window(undefined, undefined, ["prod", "staging"]));
         expect(await boundaries()).toHaveLength(4);
       });
@@ -995,9 +1010,9 @@ for (const [storeName, makeStore] of stores) {
         await calendar(window());
         expect(await boundaries()).toEqual(["frozen default 08:00"]);
         stopCalendar();
-        await closeEngine();
+        await engine.close();
         clock.jump(THAW - T0 + 60_000);
-        await openEngine(store, clock);
+        await open();
         await calendar(window());
         expect(await boundaries()).toEqual(["frozen default 08:00", "thawed default 09:10"]);
       });
@@ -1010,13 +1025,13 @@ for (const [storeName, makeStore] of stores) {
 
       test("a reload that removes a window in force records the thaw now, and its waiters try again at once", async () => {
         await calendar(window());
-        const waiter = start(LOCK, holder("patient"), 3600, new AbortController().signal);
+        const waiter = engine.start(LOCK, holder("patient"), 3600, new AbortController().signal);
         await inLine(1);
         replaceCalendar([]);
         expect(reasonOf(await waiter)).toBe("granted");
         await calendarSettled();
         expect(await boundaries()).toEqual(["frozen default 08:00", "thawed default 09:00"]);
-        expect((await history(10, LOCK)).find((e) => e.kind === "thawed")?.reason).toBe(
+        expect((await engine.history(10, LOCK)).find((e) => e.kind === "thawed")?.reason).toBe(
           "test freeze (removed from the calendar)",
         );
       });
@@ -1072,9 +1087,9 @@ for (const [storeName, makeStore] of stores) {
         await calendar(window("2026-11-27 09:30", "2026-11-27 10:00")); // seen, not yet in force
         expect(await boundaries()).toEqual([]);
         stopCalendar();
-        await closeEngine();
+        await engine.close();
         clock.jump(2 * 3_600_000);
-        await openEngine(store, clock);
+        await open();
         await calendar(window("2026-11-27 09:30", "2026-11-27 10:00"));
         expect(await boundaries()).toEqual(["frozen default 09:30", "thawed default 10:00"]);
       });
@@ -1110,17 +1125,17 @@ for (const [storeName, makeStore] of stores) {
     describe("lock names that hold nothing are forgotten", () => {
       // Started with stage's token: a token's share counts the names it holds.
       const on = (lock: string, ttl: number | null = null, room?: Room) =>
-        start(lock, { ...holder("sion", ttl), by: "stage" }, 0, new AbortController().signal, undefined, room);
+        engine.start(lock, { ...holder("sion", ttl), by: "stage" }, 0, new AbortController().signal, undefined, room);
       const stored = async () => (await store.readAll()).entries;
 
       test("a lock whose release stopped or ran out is no longer stored; its history stays", async () => {
         await on("staging/a");
-        await change("staging/a", (s, now) => stop(s, null, { name: "" }, now));
+        await engine.change("staging/a", (s, now) => stop(s, null, { name: "" }, now));
         await on("staging/b", 5);
         await clock.advance(5_000);
         expect([...(await stored()).keys()].filter((l) => l.startsWith("staging"))).toEqual([]);
-        expect(state("staging/b").release).toBeNull();
-        expect((await history(10, "staging")).map((e) => `${e.kind} ${e.lock}`)).toEqual([
+        expect(engine.state("staging/b").release).toBeNull();
+        expect((await engine.history(10, "staging")).map((e) => `${e.kind} ${e.lock}`)).toEqual([
           "expired staging/b",
           "started staging/b",
           "stopped staging/a",
@@ -1130,7 +1145,7 @@ for (const [storeName, makeStore] of stores) {
 
       test("a name used again starts above the version it was forgotten at, so no cache takes it for an older answer", async () => {
         const before = (await on("staging/a")).ok && (await stored()).get("staging/a")?.version;
-        await change("staging/a", (s, now) => stop(s, null, { name: "" }, now));
+        await engine.change("staging/a", (s, now) => stop(s, null, { name: "" }, now));
         await on("staging/a");
         expect((await stored()).get("staging/a")?.version).toBeGreaterThan((before || 0) + 1);
       });
@@ -1140,9 +1155,9 @@ for (const [storeName, makeStore] of stores) {
         expect(reasonOf(await on("staging/a", null, room))).toBe("granted");
         const refused = await on("staging/b", null, room);
         expect(refused.ok ? "" : refused.message).toContain("stage's token may hold under staging (1,");
-        expect(reasonOf(await change("staging/a", (s, now) => block(s, { name: "ana", reason: "" }, now), room))).toBe(
-          "granted",
-        );
+        expect(
+          reasonOf(await engine.change("staging/a", (s, now) => block(s, { name: "ana", reason: "" }, now), room)),
+        ).toBe("granted");
         expect(reasonOf(await on("prod/eu", null, { most: 2, share: null }))).toBe("granted");
         const full = await on("prod/us", null, { most: 2, share: null });
         expect(full.ok ? "" : `${full.reason}: ${full.message}`).toContain(
@@ -1153,3 +1168,26 @@ for (const [storeName, makeStore] of stores) {
     });
   });
 }
+
+describe("engine instances", () => {
+  test("two engines in one process share nothing: a start on one does not show on the other", async () => {
+    const clock = testClock();
+    const one = createEngine({ store: openMemoryStore(10_000, clock.now), clock });
+    const other = createEngine({ store: openMemoryStore(10_000, clock.now), clock });
+    await one.open();
+    await other.open();
+    const heardByOther: Heard[] = [];
+    other.onCommit((h) => heardByOther.push(h));
+    const granted = await one.start(LOCK, holder("sion"), 0, new AbortController().signal);
+    expect(reasonOf(granted)).toBe("granted");
+    expect(one.state(LOCK).release?.name).toBe("sion");
+    expect(other.state(LOCK).release).toBeNull();
+    expect(heardByOther).toEqual([]);
+    // The other's lock is free, and its ids count on their own.
+    const second = await other.start(LOCK, holder("ana"), 0, new AbortController().signal);
+    expect([reasonOf(second), idOf(second)]).toEqual(["granted", 1]);
+    expect(one.state(LOCK).release?.name).toBe("sion");
+    await one.close();
+    await other.close();
+  });
+});

@@ -7,12 +7,18 @@ import { afterEach, beforeEach, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { SQL } from "bun";
-import { closeEngine, engine, openEngine, start } from "../src/engine.ts";
+import { createEngine, type Engine } from "../src/engine.ts";
 import type { Store } from "../src/store/store.ts";
 
 const url = process.env.RS_TEST_DB ?? "";
 const holder = (name: string) => ({ name, reason: "", ttlSeconds: null });
 const gone = new AbortController().signal;
+
+let engine: Engine; // the engine of the test that runs
+const openEngine = (store: Store) => {
+  engine = createEngine({ store });
+  return engine.open();
+};
 
 describe.skipIf(!url.startsWith("postgres"))("PostgreSQL commits the changes asked for together at once", () => {
   let store: Store;
@@ -28,13 +34,15 @@ describe.skipIf(!url.startsWith("postgres"))("PostgreSQL commits the changes ask
     await openEngine(store);
   });
   afterEach(async () => {
-    await closeEngine();
+    await engine.close();
     await store.close();
     await sql.close();
   });
 
   test("twenty starts asked for together, on twenty locks, are written by fewer than twenty transactions", async () => {
-    const outcomes = await Promise.all(Array.from({ length: 20 }, (_, i) => start(`team${i}`, holder("h"), 0, gone)));
+    const outcomes = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => engine.start(`team${i}`, holder("h"), 0, gone)),
+    );
     expect(outcomes.every((o) => o.ok)).toBe(true);
     const [{ n }] = await sql`SELECT count(DISTINCT xmin::text) AS n FROM releasestatus_events WHERE kind = 'started'`;
     expect(Number(n)).toBeLessThan(20);
@@ -42,8 +50,8 @@ describe.skipIf(!url.startsWith("postgres"))("PostgreSQL commits the changes ask
 
   test("two starts on one lock asked for together: the first is granted, the second decided on it and refused", async () => {
     const [first, second] = await Promise.all([
-      start("prod", holder("first"), 0, gone),
-      start("prod", holder("second"), 0, gone),
+      engine.start("prod", holder("first"), 0, gone),
+      engine.start("prod", holder("second"), 0, gone),
     ]);
     expect(first?.ok).toBe(true);
     expect(second?.ok ? "granted" : second?.reason).toBe("running");
@@ -66,8 +74,8 @@ describe.skipIf(!url.startsWith("postgres"))("a replica vouches for all its wait
     const store = await openPostgresStore({ url, historyLimit: 10_000, pool: 4 });
     try {
       await openEngine(store);
-      expect((await start("prod", holder("holder"), 0, gone)).ok).toBe(true);
-      for (let i = 0; i < 50; i++) void start("prod", holder(`w${i}`), 3600, gone);
+      expect((await engine.start("prod", holder("holder"), 0, gone)).ok).toBe(true);
+      for (let i = 0; i < 50; i++) void engine.start("prod", holder(`w${i}`), 3600, gone);
       const until = async (check: () => boolean) => {
         for (let i = 0; i < 1500 && !check(); i++) await Bun.sleep(20);
       };
@@ -79,7 +87,7 @@ describe.skipIf(!url.startsWith("postgres"))("a replica vouches for all its wait
       expect(ticks).toBeGreaterThanOrEqual(2);
       expect(logged("heartbeat_at = clock_timestamp()") - beatsBefore).toBeLessThanOrEqual(ticks + 1);
     } finally {
-      await closeEngine();
+      await engine.close();
       await store.close();
       await sql.unsafe(`ALTER DATABASE "${db}" RESET log_statement`);
       await sql.close();

@@ -10,8 +10,8 @@ import { createHmac, timingSafeEqual } from "node:crypto";
 import type { Server } from "bun";
 import pkg from "../package.json" with { type: "json" };
 import { parseWindow, type Window } from "../src/calendar.ts";
-import { change, closeEngine, engine, openEngine, start } from "../src/engine.ts";
-import { calendarSettled, keepCalendar, stopCalendar } from "../src/freezes.ts";
+import { createEngine, type Engine } from "../src/engine.ts";
+import { calendarSettled, frozenAt, keepCalendar, stopCalendar } from "../src/freezes.ts";
 import {
   deliver,
   nextDelay,
@@ -285,6 +285,7 @@ const types = (got: { body: string }[]) => got.map((g) => JSON.parse(g.body).dat
 describe("delivery: in order, at least once, never in the way", () => {
   let clock: ReturnType<typeof testClock>;
   let store: Store;
+  let engine: Engine;
   const logged: string[] = [];
   const log = {
     info: (m: string) => logged.push(m),
@@ -294,33 +295,39 @@ describe("delivery: in order, at least once, never in the way", () => {
   } as unknown as Parameters<typeof deliver>[1]["log"];
   const starts = async (...names: string[]) => {
     for (const name of names) {
-      const o = await start(`team/${name}`, { name, reason: "", ttlSeconds: null }, 0, new AbortController().signal);
+      const o = await engine.start(
+        `team/${name}`,
+        { name, reason: "", ttlSeconds: null },
+        0,
+        new AbortController().signal,
+      );
       expect(o.ok).toBe(true);
     }
   };
   // A new webhook starts from the newest event when it first looks: the test waits for that look.
   const run = async (hooks: Webhook[], backlog = 10_000, attemptTimeoutMs = 5_000) => {
-    deliver(hooks, { outbox: store.outbox, clock, log, backlog, random: () => 0.5, attemptTimeoutMs });
+    deliver(hooks, { engine, outbox: store.outbox, clock, log, backlog, random: () => 0.5, attemptTimeoutMs });
     await until(async () => webhookStatuses().every((w) => w.looked), "the webhooks' first look");
   };
 
   beforeEach(async () => {
     clock = testClock();
     store = openMemoryStore(10_000, clock.now);
-    engine.listeners.length = 0;
     logged.length = 0;
-    await openEngine(store, clock);
+    engine = createEngine({ store, clock, frozen: frozenAt });
+    await engine.open();
   });
   afterEach(async () => {
     stopDelivery();
-    await closeEngine();
+    await engine.close();
   });
 
   describe("a webhook's status is what the lock is after the event, not a word fixed per kind", () => {
     const statuses = (got: { body: string }[]) =>
       got.map((g) => JSON.parse(g.body)).map((b) => `${b.type} ${b.data.lock} ${b.data.status}`);
-    const blockAs = (lock: string, name: string) => change(lock, (s, now) => block(s, { name, reason: "" }, now));
-    const unblockAs = (lock: string, name: string) => change(lock, (s, now) => unblock(s, { name }, now));
+    const blockAs = (lock: string, name: string) =>
+      engine.change(lock, (s, now) => block(s, { name, reason: "" }, now));
+    const unblockAs = (lock: string, name: string) => engine.change(lock, (s, now) => unblock(s, { name }, now));
     afterEach(() => stopCalendar());
 
     test("unblocking a lock still blocked from above says blocked; open once nothing blocks it", async () => {
@@ -345,7 +352,7 @@ describe("delivery: in order, at least once, never in the way", () => {
         from: "2026-11-27 08:00",
         until: "2026-11-27 09:10",
       });
-      keepCalendar([everyLock, onProd] as Window[], clock);
+      keepCalendar(engine, [everyLock, onProd] as Window[], clock);
       await calendarSettled();
       await blockAs("staging", "bob");
       await unblockAs("staging", "bob");
@@ -400,7 +407,7 @@ describe("delivery: in order, at least once, never in the way", () => {
       ]);
       await starts("a");
       await clock.advance(12 * 60_000 + 5_000);
-      await change("team/a", (s, now) => stop(s, null, { name: "a" }, now));
+      await engine.change("team/a", (s, now) => stop(s, null, { name: "a" }, now));
       await until(async () => slack.got.length === 1 && plain.got.length === 1, "the stop");
       expect(JSON.parse(slack.got[0]?.body ?? "").text).toBe("release #1 on team/a stopped by a after 12m 5s");
       expect(JSON.parse(plain.got[0]?.body ?? "").data.message).toBe("release #1 on team/a stopped by a after 12m 5s");
@@ -418,7 +425,7 @@ describe("delivery: in order, at least once, never in the way", () => {
         from: "2026-11-27 11:00",
         until: "2026-11-27 13:30",
       });
-      keepCalendar([window] as Window[], clock);
+      keepCalendar(engine, [window] as Window[], clock);
       await calendarSettled();
       await clock.advance(60 * 60_000 + 1);
       await calendarSettled();
@@ -433,19 +440,20 @@ describe("delivery: in order, at least once, never in the way", () => {
       const r = receiver();
       await run([hook({ url: r.url, events: ["stopped"] })]);
       keepCalendar(
+        engine,
         [
           parseWindow({ reason: "x", locks: ["team"], from: "2026-11-27 08:00", until: "2026-11-27 12:00" }),
         ] as Window[],
         clock,
       );
       await calendarSettled();
-      await start(
+      await engine.start(
         "team/a",
         { name: "a", reason: "", ttlSeconds: null, override: "hotfix" },
         0,
         new AbortController().signal,
       );
-      await change("team/a", (s, now) => stop(s, null, { name: "a" }, now));
+      await engine.change("team/a", (s, now) => stop(s, null, { name: "a" }, now));
       await until(async () => r.got.length === 1, "the stop");
       expect(JSON.parse(r.got[0]?.body ?? "").data.status).toBe("frozen");
       r.stop();
@@ -593,7 +601,7 @@ describe("delivery: in order, at least once, never in the way", () => {
   test("a release of several locks is reminded of once, naming all its locks", async () => {
     const r = receiver();
     await run([hook({ url: r.url, events: ["long-running"], remind_after: "2h" })]);
-    const o = await start(
+    const o = await engine.start(
       ["team/a", "team/b"],
       { name: "slow", reason: "", ttlSeconds: null },
       0,

@@ -4,7 +4,7 @@
 import type { Server } from "bun";
 import type { Window } from "../calendar.ts";
 import type { Config } from "../config.ts";
-import { engine, health, history, type Snapshot, snapshot } from "../engine.ts";
+import type { Engine, Snapshot } from "../engine.ts";
 import { boundaryRecorded, describeSchedule, freezeWindows, upcoming } from "../freezes.ts";
 import { renderMetrics } from "../metrics.ts";
 import { webhookStatuses } from "../notify/deliver.ts";
@@ -12,7 +12,7 @@ import { DEFAULT_LOCK, type Event, ROOT, refuse } from "../release.ts";
 import { describeEvent, iso } from "../words.ts";
 import { answer, json, SECURITY_HEADERS, text, wantsJson } from "./answer.ts";
 import { readQuery, whole } from "./request.ts";
-import { eventJson, eventStream, lockNames, locksText, openStreams, statusJson, statusText } from "./views.ts";
+import { eventJson, openStreams, type Views } from "./views.ts";
 
 /**
  * What the token a request sent may do on a lock (server.ts knows who sent it), so that the page offers only the
@@ -23,8 +23,14 @@ export type MayOn = (req: Request, lock: string, blockOn: string | undefined) =>
 /** What a request is about: the lock (undefined: every lock), and how it wants its answer. */
 export type Ask = { req: Request; server: Server<undefined>; url: string; lock: string | undefined; json: boolean };
 
-/** The read handlers, over the configuration (read at each request: a reload replaces parts of it). */
-export function readsOf(cfg: Config, mayOn: MayOn) {
+/**
+ * The read handlers, over the configuration (read at each request: a reload replaces parts of it), of one
+ * engine, rendered by its views.
+ */
+export function readsOf(cfg: Config, mayOn: MayOn, engine: Engine, views: Views) {
+  const { health, history, snapshot } = engine;
+  const { eventStream, lockNames, locksText, statusJson, statusText } = views;
+
   function listLocks(req: Request): Response | Promise<Response> {
     const asJson = wantsJson(req.url, req);
     return fromSnapshot(
@@ -92,7 +98,7 @@ export function readsOf(cfg: Config, mayOn: MayOn) {
   }
 
   const metricsText = (snap: Snapshot | null) =>
-    text(renderMetrics(health().ok, snap, cfg), 200, "text/plain; version=0.0.4; charset=utf-8");
+    text(renderMetrics(health().ok, snap, cfg, engine), 200, "text/plain; version=0.0.4; charset=utf-8");
   // While the state cannot be read, the daemon's own metrics still say so (storage_healthy 0), without the locks'.
   const metrics = (): Response | Promise<Response> => {
     const snap = snapshot(ROOT);
@@ -102,6 +108,23 @@ export function readsOf(cfg: Config, mayOn: MayOn) {
       () => metricsText(null),
     );
   };
+
+  /**
+   * Renders from one snapshot of the state around `lock` (ROOT: every lock) taken after the request arrived
+   * (with replicas, one read from the database), or says the state is unknown when it cannot be read.
+   */
+  function fromSnapshot(
+    lock: string,
+    render: (snap: Snapshot) => Response,
+    asJson: boolean,
+  ): Response | Promise<Response> {
+    const snap = snapshot(lock);
+    if (!(snap instanceof Promise)) return render(snap);
+    return snap.then(
+      (s) => (health().known ? render(s) : unknown(asJson)),
+      () => unknown(asJson),
+    );
+  }
 
   return {
     status: ({ req, lock = DEFAULT_LOCK, json: asJson }: Ask) =>
@@ -201,21 +224,4 @@ export function unknown(asJson: boolean): Response {
   res.headers.set("X-Reason-Code", "storage");
   res.headers.set("X-Reason", UNKNOWN);
   return res;
-}
-
-/**
- * Renders from one snapshot of the state around `lock` (ROOT: every lock) taken after the request arrived
- * (with replicas, one read from the database), or says the state is unknown when it cannot be read.
- */
-export function fromSnapshot(
-  lock: string,
-  render: (snap: Snapshot) => Response,
-  asJson: boolean,
-): Response | Promise<Response> {
-  const snap = snapshot(lock);
-  if (!(snap instanceof Promise)) return render(snap);
-  return snap.then(
-    (s) => (health().known ? render(s) : unknown(asJson)),
-    () => unknown(asJson),
-  );
 }

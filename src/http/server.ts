@@ -8,17 +8,7 @@ import type { Server } from "bun";
 import { type Action, closed, forbidden, identify, reaches, type Token } from "../access.ts";
 import { claimProblem, isPool, poolParent, reach } from "../claim.ts";
 import { type Config, declaredChildren, MAX_TTL_SECONDS } from "../config.ts";
-import {
-  backup,
-  change,
-  lockOf,
-  onCommit,
-  type Room,
-  type Snapshot,
-  snapshot,
-  snapshotAfter,
-  start,
-} from "../engine.ts";
+import type { Engine, Room, Snapshot } from "../engine.ts";
 import type { Log } from "../log.ts";
 import { countStart, START_REFUSALS } from "../metrics.ts";
 import { LOCK_NAME_RULE, validLockName } from "../names.ts";
@@ -57,7 +47,7 @@ import {
   version as versionParam,
   whole,
 } from "./request.ts";
-import { broadcastChange, keepStreamsAlive, requireToken, statusJson } from "./views.ts";
+import { type Board, keepStreamsAlive, viewsOf } from "./views.ts";
 
 type Handler = (req: Request, server: Server<undefined>) => Response | Promise<Response>;
 /** A route's handler, given the URL already read: Bun builds `req.url` anew on each access. */
@@ -72,9 +62,19 @@ type TableRoute = { methods: string[]; guard: GuardName; handle: Route };
 const READ_METHODS = ["GET", "HEAD"];
 const ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"] as const;
 
-export function startServer(cfg: Config, log: Log): Server<undefined> {
-  // cfg.access is read on every request: a reload (SIGHUP) replaces it.
-  requireToken(() => closed(cfg.access));
+/**
+ * Serves one engine. `board` holds the page's words for the configuration's locks; whether the page must ask for
+ * a token is said from cfg.access, which is read on every request: a reload (SIGHUP) replaces it.
+ */
+export function startServer(
+  cfg: Config,
+  log: Log,
+  engine: Engine,
+  board: Omit<Board, "tokenRequired">,
+): Server<undefined> {
+  const { backup, change, lockOf, onCommit, snapshot, snapshotAfter, start } = engine;
+  const views = viewsOf(engine, { ...board, tokenRequired: () => closed(cfg.access) });
+  const { broadcastChange, statusJson } = views;
 
   // A CI job's ID token ([[trust]]) is verified before its route runs, as checking a signature (and perhaps
   // fetching the issuer's keys) cannot be done on the spot; the route then finds its caller as for a named token.
@@ -399,7 +399,7 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     };
   }
 
-  const reads = readsOf(cfg, mayOn);
+  const reads = readsOf(cfg, mayOn, engine, views);
 
   // The table: each path, the methods it answers, and what it does.
   const lockRoutes: Record<
@@ -529,8 +529,8 @@ export function startServer(cfg: Config, log: Log): Server<undefined> {
     const reason = res.headers.get("X-Reason-Code") as Reason | null;
     // A grant counts on each lock it holds (a pool's child, every lock of a claim), not on the name in the path.
     if (reason === null && res.headers.has("X-Release-Id"))
-      for (const held of (res.headers.get("X-Lock") ?? lock).split(",")) countStart(held, null, cfg);
-    else if (reason !== null && START_REFUSALS.includes(reason)) countStart(lock, reason, cfg);
+      for (const held of (res.headers.get("X-Lock") ?? lock).split(",")) countStart(held, null, cfg, engine);
+    else if (reason !== null && START_REFUSALS.includes(reason)) countStart(lock, reason, cfg, engine);
     return res;
   };
 

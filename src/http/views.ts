@@ -1,7 +1,7 @@
 // What a lock looks like to a reader: /status and /locks as JSON and text,
 // events as JSON, and the live event streams of /events.
 import { describeLocalTime } from "../calendar.ts";
-import { childrenOf, health, type Snapshot, snapshot, storeDescription, waiting } from "../engine.ts";
+import type { Engine, Snapshot } from "../engine.ts";
 import { calendarOf, freezeJson, freezeWindows, frozenAt } from "../freezes.ts";
 import { estimate } from "../metrics.ts";
 import {
@@ -28,19 +28,15 @@ import {
   on,
 } from "../words.ts";
 
-// Told to the page, so it asks for the token before the first change; a reload may change it.
-let tokenRequired = () => false;
-export const requireToken = (required: () => boolean) => {
-  tokenRequired = required;
-};
-
-// The page's words for the locks the configuration declares ([[lock]] description), and the locks whose
-// declared children make a pool (NAME/*); a reload may change them.
-let descriptionOf = (_lock: string): string => "";
-let pools = (): string[] => [];
-export const describeLocks = (describe: (lock: string) => string, poolParents: () => string[] = () => []) => {
-  descriptionOf = describe;
-  pools = poolParents;
+/**
+ * What the views show of the configuration besides the locks, asked at each read (a reload may change it): whether
+ * the page must ask for the token before the first change, the page's words for the locks the configuration
+ * declares ([[lock]] description), and the locks whose declared children make a pool (NAME/*).
+ */
+export type Board = {
+  tokenRequired: () => boolean;
+  describe: (lock: string) => string;
+  pools: () => string[];
 };
 
 const releaseJson = (release: Release) => ({
@@ -80,63 +76,6 @@ export function stoppedBy(lock: string, s: State, now: number): Stop[] {
   return stops;
 }
 
-/** A lock's status, from one snapshot (see engine.ts `snapshot`): never pieced together from several reads. */
-export function statusJson(lock: string, snap: Snapshot) {
-  const s = snap.state(lock);
-  const { release } = s;
-  const blocked = blockOn(s);
-  const holding = release ? null : releaseOn(s); // a release above or below that keeps this lock from starting
-  const h = health();
-  const description = descriptionOf(lock);
-  return {
-    lock,
-    known: h.known,
-    running: release !== null,
-    blocked: blocked !== null,
-    // `release` is kept for locks whose limit is 1, so consumers written before limits keep working.
-    ...(s.limit === 1 ? { release: release && releaseJson(release) } : {}),
-    releases: s.releases.map(releaseJson),
-    limit: s.limit,
-    ...(description ? { description } : {}),
-    ...membersOf(lock, snap),
-    block: blocked && {
-      name: blocked.block.name,
-      reason: blocked.block.reason,
-      since: iso(blocked.block.since),
-      ...byOf(blocked.block.by),
-      ...(blocked.lock === lock ? {} : { on: blocked.lock }), // a block from above says where it is
-    },
-    ...(holding ? { heldBy: { lock: holding.lock, id: holding.release.id, name: holding.release.name } } : {}),
-    queue: waiting(lock).map((w) => ({
-      name: w.name,
-      reason: w.reason,
-      since: iso(w.since),
-      ...byOf(w.by),
-      ...(w.version === undefined ? {} : { version: w.version }),
-      ...(w.urgent === undefined ? {} : { urgent: w.urgent }),
-    })),
-    stoppedBy: stoppedBy(lock, s, Date.now()),
-    lastReleaseId: s.lastId,
-    estimate: estimate(release),
-    ...freezesOf(lock),
-    tokenRequired: tokenRequired(),
-    healthy: h.ok,
-    store: storeDescription(),
-  };
-}
-
-// A lock whose declared children make a pool: each member, and the release holding it (absent for others).
-function membersOf(lock: string, snap: Snapshot) {
-  const members = childrenOf(lock);
-  if (members.length === 0) return {};
-  return {
-    members: members.map((member) => {
-      const [held] = snap.state(member).releases;
-      return { lock: member, release: held ? releaseJson(held) : null };
-    }),
-  };
-}
-
 // The calendar, for a lock: the freeze in force and the next one (absent without windows).
 function freezesOf(lock: string) {
   if (freezeWindows().length === 0) return { freeze: null, nextFreeze: null };
@@ -144,73 +83,6 @@ function freezesOf(lock: string) {
   return { freeze: now && freezeJson(now), nextFreeze: next && freezeJson(next) };
 }
 
-/**
- * The status in lines a script can grep: the first says what stops a start. A lock a release holds begins
- * `running:` (as the original's did), then what else stops a start; any other lock lists what stops it
- * (`held:` by a release above or below, `blocked:`, `frozen:`) before `idle:`, so `^idle` means it is free.
- */
-export function statusText(lock: string, snap: Snapshot): string {
-  const now = Date.now();
-  const s = snap.state(lock);
-  const { release } = s;
-  const running = (r: Release) =>
-    `${describeRelease(r, lock)}, for ${duration(now - r.startedAt)}${r.expiresAt === null ? "" : `; lease ends ${iso(r.expiresAt)}`}`;
-  const others = stoppedBy(lock, s, now)
-    .filter((stop) => stop.why !== "running" && stop.why !== "full") // its own releases are the running: line
-    .map((stop) => `${stop.why}: ${stop.message}`);
-  const lines = !release
-    ? others.length > 0
-      ? others // idle: only when a start would be granted, so a script's ^idle never matches a lock it cannot start
-      : [`idle: no release is running${on(lock)}`]
-    : s.limit === 1
-      ? [`running: ${running(release)}`, ...others]
-      : [`running: ${s.releases.length} of ${s.limit}: ${s.releases.map(running).join("; ")}`, ...others];
-  const usually = estimate(release);
-  if (usually)
-    lines.push(
-      `usually: takes ${duration(usually.typicalSeconds * 1000)}, expected to end around ${usually.expectedAt}`,
-    );
-  const { next } = calendarOf(lock, now);
-  if (next)
-    lines.push(
-      `next freeze: ${next.reason}, from ${describeLocalTime(next.from, next.window.timezone, now)} until ${describeLocalTime(next.until, next.window.timezone, now)}`,
-    );
-  const line = waiting(lock);
-  if (line.length)
-    lines.push(`waiting: ${line.map((w, i) => `${i + 1}. ${describeWaiter(w)} since ${iso(w.since)}`).join(", ")}`);
-  return `${lines.join("\n")}\n`;
-}
-
-/** Every lock that is held, blocked, waited for or has history, in tree order. */
-export function lockNames(snap: Snapshot): string[] {
-  const names = new Set(snap.locks().filter((l) => l !== ROOT));
-  for (const w of waiting()) for (const lock of reachOf(w)) names.add(lock);
-  for (const pool of pools()) names.add(pool); // a pool shows its members before any is used
-  for (const w of freezeWindows()) for (const lock of w.locks ?? []) names.add(lock); // a frozen lock shows before it is used
-  return [...names].sort();
-}
-
-/**
- * One line per lock, what /locks says in text: the lines of its status that say what holds or stops it,
- * joined with "; ", so that one line says everything that stops a start. A first running: or idle: goes
- * without its word, as it always has ("prod/eu: release #41 by sion …").
- */
-export function locksText(snap: Snapshot): string {
-  const root = snap.state(ROOT).block;
-  const head = root ? `all locks: ${describeBlock(root, ROOT)}\n` : "";
-  const line = (lock: string) =>
-    statusText(lock, snap)
-      .split("\n")
-      .filter((l) => VERDICT.test(l))
-      .join("; ")
-      .replace(/^(running|idle): /, "");
-  return (
-    head +
-    lockNames(snap)
-      .map((lock) => `${lock}: ${line(lock)}\n`)
-      .join("")
-  );
-}
 const VERDICT = /^(running|blocked|frozen|held|idle): /;
 
 export const eventJson = (e: Event) => ({
@@ -260,28 +132,6 @@ const sse = (event: string, data: unknown, prefix = "") =>
 const hears = (lock: string | undefined, e: Event) =>
   lock === undefined || (e.locks ?? [e.lock]).some((l) => overlaps(lock, l));
 
-/** A Server-Sent Events stream: a snapshot on connect, then one event per change that concerns `lock`. */
-export function eventStream(lock: string | undefined): ReadableStream<Uint8Array> {
-  let stream: EventStream | null = null;
-  return new ReadableStream<Uint8Array>(
-    {
-      start(controller) {
-        const opened: EventStream = { controller, lock };
-        stream = opened;
-        eventStreams.add(opened);
-        inTurn(lock ?? DEFAULT_LOCK, [opened], (snap) =>
-          send(opened, sse("status", { status: statusJson(lock ?? DEFAULT_LOCK, snap) }, "retry: 1000\n")),
-        );
-      },
-      cancel() {
-        if (stream) eventStreams.delete(stream);
-      },
-    },
-    // Counted in bytes, so that desiredSize says how far the unsent part is past MAX_UNSENT_BYTES.
-    { highWaterMark: MAX_UNSENT_BYTES, size: (chunk) => chunk?.byteLength ?? 0 },
-  );
-}
-
 function send(stream: EventStream, frame: Uint8Array) {
   try {
     stream.controller.enqueue(frame);
@@ -300,48 +150,11 @@ function end(stream: EventStream) {
   } catch {}
 }
 
-// Frames go out in the order their changes were heard. On a shared store each status is rendered from a
-// read of its own (sent at once, used in turn); on the others from memory, at once.
-let frames: Promise<void> = Promise.resolve();
-function inTurn(lock: string, streams: EventStream[], render: (snap: Snapshot) => void): void {
-  const snap = snapshot(lock);
-  if (snap instanceof Promise)
-    frames = frames.then(() =>
-      snap.then(render, () => {
-        for (const stream of streams) end(stream);
-      }),
-    );
-  else render(snap);
-}
-
 // Ends a stream whose client does not read: what is queued is dropped at once (closing would wait for the
 // client to read it), and the connection is closed.
 function cut(stream: EventStream) {
   eventStreams.delete(stream);
   stream.controller.error(new Error(`the client did not read ${MAX_UNSENT_BYTES} bytes of events`));
-}
-
-/** Sends a change to every open stream it concerns (also changes made through other replicas). */
-export function broadcastChange(events: Event[]): void {
-  if (eventStreams.size === 0) return; // nothing is built for nobody
-  const concerned: { stream: EventStream; heard: Event[] }[] = [];
-  for (const stream of eventStreams) {
-    const heard = events.filter((e) => hears(stream.lock, e));
-    if (heard.length) concerned.push({ stream, heard });
-  }
-  if (concerned.length === 0) return;
-  // Every stream's status from one snapshot of every lock.
-  inTurn(
-    ROOT,
-    concerned.map((c) => c.stream),
-    (snap) => {
-      for (const { stream, heard } of concerned)
-        send(
-          stream,
-          sse("change", { events: heard.map(eventJson), status: statusJson(stream.lock ?? DEFAULT_LOCK, snap) }),
-        );
-    },
-  );
 }
 
 /** A comment now and then keeps proxies from closing idle streams. */
@@ -359,3 +172,200 @@ export function closeEventStreams(): void {
   }
   eventStreams.clear();
 }
+
+/**
+ * The views of one engine: each status, listing and stream is rendered from that engine's snapshots and line,
+ * with the board's words for the configuration.
+ */
+export function viewsOf(engine: Engine, board: Board) {
+  const { childrenOf, health, snapshot, storeDescription, waiting } = engine;
+  const { tokenRequired, describe: descriptionOf, pools } = board;
+  /** A lock's status, from one snapshot (see engine.ts `snapshot`): never pieced together from several reads. */
+  function statusJson(lock: string, snap: Snapshot) {
+    const s = snap.state(lock);
+    const { release } = s;
+    const blocked = blockOn(s);
+    const holding = release ? null : releaseOn(s); // a release above or below that keeps this lock from starting
+    const h = health();
+    const description = descriptionOf(lock);
+    return {
+      lock,
+      known: h.known,
+      running: release !== null,
+      blocked: blocked !== null,
+      // `release` is kept for locks whose limit is 1, so consumers written before limits keep working.
+      ...(s.limit === 1 ? { release: release && releaseJson(release) } : {}),
+      releases: s.releases.map(releaseJson),
+      limit: s.limit,
+      ...(description ? { description } : {}),
+      ...membersOf(lock, snap),
+      block: blocked && {
+        name: blocked.block.name,
+        reason: blocked.block.reason,
+        since: iso(blocked.block.since),
+        ...byOf(blocked.block.by),
+        ...(blocked.lock === lock ? {} : { on: blocked.lock }), // a block from above says where it is
+      },
+      ...(holding ? { heldBy: { lock: holding.lock, id: holding.release.id, name: holding.release.name } } : {}),
+      queue: waiting(lock).map((w) => ({
+        name: w.name,
+        reason: w.reason,
+        since: iso(w.since),
+        ...byOf(w.by),
+        ...(w.version === undefined ? {} : { version: w.version }),
+        ...(w.urgent === undefined ? {} : { urgent: w.urgent }),
+      })),
+      stoppedBy: stoppedBy(lock, s, Date.now()),
+      lastReleaseId: s.lastId,
+      estimate: estimate(release),
+      ...freezesOf(lock),
+      tokenRequired: tokenRequired(),
+      healthy: h.ok,
+      store: storeDescription(),
+    };
+  }
+
+  // A lock whose declared children make a pool: each member, and the release holding it (absent for others).
+  function membersOf(lock: string, snap: Snapshot) {
+    const members = childrenOf(lock);
+    if (members.length === 0) return {};
+    return {
+      members: members.map((member) => {
+        const [held] = snap.state(member).releases;
+        return { lock: member, release: held ? releaseJson(held) : null };
+      }),
+    };
+  }
+
+  /**
+   * The status in lines a script can grep: the first says what stops a start. A lock a release holds begins
+   * `running:` (as the original's did), then what else stops a start; any other lock lists what stops it
+   * (`held:` by a release above or below, `blocked:`, `frozen:`) before `idle:`, so `^idle` means it is free.
+   */
+  function statusText(lock: string, snap: Snapshot): string {
+    const now = Date.now();
+    const s = snap.state(lock);
+    const { release } = s;
+    const running = (r: Release) =>
+      `${describeRelease(r, lock)}, for ${duration(now - r.startedAt)}${r.expiresAt === null ? "" : `; lease ends ${iso(r.expiresAt)}`}`;
+    const others = stoppedBy(lock, s, now)
+      .filter((stop) => stop.why !== "running" && stop.why !== "full") // its own releases are the running: line
+      .map((stop) => `${stop.why}: ${stop.message}`);
+    const lines = !release
+      ? others.length > 0
+        ? others // idle: only when a start would be granted, so a script's ^idle never matches a lock it cannot start
+        : [`idle: no release is running${on(lock)}`]
+      : s.limit === 1
+        ? [`running: ${running(release)}`, ...others]
+        : [`running: ${s.releases.length} of ${s.limit}: ${s.releases.map(running).join("; ")}`, ...others];
+    const usually = estimate(release);
+    if (usually)
+      lines.push(
+        `usually: takes ${duration(usually.typicalSeconds * 1000)}, expected to end around ${usually.expectedAt}`,
+      );
+    const { next } = calendarOf(lock, now);
+    if (next)
+      lines.push(
+        `next freeze: ${next.reason}, from ${describeLocalTime(next.from, next.window.timezone, now)} until ${describeLocalTime(next.until, next.window.timezone, now)}`,
+      );
+    const line = waiting(lock);
+    if (line.length)
+      lines.push(`waiting: ${line.map((w, i) => `${i + 1}. ${describeWaiter(w)} since ${iso(w.since)}`).join(", ")}`);
+    return `${lines.join("\n")}\n`;
+  }
+
+  /** Every lock that is held, blocked, waited for or has history, in tree order. */
+  function lockNames(snap: Snapshot): string[] {
+    const names = new Set(snap.locks().filter((l) => l !== ROOT));
+    for (const w of waiting()) for (const lock of reachOf(w)) names.add(lock);
+    for (const pool of pools()) names.add(pool); // a pool shows its members before any is used
+    for (const w of freezeWindows()) for (const lock of w.locks ?? []) names.add(lock); // a frozen lock shows before it is used
+    return [...names].sort();
+  }
+
+  /**
+   * One line per lock, what /locks says in text: the lines of its status that say what holds or stops it,
+   * joined with "; ", so that one line says everything that stops a start. A first running: or idle: goes
+   * without its word, as it always has ("prod/eu: release #41 by sion …").
+   */
+  function locksText(snap: Snapshot): string {
+    const root = snap.state(ROOT).block;
+    const head = root ? `all locks: ${describeBlock(root, ROOT)}\n` : "";
+    const line = (lock: string) =>
+      statusText(lock, snap)
+        .split("\n")
+        .filter((l) => VERDICT.test(l))
+        .join("; ")
+        .replace(/^(running|idle): /, "");
+    return (
+      head +
+      lockNames(snap)
+        .map((lock) => `${lock}: ${line(lock)}\n`)
+        .join("")
+    );
+  }
+
+  /** A Server-Sent Events stream: a snapshot on connect, then one event per change that concerns `lock`. */
+  function eventStream(lock: string | undefined): ReadableStream<Uint8Array> {
+    let stream: EventStream | null = null;
+    return new ReadableStream<Uint8Array>(
+      {
+        start(controller) {
+          const opened: EventStream = { controller, lock };
+          stream = opened;
+          eventStreams.add(opened);
+          inTurn(lock ?? DEFAULT_LOCK, [opened], (snap) =>
+            send(opened, sse("status", { status: statusJson(lock ?? DEFAULT_LOCK, snap) }, "retry: 1000\n")),
+          );
+        },
+        cancel() {
+          if (stream) eventStreams.delete(stream);
+        },
+      },
+      // Counted in bytes, so that desiredSize says how far the unsent part is past MAX_UNSENT_BYTES.
+      { highWaterMark: MAX_UNSENT_BYTES, size: (chunk) => chunk?.byteLength ?? 0 },
+    );
+  }
+
+  // Frames go out in the order their changes were heard. On a shared store each status is rendered from a
+  // read of its own (sent at once, used in turn); on the others from memory, at once.
+  let frames: Promise<void> = Promise.resolve();
+  function inTurn(lock: string, streams: EventStream[], render: (snap: Snapshot) => void): void {
+    const snap = snapshot(lock);
+    if (snap instanceof Promise)
+      frames = frames.then(() =>
+        snap.then(render, () => {
+          for (const stream of streams) end(stream);
+        }),
+      );
+    else render(snap);
+  }
+
+  /** Sends a change to every open stream it concerns (also changes made through other replicas). */
+  function broadcastChange(events: Event[]): void {
+    if (eventStreams.size === 0) return; // nothing is built for nobody
+    const concerned: { stream: EventStream; heard: Event[] }[] = [];
+    for (const stream of eventStreams) {
+      const heard = events.filter((e) => hears(stream.lock, e));
+      if (heard.length) concerned.push({ stream, heard });
+    }
+    if (concerned.length === 0) return;
+    // Every stream's status from one snapshot of every lock.
+    inTurn(
+      ROOT,
+      concerned.map((c) => c.stream),
+      (snap) => {
+        for (const { stream, heard } of concerned)
+          send(
+            stream,
+            sse("change", { events: heard.map(eventJson), status: statusJson(stream.lock ?? DEFAULT_LOCK, snap) }),
+          );
+      },
+    );
+  }
+
+  return { statusJson, statusText, lockNames, locksText, eventStream, broadcastChange };
+}
+
+/** The views of one engine: what viewsOf gives. */
+export type Views = ReturnType<typeof viewsOf>;

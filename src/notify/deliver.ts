@@ -6,7 +6,7 @@
 // the next reload. Long-running reminders are recorded once, like any event.
 
 import { describeLocalTime } from "../calendar.ts";
-import { type Clock, engine, onCommit, recordOnce } from "../engine.ts";
+import type { Clock, Engine } from "../engine.ts";
 import { calendarOf } from "../freezes.ts";
 import type { Log } from "../log.ts";
 import type { Event } from "../release.ts";
@@ -67,6 +67,7 @@ type Loop = {
 };
 
 type Options = {
+  engine: Engine; // whose commits wake the loops, whose history says how long a release ran, where reminders are recorded
   outbox: Outbox;
   clock: Clock;
   log: Log;
@@ -84,6 +85,8 @@ let cancelReminders = () => {};
 const wakeAll = () => {
   for (const loop of loops.values()) if (!loop.waitingToRetry) loop.wake();
 };
+// The engines wakeAll listens to: a reload calls deliver again, and must not add it twice.
+const listeningTo = new WeakSet<Engine>();
 
 /**
  * Starts delivering to `hooks` (and sending their reminders); a reload calls it again with the new list.
@@ -92,7 +95,10 @@ const wakeAll = () => {
  */
 export function deliver(hooks: Webhook[], o: Options): Promise<void> {
   options = o;
-  if (!engine.listeners.includes(wakeAll)) onCommit(wakeAll);
+  if (!listeningTo.has(o.engine)) {
+    listeningTo.add(o.engine);
+    o.engine.onCommit(wakeAll);
+  }
   const firstLooks: Promise<void>[] = [];
   const keep = new Set(hooks.map((h) => h.key));
   for (const [key, loop] of loops)
@@ -251,7 +257,7 @@ async function deliverLoop(loop: Loop, looked: () => void): Promise<void> {
 // followed: a signed body is for this URL only.
 async function attempt(hook: Webhook, p: Pending): Promise<Answer> {
   const o = options as Options;
-  const told = await lookUp(p.event);
+  const told = await lookUp(o.engine, p.event);
   const now = o.clock.now();
   const message = render(hook, messageId(p.seq, p.event), p.event, now, told);
   return send(hook.url, message, now, { limit: o.attemptTimeoutMs, fetch: o.fetch });
@@ -263,13 +269,13 @@ const ENDS_A_RELEASE: ReadonlySet<string> = new Set(["stopped", "expired", "aban
  * What a message says that its event does not: how long an ended release ran (from its start in the
  * history; left out when that is too far back to find) and until when a freeze that began lasts.
  */
-async function lookUp(e: Event): Promise<Told> {
+async function lookUp(engine: Engine, e: Event): Promise<Told> {
   if (e.kind === "frozen") {
     const freeze = calendarOf(e.lock, e.at).now;
     return freeze ? { until: describeLocalTime(freeze.until, freeze.window.timezone) } : {};
   }
-  if (!ENDS_A_RELEASE.has(e.kind) || e.releaseId === null || !engine.store) return {};
-  const history = await engine.store.history(START_LOOKUP, e.lock).catch(() => []);
+  if (!ENDS_A_RELEASE.has(e.kind) || e.releaseId === null) return {};
+  const history = await engine.history(START_LOOKUP, e.lock).catch(() => []);
   const started = history.find((h) => h.kind === "started" && h.releaseId === e.releaseId);
   return started ? { ranForMs: e.at - started.at } : {};
 }
@@ -321,7 +327,7 @@ async function remind(): Promise<void> {
   const now = o.clock.now();
   const paces = new Set<number>();
   for (const { hook } of loops.values()) if (hook.remindAfterMs !== null) paces.add(hook.remindAfterMs);
-  for (const [lock, entry] of engine.known.entries)
+  for (const [lock, entry] of o.engine.known())
     for (const r of entry.releases) {
       if (r.locks && r.locks[0] !== lock) continue; // a release of several locks is reminded of once, on its first
       for (const every of paces) {
@@ -338,9 +344,9 @@ async function remind(): Promise<void> {
           by: r.by,
           ...(r.locks ? { locks: r.locks } : {}),
         };
-        await recordOnce({ window: `remind ${every} ${r.id}`, lock, kind: "long-running", at }, [event]).catch(
-          () => false,
-        );
+        await o.engine
+          .recordOnce({ window: `remind ${every} ${r.id}`, lock, kind: "long-running", at }, [event])
+          .catch(() => false);
       }
     }
   if (options === o) cancelReminders = o.clock.after(60_000, () => remind());
