@@ -72,6 +72,8 @@ type Waiter = { id: number; reach: readonly string[]; woke: boolean; wake: () =>
 
 export { DEFAULT_LOCK, ROOT };
 
+// ---- what every instance shares because it holds no state: constants and helpers over a waiter or a row ----
+
 const WENT_AWAY = refuse("timeout", "the client went away");
 
 // Refusals a waiter cannot wait out: it leaves the line with them (a superseded waiter has left it already).
@@ -104,8 +106,6 @@ const firstExpiry = (e: Entry | undefined): number | null => {
   return first;
 };
 
-export type Health = { ok: boolean; known: boolean; problem: string | null };
-
 /**
  * What an engine is given at its creation: its store and clock, the configuration's limits and pools (read at
  * each decision: a reload changes them), the calendar's freezes, and whom to tell of a failed write.
@@ -125,6 +125,8 @@ export type EngineSetup = {
  * one moment after the request arrived.
  */
 export type Snapshot = { state(lock: string): State; locks(): string[] };
+
+export type Health = { ok: boolean; known: boolean; problem: string | null };
 
 /**
  * Creates an engine over a store: every operation below works on this instance's cache, line, timers and
@@ -738,6 +740,7 @@ export function createEngine(setup: EngineSetup) {
     change,
     start,
     wakeWaiters,
+    // what happens by the clock (the calendar's boundaries, reminders), recorded once
     recordOnce,
     recordNext,
     locksMarked,
