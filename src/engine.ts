@@ -332,11 +332,8 @@ export function start(
   const claimReach = one ? [lock] : reach(names, engine.childrenOf);
   const pools = names.filter(isPool).flatMap((p) => engine.childrenOf(poolParent(p)));
   const newest = newestOf(names);
-  const versioned = newest.length > 0 && req.version !== undefined ? { releasedOf: newest } : {};
   const lane = req.urgent !== undefined ? { urgent: true } : {};
-  const options: TransactOptions = one
-    ? { room, ...versioned, ...lane }
-    : { room, claim: claimReach, freedOf: pools, ...versioned, ...lane };
+  const options: TransactOptions = one ? { room, ...lane } : { room, claim: claimReach, freedOf: pools, ...lane };
   if (waitSeconds === 0 || engine.closing) {
     const refused = refusalFromMemory(decide, claimReach, isUrgent(options)); // the common case
     if (refused) return refused;

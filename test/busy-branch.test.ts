@@ -106,6 +106,24 @@ describe("on a newest-first lock, each newer version supersedes the waiters it p
     expect(await d.body("/locks/prod/start?name=ben&version=v2.3.9&override=roll%20back")).toBe("1\n");
   });
 
+  test("the last released version is kept with the lock: after the history is pruned and the daemon restarted, an older version is still stale, counted on the lock's own series", async () => {
+    const env = { RS_CONFIG: configFile(NEWEST), RS_DB: await freshDb(), RS_HISTORY_LIMIT: "3" };
+    const first = await daemon(env);
+    expect(await first.body("/locks/prod/start?name=ana&version=100")).toBe("1\n");
+    expect(await first.body("/locks/prod/stop")).toBe("1\n");
+    for (let i = 0; i < 5; i++) {
+      expect(await first.body("/locks/other/start?name=ci")).toBe("1\n");
+      expect(await first.body("/locks/other/stop")).toBe("1\n");
+    }
+    expect(await history(first)).not.toContainEqual(expect.objectContaining({ version: "100" }));
+    await first.stop();
+    const d = await daemon(env);
+    const res = await d.get("/locks/prod/start?name=ben&version=50");
+    expect(await res.text()).toBe("0\n");
+    expect(res.headers.get("x-reason")).toMatch(/^50 is older than 100, released \S+ by ana on prod/);
+    expect(await d.body("/metrics")).toContain('releasestatus_start_refused_total{lock="prod",reason="stale"} 1\n');
+  });
+
   test("a lock's queue is fifo or newest: anything else stops the daemon with what to write", async () => {
     const d = await runBinary([], { RS_CONFIG: configFile('[[lock]]\nname = "prod"\nqueue = "lifo"\n') });
     expect(d.code).toBe(2);

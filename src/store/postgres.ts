@@ -25,7 +25,6 @@ import {
   otherRowsOf,
   type Queued,
   queueEvent,
-  type Released,
   reachOf,
   StorageError,
   type Store,
@@ -241,7 +240,6 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     const claim = options.claim ?? [lock];
     const stored = await rowsOfClaim(tx, claim);
     if (options.freedOf?.length) stored.freedAt = await freedAt(tx, options.freedOf);
-    if (options.releasedOf?.length) stored.released = await releasedOn(tx, options.releasedOf);
     // A waiter a newer start passed is told so at its next attempt, from its row (on any replica).
     if (options.self !== undefined) {
       const [passedSelf] = await tx`
@@ -321,20 +319,22 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
         otherReleases,
         releaseLocks,
         releaseVersion,
+        released,
       ] = toColumns(entry);
       await tx`
         INSERT INTO releasestatus_lock (name, release_id, holder, release_reason, started_at, expires_at,
           blocked_by, block_reason, blocked_since, version, release_by, block_by, other_releases, release_locks,
-          release_version)
+          release_version, released)
         VALUES (${name}, ${releaseId}, ${holder}, ${releaseReason}, ${startedAt}, ${expiresAt},
           ${blockedBy}, ${blockReason}, ${blockedSince}, ${version}, ${releaseBy}, ${blockBy}, ${otherReleases},
-          ${releaseLocks}, ${releaseVersion})
+          ${releaseLocks}, ${releaseVersion}, ${released})
         ON CONFLICT (name) DO UPDATE SET release_id = excluded.release_id, holder = excluded.holder,
           release_reason = excluded.release_reason, started_at = excluded.started_at,
           expires_at = excluded.expires_at, blocked_by = excluded.blocked_by,
           block_reason = excluded.block_reason, blocked_since = excluded.blocked_since, version = excluded.version,
           release_by = excluded.release_by, block_by = excluded.block_by, other_releases = excluded.other_releases,
-          release_locks = excluded.release_locks, release_version = excluded.release_version`;
+          release_locks = excluded.release_locks, release_version = excluded.release_version,
+          released = excluded.released`;
     }
     if (after.lastId !== stored.lastId)
       await tx`UPDATE releasestatus_lock SET last_id = ${after.lastId} WHERE name = ''`;
@@ -381,19 +381,6 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
           AND (e.lock = l OR (e.locks IS NOT NULL AND e.locks::jsonb ? l))) AS at
       FROM unnest(${[...locks]}::text[]) AS l`) as { lock: string; at: string | null }[];
     return new Map(rows.map((r) => [r.lock, r.at === null ? Number.NEGATIVE_INFINITY : Number(r.at)]));
-  }
-
-  // The newest start with a version on each lock, running or finished: a newest-first lock refuses older ones.
-  async function releasedOn(tx: SQL, locks: readonly string[]): Promise<Map<string, Released>> {
-    const found = new Map<string, Released>();
-    for (const l of locks) {
-      const [row] = await tx`
-        SELECT version, at, name FROM releasestatus_events
-        WHERE kind = 'started' AND version IS NOT NULL AND (lock = ${l} OR (locks IS NOT NULL AND locks::jsonb ? ${l}))
-        ORDER BY seq DESC LIMIT 1`;
-      if (row) found.set(l, { version: String(row.version), at: Number(row.at), name: String(row.name) });
-    }
-    return found;
   }
 
   // The names that count against RS_MAX_LOCKS (not the root, not the original's lock); with `locks`, only
@@ -829,6 +816,9 @@ const MIGRATIONS = [
    CREATE OR REPLACE VIEW releasestatus_live_waiters AS SELECT * FROM releasestatus_waiters
      WHERE NOT done AND (heartbeat_at > clock_timestamp() - interval '5 seconds'
         OR pg_postmaster_start_time() > clock_timestamp() - interval '5 seconds');`,
+  // A newest-first lock's last granted version (JSON: version, at, name), kept with its row: stale is decided
+  // from it, not from a history that is pruned. NULL in rows from before, as on locks of a fifo line.
+  `ALTER TABLE releasestatus_lock ADD COLUMN released text;`,
 ];
 const SCHEMA_VERSION = MIGRATIONS.length;
 

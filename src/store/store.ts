@@ -18,6 +18,7 @@ import {
   overlaps,
   type Refusal,
   type Release,
+  type Released,
   ROOT,
   refuse,
   type State,
@@ -36,8 +37,11 @@ import type { FindAround } from "./around.ts";
 export type Decide = (stored: Stored, now: number, ahead: number) => Verdict;
 export type Verdict = { outcome: Outcome; change: Change | null };
 
-/** One lock as stored: the releases holding it (oldest first), its block, and a number that grows with every change to it. */
-export type Entry = { releases: Release[]; block: Block | null; version: number };
+/**
+ * One lock as stored: the releases holding it (oldest first), its block, a number that grows with every change
+ * to it, and on a newest-first lock the last version granted there (absent in rows from before it was kept).
+ */
+export type Entry = { releases: Release[]; block: Block | null; version: number; released?: Released };
 
 /**
  * The state around a lock as stored: every lock the decision may touch, and the id counter; with
@@ -47,21 +51,9 @@ export type Stored = {
   lastId: number;
   entries: Map<string, Entry>;
   freedAt?: Map<string, number>;
-  released?: Map<string, Released>; // with TransactOptions.releasedOf: the newest versioned start on each
 };
 
-/** The last release with a version started on a lock (running or finished): a newest-first lock refuses older. */
-export type Released = { version: string; at: number; name: string };
-
-/** The newest `started` event with a version on each of `locks`, from events oldest first (memory's history). */
-export function releasedFrom(events: Iterable<Event>, locks: readonly string[]): Map<string, Released> {
-  const found = new Map<string, Released>();
-  for (const e of events)
-    if (e.kind === "started" && e.version !== undefined)
-      for (const l of e.locks ?? [e.lock])
-        if (locks.includes(l)) found.set(l, { version: e.version, at: e.at, name: e.name });
-  return found;
-}
+export type { Released };
 
 /**
  * A change that is on disk (or in the database) now: `entries` are the locks it wrote, as written;
@@ -186,7 +178,6 @@ export function supersededEvent(w: Queued, who: Joiner, started: boolean, at: nu
 export type TransactOptions = {
   claim?: readonly string[]; // every lock the decision may hold (a pool's children too); without it, the one lock
   freedOf?: readonly string[]; // the locks whose last end the decision needs (a pool's children): see Stored.freedAt
-  releasedOf?: readonly string[]; // the newest-first locks whose last released version the decision needs
   newest?: boolean; // the claim is on a newest-first lock: joining supersedes older waiters of the same claim
   urgent?: boolean; // a start in the urgent lane: only urgent waiters count ahead of it
   self?: number; // the caller's own place in the wait line: only waiters before it count as ahead
@@ -374,10 +365,11 @@ export function scopeOf(lock: string, stored: Stored, findAround?: FindAround): 
 /**
  * Whether a lock's row is deleted rather than written: it holds no release and no block, so nothing is
  * lost (its history stays in the events), and names used once do not pile up. The root keeps the id
- * counter, and the original's lock is always there.
+ * counter, and the original's lock is always there; a newest-first lock keeps the last version granted
+ * on it (a declared lock, so these rows are few).
  */
 export const forgets = (name: string, e: Entry): boolean =>
-  e.releases.length === 0 && e.block === null && name !== ROOT && name !== DEFAULT_LOCK;
+  e.releases.length === 0 && e.block === null && e.released === undefined && name !== ROOT && name !== DEFAULT_LOCK;
 
 /** Whether a lock name counts against RS_MAX_LOCKS: the root and the original's lock are always there. */
 export const counted = (name: string): boolean => name !== ROOT && name !== DEFAULT_LOCK;
@@ -391,18 +383,21 @@ export function changedEntries(stored: Stored, after: State, also: Neighbour[] =
   const changed = new Map<string, Entry>();
   const root = stored.entries.get(ROOT) ?? EMPTY_ENTRY;
   let forgotten = 0; // the highest version among the rows this change forgets
-  const put = (name: string, releases: Release[], block: Block | null) => {
+  const put = (name: string, releases: Release[], block: Block | null, newRelease?: Released) => {
     const before = stored.entries.get(name);
-    if (before && sameReleases(before.releases, releases) && before.block === block) return;
-    if (!before && releases.length === 0 && block === null) return;
-    const entry = { releases, block, version: (before ?? root).version + 1 };
+    const released = newRelease ?? before?.released; // kept until a start grants a newer one
+    if (before && sameReleases(before.releases, releases) && before.block === block && before.released === released)
+      return;
+    if (!before && releases.length === 0 && block === null && released === undefined) return;
+    const entry: Entry = { releases, block, version: (before ?? root).version + 1 };
+    if (released) entry.released = released;
     changed.set(name, entry);
     if (forgets(name, entry)) forgotten = Math.max(forgotten, entry.version);
   };
   // The lock the change decided on: a claim's first lock as held (a pool's child), not the pool it named.
   put(after.lock, after.releases, after.block);
   for (const n of after.around) put(n.lock, n.releases, n.block);
-  for (const n of also) put(n.lock, n.releases, n.block); // a claim's other locks: as they are after it
+  for (const n of also) put(n.lock, n.releases, n.block, n.released); // a claim's other locks: as they are after it
   if (forgotten > 0) {
     const newRoot = changed.get(ROOT) ?? root;
     changed.set(ROOT, { ...newRoot, version: Math.max(newRoot.version, forgotten) });
@@ -591,7 +586,7 @@ export type LockRow = Record<
   | "release_locks"
   | "release_version",
   string | number | null
->;
+> & { released?: string | null }; // JSON of Released; absent in a row read before the column was added
 export type EventRow = Record<
   "lock" | "at" | "kind" | "release_id" | "name" | "reason" | "made_by",
   string | number | null
@@ -626,7 +621,9 @@ export function toEntry(row: LockRow): Entry {
           by: by(row.block_by),
         };
   const releases = first ? [first, ...otherReleases(row.other_releases)] : [];
-  return { releases, block, version: Number(row.version ?? 0) };
+  const entry: Entry = { releases, block, version: Number(row.version ?? 0) };
+  if (row.released != null) entry.released = JSON.parse(String(row.released)) as Released;
+  return entry;
 }
 
 // A lock with a limit keeps its oldest release in the row's columns, as every lock always has (so rows of
@@ -665,6 +662,7 @@ export function toColumns(e: Entry): (string | number | null)[] {
     e.releases.length > 1 ? JSON.stringify(e.releases.slice(1)) : null,
     r?.locks ? JSON.stringify(r.locks) : null,
     r?.version ?? null,
+    e.released ? JSON.stringify(e.released) : null,
   ];
 }
 
