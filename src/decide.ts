@@ -148,11 +148,8 @@ export function decideStart(
       held.push(chosen.lock);
       frozen = frozen ?? chosen.frozen;
     }
-    // An override that passes a freeze on a lock otherwise free is not queued behind the waiters there: with
-    // nothing running and no block, what keeps them waiting is that very freeze (README: Override versus waiters).
-    const overridesFreeze = frozen !== null && req.override !== undefined;
-    if (ahead > 0 && !overridesFreeze)
-      return settled(rows, refuse("queued", `${ahead} waiting ahead of you`), expiry());
+    // Waiters the freeze stops are not counted ahead of an override (see waitersAhead in store.ts).
+    if (ahead > 0) return settled(rows, refuse("queued", `${ahead} waiting ahead of you`), expiry());
     const release = newRelease(rows.lastId, req, now, held);
     for (const lock of held) {
       const s = rows.state(lock);

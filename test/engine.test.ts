@@ -970,6 +970,60 @@ for (const [storeName, makeStore] of stores) {
         expect(overridden?.reason).toStartWith("hotfix (over: releasing is frozen until");
       });
 
+      describe("an override is not queued behind waiters that wait only for the freeze", () => {
+        const wait = (lock: string | string[], name: string, extra: { override?: string; version?: string } = {}) =>
+          start(lock, { ...holder(name), ...extra }, 3600, new AbortController().signal);
+        const stopOn = (lock: string) => change(lock, (s, now) => stop(s, null, { name: "" }, now));
+
+        test("an override waiting for the running release starts when it ends, ahead of an earlier claim the freeze stops", async () => {
+          await calendar(window());
+          expect(
+            reasonOf(await start(LOCK, { ...holder("first"), override: "INC-A" }, 0, new AbortController().signal)),
+          ).toBe("granted");
+          const ci = wait([LOCK, "u7"], "ci");
+          await inLine(1);
+          const oncall = wait(LOCK, "oncall", { override: "INC-B" });
+          await inLine(2);
+          await stopOn(LOCK);
+          expect(reasonOf(await oncall)).toBe("granted");
+          expect(waiting().map((w) => w.name)).toEqual(["ci"]); // still waiting for the freeze to end
+          await closeEngine();
+          expect(reasonOf(await ci)).toBe("shutting-down");
+        });
+
+        test("overrides are served first come, first served among themselves", async () => {
+          await calendar(window());
+          await start(LOCK, { ...holder("first"), override: "INC-A" }, 0, new AbortController().signal);
+          const a = wait(LOCK, "a", { override: "INC-B" });
+          await inLine(1);
+          const b = wait(LOCK, "b", { override: "INC-C" });
+          await inLine(2);
+          await stopOn(LOCK);
+          expect(reasonOf(await a)).toBe("granted");
+          expect(waiting().map((w) => w.name)).toEqual(["b"]);
+          await stopOn(LOCK);
+          expect(reasonOf(await b)).toBe("granted");
+        });
+
+        test("on a newest-first lock, a newer start the freeze stops never supersedes an override, nor does its waiter supersede one", async () => {
+          engine.newest = (lock) => lock === "prod";
+          await calendar(window("2026-11-27 08:00", "2026-11-27 09:10", ["prod"]));
+          await start("prod", { ...holder("first"), version: "8", override: "INC-A" }, 0, new AbortController().signal);
+          const ciFirst = wait("prod", "ci-10", { version: "10" });
+          await inLine(1);
+          const oncall = wait("prod", "oncall-9", { version: "9", override: "INC-B" });
+          await inLine(2);
+          const ciLater = wait("prod", "ci-11", { version: "11" }); // supersedes ci-10, not the override
+          expect(reasonOf(await ciFirst)).toBe("superseded");
+          await inLine(2);
+          expect(waiting("prod").map((w) => w.name)).toEqual(["oncall-9", "ci-11"]);
+          await stopOn("prod");
+          expect(reasonOf(await oncall)).toBe("granted");
+          await closeEngine();
+          expect(reasonOf(await ciLater)).toBe("shutting-down");
+        });
+      });
+
       test("a release already running is not cut when a freeze begins", async () => {
         const id = idOf(await startNow("sion"));
         expect(id).toBeDefined();

@@ -9,6 +9,7 @@ import { SQL } from "bun";
 import { DEFAULT_LOCK, type Event, ROOT, refuse, STORAGE_FAILED, WAITABLE, withUrgent } from "../release.ts";
 import {
   ancestorsOf,
+  askingOf,
   type Committed,
   catchUp,
   changedEntries,
@@ -18,7 +19,6 @@ import {
   type EventRow,
   eventLocks,
   forgets,
-  isUrgent,
   type LockRow,
   newNames,
   noRoom,
@@ -251,7 +251,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     }
     const waiters = (
       (await tx`
-      SELECT id, lock, reach, name, made_by, version, urgent FROM releasestatus_live_waiters ORDER BY id`) as Record<
+      SELECT id, lock, reach, name, made_by, version, urgent, override FROM releasestatus_live_waiters ORDER BY id`) as Record<
         string,
         string | null
       >[]
@@ -259,7 +259,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     const superseded = superseding(waiters, options, lock);
     if (superseded.refusal) return { outcome: superseded.refusal, committed: null, joined: null };
     const rest = waiters.filter((w) => !superseded.passed.includes(w));
-    const ahead = waitersAhead(rest, claim, options.self, isUrgent(options));
+    const ahead = waitersAhead(rest, claim, options.self, askingOf(options), options.frozen);
     const before = scopeOf(lock, stored);
     let verdict = decide(stored, now, ahead);
     // The names are counted only when the change would store a new one: every change holds the root's
@@ -286,10 +286,11 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     let joined: Queued | null = null;
     if (joining && options.join) {
       const [w] = await tx`
-        INSERT INTO releasestatus_waiters (lock, name, reason, replica, since, made_by, reach, version, urgent)
+        INSERT INTO releasestatus_waiters (lock, name, reason, replica, since, made_by, reach, version, urgent,
+          override)
         VALUES (${lock}, ${options.join.name}, ${options.join.reason}, ${replica},
           to_timestamp(${now}::bigint / 1000.0), ${options.join.by ?? null}, ${reachColumn(lock, claim)},
-          ${options.join.version ?? null}, ${options.join.urgent ?? null})
+          ${options.join.version ?? null}, ${options.join.urgent ?? null}, ${options.join.override ?? null})
         RETURNING id`;
       joined = waiterOf(Number(w.id), lock, options.join, now);
       const reach = reachColumn(lock, claim);
@@ -500,7 +501,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     const [found, waiters] = await inTransaction(async (tx) => [
       await rows(tx),
       await tx`
-        SELECT id, lock, name, reason, made_by, reach, version, urgent,
+        SELECT id, lock, name, reason, made_by, reach, version, urgent, override,
           (extract(epoch FROM since) * 1000)::bigint AS since
         FROM releasestatus_live_waiters ORDER BY id`,
     ]);
@@ -525,12 +526,16 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
           reach: reachColumn(w.lock, reachOf(w)),
           version: w.version ?? null,
           urgent: w.urgent ?? null,
+          override: w.override ?? null,
         }));
         if (rows.length > 0)
-          await tx`INSERT INTO releasestatus_waiters (id, lock, name, reason, replica, made_by, reach, version, urgent)
-                   SELECT w.id, w.lock, w.name, w.reason, ${replica}, w.made_by, w.reach, w.version, w.urgent
+          await tx`INSERT INTO releasestatus_waiters (id, lock, name, reason, replica, made_by, reach, version, urgent,
+                     override)
+                   SELECT w.id, w.lock, w.name, w.reason, ${replica}, w.made_by, w.reach, w.version, w.urgent,
+                     w.override
                    FROM jsonb_to_recordset(${JSON.stringify(rows)}::text::jsonb)
-                     AS w(id bigint, lock text, name text, reason text, made_by text, reach text, version text, urgent text)
+                     AS w(id bigint, lock text, name text, reason text, made_by text, reach text, version text,
+                          urgent text, override text)
                    ON CONFLICT (id) DO UPDATE SET heartbeat_at = clock_timestamp()
                    WHERE NOT releasestatus_waiters.done`;
         await tx`DELETE FROM releasestatus_waiters
@@ -819,6 +824,11 @@ const MIGRATIONS = [
   // A newest-first lock's last granted version (JSON: version, at, name), kept with its row: stale is decided
   // from it, not from a history that is pruned. NULL in rows from before, as on locks of a fifo line.
   `ALTER TABLE releasestatus_lock ADD COLUMN released text;`,
+  // A waiter's override reason: waiters a freeze stops do not stand in front of it (README: Override versus waiters).
+  `ALTER TABLE releasestatus_waiters ADD COLUMN override text;
+   CREATE OR REPLACE VIEW releasestatus_live_waiters AS SELECT * FROM releasestatus_waiters
+     WHERE NOT done AND (heartbeat_at > clock_timestamp() - interval '5 seconds'
+        OR pg_postmaster_start_time() > clock_timestamp() - interval '5 seconds');`,
 ];
 const SCHEMA_VERSION = MIGRATIONS.length;
 
@@ -915,6 +925,7 @@ const toQueued = (w: Record<string, string | number | null>): Queued => {
   if (w.reach != null) q.reach = JSON.parse(String(w.reach)) as string[];
   if (w.version != null) q.version = String(w.version);
   if (w.urgent != null) q.urgent = String(w.urgent);
+  if (w.override != null) q.override = String(w.override);
   return q;
 };
 
