@@ -824,7 +824,7 @@ const MIGRATIONS = [
   // A newest-first lock's last granted version (JSON: version, at, name), kept with its row: stale is decided
   // from it, not from a history that is pruned. NULL in rows from before, as on locks of a fifo line.
   `ALTER TABLE releasestatus_lock ADD COLUMN released text;`,
-  // A waiter's override reason: waiters a freeze stops do not stand in front of it (README: Override versus waiters).
+  // A waiter's override reason: waiters a freeze stops do not stand in front of it (docs/freezes.md: Override).
   `ALTER TABLE releasestatus_waiters ADD COLUMN override text;
    CREATE OR REPLACE VIEW releasestatus_live_waiters AS SELECT * FROM releasestatus_waiters
      WHERE NOT done AND (heartbeat_at > clock_timestamp() - interval '5 seconds'

@@ -118,7 +118,7 @@ export type Asking = { urgent?: boolean; override?: boolean };
  * says whether it asks for the urgent lane and overrides) with a claim that overlaps `reach`. Urgent waiters
  * wait ahead of every other; within each lane, first come first served. Each is served first: a claim passes no
  * overlapping waiter ahead of it, except that a waiter the freeze stops does not stand in front of an override,
- * which could start where it cannot (README: Override versus waiters); among overrides, first come first served.
+ * which could start where it cannot (docs/freezes.md: Override); among overrides, first come first served.
  */
 export function waitersAhead(
   line: readonly Queued[],
@@ -413,9 +413,9 @@ export function changedEntries(stored: Stored, after: State, also: Neighbour[] =
   const changed = new Map<string, Entry>();
   const root = stored.entries.get(ROOT) ?? EMPTY_ENTRY;
   let forgotten = 0; // the highest version among the rows this change forgets
-  const put = (name: string, releases: Release[], block: Block | null, newRelease?: Released) => {
+  const put = (name: string, releases: Release[], block: Block | null, granted?: Released) => {
     const before = stored.entries.get(name);
-    const released = newRelease ?? before?.released; // kept until a start grants a newer one
+    const released = granted ?? before?.released; // kept until the next start with a version is granted there
     if (before && sameReleases(before.releases, releases) && before.block === block && before.released === released)
       return;
     if (!before && releases.length === 0 && block === null && released === undefined) return;
