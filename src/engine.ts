@@ -32,13 +32,16 @@ import {
 } from "./release.ts";
 import { type FindAround, indexAround } from "./store/around.ts";
 import {
+  type Asking,
+  askingOf,
   type Committed,
   type Decide,
   type Decision,
   type Entry,
+  type FrozenNow,
   forgets,
+  heldByFreeze,
   inServiceOrder,
-  isUrgent,
   type Mark,
   type NextMarks,
   type Queued,
@@ -284,8 +287,11 @@ export function createEngine(setup: EngineSetup) {
     return byLock.locks;
   }
 
-  const waitingAhead = (claimReach: readonly string[], urgent = false): number =>
-    waitersAhead(store().waiting(), claimReach, undefined, urgent);
+  // Whether a freeze is in force on any of these locks now: a decision asks it of the waiters it counts.
+  const frozenNow: FrozenNow = (locks) => locks.some((l) => engine.frozen(l, engine.clock.now()) !== null);
+
+  const waitingAhead = (claimReach: readonly string[], asking: Asking = {}): number =>
+    waitersAhead(store().waiting(), claimReach, undefined, asking, frozenNow);
 
   /**
    * Runs a rule and commits what it changed. A refusal that changes nothing is decided from
@@ -300,20 +306,22 @@ export function createEngine(setup: EngineSetup) {
   // A decision on a lock (or a claim whose first lock it is): refused from memory or from one plain read when
   // it changes nothing, else decided by the store.
   function changeBy(lock: string, decide: Decide, options: TransactOptions, gone?: AbortSignal) {
-    const refused = refusalFromMemory(decide, options.claim ?? [lock], isUrgent(options));
+    const asking = askingOf(options);
+    const refused = refusalFromMemory(decide, options.claim ?? [lock], asking);
     if (refused) return refused;
     const s = store();
-    // A peek counts every waiter ahead: an urgent start, which only urgent ones are ahead of, is decided by the store.
-    if (!memoryIsCurrent(s) && s.peek && options.claim === undefined && !isUrgent(options))
+    // A peek counts every waiter ahead: an urgent start, which only urgent ones are ahead of, and an override, which
+    // waiters a freeze stops are not ahead of, are decided by the store.
+    if (!memoryIsCurrent(s) && s.peek && options.claim === undefined && !asking.urgent && !asking.override)
       return refuseFromCommitted(s, lock, decide, options, gone);
     return commit(lock, decide, options, gone).then((d) => d.outcome);
   }
 
   // The outcome of a decision that would change nothing, when memory is what is stored; null when the store decides.
-  function refusalFromMemory(decide: Decide, claimReach: readonly string[], urgent = false): Outcome | null {
+  function refusalFromMemory(decide: Decide, claimReach: readonly string[], asking: Asking = {}): Outcome | null {
     if (engine.closing) return SHUTTING_DOWN;
     if (!memoryIsCurrent(store())) return null;
-    const { outcome, change } = decide(engine.known, engine.clock.now(), waitingAhead(claimReach, urgent));
+    const { outcome, change } = decide(engine.known, engine.clock.now(), waitingAhead(claimReach, asking));
     return change ? null : outcome;
   }
 
@@ -355,18 +363,20 @@ export function createEngine(setup: EngineSetup) {
     const claimReach = one ? [lock] : reach(names, engine.childrenOf);
     const pools = names.filter(isPool).flatMap((p) => engine.childrenOf(poolParent(p)));
     const newest = newestOf(names);
-    const versioned = newest.length > 0 && req.version !== undefined ? { releasedOf: newest } : {};
-    const lane = req.urgent !== undefined ? { urgent: true } : {};
-    const options: TransactOptions = one
-      ? { room, ...versioned, ...lane }
-      : { room, claim: claimReach, freedOf: pools, ...versioned, ...lane };
+    // Its lane, whether it overrides a freeze, and how to tell whom a freeze stops: what orders it in the line.
+    const lane: TransactOptions = {
+      frozen: frozenNow,
+      ...(req.urgent === undefined ? {} : { urgent: true }),
+      ...(req.override === undefined ? {} : { override: true }),
+    };
+    const options: TransactOptions = one ? { room, ...lane } : { room, claim: claimReach, freedOf: pools, ...lane };
     if (waitSeconds === 0 || engine.closing) {
-      const refused = refusalFromMemory(decide, claimReach, isUrgent(options)); // the common case
+      const refused = refusalFromMemory(decide, claimReach, askingOf(options)); // the common case
       if (refused) return refused;
       return (changeBy(lock, decide, options, gone) as Promise<Outcome>).then((o) => keepOnlyIfHeard(o, gone));
     }
     if (memoryIsCurrent(store())) {
-      const { outcome } = decide(engine.known, engine.clock.now(), waitingAhead(claimReach, isUrgent(options)));
+      const { outcome } = decide(engine.known, engine.clock.now(), waitingAhead(claimReach, askingOf(options)));
       if (!outcome.ok && !WAITABLE.has(outcome.reason)) return outcome; // nothing to wait for
     }
     const inLine = { ...options, claim: claimReach, newest: newest.length > 0 };
@@ -449,7 +459,7 @@ export function createEngine(setup: EngineSetup) {
   ): Promise<string> {
     // Another replica may have changed it.
     if (!store().exclusive) for (const l of claimReach) await refresh(l).catch(() => {});
-    const ahead = waitersAhead(store().waiting(), claimReach, self);
+    const ahead = waitersAhead(store().waiting(), claimReach, self, {}, frozenNow);
     const { outcome } = decide(engine.known, engine.clock.now(), ahead);
     const refusal = outcome.ok ? latest : outcome;
     return refusal.ok ? "" : refusal.message;
@@ -621,7 +631,8 @@ export function createEngine(setup: EngineSetup) {
         const w = engine.waiters.get(q.id);
         if (w) wake(w);
       }
-      passed.push(reach);
+      // One the freeze stops keeps back no override behind it (see waitersAhead): the next is woken too.
+      if (!heldByFreeze(q, reach, frozenNow)) passed.push(reach);
       // Once each changed lock is covered by a waiter so far (on it or on a lock above it), every later waiter the
       // change concerns overlaps one ahead of it: the walk ends, and a hand-off looks at the head of the line only.
       if (changed?.every((l) => passed.some((ahead) => ahead.some((a) => a === l || isAncestor(a, l))))) return;
