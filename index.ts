@@ -14,6 +14,7 @@ import {
   declaredChildren,
   declaredLock,
   describeTrust,
+  lockAllowed,
   readConfig,
 } from "./src/config.ts";
 import { closeEngine, history, onCommit, openEngine, systemClock } from "./src/engine.ts";
@@ -144,7 +145,12 @@ async function serve(cfg: Config): Promise<number> {
     const parents = cfg.declared.map((l) => l.name.slice(0, l.name.lastIndexOf("/"))).filter(Boolean);
     return [...new Set(parents)].filter((p) => declaredChildren(cfg, p).length > 1);
   };
-  describeLocks((lock) => declaredLock(cfg, lock)?.description ?? "", pools);
+  describeLocks({
+    description: (lock) => declaredLock(cfg, lock)?.description ?? "",
+    pools,
+    named: () => [...(cfg.locks ?? []), ...cfg.declared.map((l) => l.name)],
+    allowed: (lock) => lockAllowed(cfg, lock),
+  });
   startupStep("engine opened");
   logRestored(log, state, expired);
   learnFromHistory(await history(1000).catch(() => []));

@@ -59,12 +59,42 @@ describe("status words list everything that stops a start; idle: only when nothi
     await d.body("/locks/staging/block?name=carol");
     const text = await d.body("/locks");
     expect(text).toMatch(
-      /^prod: release #1 by sion on prod running since \S+, for \d+s; blocked: releasing on prod blocked by ana since \S+: audit; frozen: releasing on prod is frozen until .*\(weekend\)$/m,
+      /^running: prod: release #1 by sion on prod running since \S+, for \d+s; blocked: releasing on prod blocked by ana since \S+: audit; frozen: releasing on prod is frozen until .*\(weekend\)$/m,
     );
     expect(text).toMatch(
-      /^staging: held: release #2 by bob on staging\/eu running since \S+; blocked: releasing on staging blocked by carol since \S+$/m,
+      /^held: staging: release #2 by bob on staging\/eu running since \S+; blocked: releasing on staging blocked by carol since \S+$/m,
     );
-    expect(text).toMatch(/^staging\/eu: release #2 by bob on staging\/eu running since \S+, for \d+s; blocked: /m);
+    expect(text).toMatch(
+      /^running: staging\/eu: release #2 by bob on staging\/eu running since \S+, for \d+s; blocked: /m,
+    );
+  });
+
+  test("each /locks line begins with the word its lock's status begins with, then the lock: grep '^idle:' works on both", async () => {
+    const d = await daemon({ RS_CONFIG: prodFrozen(), RS_LOCKS: "prod,prod/eu,qa,staging,staging/eu,free" });
+    await d.body("/locks/prod/eu/start?name=sion&override=hotfix"); // prod/eu running, prod held (and frozen)
+    await d.body("/locks/qa/block?name=ana"); // qa blocked; staging, staging/eu and free are idle
+    const text = await lines(d, "/locks");
+    expect(text.map((l) => l.split(": ").slice(0, 2).join(": "))).toEqual([
+      "idle: free",
+      "held: prod",
+      "running: prod/eu",
+      "blocked: qa",
+      "idle: staging",
+      "idle: staging/eu",
+    ]);
+    for (const line of text) {
+      const [word, lock] = line.split(": ");
+      expect((await lines(d, `/locks/${lock}/status`))[0]?.split(": ")[0]).toBe(word as string);
+    }
+  });
+
+  test("/locks lists a block of the root, which blocks every lock, first, as the lock /", async () => {
+    const d = await daemon();
+    await d.body("/block?name=ana&reason=holidays");
+    expect(await lines(d, "/locks")).toEqual([
+      expect.stringMatching(/^blocked: \/: releasing blocked by ana since \S+: holidays$/),
+      expect.stringMatching(/^blocked: default: releasing blocked by ana since \S+: holidays$/),
+    ]);
   });
 
   test("releasestatus status lists the other locks with what stops them", async () => {
@@ -72,7 +102,7 @@ describe("status words list everything that stops a start; idle: only when nothi
     await d.body("/locks/prod/eu/start?name=sion&override=hotfix");
     const { stdout, code } = await runBinary(["status", "--url", d.url]);
     expect(code).toBe(0);
-    expect(stdout).toMatch(/^prod: held: release #1 by sion on prod\/eu .*; frozen: releasing on prod is frozen/m);
+    expect(stdout).toMatch(/^held: prod: release #1 by sion on prod\/eu .*; frozen: releasing on prod is frozen/m);
   });
 });
 

@@ -34,14 +34,22 @@ export const requireToken = (required: () => boolean) => {
   tokenRequired = required;
 };
 
-// The page's words for the locks the configuration declares ([[lock]] description), and the locks whose
-// declared children make a pool (NAME/*); a reload may change them.
-let descriptionOf = (_lock: string): string => "";
-let pools = (): string[] => [];
-export const describeLocks = (describe: (lock: string) => string, poolParents: () => string[] = () => []) => {
-  descriptionOf = describe;
-  pools = poolParents;
+/**
+ * What the configuration says of the locks, for the page and /locks (a reload may change it): the words of a
+ * declared lock ([[lock]] description), the locks whose declared children make a pool (NAME/*), the locks it
+ * names (RS_LOCKS, [[lock]]), and whether a start may be asked of a lock at all (RS_LOCKS may leave it out).
+ */
+export type LockSetup = {
+  description: (lock: string) => string;
+  pools: () => string[];
+  named: () => string[];
+  allowed: (lock: string) => boolean;
 };
+let setup: LockSetup = { description: () => "", pools: () => [], named: () => [], allowed: () => true };
+export const describeLocks = (configured: LockSetup) => {
+  setup = configured;
+};
+const descriptionOf = (lock: string) => setup.description(lock);
 
 const releaseJson = (release: Release) => ({
   id: release.id,
@@ -181,36 +189,46 @@ export function statusText(lock: string, snap: Snapshot): string {
   return `${lines.join("\n")}\n`;
 }
 
-/** Every lock that is held, blocked, waited for or has history, in tree order. */
+/**
+ * Every lock a start may be asked of that is held, blocked, waited for, has history, is named by the
+ * configuration or frozen by a window, with the top lock of each (the board groups by it, and it is a lock of its
+ * own: one held from below must say so), in tree order. With RS_LOCKS, only the locks it allows.
+ */
 export function lockNames(snap: Snapshot): string[] {
-  const names = new Set(snap.locks().filter((l) => l !== ROOT));
+  const names = new Set([...snap.locks(), ...setup.named()]);
   for (const w of waiting()) for (const lock of reachOf(w)) names.add(lock);
-  for (const pool of pools()) names.add(pool); // a pool shows its members before any is used
   for (const w of freezeWindows()) for (const lock of w.locks ?? []) names.add(lock); // a frozen lock shows before it is used
-  return [...names].sort();
+  for (const lock of [...names]) names.add(topOf(lock));
+  names.delete(ROOT);
+  const allowed = [...names].filter(setup.allowed);
+  return [...new Set([...allowed, ...setup.pools()])].sort(); // a pool shows its members before any is used
 }
+const topOf = (lock: string) => lock.split("/")[0] as string;
 
 /**
- * One line per lock, what /locks says in text: the lines of its status that say what holds or stops it,
- * joined with "; ", so that one line says everything that stops a start. A first running: or idle: goes
- * without its word, as it always has ("prod/eu: release #41 by sion …").
+ * One line per lock, what /locks says in text, in the words of its status (see statusText): `WORD: LOCK: what`,
+ * WORD being the first word of /locks/LOCK/status (`running`, `held`, `blocked`, `frozen` or `idle`), then every
+ * other thing that stops a start there, joined with "; ". So `grep '^idle:'` means a start would be granted on
+ * both. A block of the root, which blocks every lock, comes first as the lock `/`.
  */
 export function locksText(snap: Snapshot): string {
   const root = snap.state(ROOT).block;
-  const head = root ? `all locks: ${describeBlock(root, ROOT)}\n` : "";
+  const head = root ? `blocked: ${ROOT_NAME}: ${describeBlock(root, ROOT)}\n` : "";
   const line = (lock: string) =>
     statusText(lock, snap)
       .split("\n")
       .filter((l) => VERDICT.test(l))
       .join("; ")
-      .replace(/^(running|idle): /, "");
+      .replace(VERDICT, (word) => `${word}${lock}: `);
   return (
     head +
     lockNames(snap)
-      .map((lock) => `${lock}: ${line(lock)}\n`)
+      .map((lock) => `${line(lock)}\n`)
       .join("")
   );
 }
+// The root as /locks and the metrics name it (its name is empty).
+const ROOT_NAME = "/";
 const VERDICT = /^(running|blocked|frozen|held|idle): /;
 
 export const eventJson = (e: Event) => ({
