@@ -106,6 +106,27 @@ describe("status words list everything that stops a start; idle: only when nothi
   });
 });
 
+describe("a name is kept exactly as written and never decides who may stop or unblock", () => {
+  test("/stop?name=A after /start?name=a stops the release, as the original's /stop does for anyone, and history keeps each spelling", async () => {
+    const d = await daemon();
+    expect(await d.body("/start?name=a")).toBe("1\n");
+    expect(await d.body("/stop?name=A")).toBe("1\n");
+    const { events } = await (await d.get("/history?format=json")).json();
+    expect(events.map((e: { kind: string; name: string }) => `${e.kind} ${e.name}`)).toEqual([
+      "stopped A",
+      "started a",
+    ]);
+  });
+
+  test("/unblock?name=ANA lifts the block /block?name=ana set, and the block was shown as ana", async () => {
+    const d = await daemon();
+    await d.body("/block?name=ana&reason=audit");
+    expect((await (await d.get("/status?format=json")).json()).block.name).toBe("ana");
+    expect(await d.body("/unblock?name=ANA")).toBe("1\n");
+    expect((await (await d.get("/status?format=json")).json()).blocked).toBe(false);
+  });
+});
+
 describe("history names who ended each release", () => {
   const stoppedLine = async (d: Daemon) =>
     ((await (await d.get("/history?format=json")).json()).events as { kind: string; message: string }[]).find(
