@@ -159,14 +159,17 @@ describe("history names who ended each release", () => {
   });
 });
 
+// The curl script as docs/run.md (linked from the README) has it, pointed at the test's daemon.
+const curlScript = (url: string) => {
+  const readme = readFileSync(join(import.meta.dir, "..", "docs", "run.md"), "utf8");
+  const body = readme.split("## A deploy script with curl alone")[1]?.split("```sh\n")[1]?.split("```")[0] ?? "";
+  expect(body).toContain("./deploy.sh staging");
+  return body.replace(/^RS=.*$/m, `RS=${url}`);
+};
+
 describe("the README's curl script says while it waits, and what it gave back", () => {
-  // The script as docs/run.md (linked from the README) has it, pointed at the test's daemon, deploying with `true`.
-  const script = (url: string) => {
-    const readme = readFileSync(join(import.meta.dir, "..", "docs", "run.md"), "utf8");
-    const body = readme.split("## A deploy script with curl alone")[1]?.split("```sh\n")[1]?.split("```")[0] ?? "";
-    expect(body).toContain("./deploy.sh staging");
-    return body.replace(/^RS=.*$/m, `RS=${url}`).replace("./deploy.sh staging", "true");
-  };
+  // Deploying with `true`.
+  const script = (url: string) => curlScript(url).replace("./deploy.sh staging", "true");
 
   test("while another release holds the lock it prints what holds it and the line; at the end, what it gave back", async () => {
     const d = await daemon();
@@ -192,4 +195,49 @@ describe("the README's curl script says while it waits, and what it gave back", 
     const { events } = await (await d.get("/history?format=json")).json();
     expect(events[0]).toMatchObject({ kind: "stopped", releaseId: 3, name: "bob" });
   });
+});
+
+describe("the curl script of docs/run.md, stopped by Ctrl-C or SIGTERM, ends its renew loop and gives the release back", () => {
+  // The processes left in a process group but sleeps (a loop's last sleep may outlive it; it renews nothing).
+  const leftIn = async (group: number) => {
+    const ps = Bun.spawn(["ps", "-eo", "pgid=,args="], { stdout: "pipe" });
+    return (await new Response(ps.stdout).text())
+      .split("\n")
+      .map((l) => l.trim().split(/\s+/))
+      .filter(([pgid, command]) => Number(pgid) === group && command !== "sleep")
+      .map((l) => l.slice(1).join(" "));
+  };
+
+  for (const signal of ["SIGINT", "SIGTERM"] as const)
+    test(`${signal} to the script's process group while it deploys: no loop is left, and the release is stopped`, async () => {
+      const d = await daemon();
+      const dir = tempDir();
+      writeFileSync(join(dir, "deploy"), curlScript(d.url));
+      writeFileSync(join(dir, "deploy.sh"), '#!/bin/sh\ntouch "$(dirname "$0")/deploying"\nexec sleep 600\n', {
+        mode: 0o755,
+      });
+      // A group of its own, as a terminal gives a job, so that Ctrl-C (SIGINT to the group) reaches each process.
+      const proc = Bun.spawn(["sh", join(dir, "deploy")], {
+        cwd: dir,
+        detached: true,
+        env: { PATH: process.env.PATH ?? "", USER: "bob" },
+        stdout: Bun.file(join(dir, "out")),
+        stderr: Bun.file(join(dir, "err")),
+      });
+      try {
+        await until(async () => existsSync(join(dir, "deploying")), "the deploy to run");
+        expect((await (await d.get("/status?format=json")).json()).release).toMatchObject({ name: "bob" });
+        process.kill(-proc.pid, signal);
+        await proc.exited;
+        await until(async () => (await leftIn(proc.pid)).length === 0, "every loop of the script to end");
+        expect((await (await d.get("/status?format=json")).json()).running).toBe(false);
+        const { events } = await (await d.get("/history?format=json")).json();
+        expect(events[0]).toMatchObject({ kind: "stopped", name: "bob" });
+        expect(readFileSync(join(dir, "out"), "utf8")).toMatch(/gave back release \d+\n$/);
+      } finally {
+        try {
+          process.kill(-proc.pid, "SIGKILL"); // what the test started: a leftover sleep, or all of it when it failed
+        } catch {}
+      }
+    });
 });
