@@ -187,7 +187,8 @@ class Section {
     const asked = command
       .replace(/(localhost|host):8080/, `127.0.0.1:${d.port}`)
       .replace(/^curl /, "curl -sS -D headers ");
-    if (claim.startsWith("waits")) return this.wait(d, asked);
+    // A start left waiting answers later: its headers go elsewhere, not over those of the lines after it.
+    if (claim.startsWith("waits")) return this.wait(d, asked.replace("-D headers", "-D /dev/null"));
     const sh = await this.sh(asked);
     const headers = readFileSync(join(this.dir, "headers"), "utf8");
     const header = (name: string) => new RegExp(`^${name}: (.*?)\\r?$`, "im").exec(headers)?.[1];

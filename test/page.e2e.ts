@@ -314,7 +314,8 @@ describe("the page, for a lock with a limit", () => {
     const { d, page } = await open({ RS_CONFIG: file }, undefined, "/");
     await d.body("/locks/staging/devices/start?name=ana&reason=pixel");
     await d.body("/locks/staging/devices/start?name=bob");
-    const tile = page.locator(".tile", { hasText: "staging/devices" });
+    // By its name: the tile of staging, held from below, names staging/devices too.
+    const tile = page.locator(".tile").filter({ has: page.locator(".name", { hasText: /^staging\/devices$/ }) });
     await tile.locator("text=2 of 3").waitFor();
     expect(await tile.textContent()).toContain("#1 by ana: pixel");
     expect(await tile.textContent()).toContain("#2 by bob");
