@@ -14,6 +14,7 @@ import {
   declaredChildren,
   declaredLock,
   describeTrust,
+  lockAllowed,
   readConfig,
 } from "./src/config.ts";
 import { createEngine, type Engine, systemClock } from "./src/engine.ts";
@@ -159,7 +160,12 @@ async function serve(cfg: Config): Promise<number> {
 
   let server: ReturnType<typeof startServer>;
   try {
-    server = startServer(cfg, log, engine, { describe: (lock) => declaredLock(cfg, lock)?.description ?? "", pools });
+    server = startServer(cfg, log, engine, {
+      describe: (lock) => declaredLock(cfg, lock)?.description ?? "",
+      pools,
+      named: () => [...(cfg.locks ?? []), ...cfg.declared.map((l) => l.name)],
+      allowed: (lock) => lockAllowed(cfg, lock),
+    });
   } catch (e) {
     await store.close();
     const inUse = (e as { code?: string }).code === "EADDRINUSE" || /in use/i.test((e as Error).message);

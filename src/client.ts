@@ -99,7 +99,8 @@ export async function status(args: string[]): Promise<number> {
     if (opts.lock !== undefined) return print(own);
     const all = await (await call(server, `/locks${format}`, 10_000)).text();
     if (opts.json) return print(JSON.stringify({ ...JSON.parse(own), locks: JSON.parse(all) }));
-    const others = all.split("\n").filter((line) => line && !line.startsWith("default: "));
+    // Each line of /locks is `WORD: LOCK: what`; the default lock's is the status printed above.
+    const others = all.split("\n").filter((line) => line && line.split(": ")[1] !== "default");
     return print(others.length ? `${own}\nother locks:\n${others.join("\n")}\n` : own);
   } catch (e) {
     return failure(e, "status");

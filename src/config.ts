@@ -58,8 +58,12 @@ const QUEUES: readonly Queue[] = ["fifo", "newest"];
 export const MAX_LIMIT = 1000;
 
 /** The [[lock]] table that declares `name`, if any: read live, so a reload changes limits at once. */
-export const declaredLock = (cfg: Config, name: string): DeclaredLock | undefined =>
+export const declaredLock = (cfg: Pick<Config, "declared">, name: string): DeclaredLock | undefined =>
   cfg.declared.find((l) => l.name === name);
+
+/** Whether a start may be asked of a lock: any, unless RS_LOCKS lists the names allowed (and [[lock]] adds to them). */
+export const lockAllowed = (cfg: Pick<Config, "locks" | "declared">, name: string): boolean =>
+  cfg.locks === null || cfg.locks.includes(name) || declaredLock(cfg, name) !== undefined;
 
 /** The declared locks right under `parent` (`devices/pixel-7` under `devices`): what a pool of it may take. */
 export const declaredChildren = (cfg: Config, parent: string): string[] =>

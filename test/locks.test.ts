@@ -75,10 +75,39 @@ describe("GET /locks", () => {
     await d.body("/locks/old/stop"); // holds nothing now: forgotten, with its history kept
     const text = await d.body("/locks");
     expect(text).not.toMatch(/^old:/m);
-    expect(text).toMatch(/^prod\/eu: release #1 by sion \(v2\.3\.1\) on prod\/eu running since/m);
+    expect(text).toMatch(/^running: prod\/eu: release #1 by sion \(v2\.3\.1\) on prod\/eu running since/m);
     const list = await (await d.get("/locks", json)).json();
-    expect(list.map((l: { lock: string }) => l.lock)).toEqual(["prod/eu", "staging"]);
+    expect(list.map((l: { lock: string }) => l.lock)).toEqual(["prod", "prod/eu", "staging"]);
     expect(list.find((l: { lock: string }) => l.lock === "staging").blocked).toBe(true);
+  });
+});
+
+describe("the board and /locks list every lock a start may be asked of, and only those", () => {
+  const listed = async (d: Daemon) =>
+    ((await (await d.get("/locks", json)).json()) as { lock: string }[]).map((l) => l.lock);
+
+  test("with RS_LOCKS leaving default out, neither the board nor /locks shows default", async () => {
+    const d = await daemon({ RS_DB: await freshDb(), RS_LOCKS: "staging,prod/eu" }); // SQLite keeps default's row
+    await d.body("/locks/staging/start?name=sion");
+    expect(await listed(d)).not.toContain("default");
+    expect(await d.body("/locks")).not.toMatch(/^\w+: default: /m);
+  });
+
+  test("a lock that RS_LOCKS or a [[lock]] names is shown before it is used, free", async () => {
+    const d = await daemon({
+      RS_LOCKS: "prod/eu,staging",
+      RS_CONFIG: configFile('[[lock]]\nname = "qa"\nlimit = 2\n'),
+    });
+    expect(await listed(d)).toEqual(["prod/eu", "qa", "staging"]);
+    expect(await d.body("/locks")).toMatch(/^idle: staging: no release is running on staging$/m);
+  });
+
+  test("a group on the board is a lock of its own: held from below, it shows held and names the lock below", async () => {
+    const d = await daemon();
+    await d.body("/locks/prod/eu/start?name=sion");
+    const prod = ((await (await d.get("/locks", json)).json()) as { lock: string }[]).find((l) => l.lock === "prod");
+    expect(prod).toMatchObject({ stoppedBy: [{ why: "held" }], heldBy: { lock: "prod/eu", name: "sion" } });
+    expect(await d.body("/locks")).toMatch(/^held: prod: release #1 by sion on prod\/eu running since \S+$/m);
   });
 });
 
@@ -150,7 +179,7 @@ describe("bad names and limits", () => {
     await d.body("/block?name=ana"); // every start is refused, so no name is ever used
     for (let i = 0; i < 50; i++) expect(await d.body(`/locks/random${i}/start`)).toBe("0\n");
     expect(await d.body("/locks")).toBe(
-      `all locks: releasing blocked by ana since ${(await statusOf(d)).block.since}\n`,
+      `blocked: /: releasing blocked by ana since ${(await statusOf(d)).block.since}\n`,
     );
     expect(await d.body("/metrics")).not.toContain("random");
   });
@@ -233,7 +262,7 @@ describe("no token can use up RS_MAX_LOCKS for locks outside its scope", () => {
     expect(third).toMatchObject({ body: "0\n", status: 400 });
     expect(third.reason).toContain("stage's token may hold under staging (2, its share of RS_MAX_LOCKS)");
     expect(third.reason).toContain("end a release or block there first");
-    expect(await lockList(d)).toEqual(["staging/a", "staging/b"]);
+    expect(await lockList(d)).toEqual(["staging", "staging/a", "staging/b"]); // staging: their group, not stored
     expect(await d.body("/locks/prod/eu/start", as(PROD))).toBe("1\n");
     expect(await d.body("/locks/prod/us/block", as(PROD))).toBe("1\n");
     await d.stop();

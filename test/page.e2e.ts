@@ -295,6 +295,18 @@ describe("the board", () => {
   }
 });
 
+describe("the board shows every lock a start may be asked of, and only those", () => {
+  test("with RS_LOCKS leaving default out, no default tile; a group held from below is a held tile naming the lock below", async () => {
+    const db = join(tempDir(), "releasestatus.db"); // SQLite keeps the default lock's row
+    const { d, page } = await open({ RS_DB: db, RS_LOCKS: "prod,prod/eu,staging" }, { width: 1200, height: 800 }, "/");
+    await d.body("/locks/prod/eu/start?name=sion");
+    const prod = page.locator(".tile").filter({ has: page.locator(".name", { hasText: /^prod$/ }) });
+    await prod.locator(".what", { hasText: "prod/eu" }).waitFor();
+    expect(await prod.getAttribute("data-state")).toBe("held");
+    expect(await page.locator(".tile .name").allTextContents()).toEqual(["prod", "prod/eu", "staging"]);
+  });
+});
+
 describe("the page, for a lock with a limit", () => {
   test('the board shows "2 of 3" with each holder; the lock\'s page shows the releasing state', async () => {
     const file = join(tempDir(), "releasestatus.toml");
@@ -302,7 +314,8 @@ describe("the page, for a lock with a limit", () => {
     const { d, page } = await open({ RS_CONFIG: file }, undefined, "/");
     await d.body("/locks/staging/devices/start?name=ana&reason=pixel");
     await d.body("/locks/staging/devices/start?name=bob");
-    const tile = page.locator(".tile", { hasText: "staging/devices" });
+    // By its name: the tile of staging, held from below, names staging/devices too.
+    const tile = page.locator(".tile").filter({ has: page.locator(".name", { hasText: /^staging\/devices$/ }) });
     await tile.locator("text=2 of 3").waitFor();
     expect(await tile.textContent()).toContain("#1 by ana: pixel");
     expect(await tile.textContent()).toContain("#2 by bob");

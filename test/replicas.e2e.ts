@@ -130,7 +130,8 @@ describe("replicas on one PostgreSQL", () => {
 
   test("a lock forgotten through one replica (its release stopped) is forgotten on the others too", async () => {
     const [a, b] = (await replicas(2)) as [Daemon, Daemon];
-    const lockList = async (d: Daemon) => (await d.body("/locks")).split("\n").filter((l) => l.startsWith("team/"));
+    const lockList = async (d: Daemon) =>
+      (await d.body("/locks")).split("\n").filter((l) => l.split(": ")[1]?.startsWith("team/"));
     expect(await a.body("/locks/team/x/start?name=sion")).toBe("1\n");
     await until(async () => (await lockList(b)).some((l) => l.includes("release #")), "b to show the release");
     expect(await a.body("/locks/team/x/stop")).toBe("1\n");

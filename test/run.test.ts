@@ -416,7 +416,8 @@ describe("run and status on a named lock", () => {
     expect(one.stdout).toMatch(/^running: release #1 by sion on prod\/eu running since/);
     const all = await client(d, ["status"]).done;
     expect(all.stdout).toMatch(/^running: release #2 by other running since/);
-    expect(all.stdout).toMatch(/^prod\/eu: release #1 by sion on prod\/eu running since/m);
+    expect(all.stdout).toMatch(/^running: prod\/eu: release #1 by sion on prod\/eu running since/m);
+    expect(all.stdout).toMatch(/^held: prod: release #1 by sion on prod\/eu running since/m);
     const bad = await client(d, ["status", "--lock", "Prod"]).done;
     expect(bad.code).toBe(64);
     await Bun.write(go, "");

@@ -59,12 +59,42 @@ describe("status words list everything that stops a start; idle: only when nothi
     await d.body("/locks/staging/block?name=carol");
     const text = await d.body("/locks");
     expect(text).toMatch(
-      /^prod: release #1 by sion on prod running since \S+, for \d+s; blocked: releasing on prod blocked by ana since \S+: audit; frozen: releasing on prod is frozen until .*\(weekend\)$/m,
+      /^running: prod: release #1 by sion on prod running since \S+, for \d+s; blocked: releasing on prod blocked by ana since \S+: audit; frozen: releasing on prod is frozen until .*\(weekend\)$/m,
     );
     expect(text).toMatch(
-      /^staging: held: release #2 by bob on staging\/eu running since \S+; blocked: releasing on staging blocked by carol since \S+$/m,
+      /^held: staging: release #2 by bob on staging\/eu running since \S+; blocked: releasing on staging blocked by carol since \S+$/m,
     );
-    expect(text).toMatch(/^staging\/eu: release #2 by bob on staging\/eu running since \S+, for \d+s; blocked: /m);
+    expect(text).toMatch(
+      /^running: staging\/eu: release #2 by bob on staging\/eu running since \S+, for \d+s; blocked: /m,
+    );
+  });
+
+  test("each /locks line begins with the word its lock's status begins with, then the lock: grep '^idle:' works on both", async () => {
+    const d = await daemon({ RS_CONFIG: prodFrozen(), RS_LOCKS: "prod,prod/eu,qa,staging,staging/eu,free" });
+    await d.body("/locks/prod/eu/start?name=sion&override=hotfix"); // prod/eu running, prod held (and frozen)
+    await d.body("/locks/qa/block?name=ana"); // qa blocked; staging, staging/eu and free are idle
+    const text = await lines(d, "/locks");
+    expect(text.map((l) => l.split(": ").slice(0, 2).join(": "))).toEqual([
+      "idle: free",
+      "held: prod",
+      "running: prod/eu",
+      "blocked: qa",
+      "idle: staging",
+      "idle: staging/eu",
+    ]);
+    for (const line of text) {
+      const [word, lock] = line.split(": ");
+      expect((await lines(d, `/locks/${lock}/status`))[0]?.split(": ")[0]).toBe(word as string);
+    }
+  });
+
+  test("/locks lists a block of the root, which blocks every lock, first, as the lock /", async () => {
+    const d = await daemon();
+    await d.body("/block?name=ana&reason=holidays");
+    expect(await lines(d, "/locks")).toEqual([
+      expect.stringMatching(/^blocked: \/: releasing blocked by ana since \S+: holidays$/),
+      expect.stringMatching(/^blocked: default: releasing blocked by ana since \S+: holidays$/),
+    ]);
   });
 
   test("releasestatus status lists the other locks with what stops them", async () => {
@@ -72,7 +102,28 @@ describe("status words list everything that stops a start; idle: only when nothi
     await d.body("/locks/prod/eu/start?name=sion&override=hotfix");
     const { stdout, code } = await runBinary(["status", "--url", d.url]);
     expect(code).toBe(0);
-    expect(stdout).toMatch(/^prod: held: release #1 by sion on prod\/eu .*; frozen: releasing on prod is frozen/m);
+    expect(stdout).toMatch(/^held: prod: release #1 by sion on prod\/eu .*; frozen: releasing on prod is frozen/m);
+  });
+});
+
+describe("a name is kept exactly as written and never decides who may stop or unblock", () => {
+  test("/stop?name=A after /start?name=a stops the release, as the original's /stop does for anyone, and history keeps each spelling", async () => {
+    const d = await daemon();
+    expect(await d.body("/start?name=a")).toBe("1\n");
+    expect(await d.body("/stop?name=A")).toBe("1\n");
+    const { events } = await (await d.get("/history?format=json")).json();
+    expect(events.map((e: { kind: string; name: string }) => `${e.kind} ${e.name}`)).toEqual([
+      "stopped A",
+      "started a",
+    ]);
+  });
+
+  test("/unblock?name=ANA lifts the block /block?name=ana set, and the block was shown as ana", async () => {
+    const d = await daemon();
+    await d.body("/block?name=ana&reason=audit");
+    expect((await (await d.get("/status?format=json")).json()).block.name).toBe("ana");
+    expect(await d.body("/unblock?name=ANA")).toBe("1\n");
+    expect((await (await d.get("/status?format=json")).json()).blocked).toBe(false);
   });
 });
 
@@ -108,14 +159,17 @@ describe("history names who ended each release", () => {
   });
 });
 
+// The curl script as docs/run.md (linked from the README) has it, pointed at the test's daemon.
+const curlScript = (url: string) => {
+  const readme = readFileSync(join(import.meta.dir, "..", "docs", "run.md"), "utf8");
+  const body = readme.split("## A deploy script with curl alone")[1]?.split("```sh\n")[1]?.split("```")[0] ?? "";
+  expect(body).toContain("./deploy.sh staging");
+  return body.replace(/^RS=.*$/m, `RS=${url}`);
+};
+
 describe("the README's curl script says while it waits, and what it gave back", () => {
-  // The script as docs/run.md (linked from the README) has it, pointed at the test's daemon, deploying with `true`.
-  const script = (url: string) => {
-    const readme = readFileSync(join(import.meta.dir, "..", "docs", "run.md"), "utf8");
-    const body = readme.split("## A deploy script with curl alone")[1]?.split("```sh\n")[1]?.split("```")[0] ?? "";
-    expect(body).toContain("./deploy.sh staging");
-    return body.replace(/^RS=.*$/m, `RS=${url}`).replace("./deploy.sh staging", "true");
-  };
+  // Deploying with `true`.
+  const script = (url: string) => curlScript(url).replace("./deploy.sh staging", "true");
 
   test("while another release holds the lock it prints what holds it and the line; at the end, what it gave back", async () => {
     const d = await daemon();
@@ -141,4 +195,49 @@ describe("the README's curl script says while it waits, and what it gave back", 
     const { events } = await (await d.get("/history?format=json")).json();
     expect(events[0]).toMatchObject({ kind: "stopped", releaseId: 3, name: "bob" });
   });
+});
+
+describe("the curl script of docs/run.md, stopped by Ctrl-C or SIGTERM, ends its renew loop and gives the release back", () => {
+  // The processes left in a process group but sleeps (a loop's last sleep may outlive it; it renews nothing).
+  const leftIn = async (group: number) => {
+    const ps = Bun.spawn(["ps", "-eo", "pgid=,args="], { stdout: "pipe" });
+    return (await new Response(ps.stdout).text())
+      .split("\n")
+      .map((l) => l.trim().split(/\s+/))
+      .filter(([pgid, command]) => Number(pgid) === group && command !== "sleep")
+      .map((l) => l.slice(1).join(" "));
+  };
+
+  for (const signal of ["SIGINT", "SIGTERM"] as const)
+    test(`${signal} to the script's process group while it deploys: no loop is left, and the release is stopped`, async () => {
+      const d = await daemon();
+      const dir = tempDir();
+      writeFileSync(join(dir, "deploy"), curlScript(d.url));
+      writeFileSync(join(dir, "deploy.sh"), '#!/bin/sh\ntouch "$(dirname "$0")/deploying"\nexec sleep 600\n', {
+        mode: 0o755,
+      });
+      // A group of its own, as a terminal gives a job, so that Ctrl-C (SIGINT to the group) reaches each process.
+      const proc = Bun.spawn(["sh", join(dir, "deploy")], {
+        cwd: dir,
+        detached: true,
+        env: { PATH: process.env.PATH ?? "", USER: "bob" },
+        stdout: Bun.file(join(dir, "out")),
+        stderr: Bun.file(join(dir, "err")),
+      });
+      try {
+        await until(async () => existsSync(join(dir, "deploying")), "the deploy to run");
+        expect((await (await d.get("/status?format=json")).json()).release).toMatchObject({ name: "bob" });
+        process.kill(-proc.pid, signal);
+        await proc.exited;
+        await until(async () => (await leftIn(proc.pid)).length === 0, "every loop of the script to end");
+        expect((await (await d.get("/status?format=json")).json()).running).toBe(false);
+        const { events } = await (await d.get("/history?format=json")).json();
+        expect(events[0]).toMatchObject({ kind: "stopped", name: "bob" });
+        expect(readFileSync(join(dir, "out"), "utf8")).toMatch(/gave back release \d+\n$/);
+      } finally {
+        try {
+          process.kill(-proc.pid, "SIGKILL"); // what the test started: a leftover sleep, or all of it when it failed
+        } catch {}
+      }
+    });
 });

@@ -7,7 +7,7 @@
 import type { Server } from "bun";
 import { type Action, closed, forbidden, identify, reaches, type Token } from "../access.ts";
 import { claimProblem, isPool, poolParent, reach } from "../claim.ts";
-import { type Config, declaredChildren, MAX_TTL_SECONDS } from "../config.ts";
+import { type Config, declaredChildren, lockAllowed, MAX_TTL_SECONDS } from "../config.ts";
 import type { Engine, Room, Snapshot } from "../engine.ts";
 import type { Log } from "../log.ts";
 import { countStart, START_REFUSALS } from "../metrics.ts";
@@ -138,13 +138,11 @@ export function startServer(
     }
     const invalid = validName(name);
     if (invalid) return invalid;
-    if (cfg.locks && !cfg.locks.includes(name) && !declared(name))
-      return refuse("unknown-lock", `there is no lock ${name}: RS_LOCKS allows only ${cfg.locks.join(", ")}`);
+    if (!lockAllowed(cfg, name))
+      return refuse("unknown-lock", `there is no lock ${name}: RS_LOCKS allows only ${cfg.locks?.join(", ")}`);
     return null;
   }
 
-  // A lock the file declares ([[lock]]) is known as RS_LOCKS's are.
-  const declared = (name: string): boolean => cfg.declared.some((l) => l.name === name);
   // The declared children of a lock: what a pool of it (`devices/*`) may take.
   const childrenOf = (parent: string): string[] => declaredChildren(cfg, parent);
 

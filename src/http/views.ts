@@ -31,12 +31,15 @@ import {
 /**
  * What the views show of the configuration besides the locks, asked at each read (a reload may change it): whether
  * the page must ask for the token before the first change, the page's words for the locks the configuration
- * declares ([[lock]] description), and the locks whose declared children make a pool (NAME/*).
+ * declares ([[lock]] description), the locks whose declared children make a pool (NAME/*), the locks it names
+ * (RS_LOCKS, [[lock]]), and whether a start may be asked of a lock at all (RS_LOCKS may leave it out).
  */
 export type Board = {
   tokenRequired: () => boolean;
   describe: (lock: string) => string;
   pools: () => string[];
+  named: () => string[];
+  allowed: (lock: string) => boolean;
 };
 
 const releaseJson = (release: Release) => ({
@@ -84,6 +87,9 @@ function freezesOf(lock: string) {
 }
 
 const VERDICT = /^(running|blocked|frozen|held|idle): /;
+const topOf = (lock: string) => lock.split("/")[0] as string;
+// The root as /locks and the metrics name it (its name is empty).
+const ROOT_NAME = "/";
 
 export const eventJson = (e: Event) => ({
   lock: e.lock,
@@ -274,33 +280,40 @@ export function viewsOf(engine: Engine, board: Board) {
     return `${lines.join("\n")}\n`;
   }
 
-  /** Every lock that is held, blocked, waited for or has history, in tree order. */
+  /**
+   * Every lock a start may be asked of that is held, blocked, waited for, has history, is named by the
+   * configuration or frozen by a window, with the top lock of each (the board groups by it, and it is a lock of its
+   * own: one held from below must say so), in tree order. With RS_LOCKS, only the locks it allows.
+   */
   function lockNames(snap: Snapshot): string[] {
-    const names = new Set(snap.locks().filter((l) => l !== ROOT));
+    const names = new Set([...snap.locks(), ...board.named()]);
     for (const w of waiting()) for (const lock of reachOf(w)) names.add(lock);
-    for (const pool of pools()) names.add(pool); // a pool shows its members before any is used
     for (const w of freezeWindows()) for (const lock of w.locks ?? []) names.add(lock); // a frozen lock shows before it is used
-    return [...names].sort();
+    for (const lock of [...names]) names.add(topOf(lock));
+    names.delete(ROOT);
+    const allowed = [...names].filter(board.allowed);
+    return [...new Set([...allowed, ...pools()])].sort(); // a pool shows its members before any is used
   }
 
   /**
-   * One line per lock, what /locks says in text: the lines of its status that say what holds or stops it,
-   * joined with "; ", so that one line says everything that stops a start. A first running: or idle: goes
-   * without its word, as it always has ("prod/eu: release #41 by sion …").
+   * One line per lock, what /locks says in text, in the words of its status (see statusText): `WORD: LOCK: what`,
+   * WORD being the first word of /locks/LOCK/status (`running`, `held`, `blocked`, `frozen` or `idle`), then every
+   * other thing that stops a start there, joined with "; ". So `grep '^idle:'` means a start would be granted on
+   * both. A block of the root, which blocks every lock, comes first as the lock `/`.
    */
   function locksText(snap: Snapshot): string {
     const root = snap.state(ROOT).block;
-    const head = root ? `all locks: ${describeBlock(root, ROOT)}\n` : "";
+    const head = root ? `blocked: ${ROOT_NAME}: ${describeBlock(root, ROOT)}\n` : "";
     const line = (lock: string) =>
       statusText(lock, snap)
         .split("\n")
         .filter((l) => VERDICT.test(l))
         .join("; ")
-        .replace(/^(running|idle): /, "");
+        .replace(VERDICT, (word) => `${word}${lock}: `);
     return (
       head +
       lockNames(snap)
-        .map((lock) => `${lock}: ${line(lock)}\n`)
+        .map((lock) => `${line(lock)}\n`)
         .join("")
     );
   }
