@@ -335,8 +335,8 @@ export function start(
   const versioned = newest.length > 0 && req.version !== undefined ? { releasedOf: newest } : {};
   const lane = req.urgent !== undefined ? { urgent: true } : {};
   const options: TransactOptions = one
-    ? { room, ...versioned, ...lane }
-    : { room, claim: claimReach, freedOf: pools, ...versioned, ...lane };
+    ? { start: true, room, ...versioned, ...lane }
+    : { start: true, room, claim: claimReach, freedOf: pools, ...versioned, ...lane };
   if (waitSeconds === 0 || engine.closing) {
     const refused = refusalFromMemory(decide, claimReach, isUrgent(options)); // the common case
     if (refused) return refused;

@@ -184,6 +184,7 @@ export function supersededEvent(w: Queued, who: Joiner, started: boolean, at: nu
 }
 
 export type TransactOptions = {
+  start?: boolean; // a start, which the waiters ahead of it hold back: no other change reads the wait line
   claim?: readonly string[]; // every lock the decision may hold (a pool's children too); without it, the one lock
   freedOf?: readonly string[]; // the locks whose last end the decision needs (a pool's children): see Stored.freedAt
   releasedOf?: readonly string[]; // the newest-first locks whose last released version the decision needs
@@ -551,8 +552,9 @@ export function decideInLine(
   if (answered) return { outcome: answered, committed: null, joined: null };
   const { passed, refusal } = superseding(line.list(), options, lock);
   if (refusal) return { outcome: refusal, committed: null, joined: null };
-  const rest = line.list().filter((w) => !passed.includes(w));
-  const verdict = decide(stored, now, waitersAhead(rest, options.claim ?? [lock], options.self, isUrgent(options)));
+  const rest = passed.length === 0 ? line.list() : line.list().filter((w) => !passed.includes(w));
+  const ahead = options.start ? waitersAhead(rest, options.claim ?? [lock], options.self, isUrgent(options)) : 0;
+  const verdict = decide(stored, now, ahead);
   const { outcome, change } = withinRoom(stored, verdict, options.room, count);
   const joining = !outcome.ok && options.join !== undefined && WAITABLE.has(outcome.reason);
   const passing = outcome.ok || joining ? passed : [];
