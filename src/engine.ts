@@ -15,7 +15,6 @@ import {
   DEFAULT_LOCK,
   type Event,
   type Frozen,
-  isAncestor,
   type Outcome,
   overlaps,
   type Refusal,
@@ -30,6 +29,7 @@ import {
 } from "./release.ts";
 import { type FindAround, indexAround } from "./store/around.ts";
 import {
+  ancestorsOf,
   type Committed,
   type Decide,
   type Decision,
@@ -244,6 +244,12 @@ export const waiting = (lock?: string): Queued[] => {
 };
 // The line in the order it is served (urgent first), once for each line the store gives.
 let inOrder: { line: Queued[]; served: Queued[] } | null = null;
+// The ids in the line, once for each line.
+let ids: { served: Queued[]; ids: Set<number> } | null = null;
+const idsInLine = (served: Queued[]): Set<number> => {
+  if (ids?.served !== served) ids = { served, ids: new Set(served.map((q) => q.id)) };
+  return ids.ids;
+};
 
 // A waiter waits on the lock it asked for, on each lock its claim may hold, and on the lock a pool takes from.
 const waitedOn = (w: Queued): Set<string> =>
@@ -255,7 +261,12 @@ let byLock: { line: Queued[]; locks: Map<string, Queued[]> } | null = null;
 function lineByLock(line: Queued[]): Map<string, Queued[]> {
   if (byLock?.line !== line) {
     const locks = new Map<string, Queued[]>();
-    for (const w of line) for (const lock of waitedOn(w)) locks.set(lock, [...(locks.get(lock) ?? []), w]);
+    for (const w of line)
+      for (const lock of waitedOn(w)) {
+        const on = locks.get(lock);
+        if (on) on.push(w);
+        else locks.set(lock, [w]);
+      }
     byLock = { line, locks };
   }
   return byLock.locks;
@@ -277,7 +288,7 @@ export function change(lock: string, rule: Rule, room?: Room, gone?: AbortSignal
 // A decision on a lock (or a claim whose first lock it is): refused from memory or from one plain read when
 // it changes nothing, else decided by the store.
 function changeBy(lock: string, decide: Decide, options: TransactOptions, gone?: AbortSignal) {
-  const refused = refusalFromMemory(decide, options.claim ?? [lock], isUrgent(options));
+  const refused = refusalFromMemory(decide, options.start ? (options.claim ?? [lock]) : null, isUrgent(options));
   if (refused) return refused;
   const s = store();
   // A peek counts every waiter ahead: an urgent start, which only urgent ones are ahead of, is decided by the store.
@@ -287,10 +298,12 @@ function changeBy(lock: string, decide: Decide, options: TransactOptions, gone?:
 }
 
 // The outcome of a decision that would change nothing, when memory is what is stored; null when the store decides.
-function refusalFromMemory(decide: Decide, claimReach: readonly string[], urgent = false): Outcome | null {
+// `claimReach` is a start's (null for any other change, which no waiter holds back).
+function refusalFromMemory(decide: Decide, claimReach: readonly string[] | null, urgent = false): Outcome | null {
   if (engine.closing) return SHUTTING_DOWN;
   if (!memoryIsCurrent(store())) return null;
-  const { outcome, change } = decide(engine.known, engine.clock.now(), waitingAhead(claimReach, urgent));
+  const ahead = claimReach === null ? 0 : waitingAhead(claimReach, urgent);
+  const { outcome, change } = decide(engine.known, engine.clock.now(), ahead);
   return change ? null : outcome;
 }
 
@@ -570,10 +583,17 @@ const withStatus =
 
 function heard(c: Committed, remote: boolean) {
   engine.heard++;
+  const moved = [...c.entries].filter(([name, e]) => !sameHolding(engine.known.entries.get(name), e));
   remember(c.entries, c.after?.lastId ?? engine.known.lastId);
   for (const listener of engine.listeners) listener({ ...c, remote });
-  wakeWaiters([c.lock, ...c.entries.keys()]);
+  wakeWaiters([c.lock, ...moved.map(([name]) => name)]);
 }
+
+// Whether a row holds what it held: a row written only for its version (the root's, when a change forgets a lock's
+// row) lets no waiter through, and waking for it would walk every line under the root.
+const sameHolding = (before: Entry | undefined, after: Entry): boolean =>
+  before !== undefined &&
+  JSON.stringify([before.releases, before.block]) === JSON.stringify([after.releases, after.block]);
 
 // The cache only moves forward: an older answer that arrives late never overwrites a newer one.
 // A read sent before a commit that forgot a lock may arrive after it: the forgotten row's version is kept, so
@@ -605,23 +625,46 @@ export function wakeWaiters(locks?: string | readonly string[]) {
   const changed = typeof locks === "string" ? [locks] : locks;
   const served = waiting(); // in the order it is served: urgent first, then as they joined
   // A waiter no longer in the line was taken out by another's start (superseded): woken to be told so.
-  const ids = new Set(served.map((q) => q.id));
+  const ids = idsInLine(served);
   for (const w of engine.waiters.values()) if (!ids.has(w.id)) wake(w);
   // The first in line of each claim the change concerns: none served before it overlaps it.
-  const passed: (readonly string[])[] = []; // what each waiter ahead so far may hold
+  const passed = new Passed(); // what the waiters ahead so far may hold
   for (const q of served) {
     const reach = reachOf(q);
-    if (
-      (changed === undefined || claimsOverlap(reach, changed)) &&
-      !passed.some((ahead) => claimsOverlap(ahead, reach))
-    ) {
+    if ((changed === undefined || claimsOverlap(reach, changed)) && !passed.overlaps(reach)) {
       const w = engine.waiters.get(q.id);
       if (w) wake(w);
     }
-    passed.push(reach);
+    passed.add(reach);
     // Once each changed lock is covered by a waiter so far (on it or on a lock above it), every later waiter the
     // change concerns overlaps one ahead of it: the walk ends, and a hand-off looks at the head of the line only.
-    if (changed?.every((l) => passed.some((ahead) => ahead.some((a) => a === l || isAncestor(a, l))))) return;
+    if (changed?.every((l) => passed.covers(l))) return;
+  }
+}
+
+/**
+ * The locks the waiters walked so far may hold, kept so that whether a claim overlaps any of them takes a few
+ * lookups (one per lock above each of its locks), not a look at each waiter: a walk of the line stays linear.
+ */
+class Passed {
+  private readonly held = new Set<string>(); // every lock a waiter so far may hold
+  private readonly above = new Set<string>(); // every lock above one of those
+
+  add(reach: readonly string[]) {
+    for (const lock of reach) {
+      this.held.add(lock);
+      for (const a of ancestorsOf(lock)) this.above.add(a);
+    }
+  }
+
+  /** Whether `lock` is held by a waiter so far, or lies under one. */
+  covers(lock: string): boolean {
+    return this.held.has(lock) || ancestorsOf(lock).some((a) => this.held.has(a));
+  }
+
+  /** Whether a claim overlaps a waiter's so far: one of its locks is covered, or lies above a held one. */
+  overlaps(reach: readonly string[]): boolean {
+    return reach.some((lock) => this.covers(lock) || this.above.has(lock));
   }
 }
 

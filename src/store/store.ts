@@ -125,16 +125,22 @@ export function waitersAhead(
   const mine = me ? me.urgent !== undefined : urgent;
   let n = 0;
   for (const w of line) {
-    if (w.id === self || !claimsOverlap(reachOf(w), reach)) continue;
     const theirs = w.urgent !== undefined;
+    // Only those before `self`, and the urgent lane for a non-urgent waiter, can be ahead: the others are passed
+    // over before the (dearer) look at their claims.
+    if (self !== undefined && w.id >= self && (mine || !theirs)) continue;
+    if (!claimsOverlap(reachOf(w), reach)) continue;
     if ((theirs && !mine) || (theirs === mine && (self === undefined || w.id < self))) n++;
   }
   return n;
 }
 
 /** The line in the order it is served: the urgent lane first, each lane first come, first served. */
-export const inServiceOrder = (line: readonly Queued[]): Queued[] =>
-  [...line].sort((a, b) => Number(b.urgent !== undefined) - Number(a.urgent !== undefined) || a.id - b.id);
+export const inServiceOrder = (line: Queued[]): Queued[] => {
+  const inOrder = line.every((w, i) => w.urgent === undefined && (i === 0 || (line[i - 1] as Queued).id < w.id));
+  if (inOrder) return line; // the common case, without a sort of the whole line at every change
+  return [...line].sort((a, b) => Number(b.urgent !== undefined) - Number(a.urgent !== undefined) || a.id - b.id);
+};
 
 /** Whether a newcomer asks for the urgent lane. */
 export const isUrgent = (options: TransactOptions): boolean =>
