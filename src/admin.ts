@@ -109,7 +109,7 @@ Makes a new random token for NAME, shown once on stderr, and prints on stdout th
 block that grants it, to append to the RS_CONFIG file after its settings (releasestatus token
 ... >> releasestatus.toml), then reload the daemon (kill -HUP <pid>).
   --can    rights, comma-separated: release (start, stop, renew), block (block, unblock),
-           override (start during a freeze)
+           override (start during a freeze), urgent (wait ahead of every non-urgent waiter)
   --locks  lock names, comma-separated (a lock and everything under it), or '*' for every lock and the root`;
 // TOML reads every key below a table as that table's: a setting written after this block would be the token's.
 const TOKEN_PLACE = "# Goes after the settings (port, locks, …): those go before the first table.";

@@ -15,6 +15,7 @@ import {
   type Outcome,
   type Refusal,
   type Release,
+  type Released,
   refuse,
   type StartRequest,
   type State,
@@ -71,9 +72,18 @@ class Rows {
 
   set(n: Neighbour) {
     const before = this.get(n.lock);
-    if (before && before.releases === n.releases && before.block === n.block) return;
-    if (!before && n.releases.length === 0 && n.block === null) return;
-    this.written.set(n.lock, { releases: n.releases, block: n.block, version: before?.version ?? 0 });
+    const released = n.released ?? before?.released;
+    if (before && before.releases === n.releases && before.block === n.block && before.released === released) return;
+    if (!before && n.releases.length === 0 && n.block === null && released === undefined) return;
+    const entry: Entry = { releases: n.releases, block: n.block, version: before?.version ?? 0 };
+    if (released) entry.released = released;
+    this.written.set(n.lock, entry);
+  }
+
+  /** Records the version a start granted on a newest-first lock, in the same write as the grant. */
+  release(lock: string, released: Released) {
+    const e = this.get(lock);
+    this.set({ lock, releases: e?.releases ?? [], block: e?.block ?? null, released });
   }
 
   /** Every row that differs from what is stored, as it is now. */
@@ -81,8 +91,9 @@ class Rows {
     const out: Neighbour[] = [];
     for (const [lock, e] of this.written) {
       const before = this.stored.entries.get(lock);
-      if (before && before.releases === e.releases && before.block === e.block) continue;
-      out.push({ lock, releases: e.releases, block: e.block });
+      if (before && before.releases === e.releases && before.block === e.block && before.released === e.released)
+        continue;
+      out.push({ lock, releases: e.releases, block: e.block, ...(e.released ? { released: e.released } : {}) });
     }
     return out;
   }
@@ -137,15 +148,14 @@ export function decideStart(
       held.push(chosen.lock);
       frozen = frozen ?? chosen.frozen;
     }
-    // An override that passes a freeze on a lock otherwise free is not queued behind the waiters there: with
-    // nothing running and no block, what keeps them waiting is that very freeze (README: Override versus waiters).
-    const overridesFreeze = frozen !== null && req.override !== undefined;
-    if (ahead > 0 && !overridesFreeze)
-      return settled(rows, refuse("queued", `${ahead} waiting ahead of you`), expiry());
+    // Waiters the freeze stops are not counted ahead of an override (see waitersAhead in store.ts).
+    if (ahead > 0) return settled(rows, refuse("queued", `${ahead} waiting ahead of you`), expiry());
     const release = newRelease(rows.lastId, req, now, held);
     for (const lock of held) {
       const s = rows.state(lock);
       rows.put(holding({ ...s, lastId: release.id }, [...s.releases, release]));
+      if (release.version !== undefined && setup.newest(lock))
+        rows.release(lock, { version: release.version, at: now, name: req.name });
     }
     const granted: Change = {
       ok: true,
@@ -159,8 +169,10 @@ export function decideStart(
 }
 
 /**
- * On a newest-first lock, a start older than the newest version released there (running or finished) is
- * refused `stale`, unless it overrides (a deliberate roll back). Null: it is not older, or it has no version.
+ * On a newest-first lock, a start older than a release running there or than the last version granted there
+ * (stored with the lock, so neither a pruned history nor a restart forgets it) is refused `stale`, unless it
+ * overrides (a deliberate roll back). A pool is never compared: its members may run different versions. Null:
+ * it is not older, or it has no version.
  */
 function stale(claim: readonly string[], req: StartRequest, rows: Rows, setup: Setup): Refusal | null {
   const version = req.version;
@@ -168,7 +180,7 @@ function stale(claim: readonly string[], req: StartRequest, rows: Rows, setup: S
   for (const lock of claim) {
     if (isPool(lock) || !setup.newest(lock)) continue;
     const running = rows.state(lock).releases.map((r) => ({ version: r.version, at: r.startedAt, name: r.name }));
-    const known = [...running, rows.stored.released?.get(lock)];
+    const known = [...running, rows.get(lock)?.released];
     for (const newer of known)
       if (newer?.version !== undefined && compareVersions(version, newer.version) < 0)
         return refuse("stale", describeStale(version, { ...newer, version: newer.version }, lock));

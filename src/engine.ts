@@ -29,14 +29,17 @@ import {
 } from "./release.ts";
 import { type FindAround, indexAround } from "./store/around.ts";
 import {
+  type Asking,
   ancestorsOf,
+  askingOf,
   type Committed,
   type Decide,
   type Decision,
   type Entry,
+  type FrozenNow,
   forgets,
+  heldByFreeze,
   inServiceOrder,
-  isUrgent,
   type Mark,
   type NextMarks,
   type Queued,
@@ -272,8 +275,11 @@ function lineByLock(line: Queued[]): Map<string, Queued[]> {
   return byLock.locks;
 }
 
-const waitingAhead = (claimReach: readonly string[], urgent = false): number =>
-  waitersAhead(store().waiting(), claimReach, undefined, urgent);
+// Whether a freeze is in force on any of these locks now: a decision asks it of the waiters it counts.
+const frozenNow: FrozenNow = (locks) => locks.some((l) => engine.frozen(l, engine.clock.now()) !== null);
+
+const waitingAhead = (claimReach: readonly string[], asking: Asking = {}): number =>
+  waitersAhead(store().waiting(), claimReach, undefined, asking, frozenNow);
 
 /**
  * Runs a rule and commits what it changed. A refusal that changes nothing is decided from
@@ -288,21 +294,23 @@ export function change(lock: string, rule: Rule, room?: Room, gone?: AbortSignal
 // A decision on a lock (or a claim whose first lock it is): refused from memory or from one plain read when
 // it changes nothing, else decided by the store.
 function changeBy(lock: string, decide: Decide, options: TransactOptions, gone?: AbortSignal) {
-  const refused = refusalFromMemory(decide, options.start ? (options.claim ?? [lock]) : null, isUrgent(options));
+  const asking = askingOf(options);
+  const refused = refusalFromMemory(decide, options.start ? (options.claim ?? [lock]) : null, asking);
   if (refused) return refused;
   const s = store();
-  // A peek counts every waiter ahead: an urgent start, which only urgent ones are ahead of, is decided by the store.
-  if (!memoryIsCurrent(s) && s.peek && options.claim === undefined && !isUrgent(options))
+  // A peek counts every waiter ahead: an urgent start, which only urgent ones are ahead of, and an override, which
+  // waiters a freeze stops are not ahead of, are decided by the store.
+  if (!memoryIsCurrent(s) && s.peek && options.claim === undefined && !asking.urgent && !asking.override)
     return refuseFromCommitted(s, lock, decide, options, gone);
   return commit(lock, decide, options, gone).then((d) => d.outcome);
 }
 
 // The outcome of a decision that would change nothing, when memory is what is stored; null when the store decides.
 // `claimReach` is a start's (null for any other change, which no waiter holds back).
-function refusalFromMemory(decide: Decide, claimReach: readonly string[] | null, urgent = false): Outcome | null {
+function refusalFromMemory(decide: Decide, claimReach: readonly string[] | null, asking: Asking = {}): Outcome | null {
   if (engine.closing) return SHUTTING_DOWN;
   if (!memoryIsCurrent(store())) return null;
-  const ahead = claimReach === null ? 0 : waitingAhead(claimReach, urgent);
+  const ahead = claimReach === null ? 0 : waitingAhead(claimReach, asking);
   const { outcome, change } = decide(engine.known, engine.clock.now(), ahead);
   return change ? null : outcome;
 }
@@ -345,18 +353,21 @@ export function start(
   const claimReach = one ? [lock] : reach(names, engine.childrenOf);
   const pools = names.filter(isPool).flatMap((p) => engine.childrenOf(poolParent(p)));
   const newest = newestOf(names);
-  const versioned = newest.length > 0 && req.version !== undefined ? { releasedOf: newest } : {};
-  const lane = req.urgent !== undefined ? { urgent: true } : {};
-  const options: TransactOptions = one
-    ? { start: true, room, ...versioned, ...lane }
-    : { start: true, room, claim: claimReach, freedOf: pools, ...versioned, ...lane };
+  // Its lane, whether it overrides a freeze, and how to tell whom a freeze stops: what orders it in the line.
+  const lane: TransactOptions = {
+    start: true,
+    frozen: frozenNow,
+    ...(req.urgent === undefined ? {} : { urgent: true }),
+    ...(req.override === undefined ? {} : { override: true }),
+  };
+  const options: TransactOptions = one ? { room, ...lane } : { room, claim: claimReach, freedOf: pools, ...lane };
   if (waitSeconds === 0 || engine.closing) {
-    const refused = refusalFromMemory(decide, claimReach, isUrgent(options)); // the common case
+    const refused = refusalFromMemory(decide, claimReach, askingOf(options)); // the common case
     if (refused) return refused;
     return (changeBy(lock, decide, options, gone) as Promise<Outcome>).then((o) => keepOnlyIfHeard(o, gone));
   }
   if (memoryIsCurrent(store())) {
-    const { outcome } = decide(engine.known, engine.clock.now(), waitingAhead(claimReach, isUrgent(options)));
+    const { outcome } = decide(engine.known, engine.clock.now(), waitingAhead(claimReach, askingOf(options)));
     if (!outcome.ok && !WAITABLE.has(outcome.reason)) return outcome; // nothing to wait for
   }
   const inLine = { ...options, claim: claimReach, newest: newest.length > 0 };
@@ -446,7 +457,7 @@ async function whatHoldsItNow(
 ): Promise<string> {
   // Another replica may have changed it.
   if (!store().exclusive) for (const l of claimReach) await refresh(l).catch(() => {});
-  const ahead = waitersAhead(store().waiting(), claimReach, self);
+  const ahead = waitersAhead(store().waiting(), claimReach, self, {}, frozenNow);
   const { outcome } = decide(engine.known, engine.clock.now(), ahead);
   const refusal = outcome.ok ? latest : outcome;
   return refusal.ok ? "" : refusal.message;
@@ -635,7 +646,8 @@ export function wakeWaiters(locks?: string | readonly string[]) {
       const w = engine.waiters.get(q.id);
       if (w) wake(w);
     }
-    passed.add(reach);
+    // One the freeze stops keeps back no override behind it (see waitersAhead): the next is woken too.
+    if (!heldByFreeze(q, reach, frozenNow)) passed.add(reach);
     // Once each changed lock is covered by a waiter so far (on it or on a lock above it), every later waiter the
     // change concerns overlaps one ahead of it: the walk ends, and a hand-off looks at the head of the line only.
     if (changed?.every((l) => passed.covers(l))) return;

@@ -91,10 +91,10 @@ function hasSeries(lock: string, setup: Setup): boolean {
   return lock === DEFAULT_LOCK || metrics.byLock.has(lock) || isKnown(lock) || configured(setup).includes(lock);
 }
 
-// The locks a team's configuration names: its tokens' scopes and its freeze windows.
+// The locks a team's configuration names: its [[lock]] tables, its tokens' scopes and its freeze windows.
 function configured(setup: Setup): string[] {
   const scoped = [...setup.access.tokens.values()].flatMap((t) => (t.locks === "*" ? [] : t.locks));
-  return [...scoped, ...freezeWindows().flatMap((w) => w.locks ?? [])];
+  return [...setup.declared.map((d) => d.name), ...scoped, ...freezeWindows().flatMap((w) => w.locks ?? [])];
 }
 
 /** The locks with series of their own (the root aside): with RS_LOCKS, its names; else every lock that has one. */

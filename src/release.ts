@@ -23,8 +23,14 @@ export type Release = {
 
 export type Block = { name: string; reason: string; since: number; by?: string };
 
-/** A lock above or below the one decided on, as far as the decision needs it. */
-export type Neighbour = { lock: string; releases: Release[]; block: Block | null };
+/**
+ * The last version granted on a newest-first lock (queue = "newest"): kept with the lock's row, written by the
+ * start that granted it, so that a start older than it is refused stale whatever the history still holds.
+ */
+export type Released = { version: string; at: number; name: string };
+
+/** A lock above or below the one decided on, as far as the decision needs it (`released`: as a decision wrote it). */
+export type Neighbour = { lock: string; releases: Release[]; block: Block | null; released?: Released };
 
 export type State = {
   lock: string; // the lock this state is of

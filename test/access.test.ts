@@ -431,6 +431,12 @@ describe("releasestatus check-config", () => {
 });
 
 describe("releasestatus token", () => {
+  test("--help lists every right a token can be given, urgent among them", async () => {
+    const { code, stdout, stderr } = await runBinary(["token", "--help"]);
+    expect(code).toBe(0);
+    for (const right of ["release (", "block (", "override (", "urgent ("]) expect(stdout + stderr).toContain(right);
+  });
+
   test("prints a new token once and a [[token]] block that makes it work", async () => {
     const made = await runBinary(["token", "--who", "ana", "--can", "release,block", "--locks", "prod,staging"]);
     expect(made.code).toBe(0);

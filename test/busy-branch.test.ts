@@ -106,6 +106,36 @@ describe("on a newest-first lock, each newer version supersedes the waiters it p
     expect(await d.body("/locks/prod/start?name=ben&version=v2.3.9&override=roll%20back")).toBe("1\n");
   });
 
+  test("the last released version is kept with the lock: after the history is pruned and the daemon restarted, an older version is still stale, counted on the lock's own series", async () => {
+    const env = { RS_CONFIG: configFile(NEWEST), RS_DB: await freshDb(), RS_HISTORY_LIMIT: "3" };
+    const first = await daemon(env);
+    expect(await first.body("/locks/prod/start?name=ana&version=100")).toBe("1\n");
+    expect(await first.body("/locks/prod/stop")).toBe("1\n");
+    for (let i = 0; i < 5; i++) {
+      expect(await first.body("/locks/other/start?name=ci")).toBe("1\n");
+      expect(await first.body("/locks/other/stop")).toBe("1\n");
+    }
+    expect(await history(first)).not.toContainEqual(expect.objectContaining({ version: "100" }));
+    await first.stop();
+    const d = await daemon(env);
+    const res = await d.get("/locks/prod/start?name=ben&version=50");
+    expect(await res.text()).toBe("0\n");
+    expect(res.headers.get("x-reason")).toMatch(/^50 is older than 100, released \S+ by ana on prod/);
+    expect(await d.body("/metrics")).toContain('releasestatus_start_refused_total{lock="prod",reason="stale"} 1\n');
+  });
+
+  test("a refusal on a declared lock that holds nothing and never did is counted on the lock's own series", async () => {
+    const d = await daemon({
+      RS_CONFIG: configFile(`${NEWEST}\n[[lock]]\nname = "prod/eu"\n`),
+      RS_DB: await freshDb(),
+    });
+    expect(await d.body("/locks/prod/block?name=ana")).toBe("1\n");
+    expect(await d.body("/locks/prod/eu/start?name=ben")).toBe("0\n");
+    expect(await d.body("/metrics")).toContain(
+      'releasestatus_start_refused_total{lock="prod/eu",reason="blocked"} 1\n',
+    );
+  });
+
   test("a lock's queue is fifo or newest: anything else stops the daemon with what to write", async () => {
     const d = await runBinary([], { RS_CONFIG: configFile('[[lock]]\nname = "prod"\nqueue = "lifo"\n') });
     expect(d.code).toBe(2);
@@ -190,6 +220,19 @@ describe("an override is not queued behind waiters that wait only for the freeze
     const kinds = (await history(d)).map((e) => e.kind);
     expect(kinds.slice(0, 3)).toEqual(["stopped", "started", "overridden"]);
     expect((await status(d)).queue.map((w: { name: string }) => w.name)).toEqual(["build"]); // the freeze still holds it
+    ci.catch(() => {}); // it is answered when the daemon stops
+  });
+
+  test("an override waiting for the running release starts as it ends, though a CI claim the freeze stops joined first", async () => {
+    const d = await daemon({ RS_CONFIG: configFile(TOKENS + FREEZE_NOW), RS_DB: await freshDb() });
+    expect(await d.body("/start?name=first&override=INC-A", as(ONCALL))).toBe("1\n");
+    const ci = d.get("/start?lock=default&lock=u7&name=ci&wait=60", as(CI));
+    await until(async () => (await status(d)).queue.length === 1, "the CI claim waiting");
+    const oncall = d.get("/start?name=oncall2&override=INC-B&wait=60", as(ONCALL));
+    await until(async () => (await status(d)).queue.length === 2, "the override waiting");
+    expect(await d.body("/stop?name=first", as(ONCALL))).toBe("1\n");
+    expect(await (await oncall).text()).toBe("1\n");
+    expect((await status(d)).queue.map((w: { name: string }) => w.name)).toEqual(["ci"]);
     ci.catch(() => {}); // it is answered when the daemon stops
   });
 });

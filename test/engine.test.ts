@@ -28,17 +28,21 @@ import { tempDir, until } from "./daemon.ts";
 
 const LOCK = "default";
 
-type StoreMaker = (clock: () => number) => Promise<Store>;
+// historyLimit: how many events the store keeps (a test of what survives pruning keeps few).
+type StoreMaker = (clock: () => number, historyLimit?: number) => Promise<Store>;
 
 const stores: [string, StoreMaker][] = [
-  ["memory", async (clock) => openMemoryStore(10_000, clock)],
-  ["SQLite", async (clock) => openSqliteStore(join(tempDir(), "engine.db"), 10_000, clock)],
+  ["memory", async (clock, historyLimit = 10_000) => openMemoryStore(historyLimit, clock)],
+  [
+    "SQLite",
+    async (clock, historyLimit = 10_000) => openSqliteStore(join(tempDir(), "engine.db"), historyLimit, clock),
+  ],
 ];
 const pgUrl = process.env.RS_TEST_DB;
 if (pgUrl?.startsWith("postgres")) {
   stores.push([
     "PostgreSQL",
-    async (clock) => {
+    async (clock, historyLimit = 10_000) => {
       const sql = new SQL(pgUrl);
       // Every test starts from an empty lock: the tables are made by the store on first use.
       await sql`DO $$ BEGIN
@@ -48,7 +52,7 @@ if (pgUrl?.startsWith("postgres")) {
         END IF; END $$`;
       await sql.close();
       const { openPostgresStore } = await import("../src/store/postgres.ts");
-      return openPostgresStore({ url: pgUrl, historyLimit: 10_000, pool: 4, now: clock });
+      return openPostgresStore({ url: pgUrl, historyLimit, pool: 4, now: clock });
     },
   ]);
 }
@@ -504,6 +508,40 @@ for (const [storeName, makeStore] of stores) {
         expect(reasonOf(rollback)).toBe("granted");
       });
 
+      test("stale is decided from the version stored with the lock: once history is pruned and the daemon restarted, an older version is still stale", async () => {
+        // A store that keeps two events (memory trims in batches of 1024 beyond its limit: the flood outruns that).
+        await closeEngine();
+        await store.close();
+        store = await makeStore(clock.now, 2);
+        const reopen = async () => {
+          await openEngine(store, clock, { newest: (lock) => lock === PROD });
+        };
+        await reopen();
+        expect(reasonOf(await deploy("ana", "100", 0))).toBe("granted");
+        await stopProd();
+        const flood = storeName === "memory" ? 1100 : 5;
+        for (let i = 0; i < flood; i++) {
+          await start("other", holder("ci"), 0, new AbortController().signal);
+          await change("other", (s, now) => stop(s, null, { name: "" }, now));
+        }
+        expect((await history(10, PROD)).length).toBe(0); // no event of the release of 100 is left
+        await closeEngine();
+        await reopen();
+        const old = await deploy("ben", "50", 0);
+        expect(old.ok ? "granted" : old.message).toMatch(/^50 is older than 100, released \S+ by ana on prod/);
+      });
+
+      test("a lock with a limit compares a start with every release running on it and with the last version granted", async () => {
+        engine.limitOf = (lock) => (lock === PROD ? 2 : 1);
+        expect(reasonOf(await deploy("ana", "10", 0))).toBe("granted");
+        expect(reasonOf(await deploy("ops", "8", 0, { override: "roll back one region" }))).toBe("granted");
+        expect(reasonOf(await deploy("ben", "9", 0))).toBe("stale"); // older than 10, which still runs
+        await change(PROD, (s, now) => stop(s, s.releases[0]?.id ?? null, { name: "" }, now)); // 10 ends
+        await stopProd(); // 8 ends: the last version granted was 8
+        expect(reasonOf(await deploy("ben", "7", 0))).toBe("stale");
+        expect(reasonOf(await deploy("ben", "9", 0))).toBe("granted");
+      });
+
       test("no starvation: a steady stream of newer versions still lets one deploy whenever the lock frees", async () => {
         await deploy("first", "1", 0);
         let newest = deploy("ci", "2");
@@ -930,6 +968,60 @@ for (const [storeName, makeStore] of stores) {
         expect(started).toMatchObject({ kind: "started", name: "ops", by: "ops" });
         expect(overridden).toMatchObject({ kind: "overridden", name: "ops", by: "ops", releaseId: idOf(o) });
         expect(overridden?.reason).toStartWith("hotfix (over: releasing is frozen until");
+      });
+
+      describe("an override is not queued behind waiters that wait only for the freeze", () => {
+        const wait = (lock: string | string[], name: string, extra: { override?: string; version?: string } = {}) =>
+          start(lock, { ...holder(name), ...extra }, 3600, new AbortController().signal);
+        const stopOn = (lock: string) => change(lock, (s, now) => stop(s, null, { name: "" }, now));
+
+        test("an override waiting for the running release starts when it ends, ahead of an earlier claim the freeze stops", async () => {
+          await calendar(window());
+          expect(
+            reasonOf(await start(LOCK, { ...holder("first"), override: "INC-A" }, 0, new AbortController().signal)),
+          ).toBe("granted");
+          const ci = wait([LOCK, "u7"], "ci");
+          await inLine(1);
+          const oncall = wait(LOCK, "oncall", { override: "INC-B" });
+          await inLine(2);
+          await stopOn(LOCK);
+          expect(reasonOf(await oncall)).toBe("granted");
+          expect(waiting().map((w) => w.name)).toEqual(["ci"]); // still waiting for the freeze to end
+          await closeEngine();
+          expect(reasonOf(await ci)).toBe("shutting-down");
+        });
+
+        test("overrides are served first come, first served among themselves", async () => {
+          await calendar(window());
+          await start(LOCK, { ...holder("first"), override: "INC-A" }, 0, new AbortController().signal);
+          const a = wait(LOCK, "a", { override: "INC-B" });
+          await inLine(1);
+          const b = wait(LOCK, "b", { override: "INC-C" });
+          await inLine(2);
+          await stopOn(LOCK);
+          expect(reasonOf(await a)).toBe("granted");
+          expect(waiting().map((w) => w.name)).toEqual(["b"]);
+          await stopOn(LOCK);
+          expect(reasonOf(await b)).toBe("granted");
+        });
+
+        test("on a newest-first lock, a newer start the freeze stops never supersedes an override, nor does its waiter supersede one", async () => {
+          engine.newest = (lock) => lock === "prod";
+          await calendar(window("2026-11-27 08:00", "2026-11-27 09:10", ["prod"]));
+          await start("prod", { ...holder("first"), version: "8", override: "INC-A" }, 0, new AbortController().signal);
+          const ciFirst = wait("prod", "ci-10", { version: "10" });
+          await inLine(1);
+          const oncall = wait("prod", "oncall-9", { version: "9", override: "INC-B" });
+          await inLine(2);
+          const ciLater = wait("prod", "ci-11", { version: "11" }); // supersedes ci-10, not the override
+          expect(reasonOf(await ciFirst)).toBe("superseded");
+          await inLine(2);
+          expect(waiting("prod").map((w) => w.name)).toEqual(["oncall-9", "ci-11"]);
+          await stopOn("prod");
+          expect(reasonOf(await oncall)).toBe("granted");
+          await closeEngine();
+          expect(reasonOf(await ciLater)).toBe("shutting-down");
+        });
       });
 
       test("a release already running is not cut when a freeze begins", async () => {

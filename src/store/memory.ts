@@ -16,7 +16,6 @@ import {
   markKey,
   type Progress,
   queueEvent,
-  releasedFrom,
   type Store,
   type Stored,
   under,
@@ -60,10 +59,6 @@ export function openMemoryStore(historyLimit: number, clock: () => number = Date
     return { ...stored, freedAt };
   };
 
-  // For a newest-first lock: the newest start with a version on each lock asked about.
-  const withReleased = (s: Stored, locks: readonly string[] | undefined): Stored =>
-    locks?.length ? { ...s, released: releasedFrom(events, locks) } : s;
-
   return {
     description: "memory (state is lost when the daemon stops)",
     exclusive: true,
@@ -71,23 +66,14 @@ export function openMemoryStore(historyLimit: number, clock: () => number = Date
     readAll: async () => snapshot(),
     read: async () => snapshot(),
     transact: async (lock, decide: Decide, options = {}) =>
-      decideInLine(
-        lock,
-        withReleased(withFreedAt(options.freedOf), options.releasedOf),
-        clock(),
-        decide,
-        line,
-        options,
-        count,
-        (w) => {
-          for (const [name, e] of w.entries) {
-            if (forgets(name, e)) stored.entries.delete(name);
-            else stored.entries.set(name, e);
-          }
-          if (w.lastId !== null) stored.lastId = w.lastId;
-          append(w.events);
-        },
-      ),
+      decideInLine(lock, withFreedAt(options.freedOf), clock(), decide, line, options, count, (w) => {
+        for (const [name, e] of w.entries) {
+          if (forgets(name, e)) stored.entries.delete(name);
+          else stored.entries.set(name, e);
+        }
+        if (w.lastId !== null) stored.lastId = w.lastId;
+        append(w.events);
+      }),
     leave: async (lock, id, why) => {
       const waiter = line.leave(id);
       if (!waiter) return null;

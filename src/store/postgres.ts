@@ -9,6 +9,7 @@ import { SQL } from "bun";
 import { DEFAULT_LOCK, type Event, ROOT, refuse, STORAGE_FAILED, WAITABLE, withUrgent } from "../release.ts";
 import {
   ancestorsOf,
+  askingOf,
   type Committed,
   catchUp,
   changedEntries,
@@ -18,14 +19,12 @@ import {
   type EventRow,
   eventLocks,
   forgets,
-  isUrgent,
   type LockRow,
   newNames,
   noRoom,
   otherRowsOf,
   type Queued,
   queueEvent,
-  type Released,
   reachOf,
   StorageError,
   type Store,
@@ -241,7 +240,6 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     const claim = options.claim ?? [lock];
     const stored = await rowsOfClaim(tx, claim);
     if (options.freedOf?.length) stored.freedAt = await freedAt(tx, options.freedOf);
-    if (options.releasedOf?.length) stored.released = await releasedOn(tx, options.releasedOf);
     // A waiter a newer start passed is told so at its next attempt, from its row (on any replica).
     if (options.self !== undefined) {
       const [passedSelf] = await tx`
@@ -255,7 +253,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     const superseded = superseding(waiters, options, lock);
     if (superseded.refusal) return { outcome: superseded.refusal, committed: null, joined: null };
     const rest = waiters.filter((w) => !superseded.passed.includes(w));
-    const ahead = waitersAhead(rest, claim, options.self, isUrgent(options));
+    const ahead = waitersAhead(rest, claim, options.self, askingOf(options), options.frozen);
     const before = scopeOf(lock, stored);
     let verdict = decide(stored, now, ahead);
     // The names are counted only when the change would store a new one: every change holds the root's
@@ -282,10 +280,11 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     let joined: Queued | null = null;
     if (joining && options.join) {
       const [w] = await tx`
-        INSERT INTO releasestatus_waiters (lock, name, reason, replica, since, made_by, reach, version, urgent)
+        INSERT INTO releasestatus_waiters (lock, name, reason, replica, since, made_by, reach, version, urgent,
+          override)
         VALUES (${lock}, ${options.join.name}, ${options.join.reason}, ${replica},
           to_timestamp(${now}::bigint / 1000.0), ${options.join.by ?? null}, ${reachColumn(lock, claim)},
-          ${options.join.version ?? null}, ${options.join.urgent ?? null})
+          ${options.join.version ?? null}, ${options.join.urgent ?? null}, ${options.join.override ?? null})
         RETURNING id`;
       joined = waiterOf(Number(w.id), lock, options.join, now);
       const reach = reachColumn(lock, claim);
@@ -315,20 +314,22 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
         otherReleases,
         releaseLocks,
         releaseVersion,
+        released,
       ] = toColumns(entry);
       await tx`
         INSERT INTO releasestatus_lock (name, release_id, holder, release_reason, started_at, expires_at,
           blocked_by, block_reason, blocked_since, version, release_by, block_by, other_releases, release_locks,
-          release_version)
+          release_version, released)
         VALUES (${name}, ${releaseId}, ${holder}, ${releaseReason}, ${startedAt}, ${expiresAt},
           ${blockedBy}, ${blockReason}, ${blockedSince}, ${version}, ${releaseBy}, ${blockBy}, ${otherReleases},
-          ${releaseLocks}, ${releaseVersion})
+          ${releaseLocks}, ${releaseVersion}, ${released})
         ON CONFLICT (name) DO UPDATE SET release_id = excluded.release_id, holder = excluded.holder,
           release_reason = excluded.release_reason, started_at = excluded.started_at,
           expires_at = excluded.expires_at, blocked_by = excluded.blocked_by,
           block_reason = excluded.block_reason, blocked_since = excluded.blocked_since, version = excluded.version,
           release_by = excluded.release_by, block_by = excluded.block_by, other_releases = excluded.other_releases,
-          release_locks = excluded.release_locks, release_version = excluded.release_version`;
+          release_locks = excluded.release_locks, release_version = excluded.release_version,
+          released = excluded.released`;
     }
     if (after.lastId !== stored.lastId)
       await tx`UPDATE releasestatus_lock SET last_id = ${after.lastId} WHERE name = ''`;
@@ -344,8 +345,8 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
   async function waitersBefore(tx: SQL, options: TransactOptions): Promise<Queued[]> {
     const rows = (
       options.self === undefined
-        ? await tx`SELECT id, lock, reach, name, made_by, version, urgent FROM releasestatus_live_waiters ORDER BY id`
-        : await tx`SELECT id, lock, reach, name, made_by, version, urgent FROM releasestatus_live_waiters
+        ? await tx`SELECT id, lock, reach, name, made_by, version, urgent, override FROM releasestatus_live_waiters ORDER BY id`
+        : await tx`SELECT id, lock, reach, name, made_by, version, urgent, override FROM releasestatus_live_waiters
                    WHERE id <= ${options.self} OR urgent IS NOT NULL ORDER BY id`
     ) as Record<string, string | null>[];
     return rows.map(toQueued);
@@ -388,19 +389,6 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
           AND (e.lock = l OR (e.locks IS NOT NULL AND e.locks::jsonb ? l))) AS at
       FROM unnest(${[...locks]}::text[]) AS l`) as { lock: string; at: string | null }[];
     return new Map(rows.map((r) => [r.lock, r.at === null ? Number.NEGATIVE_INFINITY : Number(r.at)]));
-  }
-
-  // The newest start with a version on each lock, running or finished: a newest-first lock refuses older ones.
-  async function releasedOn(tx: SQL, locks: readonly string[]): Promise<Map<string, Released>> {
-    const found = new Map<string, Released>();
-    for (const l of locks) {
-      const [row] = await tx`
-        SELECT version, at, name FROM releasestatus_events
-        WHERE kind = 'started' AND version IS NOT NULL AND (lock = ${l} OR (locks IS NOT NULL AND locks::jsonb ? ${l}))
-        ORDER BY seq DESC LIMIT 1`;
-      if (row) found.set(l, { version: String(row.version), at: Number(row.at), name: String(row.name) });
-    }
-    return found;
   }
 
   // The names that count against RS_MAX_LOCKS (not the root, not the original's lock); with `locks`, only
@@ -520,7 +508,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     const [found, waiters] = await inTransaction(async (tx) => [
       await rows(tx),
       await tx`
-        SELECT id, lock, name, reason, made_by, reach, version, urgent,
+        SELECT id, lock, name, reason, made_by, reach, version, urgent, override,
           (extract(epoch FROM since) * 1000)::bigint AS since
         FROM releasestatus_live_waiters ORDER BY id`,
     ]);
@@ -545,12 +533,16 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
           reach: reachColumn(w.lock, reachOf(w)),
           version: w.version ?? null,
           urgent: w.urgent ?? null,
+          override: w.override ?? null,
         }));
         if (rows.length > 0)
-          await tx`INSERT INTO releasestatus_waiters (id, lock, name, reason, replica, made_by, reach, version, urgent)
-                   SELECT w.id, w.lock, w.name, w.reason, ${replica}, w.made_by, w.reach, w.version, w.urgent
+          await tx`INSERT INTO releasestatus_waiters (id, lock, name, reason, replica, made_by, reach, version, urgent,
+                     override)
+                   SELECT w.id, w.lock, w.name, w.reason, ${replica}, w.made_by, w.reach, w.version, w.urgent,
+                     w.override
                    FROM jsonb_to_recordset(${JSON.stringify(rows)}::text::jsonb)
-                     AS w(id bigint, lock text, name text, reason text, made_by text, reach text, version text, urgent text)
+                     AS w(id bigint, lock text, name text, reason text, made_by text, reach text, version text,
+                          urgent text, override text)
                    ON CONFLICT (id) DO UPDATE SET heartbeat_at = clock_timestamp()
                    WHERE NOT releasestatus_waiters.done`;
         await tx`DELETE FROM releasestatus_waiters
@@ -836,6 +828,14 @@ const MIGRATIONS = [
    CREATE OR REPLACE VIEW releasestatus_live_waiters AS SELECT * FROM releasestatus_waiters
      WHERE NOT done AND (heartbeat_at > clock_timestamp() - interval '5 seconds'
         OR pg_postmaster_start_time() > clock_timestamp() - interval '5 seconds');`,
+  // A newest-first lock's last granted version (JSON: version, at, name), kept with its row: stale is decided
+  // from it, not from a history that is pruned. NULL in rows from before, as on locks of a fifo line.
+  `ALTER TABLE releasestatus_lock ADD COLUMN released text;`,
+  // A waiter's override reason: waiters a freeze stops do not stand in front of it (docs/freezes.md: Override).
+  `ALTER TABLE releasestatus_waiters ADD COLUMN override text;
+   CREATE OR REPLACE VIEW releasestatus_live_waiters AS SELECT * FROM releasestatus_waiters
+     WHERE NOT done AND (heartbeat_at > clock_timestamp() - interval '5 seconds'
+        OR pg_postmaster_start_time() > clock_timestamp() - interval '5 seconds');`,
 ];
 const SCHEMA_VERSION = MIGRATIONS.length;
 
@@ -932,6 +932,7 @@ const toQueued = (w: Record<string, string | number | null>): Queued => {
   if (w.reach != null) q.reach = JSON.parse(String(w.reach)) as string[];
   if (w.version != null) q.version = String(w.version);
   if (w.urgent != null) q.urgent = String(w.urgent);
+  if (w.override != null) q.override = String(w.override);
   return q;
 };
 

@@ -19,7 +19,6 @@ import {
   onlyQueueEvents,
   type Progress,
   queueEvent,
-  type Released,
   readClaim,
   type Store,
   type Stored,
@@ -96,6 +95,9 @@ const MIGRATIONS = [
   // Versions (version=): the release's in the columns (others carry theirs in other_releases), and each event's.
   `ALTER TABLE lock ADD COLUMN release_version TEXT;
    ALTER TABLE events ADD COLUMN version TEXT;`,
+  // A newest-first lock's last granted version (JSON: version, at, name), kept with its row: stale is decided
+  // from it, not from a history that is pruned. NULL in rows from before, as on locks of a fifo line.
+  `ALTER TABLE lock ADD COLUMN released TEXT;`,
 ];
 export const SCHEMA_VERSION = MIGRATIONS.length;
 
@@ -164,23 +166,18 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
       `SELECT max(at) AS at FROM events WHERE kind IN ('stopped', 'expired', 'abandoned')
          AND (lock = ?1 OR (locks IS NOT NULL AND EXISTS (SELECT 1 FROM json_each(locks) WHERE value = ?1)))`,
     ),
-    // The newest start with a version on a lock, running or finished: a newest-first lock refuses older ones.
-    released: db.query<{ version: string; at: number; name: string }, [string]>(
-      `SELECT version, at, name FROM events WHERE kind = 'started' AND version IS NOT NULL
-         AND (lock = ?1 OR (locks IS NOT NULL AND EXISTS (SELECT 1 FROM json_each(locks) WHERE value = ?1)))
-       ORDER BY seq DESC LIMIT 1`,
-    ),
     save: db.query(
       `INSERT INTO lock (name, last_id, release_id, holder, release_reason, started_at, expires_at,
          blocked_by, block_reason, blocked_since, version, release_by, block_by, other_releases, release_locks,
-         release_version)
-       VALUES (?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         release_version, released)
+       VALUES (?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
        ON CONFLICT (name) DO UPDATE SET release_id = excluded.release_id, holder = excluded.holder,
          release_reason = excluded.release_reason, started_at = excluded.started_at, expires_at = excluded.expires_at,
          blocked_by = excluded.blocked_by, block_reason = excluded.block_reason,
          blocked_since = excluded.blocked_since, version = excluded.version,
          release_by = excluded.release_by, block_by = excluded.block_by, other_releases = excluded.other_releases,
-         release_locks = excluded.release_locks, release_version = excluded.release_version`,
+         release_locks = excluded.release_locks, release_version = excluded.release_version,
+         released = excluded.released`,
     ),
     count: db.query("UPDATE lock SET last_id = ? WHERE name = ''"),
     forget: db.query("DELETE FROM lock WHERE name = ?"),
@@ -250,15 +247,6 @@ export function openSqliteStore(path: string, historyLimit: number, clock: () =>
     const found = readClaim(options.claim ?? [lock], around, (names) => q.exact.all(JSON.stringify(names)));
     if (options.freedOf?.length)
       found.freedAt = new Map(options.freedOf.map((l) => [l, q.freedAt.get(l)?.at ?? Number.NEGATIVE_INFINITY]));
-    if (options.releasedOf?.length) found.released = releasedOn(options.releasedOf);
-    return found;
-  };
-  const releasedOn = (locks: readonly string[]): Map<string, Released> => {
-    const found = new Map<string, Released>();
-    for (const l of locks) {
-      const row = q.released.get(l);
-      if (row) found.set(l, { version: row.version, at: Number(row.at), name: row.name });
-    }
     return found;
   };
   const count: CountNames = (locks, by) =>

@@ -18,6 +18,7 @@ import {
   overlaps,
   type Refusal,
   type Release,
+  type Released,
   ROOT,
   refuse,
   type State,
@@ -36,8 +37,11 @@ import type { FindAround } from "./around.ts";
 export type Decide = (stored: Stored, now: number, ahead: number) => Verdict;
 export type Verdict = { outcome: Outcome; change: Change | null };
 
-/** One lock as stored: the releases holding it (oldest first), its block, and a number that grows with every change to it. */
-export type Entry = { releases: Release[]; block: Block | null; version: number };
+/**
+ * One lock as stored: the releases holding it (oldest first), its block, a number that grows with every change
+ * to it, and on a newest-first lock the last version granted there (absent in rows from before it was kept).
+ */
+export type Entry = { releases: Release[]; block: Block | null; version: number; released?: Released };
 
 /**
  * The state around a lock as stored: every lock the decision may touch, and the id counter; with
@@ -47,21 +51,9 @@ export type Stored = {
   lastId: number;
   entries: Map<string, Entry>;
   freedAt?: Map<string, number>;
-  released?: Map<string, Released>; // with TransactOptions.releasedOf: the newest versioned start on each
 };
 
-/** The last release with a version started on a lock (running or finished): a newest-first lock refuses older. */
-export type Released = { version: string; at: number; name: string };
-
-/** The newest `started` event with a version on each of `locks`, from events oldest first (memory's history). */
-export function releasedFrom(events: Iterable<Event>, locks: readonly string[]): Map<string, Released> {
-  const found = new Map<string, Released>();
-  for (const e of events)
-    if (e.kind === "started" && e.version !== undefined)
-      for (const l of e.locks ?? [e.lock])
-        if (locks.includes(l)) found.set(l, { version: e.version, at: e.at, name: e.name });
-  return found;
-}
+export type { Released };
 
 /**
  * A change that is on disk (or in the database) now: `entries` are the locks it wrote, as written;
@@ -89,10 +81,11 @@ export type Queued = {
   reach?: string[];
   version?: string; // the version its start carried (version=)
   urgent?: string; // why it waits ahead of every non-urgent waiter (urgent=)
+  override?: string; // why it may start during a freeze (override=): waiters the freeze stops stand aside for it
 };
 
-/** Who joins the line: the holder, and what orders it there (its version, and why it is urgent). */
-export type Joiner = Holder & { version?: string; urgent?: string };
+/** Who joins the line: the holder, and what orders it there (its version, why it is urgent, why it overrides). */
+export type Joiner = Holder & { version?: string; urgent?: string; override?: string };
 
 /** A waiter as its store keeps it, from who joined: only the fields it was given. */
 export const waiterOf = (id: number, lock: string, who: Joiner, since: number): Queued => ({
@@ -104,25 +97,39 @@ export const waiterOf = (id: number, lock: string, who: Joiner, since: number): 
   by: who.by,
   ...(who.version === undefined ? {} : { version: who.version }),
   ...(who.urgent === undefined ? {} : { urgent: who.urgent }),
+  ...(who.override === undefined ? {} : { override: who.override }),
 });
 
 /** The locks a waiter's claim may hold. */
 export const reachOf = (w: Queued): readonly string[] => w.reach ?? [w.lock];
 
+/** Whether a freeze is in force now on any of these locks (the calendar's answer, at the decision's time). */
+export type FrozenNow = (locks: readonly string[]) => boolean;
+
+/** Whether a freeze stops this waiter or start: one is in force on its claim, and it does not override it. */
+export const heldByFreeze = (w: { override?: string }, reach: readonly string[], frozen: FrozenNow): boolean =>
+  w.override === undefined && frozen(reach);
+
+/** How a newcomer asks: in the urgent lane, and with an override (see waitersAhead). */
+export type Asking = { urgent?: boolean; override?: boolean };
+
 /**
- * The rule of the line, for every store: how many of `line` wait before `self` (a newcomer, without it: `urgent`
- * says whether it asks for the urgent lane) with a claim that overlaps `reach`. Urgent waiters wait ahead of
- * every other; within each lane, first come first served. Each is served first: a claim passes no overlapping
- * waiter ahead of it.
+ * The rule of the line, for every store: how many of `line` wait before `self` (a newcomer, without it: `asking`
+ * says whether it asks for the urgent lane and overrides) with a claim that overlaps `reach`. Urgent waiters
+ * wait ahead of every other; within each lane, first come first served. Each is served first: a claim passes no
+ * overlapping waiter ahead of it, except that a waiter the freeze stops does not stand in front of an override,
+ * which could start where it cannot (docs/freezes.md: Override); among overrides, first come first served.
  */
 export function waitersAhead(
   line: readonly Queued[],
   reach: readonly string[],
   self: number | undefined,
-  urgent = false,
+  asking: Asking = {},
+  frozen: FrozenNow = () => false,
 ): number {
   const me = self === undefined ? undefined : line.find((w) => w.id === self);
-  const mine = me ? me.urgent !== undefined : urgent;
+  const mine = me ? me.urgent !== undefined : asking.urgent === true;
+  const overrides = me ? me.override !== undefined : asking.override === true;
   let n = 0;
   for (const w of line) {
     const theirs = w.urgent !== undefined;
@@ -130,6 +137,7 @@ export function waitersAhead(
     // over before the (dearer) look at their claims.
     if (self !== undefined && w.id >= self && (mine || !theirs)) continue;
     if (!claimsOverlap(reachOf(w), reach)) continue;
+    if (overrides && heldByFreeze(w, reachOf(w), frozen)) continue;
     if ((theirs && !mine) || (theirs === mine && (self === undefined || w.id < self))) n++;
   }
   return n;
@@ -146,6 +154,12 @@ export const inServiceOrder = (line: Queued[]): Queued[] => {
 export const isUrgent = (options: TransactOptions): boolean =>
   options.urgent === true || options.join?.urgent !== undefined;
 
+/** How a newcomer asks, as its options say: its lane, and whether it overrides a freeze. */
+export const askingOf = (options: TransactOptions): Asking => ({
+  urgent: isUrgent(options),
+  override: options.override === true || options.join?.override !== undefined,
+});
+
 /** Whether two waiters asked for the same locks: the same claim, which a newer start of it may supersede. */
 const sameClaim = (a: readonly string[], b: readonly string[]): boolean =>
   a.length === b.length && a.every((l) => b.includes(l));
@@ -159,17 +173,23 @@ const takesPlaceOf = (newer: Joiner, older: Queued): boolean =>
  * The rule of a newest-first line, for every store: what a start joining it (`who`, claiming `reach`) does to
  * the waiters of the same claim in the same lane. It supersedes each it takes the place of (`passed`); such a
  * waiter with a higher version supersedes it instead (`by`, and it passes none). Waiters of other claims are
- * untouched, and so are those of the other lane: a newer CI build never takes an urgent hotfix's place.
+ * untouched, and so are those of the other lane: a newer CI build never takes an urgent hotfix's place. During
+ * a freeze, one the freeze stops never takes the place of one that overrides it, either way round: both wait.
  */
 export function supersede(
   line: readonly Queued[],
   who: Joiner,
   reach: readonly string[],
+  frozen: FrozenNow = () => false,
 ): { passed: Queued[]; by: Queued | null } {
   const lane = (w: { urgent?: string }) => w.urgent !== undefined;
+  const held = (w: { override?: string }) => heldByFreeze(w, reach, frozen);
+  // Whether `a` may take the place of `b` at all: it can start wherever `b` can.
+  const mayPass = (a: { override?: string }, b: { override?: string }) => !held(a) || held(b);
   const same = line.filter((w) => sameClaim(reachOf(w), reach) && lane(w) === lane(who));
-  const by = same.find((w) => !takesPlaceOf(who, w)) ?? null;
-  return by ? { passed: [], by } : { passed: same, by: null };
+  const by = same.find((w) => mayPass(w, who) && !takesPlaceOf(who, w)) ?? null;
+  if (by) return { passed: [], by };
+  return { passed: same.filter((w) => mayPass(who, w) && takesPlaceOf(who, w)), by: null };
 }
 
 /** What a start on a newest-first line does as it is decided: the waiters it passes, or why it is itself passed. */
@@ -179,7 +199,7 @@ const NONE: Superseding = { passed: [], refusal: null };
 /** The waiters a newcomer on a newest-first lock passes (only when it joins: `options.newest` and `join`). */
 export function superseding(line: readonly Queued[], options: TransactOptions, lock: string): Superseding {
   if (!options.newest || !options.join || options.self !== undefined) return NONE;
-  const { passed, by } = supersede(line, options.join, options.claim ?? [lock]);
+  const { passed, by } = supersede(line, options.join, options.claim ?? [lock], options.frozen);
   return { passed, refusal: by ? refuse("superseded", describeSupersededBy(by, "waits already")) : null };
 }
 
@@ -193,9 +213,10 @@ export type TransactOptions = {
   start?: boolean; // a start, which the waiters ahead of it hold back: no other change reads the wait line
   claim?: readonly string[]; // every lock the decision may hold (a pool's children too); without it, the one lock
   freedOf?: readonly string[]; // the locks whose last end the decision needs (a pool's children): see Stored.freedAt
-  releasedOf?: readonly string[]; // the newest-first locks whose last released version the decision needs
   newest?: boolean; // the claim is on a newest-first lock: joining supersedes older waiters of the same claim
   urgent?: boolean; // a start in the urgent lane: only urgent waiters count ahead of it
+  override?: boolean; // a start that overrides a freeze: waiters the freeze stops do not count ahead of it
+  frozen?: FrozenNow; // whether a freeze is in force on locks now: who it stops (see waitersAhead, supersede)
   self?: number; // the caller's own place in the wait line: only waiters before it count as ahead
   join?: Joiner; // join the wait line in the same transaction when the answer is a refusal worth waiting out
   room?: Room; // how many lock names may be stored: a change that would store one more is refused beyond it
@@ -381,10 +402,11 @@ export function scopeOf(lock: string, stored: Stored, findAround?: FindAround): 
 /**
  * Whether a lock's row is deleted rather than written: it holds no release and no block, so nothing is
  * lost (its history stays in the events), and names used once do not pile up. The root keeps the id
- * counter, and the original's lock is always there.
+ * counter, and the original's lock is always there; a newest-first lock keeps the last version granted
+ * on it (a declared lock, so these rows are few).
  */
 export const forgets = (name: string, e: Entry): boolean =>
-  e.releases.length === 0 && e.block === null && name !== ROOT && name !== DEFAULT_LOCK;
+  e.releases.length === 0 && e.block === null && e.released === undefined && name !== ROOT && name !== DEFAULT_LOCK;
 
 /** Whether a lock name counts against RS_MAX_LOCKS: the root and the original's lock are always there. */
 export const counted = (name: string): boolean => name !== ROOT && name !== DEFAULT_LOCK;
@@ -398,18 +420,21 @@ export function changedEntries(stored: Stored, after: State, also: Neighbour[] =
   const changed = new Map<string, Entry>();
   const root = stored.entries.get(ROOT) ?? EMPTY_ENTRY;
   let forgotten = 0; // the highest version among the rows this change forgets
-  const put = (name: string, releases: Release[], block: Block | null) => {
+  const put = (name: string, releases: Release[], block: Block | null, granted?: Released) => {
     const before = stored.entries.get(name);
-    if (before && sameReleases(before.releases, releases) && before.block === block) return;
-    if (!before && releases.length === 0 && block === null) return;
-    const entry = { releases, block, version: (before ?? root).version + 1 };
+    const released = granted ?? before?.released; // kept until the next start with a version is granted there
+    if (before && sameReleases(before.releases, releases) && before.block === block && before.released === released)
+      return;
+    if (!before && releases.length === 0 && block === null && released === undefined) return;
+    const entry: Entry = { releases, block, version: (before ?? root).version + 1 };
+    if (released) entry.released = released;
     changed.set(name, entry);
     if (forgets(name, entry)) forgotten = Math.max(forgotten, entry.version);
   };
   // The lock the change decided on: a claim's first lock as held (a pool's child), not the pool it named.
   put(after.lock, after.releases, after.block);
   for (const n of after.around) put(n.lock, n.releases, n.block);
-  for (const n of also) put(n.lock, n.releases, n.block); // a claim's other locks: as they are after it
+  for (const n of also) put(n.lock, n.releases, n.block, n.released); // a claim's other locks: as they are after it
   if (forgotten > 0) {
     const newRoot = changed.get(ROOT) ?? root;
     changed.set(ROOT, { ...newRoot, version: Math.max(newRoot.version, forgotten) });
@@ -559,7 +584,9 @@ export function decideInLine(
   const { passed, refusal } = superseding(line.list(), options, lock);
   if (refusal) return { outcome: refusal, committed: null, joined: null };
   const rest = passed.length === 0 ? line.list() : line.list().filter((w) => !passed.includes(w));
-  const ahead = options.start ? waitersAhead(rest, options.claim ?? [lock], options.self, isUrgent(options)) : 0;
+  const ahead = options.start
+    ? waitersAhead(rest, options.claim ?? [lock], options.self, askingOf(options), options.frozen)
+    : 0;
   const verdict = decide(stored, now, ahead);
   const { outcome, change } = withinRoom(stored, verdict, options.room, count);
   const joining = !outcome.ok && options.join !== undefined && WAITABLE.has(outcome.reason);
@@ -599,7 +626,7 @@ export type LockRow = Record<
   | "release_locks"
   | "release_version",
   string | number | null
->;
+> & { released?: string | null }; // JSON of Released; absent in a row read before the column was added
 export type EventRow = Record<
   "lock" | "at" | "kind" | "release_id" | "name" | "reason" | "made_by",
   string | number | null
@@ -634,7 +661,9 @@ export function toEntry(row: LockRow): Entry {
           by: by(row.block_by),
         };
   const releases = first ? [first, ...otherReleases(row.other_releases)] : [];
-  return { releases, block, version: Number(row.version ?? 0) };
+  const entry: Entry = { releases, block, version: Number(row.version ?? 0) };
+  if (row.released != null) entry.released = JSON.parse(String(row.released)) as Released;
+  return entry;
 }
 
 // A lock with a limit keeps its oldest release in the row's columns, as every lock always has (so rows of
@@ -673,6 +702,7 @@ export function toColumns(e: Entry): (string | number | null)[] {
     e.releases.length > 1 ? JSON.stringify(e.releases.slice(1)) : null,
     r?.locks ? JSON.stringify(r.locks) : null,
     r?.version ?? null,
+    e.released ? JSON.stringify(e.released) : null,
   ];
 }
 
