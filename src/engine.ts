@@ -17,7 +17,6 @@ import {
   DEFAULT_LOCK,
   type Event,
   type Frozen,
-  isAncestor,
   type Outcome,
   overlaps,
   type Refusal,
@@ -33,6 +32,7 @@ import {
 import { type FindAround, indexAround } from "./store/around.ts";
 import {
   type Asking,
+  ancestorsOf,
   askingOf,
   type Committed,
   type Decide,
@@ -130,6 +130,38 @@ export type EngineSetup = {
 export type Snapshot = { state(lock: string): State; locks(): string[] };
 
 export type Health = { ok: boolean; known: boolean; problem: string | null };
+
+// Whether a row holds what it held: a row written only for its version (the root's, when a change forgets a lock's
+// row) lets no waiter through, and waking for it would walk every line under the root.
+const sameHolding = (before: Entry | undefined, after: Entry): boolean =>
+  before !== undefined &&
+  JSON.stringify([before.releases, before.block]) === JSON.stringify([after.releases, after.block]);
+
+/**
+ * The locks the waiters walked so far may hold, kept so that whether a claim overlaps any of them takes a few
+ * lookups (one per lock above each of its locks), not a look at each waiter: a walk of the line stays linear.
+ */
+class Passed {
+  private readonly held = new Set<string>(); // every lock a waiter so far may hold
+  private readonly above = new Set<string>(); // every lock above one of those
+
+  add(reach: readonly string[]) {
+    for (const lock of reach) {
+      this.held.add(lock);
+      for (const a of ancestorsOf(lock)) this.above.add(a);
+    }
+  }
+
+  /** Whether `lock` is held by a waiter so far, or lies under one. */
+  covers(lock: string): boolean {
+    return this.held.has(lock) || ancestorsOf(lock).some((a) => this.held.has(a));
+  }
+
+  /** Whether a claim overlaps a waiter's so far: one of its locks is covered, or lies above a held one. */
+  overlaps(reach: readonly string[]): boolean {
+    return reach.some((lock) => this.covers(lock) || this.above.has(lock));
+  }
+}
 
 /**
  * Creates an engine over a store: every operation below works on this instance's cache, line, timers and
@@ -274,6 +306,12 @@ export function createEngine(setup: EngineSetup) {
   };
   // The line in the order it is served (urgent first), once for each line the store gives.
   let inOrder: { line: Queued[]; served: Queued[] } | null = null;
+  // The ids in the line, once for each line.
+  let ids: { served: Queued[]; ids: Set<number> } | null = null;
+  const idsInLine = (served: Queued[]): Set<number> => {
+    if (ids?.served !== served) ids = { served, ids: new Set(served.map((q) => q.id)) };
+    return ids.ids;
+  };
 
   // The line by the locks its waiters wait on, once for each line: a store gives a new array each time its line
   // changes, so reads of many locks (a status read, /locks) between two changes do not each walk the whole line.
@@ -281,7 +319,12 @@ export function createEngine(setup: EngineSetup) {
   function lineByLock(line: Queued[]): Map<string, Queued[]> {
     if (byLock?.line !== line) {
       const locks = new Map<string, Queued[]>();
-      for (const w of line) for (const lock of waitedOn(w)) locks.set(lock, [...(locks.get(lock) ?? []), w]);
+      for (const w of line)
+        for (const lock of waitedOn(w)) {
+          const on = locks.get(lock);
+          if (on) on.push(w);
+          else locks.set(lock, [w]);
+        }
       byLock = { line, locks };
     }
     return byLock.locks;
@@ -307,7 +350,7 @@ export function createEngine(setup: EngineSetup) {
   // it changes nothing, else decided by the store.
   function changeBy(lock: string, decide: Decide, options: TransactOptions, gone?: AbortSignal) {
     const asking = askingOf(options);
-    const refused = refusalFromMemory(decide, options.claim ?? [lock], asking);
+    const refused = refusalFromMemory(decide, options.start ? (options.claim ?? [lock]) : null, asking);
     if (refused) return refused;
     const s = store();
     // A peek counts every waiter ahead: an urgent start, which only urgent ones are ahead of, and an override, which
@@ -318,10 +361,16 @@ export function createEngine(setup: EngineSetup) {
   }
 
   // The outcome of a decision that would change nothing, when memory is what is stored; null when the store decides.
-  function refusalFromMemory(decide: Decide, claimReach: readonly string[], asking: Asking = {}): Outcome | null {
+  // `claimReach` is a start's (null for any other change, which no waiter holds back).
+  function refusalFromMemory(
+    decide: Decide,
+    claimReach: readonly string[] | null,
+    asking: Asking = {},
+  ): Outcome | null {
     if (engine.closing) return SHUTTING_DOWN;
     if (!memoryIsCurrent(store())) return null;
-    const { outcome, change } = decide(engine.known, engine.clock.now(), waitingAhead(claimReach, asking));
+    const ahead = claimReach === null ? 0 : waitingAhead(claimReach, asking);
+    const { outcome, change } = decide(engine.known, engine.clock.now(), ahead);
     return change ? null : outcome;
   }
 
@@ -365,6 +414,7 @@ export function createEngine(setup: EngineSetup) {
     const newest = newestOf(names);
     // Its lane, whether it overrides a freeze, and how to tell whom a freeze stops: what orders it in the line.
     const lane: TransactOptions = {
+      start: true,
       frozen: frozenNow,
       ...(req.urgent === undefined ? {} : { urgent: true }),
       ...(req.override === undefined ? {} : { override: true }),
@@ -583,9 +633,10 @@ export function createEngine(setup: EngineSetup) {
 
   function heard(c: Committed, remote: boolean) {
     engine.heard++;
+    const moved = [...c.entries].filter(([name, e]) => !sameHolding(engine.known.entries.get(name), e));
     remember(c.entries, c.after?.lastId ?? engine.known.lastId);
     for (const listener of engine.listeners) listener({ ...c, remote });
-    wakeWaiters([c.lock, ...c.entries.keys()]);
+    wakeWaiters([c.lock, ...moved.map(([name]) => name)]);
   }
 
   // The cache only moves forward: an older answer that arrives late never overwrites a newer one.
@@ -618,24 +669,21 @@ export function createEngine(setup: EngineSetup) {
     const changed = typeof locks === "string" ? [locks] : locks;
     const served = waiting(); // in the order it is served: urgent first, then as they joined
     // A waiter no longer in the line was taken out by another's start (superseded): woken to be told so.
-    const ids = new Set(served.map((q) => q.id));
+    const ids = idsInLine(served);
     for (const w of engine.waiters.values()) if (!ids.has(w.id)) wake(w);
     // The first in line of each claim the change concerns: none served before it overlaps it.
-    const passed: (readonly string[])[] = []; // what each waiter ahead so far may hold
+    const passed = new Passed(); // what the waiters ahead so far may hold
     for (const q of served) {
       const reach = reachOf(q);
-      if (
-        (changed === undefined || claimsOverlap(reach, changed)) &&
-        !passed.some((ahead) => claimsOverlap(ahead, reach))
-      ) {
+      if ((changed === undefined || claimsOverlap(reach, changed)) && !passed.overlaps(reach)) {
         const w = engine.waiters.get(q.id);
         if (w) wake(w);
       }
       // One the freeze stops keeps back no override behind it (see waitersAhead): the next is woken too.
-      if (!heldByFreeze(q, reach, frozenNow)) passed.push(reach);
+      if (!heldByFreeze(q, reach, frozenNow)) passed.add(reach);
       // Once each changed lock is covered by a waiter so far (on it or on a lock above it), every later waiter the
       // change concerns overlaps one ahead of it: the walk ends, and a hand-off looks at the head of the line only.
-      if (changed?.every((l) => passed.some((ahead) => ahead.some((a) => a === l || isAncestor(a, l))))) return;
+      if (changed?.every((l) => passed.covers(l))) return;
     }
   }
 

@@ -249,13 +249,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
         return { outcome: refuse("superseded", String(passedSelf.superseded)), committed: null, joined: null };
       }
     }
-    const waiters = (
-      (await tx`
-      SELECT id, lock, reach, name, made_by, version, urgent, override FROM releasestatus_live_waiters ORDER BY id`) as Record<
-        string,
-        string | null
-      >[]
-    ).map(toQueued);
+    const waiters = options.start ? await waitersBefore(tx, options) : [];
     const superseded = superseding(waiters, options, lock);
     if (superseded.refusal) return { outcome: superseded.refusal, committed: null, joined: null };
     const rest = waiters.filter((w) => !superseded.passed.includes(w));
@@ -343,6 +337,19 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
       await tx`UPDATE releasestatus_waiters SET done = true WHERE id = ${options.self}`;
     await record(tx, lock, events);
     return { outcome, committed: { lock, events, before, after, entries }, joined };
+  }
+
+  // The waiters a start must look at: the whole line for a newcomer (all may be ahead of it, and a newest-first
+  // one supersedes some); for a waiter trying again, only itself, those before it and the urgent lane, so that the head
+  // of a line of ten thousand reads a handful of rows, not the line.
+  async function waitersBefore(tx: SQL, options: TransactOptions): Promise<Queued[]> {
+    const rows = (
+      options.self === undefined
+        ? await tx`SELECT id, lock, reach, name, made_by, version, urgent, override FROM releasestatus_live_waiters ORDER BY id`
+        : await tx`SELECT id, lock, reach, name, made_by, version, urgent, override FROM releasestatus_live_waiters
+                   WHERE id <= ${options.self} OR urgent IS NOT NULL ORDER BY id`
+    ) as Record<string, string | null>[];
+    return rows.map(toQueued);
   }
 
   // Once the batch's commit is known: a waiter is vouched for only once its row is committed (a heartbeat

@@ -132,17 +132,23 @@ export function waitersAhead(
   const overrides = me ? me.override !== undefined : asking.override === true;
   let n = 0;
   for (const w of line) {
-    if (w.id === self || !claimsOverlap(reachOf(w), reach)) continue;
-    if (overrides && heldByFreeze(w, reachOf(w), frozen)) continue;
     const theirs = w.urgent !== undefined;
+    // Only those before `self`, and the urgent lane for a non-urgent waiter, can be ahead: the others are passed
+    // over before the (dearer) look at their claims.
+    if (self !== undefined && w.id >= self && (mine || !theirs)) continue;
+    if (!claimsOverlap(reachOf(w), reach)) continue;
+    if (overrides && heldByFreeze(w, reachOf(w), frozen)) continue;
     if ((theirs && !mine) || (theirs === mine && (self === undefined || w.id < self))) n++;
   }
   return n;
 }
 
 /** The line in the order it is served: the urgent lane first, each lane first come, first served. */
-export const inServiceOrder = (line: readonly Queued[]): Queued[] =>
-  [...line].sort((a, b) => Number(b.urgent !== undefined) - Number(a.urgent !== undefined) || a.id - b.id);
+export const inServiceOrder = (line: Queued[]): Queued[] => {
+  const inOrder = line.every((w, i) => w.urgent === undefined && (i === 0 || (line[i - 1] as Queued).id < w.id));
+  if (inOrder) return line; // the common case, without a sort of the whole line at every change
+  return [...line].sort((a, b) => Number(b.urgent !== undefined) - Number(a.urgent !== undefined) || a.id - b.id);
+};
 
 /** Whether a newcomer asks for the urgent lane. */
 export const isUrgent = (options: TransactOptions): boolean =>
@@ -204,6 +210,7 @@ export function supersededEvent(w: Queued, who: Joiner, started: boolean, at: nu
 }
 
 export type TransactOptions = {
+  start?: boolean; // a start, which the waiters ahead of it hold back: no other change reads the wait line
   claim?: readonly string[]; // every lock the decision may hold (a pool's children too); without it, the one lock
   freedOf?: readonly string[]; // the locks whose last end the decision needs (a pool's children): see Stored.freedAt
   newest?: boolean; // the claim is on a newest-first lock: joining supersedes older waiters of the same claim
@@ -576,8 +583,10 @@ export function decideInLine(
   if (answered) return { outcome: answered, committed: null, joined: null };
   const { passed, refusal } = superseding(line.list(), options, lock);
   if (refusal) return { outcome: refusal, committed: null, joined: null };
-  const rest = line.list().filter((w) => !passed.includes(w));
-  const ahead = waitersAhead(rest, options.claim ?? [lock], options.self, askingOf(options), options.frozen);
+  const rest = passed.length === 0 ? line.list() : line.list().filter((w) => !passed.includes(w));
+  const ahead = options.start
+    ? waitersAhead(rest, options.claim ?? [lock], options.self, askingOf(options), options.frozen)
+    : 0;
   const verdict = decide(stored, now, ahead);
   const { outcome, change } = withinRoom(stored, verdict, options.room, count);
   const joining = !outcome.ok && options.join !== undefined && WAITABLE.has(outcome.reason);
