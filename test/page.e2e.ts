@@ -55,13 +55,9 @@ async function open(
   return { d, page };
 }
 const headline = (page: Page) => page.locator("#headline").textContent();
-// The README's pictures are taken anew only when asked (RS_DOCS_SHOTS=1 make test-browser), so a test run
-// leaves the work tree as it found it; otherwise they go with the other artifacts.
+// The README's pictures (docs/*.png) are taken anew by every run of this suite, from the page as it is.
 const docShot = (page: Page, name: string, fullPage = false) =>
-  page.screenshot({
-    path: join(import.meta.dir, "..", process.env.RS_DOCS_SHOTS === "1" ? "docs" : "artifacts", name),
-    fullPage,
-  });
+  page.screenshot({ path: join(import.meta.dir, "..", "docs", name), fullPage });
 const shot = (page: Page, name: string) => page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true });
 
 describe("the page", () => {
