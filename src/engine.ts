@@ -298,6 +298,17 @@ export function createEngine(setup: EngineSetup) {
     return null;
   }
 
+  /**
+   * As lockOf, for a release another replica may have granted a moment ago, before this one heard of it: an id
+   * past every one this replica has heard of is looked for in one read of every lock.
+   */
+  async function lockOfRelease(id: number): Promise<string | null> {
+    const known = lockOf(id);
+    if (known !== null || store().exclusive || id <= engine.known.lastId) return known;
+    await refresh(ROOT).catch(() => {});
+    return lockOf(id);
+  }
+
   /** Who waits, in order: for `lock` alone when given (a claim of several locks waits on each of them). */
   const waiting = (lock?: string): Queued[] => {
     const line = engine.store ? store().waiting() : [];
@@ -470,7 +481,12 @@ export function createEngine(setup: EngineSetup) {
         // The commit reads the sockets first: a client that went away as the release came free is
         // seen then, and leaves the line (at the top of the loop) rather than being handed it.
         const attempt = await commit(lock, decide, { ...options, self }, gone);
-        if (attempt.outcome.ok) return keepOnlyIfHeard(attempt.outcome, gone);
+        if (attempt.outcome.ok) {
+          // Out of the line now: those its claim kept back may go, though the locks it took are not theirs (a pool's
+          // other child, say).
+          wakeWaiters(options.claim);
+          return keepOnlyIfHeard(attempt.outcome, gone);
+        }
         if (gone.aborted || engine.closing) continue;
         latest = attempt.outcome;
         // A newer start took its place: the store took it out of the line as it passed it.
@@ -785,6 +801,7 @@ export function createEngine(setup: EngineSetup) {
     childrenOf,
     isKnown,
     lockOf,
+    lockOfRelease,
     waiting,
     snapshot,
     snapshotAfter,

@@ -333,6 +333,21 @@ describe("claims of several locks", () => {
     expect((await status(d, "devices/pixel-7")).running).toBe(true);
   });
 
+  test("a waiter held back only by an earlier pool claim starts as soon as that claim is served with another child", async () => {
+    const d = await withPhones();
+    await d.body("/locks/devices/pixel-7/start?name=r");
+    await d.body("/locks/devices/pixel-7/stop"); // pixel-8 is now the child free the longest: the pool takes it
+    await d.body("/locks/prod/eu/start?name=r0");
+    const w1 = d.get("/start?lock=devices/*&lock=prod/eu&name=w1&wait=15");
+    await until(async () => (await status(d, "prod/eu")).queue.length === 1, "w1 in line");
+    const w2 = d.get("/locks/devices/pixel-7/start?name=w2&wait=15"); // behind w1, whose pool may take pixel-7
+    await until(async () => (await status(d, "devices/pixel-7")).queue.length === 2, "w2 in line behind w1");
+    expect(await d.body("/locks/prod/eu/stop")).toBe("1\n");
+    const first = await w1;
+    expect([await first.text(), first.headers.get("x-lock")]).toEqual(["1\n", "devices/pixel-8,prod/eu"]);
+    expect(await (await w2).text()).toBe("1\n"); // at once, not when its wait runs out
+  });
+
   test("a pool can be one of several locks in a claim", async () => {
     const d = await withPhones();
     const res = await d.get("/start?lock=shared-db&lock=devices/*");

@@ -102,6 +102,30 @@ describe("the board and /locks list every lock a start may be asked of, and only
     expect(await d.body("/locks")).toMatch(/^idle: staging: no release is running on staging$/m);
   });
 
+  test("a pool whose parent RS_LOCKS leaves out shows its members, not the parent: every lock listed can be asked", async () => {
+    const pool = '[[lock]]\nname = "devices/pixel-7"\n[[lock]]\nname = "devices/pixel-8"\n';
+    const d = await daemon({ RS_LOCKS: "staging", RS_CONFIG: configFile(pool) });
+    await d.body("/locks/devices/pixel-7/start?name=sion");
+    expect(await listed(d)).toEqual(["devices/pixel-7", "devices/pixel-8", "staging"]);
+    for (const lock of await listed(d)) expect((await d.get(`/locks/${lock}/status`)).status).toBe(200);
+    expect(await d.body("/locks")).not.toMatch(/^\w+: devices: /m);
+  });
+
+  test("a lock a waiter of an overlapping claim stands ahead of is not idle: its status says queued, and who waits", async () => {
+    const d = await daemon();
+    await d.body("/locks/prod/eu/start?name=sion");
+    const ana = d.get("/locks/prod/start?name=ana&wait=30"); // waits for prod/eu; ahead of any start on prod/us
+    await until(async () => (await status(d, "prod")).queue.length === 1, "ana in line");
+    expect((await d.get("/locks/prod/us/start?name=bob")).headers.get("x-reason-code")).toBe("queued");
+    expect(await d.body("/locks/prod/us/status")).toMatch(
+      /^queued: 1 waiting ahead of a start on prod\/us: ana for prod$/m,
+    );
+    const s = await (await d.get("/locks/prod/us/status", json)).json();
+    expect(s.stoppedBy).toEqual([{ why: "queued", message: "1 waiting ahead of a start on prod/us: ana for prod" }]);
+    expect(await d.body("/locks/prod/eu/stop")).toBe("1\n");
+    expect(await (await ana).text()).toBe("1\n");
+  });
+
   test("a group on the board is a lock of its own: held from below, it shows held and names the lock below", async () => {
     const d = await daemon();
     await d.body("/locks/prod/eu/start?name=sion");

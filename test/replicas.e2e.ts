@@ -128,6 +128,16 @@ describe("replicas on one PostgreSQL", () => {
     expect((await status(a)).release.name).toBe("next");
   }, 30_000);
 
+  test("/stop?id= and /renew?id= on another replica act on a release granted there a moment ago", async () => {
+    const [a, b] = (await replicas(2)) as [Daemon, Daemon];
+    for (let round = 0; round < 10; round++) {
+      const start = await b.get(`/locks/k${round}/start?name=ana`);
+      const id = start.headers.get("x-release-id");
+      expect([await start.text(), await a.body(`/renew?id=${id}&ttl=60`)]).toEqual(["1\n", "1\n"]);
+      expect(await a.body(`/stop?id=${id}`)).toBe("1\n"); // not "not-running": wherever the release is
+    }
+  });
+
   test("a lock forgotten through one replica (its release stopped) is forgotten on the others too", async () => {
     const [a, b] = (await replicas(2)) as [Daemon, Daemon];
     const lockList = async (d: Daemon) =>

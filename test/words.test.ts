@@ -197,7 +197,7 @@ describe("the README's curl script says while it waits, and what it gave back", 
   });
 });
 
-describe("the curl script of docs/run.md, stopped by Ctrl-C or SIGTERM, ends its renew loop and gives the release back", () => {
+describe("the curl script of docs/run.md, stopped by Ctrl-C, SIGTERM or kill -9, leaves no loop and holds nothing", () => {
   // The processes left in a process group but sleeps (a loop's last sleep may outlive it; it renews nothing).
   const leftIn = async (group: number) => {
     const ps = Bun.spawn(["ps", "-eo", "pgid=,args="], { stdout: "pipe" });
@@ -207,37 +207,98 @@ describe("the curl script of docs/run.md, stopped by Ctrl-C or SIGTERM, ends its
       .filter(([pgid, command]) => Number(pgid) === group && command !== "sleep")
       .map((l) => l.slice(1).join(" "));
   };
+  const statusOf = async (d: Daemon) => (await d.get("/status?format=json")).json();
+
+  // The script in a group of its own, as a terminal gives a job, so that Ctrl-C (SIGINT to the group) reaches each
+  // process; its deploy says it runs, then sleeps. `edit` changes the script's text (shorter sleeps and leases).
+  async function launch(d: Daemon, edit: (script: string) => string = (s) => s) {
+    const dir = tempDir();
+    writeFileSync(join(dir, "deploy"), edit(curlScript(d.url)));
+    writeFileSync(join(dir, "deploy.sh"), '#!/bin/sh\ntouch "$(dirname "$0")/deploying"\nexec sleep 600\n', {
+      mode: 0o755,
+    });
+    const proc = Bun.spawn(["sh", join(dir, "deploy")], {
+      cwd: dir,
+      detached: true,
+      env: { PATH: process.env.PATH ?? "", USER: "bob" },
+      stdout: Bun.file(join(dir, "out")),
+      stderr: Bun.file(join(dir, "err")),
+    });
+    const deploying = () => until(async () => existsSync(join(dir, "deploying")), "the deploy to run");
+    const said = () => readFileSync(join(dir, "out"), "utf8");
+    const end = () => {
+      try {
+        process.kill(-proc.pid, "SIGKILL"); // what the test started: a leftover sleep, or all of it when it failed
+      } catch {}
+    };
+    return { proc, deploying, said, end };
+  }
 
   for (const signal of ["SIGINT", "SIGTERM"] as const)
     test(`${signal} to the script's process group while it deploys: no loop is left, and the release is stopped`, async () => {
       const d = await daemon();
-      const dir = tempDir();
-      writeFileSync(join(dir, "deploy"), curlScript(d.url));
-      writeFileSync(join(dir, "deploy.sh"), '#!/bin/sh\ntouch "$(dirname "$0")/deploying"\nexec sleep 600\n', {
-        mode: 0o755,
-      });
-      // A group of its own, as a terminal gives a job, so that Ctrl-C (SIGINT to the group) reaches each process.
-      const proc = Bun.spawn(["sh", join(dir, "deploy")], {
-        cwd: dir,
-        detached: true,
-        env: { PATH: process.env.PATH ?? "", USER: "bob" },
-        stdout: Bun.file(join(dir, "out")),
-        stderr: Bun.file(join(dir, "err")),
-      });
+      const { proc, deploying, said, end } = await launch(d);
       try {
-        await until(async () => existsSync(join(dir, "deploying")), "the deploy to run");
-        expect((await (await d.get("/status?format=json")).json()).release).toMatchObject({ name: "bob" });
+        await deploying();
+        expect((await statusOf(d)).release).toMatchObject({ name: "bob" });
         process.kill(-proc.pid, signal);
         await proc.exited;
         await until(async () => (await leftIn(proc.pid)).length === 0, "every loop of the script to end");
-        expect((await (await d.get("/status?format=json")).json()).running).toBe(false);
+        expect((await statusOf(d)).running).toBe(false);
         const { events } = await (await d.get("/history?format=json")).json();
         expect(events[0]).toMatchObject({ kind: "stopped", name: "bob" });
-        expect(readFileSync(join(dir, "out"), "utf8")).toMatch(/gave back release \d+\n$/);
+        expect(said()).toMatch(/gave back release \d+\n$/);
       } finally {
-        try {
-          process.kill(-proc.pid, "SIGKILL"); // what the test started: a leftover sleep, or all of it when it failed
-        } catch {}
+        end();
       }
     });
+
+  test("SIGTERM to the script alone (kill PID, docker stop) while it waits in line: it leaves the line at once", async () => {
+    const d = await daemon();
+    await d.body("/start?name=sion");
+    const { proc, end } = await launch(d);
+    try {
+      await until(async () => (await statusOf(d)).queue.length === 1, "the script to wait in line");
+      process.kill(proc.pid, "SIGTERM");
+      expect(await proc.exited).toBe(143);
+      await until(async () => (await statusOf(d)).queue.length === 0, "the script's place in line to be given up");
+      expect(await d.body("/stop?name=sion")).toBe("1\n");
+      expect((await statusOf(d)).running).toBe(false); // nobody was given the release on the script's behalf
+    } finally {
+      end();
+    }
+  });
+
+  test("SIGTERM to the script alone while it deploys: the deploy is ended and the release given back", async () => {
+    const d = await daemon();
+    const { proc, deploying, said, end } = await launch(d);
+    try {
+      await deploying();
+      process.kill(proc.pid, "SIGTERM");
+      expect(await proc.exited).toBe(143);
+      await until(async () => (await leftIn(proc.pid)).length === 0, "the deploy and every loop to end");
+      expect((await statusOf(d)).running).toBe(false);
+      expect(said()).toMatch(/gave back release \d+\n$/);
+    } finally {
+      end();
+    }
+  });
+
+  test("kill -9 of the script while it deploys: its renew loop ends by itself, and the lease runs out", async () => {
+    const d = await daemon();
+    // Renewing every second with a lease of 3 s, so that the test does not wait minutes.
+    const short = (s: string) => s.replace("sleep 40", "sleep 1").replaceAll("ttl=120", "ttl=3");
+    const { proc, deploying, end } = await launch(d, short);
+    try {
+      await deploying();
+      const { release } = await statusOf(d);
+      await until(async () => (await statusOf(d)).release?.expiresAt !== release.expiresAt, "a renewal");
+      process.kill(proc.pid, "SIGKILL");
+      await proc.exited;
+      await until(async () => (await leftIn(proc.pid)).length === 0, "the renew loop to end by itself");
+      await until(async () => (await statusOf(d)).running === false, "the lease to run out");
+    } finally {
+      end();
+    }
+  });
 });

@@ -72,7 +72,7 @@ export function startServer(
   engine: Engine,
   board: Omit<Board, "tokenRequired">,
 ): Server<undefined> {
-  const { backup, change, lockOf, onCommit, snapshot, snapshotAfter, start } = engine;
+  const { backup, change, lockOf, lockOfRelease, onCommit, snapshot, snapshotAfter, start } = engine;
   const views = viewsOf(engine, { ...board, tokenRequired: () => closed(cfg.access) });
   const { broadcastChange, statusJson } = views;
 
@@ -255,9 +255,16 @@ export function startServer(
     who.name || release === null ? who : { ...who, name: s.releases.find((r) => r.id === release)?.name ?? "" };
 
   // The original's /stop and /renew with an id act on the release wherever it is (rule 3 of the lock model):
-  // on the lock that holds it, when that is not the original's.
-  const byId = (lock: string, release: number | null): string =>
-    release !== null && lock === DEFAULT_LOCK ? (lockOf(release) ?? lock) : lock;
+  // on the lock that holds it, when that is not the original's (found by another replica a moment ago too).
+  const onRelease = (
+    lock: string,
+    release: number | null,
+    act: (lock: string) => Outcome | Promise<Outcome>,
+  ): Outcome | Promise<Outcome> => {
+    if (release === null || lock !== DEFAULT_LOCK) return act(lock);
+    const held = lockOf(release);
+    return held !== null ? act(held) : lockOfRelease(release).then((found) => act(found ?? lock));
+  };
 
   // Stopping or renewing a release acts on every lock it holds: the token must cover each of them, not only the
   // one the path names (a token for staging must not end or extend a release that also holds prod).
@@ -334,9 +341,11 @@ export function startServer(
       (p, { lock, token }) => {
         const release = id(p);
         const who = actor(p, token);
-        return change(
-          byId(lock, release),
-          (s, now) => notAllOf(token, "stop", s, release) ?? stop(s, release, creditedTo(who, s, release), now),
+        return onRelease(lock, release, (on) =>
+          change(
+            on,
+            (s, now) => notAllOf(token, "stop", s, release) ?? stop(s, release, creditedTo(who, s, release), now),
+          ),
         );
       },
       () => ({ message: "the release is over" }),
@@ -352,9 +361,8 @@ export function startServer(
           throw new Invalid(
             `ttl is required (the daemon has no RS_TTL): a whole number of seconds from 1 to ${MAX_TTL_SECONDS}`,
           );
-        return change(
-          byId(lock, release),
-          (s, now) => notAllOf(token, "renew", s, release) ?? renew(s, release, ttl, now, token?.who),
+        return onRelease(lock, release, (on) =>
+          change(on, (s, now) => notAllOf(token, "renew", s, release) ?? renew(s, release, ttl, now, token?.who)),
         );
       },
       (o) => ({

@@ -1,6 +1,7 @@
 // What a lock looks like to a reader: /status and /locks as JSON and text,
 // events as JSON, and the live event streams of /events.
 import { describeLocalTime } from "../calendar.ts";
+import { claimsOverlap } from "../claim.ts";
 import type { Engine, Snapshot } from "../engine.ts";
 import { calendarOf, freezeJson, freezeWindows, frozenAt } from "../freezes.ts";
 import { estimate } from "../metrics.ts";
@@ -54,7 +55,7 @@ const releaseJson = (release: Release) => ({
 });
 
 /** What keeps a start on a lock from being granted now: the word a script tests, and the words a person reads. */
-export type Stop = { why: "running" | "full" | "blocked" | "frozen" | "held"; message: string };
+export type Stop = { why: "running" | "full" | "blocked" | "frozen" | "held" | "queued"; message: string };
 
 /**
  * Everything that stops a start on this lock now, each said once, in the order the rules refuse for them
@@ -86,7 +87,7 @@ function freezesOf(lock: string) {
   return { freeze: now && freezeJson(now), nextFreeze: next && freezeJson(next) };
 }
 
-const VERDICT = /^(running|blocked|frozen|held|idle): /;
+const VERDICT = /^(running|blocked|frozen|held|queued|idle): /;
 const topOf = (lock: string) => lock.split("/")[0] as string;
 // The root as /locks and the metrics name it (its name is empty).
 const ROOT_NAME = "/";
@@ -186,6 +187,20 @@ export function closeEventStreams(): void {
 export function viewsOf(engine: Engine, board: Board) {
   const { childrenOf, health, snapshot, storeDescription, waiting } = engine;
   const { tokenRequired, describe: descriptionOf, pools } = board;
+  /**
+   * Everything that stops a start on `lock` (see stoppedBy) and, when nothing else does, the waiters whose claims
+   * overlap it (on it, above it, below it, or a claim of several locks): they are served first, and a start is
+   * refused `queued` behind them, so such a lock is not idle.
+   */
+  function stopsOn(lock: string, s: State, now: number): Stop[] {
+    const stops = stoppedBy(lock, s, now);
+    if (stops.length > 0) return stops;
+    const ahead = waiting().filter((w) => claimsOverlap(reachOf(w), [lock]));
+    if (ahead.length === 0) return stops;
+    const each = ahead.map((w) => `${describeWaiter(w)} for ${reachOf(w).join(" and ")}`);
+    return [{ why: "queued", message: `${ahead.length} waiting ahead of a start${on(lock)}: ${each.join(", ")}` }];
+  }
+
   /** A lock's status, from one snapshot (see engine.ts `snapshot`): never pieced together from several reads. */
   function statusJson(lock: string, snap: Snapshot) {
     const s = snap.state(lock);
@@ -221,7 +236,7 @@ export function viewsOf(engine: Engine, board: Board) {
         ...(w.version === undefined ? {} : { version: w.version }),
         ...(w.urgent === undefined ? {} : { urgent: w.urgent }),
       })),
-      stoppedBy: stoppedBy(lock, s, Date.now()),
+      stoppedBy: stopsOn(lock, s, Date.now()),
       lastReleaseId: s.lastId,
       estimate: estimate(release),
       ...freezesOf(lock),
@@ -246,7 +261,8 @@ export function viewsOf(engine: Engine, board: Board) {
   /**
    * The status in lines a script can grep: the first says what stops a start. A lock a release holds begins
    * `running:` (as the original's did), then what else stops a start; any other lock lists what stops it
-   * (`held:` by a release above or below, `blocked:`, `frozen:`) before `idle:`, so `^idle` means it is free.
+   * (`held:` by a release above or below, `blocked:`, `frozen:`, `queued:` behind waiters of overlapping claims)
+   * before `idle:`, so `^idle` means it is free.
    */
   function statusText(lock: string, snap: Snapshot): string {
     const now = Date.now();
@@ -254,7 +270,7 @@ export function viewsOf(engine: Engine, board: Board) {
     const { release } = s;
     const running = (r: Release) =>
       `${describeRelease(r, lock)}, for ${duration(now - r.startedAt)}${r.expiresAt === null ? "" : `; lease ends ${iso(r.expiresAt)}`}`;
-    const others = stoppedBy(lock, s, now)
+    const others = stopsOn(lock, s, now)
       .filter((stop) => stop.why !== "running" && stop.why !== "full") // its own releases are the running: line
       .map((stop) => `${stop.why}: ${stop.message}`);
     const lines = !release
@@ -292,7 +308,7 @@ export function viewsOf(engine: Engine, board: Board) {
     for (const lock of [...names]) names.add(topOf(lock));
     names.delete(ROOT);
     const allowed = [...names].filter(board.allowed);
-    return [...new Set([...allowed, ...pools()])].sort(); // a pool shows its members before any is used
+    return [...new Set([...allowed, ...pools().filter(board.allowed)])].sort(); // a pool shows before it is used
   }
 
   /**
