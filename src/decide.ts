@@ -171,18 +171,20 @@ export function decideStart(
 /**
  * On a newest-first lock, a start older than a release running there or than the last version granted there
  * (stored with the lock, so neither a pruned history nor a restart forgets it) is refused `stale`, unless it
- * overrides (a deliberate roll back). A pool is never compared: its members may run different versions. Null:
- * it is not older, or it has no version.
+ * overrides (a deliberate roll back) what was out when it asked: a version that went out while an override
+ * waited in line (one kept there during a freeze, say) is not rolled back by it. A pool is never compared: its
+ * members may run different versions. Null: it is not older, or it has no version.
  */
 function stale(claim: readonly string[], req: StartRequest, rows: Rows, setup: Setup): Refusal | null {
   const version = req.version;
-  if (version === undefined || req.override !== undefined) return null;
+  if (version === undefined) return null;
+  const overridden = (at: number) => req.override !== undefined && (req.joinedAt === undefined || at <= req.joinedAt);
   for (const lock of claim) {
     if (isPool(lock) || !setup.newest(lock)) continue;
     const running = rows.state(lock).releases.map((r) => ({ version: r.version, at: r.startedAt, name: r.name }));
     const known = [...running, rows.get(lock)?.released];
     for (const newer of known)
-      if (newer?.version !== undefined && compareVersions(version, newer.version) < 0)
+      if (newer?.version !== undefined && compareVersions(version, newer.version) < 0 && !overridden(newer.at))
         return refuse("stale", describeStale(version, { ...newer, version: newer.version }, lock));
   }
   return null;

@@ -444,7 +444,9 @@ export function createEngine(setup: EngineSetup) {
     return commit(lock, decide, { ...inLine, join: req }, gone).then((d) => {
       if (d.outcome.ok) return keepOnlyIfHeard(d.outcome, gone);
       if (!d.joined) return d.outcome;
-      return waitInLine(lock, decide, inLine, d.joined.id, d.outcome, waitSeconds, gone);
+      // From its place in line on, what it overrides is what was out when it joined (see decide.ts `stale`).
+      const inLineDecide = withStatus(decideStart(names, { ...req, joinedAt: d.joined.since }, SETUP, stillAllowed));
+      return waitInLine(lock, inLineDecide, inLine, d.joined.id, d.outcome, waitSeconds, gone);
     });
   }
 

@@ -167,6 +167,7 @@ export type StartRequest = Holder & {
   override?: string; // why it may start during a freeze (allowed to whoever may override)
   version?: string; // what the deploy calls its build (version=): a newest-first line keeps only the newest
   urgent?: string; // why it waits ahead of every non-urgent waiter (allowed to whoever may urgent)
+  joinedAt?: number; // when it joined the wait line: an override rolls back only what was out by then
 };
 
 /** A freeze in force on a lock, as the calendar (src/calendar.ts) says: its words, and when it ends. */

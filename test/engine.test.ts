@@ -1043,6 +1043,26 @@ for (const [storeName, makeStore] of stores) {
           await engine.close();
           expect(reasonOf(await ciLater)).toBe("shutting-down");
         });
+
+        test("an override kept in line during a freeze passes no version released after it joined: no roll back once the freeze ends", async () => {
+          config.newest = (lock) => lock === "prod";
+          await calendar(window("2026-11-27 08:00", "2026-11-27 09:10", ["prod"]));
+          await engine.start(
+            "prod",
+            { ...holder("r"), version: "1", override: "INC-A" },
+            0,
+            new AbortController().signal,
+          );
+          const ci = wait("prod", "ci-20", { version: "20" });
+          await inLine(1);
+          const oncall = wait("prod", "oncall-10", { version: "10", override: "INC-B" }); // kept: the freeze stops ci
+          await inLine(2);
+          await clock.advance(THAW - T0 + 1); // the freeze ends while r still runs: ci is first in line again
+          await stopOn("prod");
+          expect(reasonOf(await ci)).toBe("granted");
+          await stopOn("prod");
+          expect(reasonOf(await oncall)).toBe("stale"); // 20 went out after it joined: 10 would roll it back
+        });
       });
 
       test("a release already running is not cut when a freeze begins", async () => {
