@@ -201,7 +201,7 @@ export function createEngine(setup: EngineSetup) {
    */
   async function open(): Promise<{ state: State; expired: Event[] }> {
     const s = engine.store;
-    s.watch((lock, events) => void heardFromElsewhere(lock, events));
+    s.watch((lock, events, freed) => void heardFromElsewhere(lock, events, freed));
     try {
       const all = await s.readAll();
       remember(all.entries, all.lastId);
@@ -706,7 +706,7 @@ export function createEngine(setup: EngineSetup) {
   }
 
   // Another replica changed something (or the poll came round): read afresh, then let waiters try.
-  async function heardFromElsewhere(lock: string, events: Event[]) {
+  async function heardFromElsewhere(lock: string, events: Event[], freed: readonly string[] = []) {
     // A release of several locks changed every one of its rows: each is read afresh.
     const changed = new Set([lock, ...events.flatMap((e) => e.locks ?? [])]);
     for (const l of changed) await refresh(l).catch(() => {});
@@ -715,7 +715,8 @@ export function createEngine(setup: EngineSetup) {
       for (const listener of engine.listeners)
         listener({ lock, events, before: s, after: s, entries: new Map(), remote: true });
     }
-    wakeWaiters(lock);
+    // The waiters the change concerns, and those that a waiter it took out of the line kept back.
+    wakeWaiters([...changed, ...freed]);
     for (const [name, e] of engine.known.entries)
       if (overlaps(name, lock) && expiryDue(e)) void change(name, unchanged);
   }

@@ -138,6 +138,39 @@ describe("replicas on one PostgreSQL", () => {
     }
   });
 
+  // With the poll's waking off, only a change's notification can wake a waiter on another replica.
+  const PHONES = '[[lock]]\nname = "phones/p7"\n[[lock]]\nname = "phones/p8"\n';
+  const notifiedOnly = async () =>
+    (await replicas(2, { RS_CONFIG: configFile(PHONES), RS_TEST_POLL_WAKES: "0" })) as [Daemon, Daemon];
+  // On a: phones/p7 used once (so p8 is free the longest), region/eu held, and w1 waiting for a phone and region/eu.
+  // On b: w2 waiting for phones/p7, held back only by w1's claim, which may take it.
+  async function w2BehindAPoolClaim(a: Daemon, b: Daemon, w1Gone: AbortSignal) {
+    await a.body("/locks/phones/p7/start?name=r");
+    await a.body("/locks/phones/p7/stop");
+    await a.body("/locks/region/eu/start?name=r0");
+    const w1 = a.get("/start?lock=phones/*&lock=region/eu&name=w1&wait=15", { signal: w1Gone }).catch(() => null);
+    await until(async () => (await statusOn(b, "region/eu")).queue.length === 1, "w1 in line");
+    const w2 = b.get("/locks/phones/p7/start?name=w2&wait=15");
+    await until(async () => (await statusOn(a, "phones/p7")).queue.length === 2, "w2 in line behind w1");
+    return { w1, w2 };
+  }
+
+  test("a waiter served on one replica wakes, by its notification, one on another that its claim kept back", async () => {
+    const [a, b] = await notifiedOnly();
+    const { w1, w2 } = await w2BehindAPoolClaim(a, b, new AbortController().signal);
+    expect(await a.body("/locks/region/eu/stop")).toBe("1\n");
+    expect(await (await w1)?.text()).toBe("1\n"); // with phones/p8
+    expect(await (await w2).text()).toBe("1\n");
+  });
+
+  test("a waiter that leaves the line on one replica wakes, by its notification, one on another it kept back", async () => {
+    const [a, b] = await notifiedOnly();
+    const gone = new AbortController();
+    const { w2 } = await w2BehindAPoolClaim(a, b, gone.signal);
+    gone.abort(); // w1's client goes away: it leaves the line, and phones/p7 is w2's
+    expect(await (await w2).text()).toBe("1\n");
+  });
+
   test("a lock forgotten through one replica (its release stopped) is forgotten on the others too", async () => {
     const [a, b] = (await replicas(2)) as [Daemon, Daemon];
     const lockList = async (d: Daemon) =>

@@ -37,6 +37,7 @@ import {
   toColumns,
   toEvent,
   toStored,
+  type Watcher,
   waiterOf,
   waitersAhead,
 } from "./store.ts";
@@ -48,6 +49,8 @@ const MIGRATION_LOCK = 0x5253_7431; // pg_advisory_xact_lock key: replicas start
 // 10 s; but in the first seconds after the database (re)started every row counts and none is
 // deleted, so that replicas can vouch for their waiters again before a newcomer takes their place.
 const POLL_MS = 1000;
+// Tests turn the poll's waking off (RS_TEST_POLL_WAKES=0) to show that notifications alone serve the waiters.
+const POLL_WAKES = process.env.RS_TEST_POLL_WAKES !== "0";
 // The daemon's own bounds, sent as each connection opens (the migration's and LISTEN's too), so that they win
 // over what the server, the database or the role sets: the database aborts what runs longer, so no answer
 // races a commit, and a server's shorter statement_timeout (or a database set read-only by default) does not
@@ -114,7 +117,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
   let line: Queued[] = []; // every replica's waiters, as last read
   let lineChanges = 0; // a read that began before this replica changed the line is too old to keep
   const ours = new Map<number, Queued>(); // waiter rows this replica vouches for
-  const watchers: ((lock: string, events: Event[]) => void)[] = [];
+  const watchers: Watcher[] = [];
 
   function failed(e: Error) {
     health.failures++;
@@ -335,7 +338,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
       await tx`UPDATE releasestatus_lock SET last_id = ${after.lastId} WHERE name = ''`;
     if (outcome.ok && options.self !== undefined)
       await tx`UPDATE releasestatus_waiters SET done = true WHERE id = ${options.self}`;
-    await record(tx, lock, events);
+    await record(tx, lock, events, outcome.ok && options.self !== undefined ? claim : []);
     return { outcome, committed: { lock, events, before, after, entries }, joined };
   }
 
@@ -406,14 +409,15 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     return Number(n);
   }
 
-  // Appends events, prunes the oldest, and tells the other replicas (NOTIFY is delivered on commit).
-  async function record(tx: SQL, lock: string, events: Event[]) {
+  // Appends events, prunes the oldest, and tells the other replicas (NOTIFY is delivered on commit); `freed` is the
+  // claim of a waiter that left the line in it (served, or gone), whose followers on other replicas may go now.
+  async function record(tx: SQL, lock: string, events: Event[], freed: readonly string[] = []) {
     for (const e of events)
       await tx`INSERT INTO releasestatus_events (lock, at, kind, release_id, name, reason, made_by, status, locks, version)
                VALUES (${e.lock}, ${e.at}, ${e.kind}, ${e.releaseId}, ${e.name}, ${e.reason}, ${e.by ?? null},
                  ${e.status ?? null}, ${eventLocks(e)}, ${e.version ?? null})`;
     await tx`DELETE FROM releasestatus_events WHERE seq <= (SELECT max(seq) FROM releasestatus_events) - ${opts.historyLimit}`;
-    await tx`SELECT pg_notify(${CHANNEL}, ${JSON.stringify({ replica, lock, events })})`;
+    await tx`SELECT pg_notify(${CHANNEL}, ${JSON.stringify({ replica, lock, events, ...(freed.length ? { freed } : {}) })})`;
   }
 
   function forget(id: number) {
@@ -429,7 +433,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
         const dbNow = await takeRoot(tx); // first, as a change does: a waiter's row after the root's, never before
         const [gone] = await tx`
           UPDATE releasestatus_waiters SET done = true WHERE id = ${id} AND NOT done
-          RETURNING name, reason, made_by`;
+          RETURNING name, reason, made_by, lock, reach`;
         if (!gone) return null;
         const at = injected ?? dbNow;
         const events = [
@@ -441,7 +445,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
             why,
           ),
         ];
-        await record(tx, lock, events);
+        await record(tx, lock, events, reachOf(toQueued({ id, ...gone })));
         return { lock, events, before: null, after: null, entries: new Map() };
       });
     } catch (e) {
@@ -550,7 +554,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
                    AND pg_postmaster_start_time() < clock_timestamp() - interval '10 seconds'`;
       });
     } catch {}
-    for (const w of watchers) w(ROOT, []); // the root overlaps every lock: everyone looks again
+    if (POLL_WAKES) for (const w of watchers) w(ROOT, []); // the root overlaps every lock: everyone looks again
   }
 
   let listening: { unlisten(): Promise<void> } | null = null;
@@ -565,8 +569,9 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
           replica: from,
           lock,
           events,
-        } = JSON.parse(payload) as { replica: string; lock: string; events: Event[] };
-        if (from !== replica) for (const w of watchers) w(lock, events);
+          freed = [],
+        } = JSON.parse(payload) as { replica: string; lock: string; events: Event[]; freed?: string[] };
+        if (from !== replica) for (const w of watchers) w(lock, events, freed);
       });
     } catch {
       listening = null; // the poll keeps things moving meanwhile; the next tick tries again

@@ -250,6 +250,12 @@ export type Health = {
   problem: string | null; // what is wrong, for /healthz and the log
 };
 
+/**
+ * Told of a change another process made: the lock it decided on, its events, and the claim of a waiter it took
+ * out of the line (served or gone), whose followers here may go now.
+ */
+export type Watcher = (lock: string, events: Event[], freed?: readonly string[]) => void;
+
 export interface Store {
   readonly description: string; // where state lives, for logs and /status; never a password
   readonly notices?: readonly string[]; // what opening it found that the operator should hear of (logged as warnings)
@@ -298,7 +304,7 @@ export interface Store {
   /** Newest first; with `lock`, the events of that lock and the locks under it. Throws StorageError when unreadable. */
   history(limit: number, lock?: string): Promise<Event[]>;
   /** Calls `changed` when another process committed a change to `lock` (PostgreSQL replicas), and on each poll. */
-  watch(changed: (lock: string, events: Event[]) => void): void;
+  watch(changed: Watcher): void;
   /** A consistent copy of the whole database, for `releasestatus backup`; null when the store cannot give one. */
   backup(): Uint8Array | null;
   close(): Promise<void>;
