@@ -242,6 +242,20 @@ describe("the page of one lock", () => {
     expect(await page.locator("#block-info").getAttribute("data-state")).toBe("blocked");
   });
 
+  test("a free lock that a waiter of an overlapping claim stands ahead of says so, and offers no start", async () => {
+    const { d, page } = await open({}, undefined, "/locks/prod/us/");
+    await d.body("/locks/prod/eu/start?name=sion");
+    const ana = d.body("/locks/prod/start?name=ana&wait=30"); // waits for prod/eu, ahead of any start on prod/us
+    await page.locator("#headline", { hasText: "Waiters ahead" }).waitFor();
+    expect(await page.locator("#state").getAttribute("data-state")).toBe("queued");
+    expect(await page.locator("#holder").textContent()).toContain(
+      "1 waiting ahead of a start on prod/us: ana for prod",
+    );
+    expect(await page.locator("#start").isHidden()).toBe(true);
+    await d.body("/locks/prod/eu/stop");
+    expect(await ana).toBe("1\n");
+  });
+
   test("works on a named lock, and shows a release above or below that keeps it from starting", async () => {
     const { d, page } = await open({}, undefined, "/locks/prod/eu/");
     await d.body("/locks/prod/start?name=all-of-prod");
