@@ -22,13 +22,19 @@ function blocksOf(file: string): Block[] {
   let before = ""; // the last line that is not empty, outside blocks
   for (let i = 0; i < lines.length; i++) {
     const line = lines[i] as string;
-    if (line.startsWith("```")) {
-      const end = lines.findIndex((l, j) => j > i && l.startsWith("```"));
-      const notRun = NOT_RUN.exec(before)?.[1] ?? null;
+    // A fence may be indented, inside a list item: its lines are read without that indentation.
+    const fence = /^(\s*)```(.*)$/.exec(line);
+    if (fence) {
+      const indent = fence[1]?.length ?? 0;
+      const end = lines.findIndex((l, j) => j > i && l.trimStart().startsWith("```"));
+      const notRun = NOT_RUN.exec(before.trim())?.[1] ?? null;
       blocks.push({
         where: `${file}:${i + 1}`,
-        lang: line.slice(3),
-        text: lines.slice(i + 1, end).join("\n"),
+        lang: fence[2] ?? "",
+        text: lines
+          .slice(i + 1, end)
+          .map((l) => l.slice(indent))
+          .join("\n"),
         section,
         notRun,
       });
@@ -62,12 +68,12 @@ const shLines = (b: Block) => b.text.split("\n").filter((l) => l.trim() !== "");
 
 describe("every block of docs/*.md is run or checked here, or marked in the markdown as not run, with why", () => {
   test("there are blocks to run, of each kind", () => {
-    expect(new Set(run.map((b) => b.lang))).toEqual(new Set(["sh", "toml", "yaml"]));
+    expect(new Set(run.map((b) => b.lang))).toEqual(new Set(["sh", "toml", "yaml", "json", "js"]));
   });
 
-  test("each block not marked is TOML, YAML, or sh whose every line is a curl of the daemon or a releasestatus command", () => {
+  test("each block not marked is TOML, YAML, JSON, JavaScript, or sh whose every line is a curl of the daemon or a releasestatus command", () => {
     const unknown = run.filter(
-      (b) => !(b.lang === "toml" || b.lang === "yaml" || (b.lang === "sh" && shLines(b).every(runnable))),
+      (b) => !(["toml", "yaml", "json", "js"].includes(b.lang) || (b.lang === "sh" && shLines(b).every(runnable))),
     );
     expect(
       unknown.map((b) => `${b.where} (${b.lang || "no language"}): mark it <!-- not run: REASON --> or run it here`),
@@ -108,6 +114,40 @@ describe("every TOML block of docs/*.md is a valid configuration file", () => {
       writeFileSync(join(dir, "releasestatus.toml"), fillIn(b.text, dir));
       const checked = await checkConfig(join(dir, "releasestatus.toml"));
       expect({ code: checked.code, stderr: checked.stderr }).toEqual({ code: 0, stderr: "" });
+    });
+});
+
+describe("every JSON block of docs/*.md parses", () => {
+  for (const b of run.filter((b) => b.lang === "json"))
+    test(`${b.where} (${b.section})`, () => {
+      expect(JSON.parse(b.text)).toBeTruthy();
+    });
+});
+
+// The JavaScript of docs/notifications.md is a receiver's check of a signed delivery: loaded as a module, it must
+// accept a delivery signed as the daemon signs (test/webhooks.test.ts checks the daemon's signatures the same way),
+// and refuse it once its body, its id or its time is changed.
+describe("every JavaScript block of docs/*.md runs: the receiver's check of a signature", () => {
+  for (const b of run.filter((b) => b.lang === "js"))
+    test(`${b.where} (${b.section}) accepts a signed delivery and refuses a changed one`, async () => {
+      const { createHmac, randomBytes } = await import("node:crypto");
+      const file = join(tempDir(), "verify.mjs");
+      writeFileSync(file, `${b.text}\nexport { verified };\n`);
+      const { verified } = await import(file);
+      const key = randomBytes(32);
+      const secret = `whsec_${key.toString("base64")}`;
+      const sign = (id: string, ts: string, body: string) =>
+        `v1,${createHmac("sha256", key).update(`${id}.${ts}.${body}`).digest("base64")}`;
+      const ts = String(Math.floor(Date.now() / 1000));
+      const body = '{"type":"release.started"}';
+      const headers = { "webhook-id": "msg_1", "webhook-timestamp": ts, "webhook-signature": sign("msg_1", ts, body) };
+      expect(verified(secret, headers, body)).toBe(true);
+      expect(verified(secret, headers, body.replace("started", "stopped"))).toBe(false);
+      expect(verified(secret, { ...headers, "webhook-id": "msg_2" }, body)).toBe(false);
+      const old = String(Number(ts) - 3600);
+      expect(
+        verified(secret, { ...headers, "webhook-timestamp": old, "webhook-signature": sign("msg_1", old, body) }, body),
+      ).toBe(false);
     });
 });
 
