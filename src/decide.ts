@@ -22,7 +22,7 @@ import {
   startEvents,
   whyNotStart,
 } from "./release.ts";
-import { type Entry, type Stored, scopeOf, type Verdict } from "./store/store.ts";
+import { type Decide, type Entry, type Stored, scopeOf, type Verdict } from "./store/store.ts";
 import { compareVersions } from "./version.ts";
 import { describeStale } from "./words.ts";
 
@@ -100,16 +100,12 @@ class Rows {
 }
 
 /** A rule on one lock, after ending any lease that ran out before it: the refusal may carry that change. */
-export function decideOn(
-  lock: string,
-  rule: Rule,
-  setup: Setup,
-): (stored: Stored, now: number, ahead: number) => Verdict {
+export function decideOn(lock: string, rule: Rule, setup: Setup): Decide {
   return (stored, now, ahead) => {
     const rows = new Rows(stored, setup);
     const s = rows.state(lock);
     const expired = expire(s, now);
-    const outcome = expired ? andThen(expired, (x) => rule(x, now, ahead)) : rule(s, now, ahead);
+    const outcome = expired ? andThen(expired, (x) => rule(x, now, ahead())) : rule(s, now, ahead());
     const change: Change | null = outcome.ok ? outcome : expired;
     return settled(rows, outcome, change);
   };
@@ -124,7 +120,7 @@ export function decideStart(
   req: StartRequest,
   setup: Setup,
   stillAllowed: () => Refusal | null,
-): (stored: Stored, now: number, ahead: number) => Verdict {
+): Decide {
   return (stored, now, ahead) => {
     const rows = new Rows(stored, setup);
     const events: Event[] = [];
@@ -149,7 +145,8 @@ export function decideStart(
       frozen = frozen ?? chosen.frozen;
     }
     // Waiters the freeze stops are not counted ahead of an override (see waitersAhead in store.ts).
-    if (ahead > 0) return settled(rows, refuse("queued", `${ahead} waiting ahead of you`), expiry());
+    const waiting = ahead();
+    if (waiting > 0) return settled(rows, refuse("queued", `${waiting} waiting ahead of you`), expiry());
     const release = newRelease(rows.lastId, req, now, held);
     for (const lock of held) {
       const s = rows.state(lock);

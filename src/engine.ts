@@ -341,6 +341,31 @@ export function createEngine(setup: EngineSetup) {
     return byLock.locks;
   }
 
+  /**
+   * The waiters whose claims overlap `lock` (they may hold it, a lock above it or one below it), in the order they
+   * are served: a start on it waits behind them. Indexed once for each line, so that /locks may ask it of every
+   * lock without walking the line each time.
+   */
+  function waitingAround(lock: string): Queued[] {
+    const served = waiting();
+    if (around?.served !== served) {
+      const under = new Map<string, Set<Queued>>(); // by each lock a waiter may hold and each lock above those
+      const add = (l: string, w: Queued) => {
+        const at = under.get(l);
+        if (at) at.add(w);
+        else under.set(l, new Set([w]));
+      };
+      for (const w of served) for (const l of reachOf(w)) for (const a of [l, ...ancestorsOf(l)]) add(a, w);
+      around = { served, under, position: new Map(served.map((w, i) => [w, i])) };
+    }
+    const { under, position } = around;
+    const found = new Set(under.get(lock));
+    const exactly = lineByLock(served); // those that may hold a lock above it
+    for (const a of ancestorsOf(lock)) for (const w of exactly.get(a) ?? []) if (reachOf(w).includes(a)) found.add(w);
+    return [...found].sort((a, b) => (position.get(a) ?? 0) - (position.get(b) ?? 0));
+  }
+  let around: { served: Queued[]; under: Map<string, Set<Queued>>; position: Map<Queued, number> } | null = null;
+
   // Whether a freeze is in force on any of these locks now: a decision asks it of the waiters it counts.
   const frozenNow: FrozenNow = (locks) => locks.some((l) => engine.frozen(l, engine.clock.now()) !== null);
 
@@ -380,7 +405,7 @@ export function createEngine(setup: EngineSetup) {
   ): Outcome | null {
     if (engine.closing) return SHUTTING_DOWN;
     if (!memoryIsCurrent(store())) return null;
-    const ahead = claimReach === null ? 0 : waitingAhead(claimReach, asking);
+    const ahead = () => (claimReach === null ? 0 : waitingAhead(claimReach, asking));
     const { outcome, change } = decide(engine.known, engine.clock.now(), ahead);
     return change ? null : outcome;
   }
@@ -396,7 +421,7 @@ export function createEngine(setup: EngineSetup) {
   ): Promise<Outcome> {
     try {
       const { stored, ahead, now } = await (s.peek as NonNullable<Store["peek"]>)(lock);
-      const { outcome, change } = decide(stored, now, ahead);
+      const { outcome, change } = decide(stored, now, () => ahead);
       if (!outcome.ok && !change && !engine.closing) return outcome;
     } catch {} // the transaction says what is wrong
     return (await commit(lock, decide, options, gone)).outcome;
@@ -437,7 +462,7 @@ export function createEngine(setup: EngineSetup) {
       return (changeBy(lock, decide, options, gone) as Promise<Outcome>).then((o) => keepOnlyIfHeard(o, gone));
     }
     if (memoryIsCurrent(store())) {
-      const { outcome } = decide(engine.known, engine.clock.now(), waitingAhead(claimReach, askingOf(options)));
+      const { outcome } = decide(engine.known, engine.clock.now(), () => waitingAhead(claimReach, askingOf(options)));
       if (!outcome.ok && !WAITABLE.has(outcome.reason)) return outcome; // nothing to wait for
     }
     const inLine = { ...options, claim: claimReach, newest: newest.length > 0 };
@@ -527,7 +552,7 @@ export function createEngine(setup: EngineSetup) {
   ): Promise<string> {
     // Another replica may have changed it.
     if (!store().exclusive) for (const l of claimReach) await refresh(l).catch(() => {});
-    const ahead = waitersAhead(store().waiting(), claimReach, self, {}, frozenNow);
+    const ahead = () => waitersAhead(store().waiting(), claimReach, self, {}, frozenNow);
     const { outcome } = decide(engine.known, engine.clock.now(), ahead);
     const refusal = outcome.ok ? latest : outcome;
     return refusal.ok ? "" : refusal.message;
@@ -691,6 +716,7 @@ export function createEngine(setup: EngineSetup) {
     for (const w of engine.waiters.values()) if (!ids.has(w.id)) wake(w);
     // The first in line of each claim the change concerns: none served before it overlaps it.
     const passed = new Passed(); // what the waiters ahead so far may hold
+    const overrides = served.some((w) => w.override !== undefined); // only then does a freeze change who is ahead
     for (const q of served) {
       const reach = reachOf(q);
       if ((changed === undefined || claimsOverlap(reach, changed)) && !passed.overlaps(reach)) {
@@ -698,7 +724,7 @@ export function createEngine(setup: EngineSetup) {
         if (w) wake(w);
       }
       // One the freeze stops keeps back no override behind it (see waitersAhead): the next is woken too.
-      if (!heldByFreeze(q, reach, frozenNow)) passed.add(reach);
+      if (!overrides || !heldByFreeze(q, reach, frozenNow)) passed.add(reach);
       // Once each changed lock is covered by a waiter so far (on it or on a lock above it), every later waiter the
       // change concerns overlaps one ahead of it: the walk ends, and a hand-off looks at the head of the line only.
       if (changed?.every((l) => passed.covers(l))) return;
@@ -806,6 +832,7 @@ export function createEngine(setup: EngineSetup) {
     lockOf,
     lockOfRelease,
     waiting,
+    waitingAround,
     snapshot,
     snapshotAfter,
     refresh,

@@ -1,7 +1,6 @@
 // What a lock looks like to a reader: /status and /locks as JSON and text,
 // events as JSON, and the live event streams of /events.
 import { describeLocalTime } from "../calendar.ts";
-import { claimsOverlap } from "../claim.ts";
 import type { Engine, Snapshot } from "../engine.ts";
 import { calendarOf, freezeJson, freezeWindows, frozenAt } from "../freezes.ts";
 import { estimate } from "../metrics.ts";
@@ -185,7 +184,7 @@ export function closeEventStreams(): void {
  * with the board's words for the configuration.
  */
 export function viewsOf(engine: Engine, board: Board) {
-  const { childrenOf, health, snapshot, storeDescription, waiting } = engine;
+  const { childrenOf, health, snapshot, storeDescription, waiting, waitingAround } = engine;
   const { tokenRequired, describe: descriptionOf, pools } = board;
   /**
    * Everything that stops a start on `lock` (see stoppedBy) and, when nothing else does, the waiters whose claims
@@ -195,7 +194,7 @@ export function viewsOf(engine: Engine, board: Board) {
   function stopsOn(lock: string, s: State, now: number): Stop[] {
     const stops = stoppedBy(lock, s, now);
     if (stops.length > 0) return stops;
-    const ahead = waiting().filter((w) => claimsOverlap(reachOf(w), [lock]));
+    const ahead = waitingAround(lock);
     if (ahead.length === 0) return stops;
     const each = ahead.map((w) => `${describeWaiter(w)} for ${reachOf(w).join(" and ")}`);
     return [{ why: "queued", message: `${ahead.length} waiting ahead of a start${on(lock)}: ${each.join(", ")}` }];

@@ -256,7 +256,7 @@ export async function openPostgresStore(opts: Options): Promise<Store> {
     const superseded = superseding(waiters, options, lock);
     if (superseded.refusal) return { outcome: superseded.refusal, committed: null, joined: null };
     const rest = waiters.filter((w) => !superseded.passed.includes(w));
-    const ahead = waitersAhead(rest, claim, options.self, askingOf(options), options.frozen);
+    const ahead = () => waitersAhead(rest, claim, options.self, askingOf(options), options.frozen);
     const before = scopeOf(lock, stored);
     let verdict = decide(stored, now, ahead);
     // The names are counted only when the change would store a new one: every change holds the root's
