@@ -100,6 +100,8 @@ export async function drain(d: Daemon, n: number): Promise<Drain> {
     const body = await p;
     if (body !== "1\n") throw new Error(`${what} answered ${JSON.stringify(body)}, not 1`);
   };
+  // A shared store (PostgreSQL) may still hold a release that an earlier scenario's load left when it ended.
+  await rawGet(d.port, "/stop");
   await expect1(rawGet(d.port, "/start?name=holder"), "the holder's start");
   const granted: Promise<void>[] = [];
   const latencies: number[] = [];
