@@ -144,6 +144,8 @@ describe("every JavaScript block of docs/*.md runs: the receiver's check of a si
       expect(verified(secret, headers, body)).toBe(true);
       expect(verified(secret, headers, body.replace("started", "stopped"))).toBe(false);
       expect(verified(secret, { ...headers, "webhook-id": "msg_2" }, body)).toBe(false);
+      const v2 = headers["webhook-signature"].replace("v1,", "v2,"); // a scheme it does not know
+      expect(verified(secret, { ...headers, "webhook-signature": v2 }, body)).toBe(false);
       const old = String(Number(ts) - 3600);
       expect(
         verified(secret, { ...headers, "webhook-timestamp": old, "webhook-signature": sign("msg_1", old, body) }, body),

@@ -211,12 +211,10 @@ describe("the curl script of docs/run.md, stopped by Ctrl-C, SIGTERM or kill -9,
 
   // The script in a group of its own, as a terminal gives a job, so that Ctrl-C (SIGINT to the group) reaches each
   // process; its deploy says it runs, then sleeps. `edit` changes the script's text (shorter sleeps and leases).
-  async function launch(d: Daemon, edit: (script: string) => string = (s) => s) {
+  async function launch(d: Daemon, edit: (script: string) => string = (s) => s, deploy = DEPLOY) {
     const dir = tempDir();
     writeFileSync(join(dir, "deploy"), edit(curlScript(d.url)));
-    writeFileSync(join(dir, "deploy.sh"), '#!/bin/sh\ntouch "$(dirname "$0")/deploying"\nexec sleep 600\n', {
-      mode: 0o755,
-    });
+    writeFileSync(join(dir, "deploy.sh"), deploy, { mode: 0o755 });
     const proc = Bun.spawn(["sh", join(dir, "deploy")], {
       cwd: dir,
       detached: true,
@@ -231,8 +229,9 @@ describe("the curl script of docs/run.md, stopped by Ctrl-C, SIGTERM or kill -9,
         process.kill(-proc.pid, "SIGKILL"); // what the test started: a leftover sleep, or all of it when it failed
       } catch {}
     };
-    return { proc, deploying, said, end };
+    return { proc, dir, deploying, said, end };
   }
+  const DEPLOY = '#!/bin/sh\ntouch "$(dirname "$0")/deploying"\nexec sleep 600\n';
 
   for (const signal of ["SIGINT", "SIGTERM"] as const)
     test(`${signal} to the script's process group while it deploys: no loop is left, and the release is stopped`, async () => {
@@ -264,6 +263,40 @@ describe("the curl script of docs/run.md, stopped by Ctrl-C, SIGTERM or kill -9,
       await until(async () => (await statusOf(d)).queue.length === 0, "the script's place in line to be given up");
       expect(await d.body("/stop?name=sion")).toBe("1\n");
       expect((await statusOf(d)).running).toBe(false); // nobody was given the release on the script's behalf
+    } finally {
+      end();
+    }
+  });
+
+  test("SIGTERM to the script alone while it deploys: the release is kept until the deploy has stopped, then given back", async () => {
+    const d = await daemon();
+    // A deploy that, told to stop, cleans up for a few seconds first.
+    const slowToStop =
+      '#!/bin/sh\ncd "$(dirname "$0")"\ntrap \'touch cleaning; sleep 3; touch cleaned; exit 143\' TERM\ntouch deploying\nsleep 600 & wait $!\n';
+    const { proc, dir, deploying, end } = await launch(d, undefined, slowToStop);
+    try {
+      await deploying();
+      process.kill(proc.pid, "SIGTERM");
+      await until(async () => existsSync(join(dir, "cleaning")), "the deploy to be told to stop");
+      expect((await statusOf(d)).running).toBe(true); // still the script's while its deploy cleans up
+      expect(await proc.exited).toBe(143);
+      expect(existsSync(join(dir, "cleaned"))).toBe(true);
+      expect((await statusOf(d)).running).toBe(false);
+    } finally {
+      end();
+    }
+  });
+
+  test("kill -9 of the script while it waits: its status loop ends by itself", async () => {
+    const d = await daemon();
+    await d.body("/start?name=sion");
+    const { proc, said, end } = await launch(d, (s) => s.replace("sleep 30", "sleep 1"));
+    try {
+      await until(async () => said().includes("waiting, as of"), "the script to say it waits");
+      process.kill(proc.pid, "SIGKILL");
+      await proc.exited;
+      // The wait's curl is left (and may be granted, until the lease ends: docs/run.md says so); no loop is.
+      await until(async () => (await leftIn(proc.pid)).every((p) => p.startsWith("curl")), "the status loop to end");
     } finally {
       end();
     }
