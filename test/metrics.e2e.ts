@@ -168,6 +168,14 @@ describe("every refused start is counted with its reason on the lock asked for",
     expect(m[refused("staging", "unauthorized")]).toBe(0);
   });
 
+  test("a start of several locks (lock= repeated) is counted on the first it names, not on default", async () => {
+    const open = await others();
+    expect(await open.body("/locks/prod/start?name=sion")).toBe("1\n");
+    expect(await open.body("/start?lock=prod&lock=db&name=ana")).toBe("0\n"); // prod runs
+    const m = await scrape(open);
+    expect([m[refused("prod", "running")], m[refused("default", "running")]]).toEqual([1, 0]);
+  });
+
   test("refused starts on ever new names are counted on (other), so they cannot grow the metrics", async () => {
     const open = await others();
     await open.body("/block?name=ana");

@@ -526,7 +526,8 @@ export function startServer(
   const countingStarts =
     (handle: Handler): Handler =>
     (req, server) => {
-      const lock = startedLock(req.url);
+      // /start?lock=A&lock=B asks for A (and B), not for the default lock: counted on the first it names.
+      const lock = (req.url.includes("lock=") ? askedOnStart(req.url) : null) ?? startedLock(req.url);
       const res = handle(req, server);
       if (lock === null) return res;
       return res instanceof Promise ? res.then((r) => counted(lock, r)) : counted(lock, res);
