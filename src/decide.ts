@@ -26,8 +26,8 @@ import { type Decide, type Entry, type Stored, scopeOf, type Verdict } from "./s
 import { compareVersions } from "./version.ts";
 import { describeStale } from "./words.ts";
 
-/** A transition on one lock: the state as stored, the store's time, and how many wait ahead of the caller. */
-export type Rule = (s: State, now: number, waitingAhead: number) => Outcome;
+/** A transition on one lock (a stop, a renewal, a block): the state as stored and the store's time. */
+export type Rule = (s: State, now: number) => Outcome;
 
 /** What the configuration and the calendar say about locks, asked at each decision. */
 export type Setup = {
@@ -101,11 +101,11 @@ class Rows {
 
 /** A rule on one lock, after ending any lease that ran out before it: the refusal may carry that change. */
 export function decideOn(lock: string, rule: Rule, setup: Setup): Decide {
-  return (stored, now, ahead) => {
+  return (stored, now) => {
     const rows = new Rows(stored, setup);
     const s = rows.state(lock);
     const expired = expire(s, now);
-    const outcome = expired ? andThen(expired, (x) => rule(x, now, ahead())) : rule(s, now, ahead());
+    const outcome = expired ? andThen(expired, (x) => rule(x, now)) : rule(s, now);
     const change: Change | null = outcome.ok ? outcome : expired;
     return settled(rows, outcome, change);
   };

@@ -49,6 +49,7 @@ import {
   reachOf,
   type Store,
   type Stored,
+  sameReleases,
   scopeOf,
   type TransactOptions,
   waitersAhead,
@@ -134,8 +135,7 @@ export type Health = { ok: boolean; known: boolean; problem: string | null };
 // Whether a row holds what it held: a row written only for its version (the root's, when a change forgets a lock's
 // row) lets no waiter through, and waking for it would walk every line under the root.
 const sameHolding = (before: Entry | undefined, after: Entry): boolean =>
-  before !== undefined &&
-  JSON.stringify([before.releases, before.block]) === JSON.stringify([after.releases, after.block]);
+  before !== undefined && sameReleases(before.releases, after.releases) && before.block === after.block;
 
 /**
  * The locks the waiters walked so far may hold, kept so that whether a claim overlaps any of them takes a few
@@ -386,7 +386,7 @@ export function createEngine(setup: EngineSetup) {
   // it changes nothing, else decided by the store.
   function changeBy(lock: string, decide: Decide, options: TransactOptions, gone?: AbortSignal) {
     const asking = askingOf(options);
-    const refused = refusalFromMemory(decide, options.start ? (options.claim ?? [lock]) : null, asking);
+    const refused = refusalFromMemory(decide, options.claim ?? [lock], asking);
     if (refused) return refused;
     const s = store();
     // A peek counts every waiter ahead: an urgent start, which only urgent ones are ahead of, and an override, which
@@ -397,15 +397,11 @@ export function createEngine(setup: EngineSetup) {
   }
 
   // The outcome of a decision that would change nothing, when memory is what is stored; null when the store decides.
-  // `claimReach` is a start's (null for any other change, which no waiter holds back).
-  function refusalFromMemory(
-    decide: Decide,
-    claimReach: readonly string[] | null,
-    asking: Asking = {},
-  ): Outcome | null {
+  // The waiters ahead are counted only if the decision asks (a start that nothing else refuses).
+  function refusalFromMemory(decide: Decide, claimReach: readonly string[], asking: Asking = {}): Outcome | null {
     if (engine.closing) return SHUTTING_DOWN;
     if (!memoryIsCurrent(store())) return null;
-    const ahead = () => (claimReach === null ? 0 : waitingAhead(claimReach, asking));
+    const ahead = () => waitingAhead(claimReach, asking);
     const { outcome, change } = decide(engine.known, engine.clock.now(), ahead);
     return change ? null : outcome;
   }

@@ -212,7 +212,7 @@ export function supersededEvent(w: Queued, who: Joiner, started: boolean, at: nu
 }
 
 export type TransactOptions = {
-  start?: boolean; // a start, which the waiters ahead of it hold back: no other change reads the wait line
+  start?: boolean; // a start, which the waiters ahead of it hold back: PostgreSQL reads the wait line for no other change
   claim?: readonly string[]; // every lock the decision may hold (a pool's children too); without it, the one lock
   freedOf?: readonly string[]; // the locks whose last end the decision needs (a pool's children): see Stored.freedAt
   newest?: boolean; // the claim is on a newest-first lock: joining supersedes older waiters of the same claim
@@ -451,7 +451,8 @@ export function changedEntries(stored: Stored, after: State, also: Neighbour[] =
 }
 
 // Rules never change a release in place: the same objects in the same order are the same releases.
-const sameReleases = (a: Release[], b: Release[]): boolean => a.length === b.length && a.every((r, i) => r === b[i]);
+export const sameReleases = (a: Release[], b: Release[]): boolean =>
+  a.length === b.length && a.every((r, i) => r === b[i]);
 
 /** The lock names a verdict's change would store that are not stored yet, and count against RS_MAX_LOCKS. */
 export function newNames(stored: Stored, verdict: Verdict): string[] {
@@ -592,8 +593,7 @@ export function decideInLine(
   const { passed, refusal } = superseding(line.list(), options, lock);
   if (refusal) return { outcome: refusal, committed: null, joined: null };
   const rest = passed.length === 0 ? line.list() : line.list().filter((w) => !passed.includes(w));
-  const ahead = () =>
-    options.start ? waitersAhead(rest, options.claim ?? [lock], options.self, askingOf(options), options.frozen) : 0;
+  const ahead = () => waitersAhead(rest, options.claim ?? [lock], options.self, askingOf(options), options.frozen);
   const verdict = decide(stored, now, ahead);
   const { outcome, change } = withinRoom(stored, verdict, options.room, count);
   const joining = !outcome.ok && options.join !== undefined && WAITABLE.has(outcome.reason);
