@@ -374,7 +374,9 @@ describe("a small pool of connections that shrinks when idle", () => {
     expect(refused.status).toBe(503);
     expect(refused.headers.get("x-reason-code")).toBe("storage");
     await until(async () => (await b.get("/healthz")).status === 200, "replica b to heal", 60_000);
-    await b.body("/stop");
+    // Healthy once it has a connection; a's idle ones may still be closing: b's stop of a's last load release is
+    // sent until it is answered (200), not 503 storage.
+    await until(async () => (await b.get("/stop")).status === 200, "replica b to end a's last release", 60_000);
     expect(await b.body("/start?name=b")).toBe("1\n");
   }, 120_000);
 });
